@@ -1,0 +1,202 @@
+//! The replicated command: the payload of every normal Raft log entry.
+//!
+//! It carries everything the etcd v3 API can ask the state machine to change. Reads travel in
+//! it only inside a Txn, where they must see the Txn's own writes. Field types are explicitly
+//! sized; revisions and lease ids are `u64` (etcd's wire uses int64; the API layer converts
+//! and rejects negatives).
+
+use serde::{Deserialize, Serialize};
+
+/// A request replicated through Raft and applied, in log order, by every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    /// Drop history below `revision`. `physical` is accepted for etcd compatibility; Aspen's
+    /// compaction is always complete when the command is applied.
+    Compact {
+        revision: u64,
+        physical: bool,
+    },
+    /// Grant a lease. The leader picks `id` before proposing, so every replica stores the same.
+    LeaseGrant {
+        id: u64,
+        ttl_seconds: i64,
+    },
+    /// Revoke a lease on a client's request: its keys are deleted in one revision.
+    LeaseRevoke {
+        id: u64,
+    },
+    /// The leader found these leases expired; each is revoked as by `LeaseRevoke`.
+    LeaseExpire {
+        ids: Vec<u64>,
+    },
+    /// Raise or clear an alarm (etcd's NOSPACE). While NOSPACE is raised, writes that can grow
+    /// the store are refused; reads, deletes and compaction still work.
+    Alarm {
+        action: AlarmAction,
+        member_id: u64,
+        alarm: AlarmType,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmAction {
+    Activate,
+    Deactivate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmType {
+    NoSpace,
+    Corrupt,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// 0: no lease.
+    pub lease: u64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    /// 0: no limit.
+    pub limit: u64,
+    /// 0: the current revision.
+    pub revision: u64,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    pub serializable: bool,
+    pub keys_only: bool,
+    pub count_only: bool,
+    /// 0: no bound.
+    pub min_mod_revision: u64,
+    pub max_mod_revision: u64,
+    pub min_create_revision: u64,
+    pub max_create_revision: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(u64),
+    CreateRevision(u64),
+    ModRevision(u64),
+    Value(Vec<u8>),
+    Lease(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub result: CompareResult,
+    pub target: CompareTarget,
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOp {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<RequestOp>,
+    pub failure: Vec<RequestOp>,
+}
+
+impl Command {
+    /// True when applying this command can make the store larger; such commands are refused
+    /// while the NOSPACE alarm is raised (etcd refuses Put, Txn and LeaseGrant).
+    pub fn may_grow_store(&self) -> bool {
+        match self {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(txn) => txn_has_put(txn, 0),
+            Command::DeleteRange(_)
+            | Command::Compact { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. }
+            | Command::Alarm { .. } => false,
+        }
+    }
+}
+
+/// Nesting is bounded by `TXN_NESTING_DEPTH_MAX`; a deeper txn counts as writing, so it is
+/// refused under NOSPACE and later rejected by validation.
+fn txn_has_put(txn: &TxnRequest, depth: u32) -> bool {
+    if depth >= crate::limits::TXN_NESTING_DEPTH_MAX {
+        return true;
+    }
+    txn.success
+        .iter()
+        .chain(txn.failure.iter())
+        .any(|op| match op {
+            RequestOp::Put(_) => true,
+            RequestOp::Txn(inner) => txn_has_put(inner, depth + 1),
+            RequestOp::Range(_) | RequestOp::DeleteRange(_) => false,
+        })
+}
+
+impl std::fmt::Display for Command {
+    /// A short form for logs: the kind and the first key, never a value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Put(p) => write!(f, "put({})", String::from_utf8_lossy(&p.key)),
+            Command::DeleteRange(d) => {
+                write!(f, "delete_range({})", String::from_utf8_lossy(&d.key))
+            }
+            Command::Txn(t) => write!(f, "txn({} compares)", t.compare.len()),
+            Command::Compact { revision, .. } => write!(f, "compact({revision})"),
+            Command::LeaseGrant { id, ttl_seconds } => {
+                write!(f, "lease_grant({id},{ttl_seconds}s)")
+            }
+            Command::LeaseRevoke { id } => write!(f, "lease_revoke({id})"),
+            Command::LeaseExpire { ids } => write!(f, "lease_expire({} leases)", ids.len()),
+            Command::Alarm { action, alarm, .. } => write!(f, "alarm({action:?} {alarm:?})"),
+        }
+    }
+}

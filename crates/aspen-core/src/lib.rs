@@ -1,0 +1,19 @@
+//! Aspen's shared vocabulary: the Raft type configuration, the replicated command and its
+//! response, the one versioned binary codec, and every named limit.
+//!
+//! This crate knows nothing of storage engines, networks or the client API; every other Aspen
+//! crate depends on it and on nothing above it.
+
+pub mod codec;
+pub mod command;
+pub mod keys;
+pub mod limits;
+pub mod response;
+pub mod type_config;
+
+pub use command::{
+    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, SortOrder, SortTarget, TxnRequest,
+};
+pub use response::{ApplyError, ApplyResponse, CommandResult, KeyValue, ResponseOp};
+pub use type_config::{NodeId, NodeInfo, TypeConfig};

@@ -1,0 +1,64 @@
+//! Storage errors: one enum for the layer, wrapping redb's, with the path where it matters.
+
+use std::path::PathBuf;
+
+use aspen_core::codec::CodecError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("data dir locked: {path} is already opened by another process")]
+    Locked { path: PathBuf },
+    #[error("cannot open {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("{path} is not an Aspen database: {reason}")]
+    Foreign { path: PathBuf, reason: String },
+    #[error("storage engine error: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("corrupt record in table {table}: {source}")]
+    Codec {
+        table: &'static str,
+        source: CodecError,
+    },
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error("snapshot file {path}: {source}")]
+    SnapshotIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invariant violated: {0}")]
+    Invariant(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self { StorageError::Redb(redb::Error::from(e)) }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::CompactionError,
+    redb::DatabaseError
+);
+
+impl From<StorageError> for std::io::Error {
+    fn from(e: StorageError) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Decodes a value read from `table`, naming the table if it is corrupt.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T> {
+    aspen_core::codec::decode(bytes).map_err(|source| StorageError::Codec { table, source })
+}

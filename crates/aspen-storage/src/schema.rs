@@ -1,0 +1,35 @@
+//! Every redb table, named once. Each table stores one Rust type, encoded by
+//! `aspen_core::codec` (a version byte, then postcard); `docs/storage-format.md` lists them.
+
+use redb::TableDefinition;
+
+/// Marks a file as Aspen's: `"format" -> FORMAT_VERSION`. A file without it is refused.
+pub const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("aspen_format");
+pub const FORMAT_KEY: &str = "format";
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Raft log: index -> `Entry`.
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Raft log metadata: `vote` -> `Vote`, `committed` -> `Option<LogId>`,
+/// `last_purged` -> `Option<LogId>`.
+pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub const META_VOTE: &str = "vote";
+pub const META_COMMITTED: &str = "committed";
+pub const META_LAST_PURGED: &str = "last_purged";
+
+/// State machine metadata, always written in the same transaction as the data it describes:
+/// `applied` -> `AppliedState` (last-applied log id, membership, revisions, alarms),
+/// `snapshot` -> `SnapshotRecord` (the current snapshot's meta and where its data is).
+pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+pub const SM_APPLIED: &str = "applied";
+pub const SM_SNAPSHOT: &str = "snapshot";
+
+/// The current version of every live key: key -> `StoredVersion`.
+pub const KV_LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
+/// Superseded versions and deletion tombstones: (key, mod revision) -> `StoredVersion`.
+/// Each version lives in exactly one of `kv_latest` and `kv_history`.
+pub const KV_HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("kv_history");
+/// Leases: id -> `LeaseRecord`.
+pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
+/// Keys attached to each lease: (lease id, key) -> ().
+pub const LEASE_KEYS: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("lease_keys");

@@ -1,0 +1,539 @@
+//! Snapshot data: a stream of bounded frames, kept in a file (redb backend) or in memory.
+//!
+//! Stream format (documented in `docs/storage-format.md`):
+//! `MAGIC` (8 bytes), then frames, each `[u32 big-endian length][codec-encoded Frame]`, the last
+//! being `Frame::End`, then a big-endian CRC-32 of every byte before it. Building and
+//! installing both work frame by frame, so memory does not grow with the data.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aspen_core::codec;
+use aspen_core::command::AlarmType;
+use aspen_core::limits::SNAPSHOT_FRAME_BYTES_MAX;
+use aspen_core::type_config::alias::SnapshotMeta;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StorageError};
+use crate::state_machine::records::{LeaseRecord, StoredVersion};
+
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNP1";
+const PARTIAL_SUFFIX: &str = ".partial";
+const SNAPSHOT_SUFFIX: &str = ".snap";
+
+/// One unit of a snapshot stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Frame {
+    Header {
+        revision: u64,
+        compact_revision: u64,
+        alarms: Vec<(u64, AlarmType)>,
+    },
+    Latest {
+        key: Vec<u8>,
+        version: StoredVersion,
+    },
+    History {
+        key: Vec<u8>,
+        revision: u64,
+        version: StoredVersion,
+    },
+    Lease {
+        id: u64,
+        record: LeaseRecord,
+    },
+    End {
+        frames: u64,
+    },
+}
+
+/// Where the current snapshot is; stored in `sm_meta` next to the data it describes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SnapshotRecord {
+    pub meta: SnapshotMeta,
+    /// File name inside the snapshot directory; `None` on the in-memory backend.
+    pub file_name: Option<String>,
+    pub len_bytes: u64,
+}
+
+/// A complete snapshot, readable from the start any number of times.
+#[derive(Clone)]
+pub struct SnapshotData {
+    body: Body,
+}
+
+#[derive(Clone)]
+enum Body {
+    File {
+        file: Arc<File>,
+        path: PathBuf,
+        len_bytes: u64,
+    },
+    Memory(Arc<Vec<u8>>),
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.body {
+            Body::File {
+                path, len_bytes, ..
+            } => write!(f, "SnapshotData({}, {len_bytes} bytes)", path.display()),
+            Body::Memory(bytes) => write!(f, "SnapshotData(memory, {} bytes)", bytes.len()),
+        }
+    }
+}
+
+impl SnapshotData {
+    pub fn len_bytes(&self) -> u64 {
+        match &self.body {
+            Body::File { len_bytes, .. } => *len_bytes,
+            Body::Memory(bytes) => bytes.len() as u64,
+        }
+    }
+
+    /// A reader from the first byte; chunks for the network are read from it.
+    pub fn reader(&self) -> SnapshotReader {
+        SnapshotReader {
+            body: self.body.clone(),
+            offset_bytes: 0,
+        }
+    }
+
+    fn file_path(&self) -> Option<&Path> {
+        match &self.body {
+            Body::File { path, .. } => Some(path),
+            Body::Memory(_) => None,
+        }
+    }
+}
+
+pub struct SnapshotReader {
+    body: Body,
+    offset_bytes: u64,
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let read = match &self.body {
+            Body::File {
+                file, len_bytes, ..
+            } => {
+                let remaining = len_bytes.saturating_sub(self.offset_bytes);
+                let want = out.len().min(remaining as usize);
+                if want == 0 {
+                    return Ok(0);
+                }
+                std::os::unix::fs::FileExt::read_at(
+                    file.as_ref(),
+                    &mut out[..want],
+                    self.offset_bytes,
+                )?
+            }
+            Body::Memory(bytes) => {
+                let start = (self.offset_bytes as usize).min(bytes.len());
+                let n = out.len().min(bytes.len() - start);
+                out[..n].copy_from_slice(&bytes[start..start + n]);
+                n
+            }
+        };
+        self.offset_bytes += read as u64;
+        Ok(read)
+    }
+}
+
+/// Where a node keeps snapshot data.
+#[derive(Debug)]
+pub(crate) enum SnapshotStore {
+    Dir(PathBuf),
+    Memory(Mutex<Option<Arc<Vec<u8>>>>),
+}
+
+static SNAPSHOT_NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl SnapshotStore {
+    /// Snapshots of the database at `db_path` live in `<db_path>.snapshots/`.
+    pub fn open_dir(db_path: &Path) -> Result<SnapshotStore> {
+        let mut dir = db_path.as_os_str().to_owned();
+        dir.push(".snapshots");
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::SnapshotIo {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(SnapshotStore::Dir(dir))
+    }
+
+    pub fn memory() -> SnapshotStore {
+        SnapshotStore::Memory(Mutex::new(None))
+    }
+
+    /// Deletes snapshot files other than `current`: leftovers of a crash or of replaced snapshots.
+    pub fn remove_unreferenced(&self, current: &Option<String>) -> Result<()> {
+        let SnapshotStore::Dir(dir) = self else {
+            return Ok(());
+        };
+        let entries = std::fs::read_dir(dir).map_err(|source| StorageError::SnapshotIo {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| StorageError::SnapshotIo {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name.ends_with(SNAPSHOT_SUFFIX) || name.ends_with(PARTIAL_SUFFIX);
+            if ours && current.as_deref() != Some(name.as_str()) {
+                let path = entry.path();
+                std::fs::remove_file(&path)
+                    .map_err(|source| StorageError::SnapshotIo { path, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn new_sink(&self, bytes_max: u64) -> Result<SnapshotSink> {
+        let target = match self {
+            SnapshotStore::Dir(dir) => {
+                let counter = SNAPSHOT_NAME_COUNTER.fetch_add(1, Ordering::Relaxed);
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let name = format!(
+                    "snap-{nanos:x}-{}-{counter}{SNAPSHOT_SUFFIX}",
+                    std::process::id()
+                );
+                let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+                let file = File::create(&partial).map_err(|source| StorageError::SnapshotIo {
+                    path: partial.clone(),
+                    source,
+                })?;
+                SinkTarget::File {
+                    writer: BufWriter::with_capacity(256 * 1024, file),
+                    partial,
+                    dir: dir.clone(),
+                    name,
+                }
+            }
+            SnapshotStore::Memory(_) => SinkTarget::Memory(Vec::new()),
+        };
+        Ok(SnapshotSink {
+            target,
+            written_bytes: 0,
+            bytes_max,
+            crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    pub fn open(&self, record: &SnapshotRecord) -> Result<SnapshotData> {
+        match (self, &record.file_name) {
+            (SnapshotStore::Dir(dir), Some(name)) => {
+                let path = dir.join(name);
+                let file = File::open(&path).map_err(|source| StorageError::SnapshotIo {
+                    path: path.clone(),
+                    source,
+                })?;
+                let len_bytes = file
+                    .metadata()
+                    .map_err(|source| StorageError::SnapshotIo {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .len();
+                if len_bytes != record.len_bytes {
+                    return Err(StorageError::Snapshot(format!(
+                        "{} has {len_bytes} bytes, expected {}",
+                        path.display(),
+                        record.len_bytes
+                    )));
+                }
+                Ok(SnapshotData {
+                    body: Body::File {
+                        file: Arc::new(file),
+                        path,
+                        len_bytes,
+                    },
+                })
+            }
+            (SnapshotStore::Memory(current), None) => {
+                let guard = current.lock().unwrap_or_else(|p| p.into_inner());
+                let bytes = guard
+                    .clone()
+                    .ok_or_else(|| StorageError::Snapshot("in-memory snapshot missing".into()))?;
+                Ok(SnapshotData {
+                    body: Body::Memory(bytes),
+                })
+            }
+            _ => Err(StorageError::Snapshot(
+                "snapshot record does not match the backend".into(),
+            )),
+        }
+    }
+
+    /// Makes `data` this store's own: a file already in our directory is used as it is,
+    /// anything else is copied in, chunk by chunk. Returns the data and its file name.
+    pub fn adopt(
+        &self,
+        data: &SnapshotData,
+        bytes_max: u64,
+    ) -> Result<(SnapshotData, Option<String>)> {
+        if let (SnapshotStore::Dir(dir), Some(path)) = (self, data.file_path())
+            && path.parent() == Some(dir.as_path())
+        {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            return Ok((data.clone(), name));
+        }
+        if let (SnapshotStore::Memory(_), Body::Memory(_)) = (self, &data.body) {
+            return Ok((data.clone(), None));
+        }
+        let mut sink = self.new_sink(bytes_max)?;
+        let mut reader = data.reader();
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader
+                .read(&mut chunk)
+                .map_err(|e| StorageError::Snapshot(format!("reading snapshot: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            sink.write_raw(&chunk[..n])?;
+        }
+        sink.finish()
+    }
+
+    /// Records `bytes` as the current in-memory snapshot (memory backend only).
+    pub fn set_memory_current(&self, data: &SnapshotData) {
+        if let (SnapshotStore::Memory(current), Body::Memory(bytes)) = (self, &data.body) {
+            *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes.clone());
+        }
+    }
+}
+
+/// Writes a new snapshot; nothing is visible until `finish`.
+pub(crate) struct SnapshotSink {
+    target: SinkTarget,
+    written_bytes: u64,
+    bytes_max: u64,
+    crc: crc32fast::Hasher,
+}
+
+enum SinkTarget {
+    File {
+        writer: BufWriter<File>,
+        partial: PathBuf,
+        dir: PathBuf,
+        name: String,
+    },
+    Memory(Vec<u8>),
+}
+
+impl SnapshotSink {
+    /// Appends bytes as they are, with the size limit enforced.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.written_bytes + bytes.len() as u64 > self.bytes_max {
+            return Err(StorageError::Snapshot(format!(
+                "snapshot larger than the limit of {} bytes",
+                self.bytes_max
+            )));
+        }
+        self.crc.update(bytes);
+        self.written_bytes += bytes.len() as u64;
+        match &mut self.target {
+            SinkTarget::File {
+                writer, partial, ..
+            } => writer
+                .write_all(bytes)
+                .map_err(|source| StorageError::SnapshotIo {
+                    path: partial.clone(),
+                    source,
+                }),
+            SinkTarget::Memory(buffer) => {
+                buffer.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn write_frame(&mut self, frame: &Frame, buffer: &mut Vec<u8>) -> Result<()> {
+        buffer.clear();
+        buffer.extend_from_slice(&[0u8; 4]);
+        codec::encode_into(frame, buffer);
+        let body_len = (buffer.len() - 4) as u64;
+        assert!(
+            body_len <= SNAPSHOT_FRAME_BYTES_MAX,
+            "snapshot frame of {body_len} bytes exceeds the frame limit"
+        );
+        buffer[..4].copy_from_slice(&(body_len as u32).to_be_bytes());
+        let bytes = std::mem::take(buffer);
+        let result = self.write_raw(&bytes);
+        *buffer = bytes;
+        result
+    }
+
+    /// Appends the CRC trailer when building; used by the builder before `finish`.
+    pub fn write_trailer(&mut self) -> Result<()> {
+        let crc = self.crc.clone().finalize();
+        self.write_raw(&crc.to_be_bytes())
+    }
+
+    /// Makes the snapshot durable and visible under its final name.
+    pub fn finish(self) -> Result<(SnapshotData, Option<String>)> {
+        match self.target {
+            SinkTarget::Memory(bytes) => Ok((
+                SnapshotData {
+                    body: Body::Memory(Arc::new(bytes)),
+                },
+                None,
+            )),
+            SinkTarget::File {
+                writer,
+                partial,
+                dir,
+                name,
+            } => {
+                let io = |source| StorageError::SnapshotIo {
+                    path: partial.clone(),
+                    source,
+                };
+                let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
+                file.sync_all().map_err(io)?;
+                drop(file);
+                let path = dir.join(&name);
+                std::fs::rename(&partial, &path).map_err(io)?;
+                File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|source| StorageError::SnapshotIo {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                let file = File::open(&path).map_err(|source| StorageError::SnapshotIo {
+                    path: path.clone(),
+                    source,
+                })?;
+                let len_bytes = self.written_bytes;
+                Ok((
+                    SnapshotData {
+                        body: Body::File {
+                            file: Arc::new(file),
+                            path,
+                            len_bytes,
+                        },
+                    },
+                    Some(name),
+                ))
+            }
+        }
+    }
+}
+
+/// Receives a snapshot from the network chunk by chunk; `finish` checks it is complete.
+pub struct SnapshotReceiver {
+    sink: SnapshotSink,
+}
+
+impl SnapshotReceiver {
+    pub(crate) fn new(sink: SnapshotSink) -> SnapshotReceiver {
+        SnapshotReceiver { sink }
+    }
+
+    pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
+        self.sink.write_raw(chunk)
+    }
+
+    pub fn received_bytes(&self) -> u64 {
+        self.sink.written_bytes
+    }
+
+    pub fn finish(self) -> Result<SnapshotData> {
+        let (data, _) = self.sink.finish()?;
+        verify(&data)?;
+        Ok(data)
+    }
+}
+
+/// Reads frames back, checking lengths and, at the end, the CRC.
+pub(crate) struct FrameReader<R: Read> {
+    reader: R,
+    crc: crc32fast::Hasher,
+    frames_read: u64,
+    finished: bool,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(mut reader: R) -> Result<FrameReader<R>> {
+        let mut magic = [0u8; 8];
+        reader
+            .read_exact(&mut magic)
+            .map_err(|e| StorageError::Snapshot(format!("reading magic: {e}")))?;
+        if &magic != SNAPSHOT_MAGIC {
+            return Err(StorageError::Snapshot(
+                "not an Aspen snapshot (bad magic)".into(),
+            ));
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&magic);
+        Ok(FrameReader {
+            reader,
+            crc,
+            frames_read: 0,
+            finished: false,
+        })
+    }
+
+    /// The next frame; `None` after `End` once the trailer has been checked.
+    pub fn next_frame(&mut self, buffer: &mut Vec<u8>) -> Result<Option<Frame>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let truncated =
+            |e: std::io::Error| StorageError::Snapshot(format!("truncated snapshot: {e}"));
+        let mut len = [0u8; 4];
+        self.reader.read_exact(&mut len).map_err(truncated)?;
+        let body_len = u32::from_be_bytes(len) as u64;
+        if body_len > SNAPSHOT_FRAME_BYTES_MAX {
+            return Err(StorageError::Snapshot(format!(
+                "frame of {body_len} bytes exceeds the limit"
+            )));
+        }
+        buffer.resize(body_len as usize, 0);
+        self.reader.read_exact(buffer).map_err(truncated)?;
+        self.crc.update(&len);
+        self.crc.update(buffer);
+        let frame: Frame = crate::error::decode("snapshot", buffer)?;
+        self.frames_read += 1;
+        if let Frame::End { frames } = &frame {
+            if *frames + 1 != self.frames_read {
+                return Err(StorageError::Snapshot(format!(
+                    "snapshot says {frames} frames, read {}",
+                    self.frames_read - 1
+                )));
+            }
+            let mut trailer = [0u8; 4];
+            self.reader.read_exact(&mut trailer).map_err(truncated)?;
+            let expected = self.crc.clone().finalize();
+            if u32::from_be_bytes(trailer) != expected {
+                return Err(StorageError::Snapshot("snapshot checksum mismatch".into()));
+            }
+            let mut extra = [0u8; 1];
+            if self.reader.read(&mut extra).map_err(truncated)? != 0 {
+                return Err(StorageError::Snapshot(
+                    "bytes after the snapshot trailer".into(),
+                ));
+            }
+            self.finished = true;
+        }
+        Ok(Some(frame))
+    }
+}
+
+/// Reads a whole snapshot through, checking framing and checksum, without applying it.
+pub fn verify(data: &SnapshotData) -> Result<()> {
+    let mut reader =
+        FrameReader::new(std::io::BufReader::with_capacity(256 * 1024, data.reader()))?;
+    let mut buffer = Vec::new();
+    while reader.next_frame(&mut buffer)?.is_some() {}
+    Ok(())
+}

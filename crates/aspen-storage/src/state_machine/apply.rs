@@ -1,0 +1,351 @@
+//! Applying one committed command to the MVCC store, inside the batch's write transaction.
+//!
+//! Every replica runs this on the same commands in the same order and must reach the same
+//! bytes: nothing here reads a clock, a random source or the local file size.
+
+use aspen_core::command::{AlarmAction, AlarmType};
+use aspen_core::keys::KeyRange;
+use aspen_core::response::RangeResult;
+use aspen_core::{
+    ApplyError, ApplyResponse, Command, CommandResult, DeleteRangeRequest, KeyValue, PutRequest,
+    RangeRequest,
+};
+use redb::ReadableTable;
+
+use super::range::{self, read_revision};
+use super::records::{AppliedState, LeaseRecord, StoredVersion};
+use super::tables::WriteTables;
+use crate::error::{Result, decode};
+
+/// The revision a write command writes at; its sub-revision counts the changes made.
+pub(crate) struct WriteRevision {
+    pub main: u64,
+    pub next_sub: u32,
+}
+
+impl WriteRevision {
+    fn take_sub(&mut self) -> u32 {
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        sub
+    }
+}
+
+pub(crate) type Outcome = std::result::Result<CommandResult, ApplyError>;
+
+pub(crate) struct Applier<'a, 't> {
+    pub tables: &'a mut WriteTables<'t>,
+    pub state: &'a mut AppliedState,
+    pub buffer: Vec<u8>,
+}
+
+impl<'a, 't> Applier<'a, 't> {
+    /// Applies `command`. Storage failures abort the whole batch; request errors become the
+    /// response, identically on every replica.
+    pub fn apply(&mut self, command: &Command) -> Result<ApplyResponse> {
+        let revision_before = self.state.revision;
+        let result = if self.state.no_space() && command.may_grow_store() {
+            Err(ApplyError::NoSpace)
+        } else {
+            self.apply_checked(command)?
+        };
+        assert!(
+            self.state.revision >= revision_before,
+            "store revision moved backwards"
+        );
+        assert!(
+            self.state.revision <= revision_before + 1
+                || matches!(command, Command::LeaseExpire { .. })
+        );
+        Ok(ApplyResponse {
+            revision: self.state.revision,
+            result,
+        })
+    }
+
+    fn apply_checked(&mut self, command: &Command) -> Result<Outcome> {
+        match command {
+            Command::Put(put) => self.with_revision(|applier, rev| {
+                if let Err(e) = applier.check_put(put)? {
+                    return Ok(Err(e));
+                }
+                let prev_kv = applier.put(put, rev)?;
+                Ok(Ok(CommandResult::Put { prev_kv }))
+            }),
+            Command::DeleteRange(delete) => self.with_revision(|applier, rev| {
+                let (deleted, prev_kvs) = applier.delete_range(delete, rev)?;
+                Ok(Ok(CommandResult::DeleteRange { deleted, prev_kvs }))
+            }),
+            Command::Txn(txn) => self.with_revision(|applier, rev| applier.txn(txn, rev)),
+            Command::Compact { revision, .. } => self.compact(*revision),
+            Command::LeaseGrant { id, ttl_seconds } => self.lease_grant(*id, *ttl_seconds),
+            Command::LeaseRevoke { id } => self.with_revision(|applier, rev| {
+                if applier.tables.leases.get(*id)?.is_none() {
+                    return Ok(Err(ApplyError::LeaseNotFound));
+                }
+                applier.revoke(*id, rev)?;
+                Ok(Ok(CommandResult::LeaseRevoke))
+            }),
+            Command::LeaseExpire { ids } => self.lease_expire(ids),
+            Command::Alarm {
+                action,
+                member_id,
+                alarm,
+            } => Ok(Ok(self.alarm(*action, *member_id, *alarm))),
+        }
+    }
+
+    /// Runs `body` at the next revision; the store revision moves only if `body` wrote.
+    fn with_revision(
+        &mut self,
+        body: impl FnOnce(&mut Self, &mut WriteRevision) -> Result<Outcome>,
+    ) -> Result<Outcome> {
+        let mut rev = WriteRevision {
+            main: self.state.revision + 1,
+            next_sub: 0,
+        };
+        let outcome = body(self, &mut rev)?;
+        if rev.next_sub > 0 {
+            assert!(
+                outcome.is_ok(),
+                "a command that failed must not have written"
+            );
+            self.state.revision = rev.main;
+        }
+        Ok(outcome)
+    }
+
+    pub(crate) fn latest(&self, key: &[u8]) -> Result<Option<StoredVersion>> {
+        match self.tables.latest.get(key)? {
+            Some(bytes) => Ok(Some(decode("kv_latest", bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// etcd's checks before a put: the lease exists, and a key exists to take its value or
+    /// lease from when asked to ignore them.
+    pub(crate) fn check_put(
+        &self,
+        put: &PutRequest,
+    ) -> Result<std::result::Result<(), ApplyError>> {
+        if put.key.is_empty() {
+            return Ok(Err(ApplyError::EmptyKey));
+        }
+        if (put.ignore_value || put.ignore_lease) && self.latest(&put.key)?.is_none() {
+            return Ok(Err(ApplyError::KeyNotFound));
+        }
+        if !put.ignore_lease && put.lease != 0 && self.tables.leases.get(put.lease)?.is_none() {
+            return Ok(Err(ApplyError::LeaseNotFound));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Writes a new version of `put.key`; the one it replaces moves to history.
+    pub(crate) fn put(
+        &mut self,
+        put: &PutRequest,
+        rev: &mut WriteRevision,
+    ) -> Result<Option<KeyValue>> {
+        let previous = self.latest(&put.key)?;
+        let sub_revision = rev.take_sub();
+        let new = StoredVersion {
+            value: match (&previous, put.ignore_value) {
+                (Some(prev), true) => prev.value.clone(),
+                _ => put.value.clone(),
+            },
+            create_revision: previous.as_ref().map_or(rev.main, |p| p.create_revision),
+            mod_revision: rev.main,
+            sub_revision,
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            lease: match (&previous, put.ignore_lease) {
+                (Some(prev), true) => prev.lease,
+                _ => put.lease,
+            },
+        };
+        if let Some(prev) = &previous {
+            assert!(
+                prev.mod_revision < rev.main || prev.mod_revision == rev.main,
+                "revision order"
+            );
+            self.store_history(&put.key, prev)?;
+            if prev.lease != 0 && prev.lease != new.lease {
+                self.tables
+                    .lease_keys
+                    .remove((prev.lease, put.key.as_slice()))?;
+            }
+        }
+        if new.lease != 0 {
+            self.tables
+                .lease_keys
+                .insert((new.lease, put.key.as_slice()), ())?;
+        }
+        self.buffer.clear();
+        aspen_core::codec::encode_into(&new, &mut self.buffer);
+        self.tables
+            .latest
+            .insert(put.key.as_slice(), self.buffer.as_slice())?;
+        Ok(if put.prev_kv {
+            previous.map(|p| p.to_key_value(&put.key))
+        } else {
+            None
+        })
+    }
+
+    fn store_history(&mut self, key: &[u8], version: &StoredVersion) -> Result<()> {
+        self.buffer.clear();
+        aspen_core::codec::encode_into(version, &mut self.buffer);
+        self.tables
+            .history
+            .insert((key, version.mod_revision), self.buffer.as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes every live key in the range at one revision; returns the count and, if asked,
+    /// the deleted versions.
+    pub(crate) fn delete_range(
+        &mut self,
+        delete: &DeleteRangeRequest,
+        rev: &mut WriteRevision,
+    ) -> Result<(u64, Vec<KeyValue>)> {
+        let range = KeyRange::new(&delete.key, &delete.range_end);
+        if range.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let mut victims: Vec<(Vec<u8>, StoredVersion)> = Vec::new();
+        for item in self.tables.latest.range::<&[u8]>(range.bounds())? {
+            let (key, bytes) = item?;
+            victims.push((key.value().to_vec(), decode("kv_latest", bytes.value())?));
+        }
+        let mut prev_kvs = Vec::new();
+        for (key, version) in &victims {
+            self.delete_key(key, version, rev)?;
+            if delete.prev_kv {
+                prev_kvs.push(version.to_key_value(key));
+            }
+        }
+        Ok((victims.len() as u64, prev_kvs))
+    }
+
+    fn delete_key(
+        &mut self,
+        key: &[u8],
+        current: &StoredVersion,
+        rev: &mut WriteRevision,
+    ) -> Result<()> {
+        let sub_revision = rev.take_sub();
+        self.tables.latest.remove(key)?;
+        self.store_history(key, current)?;
+        self.store_history(key, &StoredVersion::tombstone(rev.main, sub_revision))?;
+        if current.lease != 0 {
+            self.tables.lease_keys.remove((current.lease, key))?;
+        }
+        Ok(())
+    }
+
+    /// A range read inside a Txn: it sees the Txn's earlier writes, as etcd's do.
+    pub(crate) fn range(
+        &self,
+        request: &RangeRequest,
+    ) -> Result<std::result::Result<RangeResult, ApplyError>> {
+        let at = match read_revision(
+            request.revision,
+            self.state.revision,
+            self.state.compact_revision,
+        ) {
+            Ok(at) => at,
+            Err(e) => return Ok(Err(e)),
+        };
+        let current = self.state.revision;
+        Ok(Ok(range::range(
+            &self.tables.latest,
+            &self.tables.history,
+            request,
+            at,
+            current,
+        )?))
+    }
+
+    fn compact(&mut self, revision: u64) -> Result<Outcome> {
+        if revision <= self.state.compact_revision {
+            return Ok(Err(ApplyError::Compacted {
+                compact_revision: self.state.compact_revision,
+            }));
+        }
+        if revision > self.state.revision {
+            return Ok(Err(ApplyError::FutureRevision));
+        }
+        super::compact::compact_history(self.tables, revision)?;
+        self.state.compact_revision = revision;
+        Ok(Ok(CommandResult::Compact))
+    }
+
+    fn lease_grant(&mut self, id: u64, ttl_seconds: i64) -> Result<Outcome> {
+        if id == 0 {
+            return Ok(Err(ApplyError::LeaseNotFound));
+        }
+        if self.tables.leases.get(id)?.is_some() {
+            return Ok(Err(ApplyError::LeaseExists));
+        }
+        let record = aspen_core::codec::encode(&LeaseRecord { ttl_seconds });
+        self.tables.leases.insert(id, record.as_slice())?;
+        Ok(Ok(CommandResult::LeaseGrant { id, ttl_seconds }))
+    }
+
+    /// Deletes every key attached to lease `id`, then the lease.
+    fn revoke(&mut self, id: u64, rev: &mut WriteRevision) -> Result<()> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for item in self
+            .tables
+            .lease_keys
+            .range::<(u64, &[u8])>((id, &[][..])..(id + 1, &[][..]))?
+        {
+            let (key, _) = item?;
+            keys.push(key.value().1.to_vec());
+        }
+        for key in &keys {
+            let current = self.latest(key)?;
+            let current = current.ok_or_else(|| {
+                crate::error::StorageError::Invariant(format!(
+                    "lease {id} lists a key that does not exist"
+                ))
+            })?;
+            assert_eq!(current.lease, id, "lease index out of step with the key");
+            self.delete_key(key, &current, rev)?;
+        }
+        self.tables.leases.remove(id)?;
+        Ok(())
+    }
+
+    /// Each expired lease is revoked at its own revision, as etcd revokes them one by one.
+    fn lease_expire(&mut self, ids: &[u64]) -> Result<Outcome> {
+        let mut expired: u32 = 0;
+        for id in ids {
+            if self.tables.leases.get(*id)?.is_none() {
+                continue;
+            }
+            let outcome = self.with_revision(|applier, rev| {
+                applier.revoke(*id, rev)?;
+                Ok(Ok(CommandResult::LeaseRevoke))
+            })?;
+            assert!(outcome.is_ok());
+            expired += 1;
+        }
+        Ok(Ok(CommandResult::LeaseExpire { expired }))
+    }
+
+    fn alarm(&mut self, action: AlarmAction, member_id: u64, alarm: AlarmType) -> CommandResult {
+        let entry = (member_id, alarm);
+        match action {
+            AlarmAction::Activate => {
+                if !self.state.alarms.contains(&entry) {
+                    self.state.alarms.push(entry);
+                    self.state.alarms.sort();
+                }
+            }
+            AlarmAction::Deactivate => self.state.alarms.retain(|a| *a != entry),
+        }
+        CommandResult::Alarm {
+            active: self.state.alarms.clone(),
+        }
+    }
+}

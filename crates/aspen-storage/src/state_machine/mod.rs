@@ -1,0 +1,301 @@
+//! The MVCC state machine: applies committed commands, serves reads, builds and installs
+//! snapshots.
+//!
+//! Each apply batch is one redb write transaction holding the data, the last-applied log id,
+//! the membership and the revisions together. It commits without its own fsync: the log is
+//! the durable record, and the next durable log commit makes the batch durable too (one redb
+//! file), so a crash can roll the state machine back but never past the durable log.
+
+mod apply;
+mod compact;
+pub(crate) mod range;
+pub mod records;
+mod snapshot_io;
+mod tables;
+mod txn;
+
+use std::io;
+
+use aspen_core::response::RangeResult;
+use aspen_core::type_config::alias::{Entry, LogId, SnapshotMeta, StoredMembership};
+use aspen_core::{ApplyError, ApplyResponse, CommandResult, RangeRequest, TypeConfig};
+use futures_util::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{ReadableDatabase, ReadableTable};
+
+pub use records::AppliedState;
+
+use crate::backend::Store;
+use crate::error::{Result, StorageError, decode};
+use crate::schema::{self, SM_APPLIED, SM_META};
+use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotRecord};
+
+/// Entries applied per write transaction at most; a longer stream commits in several batches.
+const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    store: Store,
+}
+
+impl StateMachine {
+    pub fn new(store: Store) -> Result<StateMachine> {
+        Ok(StateMachine { store })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A read handle that shares the database; use it for client reads.
+    pub fn reader(&self) -> MvccReader {
+        MvccReader {
+            store: self.store.clone(),
+        }
+    }
+
+    /// Starts receiving a snapshot from the leader, bounded by twice the database quota.
+    pub fn snapshot_receiver(&self) -> Result<SnapshotReceiver> {
+        let bytes_max = self.store.limits().quota_backend_bytes.saturating_mul(2);
+        Ok(SnapshotReceiver::new(
+            self.store.shared.snapshots.new_sink(bytes_max)?,
+        ))
+    }
+
+    /// Applies a batch in one write transaction; returns one response per entry.
+    pub fn apply_entries(&self, entries: &[Entry]) -> Result<Vec<ApplyResponse>> {
+        let db = self.store.db();
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| StorageError::Invariant(e.to_string()))?;
+        let mut state = read_applied_write(&txn)?;
+        let mut responses = Vec::with_capacity(entries.len());
+        {
+            let mut tables = tables::WriteTables::open(&txn)?;
+            let mut applier = apply::Applier {
+                tables: &mut tables,
+                state: &mut state,
+                buffer: Vec::with_capacity(256),
+            };
+            for entry in entries {
+                let index_before = applier.state.last_applied.as_ref().map(|id| id.index);
+                assert!(
+                    index_before.is_none_or(|i| i < entry.log_id.index),
+                    "applying an entry twice or out of order"
+                );
+                let response = match &entry.payload {
+                    EntryPayload::Normal(command) => applier.apply(command)?,
+                    EntryPayload::Membership(membership) => {
+                        applier.state.membership =
+                            StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                        ApplyResponse {
+                            revision: applier.state.revision,
+                            result: Ok(CommandResult::Empty),
+                        }
+                    }
+                    EntryPayload::Blank => ApplyResponse {
+                        revision: applier.state.revision,
+                        result: Ok(CommandResult::Empty),
+                    },
+                };
+                applier.state.last_applied = Some(entry.log_id.clone());
+                responses.push(response);
+            }
+        }
+        write_applied(&txn, &state)?;
+        txn.commit()?;
+        Ok(responses)
+    }
+
+    fn read_snapshot_record(&self) -> Result<Option<SnapshotRecord>> {
+        let db = self.store.db();
+        let txn = db.begin_read()?;
+        let table = txn.open_table(SM_META)?;
+        match table.get(schema::SM_SNAPSHOT)? {
+            Some(bytes) => Ok(Some(decode("sm_meta", bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the whole state machine with the snapshot's contents, durably.
+    pub fn install(&self, meta: &SnapshotMeta, data: &SnapshotData) -> Result<()> {
+        let bytes_max = self.store.limits().quota_backend_bytes.saturating_mul(2);
+        let (data, file_name) = self.store.shared.snapshots.adopt(data, bytes_max)?;
+        let previous = self.read_snapshot_record()?;
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            file_name,
+            len_bytes: data.len_bytes(),
+        };
+        snapshot_io::install(&self.store, meta, &data, &record)?;
+        self.store.shared.snapshots.set_memory_current(&data);
+        if let Some(previous) = previous
+            && previous.file_name != record.file_name
+        {
+            self.store
+                .shared
+                .snapshots
+                .remove_unreferenced(&record.file_name)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn read_applied_write(txn: &redb::WriteTransaction) -> Result<AppliedState> {
+    let table = txn.open_table(SM_META)?;
+    let state = match table.get(SM_APPLIED)? {
+        Some(bytes) => decode("sm_meta", bytes.value())?,
+        None => AppliedState::default(),
+    };
+    Ok(state)
+}
+
+pub(crate) fn write_applied(txn: &redb::WriteTransaction, state: &AppliedState) -> Result<()> {
+    let mut table = txn.open_table(SM_META)?;
+    table.insert(SM_APPLIED, aspen_core::codec::encode(state).as_slice())?;
+    Ok(())
+}
+
+pub(crate) fn read_applied(txn: &redb::ReadTransaction) -> Result<AppliedState> {
+    let table = txn.open_table(SM_META)?;
+    let state = match table.get(SM_APPLIED)? {
+        Some(bytes) => decode("sm_meta", bytes.value())?,
+        None => AppliedState::default(),
+    };
+    Ok(state)
+}
+
+/// Reads from the state machine's committed state, concurrently with applies.
+#[derive(Clone, Debug)]
+pub struct MvccReader {
+    store: Store,
+}
+
+/// A read that the request itself made fail (compacted, future revision).
+pub type ReadOutcome = std::result::Result<(RangeResult, u64), ApplyError>;
+
+impl MvccReader {
+    /// Serves a Range; on success also returns the store revision the read saw.
+    pub fn range(&self, request: &RangeRequest) -> Result<ReadOutcome> {
+        let db = self.store.db();
+        let txn = db.begin_read()?;
+        let state = read_applied(&txn)?;
+        let at =
+            match range::read_revision(request.revision, state.revision, state.compact_revision) {
+                Ok(at) => at,
+                Err(e) => return Ok(Err(e)),
+            };
+        let latest = txn.open_table(schema::KV_LATEST)?;
+        let history = txn.open_table(schema::KV_HISTORY)?;
+        let result = range::range(&latest, &history, request, at, state.revision)?;
+        Ok(Ok((result, state.revision)))
+    }
+
+    pub fn applied_state(&self) -> Result<AppliedState> {
+        let db = self.store.db();
+        let txn = db.begin_read()?;
+        read_applied(&txn)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> std::result::Result<(Option<LogId>, StoredMembership), io::Error> {
+        let state = self.reader().applied_state()?;
+        Ok((state.last_applied, state.membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> std::result::Result<(), io::Error>
+    where
+        Strm: futures_util::Stream<Item = std::result::Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        let mut batch: Vec<Entry> = Vec::new();
+        let mut responders = Vec::new();
+        loop {
+            let next = entries.next().await;
+            let done = next.is_none();
+            if let Some(item) = next {
+                let (entry, responder) = item?;
+                batch.push(entry);
+                responders.push(responder);
+            }
+            if !batch.is_empty() && (done || batch.len() >= APPLY_BATCH_ENTRIES_MAX) {
+                let responses = self.apply_entries(&batch)?;
+                assert_eq!(responses.len(), responders.len());
+                for (responder, response) in responders.drain(..).zip(responses) {
+                    if let Some(responder) = responder {
+                        responder.send(response);
+                    }
+                }
+                batch.clear();
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> std::result::Result<(), io::Error> {
+        Ok(self.install(meta, &snapshot)?)
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> std::result::Result<
+        Option<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>>,
+        io::Error,
+    > {
+        let Some(record) = self.read_snapshot_record()? else {
+            return Ok(None);
+        };
+        let data = self.store.shared.snapshots.open(&record)?;
+        Ok(Some(Snapshot {
+            meta: record.meta,
+            snapshot: data,
+        }))
+    }
+}
+
+/// Builds a snapshot from a consistent read view while applies go on.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    store: Store,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> std::result::Result<
+        openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        io::Error,
+    > {
+        let (meta, data) = snapshot_io::build(&self.store)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}

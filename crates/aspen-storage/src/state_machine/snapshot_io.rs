@@ -1,0 +1,191 @@
+//! Building a snapshot from a read view, and installing one in a single write transaction.
+
+use std::io::BufReader;
+
+use aspen_core::type_config::alias::SnapshotMeta;
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::records::AppliedState;
+use super::{read_applied, write_applied};
+use crate::backend::Store;
+use crate::error::{Result, StorageError, decode};
+use crate::schema::{self, SM_META, SM_SNAPSHOT};
+use crate::snapshot::{Frame, FrameReader, SNAPSHOT_MAGIC, SnapshotData, SnapshotRecord};
+
+/// Streams the state machine, as of one read transaction, into a new snapshot and makes it
+/// the current one (unless a newer one was installed meanwhile).
+pub(crate) fn build(store: &Store) -> Result<(SnapshotMeta, SnapshotData)> {
+    let bytes_max = store.limits().quota_backend_bytes.saturating_mul(2);
+    let mut sink = store.shared.snapshots.new_sink(bytes_max)?;
+    let meta = {
+        let db = store.db();
+        let txn = db.begin_read()?;
+        let state = read_applied(&txn)?;
+        let mut buffer = Vec::with_capacity(4096);
+        let mut frames: u64 = 0;
+        sink.write_raw(SNAPSHOT_MAGIC)?;
+        let header = Frame::Header {
+            revision: state.revision,
+            compact_revision: state.compact_revision,
+            alarms: state.alarms.clone(),
+        };
+        sink.write_frame(&header, &mut buffer)?;
+        frames += 1;
+        for item in txn.open_table(schema::KV_LATEST)?.iter()? {
+            let (key, bytes) = item?;
+            let frame = Frame::Latest {
+                key: key.value().to_vec(),
+                version: decode("kv_latest", bytes.value())?,
+            };
+            sink.write_frame(&frame, &mut buffer)?;
+            frames += 1;
+        }
+        for item in txn.open_table(schema::KV_HISTORY)?.iter()? {
+            let (key, bytes) = item?;
+            let (user_key, revision) = key.value();
+            let frame = Frame::History {
+                key: user_key.to_vec(),
+                revision,
+                version: decode("kv_history", bytes.value())?,
+            };
+            sink.write_frame(&frame, &mut buffer)?;
+            frames += 1;
+        }
+        for item in txn.open_table(schema::LEASES)?.iter()? {
+            let (id, bytes) = item?;
+            let frame = Frame::Lease {
+                id: id.value(),
+                record: decode("leases", bytes.value())?,
+            };
+            sink.write_frame(&frame, &mut buffer)?;
+            frames += 1;
+        }
+        sink.write_frame(&Frame::End { frames }, &mut buffer)?;
+        sink.write_trailer()?;
+        SnapshotMeta {
+            last_log_id: state.last_applied.clone(),
+            last_membership: state.membership.clone(),
+        }
+    };
+    let (data, file_name) = sink.finish()?;
+    let record = SnapshotRecord {
+        meta: meta.clone(),
+        file_name,
+        len_bytes: data.len_bytes(),
+    };
+    if set_current_if_newer(store, &record)? {
+        store.shared.snapshots.set_memory_current(&data);
+        store
+            .shared
+            .snapshots
+            .remove_unreferenced(&record.file_name)?;
+    }
+    Ok((meta, data))
+}
+
+/// Durably records `record` as the current snapshot unless the current one is newer.
+fn set_current_if_newer(store: &Store, record: &SnapshotRecord) -> Result<bool> {
+    let db = store.db();
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(SM_META)?;
+        let existing: Option<SnapshotRecord> = match table.get(SM_SNAPSHOT)? {
+            Some(bytes) => Some(decode("sm_meta", bytes.value())?),
+            None => None,
+        };
+        if let Some(existing) = existing
+            && existing.meta.last_log_id > record.meta.last_log_id
+        {
+            return Ok(false);
+        }
+        table.insert(SM_SNAPSHOT, aspen_core::codec::encode(record).as_slice())?;
+    }
+    txn.commit()?;
+    Ok(true)
+}
+
+/// Replaces every state machine table with the snapshot's frames in one durable transaction.
+pub(crate) fn install(
+    store: &Store,
+    meta: &SnapshotMeta,
+    data: &SnapshotData,
+    record: &SnapshotRecord,
+) -> Result<()> {
+    let mut reader = FrameReader::new(BufReader::with_capacity(256 * 1024, data.reader()))?;
+    let mut buffer = Vec::with_capacity(4096);
+    let db = store.db();
+    let txn = db.begin_write()?;
+    txn.delete_table(schema::KV_LATEST)?;
+    txn.delete_table(schema::KV_HISTORY)?;
+    txn.delete_table(schema::LEASES)?;
+    txn.delete_table(schema::LEASE_KEYS)?;
+    let Some(Frame::Header {
+        revision,
+        compact_revision,
+        alarms,
+    }) = reader.next_frame(&mut buffer)?
+    else {
+        return Err(StorageError::Snapshot(
+            "snapshot does not start with a header".into(),
+        ));
+    };
+    {
+        let mut tables = super::tables::WriteTables::open(&txn)?;
+        let mut encoded = Vec::with_capacity(4096);
+        while let Some(frame) = reader.next_frame(&mut buffer)? {
+            encoded.clear();
+            match frame {
+                Frame::Latest { key, version } => {
+                    assert!(
+                        !version.is_tombstone(),
+                        "snapshot holds a tombstone as a live key"
+                    );
+                    assert!(
+                        version.mod_revision <= revision,
+                        "snapshot key newer than its revision"
+                    );
+                    aspen_core::codec::encode_into(&version, &mut encoded);
+                    tables.latest.insert(key.as_slice(), encoded.as_slice())?;
+                    if version.lease != 0 {
+                        tables
+                            .lease_keys
+                            .insert((version.lease, key.as_slice()), ())?;
+                    }
+                }
+                Frame::History {
+                    key,
+                    revision: rev,
+                    version,
+                } => {
+                    aspen_core::codec::encode_into(&version, &mut encoded);
+                    tables
+                        .history
+                        .insert((key.as_slice(), rev), encoded.as_slice())?;
+                }
+                Frame::Lease { id, record } => {
+                    aspen_core::codec::encode_into(&record, &mut encoded);
+                    tables.leases.insert(id, encoded.as_slice())?;
+                }
+                Frame::End { .. } => {}
+                Frame::Header { .. } => {
+                    return Err(StorageError::Snapshot("second header in snapshot".into()));
+                }
+            }
+        }
+    }
+    let state = AppliedState {
+        last_applied: meta.last_log_id.clone(),
+        membership: meta.last_membership.clone(),
+        revision,
+        compact_revision,
+        alarms,
+    };
+    write_applied(&txn, &state)?;
+    {
+        let mut table = txn.open_table(SM_META)?;
+        table.insert(SM_SNAPSHOT, aspen_core::codec::encode(record).as_slice())?;
+    }
+    // Immediate: the log is purged behind this snapshot, so it must survive a crash.
+    txn.commit()?;
+    Ok(())
+}
