@@ -1,0 +1,145 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use aspen_core::{ApplyResponse, Command, CommandResult};
+use aspen_node::Node;
+use aspen_proto::etcdserverpb::{self as pb, kv_server::Kv};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::header::header;
+use crate::status::{self, from_apply, from_node, invalid};
+use crate::validate;
+
+#[derive(Clone)]
+pub struct KvService {
+    node: Node,
+}
+
+impl KvService {
+    pub fn new(node: Node) -> KvService {
+        KvService { node }
+    }
+
+    /// etcd refuses a request whose encoding exceeds --max-request-bytes.
+    fn check_size<M: Message>(&self, message: &M) -> Result<(), Status> {
+        if message.encoded_len() as u64 > self.node.limits().request_bytes_max {
+            return Err(invalid(status::REQUEST_TOO_LARGE));
+        }
+        Ok(())
+    }
+
+    async fn propose(&self, command: Command) -> Result<(CommandResult, u64), Status> {
+        let ApplyResponse { revision, result } =
+            self.node.write(command).await.map_err(from_node)?;
+        let result = result.map_err(|e| from_apply(&e))?;
+        Ok((result, revision))
+    }
+}
+
+fn unexpected(result: &CommandResult) -> Status {
+    Status::internal(format!("unexpected apply result {result:?}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_range(&request)?;
+        let (result, revision) = self
+            .node
+            .range(&convert::range_request(&request))
+            .await
+            .map_err(from_node)?;
+        Ok(Response::new(convert::range_response(
+            result,
+            header(&self.node, revision),
+        )))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_put(&request)?;
+        self.check_size(&request)?;
+        let (result, revision) = self
+            .propose(Command::Put(convert::put_request(&request)))
+            .await?;
+        let CommandResult::Put { prev_kv } = result else {
+            return Err(unexpected(&result));
+        };
+        Ok(Response::new(pb::PutResponse {
+            header: header(&self.node, revision),
+            prev_kv: prev_kv.map(convert::key_value),
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_delete(&request)?;
+        self.check_size(&request)?;
+        let (result, revision) = self
+            .propose(Command::DeleteRange(convert::delete_request(&request)))
+            .await?;
+        let CommandResult::DeleteRange { deleted, prev_kvs } = result else {
+            return Err(unexpected(&result));
+        };
+        Ok(Response::new(pb::DeleteRangeResponse {
+            header: header(&self.node, revision),
+            deleted: deleted as i64,
+            prev_kvs: prev_kvs.into_iter().map(convert::key_value).collect(),
+        }))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_txn(&request, self.node.limits().txn_ops_max)?;
+        self.check_size(&request)?;
+        let (result, revision) = self
+            .propose(Command::Txn(convert::txn_request(&request)))
+            .await?;
+        let CommandResult::Txn {
+            succeeded,
+            responses,
+        } = result
+        else {
+            return Err(unexpected(&result));
+        };
+        let header = header(&self.node, revision);
+        let responses = responses
+            .into_iter()
+            .map(|r| convert::response_op(r, &header))
+            .collect();
+        Ok(Response::new(pb::TxnResponse {
+            header,
+            succeeded,
+            responses,
+        }))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::Compact {
+            revision: request.revision.max(0) as u64,
+            physical: request.physical,
+        };
+        let (_, revision) = self.propose(command).await?;
+        Ok(Response::new(pb::CompactionResponse {
+            header: header(&self.node, revision),
+        }))
+    }
+}

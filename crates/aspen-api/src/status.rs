@@ -1,0 +1,61 @@
+//! The one table from Aspen errors to etcd's gRPC status codes and messages. etcd's clients
+//! match on these messages, so they are etcd's, byte for byte.
+
+use aspen_core::ApplyError;
+use aspen_node::NodeError;
+use tonic::{Code, Status};
+
+pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
+pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
+pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
+pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+pub const LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
+pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
+pub const NOT_CAPABLE: &str = "etcdserver: not capable";
+
+pub fn invalid(message: &str) -> Status {
+    Status::new(Code::InvalidArgument, message)
+}
+
+pub fn from_apply(error: &ApplyError) -> Status {
+    let message = error.to_string();
+    let code = match error {
+        ApplyError::Compacted { .. } | ApplyError::FutureRevision => Code::OutOfRange,
+        ApplyError::LeaseNotFound => Code::NotFound,
+        ApplyError::LeaseExists => Code::FailedPrecondition,
+        ApplyError::NoSpace => Code::ResourceExhausted,
+        ApplyError::KeyNotFound
+        | ApplyError::DuplicateKey
+        | ApplyError::TooManyOps
+        | ApplyError::EmptyKey
+        | ApplyError::InvalidRangeEnd
+        | ApplyError::TxnTooDeep => Code::InvalidArgument,
+    };
+    Status::new(code, message)
+}
+
+pub fn from_node(error: NodeError) -> Status {
+    let message = error.to_string();
+    let code = match &error {
+        NodeError::Apply(apply) => return from_apply(apply),
+        NodeError::NoLeader
+        | NodeError::LeaderChanged
+        | NodeError::Timeout
+        | NodeError::Stopped
+        | NodeError::Unhealthy => Code::Unavailable,
+        NodeError::MemberNotFound => Code::NotFound,
+        NodeError::PeerUrlExists | NodeError::NotLearner | NodeError::NotEnoughStartedMembers => {
+            Code::FailedPrecondition
+        }
+        NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Peer(_) => Code::Unavailable,
+    };
+    if matches!(
+        error,
+        NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Peer(_)
+    ) {
+        tracing::warn!(%error, "request failed");
+    }
+    Status::new(code, message)
+}

@@ -1,0 +1,40 @@
+//! Node errors: what can go wrong between a client request and the state machine.
+
+use aspen_core::ApplyError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum NodeError {
+    /// The request applied to an etcd error (compacted, lease not found, ...).
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("peer: {0}")]
+    Peer(String),
+}
+
+impl From<aspen_storage::StorageError> for NodeError {
+    fn from(e: aspen_storage::StorageError) -> Self {
+        NodeError::Storage(e.to_string())
+    }
+}

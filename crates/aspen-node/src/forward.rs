@@ -1,0 +1,54 @@
+//! Requests a follower hands to the leader, and the seam through which it sends them.
+
+use aspen_core::{ApplyResponse, Command, NodeId, NodeInfo};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    /// Propose a command; the leader answers once it is applied.
+    Write(Command),
+    /// Confirm leadership with a quorum and return the log index a linearizable read must
+    /// wait for (ReadIndex).
+    ReadIndex,
+    AddMember {
+        id: NodeId,
+        info: NodeInfo,
+        learner: bool,
+    },
+    PromoteMember {
+        id: NodeId,
+    },
+    RemoveMember {
+        id: NodeId,
+    },
+    UpdateMember {
+        id: NodeId,
+        info: NodeInfo,
+    },
+    TransferLeader {
+        to: NodeId,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    Write(ApplyResponse),
+    ReadIndex(u64),
+    Done,
+}
+
+pub type ForwardResult = Result<ForwardResponse, NodeError>;
+
+/// Sends a request to another member (the leader). Implemented by the gRPC peer client and
+/// by the simulator's network.
+pub trait Forwarder: Send + Sync + 'static {
+    fn forward(
+        &self,
+        target: NodeId,
+        node: NodeInfo,
+        request: ForwardRequest,
+    ) -> BoxFuture<'static, ForwardResult>;
+}

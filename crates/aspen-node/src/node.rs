@@ -1,0 +1,527 @@
+//! The node handle: writes through Raft (forwarded to the leader when needed), reads from the
+//! local MVCC store after a ReadIndex barrier, and membership changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aspen_core::command::{AlarmAction, AlarmType};
+use aspen_core::limits::Limits;
+use aspen_core::response::RangeResult;
+use aspen_core::{ApplyError, ApplyResponse, Command, NodeId, NodeInfo, RangeRequest, TypeConfig};
+use aspen_storage::state_machine::AppliedState;
+use aspen_storage::{MvccReader, StateMachine, StorageBackend, Store};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, RaftNetworkFactory, ReadPolicy, ServerState};
+
+use crate::error::NodeError;
+use crate::forward::{ForwardRequest, ForwardResponse, Forwarder};
+use crate::metrics::NodeMetrics;
+use crate::raft_config::RaftTiming;
+
+pub type AspenRaft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// How long a request waits for a leader to appear before failing with "no leader".
+pub const LEADER_WAIT_MS_MAX: u64 = 5_000;
+/// How long a follower waits for its state machine to reach a read index.
+pub const READ_INDEX_WAIT_MS_MAX: u64 = 5_000;
+/// Attempts to reach a leader (each after a leader change) before giving up.
+pub const FORWARD_ATTEMPTS_MAX: u32 = 3;
+/// How often the database size is sampled for the quota check.
+pub const DB_SIZE_SAMPLE_INTERVAL_MS: u64 = 250;
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub cluster_id: u64,
+    pub cluster_name: String,
+    pub timing: RaftTiming,
+    pub backend: StorageBackend,
+    pub limits: Limits,
+}
+
+/// A member as the Cluster API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub is_learner: bool,
+}
+
+/// A running member. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    options: NodeOptions,
+    raft: AspenRaft,
+    reader: MvccReader,
+    store: Store,
+    forwarder: Arc<dyn Forwarder>,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl Node {
+    /// Opens storage and starts Raft. The caller starts the peer service and, for a new
+    /// cluster, calls [`Node::initialize`].
+    pub async fn start<N>(
+        options: NodeOptions,
+        network: N,
+        forwarder: Arc<dyn Forwarder>,
+    ) -> Result<Node, NodeError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network:
+            openraft::network::NetSnapshot<TypeConfig, SnapshotData = aspen_storage::SnapshotData>,
+    {
+        let (log_store, state_machine) =
+            aspen_storage::open_storage(&options.backend, options.limits)?;
+        let reader = state_machine.reader();
+        let store = state_machine.store().clone();
+        let config = options
+            .timing
+            .to_openraft(&options.cluster_name)
+            .map_err(NodeError::Raft)?;
+        let raft = AspenRaft::new(options.id, config, network, log_store, state_machine)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                options,
+                raft,
+                reader,
+                store,
+                forwarder,
+                metrics: Arc::default(),
+            }),
+        };
+        node.spawn_background_tasks();
+        Ok(node)
+    }
+
+    /// Initializes a new cluster with `members` as voters, unless this node already has state.
+    /// Every founding member may call it with the same list.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<bool, NodeError> {
+        assert!(
+            members.contains_key(&self.id()),
+            "a founding member must be in the initial cluster"
+        );
+        let initialized = self
+            .inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(false);
+        }
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.options.id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.options.cluster_id
+    }
+
+    pub fn raft(&self) -> &AspenRaft {
+        &self.inner.raft
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn reader(&self) -> &MvccReader {
+        &self.inner.reader
+    }
+
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.inner.metrics
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.inner.options.limits
+    }
+
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
+        self.inner.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn current_term(&self) -> u64 {
+        self.inner.raft.metrics().borrow_watched().current_term
+    }
+
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow_watched().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader_id() == Some(self.id())
+    }
+
+    /// Proposes `command` and returns its result once applied, forwarding to the leader when
+    /// this node is not it.
+    pub async fn write(&self, command: Command) -> Result<ApplyResponse, NodeError> {
+        let started = Instant::now();
+        let result = self.write_inner(command).await;
+        let metrics = &self.inner.metrics;
+        match &result {
+            Ok(_) => {
+                metrics.proposals_committed.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .proposal_latency
+                    .observe_us(started.elapsed().as_micros() as u64);
+            }
+            Err(_) => {
+                metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn write_inner(&self, command: Command) -> Result<ApplyResponse, NodeError> {
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            let leader = self.wait_for_leader().await?;
+            if leader == self.id() {
+                return self.write_as_leader(command).await;
+            }
+            match self
+                .forward_to(leader, ForwardRequest::Write(command.clone()))
+                .await
+            {
+                Ok(ForwardResponse::Write(response)) => return Ok(response),
+                Ok(other) => {
+                    return Err(NodeError::Peer(format!(
+                        "unexpected forward response {other:?}"
+                    )));
+                }
+                Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(NodeError::LeaderChanged)
+    }
+
+    /// The leader's side of a write: quota check, then Raft.
+    async fn write_as_leader(&self, command: Command) -> Result<ApplyResponse, NodeError> {
+        if command.may_grow_store() && self.quota_exceeded() {
+            self.raise_no_space().await?;
+            return Err(NodeError::Apply(ApplyError::NoSpace));
+        }
+        match self.inner.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(NodeError::LeaderChanged)
+            }
+            Err(RaftError::APIError(e)) => Err(NodeError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    fn quota_exceeded(&self) -> bool {
+        let size = self.inner.metrics.db_size_bytes.load(Ordering::Relaxed);
+        size > self.inner.options.limits.quota_backend_bytes
+    }
+
+    async fn raise_no_space(&self) -> Result<(), NodeError> {
+        let state = self.inner.reader.applied_state()?;
+        if state.no_space() {
+            return Ok(());
+        }
+        tracing::warn!(
+            member = self.id(),
+            "database space exceeded the quota: raising NOSPACE"
+        );
+        let alarm = Command::Alarm {
+            action: AlarmAction::Activate,
+            member_id: self.id(),
+            alarm: AlarmType::NoSpace,
+        };
+        self.inner
+            .raft
+            .client_write(alarm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Serves a range; linearizable unless `request.serializable`.
+    pub async fn range(&self, request: &RangeRequest) -> Result<(RangeResult, u64), NodeError> {
+        if !request.serializable {
+            self.read_barrier().await?;
+        }
+        Ok(self.inner.reader.range(request)??)
+    }
+
+    /// Waits until this node's state machine reflects every write acknowledged before the call
+    /// (ReadIndex): on the leader directly, on a follower via the leader's read index.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            let leader = self.wait_for_leader().await?;
+            let read_index = if leader == self.id() {
+                match self.leader_read_index().await {
+                    Ok(index) => index,
+                    Err(NodeError::LeaderChanged) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                match self.forward_to(leader, ForwardRequest::ReadIndex).await {
+                    Ok(ForwardResponse::ReadIndex(index)) => index,
+                    Ok(other) => {
+                        return Err(NodeError::Peer(format!(
+                            "unexpected forward response {other:?}"
+                        )));
+                    }
+                    Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            return self.wait_applied(read_index).await;
+        }
+        Err(NodeError::LeaderChanged)
+    }
+
+    async fn leader_read_index(&self) -> Result<u64, NodeError> {
+        match self
+            .inner
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(read_log_id) => Ok(read_log_id.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                Err(NodeError::LeaderChanged)
+            }
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {
+        let applied = self
+            .inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map(|id| id.index);
+        if applied.is_some_and(|a| a >= index) {
+            return Ok(());
+        }
+        let wait = self
+            .inner
+            .raft
+            .wait(Some(Duration::from_millis(READ_INDEX_WAIT_MS_MAX)));
+        wait.applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|_| NodeError::Timeout)?;
+        Ok(())
+    }
+
+    /// The current leader, waiting up to `LEADER_WAIT_MS_MAX` for one.
+    pub async fn wait_for_leader(&self) -> Result<NodeId, NodeError> {
+        if let Some(leader) = self.leader_id() {
+            return Ok(leader);
+        }
+        let mut metrics = self.inner.raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(LEADER_WAIT_MS_MAX);
+        loop {
+            if let Some(leader) = metrics.borrow_watched().current_leader {
+                return Ok(leader);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(NodeError::Stopped),
+                Err(_) => return Err(NodeError::NoLeader),
+            }
+        }
+    }
+
+    async fn forward_to(
+        &self,
+        leader: NodeId,
+        request: ForwardRequest,
+    ) -> Result<ForwardResponse, NodeError> {
+        let info = self.member_info(leader).ok_or(NodeError::NoLeader)?;
+        self.inner
+            .metrics
+            .proposals_forwarded
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner.forwarder.forward(leader, info, request).await
+    }
+
+    fn member_info(&self, id: NodeId) -> Option<NodeInfo> {
+        let metrics = self.inner.raft.metrics();
+        let membership = metrics.borrow_watched().membership_config.clone();
+        membership.membership().get_node(&id).cloned()
+    }
+
+    /// Serves a request forwarded by a follower; only the leader accepts them.
+    pub async fn handle_forward(
+        &self,
+        request: ForwardRequest,
+    ) -> Result<ForwardResponse, NodeError> {
+        if !self.is_leader() {
+            return Err(NodeError::LeaderChanged);
+        }
+        match request {
+            ForwardRequest::Write(command) => {
+                Ok(ForwardResponse::Write(self.write_as_leader(command).await?))
+            }
+            ForwardRequest::ReadIndex => {
+                Ok(ForwardResponse::ReadIndex(self.leader_read_index().await?))
+            }
+            other => {
+                self.change_membership_as_leader(other).await?;
+                Ok(ForwardResponse::Done)
+            }
+        }
+    }
+
+    /// The members, voters first, as the leader last replicated them.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.inner.raft.metrics();
+        let stored = metrics.borrow_watched().membership_config.clone();
+        let membership = stored.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, info)| Member {
+                id: *id,
+                info: info.clone(),
+                is_learner: !voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// Adds, promotes, removes or updates a member, forwarding to the leader if needed.
+    pub async fn change_membership(&self, request: ForwardRequest) -> Result<(), NodeError> {
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            let leader = self.wait_for_leader().await?;
+            let result = if leader == self.id() {
+                self.change_membership_as_leader(request.clone()).await
+            } else {
+                self.forward_to(leader, request.clone()).await.map(|_| ())
+            };
+            match result {
+                Err(NodeError::LeaderChanged) => continue,
+                other => return other,
+            }
+        }
+        Err(NodeError::LeaderChanged)
+    }
+
+    async fn change_membership_as_leader(&self, request: ForwardRequest) -> Result<(), NodeError> {
+        let members = self.members();
+        let find = |id: NodeId| members.iter().find(|m| m.id == id).cloned();
+        let change: ChangeMembers<NodeId, NodeInfo> = match request {
+            ForwardRequest::AddMember { id, info, learner } => {
+                let clash = members.iter().any(|m| {
+                    m.id == id || m.info.peer_urls.iter().any(|u| info.peer_urls.contains(u))
+                });
+                if clash {
+                    return Err(NodeError::PeerUrlExists);
+                }
+                if learner {
+                    ChangeMembers::AddNodes(BTreeMap::from([(id, info)]))
+                } else {
+                    ChangeMembers::AddVoters(BTreeMap::from([(id, info)]))
+                }
+            }
+            ForwardRequest::PromoteMember { id } => {
+                let member = find(id).ok_or(NodeError::MemberNotFound)?;
+                if !member.is_learner {
+                    return Err(NodeError::NotLearner);
+                }
+                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+            }
+            ForwardRequest::RemoveMember { id } => {
+                let member = find(id).ok_or(NodeError::MemberNotFound)?;
+                if member.is_learner {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                }
+            }
+            ForwardRequest::UpdateMember { id, info } => {
+                find(id).ok_or(NodeError::MemberNotFound)?;
+                ChangeMembers::SetNodes(BTreeMap::from([(id, info)]))
+            }
+            ForwardRequest::TransferLeader { to } => {
+                find(to).ok_or(NodeError::MemberNotFound)?;
+                self.inner
+                    .raft
+                    .trigger()
+                    .transfer_leader(to)
+                    .await
+                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                return Ok(());
+            }
+            ForwardRequest::Write(_) | ForwardRequest::ReadIndex => {
+                return Err(NodeError::Raft("not a membership request".into()));
+            }
+        };
+        match self.inner.raft.change_membership(change, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(NodeError::LeaderChanged)
+            }
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn applied_state(&self) -> Result<AppliedState, NodeError> {
+        Ok(self.inner.reader.applied_state()?)
+    }
+
+    /// Whether this node is a learner in the current membership.
+    pub fn is_learner(&self) -> bool {
+        self.raft_metrics().state == ServerState::Learner
+    }
+
+    fn spawn_background_tasks(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut last_leader: Option<NodeId> = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(DB_SIZE_SAMPLE_INTERVAL_MS)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Ok(size) = inner.store.db_size_bytes() {
+                    inner.metrics.db_size_bytes.store(size, Ordering::Relaxed);
+                }
+                if let Ok(size) = inner.store.db_size_in_use_bytes() {
+                    inner
+                        .metrics
+                        .db_size_in_use_bytes
+                        .store(size, Ordering::Relaxed);
+                }
+                let leader = inner.raft.metrics().borrow_watched().current_leader;
+                if leader != last_leader && leader.is_some() {
+                    inner.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                last_leader = leader;
+            }
+        });
+    }
+
+    /// Stops Raft; the storage closes when the last handle is dropped.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+}

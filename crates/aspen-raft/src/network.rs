@@ -1,0 +1,293 @@
+//! Client side: openraft's network over tonic channels, one lazily connected channel per peer.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aspen_core::codec;
+use aspen_core::limits::SNAPSHOT_CHUNK_BYTES_MAX;
+use aspen_core::type_config::alias::Vote;
+use aspen_core::{NodeId, NodeInfo, TypeConfig};
+use aspen_node::forward::ForwardResult;
+use aspen_node::{ForwardRequest, Forwarder, NodeError};
+use aspen_proto::peer::raft_peer_client::RaftPeerClient;
+use aspen_proto::peer::{RaftMessage, SnapshotChunk};
+use aspen_storage::SnapshotData;
+use futures_util::future::BoxFuture;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::SnapshotOf;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::wire::{self, AppendReply, SnapshotHeader, SnapshotReply, VoteCall, VoteReply};
+
+/// Channels to peers, shared by Raft replication and request forwarding.
+#[derive(Clone)]
+pub struct PeerClients {
+    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    message_bytes_max: usize,
+}
+
+impl PeerClients {
+    pub fn new(request_bytes_max: u64) -> PeerClients {
+        PeerClients {
+            channels: Arc::default(),
+            message_bytes_max: wire::peer_message_bytes_max(request_bytes_max),
+        }
+    }
+
+    fn client(&self, target: NodeId, node: &NodeInfo) -> Result<RaftPeerClient<Channel>, String> {
+        let url = node
+            .peer_urls
+            .first()
+            .ok_or_else(|| format!("member {target} has no peer URL"))?
+            .clone();
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(&(target, url.clone())) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(|e| format!("bad peer URL {url}: {e}"))?
+                    .connect_timeout(Duration::from_millis(wire::PEER_CONNECT_TIMEOUT_MS))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let channel = endpoint.connect_lazy();
+                channels.insert((target, url), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftPeerClient::new(channel)
+            .max_decoding_message_size(self.message_bytes_max)
+            .max_encoding_message_size(self.message_bytes_max))
+    }
+}
+
+impl Forwarder for PeerClients {
+    fn forward(
+        &self,
+        target: NodeId,
+        node: NodeInfo,
+        request: ForwardRequest,
+    ) -> BoxFuture<'static, ForwardResult> {
+        let client = self.client(target, &node);
+        Box::pin(async move {
+            let mut client = client.map_err(NodeError::Peer)?;
+            let message = RaftMessage {
+                data: codec::encode(&request),
+            };
+            let mut call = tonic::Request::new(message);
+            call.set_timeout(Duration::from_millis(wire::FORWARD_TIMEOUT_MS));
+            let reply = client
+                .forward(call)
+                .await
+                .map_err(|status| match status.code() {
+                    tonic::Code::Unavailable => NodeError::NoLeader,
+                    tonic::Code::DeadlineExceeded => NodeError::Timeout,
+                    _ => NodeError::Peer(status.message().to_string()),
+                })?;
+            let reply: wire::ForwardReply = codec::decode(&reply.into_inner().data)
+                .map_err(|e| NodeError::Peer(e.to_string()))?;
+            reply
+        })
+    }
+}
+
+/// Creates one [`PeerNetwork`] per replication target.
+#[derive(Clone)]
+pub struct PeerNetworkFactory {
+    clients: PeerClients,
+}
+
+impl PeerNetworkFactory {
+    pub fn new(clients: PeerClients) -> PeerNetworkFactory {
+        PeerNetworkFactory { clients }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
+        PeerNetwork {
+            target,
+            client: self.clients.client(target, node),
+        }
+    }
+}
+
+pub struct PeerNetwork {
+    target: NodeId,
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+fn unreachable<E>(message: impl ToString) -> E
+where
+    E: From<Unreachable<TypeConfig>>,
+{
+    E::from(Unreachable::from_string(message))
+}
+
+impl PeerNetwork {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, String> {
+        self.client.clone()
+    }
+
+    async fn call_unary<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+        &self,
+        method: PeerMethod,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Rep, RPCError<TypeConfig>> {
+        let mut client = self.client().map_err(unreachable::<RPCError<TypeConfig>>)?;
+        let mut call = tonic::Request::new(RaftMessage {
+            data: codec::encode(request),
+        });
+        call.set_timeout(option.hard_ttl());
+        let reply = match method {
+            PeerMethod::Vote => client.vote(call).await,
+            PeerMethod::Append => client.append_entries(call).await,
+        };
+        let reply = reply.map_err(|status| status_to_rpc_error(self.target, status))?;
+        codec::decode(&reply.into_inner().data)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
+}
+
+enum PeerMethod {
+    Vote,
+    Append,
+}
+
+fn status_to_rpc_error(target: NodeId, status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            unreachable::<RPCError<TypeConfig>>(format!("peer {target}: {}", status.message()))
+        }
+        _ => RPCError::Network(NetworkError::from_string(format!(
+            "peer {target}: {status}"
+        ))),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply: AppendReply = self.call_unary(PeerMethod::Append, &rpc, &option).await?;
+        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply: VoteReply = self
+            .call_unary(
+                PeerMethod::Vote,
+                &VoteCall {
+                    pre_vote: false,
+                    request: rpc,
+                },
+                &option,
+            )
+            .await?;
+        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply: VoteReply = self
+            .call_unary(
+                PeerMethod::Vote,
+                &VoteCall {
+                    pre_vote: true,
+                    request: rpc,
+                },
+                &option,
+            )
+            .await?;
+        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self
+            .client()
+            .map_err(unreachable::<StreamingError<TypeConfig>>)?;
+        let header = SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+            len_bytes: snapshot.snapshot.len_bytes(),
+        };
+        let chunks = snapshot_chunks(codec::encode(&header), snapshot.snapshot);
+        let mut call = tonic::Request::new(tokio_stream::iter(chunks));
+        call.set_timeout(option.hard_ttl().max(Duration::from_secs(60)));
+        let send = client.install_snapshot(call);
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = send => reply,
+        };
+        let reply = reply.map_err(|status| {
+            StreamingError::Network(NetworkError::from_string(status.to_string()))
+        })?;
+        let reply: SnapshotReply = codec::decode(&reply.into_inner().data)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        reply.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
+    }
+}
+
+/// Splits a snapshot into bounded chunks, read lazily: memory stays at one chunk.
+fn snapshot_chunks(
+    header: Vec<u8>,
+    data: SnapshotData,
+) -> impl Iterator<Item = SnapshotChunk> + Send {
+    let mut reader = data.reader();
+    let mut header = Some(header);
+    let mut finished = false;
+    std::iter::from_fn(move || {
+        if finished {
+            return None;
+        }
+        let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES_MAX as usize];
+        let mut filled = 0usize;
+        while filled < buffer.len() {
+            match reader.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(error) => {
+                    // Ending the stream early makes the receiver reject the snapshot
+                    // (its checksum cannot match), which is the right outcome.
+                    tracing::warn!(%error, "reading snapshot to send");
+                    finished = true;
+                    return None;
+                }
+            }
+        }
+        buffer.truncate(filled);
+        let done = filled < SNAPSHOT_CHUNK_BYTES_MAX as usize;
+        finished = done;
+        Some(SnapshotChunk {
+            meta: header.take().unwrap_or_default(),
+            data: buffer,
+            done,
+        })
+    })
+}

@@ -1,0 +1,138 @@
+//! Server side: incoming Raft RPCs and forwarded client requests, handed to the local node.
+
+use std::pin::Pin;
+
+use aspen_core::codec;
+use aspen_core::type_config::alias::SnapshotMeta;
+use aspen_node::Node;
+use aspen_proto::peer::raft_peer_server::RaftPeer;
+use aspen_proto::peer::{RaftMessage, SnapshotChunk};
+use aspen_storage::StateMachine;
+use futures_util::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::wire::{
+    AppendCall, AppendReply, ForwardCall, ForwardReply, SnapshotHeader, SnapshotReply, VoteCall,
+    VoteReply,
+};
+
+#[derive(Clone)]
+pub struct PeerService {
+    node: Node,
+    /// For receiving snapshots into this node's snapshot store.
+    state_machine: StateMachine,
+}
+
+impl PeerService {
+    pub fn new(node: Node, state_machine: StateMachine) -> PeerService {
+        PeerService {
+            node,
+            state_machine,
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(message: &RaftMessage) -> Result<T, Status> {
+    codec::decode(&message.data)
+        .map_err(|e| Status::invalid_argument(format!("bad peer message: {e}")))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    Ok(Response::new(RaftMessage {
+        data: codec::encode(value),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let call: VoteCall = decode(request.get_ref())?;
+        let raft = self.node.raft();
+        let result = if call.pre_vote {
+            raft.pre_vote(call.request).await
+        } else {
+            raft.vote(call.request).await
+        };
+        let answer: VoteReply = result.map_err(|e| e.to_string());
+        reply(&answer)
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let call: AppendCall = decode(request.get_ref())?;
+        let answer: AppendReply = self
+            .node
+            .raft()
+            .append_entries(call)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&answer)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut stream: Pin<Box<Streaming<SnapshotChunk>>> = Box::pin(request.into_inner());
+        let mut header: Option<SnapshotHeader> = None;
+        let mut receiver = self
+            .state_machine
+            .snapshot_receiver()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut done = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if header.is_none() {
+                let decoded: SnapshotHeader = codec::decode(&chunk.meta)
+                    .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
+                header = Some(decoded);
+            }
+            receiver
+                .write_chunk(&chunk.data)
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            if chunk.done {
+                done = true;
+                break;
+            }
+        }
+        let header = header.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        if !done {
+            return Err(Status::aborted(
+                "snapshot stream ended before its last chunk",
+            ));
+        }
+        if receiver.received_bytes() != header.len_bytes {
+            return Err(Status::data_loss(format!(
+                "snapshot has {} bytes, sender announced {}",
+                receiver.received_bytes(),
+                header.len_bytes
+            )));
+        }
+        let data = receiver
+            .finish()
+            .map_err(|e| Status::data_loss(e.to_string()))?;
+        let meta: SnapshotMeta = header.meta;
+        let snapshot = openraft::storage::Snapshot {
+            meta,
+            snapshot: data,
+        };
+        let answer: SnapshotReply = self
+            .node
+            .raft()
+            .install_full_snapshot(header.vote, snapshot)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&answer)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let call: ForwardCall = decode(request.get_ref())?;
+        let answer: ForwardReply = self.node.handle_forward(call).await;
+        reply(&answer)
+    }
+}

@@ -1,0 +1,41 @@
+//! What travels inside the peer envelope, and the limits on it.
+
+use aspen_core::TypeConfig;
+use aspen_core::type_config::alias::{SnapshotMeta, Vote};
+use aspen_node::{ForwardRequest, ForwardResponse, NodeError};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use serde::{Deserialize, Serialize};
+
+/// Largest peer message: a full append batch of maximum-size requests, plus headroom.
+pub fn peer_message_bytes_max(request_bytes_max: u64) -> usize {
+    let bytes =
+        aspen_node::raft_config::REPLICATION_ENTRIES_MAX * (request_bytes_max + 1024) + 1024 * 1024;
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// Connect timeout for a peer connection.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Deadline for a forwarded client request (it may wait for a commit and an apply).
+pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VoteCall {
+    pub pre_vote: bool,
+    pub request: VoteRequest<TypeConfig>,
+}
+
+pub type VoteReply = Result<VoteResponse<TypeConfig>, String>;
+pub type AppendCall = AppendEntriesRequest<TypeConfig>;
+pub type AppendReply = Result<AppendEntriesResponse<TypeConfig>, String>;
+pub type ForwardCall = ForwardRequest;
+pub type ForwardReply = Result<ForwardResponse, NodeError>;
+
+/// The first chunk of a snapshot transfer carries this in `meta`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    pub len_bytes: u64,
+}
+
+pub type SnapshotReply = Result<openraft::raft::SnapshotResponse<TypeConfig>, String>;
