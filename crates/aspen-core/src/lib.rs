@@ -8,6 +8,7 @@ pub mod codec;
 pub mod command;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod response;
 pub mod type_config;
 

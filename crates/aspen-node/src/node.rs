@@ -62,6 +62,8 @@ struct NodeInner {
     raft: AspenRaft,
     reader: MvccReader,
     store: Store,
+    /// A handle on the state machine Raft owns, for receiving snapshots into its store.
+    state_machine: StateMachine,
     forwarder: Arc<dyn Forwarder>,
     metrics: Arc<NodeMetrics>,
 }
@@ -83,6 +85,7 @@ impl Node {
             aspen_storage::open_storage(&options.backend, options.limits)?;
         let reader = state_machine.reader();
         let store = state_machine.store().clone();
+        let state_machine_handle = state_machine.clone();
         let config = options
             .timing
             .to_openraft(&options.cluster_name)
@@ -96,6 +99,7 @@ impl Node {
                 raft,
                 reader,
                 store,
+                state_machine: state_machine_handle,
                 forwarder,
                 metrics: Arc::default(),
             }),
@@ -141,6 +145,10 @@ impl Node {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.inner.state_machine
     }
 
     pub fn reader(&self) -> &MvccReader {

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) backend: StorageBackend,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) limits: Limits,
+    /// Durations of durable log commits (each one fsync), in microseconds.
+    pub(crate) fsync_latency: aspen_core::metrics::Histogram,
 }
 
 /// Opens (creating if missing) the log store and state machine for `backend`.
@@ -48,12 +50,23 @@ pub fn open_storage(backend: &StorageBackend, limits: Limits) -> Result<(LogStor
     Ok((LogStore::new(store.clone()), StateMachine::new(store)?))
 }
 
+/// As [`open_storage`] with `StorageBackend::Redb { path }`, but the database's bytes go through
+/// `file_backend`, a caller-built redb backend over the file at `path` (normally wrapping
+/// `redb::backends::FileBackend`). For benchmarks and fault injection only: a backend that
+/// counts `sync_data` calls measures fsyncs per commit. `path` still names the database in
+/// errors and places the snapshot directory beside it.
+pub fn open_storage_with_file_backend(
+    path: &Path,
+    limits: Limits,
+    file_backend: impl redb::StorageBackend,
+) -> Result<(LogStore, StateMachine)> {
+    let store = Store::open_with_file_backend(path, limits, file_backend)?;
+    Ok((LogStore::new(store.clone()), StateMachine::new(store)?))
+}
+
 impl Store {
     pub fn open(backend: &StorageBackend, limits: Limits) -> Result<Store> {
-        let problems = limits.validate();
-        if !problems.is_empty() {
-            return Err(StorageError::Invariant(problems.join("; ")));
-        }
+        check_limits(&limits)?;
         let (db, snapshots) = match backend {
             StorageBackend::Redb { path } => (open_file(path)?, SnapshotStore::open_dir(path)?),
             StorageBackend::InMemory => {
@@ -63,7 +76,34 @@ impl Store {
                 (db, SnapshotStore::memory())
             }
         };
-        let path = match backend {
+        Store::from_database(db, snapshots, backend.clone(), limits)
+    }
+
+    /// See [`open_storage_with_file_backend`].
+    pub fn open_with_file_backend(
+        path: &Path,
+        limits: Limits,
+        file_backend: impl redb::StorageBackend,
+    ) -> Result<Store> {
+        check_limits(&limits)?;
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE_BYTES_DEFAULT)
+            .create_with_backend(file_backend)
+            .map_err(|e| open_error(path, e))?;
+        let snapshots = SnapshotStore::open_dir(path)?;
+        let backend = StorageBackend::Redb {
+            path: path.to_path_buf(),
+        };
+        Store::from_database(db, snapshots, backend, limits)
+    }
+
+    fn from_database(
+        db: Database,
+        snapshots: SnapshotStore,
+        backend: StorageBackend,
+        limits: Limits,
+    ) -> Result<Store> {
+        let path = match &backend {
             StorageBackend::Redb { path } => path.clone(),
             StorageBackend::InMemory => PathBuf::from("<memory>"),
         };
@@ -71,9 +111,10 @@ impl Store {
         let store = Store {
             shared: Arc::new(Shared {
                 db: RwLock::new(db),
-                backend: backend.clone(),
+                backend,
                 snapshots,
                 limits,
+                fsync_latency: aspen_core::metrics::Histogram::default(),
             }),
         };
         store
@@ -95,6 +136,11 @@ impl Store {
 
     pub fn backend(&self) -> &StorageBackend {
         &self.shared.backend
+    }
+
+    /// Latency of durable log commits: one fsync each.
+    pub fn fsync_latency(&self) -> &aspen_core::metrics::Histogram {
+        &self.shared.fsync_latency
     }
 
     pub fn limits(&self) -> Limits {
@@ -171,7 +217,11 @@ fn open_file(path: &Path) -> Result<Database> {
     let opened = redb::Builder::new()
         .set_cache_size(REDB_CACHE_BYTES_DEFAULT)
         .create(path);
-    opened.map_err(|e| match e {
+    opened.map_err(|e| open_error(path, e))
+}
+
+fn open_error(path: &Path, error: redb::DatabaseError) -> StorageError {
+    match error {
         redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
             path: path.to_path_buf(),
         },
@@ -179,7 +229,15 @@ fn open_file(path: &Path) -> Result<Database> {
             path: path.to_path_buf(),
             reason: other.to_string(),
         },
-    })
+    }
+}
+
+fn check_limits(limits: &Limits) -> Result<()> {
+    let problems = limits.validate();
+    if !problems.is_empty() {
+        return Err(StorageError::Invariant(problems.join("; ")));
+    }
+    Ok(())
 }
 
 /// A new database gets Aspen's format marker; an existing one must carry it.

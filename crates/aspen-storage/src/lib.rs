@@ -11,7 +11,7 @@ pub mod schema;
 pub mod snapshot;
 pub mod state_machine;
 
-pub use backend::{StorageBackend, Store, open_storage};
+pub use backend::{StorageBackend, Store, open_storage, open_storage_with_file_backend};
 pub use error::StorageError;
 pub use log_store::LogStore;
 pub use snapshot::{SnapshotData, SnapshotReceiver};

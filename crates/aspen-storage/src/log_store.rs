@@ -129,7 +129,10 @@ impl LogStore {
                 expected_index = Some(entry.log_id.index + 1);
             }
         }
+        let started = std::time::Instant::now();
         txn.commit()?;
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        self.store.shared.fsync_latency.observe_us(elapsed_us);
         Ok(())
     }
 

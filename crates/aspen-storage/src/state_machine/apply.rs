@@ -242,7 +242,8 @@ impl<'a, 't> Applier<'a, 't> {
         Ok(())
     }
 
-    /// A range read inside a Txn: it sees the Txn's earlier writes, as etcd's do.
+    /// A range read inside a Txn: at revision 0 it sees the Txn's earlier writes, as etcd's do;
+    /// at an explicit revision it sees that revision only.
     pub(crate) fn range(
         &self,
         request: &RangeRequest,
@@ -255,7 +256,14 @@ impl<'a, 't> Applier<'a, 't> {
             Ok(at) => at,
             Err(e) => return Ok(Err(e)),
         };
-        let current = self.state.revision;
+        // The Txn's own writes already sit in `kv_latest` at `revision + 1`: only a read of "now"
+        // may take the latest-only path; an explicit revision (even the current one) must skip
+        // them, as etcd reads it at that revision.
+        let current = if request.revision == 0 {
+            self.state.revision
+        } else {
+            self.state.revision + 1
+        };
         Ok(Ok(range::range(
             &self.tables.latest,
             &self.tables.history,

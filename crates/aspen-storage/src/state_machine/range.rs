@@ -209,11 +209,7 @@ where
                 && (kvs.len() as u64) < fetch_max
                 && passes_filters(request, &version)
             {
-                let mut kv = version.to_key_value(key);
-                if request.keys_only {
-                    kv.value.clear();
-                }
-                kvs.push(kv);
+                kvs.push(version.to_key_value(key));
             }
             // Without count we could stop at fetch_max; etcd reports the full count, so keep going.
             true
@@ -229,6 +225,12 @@ where
     }
     if request.count_only {
         kvs.clear();
+    }
+    // As etcd: values are dropped only after sorting, so keys_only still sorts by value.
+    if request.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
     }
     Ok(RangeResult { kvs, more, count })
 }

@@ -136,14 +136,20 @@ pub(crate) fn install(
             encoded.clear();
             match frame {
                 Frame::Latest { key, version } => {
-                    assert!(
-                        !version.is_tombstone(),
-                        "snapshot holds a tombstone as a live key"
-                    );
-                    assert!(
-                        version.mod_revision <= revision,
-                        "snapshot key newer than its revision"
-                    );
+                    // Snapshot bytes come from the network or the disk: a bad record is an
+                    // error (the transaction is dropped, nothing changes), never a panic. The
+                    // checksum is only known at the end, so a damaged frame can get here.
+                    if version.is_tombstone() {
+                        return Err(StorageError::Snapshot(
+                            "snapshot holds a tombstone as a live key".into(),
+                        ));
+                    }
+                    if version.mod_revision > revision {
+                        return Err(StorageError::Snapshot(format!(
+                            "snapshot key modified at {} is newer than its revision {revision}",
+                            version.mod_revision
+                        )));
+                    }
                     aspen_core::codec::encode_into(&version, &mut encoded);
                     tables.latest.insert(key.as_slice(), encoded.as_slice())?;
                     if version.lease != 0 {

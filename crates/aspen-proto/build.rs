@@ -1,0 +1,35 @@
+//! Compiles `proto/` into Rust at build time without a `protoc` binary:
+//! `protox` (a pure-Rust protobuf compiler) parses the files into a
+//! `FileDescriptorSet`, which `tonic-prost-build` turns into prost messages
+//! plus tonic client and server stubs in `OUT_DIR` (one file per package).
+
+use std::path::PathBuf;
+
+const PROTO_ROOT: &str = "proto";
+
+const PROTOS: &[&str] = &[
+    "etcd/mvccpb/kv.proto",
+    "etcd/authpb/auth.proto",
+    "etcd/etcdserverpb/rpc.proto",
+    "aspen/aspen_peer.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={PROTO_ROOT}/{proto}");
+    }
+
+    let files: Vec<PathBuf> = PROTOS
+        .iter()
+        .map(|p| PathBuf::from(PROTO_ROOT).join(p))
+        .collect();
+    let fds = protox::compile(&files, [PROTO_ROOT])?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

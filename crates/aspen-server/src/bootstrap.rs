@@ -1,0 +1,236 @@
+//! Starting a member: storage, Raft, the peer and client gRPC listeners, the metrics
+//! listener, cluster formation on first boot, and an orderly stop.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aspen_core::NodeInfo;
+use aspen_node::{ForwardRequest, Node, NodeError, NodeOptions, RaftTiming};
+use aspen_proto::peer::raft_peer_server::RaftPeerServer;
+use aspen_raft::{PeerClients, PeerNetworkFactory, PeerService};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ClusterBootstrapConfig, ClusterState};
+
+/// How long in-flight requests get to finish after a stop signal.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// How often a member checks that the cluster knows its name and client URLs.
+pub const SELF_PUBLISH_INTERVAL_MS: u64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A running member: its node and the tasks serving it.
+pub struct NodeHandle {
+    pub node: Node,
+    pub client_addrs: Vec<SocketAddr>,
+    pub peer_addrs: Vec<SocketAddr>,
+    pub metrics_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// Starts a member as `config` describes and returns once it is serving.
+pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandle, BootstrapError> {
+    let member_id = config.member_id();
+    let info = NodeInfo {
+        name: config.name.clone(),
+        peer_urls: config.initial_advertise_peer_urls.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+    };
+    // Bind first: a port in use is reported before anything else starts.
+    let peer_listeners = bind_all(&config.listen_peer_addrs, "peer").await?;
+    let client_listeners = bind_all(&config.listen_client_addrs, "client").await?;
+    let metrics_listeners = bind_all(&config.listen_metrics_addrs, "metrics").await?;
+
+    let clients = PeerClients::new(config.limits.request_bytes_max);
+    let options = NodeOptions {
+        id: member_id,
+        info: info.clone(),
+        cluster_id: config.initial_cluster_id(),
+        cluster_name: config.initial_cluster_token.clone(),
+        timing: RaftTiming {
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            election_timeout_ms: config.election_timeout_ms,
+            snapshot_count: config.snapshot_count,
+        },
+        backend: config.storage_backend.clone(),
+        limits: config.limits,
+    };
+    let node = Node::start(
+        options,
+        PeerNetworkFactory::new(clients.clone()),
+        Arc::new(clients),
+    )
+    .await?;
+    tracing::info!(member = format!("{member_id:x}"), name = %config.name, "storage open, raft started");
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut handle = NodeHandle {
+        node: node.clone(),
+        client_addrs: local_addrs(&client_listeners),
+        peer_addrs: local_addrs(&peer_listeners),
+        metrics_addrs: local_addrs(&metrics_listeners),
+        stop,
+        servers: Vec::new(),
+    };
+    let message_bytes_max =
+        aspen_raft::wire::peer_message_bytes_max(config.limits.request_bytes_max);
+    for listener in peer_listeners {
+        let service =
+            RaftPeerServer::new(PeerService::new(node.clone(), node.state_machine().clone()))
+                .max_decoding_message_size(message_bytes_max)
+                .max_encoding_message_size(message_bytes_max);
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service);
+        handle
+            .servers
+            .push(spawn_grpc(router, listener, stop_rx.clone(), "peer"));
+    }
+    for listener in client_listeners {
+        let router = crate::services::client_router(&node);
+        handle
+            .servers
+            .push(spawn_grpc(router, listener, stop_rx.clone(), "client"));
+    }
+    for listener in metrics_listeners {
+        handle
+            .servers
+            .push(crate::http::spawn(listener, node.clone(), stop_rx.clone()));
+    }
+
+    if config.initial_cluster_state == ClusterState::New {
+        let members: BTreeMap<u64, NodeInfo> = config
+            .initial_cluster
+            .iter()
+            .map(|m| {
+                let id = m.member_id(&config.initial_cluster_token);
+                let is_self = id == member_id;
+                let info = NodeInfo {
+                    name: m.name.clone(),
+                    peer_urls: m.peer_urls.clone(),
+                    client_urls: if is_self {
+                        config.advertise_client_urls.clone()
+                    } else {
+                        Vec::new()
+                    },
+                };
+                (id, info)
+            })
+            .collect();
+        if node.initialize(members).await? {
+            tracing::info!("initialized a new cluster");
+        }
+    }
+    handle
+        .servers
+        .push(spawn_self_publish(node.clone(), info, stop_rx));
+    Ok(handle)
+}
+
+async fn bind_all(
+    addrs: &[SocketAddr],
+    what: &'static str,
+) -> Result<Vec<TcpListener>, BootstrapError> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BootstrapError::Listen {
+                addr: *addr,
+                what,
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect()
+}
+
+fn spawn_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let signal = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
+            tracing::error!(%error, what, "gRPC server failed");
+        }
+    })
+}
+
+/// etcd members publish their name and client URLs once they run; so do we, through a
+/// membership update, until the cluster's record matches what this member advertises.
+fn spawn_self_publish(
+    node: Node,
+    info: NodeInfo,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let published = node
+                .members()
+                .iter()
+                .any(|m| m.id == node.id() && m.info == info);
+            if published {
+                return;
+            }
+            let in_cluster = node.members().iter().any(|m| m.id == node.id());
+            if in_cluster {
+                let request = ForwardRequest::UpdateMember {
+                    id: node.id(),
+                    info: info.clone(),
+                };
+                if let Err(error) = node.change_membership(request).await {
+                    tracing::debug!(%error, "publishing member attributes; will retry");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(SELF_PUBLISH_INTERVAL_MS)) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+        }
+    })
+}
+
+impl NodeHandle {
+    /// Stops accepting, lets in-flight requests finish within `SHUTDOWN_GRACE_MS`, stops Raft.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
+        for server in self.servers {
+            if tokio::time::timeout(grace, server).await.is_err() {
+                tracing::warn!("a listener did not stop within the grace period");
+            }
+        }
+        if let Err(error) = self.node.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+    }
+}

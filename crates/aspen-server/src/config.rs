@@ -1,0 +1,1232 @@
+//! Start-up configuration of one Aspen node.
+//!
+//! The flags are etcd's, with etcd's names, meanings and defaults. Every setting is read from, in
+//! rising precedence: built-in defaults, a TOML file (`--config-file`), `ASPEN_<FLAG>`
+//! environment variables, then the command line. (etcd instead ignores flags and environment
+//! when given a config file; layering is kinder to operators who override one setting.)
+//!
+//! Each source parses into the same all-optional [`RawConfig`], which is what makes precedence a
+//! plain field-by-field "first that is set". The merged result is then checked as a whole and
+//! every problem is reported at once, one line each, so an operator fixes a config in one pass.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use aspen_core::limits::{
+    CLUSTER_MEMBERS_MAX, Limits, QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT,
+    TXN_OPS_MAX_DEFAULT,
+};
+use aspen_storage::StorageBackend;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use serde::Deserialize;
+
+pub const NAME_DEFAULT: &str = "default";
+pub const LISTEN_CLIENT_URLS_DEFAULT: &str = "http://127.0.0.1:2379";
+pub const LISTEN_PEER_URLS_DEFAULT: &str = "http://127.0.0.1:2380";
+pub const INITIAL_CLUSTER_TOKEN_DEFAULT: &str = "aspen-cluster";
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1000;
+/// etcd refuses election timeouts above 50 s: a cluster that slow to fail over is a mistake.
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
+/// etcd's rule: an election timeout shorter than 5 heartbeats causes needless elections.
+pub const ELECTION_TIMEOUT_HEARTBEATS_MIN: u64 = 5;
+pub const SNAPSHOT_COUNT_DEFAULT: u64 = 100_000;
+/// A config file is a few hundred bytes; refusing big files bounds what start-up reads.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Most URLs one flag (or one member of --initial-cluster) may list.
+pub const URLS_PER_FLAG_MAX: u32 = 16;
+/// Environment variables for flags are this prefix plus the flag, upper-cased, `-` to `_`.
+pub const ENV_PREFIX: &str = "ASPEN_";
+/// Where the redb file lives under `--data-dir`, as etcd keeps its data under `member/`.
+pub const REDB_FILE_IN_DATA_DIR: &str = "member/aspen.redb";
+
+const ENV_HELP: &str = "Every flag can also be set by an environment variable ASPEN_<FLAG> \
+(upper-cased, '-' as '_', e.g. ASPEN_LISTEN_CLIENT_URLS) or by a key in --config-file named as \
+the flag without '--' (e.g. listen-client-urls = \"http://127.0.0.1:2379\"). Precedence: command \
+line > environment > config file > default. Only http:// URLs are accepted: there is no TLS yet.";
+
+/// Whether this node starts a new cluster or joins one that exists (etcd's meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// One member of `--initial-cluster`: its name and its peer URLs, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    /// Canonical `http://host:port` strings.
+    pub peer_urls: Vec<String>,
+}
+
+impl InitialMember {
+    pub fn member_id(&self, token: &str) -> u64 {
+        member_id(&self.name, &self.peer_urls, token)
+    }
+}
+
+/// A node's validated start-up configuration. Build it with [`Self::from_sources`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterBootstrapConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// `Redb { path: data_dir/member/aspen.redb }` or `InMemory`.
+    pub storage_backend: StorageBackend,
+    pub listen_client_addrs: Vec<SocketAddr>,
+    /// Canonical `http://host:port` strings; hosts may be names, never resolved here.
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_addrs: Vec<SocketAddr>,
+    /// Canonical `http://host:port` strings; they equal this node's URLs in `initial_cluster`.
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// In order of first appearance; contains `name`.
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+    pub limits: Limits,
+    /// Empty: no separate listener for /metrics, /health and /version.
+    pub listen_metrics_addrs: Vec<SocketAddr>,
+    pub log_level: LogLevel,
+    /// The file read, if any; kept so the operator can be told where settings came from.
+    pub config_file: Option<PathBuf>,
+    /// Not errors, but worth printing at start-up (e.g. unrecognized `ASPEN_*` variables).
+    pub warnings: Vec<String>,
+}
+
+/// Why no configuration came out of the sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigErrors {
+    /// `--help` or `--version` was asked for: print this text to stdout and exit 0.
+    HelpOrVersion(String),
+    /// The configuration is unusable: every problem found, one line each.
+    Invalid(Vec<String>),
+}
+
+impl ConfigErrors {
+    /// The problems, one line each; empty for `HelpOrVersion`.
+    pub fn problems(&self) -> &[String] {
+        match self {
+            ConfigErrors::HelpOrVersion(_) => &[],
+            ConfigErrors::Invalid(problems) => problems,
+        }
+    }
+
+    /// 0 for help or version, 2 (a usage error, as clap) for an invalid configuration.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigErrors::HelpOrVersion(_) => 0,
+            ConfigErrors::Invalid(_) => 2,
+        }
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigErrors::HelpOrVersion(text) => f.write_str(text),
+            ConfigErrors::Invalid(problems) => f.write_str(&problems.join("\n")),
+        }
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Every setting as one source gives it: `None` means "this source does not say".
+///
+/// Deliberately no clap defaults: a default would hide whether the command line said anything,
+/// and precedence needs to know. Defaults are applied in [`resolve`] and written in the help.
+#[derive(Parser, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[command(
+    name = "aspen",
+    version,
+    about = "Aspen: an etcd v3 compatible replicated key-value store",
+    long_about = None,
+    after_help = ENV_HELP,
+    args_override_self = true
+)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    /// Human-readable name of this member [default: default]
+    #[arg(long, env = "ASPEN_NAME", value_name = "NAME")]
+    name: Option<String>,
+    /// Directory for this member's data [default: ${name}.aspen]
+    #[arg(long, env = "ASPEN_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Comma-separated http:// URLs to serve clients on [default: http://127.0.0.1:2379]
+    #[arg(long, env = "ASPEN_LISTEN_CLIENT_URLS", value_name = "URLS")]
+    listen_client_urls: Option<String>,
+    /// Comma-separated client URLs to advertise to the cluster [default: --listen-client-urls]
+    #[arg(long, env = "ASPEN_ADVERTISE_CLIENT_URLS", value_name = "URLS")]
+    advertise_client_urls: Option<String>,
+    /// Comma-separated http:// URLs to serve peers on [default: http://127.0.0.1:2380]
+    #[arg(long, env = "ASPEN_LISTEN_PEER_URLS", value_name = "URLS")]
+    listen_peer_urls: Option<String>,
+    /// Comma-separated peer URLs of this member, as the others reach it [default: --listen-peer-urls]
+    #[arg(long, env = "ASPEN_INITIAL_ADVERTISE_PEER_URLS", value_name = "URLS")]
+    initial_advertise_peer_urls: Option<String>,
+    /// Initial members, "n1=http://a:2380,n2=http://b:2380"; repeat a name for more URLs [default: ${name}=${initial-advertise-peer-urls}]
+    #[arg(long, env = "ASPEN_INITIAL_CLUSTER", value_name = "MEMBERS")]
+    initial_cluster: Option<String>,
+    /// "new" to bootstrap a cluster, "existing" to join one [default: new]
+    #[arg(long, env = "ASPEN_INITIAL_CLUSTER_STATE", value_name = "STATE")]
+    initial_cluster_state: Option<String>,
+    /// Token that tells clusters apart; part of every member id [default: aspen-cluster]
+    #[arg(long, env = "ASPEN_INITIAL_CLUSTER_TOKEN", value_name = "TOKEN")]
+    initial_cluster_token: Option<String>,
+    /// Time between leader heartbeats, in milliseconds [default: 100]
+    #[arg(long, env = "ASPEN_HEARTBEAT_INTERVAL", value_name = "MS")]
+    heartbeat_interval: Option<u64>,
+    /// Time without a leader before an election, in milliseconds; at least 5 heartbeats [default: 1000]
+    #[arg(long, env = "ASPEN_ELECTION_TIMEOUT", value_name = "MS")]
+    election_timeout: Option<u64>,
+    /// Applied entries between snapshots [default: 100000]
+    #[arg(long, env = "ASPEN_SNAPSHOT_COUNT", value_name = "ENTRIES")]
+    snapshot_count: Option<u64>,
+    #[arg(
+        long,
+        env = "ASPEN_QUOTA_BACKEND_BYTES",
+        value_name = "BYTES",
+        help = format!(
+            "Database size that raises the NOSPACE alarm [default: {QUOTA_BACKEND_BYTES_DEFAULT}]"
+        )
+    )]
+    quota_backend_bytes: Option<u64>,
+    #[arg(
+        long,
+        env = "ASPEN_MAX_REQUEST_BYTES",
+        value_name = "BYTES",
+        help = format!("Largest client request accepted [default: {REQUEST_BYTES_MAX_DEFAULT}]")
+    )]
+    max_request_bytes: Option<u64>,
+    #[arg(
+        long,
+        env = "ASPEN_MAX_TXN_OPS",
+        value_name = "OPS",
+        help = format!("Most operations in one transaction [default: {TXN_OPS_MAX_DEFAULT}]")
+    )]
+    max_txn_ops: Option<u32>,
+    /// Comma-separated http:// URLs for a separate /metrics, /health, /version listener [default: none]
+    #[arg(long, env = "ASPEN_LISTEN_METRICS_URLS", value_name = "URLS")]
+    listen_metrics_urls: Option<String>,
+    /// debug, info, warn or error [default: info]
+    #[arg(long, env = "ASPEN_LOG_LEVEL", value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// "redb" (a file under --data-dir) or "memory" (lost on exit; for tests) [default: redb]
+    #[arg(long, env = "ASPEN_STORAGE_BACKEND", value_name = "BACKEND")]
+    storage_backend: Option<String>,
+    /// TOML file of settings, keys named as the flags [default: none]
+    #[arg(long, env = "ASPEN_CONFIG_FILE", value_name = "PATH")]
+    #[serde(skip)]
+    config_file: Option<PathBuf>,
+}
+
+impl RawConfig {
+    /// `self` with every field that `higher` sets taken from `higher`.
+    fn overlay(self, higher: RawConfig) -> RawConfig {
+        RawConfig {
+            name: higher.name.or(self.name),
+            data_dir: higher.data_dir.or(self.data_dir),
+            listen_client_urls: higher.listen_client_urls.or(self.listen_client_urls),
+            advertise_client_urls: higher.advertise_client_urls.or(self.advertise_client_urls),
+            listen_peer_urls: higher.listen_peer_urls.or(self.listen_peer_urls),
+            initial_advertise_peer_urls: higher
+                .initial_advertise_peer_urls
+                .or(self.initial_advertise_peer_urls),
+            initial_cluster: higher.initial_cluster.or(self.initial_cluster),
+            initial_cluster_state: higher.initial_cluster_state.or(self.initial_cluster_state),
+            initial_cluster_token: higher.initial_cluster_token.or(self.initial_cluster_token),
+            heartbeat_interval: higher.heartbeat_interval.or(self.heartbeat_interval),
+            election_timeout: higher.election_timeout.or(self.election_timeout),
+            snapshot_count: higher.snapshot_count.or(self.snapshot_count),
+            quota_backend_bytes: higher.quota_backend_bytes.or(self.quota_backend_bytes),
+            max_request_bytes: higher.max_request_bytes.or(self.max_request_bytes),
+            max_txn_ops: higher.max_txn_ops.or(self.max_txn_ops),
+            listen_metrics_urls: higher.listen_metrics_urls.or(self.listen_metrics_urls),
+            log_level: higher.log_level.or(self.log_level),
+            storage_backend: higher.storage_backend.or(self.storage_backend),
+            config_file: higher.config_file.or(self.config_file),
+        }
+    }
+}
+
+impl ClusterBootstrapConfig {
+    /// Reads every source and checks the result. `args` starts with the program name, as
+    /// `std::env::args()`; `env` is the process environment (only `ASPEN_*` keys are read), passed
+    /// in so tests need not touch the real one. An empty environment value counts as unset.
+    pub fn from_sources(
+        args: &[String],
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigErrors> {
+        let mut problems = Vec::new();
+        let cli = parse_command_line(args, &mut problems)?;
+        let (env_layer, warnings) = parse_environment(env, &mut problems);
+        let config_file = cli
+            .as_ref()
+            .and_then(|cli| cli.config_file.clone())
+            .or_else(|| env_layer.config_file.clone());
+        let file_layer = match &config_file {
+            Some(path) => read_config_file(path, &mut problems),
+            None => RawConfig::default(),
+        };
+        // Without every layer parsed, the merged values are unknown and checking them would
+        // report problems the operator does not have.
+        let Some(cli) = cli.filter(|_| problems.is_empty()) else {
+            return Err(ConfigErrors::Invalid(problems));
+        };
+        let merged = file_layer.overlay(env_layer).overlay(cli);
+        let mut config = resolve(merged).map_err(ConfigErrors::Invalid)?;
+        config.config_file = config_file;
+        config.warnings = warnings;
+        Ok(config)
+    }
+
+    /// The clap command, for rendering help (`command().render_help()`). Help names each
+    /// variable but never shows its current value, which may be a secret one day.
+    pub fn command() -> clap::Command {
+        RawConfig::command().mut_args(|arg| arg.hide_env_values(true))
+    }
+
+    /// This node's member id.
+    pub fn member_id(&self) -> u64 {
+        member_id(
+            &self.name,
+            &self.initial_advertise_peer_urls,
+            &self.initial_cluster_token,
+        )
+    }
+
+    /// The id of the cluster `initial_cluster` bootstraps. Meaningful for state "new" only: a
+    /// node joining an existing cluster learns the id from it.
+    pub fn initial_cluster_id(&self) -> u64 {
+        let token = &self.initial_cluster_token;
+        let ids: Vec<u64> = self
+            .initial_cluster
+            .iter()
+            .map(|member| member.member_id(token))
+            .collect();
+        cluster_id(&ids, token)
+    }
+
+    /// The configuration as a config file: feeding it back through `--config-file` gives the
+    /// same configuration.
+    pub fn to_toml(&self) -> String {
+        let urls = |addrs: &[SocketAddr]| -> String {
+            let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+            urls.join(",")
+        };
+        let cluster: Vec<String> = self
+            .initial_cluster
+            .iter()
+            .flat_map(|m| m.peer_urls.iter().map(move |u| format!("{}={u}", m.name)))
+            .collect();
+        let storage = match self.storage_backend {
+            StorageBackend::Redb { .. } => "redb",
+            StorageBackend::InMemory => "memory",
+        };
+        let strings = [
+            ("name", self.name.clone()),
+            ("data-dir", self.data_dir.to_string_lossy().into_owned()),
+            ("listen-client-urls", urls(&self.listen_client_addrs)),
+            (
+                "advertise-client-urls",
+                self.advertise_client_urls.join(","),
+            ),
+            ("listen-peer-urls", urls(&self.listen_peer_addrs)),
+            (
+                "initial-advertise-peer-urls",
+                self.initial_advertise_peer_urls.join(","),
+            ),
+            ("initial-cluster", cluster.join(",")),
+            (
+                "initial-cluster-state",
+                self.initial_cluster_state.as_str().to_string(),
+            ),
+            ("initial-cluster-token", self.initial_cluster_token.clone()),
+            ("listen-metrics-urls", urls(&self.listen_metrics_addrs)),
+            ("log-level", self.log_level.as_str().to_string()),
+            ("storage-backend", storage.to_string()),
+        ];
+        let numbers = [
+            ("heartbeat-interval", self.heartbeat_interval_ms),
+            ("election-timeout", self.election_timeout_ms),
+            ("snapshot-count", self.snapshot_count),
+            ("quota-backend-bytes", self.limits.quota_backend_bytes),
+            ("max-request-bytes", self.limits.request_bytes_max),
+            ("max-txn-ops", u64::from(self.limits.txn_ops_max)),
+        ];
+        let mut text = String::new();
+        for (key, value) in strings {
+            text.push_str(&format!("{key} = {}\n", toml_basic_string(&value)));
+        }
+        for (key, value) in numbers {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+        text
+    }
+}
+
+/// The process's arguments, never panicking on ones that are not UTF-8 (they are converted
+/// lossily, so a bad one shows up in an error message instead of aborting start-up).
+pub fn process_args() -> Vec<String> {
+    std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The process environment, converted as [`process_args`] does.
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A member's id: FNV-1a 64 over the token, a 0x00 byte, then the peer URLs sorted and joined
+/// by ','. A given input gives the same id in every version: ids are stored in the Raft log.
+/// The name is not hashed (as in etcd), so renaming a member keeps its id; 0 is mapped to 1
+/// because openraft and etcd treat 0 as "no member".
+///
+/// # Panics
+/// If `peer_urls` is empty: a validated configuration never has such a member.
+pub fn member_id(name: &str, peer_urls: &[String], token: &str) -> u64 {
+    assert!(!peer_urls.is_empty(), "member '{name}' has no peer URL");
+    let mut sorted: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut hash = Fnv1a64::new();
+    hash.write(token.as_bytes());
+    hash.write(&[0x00]);
+    for (index, url) in sorted.iter().enumerate() {
+        if index > 0 {
+            hash.write(b",");
+        }
+        hash.write(url.as_bytes());
+    }
+    hash.finish_nonzero()
+}
+
+/// A cluster's id: FNV-1a 64 over the token, a 0x00 byte, then the member ids sorted, each as 8
+/// big-endian bytes. Stable across versions like [`member_id`], and never 0.
+///
+/// # Panics
+/// If `member_ids` is empty: a cluster has at least one member.
+pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
+    assert!(!member_ids.is_empty(), "a cluster has at least one member");
+    let mut sorted = member_ids.to_vec();
+    sorted.sort_unstable();
+    let mut hash = Fnv1a64::new();
+    hash.write(token.as_bytes());
+    hash.write(&[0x00]);
+    for id in sorted {
+        hash.write(&id.to_be_bytes());
+    }
+    hash.finish_nonzero()
+}
+
+/// FNV-1a, 64-bit: tiny, well specified and fixed forever, unlike std's hashers.
+struct Fnv1a64(u64);
+
+impl Fnv1a64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn new() -> Self {
+        Fnv1a64(Self::OFFSET_BASIS)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn finish_nonzero(&self) -> u64 {
+        if self.0 == 0 { 1 } else { self.0 }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the sources.
+
+/// Parses the command line. Help and version come back as `Err`; a parse error is recorded in
+/// `problems` and gives `Ok(None)`, so the other sources are still read and reported on.
+fn parse_command_line(
+    args: &[String],
+    problems: &mut Vec<String>,
+) -> Result<Option<RawConfig>, ConfigErrors> {
+    match parse_without_env(args) {
+        Ok(raw) => Ok(Some(raw)),
+        Err(error) => match error.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                // Rendered again by the command that knows the variables, so help names them.
+                // clap stops at --help before it reads any variable, so this reads none.
+                let text = match ClusterBootstrapConfig::command().try_get_matches_from(args) {
+                    Err(full) if full.kind() == error.kind() => full.to_string(),
+                    _ => error.to_string(),
+                };
+                Err(ConfigErrors::HelpOrVersion(text))
+            }
+            _ => {
+                problems.push(clap_error_line(&error));
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Parses with clap's own environment lookup switched off: the environment is a separate,
+/// injected layer (the `env` attributes remain, so `--help` still names each variable).
+fn parse_without_env(args: &[String]) -> Result<RawConfig, clap::Error> {
+    let command = RawConfig::command().mut_args(|arg| arg.env(None::<&'static str>));
+    let matches = command.try_get_matches_from(args)?;
+    RawConfig::from_arg_matches(&matches)
+}
+
+/// clap's message is several lines with a usage hint; one line reads better in a list.
+fn clap_error_line(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or("invalid command line");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+/// The `ASPEN_*` layer: each variable is parsed as its flag would be, one at a time, so that a
+/// bad value is reported under the variable's name. Unknown `ASPEN_*` names are warnings (as in
+/// etcd), since other tools may share the prefix.
+fn parse_environment(
+    env: &HashMap<String, String>,
+    problems: &mut Vec<String>,
+) -> (RawConfig, Vec<String>) {
+    let command = RawConfig::command();
+    let mut flag_by_env: BTreeMap<String, String> = BTreeMap::new();
+    for arg in command.get_arguments() {
+        if let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) {
+            flag_by_env.insert(var.to_string_lossy().into_owned(), long.to_string());
+        }
+    }
+    let mut layer = RawConfig::default();
+    let mut warnings = Vec::new();
+    let mut vars: Vec<(&String, &String)> = env
+        .iter()
+        .filter(|(key, value)| key.starts_with(ENV_PREFIX) && !value.is_empty())
+        .collect();
+    vars.sort();
+    for (var, value) in vars {
+        let Some(long) = flag_by_env.get(var) else {
+            warnings.push(format!("ignoring unrecognized environment variable {var}"));
+            continue;
+        };
+        let args = ["aspen".to_string(), format!("--{long}={value}")];
+        match parse_without_env(&args) {
+            Ok(one) => layer = layer.overlay(one),
+            Err(error) => problems.push(format!("{var}: {}", clap_error_line(&error))),
+        }
+    }
+    (layer, warnings)
+}
+
+/// The file layer. Problems are prefixed "--config-file: <path>:".
+fn read_config_file(path: &Path, problems: &mut Vec<String>) -> RawConfig {
+    let prefix = format!("--config-file: {}", path.display());
+    let text = match read_bounded(path) {
+        Ok(text) => text,
+        Err(reason) => {
+            problems.push(format!("{prefix}: {reason}"));
+            return RawConfig::default();
+        }
+    };
+    // Keys first, all of them, so that every unknown key is named, with its line.
+    let keys = match toml::from_str::<BTreeMap<toml::Spanned<String>, serde::de::IgnoredAny>>(&text)
+    {
+        Ok(keys) => keys,
+        Err(error) => {
+            problems.push(format!("{prefix}: {}", toml_error_line(&text, &error)));
+            return RawConfig::default();
+        }
+    };
+    let known = flag_names();
+    let mut unknown: Vec<(usize, String)> = Vec::new();
+    for key in keys.keys() {
+        let name = key.get_ref();
+        if name == "config-file" || !known.contains(name) {
+            let hint = unknown_key_hint(name, &known);
+            let (line, _) = line_and_column(&text, key.span().start);
+            unknown.push((
+                key.span().start,
+                format!("line {line}: unknown key '{name}'{hint}"),
+            ));
+        }
+    }
+    if !unknown.is_empty() {
+        unknown.sort();
+        problems.extend(
+            unknown
+                .into_iter()
+                .map(|(_, line)| format!("{prefix}: {line}")),
+        );
+        return RawConfig::default();
+    }
+    toml::from_str::<RawConfig>(&text).unwrap_or_else(|error| {
+        problems.push(format!("{prefix}: {}", toml_error_line(&text, &error)));
+        RawConfig::default()
+    })
+}
+
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(CONFIG_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > CONFIG_FILE_BYTES_MAX {
+        return Err(format!("larger than {CONFIG_FILE_BYTES_MAX} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
+}
+
+/// Long names of the settings flags: the keys a config file may use.
+fn flag_names() -> Vec<String> {
+    RawConfig::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| *long != "config-file")
+        .map(str::to_string)
+        .collect()
+}
+
+fn unknown_key_hint(name: &str, known: &[String]) -> String {
+    if name == "config-file" {
+        return " (a config file cannot name another)".to_string();
+    }
+    let dashed = name.replace('_', "-").to_lowercase();
+    if known.contains(&dashed) {
+        format!(" (did you mean '{dashed}'?)")
+    } else {
+        String::new()
+    }
+}
+
+/// toml's own rendering is several lines with a caret; one line with the position reads
+/// better among other problems.
+fn toml_error_line(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let (line, column) = line_and_column(text, span.start);
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// A TOML basic string: quotes, backslashes and control characters escaped.
+fn toml_basic_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults and checks.
+
+/// Applies defaults and checks everything, collecting every problem.
+fn resolve(raw: RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let urls = resolve_urls(&raw, &mut problems);
+    let name = raw.name.unwrap_or_else(|| NAME_DEFAULT.to_string());
+    check_name(&name, &mut problems);
+    let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| format!("{name}.aspen")));
+    if data_dir.as_os_str().is_empty() {
+        problems.push("--data-dir must not be empty".to_string());
+    }
+    let token = raw
+        .initial_cluster_token
+        .unwrap_or_else(|| INITIAL_CLUSTER_TOKEN_DEFAULT.to_string());
+    if token.is_empty() {
+        problems.push("--initial-cluster-token must not be empty".to_string());
+    }
+    let initial_cluster = resolve_initial_cluster(
+        raw.initial_cluster.as_deref(),
+        &name,
+        urls.initial_advertise_peer.as_deref(),
+        &mut problems,
+    );
+    let heartbeat_interval_ms = raw
+        .heartbeat_interval
+        .unwrap_or(HEARTBEAT_INTERVAL_MS_DEFAULT);
+    let election_timeout_ms = raw.election_timeout.unwrap_or(ELECTION_TIMEOUT_MS_DEFAULT);
+    check_timing(heartbeat_interval_ms, election_timeout_ms, &mut problems);
+    let snapshot_count = raw.snapshot_count.unwrap_or(SNAPSHOT_COUNT_DEFAULT);
+    if snapshot_count == 0 {
+        problems.push("--snapshot-count must be greater than 0".to_string());
+    }
+    let limits = Limits {
+        request_bytes_max: raw.max_request_bytes.unwrap_or(REQUEST_BYTES_MAX_DEFAULT),
+        txn_ops_max: raw.max_txn_ops.unwrap_or(TXN_OPS_MAX_DEFAULT),
+        quota_backend_bytes: raw
+            .quota_backend_bytes
+            .unwrap_or(QUOTA_BACKEND_BYTES_DEFAULT),
+    };
+    // Limits' messages begin with the flag's name, without the dashes.
+    problems.extend(limits.validate().into_iter().map(|p| format!("--{p}")));
+    let initial_cluster_state = parse_cluster_state(raw.initial_cluster_state, &mut problems);
+    let storage_backend = parse_storage_backend(raw.storage_backend, &data_dir, &mut problems);
+    let log_level = parse_log_level(raw.log_level, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ClusterBootstrapConfig {
+        name,
+        data_dir,
+        storage_backend,
+        listen_client_addrs: urls.listen_client,
+        advertise_client_urls: urls.advertise_client,
+        listen_peer_addrs: urls.listen_peer,
+        initial_advertise_peer_urls: urls.initial_advertise_peer.unwrap_or_default(),
+        initial_cluster,
+        initial_cluster_state,
+        initial_cluster_token: token,
+        heartbeat_interval_ms,
+        election_timeout_ms,
+        snapshot_count,
+        limits,
+        listen_metrics_addrs: urls.listen_metrics,
+        log_level,
+        config_file: None,
+        warnings: Vec::new(),
+    })
+}
+
+fn check_name(name: &str, problems: &mut Vec<String>) {
+    if name.is_empty() {
+        problems.push("--name must not be empty".to_string());
+    } else if name.contains([',', '=']) || name.trim() != name {
+        problems.push(format!(
+            "--name '{name}' must not contain ',' or '=' or start or end with a space \
+             (it is written in --initial-cluster)"
+        ));
+    }
+}
+
+fn check_timing(heartbeat_interval_ms: u64, election_timeout_ms: u64, problems: &mut Vec<String>) {
+    if heartbeat_interval_ms == 0 {
+        problems.push("--heartbeat-interval must be greater than 0 ms".to_string());
+    }
+    let election_timeout_ms_min =
+        heartbeat_interval_ms.saturating_mul(ELECTION_TIMEOUT_HEARTBEATS_MIN);
+    if election_timeout_ms < election_timeout_ms_min {
+        problems.push(format!(
+            "--election-timeout ({election_timeout_ms} ms) must be at least \
+             {ELECTION_TIMEOUT_HEARTBEATS_MIN}x --heartbeat-interval ({heartbeat_interval_ms} ms)"
+        ));
+    }
+    if election_timeout_ms > ELECTION_TIMEOUT_MS_MAX {
+        problems.push(format!(
+            "--election-timeout ({election_timeout_ms} ms) must be at most \
+             {ELECTION_TIMEOUT_MS_MAX} ms"
+        ));
+    }
+}
+
+fn parse_cluster_state(value: Option<String>, problems: &mut Vec<String>) -> ClusterState {
+    match value.as_deref() {
+        None | Some("new") => ClusterState::New,
+        Some("existing") => ClusterState::Existing,
+        Some(other) => {
+            problems.push(format!(
+                "--initial-cluster-state must be 'new' or 'existing', got '{other}'"
+            ));
+            ClusterState::New
+        }
+    }
+}
+
+fn parse_storage_backend(
+    value: Option<String>,
+    data_dir: &Path,
+    problems: &mut Vec<String>,
+) -> StorageBackend {
+    match value.as_deref() {
+        None | Some("redb") => StorageBackend::Redb {
+            path: data_dir.join(REDB_FILE_IN_DATA_DIR),
+        },
+        Some("memory") => StorageBackend::InMemory,
+        Some(other) => {
+            problems.push(format!(
+                "--storage-backend must be 'redb' or 'memory', got '{other}'"
+            ));
+            StorageBackend::InMemory
+        }
+    }
+}
+
+fn parse_log_level(value: Option<String>, problems: &mut Vec<String>) -> LogLevel {
+    match value.as_deref() {
+        Some("debug") => LogLevel::Debug,
+        None | Some("info") => LogLevel::Info,
+        Some("warn") => LogLevel::Warn,
+        Some("error") => LogLevel::Error,
+        Some(other) => {
+            problems.push(format!(
+                "--log-level must be 'debug', 'info', 'warn' or 'error', got '{other}'"
+            ));
+            LogLevel::Info
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// URLs.
+
+/// The URL flags after defaults. `initial_advertise_peer` is `None` when it did not parse, so
+/// that checks against `--initial-cluster` are skipped rather than reported twice.
+struct ResolvedUrls {
+    listen_client: Vec<SocketAddr>,
+    advertise_client: Vec<String>,
+    listen_peer: Vec<SocketAddr>,
+    initial_advertise_peer: Option<Vec<String>>,
+    listen_metrics: Vec<SocketAddr>,
+}
+
+fn resolve_urls(raw: &RawConfig, problems: &mut Vec<String>) -> ResolvedUrls {
+    let listen_client_text = raw.listen_client_urls.as_deref();
+    let listen_client_text = listen_client_text.unwrap_or(LISTEN_CLIENT_URLS_DEFAULT);
+    let listen_peer_text = raw.listen_peer_urls.as_deref();
+    let listen_peer_text = listen_peer_text.unwrap_or(LISTEN_PEER_URLS_DEFAULT);
+    let before = problems.len();
+    let listen_client = parse_listen_urls("--listen-client-urls", listen_client_text, problems);
+    let listen_client_ok = problems.len() == before;
+    let before = problems.len();
+    let listen_peer = parse_listen_urls("--listen-peer-urls", listen_peer_text, problems);
+    let listen_peer_ok = problems.len() == before;
+    let listen_metrics = match raw.listen_metrics_urls.as_deref() {
+        None => Vec::new(),
+        Some(text) if text.trim().is_empty() => Vec::new(),
+        Some(text) => parse_listen_urls("--listen-metrics-urls", text, problems),
+    };
+    check_no_shared_listener(&listen_client, &listen_peer, &listen_metrics, problems);
+    // Advertised URLs default to the listened ones (etcd's own default for
+    // advertise-client-urls is http://localhost:2379).
+    let advertise_client = resolve_advertise_urls(
+        "--advertise-client-urls",
+        raw.advertise_client_urls.as_deref(),
+        ("--listen-client-urls", listen_client_text, listen_client_ok),
+        problems,
+    );
+    let initial_advertise_peer = resolve_advertise_urls(
+        "--initial-advertise-peer-urls",
+        raw.initial_advertise_peer_urls.as_deref(),
+        ("--listen-peer-urls", listen_peer_text, listen_peer_ok),
+        problems,
+    );
+    ResolvedUrls {
+        listen_client,
+        advertise_client: advertise_client.unwrap_or_default(),
+        listen_peer,
+        initial_advertise_peer,
+        listen_metrics,
+    }
+}
+
+/// The advertised URLs as given, or else those of the listen flag `fallback` names (flag, text,
+/// whether it parsed). `None` when they have problems, which are reported once: a listen flag
+/// that is wrong is not reported again under the flag that defaults to it.
+fn resolve_advertise_urls(
+    flag: &str,
+    given: Option<&str>,
+    fallback: (&str, &str, bool),
+    problems: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    let (fallback_flag, fallback_text, fallback_ok) = fallback;
+    let before = problems.len();
+    let urls = match given {
+        Some(text) => parse_advertise_urls(flag, text, problems),
+        None if !fallback_ok => return None,
+        None => {
+            let label = format!("{flag} (defaulted from {fallback_flag})");
+            parse_advertise_urls(&label, fallback_text, problems)
+        }
+    };
+    (problems.len() == before).then_some(urls)
+}
+
+/// Two listeners on one address would fail to bind; say which flags collide instead.
+fn check_no_shared_listener(
+    client: &[SocketAddr],
+    peer: &[SocketAddr],
+    metrics: &[SocketAddr],
+    problems: &mut Vec<String>,
+) {
+    let lists = [
+        ("--listen-client-urls", client),
+        ("--listen-peer-urls", peer),
+        ("--listen-metrics-urls", metrics),
+    ];
+    for (i, (flag_a, addrs_a)) in lists.iter().enumerate() {
+        for (flag_b, addrs_b) in &lists[i + 1..] {
+            for addr in addrs_a.iter().filter(|a| a.port() != 0) {
+                if addrs_b.contains(addr) {
+                    problems.push(format!("{flag_b}: {addr} is also in {flag_a}"));
+                }
+            }
+        }
+    }
+}
+
+enum UrlHost {
+    Ip(IpAddr),
+    /// A DNS name, lower-cased.
+    Name(String),
+}
+
+struct HttpUrl {
+    host: UrlHost,
+    port: u16,
+}
+
+impl HttpUrl {
+    /// `http://host:port`, with IPs in their standard form and IPv6 in brackets.
+    fn canonical(&self) -> String {
+        match &self.host {
+            UrlHost::Ip(ip) => format!("http://{}", SocketAddr::new(*ip, self.port)),
+            UrlHost::Name(name) => format!("http://{name}:{}", self.port),
+        }
+    }
+}
+
+/// Parses `http://host:port` with nothing after the port (etcd rejects paths too). The error
+/// is a message without the flag's name.
+fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
+    let malformed = || format!("'{text}' is not an http:// URL with host and port");
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Err(format!(
+            "'{text}' is https://, but Aspen has no TLS yet: only http:// URLs are accepted"
+        ));
+    }
+    if !lower.starts_with("http://") {
+        return Err(malformed());
+    }
+    let rest = &text["http://".len()..];
+    if let Some(index) = rest.find(['/', '?', '#']) {
+        if index > 0 {
+            return Err(format!(
+                "'{text}' has a path or query; give only http://host:port"
+            ));
+        }
+        return Err(malformed());
+    }
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (inside, after) = bracketed.split_once(']').ok_or_else(malformed)?;
+        let ip: std::net::Ipv6Addr = inside.parse().map_err(|_| malformed())?;
+        let port = after.strip_prefix(':').ok_or_else(malformed)?;
+        (UrlHost::Ip(IpAddr::V6(ip)), port)
+    } else {
+        let (host, port) = rest.rsplit_once(':').ok_or_else(malformed)?;
+        (parse_host(host).ok_or_else(malformed)?, port)
+    };
+    let port: u16 = port.parse().map_err(|_| malformed())?;
+    Ok(HttpUrl { host, port })
+}
+
+fn parse_host(host: &str) -> Option<UrlHost> {
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some(UrlHost::Ip(IpAddr::V4(ip)));
+    }
+    let is_name = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !host.starts_with(['-', '.']);
+    is_name.then(|| UrlHost::Name(host.to_ascii_lowercase()))
+}
+
+/// Splits a comma-separated list, skipping empty items (a trailing comma is harmless), and
+/// checks the count. Problems are prefixed with `flag`.
+fn split_url_list<'a>(flag: &str, text: &'a str, problems: &mut Vec<String>) -> Vec<&'a str> {
+    let items: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .collect();
+    if items.is_empty() {
+        problems.push(format!("{flag}: no URL given"));
+    }
+    if items.len() > URLS_PER_FLAG_MAX as usize {
+        problems.push(format!(
+            "{flag}: {} URLs, at most {URLS_PER_FLAG_MAX} allowed",
+            items.len()
+        ));
+    }
+    items
+}
+
+fn parse_listen_urls(flag: &str, text: &str, problems: &mut Vec<String>) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for item in split_url_list(flag, text, problems) {
+        let url = match parse_http_url(item) {
+            Ok(url) => url,
+            Err(message) => {
+                problems.push(format!("{flag}: {message}"));
+                continue;
+            }
+        };
+        let ip = match url.host {
+            UrlHost::Ip(ip) => ip,
+            UrlHost::Name(name) if name == "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            UrlHost::Name(name) => {
+                problems.push(format!(
+                    "{flag}: '{item}' names host '{name}'; listen URLs take an IP address \
+                     or localhost"
+                ));
+                continue;
+            }
+        };
+        let addr = SocketAddr::new(ip, url.port);
+        if addrs.contains(&addr) && addr.port() != 0 {
+            problems.push(format!("{flag}: {addr} is listed twice"));
+        }
+        addrs.push(addr);
+    }
+    addrs
+}
+
+/// An advertised URL must be one others can reach: a name or a specific IP, and a real port.
+fn parse_advertised_url(text: &str) -> Result<String, String> {
+    let url = parse_http_url(text)?;
+    if let UrlHost::Ip(ip) = url.host
+        && ip.is_unspecified()
+    {
+        return Err(format!(
+            "'{text}' is the wildcard address {ip}, which nobody can reach; advertise a \
+             specific address"
+        ));
+    }
+    if url.port == 0 {
+        return Err(format!(
+            "'{text}' has port 0; advertise the port actually served"
+        ));
+    }
+    Ok(url.canonical())
+}
+
+fn parse_advertise_urls(flag: &str, text: &str, problems: &mut Vec<String>) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for item in split_url_list(flag, text, problems) {
+        match parse_advertised_url(item) {
+            Ok(url) if urls.contains(&url) => {
+                problems.push(format!("{flag}: '{url}' is listed twice"));
+            }
+            Ok(url) => urls.push(url),
+            Err(message) => problems.push(format!("{flag}: {message}")),
+        }
+    }
+    urls
+}
+
+// ---------------------------------------------------------------------------------------------
+// The initial cluster.
+
+/// `--initial-cluster`, or `${name}=${initial-advertise-peer-urls}` when not given, checked
+/// against this member's name and advertised URLs.
+fn resolve_initial_cluster(
+    text: Option<&str>,
+    name: &str,
+    advertise_peer: Option<&[String]>,
+    problems: &mut Vec<String>,
+) -> Vec<InitialMember> {
+    let Some(text) = text else {
+        let Some(advertise_peer) = advertise_peer else {
+            return Vec::new(); // already reported under --initial-advertise-peer-urls
+        };
+        return vec![InitialMember {
+            name: name.to_string(),
+            peer_urls: advertise_peer.to_vec(),
+        }];
+    };
+    let before = problems.len();
+    let members = parse_initial_cluster(text, problems);
+    if problems.len() > before {
+        return members;
+    }
+    match members.iter().find(|member| member.name == name) {
+        None => problems.push(format!("--name '{name}' is not in --initial-cluster")),
+        Some(member) => {
+            if let Some(advertise_peer) = advertise_peer
+                && sorted(advertise_peer) != sorted(&member.peer_urls)
+            {
+                problems.push(format!(
+                    "--initial-advertise-peer-urls do not match the URLs of '{name}' in \
+                     --initial-cluster ({} vs {})",
+                    advertise_peer.join(","),
+                    member.peer_urls.join(",")
+                ));
+            }
+        }
+    }
+    members
+}
+
+fn sorted(urls: &[String]) -> Vec<&str> {
+    let mut urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    urls
+}
+
+/// Parses "n1=http://a:2380,n2=http://b:2380,n1=http://c:2380" into members in order of first
+/// appearance, each with all of its URLs.
+fn parse_initial_cluster(text: &str, problems: &mut Vec<String>) -> Vec<InitialMember> {
+    const FLAG: &str = "--initial-cluster";
+    let before = problems.len();
+    let mut members: Vec<InitialMember> = Vec::new();
+    let mut all_urls: Vec<String> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (member_name, url_text) = match item.split_once('=') {
+            Some((n, u)) => (n.trim(), u.trim()),
+            None => (item, ""),
+        };
+        if member_name.is_empty() {
+            problems.push(format!("{FLAG}: '{item}' has no member name before '='"));
+            continue;
+        }
+        if url_text.is_empty() {
+            problems.push(format!("{FLAG}: member '{member_name}' has no URL"));
+            continue;
+        }
+        let url = match parse_advertised_url(url_text) {
+            Ok(url) => url,
+            Err(message) => {
+                problems.push(format!("{FLAG}: member '{member_name}': {message}"));
+                continue;
+            }
+        };
+        if all_urls.contains(&url) {
+            problems.push(format!("{FLAG}: URL '{url}' is listed more than once"));
+            continue;
+        }
+        all_urls.push(url.clone());
+        match members.iter_mut().find(|m| m.name == member_name) {
+            Some(member) => member.peer_urls.push(url),
+            None => members.push(InitialMember {
+                name: member_name.to_string(),
+                peer_urls: vec![url],
+            }),
+        }
+    }
+    if members.is_empty() && problems.len() == before {
+        problems.push(format!("{FLAG}: no member given"));
+    }
+    check_cluster_bounds(&members, problems);
+    members
+}
+
+fn check_cluster_bounds(members: &[InitialMember], problems: &mut Vec<String>) {
+    if members.len() > CLUSTER_MEMBERS_MAX as usize {
+        problems.push(format!(
+            "--initial-cluster: {} members, at most {CLUSTER_MEMBERS_MAX} allowed",
+            members.len()
+        ));
+    }
+    for member in members {
+        if member.peer_urls.len() > URLS_PER_FLAG_MAX as usize {
+            problems.push(format!(
+                "--initial-cluster: member '{}' has {} URLs, at most {URLS_PER_FLAG_MAX} allowed",
+                member.name,
+                member.peer_urls.len()
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_matches_published_vectors() {
+        let hash = |bytes: &[u8]| {
+            let mut fnv = Fnv1a64::new();
+            fnv.write(bytes);
+            fnv.0
+        };
+        assert_eq!(hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn zero_hash_becomes_one() {
+        assert_eq!(Fnv1a64(0).finish_nonzero(), 1);
+        assert_eq!(Fnv1a64(7).finish_nonzero(), 7);
+    }
+
+    #[test]
+    fn line_and_column_count_from_one() {
+        assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_and_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_basic_string(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(toml_basic_string("x\ny"), r#""x\u000Ay""#);
+    }
+}

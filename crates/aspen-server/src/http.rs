@@ -1,0 +1,161 @@
+//! The metrics listener: Prometheus text on /metrics, and /health and /version as etcd
+//! serves them.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use aspen_node::Node;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The etcd version Aspen reports; current etcd clients accept it.
+pub const ETCD_VERSION: &str = "3.5.0";
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+pub fn spawn(listener: TcpListener, node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .with_state(node);
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+        {
+            tracing::error!(%error, "metrics listener failed");
+        }
+    })
+}
+
+async fn version() -> String {
+    format!("{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{ETCD_CLUSTER_VERSION}\"}}")
+}
+
+/// Healthy when there is a leader and no alarm, as etcd's /health.
+async fn health(State(node): State<Node>) -> (StatusCode, String) {
+    let has_leader = node.leader_id().is_some();
+    let alarms = node.applied_state().map(|s| s.alarms.len()).unwrap_or(0);
+    let (healthy, reason) = match (has_leader, alarms) {
+        (false, _) => (false, "NO_LEADER"),
+        (true, 0) => (true, ""),
+        (true, _) => (false, "ALARM"),
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        format!("{{\"health\":\"{healthy}\",\"reason\":\"{reason}\"}}"),
+    )
+}
+
+async fn metrics(State(node): State<Node>) -> String {
+    let mut out = String::with_capacity(4096);
+    let raft = node.raft_metrics();
+    let m = node.metrics();
+    let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    gauge(
+        &mut out,
+        "etcd_server_has_leader",
+        "Whether a leader exists.",
+        raft.current_leader.is_some() as u64,
+    );
+    gauge(
+        &mut out,
+        "etcd_server_is_leader",
+        "Whether this member is the leader.",
+        node.is_leader() as u64,
+    );
+    gauge(
+        &mut out,
+        "aspen_raft_term",
+        "The current Raft term.",
+        raft.current_term,
+    );
+    counter(
+        &mut out,
+        "etcd_server_leader_changes_seen_total",
+        "Leader changes seen.",
+        m.leader_changes.load(Ordering::Relaxed),
+    );
+    let commit = raft.local_committed.as_ref().map_or(0, |id| id.index);
+    let applied = raft.last_applied.as_ref().map_or(0, |id| id.index);
+    gauge(
+        &mut out,
+        "etcd_server_proposals_committed_total",
+        "The committed Raft index.",
+        commit,
+    );
+    gauge(
+        &mut out,
+        "etcd_server_proposals_applied_total",
+        "The applied Raft index.",
+        applied,
+    );
+    counter(
+        &mut out,
+        "aspen_proposals_succeeded_total",
+        "Client proposals that completed.",
+        m.proposals_committed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "etcd_server_proposals_failed_total",
+        "Client proposals that failed.",
+        m.proposals_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "aspen_proposals_forwarded_total",
+        "Requests forwarded to the leader.",
+        m.proposals_forwarded.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Database size in bytes.",
+        m.db_size_bytes.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "Database bytes in use.",
+        m.db_size_in_use_bytes.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP aspen_proposal_duration_seconds Client proposal latency.\n# TYPE aspen_proposal_duration_seconds histogram"
+    );
+    m.proposal_latency
+        .render("aspen_proposal_duration_seconds", "", &mut out);
+    let _ = writeln!(
+        out,
+        "# HELP etcd_disk_wal_fsync_duration_seconds Durable log commit latency.\n# TYPE etcd_disk_wal_fsync_duration_seconds histogram"
+    );
+    node.store()
+        .fsync_latency()
+        .render("etcd_disk_wal_fsync_duration_seconds", "", &mut out);
+    out
+}

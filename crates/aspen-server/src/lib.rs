@@ -1,0 +1,9 @@
+//! The `aspen` server: start-up configuration, bootstrapping a member, the client gRPC
+//! services and the metrics listener. The binary in `main.rs` only parses and runs.
+
+pub mod bootstrap;
+pub mod config;
+pub mod http;
+pub mod services;
+
+pub use bootstrap::{NodeHandle, bootstrap_node};

@@ -1,0 +1,93 @@
+//! The `aspen` binary: resolve the configuration, start the member, run until SIGINT or
+//! SIGTERM, then stop in order and exit 0.
+
+use std::process::ExitCode;
+
+use aspen_server::config::{self, ClusterBootstrapConfig, ConfigErrors};
+
+fn main() -> ExitCode {
+    let mut args = config::process_args();
+    let print_config = args.iter().any(|arg| arg == "--print-config");
+    args.retain(|arg| arg != "--print-config");
+    let config = match ClusterBootstrapConfig::from_sources(&args, &config::process_env()) {
+        Ok(config) => config,
+        Err(errors @ ConfigErrors::HelpOrVersion(_)) => {
+            print!("{errors}");
+            return ExitCode::SUCCESS;
+        }
+        Err(errors) => {
+            for problem in errors.problems() {
+                eprintln!("aspen: {problem}");
+            }
+            return ExitCode::from(errors.exit_code());
+        }
+    };
+    for warning in &config.warnings {
+        eprintln!("aspen: warning: {warning}");
+    }
+    if print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("aspen: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+fn init_logging(config: &ClusterBootstrapConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ASPEN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{},openraft=warn", config.log_level.as_str()))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(config: ClusterBootstrapConfig) -> ExitCode {
+    let handle = match aspen_server::bootstrap_node(&config).await {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("aspen: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        client = ?handle.client_addrs,
+        peer = ?handle.peer_addrs,
+        metrics = ?handle.metrics_addrs,
+        "aspen is serving"
+    );
+    wait_for_stop_signal().await;
+    tracing::info!("stopping: finishing in-flight requests");
+    handle.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    match (interrupt, terminate) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the only way to stop is Ctrl-C through tokio's handler.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
