@@ -102,7 +102,7 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
             .push(spawn_grpc(router, listener, stop_rx.clone(), "peer"));
     }
     for listener in client_listeners {
-        let router = crate::services::client_router(&node);
+        let router = crate::services::client_router(&node).await;
         handle
             .servers
             .push(spawn_grpc(router, listener, stop_rx.clone(), "client"));

@@ -1,7 +1,9 @@
-//! The client-facing gRPC router: every etcd service Aspen serves.
+//! The client-facing gRPC router: every etcd service Aspen serves, plus the standard gRPC
+//! health service.
 
-use aspen_api::KvService;
+use aspen_api::{AuthService, KvService};
 use aspen_node::Node;
+use aspen_proto::etcdserverpb::auth_server::AuthServer;
 use aspen_proto::etcdserverpb::kv_server::KvServer;
 
 /// gRPC message limit for clients: etcd allows the request limit plus 512 KiB of overhead.
@@ -9,15 +11,23 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
     (node.limits().request_bytes_max + 512 * 1024) as usize
 }
 
-pub fn client_router(node: &Node) -> tonic::transport::server::Router {
+/// Responses may be larger than requests (a big range): etcd's send limit is effectively
+/// unbounded (math.MaxInt32); we keep the same.
+const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
+
+pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
     let bytes_max = client_message_bytes_max(node);
-    // Responses may be larger than requests (a big range): etcd's default send limit is
-    // effectively unbounded (math.MaxInt32); we keep the same.
-    let send_max = i32::MAX as usize;
     let kv = KvServer::new(KvService::new(node.clone()))
         .max_decoding_message_size(bytes_max)
-        .max_encoding_message_size(send_max);
+        .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
+    let auth = AuthServer::new(AuthService);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .add_service(health)
         .add_service(kv)
+        .add_service(auth)
 }
