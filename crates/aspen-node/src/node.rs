@@ -506,14 +506,12 @@ impl Node {
             loop {
                 tokio::time::sleep(Duration::from_millis(DB_SIZE_SAMPLE_INTERVAL_MS)).await;
                 let Some(inner) = weak.upgrade() else { return };
-                if let Ok(size) = inner.store.db_size_bytes() {
+                // redb reads its size in a write transaction: off the async workers.
+                let store = inner.store.clone();
+                let sizes = tokio::task::spawn_blocking(move || (store.db_size_bytes(), store.db_size_in_use_bytes())).await;
+                if let Ok((Ok(size), Ok(in_use))) = sizes {
                     inner.metrics.db_size_bytes.store(size, Ordering::Relaxed);
-                }
-                if let Ok(size) = inner.store.db_size_in_use_bytes() {
-                    inner
-                        .metrics
-                        .db_size_in_use_bytes
-                        .store(size, Ordering::Relaxed);
+                    inner.metrics.db_size_in_use_bytes.store(in_use, Ordering::Relaxed);
                 }
                 let leader = inner.raft.metrics().borrow_watched().current_leader;
                 if leader != last_leader && leader.is_some() {

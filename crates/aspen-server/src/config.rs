@@ -288,6 +288,13 @@ impl ClusterBootstrapConfig {
     /// Reads every source and checks the result. `args` starts with the program name, as
     /// `std::env::args()`; `env` is the process environment (only `ASPEN_*` keys are read), passed
     /// in so tests need not touch the real one. An empty environment value counts as unset.
+    ///
+    /// # Errors
+    /// [`ConfigErrors::HelpOrVersion`] when `--help` or `--version` was given, else
+    /// [`ConfigErrors::Invalid`] with every problem found. When a source cannot be parsed at all
+    /// (a bad flag, a bad `ASPEN_*` value, a config file with bad TOML), the parse problems of
+    /// every source are returned without checking the merged values. A command line that does
+    /// not parse names no config file, so only `ASPEN_CONFIG_FILE` is read then.
     pub fn from_sources(
         args: &[String],
         env: &HashMap<String, String>,
@@ -309,7 +316,7 @@ impl ClusterBootstrapConfig {
             return Err(ConfigErrors::Invalid(problems));
         };
         let merged = file_layer.overlay(env_layer).overlay(cli);
-        let mut config = resolve(merged).map_err(ConfigErrors::Invalid)?;
+        let mut config = resolve(&merged).map_err(ConfigErrors::Invalid)?;
         config.config_file = config_file;
         config.warnings = warnings;
         Ok(config)
@@ -686,17 +693,22 @@ fn toml_basic_string(value: &str) -> String {
 // Defaults and checks.
 
 /// Applies defaults and checks everything, collecting every problem.
-fn resolve(raw: RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
+fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
     let mut problems = Vec::new();
-    let urls = resolve_urls(&raw, &mut problems);
-    let name = raw.name.unwrap_or_else(|| NAME_DEFAULT.to_string());
+    let urls = resolve_urls(raw, &mut problems);
+    let name = raw.name.clone().unwrap_or_else(|| NAME_DEFAULT.to_string());
     check_name(&name, &mut problems);
-    let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| format!("{name}.aspen")));
+    let data_dir = PathBuf::from(
+        raw.data_dir
+            .clone()
+            .unwrap_or_else(|| format!("{name}.aspen")),
+    );
     if data_dir.as_os_str().is_empty() {
         problems.push("--data-dir must not be empty".to_string());
     }
     let token = raw
         .initial_cluster_token
+        .clone()
         .unwrap_or_else(|| INITIAL_CLUSTER_TOKEN_DEFAULT.to_string());
     if token.is_empty() {
         problems.push("--initial-cluster-token must not be empty".to_string());
@@ -716,18 +728,12 @@ fn resolve(raw: RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
     if snapshot_count == 0 {
         problems.push("--snapshot-count must be greater than 0".to_string());
     }
-    let limits = Limits {
-        request_bytes_max: raw.max_request_bytes.unwrap_or(REQUEST_BYTES_MAX_DEFAULT),
-        txn_ops_max: raw.max_txn_ops.unwrap_or(TXN_OPS_MAX_DEFAULT),
-        quota_backend_bytes: raw
-            .quota_backend_bytes
-            .unwrap_or(QUOTA_BACKEND_BYTES_DEFAULT),
-    };
-    // Limits' messages begin with the flag's name, without the dashes.
-    problems.extend(limits.validate().into_iter().map(|p| format!("--{p}")));
-    let initial_cluster_state = parse_cluster_state(raw.initial_cluster_state, &mut problems);
-    let storage_backend = parse_storage_backend(raw.storage_backend, &data_dir, &mut problems);
-    let log_level = parse_log_level(raw.log_level, &mut problems);
+    let limits = resolve_limits(raw, &mut problems);
+    let initial_cluster_state =
+        parse_cluster_state(raw.initial_cluster_state.as_deref(), &mut problems);
+    let storage_backend =
+        parse_storage_backend(raw.storage_backend.as_deref(), &data_dir, &mut problems);
+    let log_level = parse_log_level(raw.log_level.as_deref(), &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -751,6 +757,19 @@ fn resolve(raw: RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         config_file: None,
         warnings: Vec::new(),
     })
+}
+
+fn resolve_limits(raw: &RawConfig, problems: &mut Vec<String>) -> Limits {
+    let limits = Limits {
+        request_bytes_max: raw.max_request_bytes.unwrap_or(REQUEST_BYTES_MAX_DEFAULT),
+        txn_ops_max: raw.max_txn_ops.unwrap_or(TXN_OPS_MAX_DEFAULT),
+        quota_backend_bytes: raw
+            .quota_backend_bytes
+            .unwrap_or(QUOTA_BACKEND_BYTES_DEFAULT),
+    };
+    // Limits' messages begin with the flag's name, without the dashes.
+    problems.extend(limits.validate().into_iter().map(|p| format!("--{p}")));
+    limits
 }
 
 fn check_name(name: &str, problems: &mut Vec<String>) {
@@ -784,8 +803,8 @@ fn check_timing(heartbeat_interval_ms: u64, election_timeout_ms: u64, problems: 
     }
 }
 
-fn parse_cluster_state(value: Option<String>, problems: &mut Vec<String>) -> ClusterState {
-    match value.as_deref() {
+fn parse_cluster_state(value: Option<&str>, problems: &mut Vec<String>) -> ClusterState {
+    match value {
         None | Some("new") => ClusterState::New,
         Some("existing") => ClusterState::Existing,
         Some(other) => {
@@ -798,11 +817,11 @@ fn parse_cluster_state(value: Option<String>, problems: &mut Vec<String>) -> Clu
 }
 
 fn parse_storage_backend(
-    value: Option<String>,
+    value: Option<&str>,
     data_dir: &Path,
     problems: &mut Vec<String>,
 ) -> StorageBackend {
-    match value.as_deref() {
+    match value {
         None | Some("redb") => StorageBackend::Redb {
             path: data_dir.join(REDB_FILE_IN_DATA_DIR),
         },
@@ -816,8 +835,8 @@ fn parse_storage_backend(
     }
 }
 
-fn parse_log_level(value: Option<String>, problems: &mut Vec<String>) -> LogLevel {
-    match value.as_deref() {
+fn parse_log_level(value: Option<&str>, problems: &mut Vec<String>) -> LogLevel {
+    match value {
         Some("debug") => LogLevel::Debug,
         None | Some("info") => LogLevel::Info,
         Some("warn") => LogLevel::Warn,
