@@ -1,0 +1,467 @@
+//! Storage benchmark: log append, apply, snapshot build/install and space per key, on redb and
+//! in memory.
+//!
+//! Run: `cargo run --release -p aspen-storage --example storage_bench -- [--keys N]`
+//! (default 1,000,000 keys). The redb store lives in a temporary directory under `$TMPDIR`
+//! (else `/tmp`). Its file goes through a redb backend that counts `sync_data` calls, which is
+//! how redb makes a commit durable (fdatasync on unix), so "fsyncs/batch" is measured, not
+//! assumed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aspen_core::limits::Limits;
+use aspen_core::type_config::alias::{Entry, LogId, Vote};
+use aspen_core::{Command, PutRequest, RangeRequest, TypeConfig};
+use aspen_storage::{
+    LogStore, StateMachine, StorageBackend, open_storage, open_storage_with_file_backend,
+};
+use openraft::storage::RaftStateMachine;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+
+const KEYS_DEFAULT: u64 = 1_000_000;
+/// Keeps a mistyped `--keys` from filling the disk.
+const KEYS_MAX: u64 = 100_000_000;
+const KEY_BYTES: u64 = 16;
+const VALUE_BYTES: u64 = 256;
+const APPEND_BATCH_SIZES: [u64; 3] = [1, 64, 1024];
+/// Each append measurement stops after this long or this many entries, whichever comes first.
+const APPEND_DURATION_MS_MAX: u64 = 2_000;
+const APPEND_ENTRIES_MAX: u64 = 200_000;
+/// Entries per `apply_entries` call in the apply measurement.
+const APPLY_BATCH_ENTRIES: u64 = 1024;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A redb file backend that counts durable syncs; everything else is passed through.
+#[derive(Debug)]
+struct CountingBackend {
+    inner: redb::backends::FileBackend,
+    syncs: Arc<AtomicU64>,
+}
+
+impl redb::StorageBackend for CountingBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    // Locks pass through so that the file stays protected against a second opener.
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Which backend a run uses; for redb, where its files go and the shared sync counter.
+enum Target {
+    Redb { dir: PathBuf, syncs: Arc<AtomicU64> },
+    Memory,
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Redb { .. } => "redb",
+            Target::Memory => "memory",
+        }
+    }
+
+    /// Opens a fresh store named `name` (a file in the run's directory for redb).
+    fn open(&self, name: &str) -> BenchResult<(LogStore, StateMachine)> {
+        match self {
+            Target::Redb { dir, syncs } => {
+                let path = dir.join(format!("{name}.redb"));
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)?;
+                let backend = CountingBackend {
+                    inner: redb::backends::FileBackend::new(file)?,
+                    syncs: syncs.clone(),
+                };
+                Ok(open_storage_with_file_backend(
+                    &path,
+                    Limits::default(),
+                    backend,
+                )?)
+            }
+            Target::Memory => Ok(open_storage(&StorageBackend::InMemory, Limits::default())?),
+        }
+    }
+
+    fn syncs(&self) -> Option<u64> {
+        match self {
+            Target::Redb { syncs, .. } => Some(syncs.load(Ordering::Relaxed)),
+            Target::Memory => None,
+        }
+    }
+
+    fn file_bytes(&self, name: &str) -> Option<u64> {
+        match self {
+            Target::Redb { dir, .. } => std::fs::metadata(dir.join(format!("{name}.redb")))
+                .ok()
+                .map(|m| m.len()),
+            Target::Memory => None,
+        }
+    }
+}
+
+/// Everything measured on one backend.
+#[derive(Default)]
+struct Report {
+    /// (batch size, entries/s, fsyncs per batch)
+    appends: Vec<(u64, f64, Option<f64>)>,
+    apply_puts_per_s: f64,
+    apply_with_flush_puts_per_s: f64,
+    apply_fsyncs: Option<u64>,
+    snapshot_bytes: u64,
+    snapshot_build_mib_per_s: f64,
+    snapshot_install_mib_per_s: f64,
+    file_bytes: Option<u64>,
+    db_size_bytes: u64,
+    db_size_in_use_bytes: u64,
+}
+
+fn main() -> BenchResult<()> {
+    let keys = parse_keys()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let temp = tempfile::Builder::new()
+        .prefix("aspen-storage-bench-")
+        .tempdir()?;
+    eprintln!(
+        "storage_bench: {keys} keys of {KEY_BYTES} bytes, values of {VALUE_BYTES} bytes; redb in {}",
+        temp.path().display()
+    );
+    let targets = [
+        Target::Redb {
+            dir: temp.path().to_path_buf(),
+            syncs: Arc::new(AtomicU64::new(0)),
+        },
+        Target::Memory,
+    ];
+    let mut reports = Vec::new();
+    for target in &targets {
+        let report = runtime.block_on(bench_backend(target, keys))?;
+        reports.push(report);
+    }
+    print_table(keys, &targets, &reports);
+    Ok(())
+}
+
+fn parse_keys() -> BenchResult<u64> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(KEYS_DEFAULT),
+        [flag, n] if flag == "--keys" => {
+            let keys: u64 = n.parse()?;
+            if keys == 0 || keys > KEYS_MAX {
+                return Err(format!("--keys must be in 1..={KEYS_MAX}").into());
+            }
+            Ok(keys)
+        }
+        _ => Err("usage: storage_bench [--keys N]".into()),
+    }
+}
+
+async fn bench_backend(target: &Target, keys: u64) -> BenchResult<Report> {
+    let mut report = Report::default();
+    eprintln!("[{}] log append", target.name());
+    let (mut log, _sm) = target.open("append")?;
+    let mut next_index = 1;
+    for batch_size in APPEND_BATCH_SIZES {
+        report
+            .appends
+            .push(bench_append(target, &mut log, &mut next_index, batch_size).await?);
+    }
+    drop((log, _sm));
+
+    eprintln!("[{}] apply {keys} puts", target.name());
+    let (mut source_log, mut source) = target.open("source")?;
+    bench_apply(target, &mut source_log, &source, keys, &mut report).await?;
+    report.file_bytes = target.file_bytes("source");
+    report.db_size_bytes = source.store().db_size_bytes()?;
+    report.db_size_in_use_bytes = source.store().db_size_in_use_bytes()?;
+
+    eprintln!("[{}] snapshot build and install", target.name());
+    bench_snapshot(target, &mut source, keys, &mut report).await?;
+    Ok(report)
+}
+
+fn put_entry(index: u64, key: &[u8], value: &[u8]) -> Entry {
+    openraft::Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Command::Put(PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn log_id(index: u64) -> LogId {
+    openraft::testing::log_id::<TypeConfig>(1, 1, index)
+}
+
+/// The `n`th key: 16 hex digits of a bijective mix of `n`, so keys are unique and arrive in
+/// random order, as a real workload's would.
+fn key_of(n: u64) -> [u8; KEY_BYTES as usize] {
+    let mut x = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let mut key = [0u8; KEY_BYTES as usize];
+    key.copy_from_slice(format!("{x:016x}").as_bytes());
+    key
+}
+
+/// Appends batches of `batch_size` until the time or entry bound; returns
+/// (batch size, entries/s, fsyncs per batch).
+async fn bench_append(
+    target: &Target,
+    log: &mut LogStore,
+    next_index: &mut u64,
+    batch_size: u64,
+) -> BenchResult<(u64, f64, Option<f64>)> {
+    let value = vec![b'v'; VALUE_BYTES as usize];
+    let syncs_before = target.syncs();
+    let started = Instant::now();
+    let mut entries_done: u64 = 0;
+    let mut batches: u64 = 0;
+    while started.elapsed() < Duration::from_millis(APPEND_DURATION_MS_MAX)
+        && entries_done < APPEND_ENTRIES_MAX
+    {
+        let batch: Vec<Entry> = (0..batch_size)
+            .map(|i| put_entry(*next_index + i, &key_of(*next_index + i), &value))
+            .collect();
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(batch, IOFlushed::signal(tx)).await?;
+        rx.await??;
+        *next_index += batch_size;
+        entries_done += batch_size;
+        batches += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let fsyncs = match (syncs_before, target.syncs()) {
+        (Some(before), Some(after)) => Some((after - before) as f64 / batches as f64),
+        _ => None,
+    };
+    Ok((batch_size, entries_done as f64 / seconds, fsyncs))
+}
+
+/// Applies `keys` puts in batches of `APPLY_BATCH_ENTRIES`, then one durable commit (what the
+/// next log append does in a running node) so the data is on disk when measured.
+async fn bench_apply(
+    target: &Target,
+    log: &mut LogStore,
+    sm: &StateMachine,
+    keys: u64,
+    report: &mut Report,
+) -> BenchResult<()> {
+    let value = vec![b'v'; VALUE_BYTES as usize];
+    let syncs_before = target.syncs();
+    let started = Instant::now();
+    let mut batch: Vec<Entry> = Vec::with_capacity(APPLY_BATCH_ENTRIES as usize);
+    let mut index = 1;
+    while index <= keys {
+        batch.clear();
+        let last = (index + APPLY_BATCH_ENTRIES - 1).min(keys);
+        for i in index..=last {
+            batch.push(put_entry(i, &key_of(i), &value));
+        }
+        sm.apply_entries(&batch)?;
+        index = last + 1;
+    }
+    let apply_seconds = started.elapsed().as_secs_f64();
+    log.save_vote(&Vote::new(1, 1)).await?; // an immediate-durability commit
+    let total_seconds = started.elapsed().as_secs_f64();
+    report.apply_puts_per_s = keys as f64 / apply_seconds;
+    report.apply_with_flush_puts_per_s = keys as f64 / total_seconds;
+    report.apply_fsyncs = match (syncs_before, target.syncs()) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let count_all = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        count_only: true,
+        ..Default::default()
+    };
+    let (result, revision) = sm.reader().range(&count_all)?.map_err(|e| e.to_string())?;
+    assert_eq!(result.count, keys, "every put created a key");
+    assert_eq!(revision, 1 + keys, "one revision per put");
+    Ok(())
+}
+
+/// Builds a snapshot of `source` and installs it into a fresh store of the same backend.
+async fn bench_snapshot(
+    target: &Target,
+    source: &mut StateMachine,
+    keys: u64,
+    report: &mut Report,
+) -> BenchResult<()> {
+    let started = Instant::now();
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await?;
+    let build_seconds = started.elapsed().as_secs_f64();
+    let bytes = snapshot.snapshot.len_bytes();
+    report.snapshot_bytes = bytes;
+    report.snapshot_build_mib_per_s = bytes as f64 / MIB / build_seconds;
+
+    let (_log, fresh) = target.open("installed")?;
+    let started = Instant::now();
+    fresh.install(&snapshot.meta, &snapshot.snapshot)?;
+    let install_seconds = started.elapsed().as_secs_f64();
+    report.snapshot_install_mib_per_s = bytes as f64 / MIB / install_seconds;
+    let state = fresh.reader().applied_state()?;
+    assert_eq!(state.last_applied, snapshot.meta.last_log_id);
+    assert_eq!(
+        state.revision,
+        1 + keys,
+        "installed store has the source's revision"
+    );
+    Ok(())
+}
+
+fn print_table(keys: u64, targets: &[Target], reports: &[Report]) {
+    let raw_bytes = keys * (KEY_BYTES + VALUE_BYTES);
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    for (i, &batch_size) in APPEND_BATCH_SIZES.iter().enumerate() {
+        rows.push((
+            format!("log append, batch {batch_size}: entries/s"),
+            reports
+                .iter()
+                .map(|r| format!("{:.0}", r.appends[i].1))
+                .collect(),
+        ));
+        rows.push((
+            format!("log append, batch {batch_size}: fsyncs/batch"),
+            reports.iter().map(|r| opt_f(r.appends[i].2, 2)).collect(),
+        ));
+    }
+    let row = |name: &str, f: &dyn Fn(&Report) -> String| {
+        (name.to_string(), reports.iter().map(f).collect())
+    };
+    rows.push(row("apply (batches of 1024): puts/s", &|r| {
+        format!("{:.0}", r.apply_puts_per_s)
+    }));
+    rows.push(row("apply incl. final durable commit: puts/s", &|r| {
+        format!("{:.0}", r.apply_with_flush_puts_per_s)
+    }));
+    rows.push(row("apply: fsyncs in total", &|r| {
+        r.apply_fsyncs.map_or("-".into(), |n| n.to_string())
+    }));
+    rows.push(row("snapshot size: MiB", &|r| {
+        format!("{:.1}", r.snapshot_bytes as f64 / MIB)
+    }));
+    rows.push(row("snapshot build: MiB/s", &|r| {
+        format!("{:.1}", r.snapshot_build_mib_per_s)
+    }));
+    rows.push(row("snapshot install: MiB/s", &|r| {
+        format!("{:.1}", r.snapshot_install_mib_per_s)
+    }));
+    rows.push(row("raw key+value bytes", &|_| raw_bytes.to_string()));
+    rows.push(row("file bytes", &|r| {
+        r.file_bytes.map_or("-".into(), |b| b.to_string())
+    }));
+    rows.push(row("file bytes/key", &|r| {
+        r.file_bytes
+            .map_or("-".into(), |b| format!("{:.1}", b as f64 / keys as f64))
+    }));
+    rows.push(row("file/raw ratio", &|r| {
+        r.file_bytes.map_or("-".into(), |b| {
+            format!("{:.2}", b as f64 / raw_bytes as f64)
+        })
+    }));
+    rows.push(row("db_size_bytes", &|r| r.db_size_bytes.to_string()));
+    rows.push(row("db_size_bytes/key", &|r| {
+        format!("{:.1}", r.db_size_bytes as f64 / keys as f64)
+    }));
+    rows.push(row("db_size_bytes/raw ratio", &|r| {
+        format!("{:.2}", r.db_size_bytes as f64 / raw_bytes as f64)
+    }));
+    rows.push(row("db_size_in_use_bytes", &|r| {
+        r.db_size_in_use_bytes.to_string()
+    }));
+
+    println!();
+    println!(
+        "Aspen storage benchmark: {keys} keys ({KEY_BYTES}-byte keys, {VALUE_BYTES}-byte values)"
+    );
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    let mut header = format!("{:width$}", "metric");
+    for target in targets {
+        header.push_str(&format!(" | {:>14}", target.name()));
+    }
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for (name, values) in rows {
+        let mut line = format!("{name:width$}");
+        for value in values {
+            line.push_str(&format!(" | {value:>14}"));
+        }
+        println!("{line}");
+    }
+}
+
+fn opt_f(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
