@@ -3,10 +3,20 @@
 //!
 //! Nothing here touches storage directly except through the node and its read handle.
 
+pub mod auth;
+pub mod cluster;
 pub mod convert;
 pub mod header;
 pub mod kv;
+pub mod lease;
+pub mod maintenance;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
+pub use auth::AuthService;
+pub use cluster::ClusterService;
 pub use kv::KvService;
+pub use lease::LeaseService;
+pub use maintenance::MaintenanceService;
+pub use watch::WatchService;

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod event;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
@@ -16,5 +17,6 @@ pub use command::{
     Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest,
     RequestOp, SortOrder, SortTarget, TxnRequest,
 };
+pub use event::{Event, EventKind};
 pub use response::{ApplyError, ApplyResponse, CommandResult, KeyValue, ResponseOp};
 pub use type_config::{NodeId, NodeInfo, TypeConfig};

@@ -35,10 +35,47 @@ pub const COMPACT_BATCH_KEYS_MAX: u32 = 10_000;
 /// Most members in one cluster.
 pub const CLUSTER_MEMBERS_MAX: u32 = 64;
 
-/// The smallest lease TTL etcd grants; shorter requests are raised to it.
-pub const LEASE_TTL_SECONDS_MIN: i64 = 5;
+/// The smallest lease TTL granted with the default election timeout (1000 ms); shorter
+/// requests are raised to it. etcd derives it from the election timeout, as
+/// [`lease_ttl_seconds_min`] does: a lease must outlive a leader election, after which the
+/// new leader extends every lease by its full TTL.
+pub const LEASE_TTL_SECONDS_MIN: i64 = lease_ttl_seconds_min(1000);
 /// The largest lease TTL etcd accepts (`MaxLeaseTTL`): 9,000,000,000 seconds.
 pub const LEASE_TTL_SECONDS_MAX: i64 = 9_000_000_000;
+
+/// etcd's minimum lease TTL: ceil(1.5 * election timeout), in seconds.
+pub const fn lease_ttl_seconds_min(election_timeout_ms: u64) -> i64 {
+    let ttl_ms_min = election_timeout_ms * 3 / 2;
+    ttl_ms_min.div_ceil(1000) as i64
+}
+
+/// How often the leader looks for expired leases.
+pub const LEASE_CHECK_INTERVAL_MS: u64 = 500;
+/// Most leases revoked by one `LeaseExpire` command; more wait for the next check.
+pub const LEASE_EXPIRE_BATCH_MAX: u32 = 1000;
+/// Keep-alive replies queued for one stream before its reader stops taking requests.
+pub const LEASE_KEEPALIVE_QUEUE_MAX: u32 = 16;
+
+/// Messages queued between the watch hub and one watch stream (etcd's `chanBufLen`). A
+/// stream whose queue is full falls behind and catches up from MVCC history instead:
+/// nothing is buffered without bound.
+pub const WATCH_STREAM_QUEUE_MESSAGES_MAX: u32 = 128;
+/// Watchers one watch stream may hold.
+pub const WATCHERS_PER_STREAM_MAX: u32 = 10_000;
+/// Watchers one node may hold across all streams.
+pub const WATCHERS_MAX: u32 = 100_000;
+/// Events read from history for one lagging watcher in one catch-up step (one revision is
+/// never split, so a single larger revision is read whole).
+pub const WATCH_SYNC_BATCH_EVENTS_MAX: u32 = 1000;
+/// Lagging watchers caught up in one step (etcd's `maxWatchersPerSync`).
+pub const WATCH_SYNC_WATCHERS_MAX: u32 = 512;
+/// How often lagging watchers are caught up (etcd: 100 ms).
+pub const WATCH_SYNC_INTERVAL_MS: u64 = 100;
+/// How often a watcher that asked for progress notifications gets one when idle (etcd: 10
+/// minutes).
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS: u64 = 10 * 60 * 1000;
+/// Responses queued for one watch stream's gRPC sender.
+pub const WATCH_RESPONSE_QUEUE_MAX: u32 = 16;
 
 /// Limits a user may set at start-up. Every replica of a cluster must use the same values for
 /// the ones that change apply results (`txn_ops_max`).
@@ -87,4 +124,7 @@ impl Limits {
 const _: () = assert!(SNAPSHOT_FRAME_BYTES_MAX > REQUEST_BYTES_MAX_DEFAULT);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX <= 4 * 1024 * 1024);
 const _: () = assert!(LEASE_TTL_SECONDS_MIN < LEASE_TTL_SECONDS_MAX);
+const _: () = assert!(LEASE_TTL_SECONDS_MIN == 2);
+const _: () = assert!(WATCHERS_PER_STREAM_MAX <= WATCHERS_MAX);
+const _: () = assert!(WATCH_SYNC_BATCH_EVENTS_MAX > 0 && WATCH_STREAM_QUEUE_MESSAGES_MAX > 1);
 const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);

@@ -31,6 +31,14 @@ pub enum ForwardRequest {
     TransferLeader {
         to: NodeId,
     },
+    /// Renew a lease on the leader, whose lessor keeps the deadlines; answers `LeaseTtl`.
+    LeaseKeepAlive {
+        id: u64,
+    },
+    /// Remaining and granted TTL of a lease from the leader's lessor; answers `LeaseTtl`.
+    LeaseTimeToLive {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +46,11 @@ pub enum ForwardResponse {
     Write(ApplyResponse),
     ReadIndex(u64),
     Done,
+    /// A lease's remaining TTL and the TTL it was granted with, in seconds.
+    LeaseTtl {
+        ttl_seconds: i64,
+        granted_ttl_seconds: i64,
+    },
 }
 
 pub type ForwardResult = Result<ForwardResponse, NodeError>;

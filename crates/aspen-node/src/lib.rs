@@ -7,11 +7,13 @@
 
 pub mod error;
 pub mod forward;
+pub mod lessor;
 pub mod metrics;
 pub mod node;
 pub mod raft_config;
 
 pub use error::NodeError;
 pub use forward::{ForwardRequest, ForwardResponse, Forwarder};
+pub use lessor::{LeaseTtl, Lessor};
 pub use node::{AspenRaft, Member, Node, NodeOptions};
 pub use raft_config::RaftTiming;

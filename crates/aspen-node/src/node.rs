@@ -12,12 +12,14 @@ use aspen_core::response::RangeResult;
 use aspen_core::{ApplyError, ApplyResponse, Command, NodeId, NodeInfo, RangeRequest, TypeConfig};
 use aspen_storage::state_machine::AppliedState;
 use aspen_storage::{MvccReader, StateMachine, StorageBackend, Store};
+use aspen_watch::{HubOptions, WatchHub};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, RaftNetworkFactory, ReadPolicy, ServerState};
 
 use crate::error::NodeError;
 use crate::forward::{ForwardRequest, ForwardResponse, Forwarder};
+use crate::lessor::Lessor;
 use crate::metrics::NodeMetrics;
 use crate::raft_config::RaftTiming;
 
@@ -66,6 +68,9 @@ struct NodeInner {
     state_machine: StateMachine,
     forwarder: Arc<dyn Forwarder>,
     metrics: Arc<NodeMetrics>,
+    /// Watchers of this node, fed by its own state machine (followers serve watches too).
+    hub: WatchHub,
+    lessor: Lessor,
 }
 
 impl Node {
@@ -86,6 +91,11 @@ impl Node {
         let reader = state_machine.reader();
         let store = state_machine.store().clone();
         let state_machine_handle = state_machine.clone();
+        // Subscribe before Raft starts applying, so no committed batch goes unannounced.
+        let hub = WatchHub::new(reader.clone(), HubOptions::default())?;
+        state_machine_handle.set_event_sink(hub.event_sink());
+        hub.spawn_sync_task();
+        let lessor = Lessor::new(options.timing.election_timeout_ms);
         let config = options
             .timing
             .to_openraft(&options.cluster_name)
@@ -102,9 +112,12 @@ impl Node {
                 state_machine: state_machine_handle,
                 forwarder,
                 metrics: Arc::default(),
+                hub,
+                lessor,
             }),
         };
         node.spawn_background_tasks();
+        node.spawn_lease_task();
         Ok(node)
     }
 
@@ -153,6 +166,14 @@ impl Node {
 
     pub fn reader(&self) -> &MvccReader {
         &self.inner.reader
+    }
+
+    pub fn watch_hub(&self) -> &WatchHub {
+        &self.inner.hub
+    }
+
+    pub fn lessor(&self) -> &Lessor {
+        &self.inner.lessor
     }
 
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
@@ -223,13 +244,20 @@ impl Node {
     }
 
     /// The leader's side of a write: quota check, then Raft.
-    async fn write_as_leader(&self, command: Command) -> Result<ApplyResponse, NodeError> {
+    pub(crate) async fn write_as_leader(
+        &self,
+        command: Command,
+    ) -> Result<ApplyResponse, NodeError> {
         if command.may_grow_store() && self.quota_exceeded() {
             self.raise_no_space().await?;
             return Err(NodeError::Apply(ApplyError::NoSpace));
         }
+        let command = self.inner.lessor.prepare(command, &self.inner.reader)?;
         match self.inner.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
+            Ok(response) => {
+                self.inner.lessor.observe(&response.data);
+                Ok(response.data)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(NodeError::LeaderChanged)
             }
@@ -357,7 +385,7 @@ impl Node {
         }
     }
 
-    async fn forward_to(
+    pub(crate) async fn forward_to(
         &self,
         leader: NodeId,
         request: ForwardRequest,
@@ -391,6 +419,8 @@ impl Node {
             ForwardRequest::ReadIndex => {
                 Ok(ForwardResponse::ReadIndex(self.leader_read_index().await?))
             }
+            lease @ (ForwardRequest::LeaseKeepAlive { .. }
+            | ForwardRequest::LeaseTimeToLive { .. }) => self.lease_as_leader(lease).await,
             other => {
                 self.change_membership_as_leader(other).await?;
                 Ok(ForwardResponse::Done)
@@ -477,7 +507,10 @@ impl Node {
                     .map_err(|e| NodeError::Raft(e.to_string()))?;
                 return Ok(());
             }
-            ForwardRequest::Write(_) | ForwardRequest::ReadIndex => {
+            ForwardRequest::Write(_)
+            | ForwardRequest::ReadIndex
+            | ForwardRequest::LeaseKeepAlive { .. }
+            | ForwardRequest::LeaseTimeToLive { .. } => {
                 return Err(NodeError::Raft("not a membership request".into()));
             }
         };
@@ -518,6 +551,19 @@ impl Node {
                     inner.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
                 }
                 last_leader = leader;
+            }
+        });
+    }
+
+    /// The lessor's clock: every `LEASE_CHECK_INTERVAL_MS` the leader revokes expired leases.
+    fn spawn_lease_task(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = Duration::from_millis(aspen_core::limits::LEASE_CHECK_INTERVAL_MS);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                Node { inner }.lease_tick().await;
             }
         });
     }

@@ -170,7 +170,9 @@ impl SnapshotStore {
         SnapshotStore::Memory(Mutex::new(None))
     }
 
-    /// Deletes snapshot files other than `current`: leftovers of a crash or of replaced snapshots.
+    /// Deletes snapshot files other than `current`: leftovers of a crash or of replaced
+    /// snapshots. Only at start: while running, a file that is not current yet may be a
+    /// snapshot being received.
     pub fn remove_unreferenced(&self, current: &Option<String>) -> Result<()> {
         let SnapshotStore::Dir(dir) = self else {
             return Ok(());
@@ -195,6 +197,24 @@ impl SnapshotStore {
         Ok(())
     }
 
+    /// Removes the file of the snapshot that `current` just replaced, and nothing else: other
+    /// files may belong to a receive in progress, or to one received and not yet installed.
+    /// Leftovers of a crash go at the next start, in [`SnapshotStore::remove_unreferenced`].
+    pub fn remove_replaced(&self, replaced: Option<&str>, current: Option<&str>) -> Result<()> {
+        let (SnapshotStore::Dir(dir), Some(name)) = (self, replaced) else {
+            return Ok(());
+        };
+        if Some(name) == current {
+            return Ok(());
+        }
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(source) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StorageError::SnapshotIo { path, source }),
+        }
+    }
+
     pub fn new_sink(&self, bytes_max: u64) -> Result<SnapshotSink> {
         let target = match self {
             SnapshotStore::Dir(dir) => {
@@ -211,6 +231,44 @@ impl SnapshotStore {
                     path: partial.clone(),
                     source,
                 })?;
+                SinkTarget::File {
+                    writer: BufWriter::with_capacity(256 * 1024, file),
+                    partial,
+                    dir: dir.clone(),
+                    name,
+                }
+            }
+            SnapshotStore::Memory(_) => SinkTarget::Memory(Vec::new()),
+        };
+        Ok(SnapshotSink {
+            target,
+            written_bytes: 0,
+            bytes_max,
+            crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// A sink for an export (etcd's Snapshot RPC): a `.partial` file opened for reading and
+    /// writing, so the export is read back through the handle that wrote it, whatever happens
+    /// to its name. It is never renamed and never becomes current.
+    pub fn new_export_sink(&self, bytes_max: u64) -> Result<SnapshotSink> {
+        let target = match self {
+            SnapshotStore::Dir(dir) => {
+                let counter = SNAPSHOT_NAME_COUNTER.fetch_add(1, Ordering::Relaxed);
+                let name = format!(
+                    "export-{}-{counter}{SNAPSHOT_SUFFIX}{PARTIAL_SUFFIX}",
+                    std::process::id()
+                );
+                let partial = dir.join(&name);
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&partial)
+                    .map_err(|source| StorageError::SnapshotIo {
+                        path: partial.clone(),
+                        source,
+                    })?;
                 SinkTarget::File {
                     writer: BufWriter::with_capacity(256 * 1024, file),
                     partial,
@@ -429,28 +487,145 @@ impl SnapshotSink {
     }
 }
 
+impl SnapshotSink {
+    /// Ends an export sink (see [`SnapshotStore::new_export_sink`]): flushed but not synced
+    /// (an export need not survive a crash), readable through the handle that wrote it.
+    pub fn finish_export(self) -> Result<SnapshotData> {
+        let len_bytes = self.written_bytes;
+        match self.target {
+            SinkTarget::Memory(bytes) => Ok(SnapshotData {
+                body: Body::Memory(Arc::new(bytes)),
+            }),
+            SinkTarget::File {
+                writer, partial, ..
+            } => {
+                let file = writer.into_inner().map_err(|e| StorageError::SnapshotIo {
+                    path: partial.clone(),
+                    source: e.into_error(),
+                })?;
+                Ok(SnapshotData {
+                    body: Body::File {
+                        file: Arc::new(file),
+                        path: partial,
+                        len_bytes,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// A point-in-time copy of the state machine in the snapshot format, made for a client (etcd's
+/// Snapshot RPC) and never installed or offered to Raft. Its file, if any, is deleted on drop.
+pub struct SnapshotExport {
+    meta: SnapshotMeta,
+    data: SnapshotData,
+}
+
+impl SnapshotExport {
+    pub(crate) fn new(meta: SnapshotMeta, data: SnapshotData) -> SnapshotExport {
+        SnapshotExport { meta, data }
+    }
+
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// The exported bytes: magic, frames, CRC trailer, as a Raft snapshot.
+    pub fn data(&self) -> &SnapshotData {
+        &self.data
+    }
+}
+
+impl std::fmt::Debug for SnapshotExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotExport({:?})", self.data)
+    }
+}
+
+impl Drop for SnapshotExport {
+    fn drop(&mut self) {
+        let Some(path) = self.data.file_path() else {
+            return;
+        };
+        // Readers holding a clone keep their handle; unlinking only frees the name. A file
+        // left by a crash is removed by `remove_unreferenced` at the next start.
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "removing snapshot export")
+            }
+        }
+    }
+}
+
 /// Receives a snapshot from the network chunk by chunk; `finish` checks it is complete.
+///
+/// Its file is its own business: a receive that is refused or abandoned removes it, since
+/// nothing else does before the next restart (see [`SnapshotStore::remove_replaced`]).
 pub struct SnapshotReceiver {
-    sink: SnapshotSink,
+    /// `None` only inside `finish`.
+    sink: Option<SnapshotSink>,
 }
 
 impl SnapshotReceiver {
     pub(crate) fn new(sink: SnapshotSink) -> SnapshotReceiver {
-        SnapshotReceiver { sink }
+        SnapshotReceiver { sink: Some(sink) }
+    }
+
+    fn sink(&mut self) -> &mut SnapshotSink {
+        self.sink
+            .as_mut()
+            .expect("a receiver holds its sink until finish")
     }
 
     pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
-        self.sink.write_raw(chunk)
+        self.sink().write_raw(chunk)
     }
 
     pub fn received_bytes(&self) -> u64 {
-        self.sink.written_bytes
+        self.sink.as_ref().map_or(0, |sink| sink.written_bytes)
     }
 
-    pub fn finish(self) -> Result<SnapshotData> {
-        let (data, _) = self.sink.finish()?;
-        verify(&data)?;
+    pub fn finish(mut self) -> Result<SnapshotData> {
+        let sink = self
+            .sink
+            .take()
+            .expect("a receiver holds its sink until finish");
+        let (data, _) = sink.finish()?;
+        if let Err(error) = verify(&data) {
+            // A refused snapshot must not stay on disk until the next restart: a leader that
+            // keeps sending a damaged one would otherwise fill the disk.
+            if let Some(path) = data.file_path() {
+                remove_file_logged(path, "a refused snapshot");
+            }
+            return Err(error);
+        }
         Ok(data)
+    }
+}
+
+impl Drop for SnapshotReceiver {
+    /// An abandoned receive (the leader went away mid-transfer) removes its partial file.
+    fn drop(&mut self) {
+        if let Some(SnapshotSink {
+            target: SinkTarget::File { partial, .. },
+            ..
+        }) = &self.sink
+        {
+            remove_file_logged(partial, "an abandoned snapshot receive");
+        }
+    }
+}
+
+/// Removes a file the caller no longer needs; a failure only costs disk space until the next
+/// start (which removes every unreferenced snapshot file), so it is logged, not returned.
+fn remove_file_logged(path: &Path, what: &str) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove {what}"),
     }
 }
 

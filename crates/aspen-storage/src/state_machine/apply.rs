@@ -37,6 +37,8 @@ pub(crate) struct Applier<'a, 't> {
     pub tables: &'a mut WriteTables<'t>,
     pub state: &'a mut AppliedState,
     pub buffer: Vec<u8>,
+    /// The batch's events, recorded only while someone watches (see `events.rs`).
+    pub events: Option<Vec<aspen_core::Event>>,
 }
 
 impl<'a, 't> Applier<'a, 't> {
@@ -162,6 +164,7 @@ impl<'a, 't> Applier<'a, 't> {
                 _ => put.lease,
             },
         };
+        self.record_put(&put.key, previous.as_ref(), &new);
         if let Some(prev) = &previous {
             assert!(
                 prev.mod_revision < rev.main || prev.mod_revision == rev.main,
@@ -233,6 +236,7 @@ impl<'a, 't> Applier<'a, 't> {
         rev: &mut WriteRevision,
     ) -> Result<()> {
         let sub_revision = rev.take_sub();
+        self.record_delete(key, current, rev.main, sub_revision);
         self.tables.latest.remove(key)?;
         self.store_history(key, current)?;
         self.store_history(key, &StoredVersion::tombstone(rev.main, sub_revision))?;

@@ -8,6 +8,10 @@
 
 mod apply;
 mod compact;
+mod events;
+mod hash;
+mod history;
+mod lease_read;
 pub(crate) mod range;
 pub mod records;
 mod snapshot_io;
@@ -24,7 +28,11 @@ use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{ReadableDatabase, ReadableTable};
 
+pub use hash::{HashOutcome, KvHash};
+pub use events::EventSink;
+pub use history::{EventPage, EventsOutcome};
 pub use records::AppliedState;
+pub use snapshot_io::export_snapshot;
 
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
@@ -37,11 +45,16 @@ const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct StateMachine {
     store: Store,
+    /// Where committed events go; shared by every clone.
+    events: std::sync::Arc<events::EventHook>,
 }
 
 impl StateMachine {
     pub fn new(store: Store) -> Result<StateMachine> {
-        Ok(StateMachine { store })
+        Ok(StateMachine {
+            store,
+            events: std::sync::Arc::default(),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -70,6 +83,8 @@ impl StateMachine {
         txn.set_durability(redb::Durability::None)
             .map_err(|e| StorageError::Invariant(e.to_string()))?;
         let mut state = read_applied_write(&txn)?;
+        let revision_before = state.revision;
+        let events;
         let mut responses = Vec::with_capacity(entries.len());
         {
             let mut tables = tables::WriteTables::open(&txn)?;
@@ -77,6 +92,7 @@ impl StateMachine {
                 tables: &mut tables,
                 state: &mut state,
                 buffer: Vec::with_capacity(256),
+                events: self.events.wants_events().then(Vec::new),
             };
             for entry in entries {
                 let index_before = applier.state.last_applied.as_ref().map(|id| id.index);
@@ -102,9 +118,15 @@ impl StateMachine {
                 applier.state.last_applied = Some(entry.log_id.clone());
                 responses.push(response);
             }
+            events = applier.events.take();
         }
         write_applied(&txn, &state)?;
         txn.commit()?;
+        self.events.publish(aspen_core::event::CommittedBatch {
+            revision_before,
+            revision_after: state.revision,
+            events,
+        });
         Ok(responses)
     }
 
@@ -129,14 +151,13 @@ impl StateMachine {
             len_bytes: data.len_bytes(),
         };
         snapshot_io::install(&self.store, meta, &data, &record)?;
+        self.events.reset(self.reader().applied_state()?.revision);
         self.store.shared.snapshots.set_memory_current(&data);
-        if let Some(previous) = previous
-            && previous.file_name != record.file_name
-        {
+        if let Some(previous) = previous {
             self.store
                 .shared
                 .snapshots
-                .remove_unreferenced(&record.file_name)?;
+                .remove_replaced(previous.file_name.as_deref(), record.file_name.as_deref())?;
         }
         Ok(())
     }

@@ -71,7 +71,7 @@ where
     )
 }
 
-fn history_range<'h, H>(
+pub(crate) fn history_range<'h, H>(
     history: &'h H,
     range: &KeyRange,
 ) -> Result<redb::Range<'h, HistoryKey, &'static [u8]>>

@@ -10,98 +10,124 @@ use super::{read_applied, write_applied};
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
 use crate::schema::{self, SM_META, SM_SNAPSHOT};
-use crate::snapshot::{Frame, FrameReader, SNAPSHOT_MAGIC, SnapshotData, SnapshotRecord};
+use crate::snapshot::{
+    Frame, FrameReader, SNAPSHOT_MAGIC, SnapshotData, SnapshotExport, SnapshotRecord, SnapshotSink,
+};
 
 /// Streams the state machine, as of one read transaction, into a new snapshot and makes it
 /// the current one (unless a newer one was installed meanwhile).
 pub(crate) fn build(store: &Store) -> Result<(SnapshotMeta, SnapshotData)> {
     let bytes_max = store.limits().quota_backend_bytes.saturating_mul(2);
     let mut sink = store.shared.snapshots.new_sink(bytes_max)?;
-    let meta = {
-        let db = store.db();
-        let txn = db.begin_read()?;
-        let state = read_applied(&txn)?;
-        let mut buffer = Vec::with_capacity(4096);
-        let mut frames: u64 = 0;
-        sink.write_raw(SNAPSHOT_MAGIC)?;
-        let header = Frame::Header {
-            revision: state.revision,
-            compact_revision: state.compact_revision,
-            alarms: state.alarms.clone(),
-        };
-        sink.write_frame(&header, &mut buffer)?;
-        frames += 1;
-        for item in txn.open_table(schema::KV_LATEST)?.iter()? {
-            let (key, bytes) = item?;
-            let frame = Frame::Latest {
-                key: key.value().to_vec(),
-                version: decode("kv_latest", bytes.value())?,
-            };
-            sink.write_frame(&frame, &mut buffer)?;
-            frames += 1;
-        }
-        for item in txn.open_table(schema::KV_HISTORY)?.iter()? {
-            let (key, bytes) = item?;
-            let (user_key, revision) = key.value();
-            let frame = Frame::History {
-                key: user_key.to_vec(),
-                revision,
-                version: decode("kv_history", bytes.value())?,
-            };
-            sink.write_frame(&frame, &mut buffer)?;
-            frames += 1;
-        }
-        for item in txn.open_table(schema::LEASES)?.iter()? {
-            let (id, bytes) = item?;
-            let frame = Frame::Lease {
-                id: id.value(),
-                record: decode("leases", bytes.value())?,
-            };
-            sink.write_frame(&frame, &mut buffer)?;
-            frames += 1;
-        }
-        sink.write_frame(&Frame::End { frames }, &mut buffer)?;
-        sink.write_trailer()?;
-        SnapshotMeta {
-            last_log_id: state.last_applied.clone(),
-            last_membership: state.membership.clone(),
-        }
-    };
+    let meta = write_state(store, &mut sink)?;
     let (data, file_name) = sink.finish()?;
     let record = SnapshotRecord {
         meta: meta.clone(),
         file_name,
         len_bytes: data.len_bytes(),
     };
-    if set_current_if_newer(store, &record)? {
+    if let CurrentUpdate::Replaced { replaced } = set_current_if_newer(store, &record)? {
         store.shared.snapshots.set_memory_current(&data);
         store
             .shared
             .snapshots
-            .remove_unreferenced(&record.file_name)?;
+            .remove_replaced(replaced.as_deref(), record.file_name.as_deref())?;
     }
     Ok((meta, data))
 }
 
+/// A point-in-time copy of the state machine in the snapshot format, for a client (etcd's
+/// Snapshot RPC). Unlike [`build`] it never becomes Raft's current snapshot and is not synced;
+/// its file, if any, is deleted when the export is dropped.
+pub fn export_snapshot(store: &Store) -> Result<SnapshotExport> {
+    let bytes_max = store.limits().quota_backend_bytes.saturating_mul(2);
+    let mut sink = store.shared.snapshots.new_export_sink(bytes_max)?;
+    let meta = write_state(store, &mut sink)?;
+    let data = sink.finish_export()?;
+    Ok(SnapshotExport::new(meta, data))
+}
+
+/// Writes every state machine table, as of one read transaction, as snapshot frames with the
+/// trailer; returns the meta describing that state.
+fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
+    let db = store.db();
+    let txn = db.begin_read()?;
+    let state = read_applied(&txn)?;
+    let mut buffer = Vec::with_capacity(4096);
+    let mut frames: u64 = 0;
+    sink.write_raw(SNAPSHOT_MAGIC)?;
+    let header = Frame::Header {
+        revision: state.revision,
+        compact_revision: state.compact_revision,
+        alarms: state.alarms.clone(),
+    };
+    sink.write_frame(&header, &mut buffer)?;
+    frames += 1;
+    for item in txn.open_table(schema::KV_LATEST)?.iter()? {
+        let (key, bytes) = item?;
+        let frame = Frame::Latest {
+            key: key.value().to_vec(),
+            version: decode("kv_latest", bytes.value())?,
+        };
+        sink.write_frame(&frame, &mut buffer)?;
+        frames += 1;
+    }
+    for item in txn.open_table(schema::KV_HISTORY)?.iter()? {
+        let (key, bytes) = item?;
+        let (user_key, revision) = key.value();
+        let frame = Frame::History {
+            key: user_key.to_vec(),
+            revision,
+            version: decode("kv_history", bytes.value())?,
+        };
+        sink.write_frame(&frame, &mut buffer)?;
+        frames += 1;
+    }
+    for item in txn.open_table(schema::LEASES)?.iter()? {
+        let (id, bytes) = item?;
+        let frame = Frame::Lease {
+            id: id.value(),
+            record: decode("leases", bytes.value())?,
+        };
+        sink.write_frame(&frame, &mut buffer)?;
+        frames += 1;
+    }
+    sink.write_frame(&Frame::End { frames }, &mut buffer)?;
+    sink.write_trailer()?;
+    Ok(SnapshotMeta {
+        last_log_id: state.last_applied,
+        last_membership: state.membership.clone(),
+    })
+}
+
+/// What [`set_current_if_newer`] did.
+enum CurrentUpdate {
+    /// A newer snapshot is current; the new one was not recorded.
+    KeptNewer,
+    /// The new snapshot is current; `replaced` is the file of the one it replaced, if any.
+    Replaced { replaced: Option<String> },
+}
+
 /// Durably records `record` as the current snapshot unless the current one is newer.
-fn set_current_if_newer(store: &Store, record: &SnapshotRecord) -> Result<bool> {
+fn set_current_if_newer(store: &Store, record: &SnapshotRecord) -> Result<CurrentUpdate> {
     let db = store.db();
     let txn = db.begin_write()?;
-    {
+    let replaced = {
         let mut table = txn.open_table(SM_META)?;
         let existing: Option<SnapshotRecord> = match table.get(SM_SNAPSHOT)? {
             Some(bytes) => Some(decode("sm_meta", bytes.value())?),
             None => None,
         };
-        if let Some(existing) = existing
+        if let Some(existing) = &existing
             && existing.meta.last_log_id > record.meta.last_log_id
         {
-            return Ok(false);
+            return Ok(CurrentUpdate::KeptNewer);
         }
         table.insert(SM_SNAPSHOT, aspen_core::codec::encode(record).as_slice())?;
-    }
+        existing.and_then(|e| e.file_name)
+    };
     txn.commit()?;
-    Ok(true)
+    Ok(CurrentUpdate::Replaced { replaced })
 }
 
 /// Replaces every state machine table with the snapshot's frames in one durable transaction.
