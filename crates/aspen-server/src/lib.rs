@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod http;
+pub mod restore;
 pub mod services;
 
 pub use bootstrap::{NodeHandle, bootstrap_node};

@@ -7,6 +7,9 @@ use aspen_server::config::{self, ClusterBootstrapConfig, ConfigErrors};
 
 fn main() -> ExitCode {
     let mut args = config::process_args();
+    if args.get(1).map(String::as_str) == Some("snapshot") {
+        return aspen_server::restore::main(&args);
+    }
     let print_config = args.iter().any(|arg| arg == "--print-config");
     args.retain(|arg| arg != "--print-config");
     let config = match ClusterBootstrapConfig::from_sources(&args, &config::process_env()) {

@@ -7,8 +7,8 @@ use aspen_proto::etcdserverpb::auth_server::AuthServer;
 use aspen_proto::etcdserverpb::cluster_server::ClusterServer;
 use aspen_proto::etcdserverpb::kv_server::KvServer;
 use aspen_proto::etcdserverpb::lease_server::LeaseServer;
-use aspen_proto::etcdserverpb::watch_server::WatchServer;
 use aspen_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use aspen_proto::etcdserverpb::watch_server::WatchServer;
 
 /// gRPC message limit for clients: etcd allows the request limit plus 512 KiB of overhead.
 pub fn client_message_bytes_max(node: &Node) -> usize {
@@ -24,15 +24,16 @@ pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
     let kv = KvServer::new(KvService::new(node.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let cluster = ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(bytes_max);
+    let cluster =
+        ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(bytes_max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
     let watch = WatchServer::new(aspen_api::WatchService::new(node.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let lease =
-        LeaseServer::new(aspen_api::LeaseService::new(node.clone())).max_decoding_message_size(bytes_max);
+    let lease = LeaseServer::new(aspen_api::LeaseService::new(node.clone()))
+        .max_decoding_message_size(bytes_max);
     let auth = AuthServer::new(AuthService);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

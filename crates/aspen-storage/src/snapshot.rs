@@ -87,6 +87,30 @@ impl std::fmt::Debug for SnapshotData {
 }
 
 impl SnapshotData {
+    /// The first `len_bytes` of an existing file, read in place (restore reads a saved file
+    /// this way). Fails if the file is shorter.
+    pub fn from_file_prefix(path: &Path, len_bytes: u64) -> Result<SnapshotData> {
+        let io = |source| StorageError::SnapshotIo {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        if file_len < len_bytes {
+            return Err(StorageError::Snapshot(format!(
+                "{} has {file_len} bytes, fewer than {len_bytes}",
+                path.display()
+            )));
+        }
+        Ok(SnapshotData {
+            body: Body::File {
+                file: Arc::new(file),
+                path: path.to_path_buf(),
+                len_bytes,
+            },
+        })
+    }
+
     pub fn len_bytes(&self) -> u64 {
         match &self.body {
             Body::File { len_bytes, .. } => *len_bytes,

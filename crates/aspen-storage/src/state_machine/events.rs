@@ -75,8 +75,11 @@ impl<'a, 't> Applier<'a, 't> {
             return;
         };
         debug_assert!(!new.is_tombstone());
-        debug_assert!(events.last().is_none_or(|e| e.position()
-            < (new.mod_revision, new.sub_revision)));
+        debug_assert!(
+            events
+                .last()
+                .is_none_or(|e| e.position() < (new.mod_revision, new.sub_revision))
+        );
         events.push(Event {
             kind: EventKind::Put,
             kv: new.to_key_value(key),

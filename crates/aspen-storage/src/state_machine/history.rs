@@ -225,7 +225,11 @@ impl Picker {
         let through_revision = self.cut_revision.map_or(end, |cut| cut - 1);
         let events: Vec<Event> = self.picked.into_values().collect();
         debug_assert!(events.windows(2).all(|w| w[0].position() < w[1].position()));
-        assert!(events.last().is_none_or(|e| e.revision() <= through_revision));
+        assert!(
+            events
+                .last()
+                .is_none_or(|e| e.revision() <= through_revision)
+        );
         EventPage {
             events,
             through_revision,

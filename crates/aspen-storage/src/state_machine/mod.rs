@@ -28,8 +28,8 @@ use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{ReadableDatabase, ReadableTable};
 
-pub use hash::{HashOutcome, KvHash};
 pub use events::EventSink;
+pub use hash::{HashOutcome, KvHash};
 pub use history::{EventPage, EventsOutcome};
 pub use records::AppliedState;
 pub use snapshot_io::export_snapshot;
