@@ -33,10 +33,12 @@ pub(crate) enum Frame {
         alarms: Vec<(u64, AlarmType)>,
     },
     Latest {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         version: StoredVersion,
     },
     History {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         revision: u64,
         version: StoredVersion,

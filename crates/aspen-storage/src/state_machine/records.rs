@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// deletion tombstone in `kv_history`; `kv_latest` never holds one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredVersion {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
