@@ -1,8 +1,6 @@
 //! etcd's Cluster service: MemberList, MemberAdd, MemberRemove, MemberUpdate, MemberPromote,
 //! over Raft membership changes made by the leader.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aspen_core::{NodeId, NodeInfo};
 use aspen_node::{ForwardRequest, Member, Node, NodeError};
 use aspen_proto::etcdserverpb::{self as pb, cluster_server::Cluster};
@@ -15,8 +13,6 @@ use crate::status::{self, from_node, invalid};
 pub const MEMBER_PEER_URLS_MAX: usize = 16;
 /// Longest URL accepted, in bytes.
 pub const MEMBER_URL_BYTES_MAX: usize = 1024;
-/// Attempts at an id that is non-zero and not already a member's.
-const MEMBER_ID_ATTEMPTS_MAX: u64 = 16;
 
 #[derive(Clone)]
 pub struct ClusterService {
@@ -28,9 +24,10 @@ impl ClusterService {
         ClusterService { node }
     }
 
-    /// The header etcd's cluster server sends: the store's current revision.
+    /// The header etcd's cluster server sends: cluster id, member id and Raft term, but no
+    /// revision (etcd's `ClusterServer.header()` leaves it 0, so clients see none).
     fn header(&self) -> Result<Option<pb::ResponseHeader>, Status> {
-        current_header(&self.node)
+        Ok(header(&self.node, 0))
     }
 
     /// The members after a change: waits until this node has applied what the leader had, so
@@ -126,35 +123,6 @@ pub fn peer_urls(urls: &[String]) -> Result<Vec<String>, Status> {
     Ok(sorted)
 }
 
-/// 64-bit FNV-1a.
-pub fn fnv1a_64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    })
-}
-
-/// A new member's id, as etcd derives one: a hash of its sorted peer URLs and the time, so
-/// re-adding the same URLs later gives a new id. Never 0 and never an id in `taken`; `None`
-/// only if every attempt collided, which a working hash cannot do.
-pub fn new_member_id(sorted_peer_urls: &[String], now_ms: u64, taken: &[NodeId]) -> Option<NodeId> {
-    let joined = sorted_peer_urls.join(",");
-    (0..MEMBER_ID_ATTEMPTS_MAX)
-        .map(|attempt| {
-            let mut bytes = joined.clone().into_bytes();
-            bytes.extend_from_slice(now_ms.wrapping_add(attempt).to_string().as_bytes());
-            fnv1a_64(&bytes)
-        })
-        .find(|id| *id != 0 && !taken.contains(id))
-}
-
-fn unix_time_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn find_member(members: &[Member], id: NodeId) -> Result<&Member, Status> {
     members
         .iter()
@@ -170,9 +138,10 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let request = request.into_inner();
         let urls = peer_urls(&request.peer_ur_ls)?;
-        let taken: Vec<NodeId> = self.node.members().iter().map(|m| m.id).collect();
-        let id = new_member_id(&urls, unix_time_ms(), &taken)
-            .ok_or_else(|| Status::internal("no free member id"))?;
+        // The id the new member's process derives from its own flags (peer URLs and cluster
+        // token), so the member started with --initial-cluster-state existing runs under the
+        // id added here. A clash with a current member is refused as "Peer URLs already exists".
+        let id = self.node.member_id_for(&urls);
         let info = NodeInfo {
             name: String::new(),
             peer_urls: urls,
@@ -337,27 +306,6 @@ mod tests {
             .map(|i| format!("http://h:{}", 1000 + i))
             .collect();
         assert!(peer_urls(&too_many).is_err());
-    }
-
-    #[test]
-    fn fnv1a_matches_reference_vectors() {
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    #[test]
-    fn member_ids_depend_on_urls_and_time_and_avoid_taken_ones() {
-        let a = urls(&["http://a:1"]);
-        let b = urls(&["http://b:1"]);
-        let id = new_member_id(&a, 1_000, &[]).expect("an id");
-        assert_ne!(id, 0);
-        assert_eq!(Some(id), new_member_id(&a, 1_000, &[]));
-        assert_ne!(Some(id), new_member_id(&a, 1_001, &[]));
-        assert_ne!(Some(id), new_member_id(&b, 1_000, &[]));
-        let other = new_member_id(&a, 1_000, &[id]).expect("another id");
-        assert_ne!(other, id);
-        assert_ne!(other, 0);
     }
 
     #[test]

@@ -156,37 +156,158 @@ pub fn range_response(
     }
 }
 
-/// Responses inside a Txn carry the Txn's header, as etcd's do.
-pub fn response_op(op: ResponseOp, header: &Option<pb::ResponseHeader>) -> pb::ResponseOp {
-    use pb::response_op::Response;
-    let response = match op {
-        ResponseOp::Range(result) => {
-            Response::ResponseRange(range_response(result, header.clone()))
-        }
-        ResponseOp::Put { prev_kv } => Response::ResponsePut(pb::PutResponse {
-            header: header.clone(),
-            prev_kv: prev_kv.map(key_value),
-        }),
-        ResponseOp::DeleteRange { deleted, prev_kvs } => {
-            Response::ResponseDeleteRange(pb::DeleteRangeResponse {
-                header: header.clone(),
-                deleted: deleted as i64,
-                prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
-            })
-        }
-        ResponseOp::Txn {
-            succeeded,
-            responses,
-        } => Response::ResponseTxn(pb::TxnResponse {
-            header: header.clone(),
-            succeeded,
-            responses: responses
-                .into_iter()
-                .map(|r| response_op(r, header))
-                .collect(),
-        }),
+/// The responses of a Txn that applied at store revision `revision`. As etcd's applier fills
+/// them, each op's header holds only the revision that op saw inside the Txn's write: the one
+/// before the Txn until the Txn's first change, the Txn's own from then on. A nested Txn's
+/// header is empty.
+pub fn txn_responses(responses: Vec<ResponseOp>, revision: u64) -> Vec<pb::ResponseOp> {
+    let changed = responses.iter().any(changes_store);
+    let mut revisions = TxnRevisions {
+        before: if changed {
+            revision.saturating_sub(1)
+        } else {
+            revision
+        },
+        changed: false,
     };
-    pb::ResponseOp {
-        response: Some(response),
+    responses
+        .into_iter()
+        .map(|r| revisions.response_op(r))
+        .collect()
+}
+
+/// Whether an op that ran made a change (etcd: added to the write's `changes`).
+fn changes_store(op: &ResponseOp) -> bool {
+    match op {
+        ResponseOp::Range(_) => false,
+        ResponseOp::Put { .. } => true,
+        ResponseOp::DeleteRange { deleted, .. } => *deleted > 0,
+        ResponseOp::Txn { responses, .. } => responses.iter().any(changes_store),
+    }
+}
+
+struct TxnRevisions {
+    /// The store revision before the Txn.
+    before: u64,
+    /// Whether an op so far made a change.
+    changed: bool,
+}
+
+impl TxnRevisions {
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            revision: (self.before + u64::from(self.changed)) as i64,
+            ..Default::default()
+        })
+    }
+
+    fn response_op(&mut self, op: ResponseOp) -> pb::ResponseOp {
+        use pb::response_op::Response;
+        if !matches!(op, ResponseOp::Txn { .. }) && changes_store(&op) {
+            self.changed = true;
+        }
+        let response = match op {
+            ResponseOp::Range(result) => {
+                Response::ResponseRange(range_response(result, self.header()))
+            }
+            ResponseOp::Put { prev_kv } => Response::ResponsePut(pb::PutResponse {
+                header: self.header(),
+                prev_kv: prev_kv.map(key_value),
+            }),
+            ResponseOp::DeleteRange { deleted, prev_kvs } => {
+                Response::ResponseDeleteRange(pb::DeleteRangeResponse {
+                    header: self.header(),
+                    deleted: deleted as i64,
+                    prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
+                })
+            }
+            ResponseOp::Txn {
+                succeeded,
+                responses,
+            } => Response::ResponseTxn(pb::TxnResponse {
+                header: Some(pb::ResponseHeader::default()),
+                succeeded,
+                responses: responses.into_iter().map(|r| self.response_op(r)).collect(),
+            }),
+        };
+        pb::ResponseOp {
+            response: Some(response),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::response_op::Response;
+
+    fn range() -> ResponseOp {
+        ResponseOp::Range(RangeResult {
+            kvs: Vec::new(),
+            more: false,
+            count: 0,
+        })
+    }
+
+    fn delete(deleted: u64) -> ResponseOp {
+        ResponseOp::DeleteRange {
+            deleted,
+            prev_kvs: Vec::new(),
+        }
+    }
+
+    /// The header revision of each op, depth first; -1 for a nested Txn's empty header.
+    fn revisions(ops: &[pb::ResponseOp]) -> Vec<i64> {
+        let mut out = Vec::new();
+        for op in ops {
+            let header = match op.response.as_ref().expect("a response") {
+                Response::ResponseRange(r) => r.header,
+                Response::ResponsePut(p) => p.header,
+                Response::ResponseDeleteRange(d) => d.header,
+                Response::ResponseTxn(t) => {
+                    assert_eq!(t.header, Some(pb::ResponseHeader::default()));
+                    out.push(-1);
+                    out.extend(revisions(&t.responses));
+                    continue;
+                }
+            };
+            let header = header.expect("a header");
+            assert_eq!(
+                (header.cluster_id, header.member_id, header.raft_term),
+                (0, 0, 0)
+            );
+            out.push(header.revision);
+        }
+        out
+    }
+
+    #[test]
+    fn txn_ops_see_the_revision_before_the_first_change_and_after() {
+        let ops = vec![
+            range(),
+            delete(0),
+            ResponseOp::Put { prev_kv: None },
+            range(),
+            delete(0),
+        ];
+        assert_eq!(revisions(&txn_responses(ops, 8)), vec![7, 7, 8, 8, 8]);
+        let ops = vec![range(), delete(2), range()];
+        assert_eq!(revisions(&txn_responses(ops, 8)), vec![7, 8, 8]);
+    }
+
+    #[test]
+    fn a_txn_that_changes_nothing_reports_the_current_revision() {
+        let ops = vec![range(), delete(0)];
+        assert_eq!(revisions(&txn_responses(ops, 5)), vec![5, 5]);
+    }
+
+    #[test]
+    fn nested_txns_share_the_outer_revisions_and_have_empty_headers() {
+        let nested = ResponseOp::Txn {
+            succeeded: true,
+            responses: vec![range(), ResponseOp::Put { prev_kv: None }],
+        };
+        let ops = vec![range(), nested, range()];
+        assert_eq!(revisions(&txn_responses(ops, 4)), vec![3, -1, 3, 4, 4]);
     }
 }

@@ -116,15 +116,10 @@ impl Kv for KvService {
         else {
             return Err(unexpected(&result));
         };
-        let header = header(&self.node, revision);
-        let responses = responses
-            .into_iter()
-            .map(|r| convert::response_op(r, &header))
-            .collect();
         Ok(Response::new(pb::TxnResponse {
-            header,
+            header: header(&self.node, revision),
             succeeded,
-            responses,
+            responses: convert::txn_responses(responses, revision),
         }))
     }
 

@@ -65,7 +65,9 @@ impl Lease for LeaseService {
         };
         let (result, revision) = self.propose(command).await?;
         let CommandResult::LeaseGrant { id, ttl_seconds } = result else {
-            return Err(Status::internal(format!("unexpected apply result {result:?}")));
+            return Err(Status::internal(format!(
+                "unexpected apply result {result:?}"
+            )));
         };
         Ok(Response::new(pb::LeaseGrantResponse {
             header: header(&self.node, revision),

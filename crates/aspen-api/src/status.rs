@@ -46,9 +46,10 @@ pub fn from_node(error: NodeError) -> Status {
         | NodeError::Stopped
         | NodeError::Unhealthy => Code::Unavailable,
         NodeError::MemberNotFound => Code::NotFound,
-        NodeError::PeerUrlExists | NodeError::NotLearner | NodeError::NotEnoughStartedMembers => {
-            Code::FailedPrecondition
-        }
+        NodeError::PeerUrlExists
+        | NodeError::NotLearner
+        | NodeError::LearnerNotReady
+        | NodeError::NotEnoughStartedMembers => Code::FailedPrecondition,
         NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Peer(_) => Code::Unavailable,
     };
     if matches!(

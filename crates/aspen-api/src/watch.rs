@@ -110,10 +110,8 @@ impl Session {
         progress_notify_interval: Duration,
     ) {
         let start = tokio::time::Instant::now();
-        let mut progress = tokio::time::interval_at(
-            start + progress_notify_interval,
-            progress_notify_interval,
-        );
+        let mut progress =
+            tokio::time::interval_at(start + progress_notify_interval, progress_notify_interval);
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(Duration::from_millis(WATCH_SYNC_INTERVAL_MS));
         retry.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -36,7 +36,12 @@ impl Event {
         (self.kv.mod_revision, self.sub_revision)
     }
 
-    pub fn delete(key: &[u8], revision: u64, sub_revision: u32, prev_kv: Option<KeyValue>) -> Event {
+    pub fn delete(
+        key: &[u8],
+        revision: u64,
+        sub_revision: u32,
+        prev_kv: Option<KeyValue>,
+    ) -> Event {
         Event {
             kind: EventKind::Delete,
             kv: KeyValue {

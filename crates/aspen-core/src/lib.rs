@@ -7,10 +7,12 @@
 pub mod codec;
 pub mod command;
 pub mod event;
+pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod response;
+pub mod runtime;
 pub mod type_config;
 
 pub use command::{

@@ -29,6 +29,7 @@ openraft::declare_raft_types!(
         R = ApplyResponse,
         NodeId = NodeId,
         Node = NodeInfo,
+        AsyncRuntime = crate::runtime::AspenRuntime,
 );
 
 /// Shorthands for openraft's generic types, named once.

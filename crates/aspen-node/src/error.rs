@@ -21,6 +21,8 @@ pub enum NodeError {
     PeerUrlExists,
     #[error("etcdserver: can only promote a learner member")]
     NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStartedMembers,
     #[error("etcdserver: unhealthy cluster")]

@@ -11,9 +11,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aspen_core::limits::{
-    LEASE_EXPIRE_BATCH_MAX, LEASE_TTL_SECONDS_MAX, lease_ttl_seconds_min,
-};
+use aspen_core::limits::{LEASE_EXPIRE_BATCH_MAX, LEASE_TTL_SECONDS_MAX, lease_ttl_seconds_min};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
 use aspen_storage::MvccReader;
 use tokio::time::Instant;
@@ -342,7 +340,12 @@ impl Node {
     /// Every lease id, as of a linearizable read.
     pub async fn lease_leases(&self) -> Result<Vec<u64>, NodeError> {
         self.read_barrier().await?;
-        Ok(self.reader().leases()?.into_iter().map(|(id, _)| id).collect())
+        Ok(self
+            .reader()
+            .leases()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// Runs a lease request here if this node leads, else on the leader.

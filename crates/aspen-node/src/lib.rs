@@ -15,5 +15,5 @@ pub mod raft_config;
 pub use error::NodeError;
 pub use forward::{ForwardRequest, ForwardResponse, Forwarder};
 pub use lessor::{LeaseTtl, Lessor};
-pub use node::{AspenRaft, Member, Node, NodeOptions};
+pub use node::{AspenRaft, Member, Node, NodeOptions, TestingOptions};
 pub use raft_config::RaftTiming;

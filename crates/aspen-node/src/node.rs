@@ -45,6 +45,18 @@ pub struct NodeOptions {
     pub limits: Limits,
 }
 
+/// Switches for tests and the simulator; every one is off by default and in production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestingOptions {
+    /// A planted bug for checking the checkers: linearizable reads are served from local
+    /// state without the ReadIndex barrier, so a follower or a deposed leader answers stale.
+    pub unsafe_local_reads_for_testing: bool,
+    /// Sample the database size on the async task instead of tokio's blocking pool, so that a
+    /// single-threaded simulation never hands work to another thread (which would make the
+    /// interleaving, and so a seed's replay, depend on the OS scheduler).
+    pub sample_db_size_inline: bool,
+}
+
 /// A member as the Cluster API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -71,6 +83,7 @@ struct NodeInner {
     /// Watchers of this node, fed by its own state machine (followers serve watches too).
     hub: WatchHub,
     lessor: Lessor,
+    testing: TestingOptions,
 }
 
 impl Node {
@@ -88,6 +101,33 @@ impl Node {
     {
         let (log_store, state_machine) =
             aspen_storage::open_storage(&options.backend, options.limits)?;
+        let testing = TestingOptions::default();
+        Node::start_with_storage(
+            options,
+            log_store,
+            state_machine,
+            network,
+            forwarder,
+            testing,
+        )
+        .await
+    }
+
+    /// As [`Node::start`], on storage the caller opened (the simulator's disk, through
+    /// `aspen_storage::open_storage_with_file_backend`); `options.backend` is not used.
+    pub async fn start_with_storage<N>(
+        options: NodeOptions,
+        log_store: aspen_storage::LogStore,
+        state_machine: StateMachine,
+        network: N,
+        forwarder: Arc<dyn Forwarder>,
+        testing: TestingOptions,
+    ) -> Result<Node, NodeError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network:
+            openraft::network::NetSnapshot<TypeConfig, SnapshotData = aspen_storage::SnapshotData>,
+    {
         let reader = state_machine.reader();
         let store = state_machine.store().clone();
         let state_machine_handle = state_machine.clone();
@@ -114,6 +154,7 @@ impl Node {
                 metrics: Arc::default(),
                 hub,
                 lessor,
+                testing,
             }),
         };
         node.spawn_background_tasks();
@@ -150,6 +191,16 @@ impl Node {
 
     pub fn cluster_id(&self) -> u64 {
         self.inner.options.cluster_id
+    }
+
+    /// The id of a member with `peer_urls` in this cluster: the id that member's process
+    /// derives from its own flags (peer URLs and cluster token), so MemberAdd and the joining
+    /// process agree without asking each other.
+    ///
+    /// # Panics
+    /// If `peer_urls` is empty; callers validate requests first.
+    pub fn member_id_for(&self, peer_urls: &[String]) -> NodeId {
+        aspen_core::ids::member_id("", peer_urls, &self.inner.options.cluster_name)
     }
 
     pub fn raft(&self) -> &AspenRaft {
@@ -295,7 +346,7 @@ impl Node {
 
     /// Serves a range; linearizable unless `request.serializable`.
     pub async fn range(&self, request: &RangeRequest) -> Result<(RangeResult, u64), NodeError> {
-        if !request.serializable {
+        if !request.serializable && !self.inner.testing.unsafe_local_reads_for_testing {
             self.read_barrier().await?;
         }
         Ok(self.inner.reader.range(request)??)
@@ -483,6 +534,7 @@ impl Node {
                 if !member.is_learner {
                     return Err(NodeError::NotLearner);
                 }
+                self.check_learner_ready(id)?;
                 ChangeMembers::AddVoterIds(BTreeSet::from([id]))
             }
             ForwardRequest::RemoveMember { id } => {
@@ -523,6 +575,26 @@ impl Node {
         }
     }
 
+    /// etcd's isLearnerReady: a learner is promoted only once its replicated log reaches 90% of
+    /// the leader's. Promoting one that lags (or was never started) would make it a voter the
+    /// quorum has to wait for, and a single-node cluster would lose its quorum.
+    fn check_learner_ready(&self, id: NodeId) -> Result<(), NodeError> {
+        let metrics = self.raft_metrics();
+        let Some(replication) = metrics.replication.as_ref() else {
+            return Err(NodeError::LeaderChanged);
+        };
+        // As etcd: a member the leader has no progress for is not held back.
+        let Some(matched) = replication.get(&id) else {
+            return Ok(());
+        };
+        let learner = matched.as_ref().map_or(0, |log_id| log_id.index());
+        let leader = metrics.last_log_index.unwrap_or(0);
+        if u128::from(learner) * 10 < u128::from(leader) * 9 {
+            return Err(NodeError::LearnerNotReady);
+        }
+        Ok(())
+    }
+
     pub fn applied_state(&self) -> Result<AppliedState, NodeError> {
         Ok(self.inner.reader.applied_state()?)
     }
@@ -541,10 +613,18 @@ impl Node {
                 let Some(inner) = weak.upgrade() else { return };
                 // redb reads its size in a write transaction: off the async workers.
                 let store = inner.store.clone();
-                let sizes = tokio::task::spawn_blocking(move || (store.db_size_bytes(), store.db_size_in_use_bytes())).await;
+                let sample = move || (store.db_size_bytes(), store.db_size_in_use_bytes());
+                let sizes = if inner.testing.sample_db_size_inline {
+                    Ok(sample())
+                } else {
+                    tokio::task::spawn_blocking(sample).await
+                };
                 if let Ok((Ok(size), Ok(in_use))) = sizes {
                     inner.metrics.db_size_bytes.store(size, Ordering::Relaxed);
-                    inner.metrics.db_size_in_use_bytes.store(in_use, Ordering::Relaxed);
+                    inner
+                        .metrics
+                        .db_size_in_use_bytes
+                        .store(in_use, Ordering::Relaxed);
                 }
                 let leader = inner.raft.metrics().borrow_watched().current_leader;
                 if leader != last_leader && leader.is_some() {

@@ -50,6 +50,11 @@ impl RaftTiming {
             enable_tick: true,
             enable_heartbeat: true,
             enable_elect: true,
+            // A leader restored at restart without an election serves ReadIndex reads at its
+            // persisted committed index, which lags: applies and the committed index are not
+            // fsynced on their own (redb Durability::None). A linearizable read could then
+            // miss an acknowledged write. An election commits a fresh blank entry first.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config.validate().map(Arc::new).map_err(|e| e.to_string())
