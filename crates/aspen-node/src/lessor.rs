@@ -147,12 +147,15 @@ impl Lessor {
     /// The lease's deadline, learning it from storage if it was applied after the last
     /// reconcile. `None`: no such lease.
     fn lookup(&self, id: u64, reader: &MvccReader) -> Result<Option<Deadline>, NodeError> {
+        // Storage is the truth: a lease revoked since its deadline was recorded is gone, even
+        // though the deadline has not passed yet.
+        let Some(record) = reader.lease(id)? else {
+            self.lock().deadlines.remove(&id);
+            return Ok(None);
+        };
         if let Some(deadline) = self.lock().deadlines.get(&id) {
             return Ok(Some(*deadline));
         }
-        let Some(record) = reader.lease(id)? else {
-            return Ok(None);
-        };
         let deadline = Deadline {
             at: deadline_after(Instant::now(), record.ttl_seconds),
             granted_ttl_seconds: record.ttl_seconds,

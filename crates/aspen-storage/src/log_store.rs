@@ -152,10 +152,7 @@ impl LogStore {
             table.retain_in::<u64, _>(range, |_, _| false)?;
             if let Some(log_id) = purged {
                 let mut meta = txn.open_table(RAFT_META)?;
-                meta.insert(
-                    META_LAST_PURGED,
-                    codec::encode(&Some(log_id.clone())).as_slice(),
-                )?;
+                meta.insert(META_LAST_PURGED, codec::encode(&Some(*log_id)).as_slice())?;
             }
         }
         txn.commit()?;
@@ -188,7 +185,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.read_meta::<Option<LogId>>(META_LAST_PURGED)?.flatten();
         let last_log_id = match self.last_entry_log_id()? {
             Some(id) => Some(id),
-            None => last_purged_log_id.clone(),
+            None => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,

@@ -123,8 +123,8 @@ pub async fn restore_saved_snapshot(
     let membership = openraft::Membership::new(vec![voters], members)
         .map_err(|e| StorageError::Invariant(format!("restored membership: {e}")))?;
     let meta = SnapshotMeta {
-        last_log_id: Some(log_id.clone()),
-        last_membership: StoredMembership::new(Some(log_id.clone()), membership),
+        last_log_id: Some(log_id),
+        last_membership: StoredMembership::new(Some(log_id), membership),
     };
     state_machine.install(&meta, &data)?;
     let io = |e: std::io::Error| StorageError::Invariant(e.to_string());
@@ -132,7 +132,7 @@ pub async fn restore_saved_snapshot(
         .save_vote(&Vote::new_committed(RESTORED_TERM, 0))
         .await
         .map_err(io)?;
-    log_store.purge(log_id.clone()).await.map_err(io)?;
+    log_store.purge(log_id).await.map_err(io)?;
     log_store.save_committed(Some(log_id)).await.map_err(io)?;
     let restored = state_machine.reader().applied_state()?;
     let everything = aspen_core::RangeRequest {

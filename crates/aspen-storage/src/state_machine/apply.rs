@@ -166,10 +166,7 @@ impl<'a, 't> Applier<'a, 't> {
         };
         self.record_put(&put.key, previous.as_ref(), &new);
         if let Some(prev) = &previous {
-            assert!(
-                prev.mod_revision < rev.main || prev.mod_revision == rev.main,
-                "revision order"
-            );
+            assert!(prev.mod_revision <= rev.main, "revision order");
             self.store_history(&put.key, prev)?;
             if prev.lease != 0 && prev.lease != new.lease {
                 self.tables

@@ -104,7 +104,7 @@ impl StateMachine {
                     EntryPayload::Normal(command) => applier.apply(command)?,
                     EntryPayload::Membership(membership) => {
                         applier.state.membership =
-                            StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                            StoredMembership::new(Some(entry.log_id), membership.clone());
                         ApplyResponse {
                             revision: applier.state.revision,
                             result: Ok(CommandResult::Empty),
@@ -115,7 +115,7 @@ impl StateMachine {
                         result: Ok(CommandResult::Empty),
                     },
                 };
-                applier.state.last_applied = Some(entry.log_id.clone());
+                applier.state.last_applied = Some(entry.log_id);
                 responses.push(response);
             }
             events = applier.events.take();

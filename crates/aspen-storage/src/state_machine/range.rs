@@ -111,7 +111,7 @@ fn merge_visible(
                     .next()
                     .and_then(|r| r.err())
                     .map(Into::into)
-                    .unwrap_or_else(|| unreachable_error()));
+                    .unwrap_or_else(unreachable_error));
             }
             None => None,
         };
@@ -122,7 +122,7 @@ fn merge_visible(
                     .next()
                     .and_then(|r| r.err())
                     .map(Into::into)
-                    .unwrap_or_else(|| unreachable_error()));
+                    .unwrap_or_else(unreachable_error));
             }
             None => None,
         };

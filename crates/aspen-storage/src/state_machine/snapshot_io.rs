@@ -206,7 +206,7 @@ pub(crate) fn install(
         }
     }
     let state = AppliedState {
-        last_applied: meta.last_log_id.clone(),
+        last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
         revision,
         compact_revision,
