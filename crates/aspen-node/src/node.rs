@@ -14,7 +14,7 @@ use aspen_storage::state_machine::AppliedState;
 use aspen_storage::{MvccReader, StateMachine, StorageBackend, Store};
 use aspen_watch::{HubOptions, WatchHub};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, RaftNetworkFactory, ReadPolicy, ServerState};
 
 use crate::error::NodeError;
@@ -566,13 +566,30 @@ impl Node {
                 return Err(NodeError::Raft("not a membership request".into()));
             }
         };
-        match self.inner.raft.change_membership(change, false).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(NodeError::LeaderChanged)
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            match self
+                .inner
+                .raft
+                .change_membership(change.clone(), false)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(NodeError::LeaderChanged);
+                }
+                // Another change is still being committed, often a member publishing its own
+                // name and client URLs as it starts. etcd serializes configuration changes, so
+                // wait for that one to apply rather than fail the operator's request.
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(in_progress),
+                ))) => {
+                    let index = in_progress.membership_log_id.map_or(0, |id| id.index);
+                    self.wait_applied(index).await?;
+                }
+                Err(e) => return Err(NodeError::Raft(e.to_string())),
             }
-            Err(e) => Err(NodeError::Raft(e.to_string())),
         }
+        Err(NodeError::Timeout)
     }
 
     /// etcd's isLearnerReady: a learner is promoted only once its replicated log reaches 90% of

@@ -1,0 +1,527 @@
+//! Harness for the real-process cluster tests: `aspen` processes on free loopback ports,
+//! killed when dropped, etcd gRPC clients, and bounded polling. Every wait has a deadline;
+//! nothing sleeps for a fixed time and then asserts.
+
+use std::fs::File;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use aspen_proto::etcdserverpb::cluster_client::ClusterClient;
+use aspen_proto::etcdserverpb::kv_client::KvClient;
+use aspen_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use aspen_proto::etcdserverpb::{PutRequest, RangeRequest, RangeResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+/// Longest any single condition is waited for.
+pub const WAIT_MS_MAX: u64 = 20_000;
+/// Time between two checks of a polled condition.
+pub const POLL_INTERVAL_MS: u64 = 50;
+/// Small Raft timings keep elections and failover fast on loopback.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
+pub const ELECTION_TIMEOUT_MS: u64 = 500;
+/// Deadline of one gRPC call from a test; a forwarded write may wait for a leader (5 s).
+pub const RPC_TIMEOUT_MS: u64 = 8_000;
+/// Deadline of one HTTP request to a metrics listener.
+pub const HTTP_TIMEOUT_MS: u64 = 2_000;
+/// Largest HTTP response read from a metrics listener.
+pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
+/// Lines of each member's log printed when a test fails.
+pub const LOG_TAIL_LINES: usize = 40;
+
+/// A port that was free a moment ago: bind port 0 on loopback, read it, release it.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redb,
+    Memory,
+}
+
+impl Backend {
+    fn flag(self) -> &'static str {
+        match self {
+            Backend::Redb => "redb",
+            Backend::Memory => "memory",
+        }
+    }
+}
+
+/// Where one member listens and keeps its data. Fixed for the member's life, so a restart
+/// uses the same flags (and therefore the same member id).
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub metrics_port: u16,
+    /// `--snapshot-count`, or the default when `None`.
+    pub snapshot_count: Option<u64>,
+}
+
+impl MemberSpec {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
+    }
+}
+
+/// One running `aspen` process. Killed (SIGKILL) and reaped when dropped.
+pub struct Process {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Process {
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: `pid` is our own child, not yet reaped, so the id names that process.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(
+            rc,
+            0,
+            "kill(SIGTERM) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits for the process to exit, polling until `timeout_ms`.
+    pub async fn wait_exit(&mut self, timeout_ms: u64) -> Option<ExitStatus> {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `aspen` with exactly `args`; its stderr (where it logs and reports errors) goes to
+/// `log_path`. Stdout carries only help and `--print-config`, unused here.
+pub fn spawn_aspen(args: &[String], log_path: &Path) -> Process {
+    let log = File::create(log_path).expect("create log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aspen"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // Only the flags given here configure the member; the test's own ASPEN_* variables must
+    // not leak in. ASPEN_LOG (the log filter) is kept for debugging a failing run.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("ASPEN_") && key != "ASPEN_LOG" {
+            command.env_remove(&key);
+        }
+    }
+    let child = command.spawn().expect("spawn aspen");
+    Process {
+        child,
+        log_path: log_path.to_path_buf(),
+    }
+}
+
+/// A set of members, some running. Members are indices into `members`.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub token: String,
+    pub backend: Backend,
+    pub members: Vec<MemberSpec>,
+    processes: Vec<Option<Process>>,
+    starts: u32,
+}
+
+impl Cluster {
+    /// Plans `size` members (nothing starts yet).
+    pub fn new(size: usize, backend: Backend, snapshot_count: Option<u64>) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("aspen-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let token = format!(
+            "test-{}-{}",
+            std::process::id(),
+            dir.path().file_name().unwrap_or_default().to_string_lossy()
+        );
+        let mut cluster = Cluster {
+            dir,
+            token,
+            backend,
+            members: Vec::new(),
+            processes: Vec::new(),
+            starts: 0,
+        };
+        for _ in 0..size {
+            cluster.plan_member(snapshot_count);
+        }
+        cluster
+    }
+
+    /// Plans one more member with fresh ports and data dir; returns its index.
+    pub fn plan_member(&mut self, snapshot_count: Option<u64>) -> usize {
+        let index = self.members.len();
+        let name = format!("m{index}");
+        let data_dir = self.dir.path().join(&name);
+        self.members.push(MemberSpec {
+            name,
+            data_dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            snapshot_count,
+        });
+        self.processes.push(None);
+        index
+    }
+
+    /// `--initial-cluster` listing `members`.
+    pub fn initial_cluster(&self, members: &[usize]) -> String {
+        let entries: Vec<String> = members
+            .iter()
+            .map(|&i| format!("{}={}", self.members[i].name, self.members[i].peer_url()))
+            .collect();
+        entries.join(",")
+    }
+
+    /// The flags member `index` runs with.
+    pub fn args(&self, index: usize, initial_cluster: &[usize], state: &str) -> Vec<String> {
+        let spec = &self.members[index];
+        let mut args = vec![
+            "--name".to_string(),
+            spec.name.clone(),
+            "--data-dir".into(),
+            spec.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            spec.client_url(),
+            "--advertise-client-urls".into(),
+            spec.client_url(),
+            "--listen-peer-urls".into(),
+            spec.peer_url(),
+            "--initial-advertise-peer-urls".into(),
+            spec.peer_url(),
+            "--listen-metrics-urls".into(),
+            spec.metrics_url(),
+            "--initial-cluster".into(),
+            self.initial_cluster(initial_cluster),
+            "--initial-cluster-state".into(),
+            state.into(),
+            "--initial-cluster-token".into(),
+            self.token.clone(),
+            "--heartbeat-interval".into(),
+            HEARTBEAT_INTERVAL_MS.to_string(),
+            "--election-timeout".into(),
+            ELECTION_TIMEOUT_MS.to_string(),
+            "--storage-backend".into(),
+            self.backend.flag().into(),
+        ];
+        if let Some(count) = spec.snapshot_count {
+            args.push("--snapshot-count".into());
+            args.push(count.to_string());
+        }
+        args
+    }
+
+    /// A fresh log file for the next start of member `index`.
+    pub fn next_log_path(&mut self, index: usize) -> PathBuf {
+        self.starts += 1;
+        let name = format!("{}-start{}.log", self.members[index].name, self.starts);
+        self.dir.path().join(name)
+    }
+
+    /// Starts member `index` with `--initial-cluster` listing `initial_cluster`.
+    pub fn start_with(&mut self, index: usize, initial_cluster: &[usize], state: &str) {
+        assert!(
+            self.processes[index].is_none(),
+            "member {index} already runs"
+        );
+        let args = self.args(index, initial_cluster, state);
+        let log_path = self.next_log_path(index);
+        self.processes[index] = Some(spawn_aspen(&args, &log_path));
+    }
+
+    /// Starts (or restarts) member `index` as a founding member of the planned cluster.
+    pub fn start(&mut self, index: usize) {
+        let founders: Vec<usize> = (0..self.members.len()).collect();
+        self.start_with(index, &founders, "new");
+    }
+
+    pub fn start_all(&mut self) {
+        for index in 0..self.members.len() {
+            self.start(index);
+        }
+    }
+
+    pub fn process(&mut self, index: usize) -> &mut Process {
+        self.processes[index]
+            .as_mut()
+            .unwrap_or_else(|| panic!("member {index} is not running"))
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self, index: usize) {
+        let process = self.processes[index].take();
+        assert!(process.is_some(), "member {index} is not running");
+        drop(process);
+    }
+
+    /// Sends SIGTERM to every member in `indices` at once, then waits for each to exit and
+    /// returns their statuses (None: still running after `timeout_ms`, then killed).
+    pub async fn terminate(
+        &mut self,
+        indices: &[usize],
+        timeout_ms: u64,
+    ) -> Vec<Option<ExitStatus>> {
+        for &index in indices {
+            self.process(index).sigterm();
+        }
+        let mut statuses = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let mut process = self.processes[index].take().expect("running");
+            statuses.push(process.wait_exit(timeout_ms).await);
+        }
+        statuses
+    }
+
+    pub fn channel(&self, index: usize) -> Channel {
+        Endpoint::from_shared(self.members[index].client_url())
+            .expect("client url")
+            .connect_timeout(Duration::from_millis(1_000))
+            .timeout(Duration::from_millis(RPC_TIMEOUT_MS))
+            .connect_lazy()
+    }
+
+    pub fn kv(&self, index: usize) -> KvClient<Channel> {
+        KvClient::new(self.channel(index))
+    }
+
+    pub fn cluster_api(&self, index: usize) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel(index))
+    }
+
+    pub fn maintenance(&self, index: usize) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.channel(index))
+    }
+
+    /// The id member `index` derives from its flags (peer URLs and token).
+    pub fn member_id(&self, index: usize) -> u64 {
+        aspen_server::config::member_id(
+            &self.members[index].name,
+            &[self.members[index].peer_url()],
+            &self.token,
+        )
+    }
+
+    /// Member `index`'s Prometheus text, if its metrics listener answers.
+    pub async fn metrics(&self, index: usize) -> Option<String> {
+        let (status, body) = http_get(self.members[index].metrics_port, "/metrics").await?;
+        (status == 200).then_some(body)
+    }
+
+    /// Waits until every member of `among` reports a leader and exactly one of them reports
+    /// being it; returns that one.
+    pub async fn wait_leader(&self, among: &[usize]) -> usize {
+        let description = format!("a leader among members {among:?}");
+        poll(&description, || async {
+            let mut leaders = Vec::new();
+            for &index in among {
+                let text = self.metrics(index).await?;
+                if gauge(&text, "etcd_server_has_leader")? != 1 {
+                    return None;
+                }
+                if gauge(&text, "etcd_server_is_leader")? == 1 {
+                    leaders.push(index);
+                }
+            }
+            (leaders.len() == 1).then(|| leaders[0])
+        })
+        .await
+    }
+
+    /// Puts `key` through member `index`, retrying failed attempts (printed) until the
+    /// deadline; returns the revision of the write that was acknowledged.
+    pub async fn put(&self, index: usize, key: &str, value: &str) -> i64 {
+        put_retry(&self.kv(index), key, value, &format!("member {index}")).await
+    }
+
+    /// One range of exactly `key` on member `index`; no retry.
+    pub async fn get(
+        &self,
+        index: usize,
+        key: &str,
+        serializable: bool,
+    ) -> Result<RangeResponse, tonic::Status> {
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            serializable,
+            ..Default::default()
+        };
+        Ok(self.kv(index).range(request).await?.into_inner())
+    }
+
+    /// Every key under `prefix` on member `index`.
+    pub async fn get_prefix(
+        &self,
+        index: usize,
+        prefix: &str,
+        serializable: bool,
+    ) -> Result<RangeResponse, tonic::Status> {
+        let request = RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            serializable,
+            ..Default::default()
+        };
+        Ok(self.kv(index).range(request).await?.into_inner())
+    }
+
+    /// Prints the tail of every log this cluster wrote; called when a test fails.
+    pub fn dump_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!("===== {} (last {} lines) =====", path.display(), tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        // Processes are killed by their own Drop before the temp dir goes away.
+        self.processes.clear();
+    }
+}
+
+/// Puts `key` through `kv`, retrying failed attempts (printed) until the deadline; returns
+/// the revision of the acknowledged write. A retried put may apply twice, which a test that
+/// compares values (not counts of revisions) does not mind.
+pub async fn put_retry(kv: &KvClient<Channel>, key: &str, value: &str, via: &str) -> i64 {
+    let description = format!("put {key} via {via}");
+    poll(&description, || {
+        let mut kv = kv.clone();
+        let request = PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let description = description.clone();
+        async move {
+            match kv.put(request).await {
+                Ok(reply) => Some(reply.into_inner().header.expect("header").revision),
+                Err(status) => {
+                    eprintln!("{description}: {status}; retrying");
+                    None
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// The smallest key greater than every key starting with `prefix` (etcd's prefix range end).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Calls `check` every `POLL_INTERVAL_MS` until it returns `Some`, for at most `WAIT_MS_MAX`;
+/// panics naming `what` when the deadline passes.
+pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT_MS_MAX} ms waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+}
+
+/// A gauge's value from Prometheus text.
+pub fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body), or None if the listener does not answer.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        let mut limited = (&mut stream).take(HTTP_RESPONSE_BYTES_MAX);
+        limited.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status: u16 = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_millis(HTTP_TIMEOUT_MS), exchange)
+        .await
+        .ok()
+        .flatten()
+}
