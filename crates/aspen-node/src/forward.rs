@@ -39,6 +39,8 @@ pub enum ForwardRequest {
     LeaseTimeToLive {
         id: u64,
     },
+    /// The cluster id the founding members derived; a member that joins later adopts it.
+    ClusterId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +48,7 @@ pub enum ForwardResponse {
     Write(ApplyResponse),
     ReadIndex(u64),
     Done,
+    ClusterId(u64),
     /// A lease's remaining TTL and the TTL it was granted with, in seconds.
     LeaseTtl {
         ttl_seconds: i64,

@@ -84,6 +84,8 @@ struct NodeInner {
     hub: WatchHub,
     lessor: Lessor,
     testing: TestingOptions,
+    /// Starts as derived from this member's configuration; see `adopt_cluster_id_from_leader`.
+    cluster_id: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -145,6 +147,7 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let node = Node {
             inner: Arc::new(NodeInner {
+                cluster_id: std::sync::atomic::AtomicU64::new(options.cluster_id),
                 options,
                 raft,
                 reader,
@@ -190,7 +193,33 @@ impl Node {
     }
 
     pub fn cluster_id(&self) -> u64 {
-        self.inner.options.cluster_id
+        self.inner.cluster_id.load(Ordering::Relaxed)
+    }
+
+    /// A member that joined an existing cluster derived its cluster id from its own member
+    /// list; it adopts the founders' id from the leader. Bounded: gives up after
+    /// `FORWARD_ATTEMPTS_MAX` leaders that could not answer.
+    pub async fn adopt_cluster_id_from_leader(&self) -> Result<u64, NodeError> {
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            let leader = self.wait_for_leader().await?;
+            if leader == self.id() {
+                return Ok(self.cluster_id());
+            }
+            match self.forward_to(leader, ForwardRequest::ClusterId).await {
+                Ok(ForwardResponse::ClusterId(id)) => {
+                    self.inner.cluster_id.store(id, Ordering::Relaxed);
+                    return Ok(id);
+                }
+                Ok(other) => {
+                    return Err(NodeError::Peer(format!(
+                        "unexpected forward response {other:?}"
+                    )));
+                }
+                Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(NodeError::LeaderChanged)
     }
 
     /// The id of a member with `peer_urls` in this cluster: the id that member's process
@@ -470,6 +499,7 @@ impl Node {
             ForwardRequest::ReadIndex => {
                 Ok(ForwardResponse::ReadIndex(self.leader_read_index().await?))
             }
+            ForwardRequest::ClusterId => Ok(ForwardResponse::ClusterId(self.cluster_id())),
             lease @ (ForwardRequest::LeaseKeepAlive { .. }
             | ForwardRequest::LeaseTimeToLive { .. }) => self.lease_as_leader(lease).await,
             other => {
@@ -561,6 +591,7 @@ impl Node {
             }
             ForwardRequest::Write(_)
             | ForwardRequest::ReadIndex
+            | ForwardRequest::ClusterId
             | ForwardRequest::LeaseKeepAlive { .. }
             | ForwardRequest::LeaseTimeToLive { .. } => {
                 return Err(NodeError::Raft("not a membership request".into()));

@@ -136,6 +136,11 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
             tracing::info!("initialized a new cluster");
         }
     }
+    if config.initial_cluster_state == ClusterState::Existing {
+        handle
+            .servers
+            .push(spawn_adopt_cluster_id(node.clone(), stop_rx.clone()));
+    }
     handle
         .servers
         .push(spawn_self_publish(node.clone(), info, stop_rx));
@@ -181,6 +186,28 @@ fn spawn_grpc(
         };
         if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
             tracing::error!(%error, what, "gRPC server failed");
+        }
+    })
+}
+
+/// A member that joins an existing cluster takes the founders' cluster id from the leader,
+/// retrying until it has it or the member stops.
+fn spawn_adopt_cluster_id(node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match node.adopt_cluster_id_from_leader().await {
+                Ok(id) => {
+                    tracing::info!(cluster = format!("{id:x}"), "adopted the cluster id");
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "asking the leader for the cluster id; will retry")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(SELF_PUBLISH_INTERVAL_MS)) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
         }
     })
 }

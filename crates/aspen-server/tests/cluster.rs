@@ -468,6 +468,13 @@ async fn snapshot_catch_up_and_membership_changes() {
     cluster.wait_leader(&members_left).await;
     let (acknowledged, gap_max) = live.finish().await;
     let revision = cluster.put(newcomer, "after/remove", "still-serving").await;
+    // A member that joined later reports the founders' cluster id, not one derived from its
+    // own (longer) member list.
+    let founders_cluster_id = header_cluster_id(&cluster, writer_via).await;
+    poll("the newcomer to adopt the founders' cluster id", || async {
+        (header_cluster_id(&cluster, newcomer).await == founders_cluster_id).then_some(())
+    })
+    .await;
     assert_linearizable_everywhere(
         &cluster,
         &members_left,
@@ -649,4 +656,23 @@ async fn sigterm_exits_zero() {
         statuses[0].unwrap_or_else(|| panic!("still running {STOP_WAIT_MS_MAX} ms after SIGTERM"));
     assert_eq!(status.code(), Some(0), "exit status {status}");
     eprintln!("stopped {:?} after SIGTERM", started.elapsed());
+}
+
+/// The cluster id in a serializable read's response header.
+async fn header_cluster_id(cluster: &Cluster, index: usize) -> u64 {
+    let request = aspen_proto::etcdserverpb::RangeRequest {
+        key: b"after/remove".to_vec(),
+        serializable: true,
+        ..Default::default()
+    };
+    let response = cluster
+        .kv(index)
+        .range(request)
+        .await
+        .expect("serializable range");
+    response
+        .into_inner()
+        .header
+        .expect("response header")
+        .cluster_id
 }
