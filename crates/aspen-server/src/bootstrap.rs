@@ -118,18 +118,15 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
             .initial_cluster
             .iter()
             .map(|m| {
-                let id = m.member_id(&config.initial_cluster_token);
-                let is_self = id == member_id;
+                // Every founder must write the same initial membership entry (Raft assumes an
+                // entry is the same wherever its index and term are), so it holds only what
+                // all of them know: names and peer URLs. Client URLs are published after.
                 let info = NodeInfo {
                     name: m.name.clone(),
                     peer_urls: m.peer_urls.clone(),
-                    client_urls: if is_self {
-                        config.advertise_client_urls.clone()
-                    } else {
-                        Vec::new()
-                    },
+                    client_urls: Vec::new(),
                 };
-                (id, info)
+                (m.member_id(&config.initial_cluster_token), info)
             })
             .collect();
         if node.initialize(members).await? {

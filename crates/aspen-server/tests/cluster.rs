@@ -177,6 +177,18 @@ async fn elect_replicate_failover(cluster: &mut Cluster, restart_state: &str) {
 async fn three_nodes_elect_replicate_failover_and_catch_up() {
     let mut cluster = Cluster::new(3, Backend::Redb, None);
     cluster.start_all();
+    // Every founder publishes its client URL into the leader's member list (the initial
+    // membership holds only names and peer URLs, identical on every founder).
+    let leader = cluster.wait_leader(&[0, 1, 2]).await;
+    poll("every member to publish its client URL", || async {
+        let members = member_list(&cluster, leader).await;
+        let published = members.len() == 3
+            && members
+                .iter()
+                .all(|m| !m.client_ur_ls.is_empty() && !m.name.is_empty());
+        published.then_some(())
+    })
+    .await;
     // Restarted with the very same flags: its redb file holds its log, vote and state.
     elect_replicate_failover(&mut cluster, "new").await;
 }

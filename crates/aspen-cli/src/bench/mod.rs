@@ -1,0 +1,244 @@
+//! `aspenctl bench`: a closed-loop load generator over the etcd v3 API, so the same command
+//! measures etcd and Aspen. `--clients` requests are in flight at once, each client sending its
+//! next request when its last one is answered, over `--conns` gRPC channels spread round-robin
+//! over the endpoints (as etcd's own `benchmark` tool spreads them).
+
+mod driver;
+mod workloads;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tonic::transport::Channel;
+
+use crate::cli::Consistency;
+use crate::cmd::Ctx;
+use crate::error::CliError;
+use crate::limits::{
+    BENCH_CLIENTS_MAX, BENCH_CONNS_MAX, BENCH_DURATION_S_MAX, BENCH_KEY_SPACE_MAX,
+    BENCH_RANGE_LIMIT_MAX, BENCH_VAL_BYTES_MAX, BENCH_WATCHERS_MAX,
+};
+
+pub use driver::Report;
+
+/// Seconds a run lasts when neither `--total` nor `--duration-s` is given.
+const DURATION_S_DEFAULT: u64 = 10;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Requests in flight at once (closed loop)
+    #[arg(long, default_value_t = 1)]
+    pub clients: u32,
+    /// gRPC channels (HTTP/2 connections) shared by the clients, round-robin over --endpoints
+    #[arg(long, default_value_t = 1)]
+    pub conns: u32,
+    /// Stop after this many requests
+    #[arg(long, conflicts_with = "duration_s")]
+    pub total: Option<u64>,
+    /// Stop after this many seconds [default: 10 when --total is not given]
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    /// Print one JSON object on stdout (for scripts) instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Seed for the keys each client picks
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[command(subcommand)]
+    pub workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Workload {
+    /// Put random keys
+    Put {
+        /// Distinct keys written
+        #[arg(long, default_value_t = 100_000)]
+        key_space: u64,
+        /// Value size in bytes
+        #[arg(long, default_value_t = 256)]
+        val_size: u32,
+    },
+    /// Get random keys (written first)
+    Get {
+        /// l: linearizable, s: serializable
+        #[arg(long, value_enum, default_value = "l")]
+        consistency: Consistency,
+        #[arg(long, default_value_t = 1_000)]
+        key_space: u64,
+        #[arg(long, default_value_t = 256)]
+        val_size: u32,
+    },
+    /// Compare-and-swap: Txn(mod_revision = last seen) then put, else read the key back
+    TxnCas {
+        /// Distinct keys (0: one per client, no conflicts)
+        #[arg(long, default_value_t = 0)]
+        key_space: u64,
+        #[arg(long, default_value_t = 256)]
+        val_size: u32,
+    },
+    /// Range reads of --limit keys from a random start (keys written first)
+    Range {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "l")]
+        consistency: Consistency,
+        #[arg(long, default_value_t = 10_000)]
+        key_space: u64,
+        #[arg(long, default_value_t = 256)]
+        val_size: u32,
+    },
+    /// --clients put; latency is from each put to each watcher seeing it
+    WatchFanout {
+        #[arg(long, default_value_t = 100)]
+        watchers: u32,
+        #[arg(long, default_value_t = 64)]
+        val_size: u32,
+    },
+}
+
+impl Workload {
+    pub fn name(&self) -> String {
+        match self {
+            Workload::Put { .. } => "put".into(),
+            Workload::Get { consistency, .. } => format!("get-{}", consistency_name(*consistency)),
+            Workload::TxnCas { .. } => "txn-cas".into(),
+            Workload::Range { consistency, .. } => {
+                format!("range-{}", consistency_name(*consistency))
+            }
+            Workload::WatchFanout { .. } => "watch-fanout".into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), CliError> {
+        let (key_space, val_size) = match self {
+            Workload::Put {
+                key_space,
+                val_size,
+            }
+            | Workload::Get {
+                key_space,
+                val_size,
+                ..
+            }
+            | Workload::Range {
+                key_space,
+                val_size,
+                ..
+            } => (*key_space, *val_size),
+            Workload::TxnCas {
+                key_space,
+                val_size,
+            } => ((*key_space).max(1), *val_size),
+            Workload::WatchFanout { watchers, val_size } => {
+                if *watchers == 0 || *watchers > BENCH_WATCHERS_MAX {
+                    return Err(CliError::usage(format!(
+                        "bench: --watchers must be 1..={BENCH_WATCHERS_MAX}"
+                    )));
+                }
+                (1, *val_size)
+            }
+        };
+        if key_space == 0 || key_space > BENCH_KEY_SPACE_MAX {
+            return Err(CliError::usage(format!(
+                "bench: --key-space must be 1..={BENCH_KEY_SPACE_MAX}"
+            )));
+        }
+        if val_size > BENCH_VAL_BYTES_MAX {
+            return Err(CliError::usage(format!(
+                "bench: --val-size must be at most {BENCH_VAL_BYTES_MAX}"
+            )));
+        }
+        if let Workload::Range { limit, .. } = self
+            && (*limit <= 0 || *limit > BENCH_RANGE_LIMIT_MAX)
+        {
+            return Err(CliError::usage(format!(
+                "bench: --limit must be 1..={BENCH_RANGE_LIMIT_MAX}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn consistency_name(consistency: Consistency) -> &'static str {
+    match consistency {
+        Consistency::L => "linearizable",
+        Consistency::S => "serializable",
+    }
+}
+
+/// When a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Total(u64),
+    Duration(Duration),
+}
+
+fn limit(args: &BenchArgs) -> Result<Limit, CliError> {
+    match (args.total, args.duration_s) {
+        (Some(0), _) => Err(CliError::usage("bench: --total must be positive")),
+        (Some(total), _) => Ok(Limit::Total(total)),
+        (None, Some(seconds)) if seconds == 0 || seconds > BENCH_DURATION_S_MAX => {
+            Err(CliError::usage(format!(
+                "bench: --duration-s must be 1..={BENCH_DURATION_S_MAX}"
+            )))
+        }
+        (None, seconds) => Ok(Limit::Duration(Duration::from_secs(
+            seconds.unwrap_or(DURATION_S_DEFAULT),
+        ))),
+    }
+}
+
+/// Opens `--conns` channels now, spread round-robin over the endpoints, so an unreachable
+/// server is a connection error before the run starts.
+async fn channels(ctx: &Ctx, conns: u32) -> Result<Vec<Channel>, CliError> {
+    let mut channels = Vec::with_capacity(conns as usize);
+    for index in 0..conns as usize {
+        let url = &ctx.endpoints[index % ctx.endpoints.len()];
+        channels.push(ctx.dial.connect(url).await?);
+    }
+    Ok(channels)
+}
+
+pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<(), CliError> {
+    if args.clients == 0 || args.clients > BENCH_CLIENTS_MAX {
+        return Err(CliError::usage(format!(
+            "bench: --clients must be 1..={BENCH_CLIENTS_MAX}"
+        )));
+    }
+    if args.conns == 0 || args.conns > BENCH_CONNS_MAX {
+        return Err(CliError::usage(format!(
+            "bench: --conns must be 1..={BENCH_CONNS_MAX}"
+        )));
+    }
+    args.workload.check()?;
+    let limit = limit(&args)?;
+    let channels = channels(ctx, args.conns).await?;
+    let settings = driver::Settings {
+        clients: args.clients,
+        limit,
+        seed: args.seed,
+        show_progress: true,
+        command_timeout: ctx.dial.command_timeout,
+    };
+    let mut report = workloads::run(&args.workload, &channels, &settings).await?;
+    report.conns = args.conns;
+    report.endpoints = ctx.endpoints.len() as u32;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.ops == 0 {
+        return Err(CliError::request(format!(
+            "bench {}: no request succeeded{}",
+            report.workload,
+            report
+                .first_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(())
+}

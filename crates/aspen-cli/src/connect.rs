@@ -1,0 +1,243 @@
+//! Endpoints and gRPC channels: parse `--endpoints`, connect with explicit timeouts, and run
+//! one unary call under `--command-timeout`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aspen_proto::etcdserverpb::cluster_client::ClusterClient;
+use aspen_proto::etcdserverpb::kv_client::KvClient;
+use aspen_proto::etcdserverpb::lease_client::LeaseClient;
+use aspen_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use aspen_proto::etcdserverpb::watch_client::WatchClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::error::CliError;
+use crate::limits::{ENDPOINTS_MAX, RESPONSE_BYTES_MAX};
+
+/// HTTP/2 keepalive: notice a dead server during a long watch or snapshot.
+const KEEPALIVE_INTERVAL_S: u64 = 30;
+const KEEPALIVE_TIMEOUT_S: u64 = 10;
+
+/// Turns "127.0.0.1:2379" or "http://127.0.0.1:2379" into a URL tonic accepts. TLS is not
+/// supported (Aspen serves plain HTTP/2), so "https://" is a usage error.
+pub fn endpoint_url(endpoint: &str) -> Result<String, CliError> {
+    let endpoint = endpoint.trim();
+    if endpoint.is_empty() {
+        return Err(CliError::usage("--endpoints: empty endpoint"));
+    }
+    if endpoint.starts_with("https://") || endpoint.starts_with("unixs://") {
+        return Err(CliError::usage(format!(
+            "--endpoints: {endpoint}: TLS is not supported; use http://"
+        )));
+    }
+    let url = if endpoint.starts_with("http://") {
+        endpoint.to_string()
+    } else if endpoint.contains("://") {
+        return Err(CliError::usage(format!(
+            "--endpoints: {endpoint}: unsupported scheme; use host:port or http://host:port"
+        )));
+    } else {
+        format!("http://{endpoint}")
+    };
+    Endpoint::from_shared(url.clone())
+        .map_err(|e| CliError::usage(format!("--endpoints: {endpoint}: {e}")))?;
+    Ok(url)
+}
+
+/// The endpoint list, checked: at least one, at most `ENDPOINTS_MAX`, each parseable.
+pub fn endpoint_list(endpoints: &[String]) -> Result<Vec<String>, CliError> {
+    let endpoints: Vec<&String> = endpoints.iter().filter(|e| !e.trim().is_empty()).collect();
+    if endpoints.is_empty() {
+        return Err(CliError::usage("--endpoints: no endpoint given"));
+    }
+    if endpoints.len() > ENDPOINTS_MAX {
+        return Err(CliError::usage(format!(
+            "--endpoints: {} endpoints, at most {ENDPOINTS_MAX}",
+            endpoints.len()
+        )));
+    }
+    endpoints.iter().map(|e| endpoint_url(e)).collect()
+}
+
+/// How to reach the servers, shared by every command.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub dial_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+impl Dial {
+    fn endpoint(&self, url: &str) -> Result<Endpoint, CliError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| CliError::usage(format!("--endpoints: {url}: {e}")))?;
+        Ok(endpoint
+            .connect_timeout(self.dial_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(KEEPALIVE_INTERVAL_S))
+            .keep_alive_timeout(Duration::from_secs(KEEPALIVE_TIMEOUT_S))
+            .keep_alive_while_idle(true))
+    }
+
+    /// Connects to one endpoint now, so an unreachable server is reported before any request.
+    pub async fn connect(&self, url: &str) -> Result<Channel, CliError> {
+        let endpoint = self.endpoint(url)?;
+        match tokio::time::timeout(self.dial_timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(error)) => Err(CliError::connection(format!(
+                "cannot connect to {}: {}",
+                display_endpoint(url),
+                transport_error_text(&error)
+            ))),
+            Err(_) => Err(CliError::connection(format!(
+                "cannot connect to {}: timed out after {:?} (--dial-timeout)",
+                display_endpoint(url),
+                self.dial_timeout
+            ))),
+        }
+    }
+
+    /// A channel that connects on first use; for benchmarks that open many.
+    pub fn connect_lazy(&self, url: &str) -> Result<Channel, CliError> {
+        Ok(self.endpoint(url)?.connect_lazy())
+    }
+
+    /// Connects to the first endpoint that answers, in the order given (as etcdctl does).
+    pub async fn connect_any(&self, urls: &[String]) -> Result<Conn, CliError> {
+        let mut last_error = None;
+        for url in urls {
+            match self.connect(url).await {
+                Ok(channel) => {
+                    return Ok(Conn {
+                        channel,
+                        endpoint: display_endpoint(url),
+                        command_timeout: self.command_timeout,
+                    });
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| CliError::usage("--endpoints: no endpoint given")))
+    }
+
+    pub async fn connect_conn(&self, url: &str) -> Result<Conn, CliError> {
+        Ok(Conn {
+            channel: self.connect(url).await?,
+            endpoint: display_endpoint(url),
+            command_timeout: self.command_timeout,
+        })
+    }
+}
+
+/// tonic's transport error, with its cause chain ("transport error: tcp connect error: ...").
+fn transport_error_text(error: &tonic::transport::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    // Bounded: error chains are short, but never trust that.
+    for _ in 0..8 {
+        let Some(cause) = source else { break };
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// "http://127.0.0.1:2379" shown as etcdctl shows it: "127.0.0.1:2379".
+pub fn display_endpoint(url: &str) -> String {
+    url.strip_prefix("http://").unwrap_or(url).to_string()
+}
+
+/// One connected server.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub channel: Channel,
+    pub endpoint: String,
+    pub command_timeout: Duration,
+}
+
+impl Conn {
+    pub fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    }
+
+    pub fn watch(&self) -> WatchClient<Channel> {
+        WatchClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    }
+
+    pub fn lease(&self) -> LeaseClient<Channel> {
+        LeaseClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    }
+
+    pub fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    }
+
+    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    }
+
+    /// A request carrying `--command-timeout` as its gRPC deadline.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.command_timeout);
+        request
+    }
+
+    /// Runs one unary call under `--command-timeout`; `what` names it in errors.
+    pub async fn call<T, F>(&self, what: &str, call: F) -> Result<T, CliError>
+    where
+        F: Future<Output = Result<Response<T>, Status>>,
+    {
+        unary(self.command_timeout, what, call).await
+    }
+}
+
+pub async fn unary<T, F>(timeout: Duration, what: &str, call: F) -> Result<T, CliError>
+where
+    F: Future<Output = Result<Response<T>, Status>>,
+{
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(CliError::from_status(what, &status)),
+        Err(_) => Err(CliError::request(format!(
+            "{what}: timed out after {timeout:?} (--command-timeout)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn endpoints_accept_host_port_and_http() {
+        assert_eq!(
+            endpoint_url("127.0.0.1:2379").expect("host:port"),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            endpoint_url("http://localhost:2379").expect("http"),
+            "http://localhost:2379"
+        );
+        assert_eq!(display_endpoint("http://localhost:2379"), "localhost:2379");
+    }
+
+    #[test]
+    fn endpoints_refuse_tls_and_empty_lists() {
+        let tls = endpoint_url("https://a:2379").expect_err("tls");
+        assert_eq!(tls.kind, ErrorKind::Usage);
+        assert!(tls.message.contains("TLS"));
+        let empty = endpoint_list(&[String::new()]).expect_err("empty");
+        assert_eq!(empty.kind, ErrorKind::Usage);
+        let many: Vec<String> = (0..=ENDPOINTS_MAX).map(|i| format!("h:{i}")).collect();
+        assert_eq!(
+            endpoint_list(&many).expect_err("too many").kind,
+            ErrorKind::Usage
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! aspenctl against a real single-member Aspen: starts `target/debug/aspen` (building it first
+//! if it is missing), runs the commands a person would, and checks their output and exit codes.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the server may take to answer its first health check.
+const SERVER_READY_S_MAX: u64 = 60;
+
+fn aspenctl() -> &'static str {
+    env!("CARGO_BIN_EXE_aspenctl")
+}
+
+/// `target/debug/aspen` beside this package (or under CARGO_TARGET_DIR), built if missing.
+fn aspen_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let binary = target.join("debug/aspen");
+    if !binary.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "aspen-server", "--bin", "aspen"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build -p aspen-server");
+        assert!(status.success(), "cargo build -p aspen-server failed");
+    }
+    assert!(binary.is_file(), "no aspen binary at {}", binary.display());
+    binary
+}
+
+/// Distinct free ports: every listener is held until all are chosen.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
+}
+
+/// A running member, stopped when dropped.
+struct Server {
+    child: Child,
+    endpoint: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let data = tempfile::tempdir().expect("temp dir");
+    let [client, peer] = free_ports();
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(aspen_binary())
+        .args(["--name", "n1", "--data-dir"])
+        .arg(data.path().join("n1"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("n1={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aspen");
+    let server = Server {
+        child,
+        endpoint: format!("127.0.0.1:{client}"),
+        _data: data,
+    };
+    let deadline = Instant::now() + Duration::from_secs(SERVER_READY_S_MAX);
+    // Bounded by the deadline.
+    while ctl(&server, &["endpoint", "health"], None).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "aspen did not become healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server
+}
+
+fn ctl(server: &Server, args: &[&str], stdin: Option<&str>) -> Output {
+    run_ctl(&server.endpoint, args, stdin)
+}
+
+fn run_ctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(aspenctl())
+        .args(["--endpoints", endpoint])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run aspenctl");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("aspenctl output")
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(server: &Server, args: &[&str]) -> String {
+    ok_with_stdin(server, args, None)
+}
+
+fn ok_with_stdin(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
+    let out = ctl(server, args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "aspenctl {args:?} failed: {stderr}"
+    );
+    String::from_utf8(out.stdout).expect("utf8 stdout")
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn commands_against_a_running_member() {
+    let server = start_server();
+
+    assert_eq!(ok(&server, &["put", "foo", "bar"]), "OK\n");
+    assert_eq!(ok(&server, &["get", "foo"]), "foo\nbar\n");
+    assert_eq!(ok(&server, &["put", "foo2", "baz"]), "OK\n");
+    assert_eq!(
+        ok(&server, &["get", "foo", "--prefix", "--keys-only"]),
+        "foo\n\nfoo2\n\n"
+    );
+    assert_eq!(
+        ok(&server, &["get", "foo", "--prefix", "--count-only"]),
+        "2\n"
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "get",
+                "foo",
+                "--prefix",
+                "--sort-by",
+                "key",
+                "--order",
+                "descend",
+                "--limit",
+                "1"
+            ]
+        ),
+        "foo2\nbaz\n"
+    );
+    let got = json(&ok(&server, &["get", "foo", "-w", "json"]));
+    assert_eq!(got["kvs"][0]["key"], "Zm9v");
+    assert_eq!(got["kvs"][0]["value"], "YmFy");
+    assert_eq!(got["count"], 1);
+
+    // txn: the compare holds, so the success branch runs.
+    let script = "value(\"foo\") = \"bar\"\n\nput foo new\nget foo\n\nget foo\n";
+    assert_eq!(
+        ok_with_stdin(&server, &["txn"], Some(script)),
+        "SUCCESS\n\nOK\n\nfoo\nnew\n"
+    );
+    // Now it does not: the failure branch reads the key.
+    assert_eq!(
+        ok_with_stdin(&server, &["txn"], Some(script)),
+        "FAILURE\n\nfoo\nnew\n"
+    );
+    let modified = "mod(\"foo\") > \"0\"\n\ndel foo2\n\n";
+    assert_eq!(
+        ok_with_stdin(&server, &["txn"], Some(modified)),
+        "SUCCESS\n\n1\n"
+    );
+
+    assert_eq!(ok(&server, &["del", "foo", "--prev-kv"]), "1\nfoo\nnew\n");
+    assert_eq!(ok(&server, &["del", "missing"]), "0\n");
+    assert_eq!(ok(&server, &["get", "foo"]), "");
+
+    let members = ok(&server, &["member", "list"]);
+    assert_eq!(members.lines().count(), 1, "{members}");
+    assert!(
+        members.contains(", started, n1, http://127.0.0.1:"),
+        "{members}"
+    );
+    let listed = json(&ok(&server, &["member", "list", "-w", "json"]));
+    assert_eq!(listed["members"][0]["name"], "n1");
+
+    let table = ok(&server, &["endpoint", "status", "--cluster", "-w", "table"]);
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for header in [
+        "ID",
+        "NAME",
+        "ENDPOINT",
+        "LEADER",
+        "TERM",
+        "RAFT INDEX",
+        "APPLIED INDEX",
+        "DB SIZE",
+    ] {
+        assert!(rows[0].contains(header), "no {header} column: {table}");
+    }
+    let cells: Vec<&str> = rows[1].split('|').map(str::trim).collect();
+    assert_eq!(cells[2], "n1", "{table}");
+    assert_eq!(cells[3], server.endpoint, "{table}");
+    assert_eq!(cells[4], "yes", "{table}");
+
+    // watch from a past revision: deterministic, no race with the puts.
+    let first = json(&ok(&server, &["put", "w/a", "1", "-w", "json"]));
+    let from = first["header"]["revision"]
+        .as_u64()
+        .expect("revision")
+        .to_string();
+    ok(&server, &["put", "w/a", "2"]);
+    let events = ok(
+        &server,
+        &[
+            "watch",
+            "w/",
+            "--prefix",
+            "--rev",
+            &from,
+            "--max-events",
+            "2",
+        ],
+    );
+    assert_eq!(events, "PUT\nw/a\n1\nPUT\nw/a\n2\n");
+
+    let granted = ok(&server, &["lease", "grant", "60"]);
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    assert_eq!(granted, format!("lease {id} granted with TTL(60s)\n"));
+    assert_eq!(ok(&server, &["put", "leased", "v", "--lease", &id]), "OK\n");
+    let ttl = ok(&server, &["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.ends_with(", attached keys([leased])\n"), "{ttl}");
+    assert_eq!(
+        ok(&server, &["lease", "revoke", &id]),
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(ok(&server, &["get", "leased"]), "");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("snap.db");
+    let file_arg = file.to_str().expect("utf8 path");
+    let saved = ok(&server, &["snapshot", "save", file_arg]);
+    assert_eq!(saved, format!("Snapshot saved at {file_arg}\n"));
+    assert!(file.is_file());
+    assert!(!dir.path().join("snap.db.part").exists());
+    let status = ok(&server, &["snapshot", "status", file_arg]);
+    assert!(
+        status.starts_with("aspen v1, sha256 ok, crc32 ok, revision "),
+        "{status}"
+    );
+}
+
+#[test]
+fn failures_exit_with_their_codes() {
+    let server = start_server();
+    // Usage: a missing argument, a bad txn script, conflicting flags.
+    assert_eq!(ctl(&server, &["get"], None).status.code(), Some(2));
+    let bad = ctl(&server, &["txn"], Some("size(\"k\") = \"1\"\n"));
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.starts_with("aspenctl: txn: malformed comparison"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ctl(&server, &["get", "a", "--prefix", "--from-key"], None)
+            .status
+            .code(),
+        Some(2)
+    );
+    // The server says no: one line with etcd's text, exit 1.
+    let refused = ctl(&server, &["put", "k", "v", "--lease", "1234"], None);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr),
+        "aspenctl: put k: etcdserver: requested lease not found\n"
+    );
+    // Nobody listens: exit 3.
+    let [port] = free_ports();
+    let unreachable = run_ctl(&format!("127.0.0.1:{port}"), &["get", "k"], None);
+    assert_eq!(unreachable.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.starts_with(&format!("aspenctl: cannot connect to 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    // --help is not an error.
+    assert_eq!(ctl(&server, &["--help"], None).status.code(), Some(0));
+}
