@@ -1,0 +1,7 @@
+//! What every seed must satisfy, one invariant per file. Each check returns the violations it
+//! found, in words; an empty list is a pass.
+
+pub mod convergence;
+pub mod durability;
+pub mod linearizable;
+pub mod revision;

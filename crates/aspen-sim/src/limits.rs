@@ -1,0 +1,84 @@
+//! Every bound and default of the simulator, in one place, with units last. Times are
+//! simulated milliseconds: a seed's cost is the events it runs, not the time it covers.
+
+/// Most nodes one simulated cluster holds (founders and spares).
+pub const NODES_MAX: u64 = 7;
+
+/// Raft timing in the simulation: the production defaults, so that the real timers race.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+pub const ELECTION_TIMEOUT_MS: u64 = 1000;
+/// Snapshot every this many applied entries, drawn per seed: small, so that snapshots are
+/// built, purge the log and are sent to lagging followers while faults go on.
+pub const SNAPSHOT_COUNT_MIN: u64 = 8;
+pub const SNAPSHOT_COUNT_MAX: u64 = 40;
+
+/// One-way network delay, drawn per message; a spike is a rare long delay.
+pub const NET_DELAY_MS_MIN: u64 = 1;
+pub const NET_DELAY_MS_MAX: u64 = 12;
+pub const NET_DELAY_SPIKE_MS_MAX: u64 = 400;
+/// Fault rates are in parts per million of messages.
+pub const PPM: u32 = 1_000_000;
+pub const NET_LOSS_PPM_MAX: u32 = 150_000;
+pub const NET_DUPLICATE_PPM_MAX: u32 = 100_000;
+pub const NET_SPIKE_PPM_MAX: u32 = 50_000;
+/// How long a caller waits for a request the network lost before it gives up, when openraft
+/// gave no deadline of its own (gRPC's call timeout plays this part in production).
+pub const NET_RPC_TIMEOUT_MS: u64 = 2_000;
+/// How long a refused connection (a partition that resets instead of dropping) takes to fail.
+pub const NET_CONNECT_FAIL_MS: u64 = 5;
+/// Snapshots travel in chunks this large (small, so that installs take several chunks).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 16 * 1024;
+/// Largest snapshot the simulated network carries; the workload's stay far below.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Forwarded requests (follower to leader) time out after this, as the gRPC forwarder does.
+pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
+
+/// The run's phases: faults with clients, then healed with clients, then quiet convergence.
+pub const FAULT_PHASE_MS: u64 = 12_000;
+pub const HEALED_PHASE_MS: u64 = 3_000;
+/// Longest the cluster may take to converge once healed before the seed fails (liveness).
+pub const CONVERGE_WAIT_MS_MAX: u64 = 30_000;
+/// Polling interval while waiting for leaders and convergence.
+pub const POLL_INTERVAL_MS: u64 = 50;
+/// Longest wait for the founding cluster to elect its first leader.
+pub const FIRST_LEADER_WAIT_MS_MAX: u64 = 20_000;
+
+/// Nemesis: time between fault actions, and how many it takes at most per run.
+pub const NEMESIS_STEP_MS_MIN: u64 = 300;
+pub const NEMESIS_STEP_MS_MAX: u64 = 1_500;
+pub const NEMESIS_ACTIONS_MAX: u32 = 64;
+/// Longest forward jump of the shared simulated clock.
+pub const CLOCK_JUMP_MS_MAX: u64 = 3_000;
+
+/// Clients and their requests.
+pub const CLIENTS_MIN: u64 = 3;
+pub const CLIENTS_MAX: u64 = 5;
+pub const CLIENT_OPS_MAX: u32 = 120;
+pub const CLIENT_TIMEOUT_MS: u64 = 4_000;
+pub const CLIENT_THINK_MS_MAX: u64 = 40;
+/// After a request that failed or timed out, a client backs off this long, as a real one
+/// does. It also keeps the number of indeterminate writes (each one multiplies the states the
+/// linearizability check must consider) in proportion to the faults, not to the clients' speed.
+pub const CLIENT_BACKOFF_MS_MIN: u64 = 100;
+pub const CLIENT_BACKOFF_MS_MAX: u64 = 1_000;
+/// Keys the workload touches: few, so that operations conflict, and enough that each key's
+/// sub-history (checked on its own) stays small.
+pub const WORKLOAD_KEYS: u64 = 8;
+
+/// How often the revision monitor samples every replica.
+pub const MONITOR_INTERVAL_MS: u64 = 20;
+
+/// Wall-clock budget for one seed's linearizability check.
+pub const CHECK_TIME_BUDGET_MS: u64 = 30_000;
+
+/// Events kept, in order, for a failing seed's report.
+pub const TRACE_TAIL_EVENTS_MAX: usize = 64;
+/// Most keys one convergence comparison reads (the workload uses `WORKLOAD_KEYS`).
+pub const CONVERGE_KEYS_MAX: u64 = 1_000;
+
+const _: () = assert!(SNAPSHOT_COUNT_MIN > 0 && SNAPSHOT_COUNT_MIN <= SNAPSHOT_COUNT_MAX);
+const _: () = assert!(NET_DELAY_MS_MIN > 0 && NET_DELAY_MS_MIN <= NET_DELAY_MS_MAX);
+const _: () = assert!(NET_LOSS_PPM_MAX < PPM && NET_DUPLICATE_PPM_MAX < PPM);
+const _: () = assert!(HEARTBEAT_INTERVAL_MS * 3 < ELECTION_TIMEOUT_MS);
+const _: () = assert!(CLIENTS_MIN > 0 && CLIENTS_MIN <= CLIENTS_MAX);
+const _: () = assert!(NEMESIS_STEP_MS_MIN <= NEMESIS_STEP_MS_MAX);

@@ -1,0 +1,358 @@
+//! One seed, start to finish: draw the scenario, start the cluster, run clients and the
+//! nemesis, heal, wait for convergence, check every invariant, and report.
+//!
+//! The whole run happens on the calling thread, in a single-threaded tokio runtime whose clock
+//! is paused: time only moves when every task waits, and then straight to the next timer. So a
+//! run costs the work it does, not the simulated seconds it covers, and with every random
+//! choice drawn from the seed (the simulator's and openraft's), a seed replays exactly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use aspen_core::NodeId;
+use aspen_node::{RaftTiming, TestingOptions};
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::faults::Nemesis;
+use crate::invariants::{convergence, durability, linearizable, revision};
+use crate::limits::{
+    CLIENT_TIMEOUT_MS, CLIENTS_MAX, CLIENTS_MIN, ELECTION_TIMEOUT_MS, FAULT_PHASE_MS,
+    FIRST_LEADER_WAIT_MS_MAX, HEALED_PHASE_MS, HEARTBEAT_INTERVAL_MS, MONITOR_INTERVAL_MS,
+    POLL_INTERVAL_MS, SNAPSHOT_COUNT_MAX, SNAPSHOT_COUNT_MIN,
+};
+use crate::net::SimNet;
+use crate::rng::SimRng;
+use crate::workload::{SharedRecorder, run_client};
+
+/// What to run. Everything not fixed here is drawn from the seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Founding voters: 3 or 5; `None` draws it from the seed.
+    pub nodes: Option<u64>,
+    /// The planted bug: linearizable reads skip the ReadIndex barrier.
+    pub unsafe_local_reads: bool,
+    pub fault_phase_ms: u64,
+    pub healed_phase_ms: u64,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes: None,
+            unsafe_local_reads: false,
+            fault_phase_ms: FAULT_PHASE_MS,
+            healed_phase_ms: HEALED_PHASE_MS,
+        }
+    }
+
+    /// The command line that replays this configuration.
+    pub fn replay_command(&self) -> String {
+        let mut command = format!("cargo run -p aspen-sim --release -- --seed {}", self.seed);
+        if let Some(nodes) = self.nodes {
+            command.push_str(&format!(" --nodes {nodes}"));
+        }
+        if self.unsafe_local_reads {
+            command.push_str(" --unsafe-local-reads");
+        }
+        if self.fault_phase_ms != FAULT_PHASE_MS {
+            command.push_str(&format!(" --fault-ms {}", self.fault_phase_ms));
+        }
+        if self.healed_phase_ms != HEALED_PHASE_MS {
+            command.push_str(&format!(" --healed-ms {}", self.healed_phase_ms));
+        }
+        command
+    }
+}
+
+/// What one seed did and found.
+#[derive(Debug, Clone)]
+pub struct SeedReport {
+    pub config: SimConfig,
+    pub founders: u64,
+    pub snapshot_count: u64,
+    pub clients: u64,
+    /// Every invariant violation (or harness failure), in words; empty on a pass.
+    pub failures: Vec<String>,
+    /// Hash of the ordered network deliveries and client results: equal for equal runs.
+    pub trace_hash: u64,
+    pub trace_events: u64,
+    pub trace_tail: Vec<String>,
+    pub nemesis_log: Vec<String>,
+    pub ops_completed: u64,
+    pub ops_indeterminate: u64,
+    pub writes_indeterminate: u64,
+    pub acked_writes: u64,
+    pub restarts: u32,
+    pub simulated_ms: u64,
+    pub net: crate::net::NetStats,
+    pub converged_revision: Option<u64>,
+}
+
+impl SeedReport {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// One line for a seed sweep.
+    pub fn summary(&self) -> String {
+        format!(
+            "seed {} ({} nodes, snapshot every {}, {} clients): {} ops ok, {} indeterminate ({} writes), {} \
+             restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
+             trace {:016x}",
+            self.config.seed,
+            self.founders,
+            self.snapshot_count,
+            self.clients,
+            self.ops_completed,
+            self.ops_indeterminate,
+            self.writes_indeterminate,
+            self.restarts,
+            self.net.sent,
+            self.net.lost,
+            self.net.duplicated,
+            self.net.arrived_by_kind[crate::net::MsgKind::Snapshot as usize],
+            self.simulated_ms,
+            self.trace_hash,
+        )
+    }
+}
+
+/// The per-seed choices, drawn before anything runs.
+struct Scenario {
+    founders: Vec<NodeId>,
+    spares: Vec<NodeId>,
+    snapshot_count: u64,
+    clients: u64,
+}
+
+fn draw_scenario(config: &SimConfig, rng: &mut SimRng) -> Scenario {
+    let founders = config
+        .nodes
+        .unwrap_or(if rng.below(2) == 0 { 3 } else { 5 });
+    assert!(founders == 3 || founders == 5, "3 or 5 founding nodes");
+    Scenario {
+        founders: (1..=founders).collect(),
+        spares: vec![founders + 1],
+        snapshot_count: rng.between(SNAPSHOT_COUNT_MIN, SNAPSHOT_COUNT_MAX),
+        clients: rng.between(CLIENTS_MIN, CLIENTS_MAX),
+    }
+}
+
+/// Runs one seed on this thread and returns its report.
+pub fn run_seed(config: &SimConfig) -> SeedReport {
+    // openraft's election timeouts are drawn through this thread's seeded generator.
+    aspen_core::runtime::seed_thread_rng(config.seed ^ 0x5EED_0FA5_BE4A_1700);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime builds");
+    let dir = run_dir(config.seed);
+    let report = runtime.block_on(run(config.clone(), dir.clone()));
+    // Dropping the runtime drops every task still parked (crashed nodes' leftovers included).
+    drop(runtime);
+    aspen_core::runtime::unseed_thread_rng();
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+/// A fresh real directory for the run's snapshot files.
+fn run_dir(seed: u64) -> PathBuf {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("aspen-sim-{}-{seed}-{run}", std::process::id()))
+}
+
+async fn run(config: SimConfig, dir: PathBuf) -> SeedReport {
+    let started = Instant::now();
+    let mut rng = SimRng::new(config.seed);
+    let scenario = draw_scenario(&config, &mut rng);
+    let net = SimNet::new(rng.fork());
+    let timing = RaftTiming {
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+        election_timeout_ms: ELECTION_TIMEOUT_MS,
+        snapshot_count: scenario.snapshot_count,
+    };
+    let testing = TestingOptions {
+        unsafe_local_reads_for_testing: config.unsafe_local_reads,
+        sample_db_size_inline: true,
+    };
+    let all: Vec<NodeId> = scenario
+        .founders
+        .iter()
+        .chain(&scenario.spares)
+        .copied()
+        .collect();
+    let cluster = Cluster::new(net.clone(), dir, timing, testing, &all);
+    let mut report = SeedReport {
+        config: config.clone(),
+        founders: scenario.founders.len() as u64,
+        snapshot_count: scenario.snapshot_count,
+        clients: scenario.clients,
+        failures: Vec::new(),
+        trace_hash: 0,
+        trace_events: 0,
+        trace_tail: Vec::new(),
+        nemesis_log: Vec::new(),
+        ops_completed: 0,
+        ops_indeterminate: 0,
+        writes_indeterminate: 0,
+        acked_writes: 0,
+        restarts: 0,
+        simulated_ms: 0,
+        net: Default::default(),
+        converged_revision: None,
+    };
+    if let Err(e) = boot(&cluster, &scenario.founders).await {
+        report.failures.push(e);
+    } else {
+        exercise(&config, &scenario, &cluster, &mut rng, &mut report).await;
+    }
+    let trace = net.trace();
+    report.trace_hash = trace.hash();
+    report.trace_events = trace.events();
+    report.trace_tail = trace.tail().cloned().collect();
+    report.restarts = cluster.restarts();
+    report.net = net.stats();
+    report.simulated_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// Starts every node, initializes the founders and waits for the first leader.
+async fn boot(cluster: &Cluster, founders: &[NodeId]) -> Result<(), String> {
+    for id in cluster.ids() {
+        cluster.start(id).await?;
+    }
+    cluster.initialize(founders).await?;
+    for _ in 0..FIRST_LEADER_WAIT_MS_MAX / POLL_INTERVAL_MS {
+        if cluster.leader().is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+    Err(format!(
+        "no leader within {FIRST_LEADER_WAIT_MS_MAX}ms of a fault-free start"
+    ))
+}
+
+/// Clients and faults, then healing, convergence and the checks.
+async fn exercise(
+    config: &SimConfig,
+    scenario: &Scenario,
+    cluster: &Cluster,
+    rng: &mut SimRng,
+    report: &mut SeedReport,
+) {
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorder = SharedRecorder::default();
+    let run_ms = config.fault_phase_ms + config.healed_phase_ms;
+    let monitor = spawn_monitor(cluster.net().clone(), stop.clone(), run_ms);
+    let mut clients = Vec::new();
+    for client_id in 1..=scenario.clients {
+        let task = run_client(
+            client_id,
+            cluster.clone(),
+            recorder.clone(),
+            stop.clone(),
+            rng.fork(),
+            started,
+        );
+        clients.push(tokio::spawn(task));
+    }
+    let crashed_max = (scenario.founders.len() - 1) / 2;
+    let mut nemesis = Nemesis::new(
+        cluster.clone(),
+        rng.fork(),
+        scenario.spares.clone(),
+        crashed_max,
+    );
+    let fault_end_ms = cluster.net().now_ms() + config.fault_phase_ms;
+    nemesis.run(fault_end_ms).await;
+    nemesis.heal().await;
+    tokio::time::sleep(Duration::from_millis(config.healed_phase_ms)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        if client.await.is_err() {
+            report.failures.push("a client task panicked".to_string());
+        }
+    }
+    let replicas = convergence::wait(cluster).await;
+    let monitor = match monitor.await {
+        Ok(monitor) => monitor,
+        Err(_) => {
+            report
+                .failures
+                .push("the revision monitor panicked".to_string());
+            revision::RevisionMonitor::default()
+        }
+    };
+    report.nemesis_log = std::mem::take(&mut nemesis.log);
+    report.failures.extend(nemesis.failures.iter().cloned());
+    check_all(report, &recorder, &monitor, replicas);
+}
+
+fn spawn_monitor(
+    net: SimNet,
+    stop: Arc<AtomicBool>,
+    run_ms: u64,
+) -> tokio::task::JoinHandle<revision::RevisionMonitor> {
+    tokio::spawn(async move {
+        let mut monitor = revision::RevisionMonitor::default();
+        // Bounded well past the run's end (clients' last requests, clock jumps).
+        let samples_max = 2 * (run_ms + CLIENT_TIMEOUT_MS) / MONITOR_INTERVAL_MS;
+        for _ in 0..samples_max {
+            monitor.sample(&net);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(MONITOR_INTERVAL_MS)).await;
+        }
+        monitor
+    })
+}
+
+fn check_all(
+    report: &mut SeedReport,
+    recorder: &SharedRecorder,
+    monitor: &revision::RevisionMonitor,
+    replicas: Result<Vec<(NodeId, aspen_node::Node)>, String>,
+) {
+    let recorded = recorder.take();
+    report.ops_completed = recorded.completed;
+    report.ops_indeterminate = recorded.indeterminate;
+    report.writes_indeterminate = recorded.indeterminate_writes;
+    report.acked_writes = recorded.acked.len() as u64;
+    report.failures.extend(recorded.unexpected.iter().cloned());
+    report
+        .failures
+        .extend(linearizable::check(&recorded.history));
+    report.failures.extend(monitor.violations.iter().cloned());
+    report
+        .failures
+        .extend(revision::check_acked(&recorded.acked));
+    let replicas = match replicas {
+        Ok(replicas) => replicas,
+        Err(e) => {
+            report.failures.push(e);
+            return;
+        }
+    };
+    match convergence::compare(&replicas) {
+        Ok(revision) => {
+            report.converged_revision = Some(revision);
+            report
+                .failures
+                .extend(revision::check_final(monitor, revision));
+        }
+        Err(problems) => report.failures.extend(problems),
+    }
+    report
+        .failures
+        .extend(durability::check(&replicas, &recorded.acked));
+}
