@@ -41,9 +41,8 @@ fn unexpected(result: &CommandResult) -> Status {
     Status::internal(format!("unexpected apply result {result:?}"))
 }
 
-#[tonic::async_trait]
-impl Kv for KvService {
-    async fn range(
+impl KvService {
+    async fn range_inner(
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
@@ -60,7 +59,7 @@ impl Kv for KvService {
         )))
     }
 
-    async fn put(
+    async fn put_inner(
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
@@ -79,7 +78,7 @@ impl Kv for KvService {
         }))
     }
 
-    async fn delete_range(
+    async fn delete_range_inner(
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
@@ -99,7 +98,7 @@ impl Kv for KvService {
         }))
     }
 
-    async fn txn(
+    async fn txn_inner(
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
@@ -123,7 +122,7 @@ impl Kv for KvService {
         }))
     }
 
-    async fn compact(
+    async fn compact_inner(
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
@@ -136,5 +135,57 @@ impl Kv for KvService {
         Ok(Response::new(pb::CompactionResponse {
             header: header(&self.node, revision),
         }))
+    }
+}
+
+/// Times each call into the node's per-method client metrics.
+macro_rules! timed {
+    ($self:ident, $method:expr, $call:expr) => {{
+        let started = std::time::Instant::now();
+        let result = $call.await;
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        $self
+            .node
+            .metrics()
+            .observe_client($method, result.is_ok(), elapsed_us);
+        result
+    }};
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        timed!(self, 0, self.range_inner(request))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        timed!(self, 1, self.put_inner(request))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        timed!(self, 2, self.delete_range_inner(request))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        timed!(self, 3, self.txn_inner(request))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        timed!(self, 4, self.compact_inner(request))
     }
 }

@@ -1,6 +1,6 @@
 //! Counters and histograms the node keeps; the server renders them as Prometheus text.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use aspen_core::metrics::{Histogram, LATENCY_BUCKETS_US};
 
@@ -13,4 +13,32 @@ pub struct NodeMetrics {
     pub db_size_bytes: AtomicU64,
     pub db_size_in_use_bytes: AtomicU64,
     pub proposal_latency: Histogram,
+    /// Client gRPC requests by method, indexed as `CLIENT_METHODS`.
+    pub client: [MethodMetrics; CLIENT_METHODS.len()],
+}
+
+/// The client methods whose requests and latency are counted (a fixed set: bounded memory).
+pub const CLIENT_METHODS: [&str; 5] = ["Range", "Put", "DeleteRange", "Txn", "Compact"];
+
+#[derive(Debug, Default)]
+pub struct MethodMetrics {
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    pub latency: Histogram,
+}
+
+impl NodeMetrics {
+    /// Records one client request of `CLIENT_METHODS[method]`.
+    pub fn observe_client(&self, method: usize, ok: bool, elapsed_us: u64) {
+        assert!(
+            method < CLIENT_METHODS.len(),
+            "unknown client method index {method}"
+        );
+        let entry = &self.client[method];
+        entry.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            entry.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        entry.latency.observe_us(elapsed_us);
+    }
 }

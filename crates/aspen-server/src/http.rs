@@ -157,5 +157,40 @@ async fn metrics(State(node): State<Node>) -> String {
     node.store()
         .fsync_latency()
         .render("etcd_disk_wal_fsync_duration_seconds", "", &mut out);
+    let methods = aspen_node::metrics::CLIENT_METHODS
+        .iter()
+        .zip(m.client.iter());
+    let _ = writeln!(
+        out,
+        "# HELP aspen_client_requests_total Client gRPC requests by method.\n# TYPE aspen_client_requests_total counter"
+    );
+    for (name, entry) in methods.clone() {
+        let requests = entry.requests.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "aspen_client_requests_total{{method=\"{name}\"}} {requests}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP aspen_client_requests_failed_total Failed client gRPC requests by method.\n# TYPE aspen_client_requests_failed_total counter"
+    );
+    for (name, entry) in methods.clone() {
+        let failures = entry.failures.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "aspen_client_requests_failed_total{{method=\"{name}\"}} {failures}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP aspen_client_request_duration_seconds Client gRPC latency by method.\n# TYPE aspen_client_request_duration_seconds histogram"
+    );
+    for (name, entry) in methods {
+        let labels = format!("method=\"{name}\"");
+        entry
+            .latency
+            .render("aspen_client_request_duration_seconds", &labels, &mut out);
+    }
     out
 }
