@@ -188,7 +188,19 @@ fn commands_against_a_running_member() {
     assert_eq!(ok(&server, &["del", "missing"]), "0\n");
     assert_eq!(ok(&server, &["get", "foo"]), "");
 
-    let members = ok(&server, &["member", "list"]);
+    // A member publishes its client URLs through Raft shortly after it starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let members = loop {
+        let members = ok(&server, &["member", "list"]);
+        if members.trim_end().ends_with(", false") && !members.contains(", , false") {
+            break members;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client URL never published: {members}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(members.lines().count(), 1, "{members}");
     assert!(
         members.contains(", started, n1, http://127.0.0.1:"),

@@ -18,12 +18,15 @@ use futures_util::future::BoxFuture;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::SnapshotOf;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::wire::{self, AppendReply, SnapshotHeader, SnapshotReply, VoteCall, VoteReply};
+use crate::wire::{
+    self, AppendReply, SnapshotHeader, SnapshotReply, TransferLeaderReply, VoteCall, VoteReply,
+};
 
 /// Channels to peers, shared by Raft replication and request forwarding.
 #[derive(Clone)]
@@ -151,6 +154,7 @@ impl PeerNetwork {
         let reply = match method {
             PeerMethod::Vote => client.vote(call).await,
             PeerMethod::Append => client.append_entries(call).await,
+            PeerMethod::TransferLeader => client.transfer_leader(call).await,
         };
         let reply = reply.map_err(|status| status_to_rpc_error(self.target, status))?;
         codec::decode(&reply.into_inner().data)
@@ -161,6 +165,7 @@ impl PeerNetwork {
 enum PeerMethod {
     Vote,
     Append,
+    TransferLeader,
 }
 
 fn status_to_rpc_error(target: NodeId, status: tonic::Status) -> RPCError<TypeConfig> {
@@ -218,6 +223,20 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 },
                 &option,
             )
+            .await?;
+        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
+
+    /// Without this (openraft's default answers "not implemented"), a leader asked to hand
+    /// over (MoveLeader) only stepped down: the followers kept honouring its lease, and
+    /// whichever member timed out first won the election, not the one asked for.
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply: TransferLeaderReply = self
+            .call_unary(PeerMethod::TransferLeader, &rpc, &option)
             .await?;
         reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
     }

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::wire::{
-    AppendCall, AppendReply, ForwardCall, ForwardReply, SnapshotHeader, SnapshotReply, VoteCall,
-    VoteReply,
+    AppendCall, AppendReply, ForwardCall, ForwardReply, SnapshotHeader, SnapshotReply,
+    TransferLeaderCall, TransferLeaderReply, VoteCall, VoteReply,
 };
 
 #[derive(Clone)]
@@ -66,6 +66,20 @@ impl RaftPeer for PeerService {
             .node
             .raft()
             .append_entries(call)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&answer)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let call: TransferLeaderCall = decode(request.get_ref())?;
+        let answer: TransferLeaderReply = self
+            .node
+            .raft()
+            .handle_transfer_leader(call)
             .await
             .map_err(|e| e.to_string());
         reply(&answer)

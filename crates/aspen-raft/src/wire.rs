@@ -3,7 +3,10 @@
 use aspen_core::TypeConfig;
 use aspen_core::type_config::alias::{SnapshotMeta, Vote};
 use aspen_node::{ForwardRequest, ForwardResponse, NodeError};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use serde::{Deserialize, Serialize};
 
 /// Largest peer message: a full append batch of maximum-size requests, plus headroom.
@@ -27,6 +30,8 @@ pub struct VoteCall {
 pub type VoteReply = Result<VoteResponse<TypeConfig>, String>;
 pub type AppendCall = AppendEntriesRequest<TypeConfig>;
 pub type AppendReply = Result<AppendEntriesResponse<TypeConfig>, String>;
+pub type TransferLeaderCall = TransferLeaderRequest<TypeConfig>;
+pub type TransferLeaderReply = Result<TransferLeaderResponse<TypeConfig>, String>;
 pub type ForwardCall = ForwardRequest;
 pub type ForwardReply = Result<ForwardResponse, NodeError>;
 

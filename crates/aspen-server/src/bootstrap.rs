@@ -19,7 +19,7 @@ use crate::config::{ClusterBootstrapConfig, ClusterState};
 /// How long in-flight requests get to finish after a stop signal.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 /// How often a member checks that the cluster knows its name and client URLs.
-pub const SELF_PUBLISH_INTERVAL_MS: u64 = 1_000;
+pub const SELF_PUBLISH_INTERVAL_MS: u64 = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
