@@ -122,6 +122,12 @@ impl RaftPeer for TestPeer {
         }
         Ok(Response::new(RaftMessage { data }))
     }
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        Ok(Response::new(req.into_inner()))
+    }
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let mut data = req.into_inner().data;
         data.reverse();
