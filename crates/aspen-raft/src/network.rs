@@ -89,7 +89,14 @@ impl Forwarder for PeerClients {
                 .forward(call)
                 .await
                 .map_err(|status| match status.code() {
-                    tonic::Code::Unavailable => NodeError::NoLeader,
+                    // Only a request that never left this node may be retried elsewhere: a
+                    // forwarded write the leader received and then lost its connection over
+                    // may have been applied, and sending it again would apply it twice.
+                    tonic::Code::Unavailable if never_sent(&status) => NodeError::NoLeader,
+                    tonic::Code::Unavailable => NodeError::Peer(format!(
+                        "connection to the leader lost, outcome unknown: {}",
+                        status.message()
+                    )),
                     tonic::Code::DeadlineExceeded => NodeError::Timeout,
                     _ => NodeError::Peer(status.message().to_string()),
                 })?;
@@ -309,4 +316,10 @@ fn snapshot_chunks(
             done,
         })
     })
+}
+
+/// True when tonic failed before sending: the connection could not be made.
+fn never_sent(status: &tonic::Status) -> bool {
+    let message = status.message();
+    message.contains("tcp connect error") || message.contains("error trying to connect")
 }

@@ -2,6 +2,9 @@
 //! killed when dropped, etcd gRPC clients, and bounded polling. Every wait has a deadline;
 //! nothing sleeps for a fixed time and then asserts.
 
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code)]
+
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -96,6 +99,19 @@ impl Process {
             rc,
             0,
             "kill(SIGTERM) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) without waiting.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: `pid` is our own child, not yet reaped, so the id names that process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({signal}) failed: {}",
             std::io::Error::last_os_error()
         );
     }
@@ -293,6 +309,21 @@ impl Cluster {
         let process = self.processes[index].take();
         assert!(process.is_some(), "member {index} is not running");
         drop(process);
+    }
+
+    /// Whether member `index` has a process (running or stopped).
+    pub fn is_running(&self, index: usize) -> bool {
+        self.processes[index].is_some()
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open, as a member that hangs would.
+    pub fn stop(&mut self, index: usize) {
+        self.process(index).signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT: a stopped member resumes where it froze.
+    pub fn cont(&mut self, index: usize) {
+        self.process(index).signal(libc::SIGCONT);
     }
 
     /// Sends SIGTERM to every member in `indices` at once, then waits for each to exit and
