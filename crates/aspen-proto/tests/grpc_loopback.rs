@@ -91,8 +91,20 @@ impl Watch for TestWatch {
 
 struct TestPeer;
 
+type EchoStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftPeer for TestPeer {
+    type AppendStreamStream = EchoStream;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        Ok(Response::new(Box::pin(req.into_inner())))
+    }
+
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         Ok(Response::new(req.into_inner()))
     }

@@ -14,18 +14,21 @@ use aspen_node::{ForwardRequest, Forwarder, NodeError};
 use aspen_proto::peer::raft_peer_client::RaftPeerClient;
 use aspen_proto::peer::{RaftMessage, SnapshotChunk};
 use aspen_storage::SnapshotData;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::SnapshotOf;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::wire::{
-    self, AppendReply, SnapshotHeader, SnapshotReply, TransferLeaderReply, VoteCall, VoteReply,
+    self, AppendReply, SnapshotHeader, SnapshotReply, StreamAppendReply, TransferLeaderReply,
+    VoteCall, VoteReply,
 };
 
 /// Channels to peers, shared by Raft replication and request forwarding.
@@ -196,6 +199,44 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let reply: AppendReply = self.call_unary(PeerMethod::Append, &rpc, &option).await?;
         reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
+
+    /// Pipelined replication over one bidirectional stream: the leader sends the next batch
+    /// without waiting for the previous reply (openraft's default sends one at a time).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let target = self.target;
+        let client = self.client();
+        Box::pin(async move {
+            let mut client = client.map_err(unreachable::<RPCError<TypeConfig>>)?;
+            let outgoing = input.map(|request| RaftMessage {
+                data: codec::encode(&request),
+            });
+            let response = client
+                .append_stream(tonic::Request::new(outgoing))
+                .await
+                .map_err(|status| status_to_rpc_error(target, status))?;
+            let replies = response.into_inner().map(move |item| {
+                let message = item.map_err(|status| status_to_rpc_error(target, status))?;
+                let reply: StreamAppendReply = codec::decode(&message.data)
+                    .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+                reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+            });
+            let replies: BoxStream<'s, _> = Box::pin(replies);
+            Ok(replies)
+        })
     }
 
     async fn vote(

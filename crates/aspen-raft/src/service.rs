@@ -43,8 +43,36 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status
     }))
 }
 
+type AppendStreamReplies =
+    Pin<Box<dyn futures_util::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
+    type AppendStreamStream = AppendStreamReplies;
+
+    /// Pipelined replication: openraft processes the requests in order as they arrive and
+    /// answers each; a request that does not decode ends the stream.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let requests = request
+            .into_inner()
+            .map(|item| {
+                item.ok()
+                    .and_then(|m| codec::decode::<AppendCall>(&m.data).ok())
+            })
+            .take_while(|decoded| futures_util::future::ready(decoded.is_some()))
+            .filter_map(futures_util::future::ready);
+        let replies = self.node.raft().stream_append(requests).map(|item| {
+            let reply: crate::wire::StreamAppendReply = item.map_err(|e| e.to_string());
+            Ok(RaftMessage {
+                data: codec::encode(&reply),
+            })
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let call: VoteCall = decode(request.get_ref())?;
         let raft = self.node.raft();

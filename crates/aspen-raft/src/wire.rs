@@ -30,6 +30,8 @@ pub struct VoteCall {
 pub type VoteReply = Result<VoteResponse<TypeConfig>, String>;
 pub type AppendCall = AppendEntriesRequest<TypeConfig>;
 pub type AppendReply = Result<AppendEntriesResponse<TypeConfig>, String>;
+/// One reply of the pipelined append stream (`Err`: the follower's Raft stopped).
+pub type StreamAppendReply = Result<openraft::raft::StreamAppendResult<TypeConfig>, String>;
 pub type TransferLeaderCall = TransferLeaderRequest<TypeConfig>;
 pub type TransferLeaderReply = Result<TransferLeaderResponse<TypeConfig>, String>;
 pub type ForwardCall = ForwardRequest;
