@@ -172,6 +172,18 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// Vote and pre-vote share one RPC; the call says which.
+    async fn call_vote(
+        &self,
+        call: VoteCall,
+        option: &RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply: VoteReply = self.call_unary(PeerMethod::Vote, &call, option).await?;
+        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
+}
+
 enum PeerMethod {
     Vote,
     Append,
@@ -244,17 +256,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: VoteReply = self
-            .call_unary(
-                PeerMethod::Vote,
-                &VoteCall {
-                    pre_vote: false,
-                    request: rpc,
-                },
-                &option,
-            )
-            .await?;
-        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+        self.call_vote(
+            VoteCall {
+                pre_vote: false,
+                request: rpc,
+            },
+            &option,
+        )
+        .await
     }
 
     async fn pre_vote(
@@ -262,17 +271,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: VoteReply = self
-            .call_unary(
-                PeerMethod::Vote,
-                &VoteCall {
-                    pre_vote: true,
-                    request: rpc,
-                },
-                &option,
-            )
-            .await?;
-        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+        self.call_vote(
+            VoteCall {
+                pre_vote: true,
+                request: rpc,
+            },
+            &option,
+        )
+        .await
     }
 
     /// Without this (openraft's default answers "not implemented"), a leader asked to hand
