@@ -484,6 +484,9 @@ RULES = [
     (re.compile(r"^(mylock|myelection)/[0-9a-f]+$"), lambda m: m.group(1) + "/<LEASE>"),
     # A lease's remaining TTL depends on when the command ran.
     (re.compile(r"remaining\(\d+s\)"), lambda m: "remaining(<S>)"),
+    # etcd lists a lease's keys in Go map order (random from run to run); compare them sorted.
+    (re.compile(r"attached keys\(\[([^\]]*)\]\)"),
+     lambda m: "attached keys([" + " ".join(sorted(m.group(1).split())) + "])"),
     # endpoint hashkv: the hash covers the backends' own encodings.
     (re.compile(r"^((http://)?127\.0\.0\.1:<CLIENT>), \d+$"), lambda m: m.group(1) + ", <HASH>"),
 ]
