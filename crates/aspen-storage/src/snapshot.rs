@@ -257,21 +257,11 @@ impl SnapshotStore {
                     path: partial.clone(),
                     source,
                 })?;
-                SinkTarget::File {
-                    writer: BufWriter::with_capacity(256 * 1024, file),
-                    partial,
-                    dir: dir.clone(),
-                    name,
-                }
+                SinkTarget::file(dir, partial, name, file)
             }
             SnapshotStore::Memory(_) => SinkTarget::Memory(Vec::new()),
         };
-        Ok(SnapshotSink {
-            target,
-            written_bytes: 0,
-            bytes_max,
-            crc: crc32fast::Hasher::new(),
-        })
+        Ok(SnapshotSink::new(target, bytes_max))
     }
 
     /// A sink for an export (etcd's Snapshot RPC): a `.partial` file opened for reading and
@@ -295,21 +285,11 @@ impl SnapshotStore {
                         path: partial.clone(),
                         source,
                     })?;
-                SinkTarget::File {
-                    writer: BufWriter::with_capacity(256 * 1024, file),
-                    partial,
-                    dir: dir.clone(),
-                    name,
-                }
+                SinkTarget::file(dir, partial, name, file)
             }
             SnapshotStore::Memory(_) => SinkTarget::Memory(Vec::new()),
         };
-        Ok(SnapshotSink {
-            target,
-            written_bytes: 0,
-            bytes_max,
-            crc: crc32fast::Hasher::new(),
-        })
+        Ok(SnapshotSink::new(target, bytes_max))
     }
 
     pub fn open(&self, record: &SnapshotRecord) -> Result<SnapshotData> {
@@ -414,7 +394,27 @@ enum SinkTarget {
     Memory(Vec<u8>),
 }
 
+impl SinkTarget {
+    fn file(dir: &Path, partial: PathBuf, name: String, file: File) -> SinkTarget {
+        SinkTarget::File {
+            writer: BufWriter::with_capacity(256 * 1024, file),
+            partial,
+            dir: dir.to_path_buf(),
+            name,
+        }
+    }
+}
+
 impl SnapshotSink {
+    fn new(target: SinkTarget, bytes_max: u64) -> SnapshotSink {
+        SnapshotSink {
+            target,
+            written_bytes: 0,
+            bytes_max,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
     /// Appends bytes as they are, with the size limit enforced.
     pub fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
         if self.written_bytes + bytes.len() as u64 > self.bytes_max {
