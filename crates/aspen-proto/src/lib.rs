@@ -6,6 +6,8 @@
 //!
 //! * [`etcdserverpb`], [`mvccpb`], [`authpb`]: the etcd v3 client API (v3.4/v3.5 wire
 //!   format, identical gRPC paths such as `/etcdserverpb.KV/Range`).
+//! * [`v3lockpb`], [`v3electionpb`]: etcd's server-side Lock and Election services
+//!   (`/v3lockpb.Lock/Lock`, `/v3electionpb.Election/Campaign`, ...).
 //! * [`peer`] (`aspenpb.peer`): the Raft peer transport between Aspen members.
 //!
 //! Each proto package becomes a module at the same nesting as its package name so that
@@ -29,6 +31,18 @@ pub mod authpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd `v3lockpb`: the Lock service (Lock, Unlock).
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd `v3electionpb`: the Election service (Campaign, Proclaim, Leader, Observe, Resign).
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 /// Aspen's own proto namespace (`aspenpb.*`).

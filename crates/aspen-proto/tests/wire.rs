@@ -201,4 +201,49 @@ fn grpc_service_names_match_etcd() {
     assert_eq!(name::<MaintenanceServer<Any>>(), "etcdserverpb.Maintenance");
     assert_eq!(name::<AuthServer<Any>>(), "etcdserverpb.Auth");
     assert_eq!(name::<RaftPeerServer<Any>>(), "aspenpb.peer.RaftPeer");
+    assert_eq!(
+        name::<aspen_proto::v3lockpb::lock_server::LockServer<Any>>(),
+        "v3lockpb.Lock"
+    );
+    assert_eq!(
+        name::<aspen_proto::v3electionpb::election_server::ElectionServer<Any>>(),
+        "v3electionpb.Election"
+    );
+}
+
+/// etcd's `LeaderKey` and `ProclaimRequest`, hand-encoded: name=1, key=2, rev=3, lease=4;
+/// leader=1, value=2.
+#[test]
+fn election_message_tags() {
+    use aspen_proto::v3electionpb::{LeaderKey, ProclaimRequest};
+    let leader = LeaderKey {
+        name: b"e".to_vec(),
+        key: b"e/1".to_vec(),
+        rev: 5,
+        lease: 1,
+    };
+    let bytes = leader.encode_to_vec();
+    assert_eq!(
+        bytes,
+        vec![0x0a, 1, b'e', 0x12, 3, b'e', b'/', b'1', 0x18, 5, 0x20, 1]
+    );
+    let proclaim = ProclaimRequest {
+        leader: Some(leader),
+        value: b"v".to_vec(),
+    };
+    let mut expected = vec![0x0a, bytes.len() as u8];
+    expected.extend_from_slice(&bytes);
+    expected.extend_from_slice(&[0x12, 1, b'v']);
+    assert_eq!(proclaim.encode_to_vec(), expected);
+}
+
+/// etcd's `LockRequest`: name=1, lease=2.
+#[test]
+fn lock_request_tags() {
+    use aspen_proto::v3lockpb::LockRequest;
+    let request = LockRequest {
+        name: b"l".to_vec(),
+        lease: 7,
+    };
+    assert_eq!(request.encode_to_vec(), vec![0x0a, 1, b'l', 0x10, 7]);
 }
