@@ -3,6 +3,7 @@
 
 use aspen_core::ApplyError;
 use aspen_node::NodeError;
+use aspen_watch::WatchError;
 use tonic::{Code, Status};
 
 pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
@@ -15,8 +16,30 @@ pub const LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
 
+/// etcd's `concurrency.ErrElectionNotLeader`: Proclaim by a key that no longer leads.
+pub const ELECTION_NOT_LEADER: &str = "election: not leader";
+/// etcd's `concurrency.ErrElectionNoLeader`: Leader of an election nobody leads.
+pub const ELECTION_NO_LEADER: &str = "election: no leader";
+/// etcd's `v3election.ErrMissingLeaderKey`: Proclaim or Resign without a `leader`.
+pub const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
+
 pub fn invalid(message: &str) -> Status {
     Status::new(Code::InvalidArgument, message)
+}
+
+/// The Election service's own errors. etcd 3.4 returns them as plain Go errors, which gRPC
+/// sends as `Unknown` with the error's text; clients match on the text.
+pub fn election(message: &str) -> Status {
+    Status::new(Code::Unknown, message)
+}
+
+/// A watch the Lock and Election services open inside the server could not be added.
+pub fn from_watch(error: &WatchError) -> Status {
+    let code = match error {
+        WatchError::TooManyWatchers => Code::ResourceExhausted,
+        WatchError::DuplicateId | WatchError::EmptyRange => Code::Internal,
+    };
+    Status::new(code, error.to_string())
 }
 
 pub fn from_apply(error: &ApplyError) -> Status {

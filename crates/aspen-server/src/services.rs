@@ -1,5 +1,6 @@
-//! The client-facing gRPC router: every etcd service Aspen serves, plus the standard gRPC
-//! health service.
+//! The client-facing gRPC router: every etcd service Aspen serves (KV, Watch, Lease, Cluster,
+//! Maintenance, Auth, and etcd's server-side Lock and Election), plus the standard gRPC health
+//! service.
 
 use aspen_api::{AuthService, ClusterService, KvService, MaintenanceService};
 use aspen_node::Node;
@@ -9,6 +10,8 @@ use aspen_proto::etcdserverpb::kv_server::KvServer;
 use aspen_proto::etcdserverpb::lease_server::LeaseServer;
 use aspen_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use aspen_proto::etcdserverpb::watch_server::WatchServer;
+use aspen_proto::v3electionpb::election_server::ElectionServer;
+use aspen_proto::v3lockpb::lock_server::LockServer;
 
 /// gRPC message limit for clients: etcd allows the request limit plus 512 KiB of overhead.
 pub fn client_message_bytes_max(node: &Node) -> usize {
@@ -34,6 +37,11 @@ pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
     let lease = LeaseServer::new(aspen_api::LeaseService::new(node.clone()))
         .max_decoding_message_size(bytes_max);
+    let lock = LockServer::new(aspen_api::LockService::new(node.clone()))
+        .max_decoding_message_size(bytes_max);
+    let election = ElectionServer::new(aspen_api::ElectionService::new(node.clone()))
+        .max_decoding_message_size(bytes_max)
+        .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
     let auth = AuthServer::new(AuthService);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -48,4 +56,6 @@ pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
         .add_service(auth)
         .add_service(watch)
         .add_service(lease)
+        .add_service(lock)
+        .add_service(election)
 }
