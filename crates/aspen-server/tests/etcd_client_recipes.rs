@@ -4,10 +4,10 @@
 //!
 //! etcd-client's `lock`/`unlock` and `campaign`/`proclaim`/`leader`/`observe`/`resign` call
 //! etcd's server-side Lock and Election gRPC services (`v3lockpb.Lock`,
-//! `v3electionpb.Election`), which aspen does not serve: they answer `Unimplemented`, and a
-//! test pins that. The same recipes are built here as etcd's Go `concurrency` package builds
-//! them, on a lease, Txn and Watch only (which is also how etcd's own Lock and Election
-//! services work inside the server), through etcd-client's KV, Lease and Watch API:
+//! `v3electionpb.Election`), which aspen serves; one test drives them through those helpers.
+//! The same recipes are also built here as etcd's Go `concurrency` package builds them (and as
+//! etcdctl's `lock`/`elect` run them client-side), on a lease, Txn and Watch only, through
+//! etcd-client's KV, Lease and Watch API:
 //! - a lock: a key `<name>/<lease id in hex>` with the session's lease; the holder is the key
 //!   created first; a waiter watches the key created just before its own until it is deleted;
 //! - an election: the same queue of keys, whose first key's value is the leader's
@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use common::{Backend, Cluster};
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, Error, EventType, GetOptions, KeyValue, PutOptions,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, Error, EventType, GetOptions, KeyValue, LockOptions,
+    ProclaimOptions, PutOptions, ResignOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -200,22 +201,138 @@ async fn kv_txn_lease_and_watch_through_etcd_client() {
     assert!(gone.kvs().is_empty(), "revoking deletes the lease's keys");
 }
 
-/// etcd-client's lock and election helpers need etcd's server-side Lock and Election
-/// services; aspen serves neither (yet), so the client gets `Unimplemented`. The recipes below
-/// do the same work on the plain KV, Lease and Watch API.
+/// etcd-client's `lock`/`unlock` and `campaign`/`proclaim`/`leader`/`observe`/`resign` call
+/// etcd's server-side Lock and Election services, which aspen serves as etcd 3.4 does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_and_election_services_are_not_served() {
+async fn lock_and_election_services_through_etcd_client() {
     let (_cluster, mut client) = single_member().await;
-    let lease = client.lease_grant(10, None).await.expect("grant").id();
-    let unimplemented = |result: Result<(), Error>, what: &str| match result {
-        Err(Error::GRpcStatus(status)) if status.code() == tonic::Code::Unimplemented => {}
-        other => panic!("{what}: expected Unimplemented, got {other:?}"),
+    let a = Session::new(&client, SESSION_TTL_SECONDS, true).await;
+    let b = Session::new(&client, SESSION_TTL_SECONDS, true).await;
+    let status_of = |result: Result<(), Error>, what: &str| match result {
+        Err(Error::GRpcStatus(status)) => (status.code(), status.message().to_string()),
+        other => panic!("{what}: expected an error status, got {other:?}"),
     };
-    unimplemented(client.lock("l", None).await.map(drop), "Lock");
-    unimplemented(client.unlock("l/1").await.map(drop), "Unlock");
-    unimplemented(client.campaign("e", "v", lease).await.map(drop), "Campaign");
-    unimplemented(client.leader("e").await.map(drop), "Leader");
-    unimplemented(client.resign(None).await.map(drop), "Resign");
+    let poller = client.clone();
+    let queued = move |key: String| {
+        let client = poller.clone();
+        async move {
+            common::poll(&format!("{key} to be queued"), || {
+                let mut reader = client.clone();
+                let key = key.clone();
+                async move {
+                    let found = reader.get(key, None).await.ok()?;
+                    (!found.kvs().is_empty()).then_some(())
+                }
+            })
+            .await;
+        }
+    };
+
+    // Lock: A holds; B waits until A unlocks, then holds.
+    let held = within(
+        "A's lock",
+        client.lock("cl", Some(LockOptions::new().with_lease(a.lease))),
+    )
+    .await
+    .expect("A locks");
+    assert_eq!(held.key(), format!("cl/{:x}", a.lease).as_bytes());
+    let mut b_client = client.clone();
+    let b_lease = b.lease;
+    let waiter = tokio::spawn(async move {
+        b_client
+            .lock("cl", Some(LockOptions::new().with_lease(b_lease)))
+            .await
+    });
+    queued(format!("cl/{:x}", b.lease)).await;
+    tokio::time::sleep(Duration::from_millis(HOLD_MS)).await;
+    assert!(!waiter.is_finished(), "B locked while A holds the lock");
+    let unlocked = client.unlock(held.key()).await.expect("A unlocks");
+    let got = within("B's lock after A unlocked", waiter)
+        .await
+        .expect("lock task")
+        .expect("B locks");
+    assert_eq!(got.key(), format!("cl/{:x}", b.lease).as_bytes());
+    assert!(revision_of(got.header()) >= revision_of(unlocked.header()));
+    client.unlock(got.key()).await.expect("B unlocks");
+    let unknown = client
+        .lock("cl", Some(LockOptions::new().with_lease(0x1234)))
+        .await
+        .map(drop);
+    assert_eq!(
+        status_of(unknown, "Lock with an unknown lease"),
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found".to_string()
+        )
+    );
+
+    // Election: nobody leads; A campaigns and proclaims; B queues; A resigns; B leads.
+    let no_leader = (tonic::Code::Unknown, "election: no leader".to_string());
+    assert_eq!(
+        status_of(client.leader("ce").await.map(drop), "Leader"),
+        no_leader
+    );
+    let mut observer = client.observe("ce").await.expect("observe");
+    let mut observed = async || {
+        let response = within("an observed leader", observer.message())
+            .await
+            .expect("observe stream")
+            .expect("observe stream open");
+        String::from_utf8_lossy(response.kv().expect("kv").value()).into_owned()
+    };
+    let won = within("A's campaign", client.campaign("ce", "a", a.lease))
+        .await
+        .expect("A campaigns");
+    let a_key = won.leader().expect("leader key").clone();
+    assert_eq!(a_key.key(), format!("ce/{:x}", a.lease).as_bytes());
+    assert_eq!((a_key.name(), a_key.lease()), (&b"ce"[..], a.lease));
+    assert_eq!(observed().await, "a");
+    let proclaim_a = ProclaimOptions::new().with_leader(a_key.clone());
+    client
+        .proclaim("a2", Some(proclaim_a.clone()))
+        .await
+        .expect("A proclaims");
+    assert_eq!(observed().await, "a2");
+    let current = client.leader("ce").await.expect("leader");
+    assert_eq!(current.kv().expect("kv").value(), b"a2");
+
+    let mut b_client = client.clone();
+    let b_campaign = tokio::spawn(async move { b_client.campaign("ce", "b", b_lease).await });
+    queued(format!("ce/{:x}", b.lease)).await;
+    tokio::time::sleep(Duration::from_millis(HOLD_MS)).await;
+    assert!(
+        !b_campaign.is_finished(),
+        "B leads while A has not resigned"
+    );
+    client
+        .resign(Some(ResignOptions::new().with_leader(a_key.clone())))
+        .await
+        .expect("A resigns");
+    let b_won = within("B's campaign after A resigned", b_campaign)
+        .await
+        .expect("campaign task")
+        .expect("B campaigns");
+    let b_key = b_won.leader().expect("leader key").clone();
+    assert_eq!(observed().await, "b");
+    let current = client.leader("ce").await.expect("leader");
+    assert_eq!(current.kv().expect("kv").key(), b_key.key());
+    assert_eq!(
+        status_of(
+            client.proclaim("a3", Some(proclaim_a)).await.map(drop),
+            "Proclaim by a resigned leader"
+        ),
+        (tonic::Code::Unknown, "election: not leader".to_string())
+    );
+    client
+        .resign(Some(ResignOptions::new().with_leader(b_key)))
+        .await
+        .expect("B resigns");
+    assert_eq!(
+        status_of(client.leader("ce").await.map(drop), "Leader"),
+        no_leader
+    );
+    a.close(&client).await;
+    b.close(&client).await;
 }
 
 /// etcd's `concurrency.Session`: a lease, kept alive by a task until the session closes.
