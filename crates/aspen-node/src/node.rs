@@ -457,7 +457,10 @@ impl Node {
             if let Some(leader) = metrics.borrow_watched().current_leader {
                 return Ok(leader);
             }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            // `timeout` with the time left, not `timeout_at`: madsim (the simulator's build)
+            // has no `timeout_at`.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, metrics.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(NodeError::Stopped),
                 Err(_) => return Err(NodeError::NoLeader),
@@ -665,7 +668,7 @@ impl Node {
                 let sizes = if inner.testing.sample_db_size_inline {
                     Ok(sample())
                 } else {
-                    tokio::task::spawn_blocking(sample).await
+                    sample_off_the_workers(sample).await
                 };
                 if let Ok((Ok(size), Ok(in_use))) = sizes {
                     inner.metrics.db_size_bytes.store(size, Ordering::Relaxed);
@@ -704,4 +707,24 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
+}
+
+/// Runs a blocking `sample` off the async workers (tokio's blocking pool).
+#[cfg(not(madsim))]
+async fn sample_off_the_workers<T, F>(sample: F) -> Result<T, tokio::task::JoinError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(sample).await
+}
+
+/// madsim (the simulator's build) has no blocking pool and no other thread: run it here.
+#[cfg(madsim)]
+async fn sample_off_the_workers<T, F>(sample: F) -> Result<T, tokio::task::JoinError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(sample())
 }

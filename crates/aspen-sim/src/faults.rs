@@ -208,7 +208,15 @@ impl Nemesis {
     async fn clock_jump(&mut self) {
         let jump_ms = self.rng.between(100, CLOCK_JUMP_MS_MAX);
         self.note(format!("clock jumps {jump_ms}ms"));
+        // tokio's paused clock fires the due timers as it advances; madsim's `advance` is
+        // synchronous and expires them at once, their tasks run when this one yields.
+        #[cfg(not(madsim))]
         tokio::time::advance(Duration::from_millis(jump_ms)).await;
+        #[cfg(madsim)]
+        {
+            tokio::time::advance(Duration::from_millis(jump_ms));
+            tokio::task::yield_now().await;
+        }
     }
 
     fn snapshot_one(&mut self) {

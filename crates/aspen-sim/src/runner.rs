@@ -1,16 +1,25 @@
 //! One seed, start to finish: draw the scenario, start the cluster, run clients and the
 //! nemesis, heal, wait for convergence, check every invariant, and report.
 //!
-//! The whole run happens on the calling thread, in a single-threaded tokio runtime whose clock
-//! is paused: time only moves when every task waits, and then straight to the next timer. So a
-//! run costs the work it does, not the simulated seconds it covers, and with every random
-//! choice drawn from the seed (the simulator's and openraft's), a seed replays exactly.
+//! The whole run happens on the calling thread, on a simulated clock: time only moves when
+//! every task waits, and then straight to the next timer. So a run costs the work it does, not
+//! the simulated seconds it covers, and with every random choice drawn from the seed (the
+//! simulator's, openraft's and, under madsim, the scheduler's), a seed replays exactly.
+//!
+//! Two executors, one run: built with `RUSTFLAGS="--cfg madsim"` (the documented sweep and
+//! CI), each seed runs in a `madsim::runtime::Runtime` seeded with the seed (madsim's
+//! executor, which polls ready tasks in a seeded random order, its clock and its RNG); in a
+//! plain build (what `cargo test --workspace` can run), in a single-threaded tokio runtime
+//! with a paused clock.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use aspen_check::KvHistory;
 use aspen_core::NodeId;
 use aspen_node::{RaftTiming, TestingOptions};
 use tokio::time::Instant;
@@ -94,6 +103,28 @@ pub struct SeedReport {
 }
 
 impl SeedReport {
+    fn new(config: &SimConfig) -> SeedReport {
+        SeedReport {
+            config: config.clone(),
+            founders: 0,
+            snapshot_count: 0,
+            clients: 0,
+            failures: Vec::new(),
+            trace_hash: 0,
+            trace_events: 0,
+            trace_tail: Vec::new(),
+            nemesis_log: Vec::new(),
+            ops_completed: 0,
+            ops_indeterminate: 0,
+            writes_indeterminate: 0,
+            acked_writes: 0,
+            restarts: 0,
+            simulated_ms: 0,
+            net: Default::default(),
+            converged_revision: None,
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
@@ -147,18 +178,57 @@ fn draw_scenario(config: &SimConfig, rng: &mut SimRng) -> Scenario {
 pub fn run_seed(config: &SimConfig) -> SeedReport {
     // openraft's election timeouts are drawn through this thread's seeded generator.
     aspen_core::runtime::seed_thread_rng(config.seed ^ 0x5EED_0FA5_BE4A_1700);
+    let dir = run_dir(config.seed);
+    // madsim does not catch a task's panic (it ends `block_on`), nor a run where every task
+    // waits and no timer is set: either fails the seed, with the panic's message.
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        block_on_simulated(config.seed, run(config.clone(), dir.clone()))
+    }));
+    aspen_core::runtime::unseed_thread_rng();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut report, history) = outcome.unwrap_or_else(|panic| {
+        let mut report = SeedReport::new(config);
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or(panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        report
+            .failures
+            .push(format!("the simulation panicked: {message}"));
+        (report, None)
+    });
+    // Checked here, outside the simulation: the checker's time budget is wall-clock time,
+    // and madsim's clock (which `Instant::now` reads inside it) stands still while it runs.
+    if let Some(history) = history {
+        report.failures.extend(linearizable::check(&history));
+    }
+    report
+}
+
+/// Runs `future` to completion on a paused-clock, single-threaded tokio runtime.
+#[cfg(not(madsim))]
+fn block_on_simulated<F: Future>(_seed: u64, future: F) -> F::Output {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a current-thread runtime builds");
-    let dir = run_dir(config.seed);
-    let report = runtime.block_on(run(config.clone(), dir.clone()));
+    let output = runtime.block_on(future);
     // Dropping the runtime drops every task still parked (crashed nodes' leftovers included).
     drop(runtime);
-    aspen_core::runtime::unseed_thread_rng();
-    let _ = std::fs::remove_dir_all(&dir);
-    report
+    output
+}
+
+/// Runs `future` to completion on a madsim runtime seeded with `seed`: madsim's executor
+/// (ready tasks polled in a seeded random order), clock and random numbers.
+#[cfg(madsim)]
+fn block_on_simulated<F: Future>(seed: u64, future: F) -> F::Output {
+    let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let output = runtime.block_on(future);
+    // Dropping the runtime drops every task still parked (crashed nodes' leftovers included).
+    drop(runtime);
+    output
 }
 
 /// A fresh real directory for the run's snapshot files.
@@ -168,7 +238,8 @@ fn run_dir(seed: u64) -> PathBuf {
     std::env::temp_dir().join(format!("aspen-sim-{}-{seed}-{run}", std::process::id()))
 }
 
-async fn run(config: SimConfig, dir: PathBuf) -> SeedReport {
+/// The run and, when it got that far, the clients' history (checked by the caller).
+async fn run(config: SimConfig, dir: PathBuf) -> (SeedReport, Option<KvHistory>) {
     let started = Instant::now();
     let mut rng = SimRng::new(config.seed);
     let scenario = draw_scenario(&config, &mut rng);
@@ -190,28 +261,16 @@ async fn run(config: SimConfig, dir: PathBuf) -> SeedReport {
         .collect();
     let cluster = Cluster::new(net.clone(), dir, timing, testing, &all);
     let mut report = SeedReport {
-        config: config.clone(),
         founders: scenario.founders.len() as u64,
         snapshot_count: scenario.snapshot_count,
         clients: scenario.clients,
-        failures: Vec::new(),
-        trace_hash: 0,
-        trace_events: 0,
-        trace_tail: Vec::new(),
-        nemesis_log: Vec::new(),
-        ops_completed: 0,
-        ops_indeterminate: 0,
-        writes_indeterminate: 0,
-        acked_writes: 0,
-        restarts: 0,
-        simulated_ms: 0,
-        net: Default::default(),
-        converged_revision: None,
+        ..SeedReport::new(&config)
     };
+    let mut history = None;
     if let Err(e) = boot(&cluster, &scenario.founders).await {
         report.failures.push(e);
     } else {
-        exercise(&config, &scenario, &cluster, &mut rng, &mut report).await;
+        history = Some(exercise(&config, &scenario, &cluster, &mut rng, &mut report).await);
     }
     let trace = net.trace();
     report.trace_hash = trace.hash();
@@ -220,7 +279,7 @@ async fn run(config: SimConfig, dir: PathBuf) -> SeedReport {
     report.restarts = cluster.restarts();
     report.net = net.stats();
     report.simulated_ms = started.elapsed().as_millis() as u64;
-    report
+    (report, history)
 }
 
 /// Starts every node, initializes the founders and waits for the first leader.
@@ -240,14 +299,15 @@ async fn boot(cluster: &Cluster, founders: &[NodeId]) -> Result<(), String> {
     ))
 }
 
-/// Clients and faults, then healing, convergence and the checks.
+/// Clients and faults, then healing, convergence and the checks but linearizability: returns
+/// the clients' history for that one.
 async fn exercise(
     config: &SimConfig,
     scenario: &Scenario,
     cluster: &Cluster,
     rng: &mut SimRng,
     report: &mut SeedReport,
-) {
+) -> KvHistory {
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let recorder = SharedRecorder::default();
@@ -294,7 +354,7 @@ async fn exercise(
     };
     report.nemesis_log = std::mem::take(&mut nemesis.log);
     report.failures.extend(nemesis.failures.iter().cloned());
-    check_all(report, &recorder, &monitor, replicas);
+    check_all(report, &recorder, &monitor, replicas)
 }
 
 fn spawn_monitor(
@@ -322,16 +382,13 @@ fn check_all(
     recorder: &SharedRecorder,
     monitor: &revision::RevisionMonitor,
     replicas: Result<Vec<(NodeId, aspen_node::Node)>, String>,
-) {
+) -> KvHistory {
     let recorded = recorder.take();
     report.ops_completed = recorded.completed;
     report.ops_indeterminate = recorded.indeterminate;
     report.writes_indeterminate = recorded.indeterminate_writes;
     report.acked_writes = recorded.acked.len() as u64;
     report.failures.extend(recorded.unexpected.iter().cloned());
-    report
-        .failures
-        .extend(linearizable::check(&recorded.history));
     report.failures.extend(monitor.violations.iter().cloned());
     report
         .failures
@@ -340,7 +397,7 @@ fn check_all(
         Ok(replicas) => replicas,
         Err(e) => {
             report.failures.push(e);
-            return;
+            return recorded.history;
         }
     };
     match convergence::compare(&replicas) {
@@ -355,4 +412,5 @@ fn check_all(
     report
         .failures
         .extend(durability::check(&replicas, &recorded.acked));
+    recorded.history
 }

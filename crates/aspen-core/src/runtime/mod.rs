@@ -10,18 +10,32 @@
 //! The simulator (`aspen-sim`) runs a whole cluster on one thread and calls
 //! [`seed_thread_rng`] first, so that a seed replays the same elections. Everything else is
 //! delegated to `TokioRuntime` unchanged.
+//!
+//! Under `--cfg madsim` (the simulator's build, never production) the runtime is madsim's
+//! instead ([`madsim_rt`]): spawn, sleep and timeouts on madsim's executor and clock; the
+//! channels, mutex and watch stay the same tokio-sync-based types, which need no executor.
 
+#[cfg(madsim)]
+mod madsim_rt;
 pub mod watch;
 
 use std::cell::Cell;
 use std::convert::Infallible;
+#[cfg(not(madsim))]
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+#[cfg(not(madsim))]
 use std::time::Duration;
 
+#[cfg(not(madsim))]
 use openraft::rt::{AsyncRuntime, OptionalSend};
+#[cfg(not(madsim))]
 use openraft_rt_tokio::TokioRuntime;
 
+#[cfg(madsim)]
+pub use madsim_rt::{AspenRuntime, MadsimTimeout};
+
+#[cfg(not(madsim))]
 type Tokio = TokioRuntime;
 
 thread_local! {
@@ -87,11 +101,13 @@ impl rand_core::TryRng for RaftRng {
 }
 
 /// Tokio, with [`RaftRng`] as openraft's random source.
+#[cfg(not(madsim))]
 #[derive(Debug)]
 pub struct AspenRuntime {
     inner: Tokio,
 }
 
+#[cfg(not(madsim))]
 impl AsyncRuntime for AspenRuntime {
     type JoinError = <Tokio as AsyncRuntime>::JoinError;
     type JoinHandle<T: OptionalSend + 'static> = <Tokio as AsyncRuntime>::JoinHandle<T>;
