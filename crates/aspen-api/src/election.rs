@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::header::header;
 use crate::recipe::{self, CancelGuard, Recipes};
-use crate::status::{self, invalid};
+use crate::status::{self, from_recipe, invalid};
 
 #[derive(Clone)]
 pub struct ElectionService {
@@ -89,9 +89,8 @@ fn leader_key(leader: Option<&pb::LeaderKey>) -> Result<&pb::LeaderKey, Status> 
 
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaderResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Election for ElectionService {
-    async fn campaign(
+impl ElectionService {
+    async fn campaign_inner(
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
@@ -147,7 +146,7 @@ impl Election for ElectionService {
         }))
     }
 
-    async fn proclaim(
+    async fn proclaim_inner(
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
@@ -162,7 +161,7 @@ impl Election for ElectionService {
         }))
     }
 
-    async fn leader(
+    async fn leader_inner(
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
@@ -178,12 +177,10 @@ impl Election for ElectionService {
         }))
     }
 
-    type ObserveStream = ObserveStream;
-
-    async fn observe(
+    async fn observe_inner(
         &self,
         request: Request<pb::LeaderRequest>,
-    ) -> Result<Response<Self::ObserveStream>, Status> {
+    ) -> Result<Response<ObserveStream>, Status> {
         let request = request.into_inner();
         let (sender, receiver) = mpsc::channel(WATCH_RESPONSE_QUEUE_MAX as usize);
         let observer = Observer {
@@ -195,7 +192,7 @@ impl Election for ElectionService {
             tokio::select! {
                 result = observer.run() => {
                     if let Err(Some(status)) = result {
-                        let _ = sender.send(Err(status)).await;
+                        let _ = sender.send(Err(from_recipe(status))).await;
                     }
                 }
                 () = sender.closed() => {}
@@ -204,7 +201,7 @@ impl Election for ElectionService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn resign(
+    async fn resign_inner(
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
@@ -214,6 +211,47 @@ impl Election for ElectionService {
         Ok(Response::new(pb::ResignResponse {
             header: header(self.node(), revision),
         }))
+    }
+}
+
+/// Every error goes out as etcd 3.4 sends it (`status::from_recipe`).
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(
+        &self,
+        request: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::CampaignResponse>, Status> {
+        self.campaign_inner(request).await.map_err(from_recipe)
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<pb::ProclaimRequest>,
+    ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        self.proclaim_inner(request).await.map_err(from_recipe)
+    }
+
+    async fn leader(
+        &self,
+        request: Request<pb::LeaderRequest>,
+    ) -> Result<Response<pb::LeaderResponse>, Status> {
+        self.leader_inner(request).await.map_err(from_recipe)
+    }
+
+    type ObserveStream = ObserveStream;
+
+    async fn observe(
+        &self,
+        request: Request<pb::LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        self.observe_inner(request).await.map_err(from_recipe)
+    }
+
+    async fn resign(
+        &self,
+        request: Request<pb::ResignRequest>,
+    ) -> Result<Response<pb::ResignResponse>, Status> {
+        self.resign_inner(request).await.map_err(from_recipe)
     }
 }
 

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::header::header;
 use crate::recipe::{self, CancelGuard, Recipes};
-use crate::status::{self, invalid};
+use crate::status::{self, from_recipe, invalid};
 
 #[derive(Clone)]
 pub struct LockService {
@@ -41,9 +41,8 @@ impl LockService {
     }
 }
 
-#[tonic::async_trait]
-impl Lock for LockService {
-    async fn lock(
+impl LockService {
+    async fn lock_inner(
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
@@ -86,7 +85,7 @@ impl Lock for LockService {
         }))
     }
 
-    async fn unlock(
+    async fn unlock_inner(
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
@@ -99,5 +98,23 @@ impl Lock for LockService {
         Ok(Response::new(pb::UnlockResponse {
             header: header(self.node(), revision),
         }))
+    }
+}
+
+/// Every error goes out as etcd 3.4 sends it (`status::from_recipe`).
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(
+        &self,
+        request: Request<pb::LockRequest>,
+    ) -> Result<Response<pb::LockResponse>, Status> {
+        self.lock_inner(request).await.map_err(from_recipe)
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        self.unlock_inner(request).await.map_err(from_recipe)
     }
 }

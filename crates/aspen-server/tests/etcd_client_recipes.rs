@@ -261,7 +261,7 @@ async fn lock_and_election_services_through_etcd_client() {
     assert_eq!(
         status_of(unknown, "Lock with an unknown lease"),
         (
-            tonic::Code::NotFound,
+            tonic::Code::Unknown,
             "etcdserver: requested lease not found".to_string()
         )
     );

@@ -162,24 +162,33 @@ async fn second_locker_waits_until_the_first_unlocks() {
     let left = cluster.get_prefix(0, "lk/", false).await.expect("get");
     assert!(left.kvs.is_empty(), "every lock key was deleted: {left:?}");
 
-    // Unlocking a key that does not exist is fine; an empty key is refused as etcd refuses it.
+    // Unlocking a key that does not exist is fine; an empty key is refused as etcd 3.4
+    // refuses it (`Unknown`, with the KV service's message).
     unlock(&channel, b"lk/none")
         .await
         .expect("unlock of nothing");
     let empty = unlock(&channel, b"").await.expect_err("empty key");
-    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert_eq!(empty.code(), Code::Unknown);
     assert_eq!(empty.message(), "etcdserver: key is not provided");
+    // An empty name is no error in etcd either: the key is `/<lease>`.
+    let unnamed = lock(&channel, "", a)
+        .await
+        .expect("lock with an empty name");
+    assert_eq!(unnamed.key, format!("/{a:x}").into_bytes());
+    unlock(&channel, &unnamed.key).await.expect("unlock");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_errors_lease_end_and_cancelled_waiters() {
     let (cluster, channel) = single_member().await;
 
-    // An unknown lease: etcd's lease-not-found error, and no key is left.
+    // An unknown lease: etcd's lease-not-found error, and no key is left. etcd 3.4 sends every
+    // Lock and Election error as `Unknown` with etcd's message (its services call an
+    // in-process client, which turns status errors into plain errors).
     let unknown = lock(&channel, "lk", 0x1234)
         .await
         .expect_err("unknown lease");
-    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert_eq!(unknown.code(), Code::Unknown, "{unknown:?}");
     assert_eq!(unknown.message(), "etcdserver: requested lease not found");
     assert!(
         cluster
@@ -350,7 +359,8 @@ async fn observed(stream: &mut Streaming<LeaderResponse>) -> String {
 }
 
 fn assert_election_error(error: &Status, message: &str) {
-    // etcd 3.4 returns the election's errors as plain errors: gRPC `Unknown` with the text.
+    // etcd 3.4 returns the election's errors (its own and those of the calls it makes) as
+    // plain errors: gRPC `Unknown` with the text.
     assert_eq!(
         (error.code(), error.message()),
         (Code::Unknown, message),
@@ -454,7 +464,18 @@ async fn campaign_proclaim_observe_resign_and_hand_over() {
         })
         .await
         .expect_err("unknown lease");
-    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert_election_error(&unknown, "etcdserver: requested lease not found");
+    let empty_key = proclaim(
+        &channel,
+        &LeaderKey {
+            key: Vec::new(),
+            ..a_key
+        },
+        "x",
+    )
+    .await
+    .expect_err("empty leader key");
+    assert_election_error(&empty_key, "etcdserver: key is not provided");
 }
 
 /// A candidate whose client gives up while queued resigns (etcd resigns when the campaign's
