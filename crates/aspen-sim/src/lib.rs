@@ -8,10 +8,13 @@
 //! linearizability of the clients' history, convergence of the replicas, that no
 //! acknowledged write was lost, and that revisions only move forward.
 //!
-//! Determinism: a paused single-threaded tokio runtime (simulated time), one seeded
-//! generator for every choice the simulator makes, and openraft's own random draws seeded
-//! through `aspen_core::runtime`. The same seed gives the same trace hash; `tests/` asserts
-//! it. See README.md for what is simulated and what is not.
+//! Determinism: built with `RUSTFLAGS="--cfg madsim"`, each seed runs on a madsim runtime
+//! seeded with it (madsim's executor, clock and randomness; openraft runs on it through
+//! `aspen_core::runtime::AspenRuntime`); in a plain build, on a paused single-threaded tokio
+//! runtime. Either way one seeded generator makes every choice the simulator makes, and
+//! openraft's own random draws are seeded through `aspen_core::runtime`. The same seed gives
+//! the same trace hash; `tests/` asserts it. See README.md for what is simulated and what is
+//! not.
 
 pub mod cluster;
 pub mod disk;
@@ -25,4 +28,4 @@ pub mod trace;
 pub mod transport;
 pub mod workload;
 
-pub use runner::{SeedReport, SimConfig, run_seed};
+pub use runner::{EXECUTOR, SeedReport, SimConfig, run_seed};

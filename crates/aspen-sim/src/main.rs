@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use aspen_sim::{SeedReport, SimConfig, run_seed};
+use aspen_sim::{EXECUTOR, SeedReport, SimConfig, run_seed};
 
 /// Most seeds one invocation runs.
 const SEEDS_MAX: u64 = 1_000_000;
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
     let elapsed = started.elapsed().as_secs_f64();
     let seeds = args.seeds.end - args.seeds.start;
     eprintln!(
-        "{seeds} seeds in {elapsed:.1}s ({:.2} seeds/s)",
+        "{seeds} seeds in {elapsed:.1}s ({:.2} seeds/s) on {EXECUTOR}",
         seeds as f64 / elapsed.max(1e-9)
     );
     println!("{passed} passed, {failed} failed");

@@ -36,6 +36,13 @@ use crate::net::SimNet;
 use crate::rng::SimRng;
 use crate::workload::{SharedRecorder, run_client};
 
+/// The executor this build runs seeds on.
+pub const EXECUTOR: &str = if cfg!(madsim) {
+    "madsim"
+} else {
+    "tokio, paused clock (build with RUSTFLAGS=\"--cfg madsim\" for madsim)"
+};
+
 /// What to run. Everything not fixed here is drawn from the seed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimConfig {
@@ -59,9 +66,18 @@ impl SimConfig {
         }
     }
 
-    /// The command line that replays this configuration.
+    /// The command line that replays this configuration, on the executor this build runs
+    /// (a seed runs differently on madsim and on the paused tokio runtime).
     pub fn replay_command(&self) -> String {
-        let mut command = format!("cargo run -p aspen-sim --release -- --seed {}", self.seed);
+        let build = if cfg!(madsim) {
+            "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim "
+        } else {
+            ""
+        };
+        let mut command = format!(
+            "{build}cargo run -p aspen-sim --release -- --seed {}",
+            self.seed
+        );
         if let Some(nodes) = self.nodes {
             command.push_str(&format!(" --nodes {nodes}"));
         }
