@@ -222,6 +222,19 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     report
 }
 
+/// One seed's run for a madsim runtime the caller built and entered (madsim's own
+/// determinism check, `Runtime::check_determinism`, runs it twice and compares every random
+/// draw). Seeds openraft's generator on this thread; checks everything but linearizability.
+#[cfg(madsim)]
+pub async fn run_inside_madsim(config: SimConfig) -> SeedReport {
+    aspen_core::runtime::seed_thread_rng(config.seed ^ 0x5EED_0FA5_BE4A_1700);
+    let dir = run_dir(config.seed);
+    let (report, _history) = run(config, dir.clone()).await;
+    aspen_core::runtime::unseed_thread_rng();
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
 /// Runs `future` to completion on a paused-clock, single-threaded tokio runtime.
 #[cfg(not(madsim))]
 fn block_on_simulated<F: Future>(_seed: u64, future: F) -> F::Output {

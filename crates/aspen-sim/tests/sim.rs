@@ -68,6 +68,17 @@ fn a_seed_replays_exactly() {
     );
 }
 
+/// madsim's own check, on top of the trace hash: two runs of one seed make the same random
+/// draws, in the same order (every scheduling choice, timer jitter and `getrandom`).
+#[cfg(madsim)]
+#[test]
+fn madsim_draws_the_same_randomness_twice() {
+    let report = madsim::runtime::Runtime::check_determinism(21, madsim::Config::default(), || {
+        aspen_sim::runner::run_inside_madsim(config(21))
+    });
+    assert!(report.passed(), "{}", describe_failure(&report));
+}
+
 /// Seeds tried with the planted bug before the test gives up on the checkers.
 const PLANTED_BUG_SEEDS: u64 = 8;
 
