@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod error;
 pub mod log_store;
+pub mod log_writer;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;

@@ -1,8 +1,10 @@
 //! The Raft log, vote, committed index and purge point, in redb.
 //!
-//! One `append` call is one redb write transaction with immediate durability: one fsync per
-//! batch, never per entry. openraft batches concurrent client writes into one append, which is
-//! where group commit comes from. The flush callback fires only after that commit returns.
+//! Appends go through the group-commit writer (`log_writer`): `append` returns as soon as its
+//! entries are readable, and one redb transaction with immediate durability (one fsync) makes
+//! everything queued since the previous commit durable. openraft batches concurrent client
+//! writes into one append, and the writer batches appends that arrive during an fsync. A flush
+//! callback fires only after the commit holding its entries returns.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -17,17 +19,20 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
+use crate::log_writer::{LogWriter, WriteOp};
 use crate::schema::{META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
 
-/// Log storage; also serves as its own reader (clones share the database).
+/// Log storage; also serves as its own reader (clones share the database and the writer).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     store: Store,
+    writer: LogWriter,
 }
 
 impl LogStore {
     pub fn new(store: Store) -> LogStore {
-        LogStore { store }
+        let writer = LogWriter::new(store.clone());
+        LogStore { store, writer }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -57,7 +62,42 @@ impl LogStore {
         Ok(())
     }
 
+    /// The entries in `range`, durable or not: those still waiting for the writer come from
+    /// its pending set, the rest from the database. At most `LOG_READ_ENTRIES_MAX`.
     fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>> {
+        // Pending first, database second: an entry the writer commits in between is then in
+        // the database read (which starts after the commit), so none is missed.
+        let pending = self.writer.pending_in(range, LOG_READ_ENTRIES_MAX as usize);
+        let durable = self.read_durable_entries(range)?;
+        if pending.is_empty() {
+            return Ok(durable);
+        }
+        let durable_capped = durable.len() as u64 >= LOG_READ_ENTRIES_MAX;
+        let mut merged: std::collections::BTreeMap<u64, Entry> = durable
+            .into_iter()
+            .map(|entry| (entry.log_id.index, entry))
+            .collect();
+        for entry in pending {
+            merged.insert(entry.log_id.index, entry);
+        }
+        let mut entries: Vec<Entry> = Vec::with_capacity(merged.len());
+        for (index, entry) in merged {
+            if let Some(prev) = entries.last() {
+                if prev.log_id.index + 1 != index {
+                    // Only the database read's cap may cut the run short.
+                    assert!(durable_capped, "hole in the raft log");
+                    break;
+                }
+            }
+            entries.push(entry);
+            if entries.len() as u64 >= LOG_READ_ENTRIES_MAX {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    fn read_durable_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>> {
         let db = self.store.db();
         let txn = db.begin_read()?;
         let table = match txn.open_table(RAFT_LOG) {
@@ -107,35 +147,6 @@ impl LogStore {
         }
     }
 
-    fn append_durably(&self, entries: &[Entry]) -> Result<()> {
-        let db = self.store.db();
-        let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| StorageError::Invariant(e.to_string()))?;
-        {
-            let mut table = txn.open_table(RAFT_LOG)?;
-            let mut expected_index = table.last()?.map(|(index, _)| index.value() + 1);
-            let mut buffer = Vec::with_capacity(512);
-            for entry in entries {
-                if let Some(expected) = expected_index {
-                    assert_eq!(
-                        entry.log_id.index, expected,
-                        "append would leave a hole in the log"
-                    );
-                }
-                buffer.clear();
-                codec::encode_into(entry, &mut buffer);
-                table.insert(entry.log_id.index, buffer.as_slice())?;
-                expected_index = Some(entry.log_id.index + 1);
-            }
-        }
-        let started = std::time::Instant::now();
-        txn.commit()?;
-        let elapsed_us = started.elapsed().as_micros() as u64;
-        self.store.shared.fsync_latency.observe_us(elapsed_us);
-        Ok(())
-    }
-
     /// Removes entries with index `>= from` (truncate) or `<= upto` (purge) and records the purge
     /// point, in one durable transaction.
     fn remove_entries(
@@ -183,9 +194,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> std::result::Result<LogState<TypeConfig>, std::io::Error> {
         let last_purged_log_id: Option<LogId> =
             self.read_meta::<Option<LogId>>(META_LAST_PURGED)?.flatten();
-        let last_log_id = match self.last_entry_log_id()? {
+        let last_log_id = match self.writer.last_pending() {
             Some(id) => Some(id),
-            None => last_purged_log_id,
+            None => match self.last_entry_log_id()? {
+                Some(id) => Some(id),
+                None => last_purged_log_id,
+            },
         };
         Ok(LogState {
             last_purged_log_id,
@@ -198,6 +212,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> std::result::Result<(), std::io::Error> {
+        self.writer.flush().await?;
         Ok(self.write_meta(META_VOTE, vote)?)
     }
 
@@ -205,20 +220,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId>,
     ) -> std::result::Result<(), std::io::Error> {
-        // Not fsynced on its own: it becomes durable with the next log append, and a stale
+        // Not fsynced on its own: it rides along with the next log commit, and a stale
         // committed index only means re-applying a little less on restart.
-        let db = self.store.db();
-        let mut txn = db.begin_write().map_err(StorageError::from)?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| StorageError::Invariant(e.to_string()))?;
-        {
-            let mut table = txn.open_table(RAFT_META).map_err(StorageError::from)?;
-            table
-                .insert(META_COMMITTED, codec::encode(&committed).as_slice())
-                .map_err(StorageError::from)?;
-        }
-        txn.commit().map_err(StorageError::from)?;
-        Ok(())
+        Ok(self.writer.submit(WriteOp::Committed(committed))?)
     }
 
     async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, std::io::Error> {
@@ -235,24 +239,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let result = self.append_durably(&entries);
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                let message = error.to_string();
-                callback.io_completed(Err(std::io::Error::other(message.clone())));
-                Err(std::io::Error::other(message))
-            }
-        }
+        // An empty append still gets its callback, in order with the others.
+        Ok(self.writer.submit(WriteOp::Append { entries, callback })?)
     }
 
     async fn truncate_after(
         &mut self,
         last_log_id: Option<LogId>,
     ) -> std::result::Result<(), std::io::Error> {
+        self.writer.flush().await?;
         let from = match last_log_id {
             Some(id) => Bound::Excluded(id.index),
             None => Bound::Unbounded,
@@ -261,6 +256,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> std::result::Result<(), std::io::Error> {
+        self.writer.flush().await?;
         let previous = self.read_meta::<Option<LogId>>(META_LAST_PURGED)?.flatten();
         if let Some(previous) = &previous {
             assert!(

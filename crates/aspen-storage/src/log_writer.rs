@@ -1,0 +1,314 @@
+//! Group commit for the Raft log: `append` returns at once, and one writer makes everything
+//! queued since its last commit durable in one redb transaction (one fsync).
+//!
+//! openraft's contract for `RaftLogStorage::append` is "return as soon as the entries are
+//! readable, call the callback once they are on disk", and its core awaits `append` before it
+//! takes the next client writes. Committing inside `append` made the core wait out every fsync,
+//! so batches stayed as small as whatever arrived during one fsync. Now:
+//!
+//! - `append` puts the entries in `pending` (readable at once, see `LogStore::read_entries`)
+//!   and queues them for the writer;
+//! - the writer takes everything queued, writes it in one transaction with immediate
+//!   durability, then removes those entries from `pending` and calls their callbacks, in order;
+//! - `save_committed` is queued too and rides along with the next commit (it was never fsynced
+//!   on its own);
+//! - vote, truncate and purge first wait until everything queued before them is durable, then
+//!   write as before, so the order of log operations on disk is the order openraft issued them.
+//!
+//! The writer is a task on the caller's runtime. On a multi-threaded tokio runtime its commits
+//! run on the blocking pool, so an fsync never holds a worker thread; on a current-thread
+//! runtime (tests, the paused-clock simulator) and under madsim they run inline, which keeps a
+//! simulation deterministic.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use aspen_core::TypeConfig;
+use aspen_core::codec;
+use aspen_core::type_config::alias::{Entry, LogId};
+use openraft::storage::IOFlushed;
+use redb::ReadableTable;
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::Store;
+use crate::error::{Result, StorageError};
+use crate::schema::{META_COMMITTED, RAFT_LOG, RAFT_META};
+
+/// Queued operations one commit takes at most; bounds the transaction and the time until the
+/// first of them is acknowledged.
+pub const LOG_COMMIT_OPS_MAX: usize = 4096;
+
+pub(crate) enum WriteOp {
+    Append {
+        entries: Vec<Entry>,
+        callback: IOFlushed<TypeConfig>,
+    },
+    /// openraft's committed index; durable with the next log commit.
+    Committed(Option<LogId>),
+}
+
+struct Queued {
+    /// 1, 2, 3, … in the order `LogWriter::submit` was called.
+    seq: u64,
+    op: WriteOp,
+}
+
+/// The state shared by a log store's clones and its writer task.
+pub(crate) struct WriterShared {
+    store: Store,
+    /// Appended but not yet durable, by index. Every appended entry is here, in the database,
+    /// or both: the writer removes an entry from here only after its commit.
+    pending: Mutex<BTreeMap<u64, Entry>>,
+    /// The last `seq` handed out.
+    submitted_seq: AtomicU64,
+    /// The last `seq` the writer has finished (made durable, or failed).
+    finished_seq: watch::Sender<u64>,
+    /// Set after a failed commit: the log is no longer trustworthy in memory, so every later
+    /// write fails too (openraft stops the node on a storage error).
+    failed: AtomicBool,
+    /// Taken by the writer task when it starts (on the first write).
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+}
+
+impl std::fmt::Debug for WriterShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterShared")
+            .field("submitted_seq", &self.submitted_seq.load(Ordering::Relaxed))
+            .field("finished_seq", &*self.finished_seq.borrow())
+            .field("failed", &self.failed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A log store's handle on its writer. Clones share one writer; the writer task ends when
+/// the last clone is dropped (what it had queued and not committed is lost, like a crash).
+#[derive(Debug, Clone)]
+pub(crate) struct LogWriter {
+    shared: Arc<WriterShared>,
+    sender: mpsc::UnboundedSender<Queued>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl LogWriter {
+    pub fn new(store: Store) -> LogWriter {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let (finished_seq, _) = watch::channel(0);
+        LogWriter {
+            shared: Arc::new(WriterShared {
+                store,
+                pending: Mutex::new(BTreeMap::new()),
+                submitted_seq: AtomicU64::new(0),
+                finished_seq,
+                failed: AtomicBool::new(false),
+                receiver: Mutex::new(Some(receiver)),
+            }),
+            sender,
+        }
+    }
+
+    /// Entries appended but not yet durable in `range`, at most `limit`.
+    pub fn pending_in(
+        &self,
+        range: (std::ops::Bound<u64>, std::ops::Bound<u64>),
+        limit: usize,
+    ) -> Vec<Entry> {
+        lock(&self.shared.pending)
+            .range(range)
+            .take(limit)
+            .map(|(_, entry)| entry.clone())
+            .collect()
+    }
+
+    /// The last appended entry's id if it is not yet durable.
+    pub fn last_pending(&self) -> Option<LogId> {
+        lock(&self.shared.pending)
+            .last_key_value()
+            .map(|(_, entry)| entry.log_id)
+    }
+
+    /// Queues `op`; an append's entries are readable when this returns.
+    pub fn submit(&self, op: WriteOp) -> Result<()> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            let error = StorageError::Invariant("an earlier log commit failed".to_string());
+            if let WriteOp::Append { callback, .. } = op {
+                callback.io_completed(Err(std::io::Error::other(error.to_string())));
+            }
+            return Err(error);
+        }
+        self.start_if_needed();
+        if let WriteOp::Append { entries, .. } = &op {
+            let mut pending = lock(&self.shared.pending);
+            for entry in entries {
+                if let Some((_, last)) = pending.last_key_value() {
+                    assert_eq!(
+                        last.log_id.index + 1,
+                        entry.log_id.index,
+                        "append would leave a hole in the log"
+                    );
+                }
+                pending.insert(entry.log_id.index, entry.clone());
+            }
+        }
+        let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.sender
+            .send(Queued { seq, op })
+            .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))
+    }
+
+    /// Waits until everything submitted so far is durable (or has failed).
+    pub async fn flush(&self) -> Result<()> {
+        let target = self.shared.submitted_seq.load(Ordering::Acquire);
+        if target > 0 {
+            let mut finished = self.shared.finished_seq.subscribe();
+            finished
+                .wait_for(|done| *done >= target)
+                .await
+                .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))?;
+        }
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(StorageError::Invariant(
+                "an earlier log commit failed".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn start_if_needed(&self) {
+        let Some(receiver) = lock(&self.shared.receiver).take() else {
+            return;
+        };
+        // The task holds the shared state weakly: dropping the last log store closes the
+        // database at once, not whenever the task next runs.
+        tokio::spawn(run_writer(Arc::downgrade(&self.shared), receiver));
+    }
+}
+
+/// True when commits should leave the async worker: a multi-threaded tokio runtime, where an
+/// fsync on a worker thread would stall every task queued behind it.
+#[cfg(not(madsim))]
+fn commits_on_blocking_pool() -> bool {
+    tokio::runtime::Handle::try_current()
+        .map(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        .unwrap_or(false)
+}
+
+#[cfg(madsim)]
+fn commits_on_blocking_pool() -> bool {
+    false
+}
+
+async fn run_writer(shared: Weak<WriterShared>, mut receiver: mpsc::UnboundedReceiver<Queued>) {
+    let on_pool = commits_on_blocking_pool();
+    while let Some(first) = receiver.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            break; // the store is gone; nothing queued can be made durable
+        };
+        let mut batch = vec![first];
+        while batch.len() < LOG_COMMIT_OPS_MAX {
+            match receiver.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
+        }
+        let last_seq = batch.last().map(|q| q.seq).unwrap_or(0);
+        let mut entries = Vec::new();
+        let mut committed = None;
+        let mut callbacks = Vec::new();
+        for queued in batch {
+            match queued.op {
+                WriteOp::Append {
+                    entries: more,
+                    callback,
+                } => {
+                    entries.extend(more);
+                    callbacks.push(callback);
+                }
+                WriteOp::Committed(id) => committed = Some(id),
+            }
+        }
+        let ids: Vec<LogId> = entries.iter().map(|entry| entry.log_id).collect();
+        let result = if shared.failed.load(Ordering::Acquire) {
+            Err(StorageError::Invariant(
+                "an earlier log commit failed".to_string(),
+            ))
+        } else if on_pool {
+            let store = shared.store.clone();
+            tokio::task::spawn_blocking(move || commit(&store, &entries, committed))
+                .await
+                .unwrap_or_else(|e| Err(StorageError::Invariant(e.to_string())))
+        } else {
+            commit(&shared.store, &entries, committed)
+        };
+        {
+            let mut pending = lock(&shared.pending);
+            for id in &ids {
+                if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                    pending.remove(&id.index);
+                }
+            }
+        }
+        match result {
+            Ok(()) => {
+                for callback in callbacks {
+                    callback.io_completed(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "log commit failed");
+                shared.failed.store(true, Ordering::Release);
+                for callback in callbacks {
+                    callback.io_completed(Err(std::io::Error::other(error.to_string())));
+                }
+            }
+        }
+        shared.finished_seq.send_replace(last_seq);
+    }
+}
+
+/// One redb transaction: `entries` appended, the committed index updated; immediately
+/// durable (one fsync) when it appends anything.
+fn commit(store: &Store, entries: &[Entry], committed: Option<Option<LogId>>) -> Result<()> {
+    let db = store.db();
+    let mut txn = db.begin_write()?;
+    let durability = if entries.is_empty() {
+        redb::Durability::None
+    } else {
+        redb::Durability::Immediate
+    };
+    txn.set_durability(durability)
+        .map_err(|e| StorageError::Invariant(e.to_string()))?;
+    if !entries.is_empty() {
+        let mut table = txn.open_table(RAFT_LOG)?;
+        let mut expected_index = table.last()?.map(|(index, _)| index.value() + 1);
+        let mut buffer = Vec::with_capacity(512);
+        for entry in entries {
+            if let Some(expected) = expected_index {
+                assert_eq!(
+                    entry.log_id.index, expected,
+                    "append would leave a hole in the log"
+                );
+            }
+            buffer.clear();
+            codec::encode_into(entry, &mut buffer);
+            table.insert(entry.log_id.index, buffer.as_slice())?;
+            expected_index = Some(entry.log_id.index + 1);
+        }
+    }
+    if let Some(committed) = committed {
+        let mut table = txn.open_table(RAFT_META)?;
+        table.insert(META_COMMITTED, codec::encode(&committed).as_slice())?;
+    }
+    let started = std::time::Instant::now();
+    txn.commit()?;
+    if !entries.is_empty() {
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        store.shared.fsync_latency.observe_us(elapsed_us);
+    }
+    Ok(())
+}
