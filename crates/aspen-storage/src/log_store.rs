@@ -82,12 +82,12 @@ impl LogStore {
         }
         let mut entries: Vec<Entry> = Vec::with_capacity(merged.len());
         for (index, entry) in merged {
-            if let Some(prev) = entries.last() {
-                if prev.log_id.index + 1 != index {
-                    // Only the database read's cap may cut the run short.
-                    assert!(durable_capped, "hole in the raft log");
-                    break;
-                }
+            if let Some(prev) = entries.last()
+                && prev.log_id.index + 1 != index
+            {
+                // Only the database read's cap may cut the run short.
+                assert!(durable_capped, "hole in the raft log");
+                break;
             }
             entries.push(entry);
             if entries.len() as u64 >= LOG_READ_ENTRIES_MAX {
