@@ -27,6 +27,11 @@ impl Histogram {
         self.sum_us.fetch_add(value_us, Ordering::Relaxed);
     }
 
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     /// Renders in Prometheus text format with seconds as the unit, cumulative buckets.
     pub fn render(&self, name: &str, labels: &str, out: &mut String) {
         use std::fmt::Write;

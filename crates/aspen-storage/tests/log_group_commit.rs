@@ -1,0 +1,131 @@
+//! The log writer's group commit: appends are readable as soon as `append` returns, appends
+//! queued during one commit share the next one, callbacks fire only once their entries are
+//! durable, and vote, truncate and purge wait for what was queued before them.
+
+use aspen_core::limits::Limits;
+use aspen_core::type_config::alias::{Entry, LogId, Vote};
+use aspen_core::{Command, PutRequest, TypeConfig};
+use aspen_storage::{StorageBackend, open_storage};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
+use openraft::{EntryPayload, RaftLogReader};
+
+const TERM: u64 = 1;
+const LEADER: u64 = 1;
+const APPENDS: u64 = 100;
+
+fn log_id(index: u64) -> LogId {
+    openraft::testing::log_id::<TypeConfig>(TERM, LEADER, index)
+}
+
+fn entry(index: u64) -> Entry {
+    openraft::Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Command::Put(PutRequest {
+            key: format!("k{index}").into_bytes(),
+            value: vec![b'v'; 64],
+            ..Default::default()
+        })),
+    }
+}
+
+/// On a current-thread runtime the writer cannot run until the test awaits, so 100 appends in
+/// a row are all queued when it first runs: they must share one durable commit.
+#[tokio::test(flavor = "current_thread")]
+async fn appends_queued_together_share_one_durable_commit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = StorageBackend::Redb {
+        path: dir.path().join("node.redb"),
+    };
+    let (mut log, sm) = open_storage(&backend, Limits::default()).expect("open");
+    let commits_before = sm.store().fsync_latency().count();
+
+    let mut flushed = Vec::new();
+    for index in 1..=APPENDS {
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(vec![entry(index)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        flushed.push(rx);
+        // Readable at once, before anything is durable.
+        let read = log
+            .try_get_log_entries(index..index + 1)
+            .await
+            .expect("read");
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].log_id, log_id(index));
+    }
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_log_id, Some(log_id(APPENDS)));
+    assert_eq!(
+        sm.store().fsync_latency().count(),
+        commits_before,
+        "nothing was committed while the writer could not run"
+    );
+
+    for rx in flushed {
+        rx.await.expect("callback fired").expect("durable");
+    }
+    assert_eq!(
+        sm.store().fsync_latency().count(),
+        commits_before + 1,
+        "one durable commit for all queued appends"
+    );
+    let all = log
+        .try_get_log_entries(1..=APPENDS)
+        .await
+        .expect("read all");
+    assert_eq!(all.len() as u64, APPENDS);
+    assert!(all.iter().zip(1..).all(|(e, i)| e.log_id == log_id(i)));
+}
+
+/// Truncate and vote run after the queued appends: the truncation removes durable entries, and
+/// a reopened store has exactly what was written in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_and_vote_wait_for_queued_appends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = StorageBackend::Redb {
+        path: dir.path().join("node.redb"),
+    };
+    {
+        let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
+        let mut flushed = Vec::new();
+        for index in 1..=20 {
+            let (tx, rx) = TypeConfig::oneshot();
+            log.append(vec![entry(index)], IOFlushed::signal(tx))
+                .await
+                .expect("append");
+            flushed.push(rx);
+        }
+        // Queued appends 11..=20 are removed even if the writer has not reached them yet.
+        log.truncate_after(Some(log_id(10)))
+            .await
+            .expect("truncate");
+        let vote = Vote::new_committed(TERM + 1, 2);
+        log.save_vote(&vote).await.expect("save vote");
+        for rx in flushed {
+            rx.await.expect("callback fired").expect("durable");
+        }
+        let (tx, rx) = TypeConfig::oneshot();
+        let replacement = openraft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(TERM + 1, 2, 11),
+            payload: EntryPayload::Blank,
+        };
+        log.append(vec![replacement], IOFlushed::signal(tx))
+            .await
+            .expect("append after truncate");
+        rx.await.expect("callback fired").expect("durable");
+    }
+    let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("reopen");
+    let entries = log.try_get_log_entries(1..100).await.expect("read");
+    assert_eq!(entries.len(), 11);
+    assert_eq!(entries[9].log_id, log_id(10));
+    assert_eq!(
+        entries[10].log_id,
+        openraft::testing::log_id::<TypeConfig>(TERM + 1, 2, 11)
+    );
+    assert_eq!(
+        log.read_vote().await.expect("vote"),
+        Some(Vote::new_committed(TERM + 1, 2))
+    );
+}
