@@ -26,6 +26,7 @@ pub mod rng;
 pub mod runner;
 pub mod trace;
 pub mod transport;
+pub mod watchers;
 pub mod workload;
 
 pub use runner::{EXECUTOR, SeedReport, SimConfig, run_seed};
