@@ -214,8 +214,7 @@ enum Ended {
 pub async fn run_watcher(mut setup: WatcherSetup) -> WatchLog {
     let mut log = WatchLog::new(setup.watcher_id);
     while !setup.stop.load(Ordering::Relaxed) {
-        let Some((node_id, incarnation, node)) = choose_node(&setup.cluster, &mut setup.rng)
-        else {
+        let Some((node_id, incarnation, node)) = choose_node(&setup.cluster, &mut setup.rng) else {
             tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
             continue;
         };
