@@ -112,6 +112,8 @@ pub struct SeedReport {
     pub watchers: u64,
     /// Events the watchers received, over all of them.
     pub watch_events: u64,
+    /// Watches the watchers opened, over all of them (the first ones and every resume).
+    pub watch_attaches: u64,
     /// Every invariant violation (or harness failure), in words; empty on a pass.
     pub failures: Vec<String>,
     /// Hash of the ordered network deliveries and client results: equal for equal runs.
@@ -138,6 +140,7 @@ impl SeedReport {
             clients: 0,
             watchers: 0,
             watch_events: 0,
+            watch_attaches: 0,
             failures: Vec::new(),
             trace_hash: 0,
             trace_events: 0,
@@ -162,7 +165,7 @@ impl SeedReport {
     pub fn summary(&self) -> String {
         format!(
             "seed {} ({} nodes, snapshot every {}, {} clients, {} watchers): {} ops ok, {} indeterminate \
-             ({} writes), {} watch events, {} restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
+             ({} writes), {} watch events ({} watches opened), {} restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
              trace {:016x}",
             self.config.seed,
             self.founders,
@@ -173,6 +176,7 @@ impl SeedReport {
             self.ops_indeterminate,
             self.writes_indeterminate,
             self.watch_events,
+            self.watch_attaches,
             self.restarts,
             self.net.sent,
             self.net.lost,
@@ -484,6 +488,7 @@ fn check_all(
     watch_logs: &[WatchLog],
 ) -> KvHistory {
     report.watch_events = watch_logs.iter().map(|log| log.received).sum();
+    report.watch_attaches = watch_logs.iter().map(|log| log.attaches).sum();
     let recorded = recorder.take();
     report.ops_completed = recorded.completed;
     report.ops_indeterminate = recorded.indeterminate;

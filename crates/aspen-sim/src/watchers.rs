@@ -126,6 +126,8 @@ pub struct WatchLog {
     /// Ordering and duplicate violations, in words, seen as events arrived.
     pub violations: Vec<String>,
     pub violations_more: u64,
+    /// Watches a node refused (none should be: one watcher per stream, a non-empty range).
+    pub refusals: Vec<String>,
     /// Events received (recorded or not).
     pub received: u64,
     /// Watches opened (the first and every resume).
@@ -138,7 +140,7 @@ pub struct WatchLog {
 }
 
 impl WatchLog {
-    fn new(watcher_id: u64) -> WatchLog {
+    pub(crate) fn new(watcher_id: u64) -> WatchLog {
         WatchLog {
             watcher_id,
             start_revision: 1,
@@ -271,7 +273,10 @@ async fn follow(
     let created = match stream.watch(request) {
         Ok(created) => created,
         Err(error) => {
-            log.violation(format!("node {node_id} refused the watch: {error}"));
+            if log.refusals.len() < WATCH_VIOLATIONS_MAX {
+                log.refusals
+                    .push(format!("node {node_id} refused the watch: {error}"));
+            }
             tokio::time::sleep(Duration::from_millis(WATCH_TICK_MS)).await;
             return Ended::Resume("refused");
         }
@@ -352,5 +357,57 @@ async fn follow(
             }
         }
         setup.covered.store(log.covered_through, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aspen_core::response::KeyValue;
+
+    use super::*;
+
+    fn put(key: &str, revision: u64) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                lease: 0,
+            },
+            prev_kv: None,
+            sub_revision: 0,
+        }
+    }
+
+    #[test]
+    fn order_and_duplicates_are_violations() {
+        let mut log = WatchLog::new(1);
+        for (key, revision) in [("k1", 2), ("k2", 2), ("k1", 3)] {
+            log.observe(&put(key, revision), 1, false);
+        }
+        assert!(log.violations.is_empty(), "{:?}", log.violations);
+        log.observe(&put("k1", 3), 2, false);
+        log.observe(&put("k2", 2), 2, false);
+        assert_eq!(log.violations.len(), 2, "{:?}", log.violations);
+        assert!(log.violations[0].contains("twice"));
+        assert!(log.violations[1].contains("after an event at revision 3"));
+        assert_eq!(log.covered_through, 3);
+        assert_eq!(log.next_revision(), 4);
+    }
+
+    #[test]
+    fn the_planted_bug_loses_one_event_but_moves_on() {
+        let mut log = WatchLog::new(1);
+        let total = WATCH_DROPPED_EVENT_INDEX + 3;
+        for revision in 2..2 + total {
+            log.observe(&put("k1", revision), 1, true);
+        }
+        assert_eq!(log.received, total);
+        assert_eq!(log.events.len() as u64, total - 1);
+        assert!(log.dropped_on_purpose.is_some());
+        assert_eq!(log.covered_through, 1 + total);
     }
 }

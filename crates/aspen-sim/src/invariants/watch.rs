@@ -51,6 +51,11 @@ pub fn check(replica: (NodeId, &Node), final_revision: u64, logs: &[WatchLog]) -
                 log.violations_more
             ));
         }
+        failures.extend(
+            log.refusals
+                .iter()
+                .map(|r| format!("watch: watcher {id}: {r}")),
+        );
         if log.covered_through < final_revision {
             failures.push(format!(
                 "watch behind: watcher {id} covered revisions only through {} of the converged \
@@ -206,4 +211,67 @@ fn image(node: &Node, revision: u64) -> Result<BTreeMap<Vec<u8>, KeyValue>, Stri
         .into_iter()
         .map(|kv| (kv.key.clone(), kv))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watchers::CompactedGap;
+
+    fn put(key: &str, revision: u64) -> SeenEvent {
+        SeenEvent {
+            revision,
+            key: key.as_bytes().to_vec(),
+            change: Change::Put {
+                value: b"v".to_vec(),
+                create_revision: revision,
+                version: 1,
+            },
+        }
+    }
+
+    fn history(events: &[SeenEvent]) -> History {
+        let mut by_revision: BTreeMap<u64, Vec<SeenEvent>> = BTreeMap::new();
+        for event in events {
+            by_revision
+                .entry(event.revision)
+                .or_default()
+                .push(event.clone());
+        }
+        History {
+            base: 1,
+            events: by_revision,
+        }
+    }
+
+    fn log(events: &[SeenEvent], covered_through: u64) -> WatchLog {
+        let mut log = WatchLog::new(1);
+        log.events = events.to_vec();
+        log.covered_through = covered_through;
+        log
+    }
+
+    #[test]
+    fn equal_streams_pass_and_gaps_and_extras_fail() {
+        let all = [put("k1", 2), put("k2", 3), put("k1", 4)];
+        let history = history(&all);
+        assert!(compare(&log(&all, 4), &history, 4).is_empty());
+        // Covering less is (b)'s business only for what was covered.
+        assert!(compare(&log(&all[..2], 3), &history, 4).is_empty());
+        let gap = compare(&log(&[all[0].clone(), all[2].clone()], 4), &history, 4);
+        assert_eq!(gap.len(), 1, "{gap:?}");
+        assert!(gap[0].starts_with("watch gap: watcher 1 never received put k2"));
+        let extra = compare(&log(&[all[0].clone(), put("k3", 3)], 3), &history, 4);
+        assert_eq!(extra.len(), 2, "{extra:?}");
+        assert!(extra.iter().any(|f| f.contains("not in the history")));
+    }
+
+    #[test]
+    fn a_compacted_span_is_not_expected() {
+        let all = [put("k1", 2), put("k2", 3), put("k1", 4)];
+        let history = history(&all);
+        let mut skipped = log(&[all[0].clone(), all[2].clone()], 4);
+        skipped.compacted.push(CompactedGap { from: 3, to: 3 });
+        assert!(compare(&skipped, &history, 4).is_empty());
+    }
 }
