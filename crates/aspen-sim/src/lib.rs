@@ -3,10 +3,11 @@
 //! A run puts 3 or 5 real [`aspen_node::Node`]s (with their Raft configuration, redb state
 //! machine and request path) in one thread, on simulated disks that keep only synced bytes
 //! across a crash, connected by a simulated network that implements the node's two
-//! transport seams. Concurrent clients issue put, get, delete and compare-and-swap requests
-//! while a nemesis injects faults; afterwards the run heals and checks, per seed:
-//! linearizability of the clients' history, convergence of the replicas, that no
-//! acknowledged write was lost, and that revisions only move forward.
+//! transport seams. Concurrent clients issue put, get, delete and compare-and-swap requests,
+//! and watchers follow every key through the nodes' watch hubs, while a nemesis injects
+//! faults; afterwards the run heals and checks, per seed: linearizability of the clients'
+//! history, convergence of the replicas, that no acknowledged write was lost, that revisions
+//! only move forward, and that every watch stream matches the MVCC history without a gap.
 //!
 //! Determinism: built with `RUSTFLAGS="--cfg madsim"`, each seed runs on a madsim runtime
 //! seeded with it (madsim's executor, clock and randomness; openraft runs on it through
@@ -26,6 +27,7 @@ pub mod rng;
 pub mod runner;
 pub mod trace;
 pub mod transport;
+pub mod watchers;
 pub mod workload;
 
 pub use runner::{EXECUTOR, SeedReport, SimConfig, run_seed};

@@ -65,6 +65,32 @@ pub const CLIENT_BACKOFF_MS_MAX: u64 = 1_000;
 /// sub-history (checked on its own) stays small.
 pub const WORKLOAD_KEYS: u64 = 8;
 
+/// Watchers per run, drawn per seed: each follows the whole key set (prefix `k`) through one
+/// node's watch hub, resuming elsewhere when its node crashes or leaves.
+pub const WATCHERS_MIN: u64 = 1;
+pub const WATCHERS_MAX: u64 = 3;
+/// Events one watcher records for the no-gap check; past it the watcher stops recording and
+/// its check covers the revisions it recorded. A run makes at most `CLIENTS_MAX *
+/// CLIENT_OPS_MAX` (600) revisions, one event each, so the cap is never reached today.
+pub const WATCH_EVENTS_RECORDED_MAX: usize = 4_096;
+/// How often a watcher checks that its node is still up and a member, asks for a progress
+/// notice (which tells it what it has covered), and may move to another node.
+pub const WATCH_TICK_MS: u64 = 100;
+/// Chance per tick that a watcher drops its stream and resumes on another node anyway, as a
+/// client does when its connection breaks: about once every 5 simulated seconds.
+pub const WATCH_SWITCH_PPM: u32 = 20_000;
+/// Ordering and duplicate violations one watcher records in words (the rest are counted).
+pub const WATCH_VIOLATIONS_MAX: usize = 16;
+/// After convergence, how long every watcher has to report (by a progress notice) that it has
+/// covered the converged revision. The lag allowed at the end is zero revisions: the cluster is
+/// healed and every member has applied everything, so a watcher on a member gets every event
+/// once its hub replays history; the bound is time (catch-up pages every
+/// `WATCH_SYNC_INTERVAL_MS`, one `WATCH_TICK_MS` per progress notice), not revisions.
+pub const WATCH_CATCH_UP_WAIT_MS_MAX: u64 = 10_000;
+/// With `--drop-watch-event` (the planted watch bug), watcher 1 loses its event with this
+/// index (0-based, counted over everything it received) and moves on as if it had seen it.
+pub const WATCH_DROPPED_EVENT_INDEX: u64 = 5;
+
 /// How often the revision monitor samples every replica.
 pub const MONITOR_INTERVAL_MS: u64 = 20;
 
@@ -82,3 +108,4 @@ const _: () = assert!(NET_LOSS_PPM_MAX < PPM && NET_DUPLICATE_PPM_MAX < PPM);
 const _: () = assert!(HEARTBEAT_INTERVAL_MS * 3 < ELECTION_TIMEOUT_MS);
 const _: () = assert!(CLIENTS_MIN > 0 && CLIENTS_MIN <= CLIENTS_MAX);
 const _: () = assert!(NEMESIS_STEP_MS_MIN <= NEMESIS_STEP_MS_MAX);
+const _: () = assert!(WATCHERS_MIN > 0 && WATCHERS_MIN <= WATCHERS_MAX);

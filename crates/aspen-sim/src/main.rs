@@ -11,7 +11,7 @@ use aspen_sim::{EXECUTOR, SeedReport, SimConfig, run_seed};
 const SEEDS_MAX: u64 = 1_000_000;
 
 const USAGE: &str = "usage: aspen-sim (--seed N | --seeds A..B) [--nodes 3|5] \
-[--unsafe-local-reads] [--fault-ms MS] [--healed-ms MS] [--verbose]";
+[--unsafe-local-reads] [--drop-watch-event] [--fault-ms MS] [--healed-ms MS] [--verbose]";
 
 struct Args {
     seeds: std::ops::Range<u64>,
@@ -56,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
             "--seeds" => parsed.seeds = parse_range(&args.next().ok_or("--seeds needs A..B")?)?,
             "--nodes" => parsed.template.nodes = Some(number(args.next(), "--nodes")?),
             "--unsafe-local-reads" => parsed.template.unsafe_local_reads = true,
+            "--drop-watch-event" => parsed.template.drop_watch_event = true,
             "--fault-ms" => parsed.template.fault_phase_ms = number(args.next(), "--fault-ms")?,
             "--healed-ms" => parsed.template.healed_phase_ms = number(args.next(), "--healed-ms")?,
             "--verbose" | "-v" => parsed.verbose = true,

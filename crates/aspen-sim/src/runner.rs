@@ -26,14 +26,16 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::faults::Nemesis;
-use crate::invariants::{convergence, durability, linearizable, revision};
+use crate::invariants::{convergence, durability, linearizable, revision, watch};
 use crate::limits::{
     CLIENT_TIMEOUT_MS, CLIENTS_MAX, CLIENTS_MIN, ELECTION_TIMEOUT_MS, FAULT_PHASE_MS,
     FIRST_LEADER_WAIT_MS_MAX, HEALED_PHASE_MS, HEARTBEAT_INTERVAL_MS, MONITOR_INTERVAL_MS,
-    POLL_INTERVAL_MS, SNAPSHOT_COUNT_MAX, SNAPSHOT_COUNT_MIN,
+    POLL_INTERVAL_MS, SNAPSHOT_COUNT_MAX, SNAPSHOT_COUNT_MIN, WATCH_CATCH_UP_WAIT_MS_MAX,
+    WATCHERS_MAX, WATCHERS_MIN,
 };
 use crate::net::SimNet;
 use crate::rng::SimRng;
+use crate::watchers::{WatchLog, WatcherSetup, run_watcher};
 use crate::workload::{SharedRecorder, run_client};
 
 /// The executor this build runs seeds on.
@@ -51,6 +53,8 @@ pub struct SimConfig {
     pub nodes: Option<u64>,
     /// The planted bug: linearizable reads skip the ReadIndex barrier.
     pub unsafe_local_reads: bool,
+    /// The planted watch bug: watcher 1 loses one event from its stream.
+    pub drop_watch_event: bool,
     pub fault_phase_ms: u64,
     pub healed_phase_ms: u64,
 }
@@ -61,6 +65,7 @@ impl SimConfig {
             seed,
             nodes: None,
             unsafe_local_reads: false,
+            drop_watch_event: false,
             fault_phase_ms: FAULT_PHASE_MS,
             healed_phase_ms: HEALED_PHASE_MS,
         }
@@ -84,6 +89,9 @@ impl SimConfig {
         if self.unsafe_local_reads {
             command.push_str(" --unsafe-local-reads");
         }
+        if self.drop_watch_event {
+            command.push_str(" --drop-watch-event");
+        }
         if self.fault_phase_ms != FAULT_PHASE_MS {
             command.push_str(&format!(" --fault-ms {}", self.fault_phase_ms));
         }
@@ -101,6 +109,11 @@ pub struct SeedReport {
     pub founders: u64,
     pub snapshot_count: u64,
     pub clients: u64,
+    pub watchers: u64,
+    /// Events the watchers received, over all of them.
+    pub watch_events: u64,
+    /// Watches the watchers opened, over all of them (the first ones and every resume).
+    pub watch_attaches: u64,
     /// Every invariant violation (or harness failure), in words; empty on a pass.
     pub failures: Vec<String>,
     /// Hash of the ordered network deliveries and client results: equal for equal runs.
@@ -125,6 +138,9 @@ impl SeedReport {
             founders: 0,
             snapshot_count: 0,
             clients: 0,
+            watchers: 0,
+            watch_events: 0,
+            watch_attaches: 0,
             failures: Vec::new(),
             trace_hash: 0,
             trace_events: 0,
@@ -148,16 +164,19 @@ impl SeedReport {
     /// One line for a seed sweep.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} ({} nodes, snapshot every {}, {} clients): {} ops ok, {} indeterminate ({} writes), {} \
-             restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
+            "seed {} ({} nodes, snapshot every {}, {} clients, {} watchers): {} ops ok, {} indeterminate \
+             ({} writes), {} watch events ({} watches opened), {} restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
              trace {:016x}",
             self.config.seed,
             self.founders,
             self.snapshot_count,
             self.clients,
+            self.watchers,
             self.ops_completed,
             self.ops_indeterminate,
             self.writes_indeterminate,
+            self.watch_events,
+            self.watch_attaches,
             self.restarts,
             self.net.sent,
             self.net.lost,
@@ -175,6 +194,7 @@ struct Scenario {
     spares: Vec<NodeId>,
     snapshot_count: u64,
     clients: u64,
+    watchers: u64,
 }
 
 fn draw_scenario(config: &SimConfig, rng: &mut SimRng) -> Scenario {
@@ -187,6 +207,7 @@ fn draw_scenario(config: &SimConfig, rng: &mut SimRng) -> Scenario {
         spares: vec![founders + 1],
         snapshot_count: rng.between(SNAPSHOT_COUNT_MIN, SNAPSHOT_COUNT_MAX),
         clients: rng.between(CLIENTS_MIN, CLIENTS_MAX),
+        watchers: rng.between(WATCHERS_MIN, WATCHERS_MAX),
     }
 }
 
@@ -293,6 +314,7 @@ async fn run(config: SimConfig, dir: PathBuf) -> (SeedReport, Option<KvHistory>)
         founders: scenario.founders.len() as u64,
         snapshot_count: scenario.snapshot_count,
         clients: scenario.clients,
+        watchers: scenario.watchers,
         ..SeedReport::new(&config)
     };
     let mut history = None;
@@ -354,6 +376,21 @@ async fn exercise(
         );
         clients.push(tokio::spawn(task));
     }
+    // Watchers run until every one has caught up after convergence, or the wait ends.
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let mut watchers = Vec::new();
+    for watcher_id in 1..=scenario.watchers {
+        let covered = Arc::new(AtomicU64::new(0));
+        let setup = WatcherSetup {
+            watcher_id,
+            cluster: cluster.clone(),
+            rng: rng.fork(),
+            stop: watch_stop.clone(),
+            covered: covered.clone(),
+            drop_one_event: config.drop_watch_event && watcher_id == 1,
+        };
+        watchers.push((covered, tokio::spawn(run_watcher(setup))));
+    }
     let crashed_max = (scenario.founders.len() - 1) / 2;
     let mut nemesis = Nemesis::new(
         cluster.clone(),
@@ -372,6 +409,7 @@ async fn exercise(
         }
     }
     let replicas = convergence::wait(cluster).await;
+    let watch_logs = stop_watchers(&replicas, watchers, watch_stop, report).await;
     let monitor = match monitor.await {
         Ok(monitor) => monitor,
         Err(_) => {
@@ -383,7 +421,43 @@ async fn exercise(
     };
     report.nemesis_log = std::mem::take(&mut nemesis.log);
     report.failures.extend(nemesis.failures.iter().cloned());
-    check_all(report, &recorder, &monitor, replicas)
+    check_all(report, &recorder, &monitor, replicas, &watch_logs)
+}
+
+/// Gives the watchers (bounded) time to cover the converged revision, then stops them and
+/// returns what they saw.
+async fn stop_watchers(
+    replicas: &Result<Vec<(NodeId, aspen_node::Node)>, String>,
+    watchers: Vec<(Arc<AtomicU64>, tokio::task::JoinHandle<WatchLog>)>,
+    stop: Arc<AtomicBool>,
+    report: &mut SeedReport,
+) -> Vec<WatchLog> {
+    let target = replicas
+        .as_ref()
+        .ok()
+        .and_then(|replicas| replicas.first())
+        .and_then(|(_, node)| node.reader().applied_state().ok())
+        .map(|state| state.revision);
+    if let Some(target) = target {
+        for _ in 0..WATCH_CATCH_UP_WAIT_MS_MAX / POLL_INTERVAL_MS {
+            if watchers
+                .iter()
+                .all(|(covered, _)| covered.load(Ordering::Relaxed) >= target)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut logs = Vec::new();
+    for (_, watcher) in watchers {
+        match watcher.await {
+            Ok(log) => logs.push(log),
+            Err(_) => report.failures.push("a watcher task panicked".to_string()),
+        }
+    }
+    logs
 }
 
 fn spawn_monitor(
@@ -411,7 +485,10 @@ fn check_all(
     recorder: &SharedRecorder,
     monitor: &revision::RevisionMonitor,
     replicas: Result<Vec<(NodeId, aspen_node::Node)>, String>,
+    watch_logs: &[WatchLog],
 ) -> KvHistory {
+    report.watch_events = watch_logs.iter().map(|log| log.received).sum();
+    report.watch_attaches = watch_logs.iter().map(|log| log.attaches).sum();
     let recorded = recorder.take();
     report.ops_completed = recorded.completed;
     report.ops_indeterminate = recorded.indeterminate;
@@ -435,6 +512,11 @@ fn check_all(
             report
                 .failures
                 .extend(revision::check_final(monitor, revision));
+            if let Some((id, node)) = replicas.first() {
+                report
+                    .failures
+                    .extend(watch::check((*id, node), revision, watch_logs));
+            }
         }
         Err(problems) => report.failures.extend(problems),
     }

@@ -1,5 +1,5 @@
 //! A small fixed set of seeds, run on every `cargo test`: they must pass, a seed must replay
-//! exactly, and the checkers must catch a planted bug. Longer sweeps run from the binary
+//! exactly, and the checkers must catch the planted bugs (stale reads, a lost watch event). Longer sweeps run from the binary
 //! (`cargo run -p aspen-sim --release -- --seeds 0..300`).
 
 use aspen_sim::{SeedReport, SimConfig, run_seed};
@@ -42,6 +42,11 @@ fn fixed_seeds_pass_on_three_and_five_nodes() {
             report.summary()
         );
         assert!(report.converged_revision.is_some());
+        assert!(
+            report.watchers > 0 && report.watch_events > 0,
+            "seed {seed}: the watchers saw nothing: {}",
+            report.summary()
+        );
     }
 }
 
@@ -101,6 +106,39 @@ fn the_checkers_catch_reads_without_read_index() {
             .iter()
             .any(|f| f.starts_with("not linearizable")),
         "caught, but not by the linearizability check: {:?}",
+        report.failures
+    );
+}
+
+/// Seeds tried with a watcher that loses an event before the test gives up on the watch check.
+/// A watcher loses its `WATCH_DROPPED_EVENT_INDEX`th event, so any seed whose first watcher
+/// receives more events than that (every seed so far) must fail.
+const DROPPED_WATCH_EVENT_SEEDS: u64 = 4;
+
+#[test]
+fn the_watch_check_catches_a_lost_event() {
+    let caught = (0..DROPPED_WATCH_EVENT_SEEDS).find_map(|seed| {
+        let config = SimConfig {
+            drop_watch_event: true,
+            ..config(seed)
+        };
+        let report = run_seed(&config);
+        (!report.passed()).then_some(report)
+    });
+    let report = caught.unwrap_or_else(|| {
+        panic!("a lost watch event went unnoticed for seeds 0..{DROPPED_WATCH_EVENT_SEEDS}")
+    });
+    assert!(
+        report.failures.iter().any(|f| f.starts_with("watch gap")),
+        "caught, but not as a watch gap: {:?}",
+        report.failures
+    );
+    assert!(
+        report
+            .failures
+            .iter()
+            .all(|f| f.starts_with("watch gap") || f.starts_with("watch: watcher 1:")),
+        "the lost event made other checks fail too: {:?}",
         report.failures
     );
 }

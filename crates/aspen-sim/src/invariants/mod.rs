@@ -5,3 +5,4 @@ pub mod convergence;
 pub mod durability;
 pub mod linearizable;
 pub mod revision;
+pub mod watch;
