@@ -15,10 +15,10 @@
 //! - vote, truncate and purge first wait until everything queued before them is durable, then
 //!   write as before, so the order of log operations on disk is the order openraft issued them.
 //!
-//! The writer is a task on the caller's runtime. On a multi-threaded tokio runtime its commits
-//! run on the blocking pool, so an fsync never holds a worker thread; on a current-thread
-//! runtime (tests, the paused-clock simulator) and under madsim they run inline, which keeps a
-//! simulation deterministic.
+//! On a multi-threaded tokio runtime (the server) the writer is its own thread, so an fsync
+//! never holds a worker thread and a commit costs one thread hand-off each way. On a
+//! current-thread runtime (tests, the paused-clock simulator) and under madsim it is a task
+//! that commits inline, which keeps a simulation deterministic.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -183,91 +183,126 @@ impl LogWriter {
         let Some(receiver) = lock(&self.shared.receiver).take() else {
             return;
         };
-        // The task holds the shared state weakly: dropping the last log store closes the
-        // database at once, not whenever the task next runs.
-        tokio::spawn(run_writer(Arc::downgrade(&self.shared), receiver));
+        // The writer holds the shared state weakly: dropping the last log store closes the
+        // database at once, not whenever the writer next runs.
+        let shared = Arc::downgrade(&self.shared);
+        if writes_on_own_thread() {
+            let spawned = std::thread::Builder::new()
+                .name("aspen-log-writer".to_string())
+                .spawn(move || run_writer_thread(shared, receiver));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start the log writer thread");
+                self.shared.failed.store(true, Ordering::Release);
+            }
+        } else {
+            tokio::spawn(run_writer_task(shared, receiver));
+        }
     }
 }
 
-/// True when commits should leave the async worker: a multi-threaded tokio runtime, where an
-/// fsync on a worker thread would stall every task queued behind it.
+/// True when the writer gets its own thread: on a multi-threaded tokio runtime, where an fsync
+/// on a worker thread would stall every task queued behind it. A current-thread runtime (tests,
+/// the paused-clock simulator) and madsim get a task that commits inline, which keeps a
+/// simulation deterministic.
 #[cfg(not(madsim))]
-fn commits_on_blocking_pool() -> bool {
+fn writes_on_own_thread() -> bool {
     tokio::runtime::Handle::try_current()
         .map(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
         .unwrap_or(false)
 }
 
 #[cfg(madsim)]
-fn commits_on_blocking_pool() -> bool {
+fn writes_on_own_thread() -> bool {
     false
 }
 
-async fn run_writer(shared: Weak<WriterShared>, mut receiver: mpsc::UnboundedReceiver<Queued>) {
-    let on_pool = commits_on_blocking_pool();
+fn run_writer_thread(shared: Weak<WriterShared>, mut receiver: mpsc::UnboundedReceiver<Queued>) {
+    while let Some(first) = receiver.blocking_recv() {
+        let batch = take_batch(first, &mut receiver);
+        write_batch(&shared, batch);
+    }
+}
+
+async fn run_writer_task(
+    shared: Weak<WriterShared>,
+    mut receiver: mpsc::UnboundedReceiver<Queued>,
+) {
     while let Some(first) = receiver.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            break; // the store is gone; nothing queued can be made durable
-        };
-        let mut batch = vec![first];
-        while batch.len() < LOG_COMMIT_OPS_MAX {
-            match receiver.try_recv() {
-                Ok(queued) => batch.push(queued),
-                Err(_) => break,
-            }
+        let batch = take_batch(first, &mut receiver);
+        write_batch(&shared, batch);
+    }
+}
+
+/// `first` and whatever else is queued, up to `LOG_COMMIT_OPS_MAX`, in order.
+fn take_batch(first: Queued, receiver: &mut mpsc::UnboundedReceiver<Queued>) -> Vec<Queued> {
+    let mut batch = vec![first];
+    while batch.len() < LOG_COMMIT_OPS_MAX {
+        match receiver.try_recv() {
+            Ok(queued) => batch.push(queued),
+            Err(_) => break,
         }
-        let last_seq = batch.last().map(|q| q.seq).unwrap_or(0);
-        let mut entries = Vec::new();
-        let mut committed = None;
-        let mut callbacks = Vec::new();
-        for queued in batch {
-            match queued.op {
-                WriteOp::Append {
-                    entries: more,
-                    callback,
-                } => {
-                    entries.extend(more);
-                    callbacks.push(callback);
-                }
-                WriteOp::Committed(id) => committed = Some(id),
+    }
+    batch
+}
+
+/// Commits `batch` in one transaction, then reports: pending entries dropped, the finished
+/// sequence number published, callbacks fired in order. The shared state (and with it the
+/// database) is held only until the callbacks: whoever drops the store after its last
+/// callback finds the database closed.
+fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
+    assert!(!batch.is_empty());
+    let last_seq = batch.last().map_or(0, |q| q.seq);
+    let mut entries = Vec::new();
+    let mut committed = None;
+    let mut callbacks = Vec::new();
+    for queued in batch {
+        match queued.op {
+            WriteOp::Append {
+                entries: more,
+                callback,
+            } => {
+                entries.extend(more);
+                callbacks.push(callback);
             }
+            WriteOp::Committed(id) => committed = Some(id),
         }
-        let ids: Vec<LogId> = entries.iter().map(|entry| entry.log_id).collect();
-        let result = if shared.failed.load(Ordering::Acquire) {
-            Err(StorageError::Invariant(
-                "an earlier log commit failed".to_string(),
-            ))
-        } else if on_pool {
-            let store = shared.store.clone();
-            tokio::task::spawn_blocking(move || commit(&store, &entries, committed))
-                .await
-                .unwrap_or_else(|e| Err(StorageError::Invariant(e.to_string())))
-        } else {
-            commit(&shared.store, &entries, committed)
-        };
-        {
+    }
+    let result = match shared.upgrade() {
+        // The store is gone: nothing queued can be made durable; the callbacks are dropped.
+        None => return,
+        Some(shared) => {
+            let result = if shared.failed.load(Ordering::Acquire) {
+                Err(StorageError::Invariant(
+                    "an earlier log commit failed".to_string(),
+                ))
+            } else {
+                commit(&shared.store, &entries, committed)
+            };
             let mut pending = lock(&shared.pending);
-            for id in &ids {
-                if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {
-                    pending.remove(&id.index);
+            for entry in &entries {
+                let index = entry.log_id.index;
+                if pending
+                    .get(&index)
+                    .is_some_and(|p| p.log_id == entry.log_id)
+                {
+                    pending.remove(&index);
                 }
             }
-        }
-        match result {
-            Ok(()) => {
-                for callback in callbacks {
-                    callback.io_completed(Ok(()));
-                }
-            }
-            Err(error) => {
+            drop(pending);
+            if let Err(error) = &result {
                 tracing::error!(%error, "log commit failed");
                 shared.failed.store(true, Ordering::Release);
-                for callback in callbacks {
-                    callback.io_completed(Err(std::io::Error::other(error.to_string())));
-                }
             }
+            shared.finished_seq.send_replace(last_seq);
+            result
         }
-        shared.finished_seq.send_replace(last_seq);
+    };
+    for callback in callbacks {
+        let outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(error) => Err(std::io::Error::other(error.to_string())),
+        };
+        callback.io_completed(outcome);
     }
 }
 
