@@ -63,37 +63,33 @@ impl LogStore {
     }
 
     /// The entries in `range`, durable or not: those still waiting for the writer come from
-    /// its pending set, the rest from the database. At most `LOG_READ_ENTRIES_MAX`.
+    /// its pending set, the ones before them from the database. At most `LOG_READ_ENTRIES_MAX`.
     fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>> {
-        // Pending first, database second: an entry the writer commits in between is then in
-        // the database read (which starts after the commit), so none is missed.
+        // Pending first, database second. Pending entries run to the end of the log, so every
+        // entry below the first of them is durable; and one the writer commits in between is
+        // in the database read, which starts after the commit, so none is missed.
         let pending = self.writer.pending_in(range, LOG_READ_ENTRIES_MAX as usize);
-        let durable = self.read_durable_entries(range)?;
-        if pending.is_empty() {
-            return Ok(durable);
+        let Some(first_pending) = pending.first().map(|entry| entry.log_id.index) else {
+            return self.read_durable_entries(range);
+        };
+        let starts_below_pending = match range.0 {
+            Bound::Included(start) => start < first_pending,
+            Bound::Excluded(start) => start + 1 < first_pending,
+            Bound::Unbounded => true,
+        };
+        let mut entries = if starts_below_pending {
+            self.read_durable_entries((range.0, Bound::Excluded(first_pending)))?
+        } else {
+            Vec::new()
+        };
+        if entries.len() as u64 >= LOG_READ_ENTRIES_MAX {
+            return Ok(entries);
         }
-        let durable_capped = durable.len() as u64 >= LOG_READ_ENTRIES_MAX;
-        let mut merged: std::collections::BTreeMap<u64, Entry> = durable
-            .into_iter()
-            .map(|entry| (entry.log_id.index, entry))
-            .collect();
-        for entry in pending {
-            merged.insert(entry.log_id.index, entry);
+        if let Some(last) = entries.last() {
+            assert_eq!(last.log_id.index + 1, first_pending, "hole in the raft log");
         }
-        let mut entries: Vec<Entry> = Vec::with_capacity(merged.len());
-        for (index, entry) in merged {
-            if let Some(prev) = entries.last()
-                && prev.log_id.index + 1 != index
-            {
-                // Only the database read's cap may cut the run short.
-                assert!(durable_capped, "hole in the raft log");
-                break;
-            }
-            entries.push(entry);
-            if entries.len() as u64 >= LOG_READ_ENTRIES_MAX {
-                break;
-            }
-        }
+        entries.extend(pending);
+        entries.truncate(LOG_READ_ENTRIES_MAX as usize);
         Ok(entries)
     }
 
@@ -238,7 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries = entries.into_iter().map(std::sync::Arc::new).collect();
         // An empty append still gets its callback, in order with the others.
         Ok(self.writer.submit(WriteOp::Append { entries, callback })?)
     }

@@ -40,8 +40,9 @@ use crate::schema::{META_COMMITTED, RAFT_LOG, RAFT_META};
 pub const LOG_COMMIT_OPS_MAX: usize = 4096;
 
 pub(crate) enum WriteOp {
+    /// Shared with the pending set, so queueing an entry never copies it.
     Append {
-        entries: Vec<Entry>,
+        entries: Vec<Arc<Entry>>,
         callback: IOFlushed<TypeConfig>,
     },
     /// openraft's committed index; durable with the next log commit.
@@ -54,12 +55,12 @@ struct Queued {
     op: WriteOp,
 }
 
-/// The state shared by a log store's clones and its writer task.
+/// The state shared by a log store's clones and its writer.
 pub(crate) struct WriterShared {
     store: Store,
     /// Appended but not yet durable, by index. Every appended entry is here, in the database,
     /// or both: the writer removes an entry from here only after its commit.
-    pending: Mutex<BTreeMap<u64, Entry>>,
+    pending: Mutex<BTreeMap<u64, Arc<Entry>>>,
     /// The last `seq` handed out.
     submitted_seq: AtomicU64,
     /// The last `seq` the writer has finished (made durable, or failed).
@@ -87,6 +88,10 @@ impl std::fmt::Debug for WriterShared {
 pub(crate) struct LogWriter {
     shared: Arc<WriterShared>,
     sender: mpsc::UnboundedSender<Queued>,
+}
+
+fn commit_failed() -> StorageError {
+    StorageError::Invariant("an earlier log commit failed".to_string())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,7 +126,7 @@ impl LogWriter {
         lock(&self.shared.pending)
             .range(range)
             .take(limit)
-            .map(|(_, entry)| entry.clone())
+            .map(|(_, entry)| Entry::clone(entry))
             .collect()
     }
 
@@ -135,7 +140,7 @@ impl LogWriter {
     /// Queues `op`; an append's entries are readable when this returns.
     pub fn submit(&self, op: WriteOp) -> Result<()> {
         if self.shared.failed.load(Ordering::Acquire) {
-            let error = StorageError::Invariant("an earlier log commit failed".to_string());
+            let error = commit_failed();
             if let WriteOp::Append { callback, .. } = op {
                 callback.io_completed(Err(std::io::Error::other(error.to_string())));
             }
@@ -152,7 +157,7 @@ impl LogWriter {
                         "append would leave a hole in the log"
                     );
                 }
-                pending.insert(entry.log_id.index, entry.clone());
+                pending.insert(entry.log_id.index, Arc::clone(entry));
             }
         }
         let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
@@ -172,9 +177,7 @@ impl LogWriter {
                 .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))?;
         }
         if self.shared.failed.load(Ordering::Acquire) {
-            return Err(StorageError::Invariant(
-                "an earlier log commit failed".to_string(),
-            ));
+            return Err(commit_failed());
         }
         Ok(())
     }
@@ -272,19 +275,15 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
         None => return,
         Some(shared) => {
             let result = if shared.failed.load(Ordering::Acquire) {
-                Err(StorageError::Invariant(
-                    "an earlier log commit failed".to_string(),
-                ))
+                Err(commit_failed())
             } else {
                 commit(&shared.store, &entries, committed)
             };
             let mut pending = lock(&shared.pending);
             for entry in &entries {
                 let index = entry.log_id.index;
-                if pending
-                    .get(&index)
-                    .is_some_and(|p| p.log_id == entry.log_id)
-                {
+                // A truncation and a new append may have put another entry at this index.
+                if pending.get(&index).is_some_and(|p| Arc::ptr_eq(p, entry)) {
                     pending.remove(&index);
                 }
             }
@@ -308,7 +307,7 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
 
 /// One redb transaction: `entries` appended, the committed index updated; immediately
 /// durable (one fsync) when it appends anything.
-fn commit(store: &Store, entries: &[Entry], committed: Option<Option<LogId>>) -> Result<()> {
+fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>>) -> Result<()> {
     let db = store.db();
     let mut txn = db.begin_write()?;
     let durability = if entries.is_empty() {
@@ -330,7 +329,7 @@ fn commit(store: &Store, entries: &[Entry], committed: Option<Option<LogId>>) ->
                 );
             }
             buffer.clear();
-            codec::encode_into(entry, &mut buffer);
+            codec::encode_into(entry.as_ref(), &mut buffer);
             table.insert(entry.log_id.index, buffer.as_slice())?;
             expected_index = Some(entry.log_id.index + 1);
         }
