@@ -33,10 +33,9 @@ const RESPONSE_WAIT_MS: u64 = 10_000;
 /// Longest wait for a leader after start.
 const LEADER_WAIT_MS: u64 = 15_000;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
+/// Ports come from the shared harness, which never hands out one port twice.
+mod common;
+use common::free_port;
 
 struct Member {
     name: String,

@@ -5,6 +5,7 @@
 // Each test binary that includes this module uses only part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -36,9 +37,21 @@ pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
 pub const LOG_TAIL_LINES: usize = 40;
 
 /// A port that was free a moment ago: bind port 0 on loopback, read it, release it.
+/// A loopback port free now and not handed out before by this process: the OS may give the
+/// same ephemeral port to two binds in a row once the first listener is closed, and two flags
+/// of one member then name the same port.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    const ATTEMPTS_MAX: u32 = 1000;
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..ATTEMPTS_MAX {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no new free port after {ATTEMPTS_MAX} attempts");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
