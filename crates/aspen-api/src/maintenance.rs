@@ -249,8 +249,9 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let metrics = self.node.raft_metrics();
         let store = self.node.store().clone();
-        let (db_size_bytes, db_size_in_use_bytes) =
-            blocking(move || Ok((store.db_size_bytes()?, store.db_size_in_use_bytes()?))).await?;
+        let db_size_bytes = store.db_size_bytes();
+        // Walks the state database's table pages (from a read transaction): off the workers.
+        let db_size_in_use_bytes = blocking(move || store.db_size_in_use_bytes()).await?;
         let state = self.node.applied_state().map_err(from_node)?;
         let mut errors = Vec::new();
         if metrics.current_leader.is_none() {
@@ -281,12 +282,7 @@ impl Maintenance for MaintenanceService {
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let store = self.node.store().clone();
-        let size_bytes = blocking(move || store.defragment()).await?;
-        // Let the quota check see the smaller file now rather than at the next sample.
-        self.node
-            .metrics()
-            .db_size_bytes
-            .store(size_bytes, std::sync::atomic::Ordering::Relaxed);
+        blocking(move || store.defragment()).await?;
         Ok(Response::new(pb::DefragmentResponse {
             header: current_header(&self.node)?,
         }))

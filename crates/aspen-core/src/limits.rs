@@ -28,6 +28,18 @@ pub const SNAPSHOT_INSTALL_BATCH_RECORDS_MAX: u32 = 4096;
 /// Most log entries returned by one log read: bounds memory for replication reads.
 pub const LOG_READ_ENTRIES_MAX: u64 = 65_536;
 
+/// The state machine commits apply batches without an fsync (the Raft log is the durable
+/// record; a crash re-applies from it) and makes them durable on this cadence, whichever
+/// bound is reached first, checked at each apply (nothing runs on a timer): the first batch
+/// applied this long after the last durable commit is durable (etcd's backend: 100 ms)...
+pub const STATE_DURABLE_INTERVAL_MS: u64 = 100;
+/// ...or the batch that brings the entries applied since the last durable commit to this
+/// many (etcd's backend: 10,000 transactions)...
+pub const STATE_DIRTY_ENTRIES_MAX: u64 = 10_000;
+/// ...or the batch that brings the command bytes applied since then to this many. These bound
+/// what a restart re-applies from the log, and the pages a crash can lose.
+pub const STATE_DIRTY_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
 /// Most keys a compaction deletes per redb write transaction; a compaction that has more work
 /// commits in several steps, each consistent.
 pub const COMPACT_BATCH_KEYS_MAX: u32 = 10_000;

@@ -10,8 +10,6 @@ pub struct NodeMetrics {
     pub proposals_failed: AtomicU64,
     pub proposals_forwarded: AtomicU64,
     pub leader_changes: AtomicU64,
-    pub db_size_bytes: AtomicU64,
-    pub db_size_in_use_bytes: AtomicU64,
     pub proposal_latency: Histogram,
     /// Client gRPC requests by method, indexed as `CLIENT_METHODS`.
     pub client: [MethodMetrics; CLIENT_METHODS.len()],

@@ -31,8 +31,8 @@ pub const LEADER_WAIT_MS_MAX: u64 = 5_000;
 pub const READ_INDEX_WAIT_MS_MAX: u64 = 5_000;
 /// Attempts to reach a leader (each after a leader change) before giving up.
 pub const FORWARD_ATTEMPTS_MAX: u32 = 3;
-/// How often the database size is sampled for the quota check.
-pub const DB_SIZE_SAMPLE_INTERVAL_MS: u64 = 250;
+/// How often the leader is looked at to count leader changes for the metrics.
+pub const LEADER_SAMPLE_INTERVAL_MS: u64 = 250;
 
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -51,10 +51,6 @@ pub struct TestingOptions {
     /// A planted bug for checking the checkers: linearizable reads are served from local
     /// state without the ReadIndex barrier, so a follower or a deposed leader answers stale.
     pub unsafe_local_reads_for_testing: bool,
-    /// Sample the database size on the async task instead of tokio's blocking pool, so that a
-    /// single-threaded simulation never hands work to another thread (which would make the
-    /// interleaving, and so a seed's replay, depend on the OS scheduler).
-    pub sample_db_size_inline: bool,
 }
 
 /// A member as the Cluster API shows it.
@@ -346,9 +342,10 @@ impl Node {
         }
     }
 
+    /// The state file's length against the quota: read from an atomic the storage backend
+    /// keeps, so every write checks the exact size and nothing samples it on a timer.
     fn quota_exceeded(&self) -> bool {
-        let size = self.inner.metrics.db_size_bytes.load(Ordering::Relaxed);
-        size > self.inner.options.limits.quota_backend_bytes
+        self.inner.store.quota_exceeded()
     }
 
     async fn raise_no_space(&self) -> Result<(), NodeError> {
@@ -660,23 +657,8 @@ impl Node {
         tokio::spawn(async move {
             let mut last_leader: Option<NodeId> = None;
             loop {
-                tokio::time::sleep(Duration::from_millis(DB_SIZE_SAMPLE_INTERVAL_MS)).await;
+                tokio::time::sleep(Duration::from_millis(LEADER_SAMPLE_INTERVAL_MS)).await;
                 let Some(inner) = weak.upgrade() else { return };
-                // redb reads its size in a write transaction: off the async workers.
-                let store = inner.store.clone();
-                let sample = move || (store.db_size_bytes(), store.db_size_in_use_bytes());
-                let sizes = if inner.testing.sample_db_size_inline {
-                    Ok(sample())
-                } else {
-                    sample_off_the_workers(sample).await
-                };
-                if let Ok((Ok(size), Ok(in_use))) = sizes {
-                    inner.metrics.db_size_bytes.store(size, Ordering::Relaxed);
-                    inner
-                        .metrics
-                        .db_size_in_use_bytes
-                        .store(in_use, Ordering::Relaxed);
-                }
                 let leader = inner.raft.metrics().borrow_watched().current_leader;
                 if leader != last_leader && leader.is_some() {
                     inner.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
@@ -707,24 +689,4 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
-}
-
-/// Runs a blocking `sample` off the async workers (tokio's blocking pool).
-#[cfg(not(madsim))]
-async fn sample_off_the_workers<T, F>(sample: F) -> Result<T, tokio::task::JoinError>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(sample).await
-}
-
-/// madsim (the simulator's build) has no blocking pool and no other thread: run it here.
-#[cfg(madsim)]
-async fn sample_off_the_workers<T, F>(sample: F) -> Result<T, tokio::task::JoinError>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    Ok(sample())
 }

@@ -41,7 +41,8 @@ pub const URLS_PER_FLAG_MAX: u32 = 16;
 /// Environment variables for flags are this prefix plus the flag, upper-cased, `-` to `_`.
 pub const ENV_PREFIX: &str = "ASPEN_";
 /// Where the redb file lives under `--data-dir`, as etcd keeps its data under `member/`.
-pub const REDB_FILE_IN_DATA_DIR: &str = "member/aspen.redb";
+/// The storage directory inside `--data-dir`: `log.redb`, `state.redb`, `snapshots/`.
+pub const STORAGE_DIR_IN_DATA_DIR: &str = "member";
 
 const ENV_HELP: &str = "Every flag can also be set by an environment variable ASPEN_<FLAG> \
 (upper-cased, '-' as '_', e.g. ASPEN_LISTEN_CLIENT_URLS) or by a key in --config-file named as \
@@ -102,7 +103,7 @@ impl InitialMember {
 pub struct ClusterBootstrapConfig {
     pub name: String,
     pub data_dir: PathBuf,
-    /// `Redb { path: data_dir/member/aspen.redb }` or `InMemory`.
+    /// `Redb { dir: data_dir/member }` or `InMemory`.
     pub storage_backend: StorageBackend,
     pub listen_client_addrs: Vec<SocketAddr>,
     /// Canonical `http://host:port` strings; hosts may be names, never resolved here.
@@ -763,7 +764,7 @@ fn parse_storage_backend(
 ) -> StorageBackend {
     match value {
         None | Some("redb") => StorageBackend::Redb {
-            path: data_dir.join(REDB_FILE_IN_DATA_DIR),
+            dir: data_dir.join(STORAGE_DIR_IN_DATA_DIR),
         },
         Some("memory") => StorageBackend::InMemory,
         Some(other) => {

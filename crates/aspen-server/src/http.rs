@@ -61,6 +61,13 @@ async fn health(State(node): State<Node>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(node): State<Node>) -> String {
+    // "In use" walks the state database's table pages: computed per scrape, off the workers.
+    let store = node.store().clone();
+    let in_use_bytes = tokio::task::spawn_blocking(move || store.db_size_in_use_bytes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
     let mut out = String::with_capacity(4096);
     let raft = node.raft_metrics();
     let m = node.metrics();
@@ -135,14 +142,32 @@ async fn metrics(State(node): State<Node>) -> String {
     gauge(
         &mut out,
         "etcd_mvcc_db_total_size_in_bytes",
-        "Database size in bytes.",
-        m.db_size_bytes.load(Ordering::Relaxed),
+        "State database file size in bytes.",
+        node.store().db_size_bytes(),
     );
     gauge(
         &mut out,
         "etcd_mvcc_db_total_size_in_use_in_bytes",
-        "Database bytes in use.",
-        m.db_size_in_use_bytes.load(Ordering::Relaxed),
+        "State database bytes in use.",
+        in_use_bytes,
+    );
+    gauge(
+        &mut out,
+        "aspen_log_db_size_in_bytes",
+        "Raft log database file size in bytes.",
+        node.store().log_size_bytes(),
+    );
+    counter(
+        &mut out,
+        "aspen_state_db_syncs_total",
+        "Durable commits (fsyncs) of the state database.",
+        node.store().state_syncs(),
+    );
+    counter(
+        &mut out,
+        "aspen_log_db_syncs_total",
+        "Durable commits (fsyncs) of the Raft log database.",
+        node.store().log_syncs(),
     );
     let _ = writeln!(
         out,

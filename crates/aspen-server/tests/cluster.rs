@@ -413,9 +413,7 @@ async fn snapshot_catch_up_and_membership_changes() {
         (keys == expected).then_some(())
     })
     .await;
-    let snapshots_dir = cluster.members[newcomer]
-        .data_dir
-        .join("member/aspen.redb.snapshots");
+    let snapshots_dir = cluster.members[newcomer].data_dir.join("member/snapshots");
     let installed = std::fs::read_dir(&snapshots_dir)
         .map(|entries| {
             entries

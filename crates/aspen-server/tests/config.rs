@@ -72,7 +72,7 @@ fn defaults_follow_etcd() {
     assert_eq!(
         config.storage_backend,
         StorageBackend::Redb {
-            path: PathBuf::from("default.aspen/member/aspen.redb")
+            dir: PathBuf::from("default.aspen/member")
         }
     );
     assert_eq!(config.listen_client_addrs, vec![addr("127.0.0.1:2379")]);

@@ -11,12 +11,12 @@ use aspen_node::{Node, NodeOptions, RaftTiming, TestingOptions};
 use aspen_storage::StorageBackend;
 use openraft::ServerState;
 
-use crate::disk::SimDisk;
+use crate::disk::NodeDisks;
 use crate::net::SimNet;
 use crate::transport::SimEndpoint;
 
 struct Slot {
-    disk: SimDisk,
+    disk: NodeDisks,
     info: NodeInfo,
     /// The incarnation running now, if any.
     running: Option<Node>,
@@ -59,7 +59,7 @@ impl Cluster {
             .iter()
             .map(|&id| {
                 let slot = Slot {
-                    disk: SimDisk::new(),
+                    disk: NodeDisks::new(),
                     info: node_info(id),
                     running: None,
                     restarts: 0,
@@ -102,10 +102,14 @@ impl Cluster {
             id,
             incarnation,
         };
-        let path = self.dir.join(format!("n{id}.redb"));
-        let (log_store, state_machine) =
-            aspen_storage::open_storage_with_file_backend(&path, Limits::default(), disk.attach())
-                .map_err(|e| format!("node {id}: opening storage: {e}"))?;
+        let dir = self.dir.join(format!("n{id}"));
+        let (log_store, state_machine) = aspen_storage::open_storage_with_backends(
+            &dir,
+            Limits::default(),
+            disk.log.attach(),
+            disk.state.attach(),
+        )
+        .map_err(|e| format!("node {id}: opening storage: {e}"))?;
         let options = NodeOptions {
             id,
             info,

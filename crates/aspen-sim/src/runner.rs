@@ -301,7 +301,6 @@ async fn run(config: SimConfig, dir: PathBuf) -> (SeedReport, Option<KvHistory>)
     };
     let testing = TestingOptions {
         unsafe_local_reads_for_testing: config.unsafe_local_reads,
-        sample_db_size_inline: true,
     };
     let all: Vec<NodeId> = scenario
         .founders

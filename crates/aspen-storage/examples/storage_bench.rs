@@ -8,16 +8,12 @@
 //! assumed.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::{Entry, LogId, Vote};
 use aspen_core::{Command, PutRequest, RangeRequest, TypeConfig};
-use aspen_storage::{
-    LogStore, StateMachine, StorageBackend, open_storage, open_storage_with_file_backend,
-};
+use aspen_storage::{LogStore, StateMachine, StorageBackend, open_storage};
 use openraft::storage::RaftStateMachine;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
@@ -36,83 +32,11 @@ const APPEND_ENTRIES_MAX: u64 = 200_000;
 const APPLY_BATCH_ENTRIES: u64 = 1024;
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// A redb file backend that counts durable syncs; everything else is passed through.
-#[derive(Debug)]
-struct CountingBackend {
-    inner: redb::backends::FileBackend,
-    syncs: Arc<AtomicU64>,
-}
-
-impl redb::StorageBackend for CountingBackend {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.inner.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.inner.close()
-    }
-    // Locks pass through so that the file stays protected against a second opener.
-    fn try_lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-    fn lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.lock_range(start, end)
-    }
-    fn lock_shared_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.lock_shared_range(start, end)
-    }
-    fn unlock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-    fn query_lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.query_lock_range(start, end)
-    }
-}
-
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Which backend a run uses; for redb, where its files go and the shared sync counter.
+/// Which backend a run uses; for redb, the directory its stores go in.
 enum Target {
-    Redb { dir: PathBuf, syncs: Arc<AtomicU64> },
+    Redb { dir: PathBuf },
     Memory,
 }
 
@@ -124,43 +48,33 @@ impl Target {
         }
     }
 
-    /// Opens a fresh store named `name` (a file in the run's directory for redb).
+    /// Opens a fresh store named `name` (a storage directory in the run's directory for redb).
     fn open(&self, name: &str) -> BenchResult<(LogStore, StateMachine)> {
-        match self {
-            Target::Redb { dir, syncs } => {
-                let path = dir.join(format!("{name}.redb"));
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)?;
-                let backend = CountingBackend {
-                    inner: redb::backends::FileBackend::new(file)?,
-                    syncs: syncs.clone(),
-                };
-                Ok(open_storage_with_file_backend(
-                    &path,
-                    Limits::default(),
-                    backend,
-                )?)
-            }
-            Target::Memory => Ok(open_storage(&StorageBackend::InMemory, Limits::default())?),
-        }
+        let backend = match self {
+            Target::Redb { dir } => StorageBackend::Redb {
+                dir: dir.join(name),
+            },
+            Target::Memory => StorageBackend::InMemory,
+        };
+        Ok(open_storage(&backend, Limits::default())?)
     }
 
-    fn syncs(&self) -> Option<u64> {
+    /// Durable commits (`sync_data` calls, fdatasync on unix) of both of a store's files.
+    fn syncs(&self, sm: &StateMachine) -> Option<u64> {
         match self {
-            Target::Redb { syncs, .. } => Some(syncs.load(Ordering::Relaxed)),
+            Target::Redb { .. } => Some(sm.store().log_syncs() + sm.store().state_syncs()),
             Target::Memory => None,
         }
     }
 
     fn file_bytes(&self, name: &str) -> Option<u64> {
         match self {
-            Target::Redb { dir, .. } => std::fs::metadata(dir.join(format!("{name}.redb")))
-                .ok()
-                .map(|m| m.len()),
+            Target::Redb { dir } => {
+                let store_dir = dir.join(name);
+                let len =
+                    |file: &str| std::fs::metadata(store_dir.join(file)).map_or(0, |m| m.len());
+                Some(len(aspen_storage::LOG_FILE_NAME) + len(aspen_storage::STATE_FILE_NAME))
+            }
             Target::Memory => None,
         }
     }
@@ -195,7 +109,6 @@ fn main() -> BenchResult<()> {
     let targets = [
         Target::Redb {
             dir: temp.path().to_path_buf(),
-            syncs: Arc::new(AtomicU64::new(0)),
         },
         Target::Memory,
     ];
@@ -226,20 +139,20 @@ fn parse_keys() -> BenchResult<u64> {
 async fn bench_backend(target: &Target, keys: u64) -> BenchResult<Report> {
     let mut report = Report::default();
     eprintln!("[{}] log append", target.name());
-    let (mut log, _sm) = target.open("append")?;
+    let (mut log, sm) = target.open("append")?;
     let mut next_index = 1;
     for batch_size in APPEND_BATCH_SIZES {
         report
             .appends
-            .push(bench_append(target, &mut log, &mut next_index, batch_size).await?);
+            .push(bench_append(target, &mut log, &sm, &mut next_index, batch_size).await?);
     }
-    drop((log, _sm));
+    drop((log, sm));
 
     eprintln!("[{}] apply {keys} puts", target.name());
     let (mut source_log, mut source) = target.open("source")?;
     bench_apply(target, &mut source_log, &source, keys, &mut report).await?;
     report.file_bytes = target.file_bytes("source");
-    report.db_size_bytes = source.store().db_size_bytes()?;
+    report.db_size_bytes = source.store().db_size_bytes();
     report.db_size_in_use_bytes = source.store().db_size_in_use_bytes()?;
 
     eprintln!("[{}] snapshot build and install", target.name());
@@ -279,11 +192,12 @@ fn key_of(n: u64) -> [u8; KEY_BYTES as usize] {
 async fn bench_append(
     target: &Target,
     log: &mut LogStore,
+    sm: &StateMachine,
     next_index: &mut u64,
     batch_size: u64,
 ) -> BenchResult<(u64, f64, Option<f64>)> {
     let value = vec![b'v'; VALUE_BYTES as usize];
-    let syncs_before = target.syncs();
+    let syncs_before = target.syncs(sm);
     let started = Instant::now();
     let mut entries_done: u64 = 0;
     let mut batches: u64 = 0;
@@ -301,7 +215,7 @@ async fn bench_append(
         batches += 1;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let fsyncs = match (syncs_before, target.syncs()) {
+    let fsyncs = match (syncs_before, target.syncs(sm)) {
         (Some(before), Some(after)) => Some((after - before) as f64 / batches as f64),
         _ => None,
     };
@@ -318,7 +232,7 @@ async fn bench_apply(
     report: &mut Report,
 ) -> BenchResult<()> {
     let value = vec![b'v'; VALUE_BYTES as usize];
-    let syncs_before = target.syncs();
+    let syncs_before = target.syncs(sm);
     let started = Instant::now();
     let mut batch: Vec<Entry> = Vec::with_capacity(APPLY_BATCH_ENTRIES as usize);
     let mut index = 1;
@@ -336,7 +250,7 @@ async fn bench_apply(
     let total_seconds = started.elapsed().as_secs_f64();
     report.apply_puts_per_s = keys as f64 / apply_seconds;
     report.apply_with_flush_puts_per_s = keys as f64 / total_seconds;
-    report.apply_fsyncs = match (syncs_before, target.syncs()) {
+    report.apply_fsyncs = match (syncs_before, target.syncs(sm)) {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };

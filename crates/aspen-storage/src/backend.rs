@@ -1,4 +1,12 @@
-//! Opening storage: one redb database per node, on a file or in memory.
+//! Opening storage: two redb databases per node, the Raft log and the state machine, on files
+//! in a directory or in memory.
+//!
+//! The two are durable on their own schedules. The log database commits durably once per
+//! group-commit batch (`log_writer`). The state database commits each apply batch without an
+//! fsync and durably on a cadence (`durability`), so applies and log commits never wait for
+//! each other's write lock, and a log commit writes only log pages. The rule that ties them:
+//! the log is never purged past the applied index the state database has made durable, so a
+//! crash can always re-apply from the log what the state database lost.
 //!
 //! [`StorageBackend`] picks where the bytes live; everything above it is the same code. The
 //! [`Store`] handle is shared by the log store, the state machine and readers.
@@ -9,25 +17,60 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use aspen_core::limits::Limits;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use crate::durability::StateDurability;
 use crate::error::{Result, StorageError};
 use crate::log_store::LogStore;
 use crate::schema;
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
+use crate::tracked::{FileGauge, TrackedBackend};
 
-/// redb's page cache, set explicitly rather than left to the library default.
+/// redb's page cache for the state database, set explicitly rather than left to the default.
 pub const REDB_CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+/// redb's page cache for the log database: the log is read back mostly while it is still
+/// pending in memory, so a small cache suffices.
+pub const REDB_LOG_CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+
+/// File names inside a redb backend's directory.
+pub const LOG_FILE_NAME: &str = "log.redb";
+pub const STATE_FILE_NAME: &str = "state.redb";
+pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
 
 /// Where a node keeps its Raft log and state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageBackend {
-    /// One redb file; snapshots go in a `<file>.snapshots` directory beside it.
-    Redb { path: PathBuf },
-    /// Everything in memory; gone when the process ends. For tests and simulation.
+    /// A directory holding `log.redb`, `state.redb` and `snapshots/` (format 2,
+    /// `docs/storage-format.md`). A format-1 directory (one `aspen.redb`) is migrated on open.
+    Redb { dir: PathBuf },
+    /// Everything in memory, in two redb databases as on disk; gone when the process ends.
+    /// For tests and simulation.
     InMemory,
 }
 
-/// Shared handle to one node's database. Cheap to clone.
+/// Which of a node's two databases a file is; recorded in each file's format table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Log,
+    State,
+}
+
+impl Role {
+    fn code(self) -> u64 {
+        match self {
+            Role::Log => schema::ROLE_LOG,
+            Role::State => schema::ROLE_STATE,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Log => "log",
+            Role::State => "state",
+        }
+    }
+}
+
+/// Shared handle to one node's databases. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) shared: Arc<Shared>,
@@ -35,13 +78,35 @@ pub struct Store {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// Write-locked only by `defragment`, which needs the database to itself.
-    db: RwLock<Database>,
+    /// The Raft log, vote, committed index and purge point. Written by the log writer and
+    /// the log store only.
+    log_db: Database,
+    /// The MVCC state machine and snapshot record. Write-locked only by `defragment`, which
+    /// needs the database to itself.
+    state_db: RwLock<Database>,
+    log_file: Arc<FileGauge>,
+    state_file: Arc<FileGauge>,
+    /// What of the state database is durable, and when to make more of it so.
+    pub(crate) durability: StateDurability,
     pub(crate) backend: StorageBackend,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) limits: Limits,
     /// Durations of durable log commits (each one fsync), in microseconds.
     pub(crate) fsync_latency: aspen_core::metrics::Histogram,
+}
+
+impl Drop for Shared {
+    /// At shutdown the state database is made durable, so a clean restart re-applies nothing.
+    /// After a crash of the disk underneath (the simulator's), this fails and changes nothing.
+    fn drop(&mut self) {
+        let db = self
+            .state_db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(error) = crate::durability::commit_durable(&db) {
+            tracing::debug!(%error, "state database not made durable at close");
+        }
+    }
 }
 
 /// Opens (creating if missing) the log store and state machine for `backend`.
@@ -50,67 +115,120 @@ pub fn open_storage(backend: &StorageBackend, limits: Limits) -> Result<(LogStor
     Ok((LogStore::new(store.clone()), StateMachine::new(store)?))
 }
 
-/// As [`open_storage`] with `StorageBackend::Redb { path }`, but the database's bytes go through
-/// `file_backend`, a caller-built redb backend over the file at `path` (normally wrapping
-/// `redb::backends::FileBackend`). For benchmarks and fault injection only: a backend that
-/// counts `sync_data` calls measures fsyncs per commit. `path` still names the database in
-/// errors and places the snapshot directory beside it.
-pub fn open_storage_with_file_backend(
-    path: &Path,
+/// As [`open_storage`] with `StorageBackend::Redb { dir }`, but the databases' bytes go through
+/// caller-built redb backends (normally wrapping `redb::backends::FileBackend`, or a simulated
+/// disk). For benchmarks, simulation and fault injection: a backend that counts `sync_data`
+/// calls measures fsyncs per commit. `dir` still names the databases in errors and holds the
+/// snapshot directory.
+pub fn open_storage_with_backends(
+    dir: &Path,
     limits: Limits,
-    file_backend: impl redb::StorageBackend,
+    log_backend: impl redb::StorageBackend,
+    state_backend: impl redb::StorageBackend,
 ) -> Result<(LogStore, StateMachine)> {
-    let store = Store::open_with_file_backend(path, limits, file_backend)?;
+    check_limits(&limits)?;
+    let log_path = dir.join(LOG_FILE_NAME);
+    let state_path = dir.join(STATE_FILE_NAME);
+    let (log_db, log_file) = open_database(&log_path, log_backend, REDB_LOG_CACHE_BYTES_DEFAULT)?;
+    let (state_db, state_file) =
+        open_database(&state_path, state_backend, REDB_CACHE_BYTES_DEFAULT)?;
+    let snapshots = SnapshotStore::open_dir(&dir.join(SNAPSHOT_DIR_NAME))?;
+    let backend = StorageBackend::Redb {
+        dir: dir.to_path_buf(),
+    };
+    let store = Store::from_databases(
+        Databases {
+            log_db,
+            state_db,
+            log_file,
+            state_file,
+        },
+        snapshots,
+        backend,
+        limits,
+    )?;
     Ok((LogStore::new(store.clone()), StateMachine::new(store)?))
+}
+
+struct Databases {
+    log_db: Database,
+    state_db: Database,
+    log_file: Arc<FileGauge>,
+    state_file: Arc<FileGauge>,
 }
 
 impl Store {
     pub fn open(backend: &StorageBackend, limits: Limits) -> Result<Store> {
         check_limits(&limits)?;
-        let (db, snapshots) = match backend {
-            StorageBackend::Redb { path } => (open_file(path)?, SnapshotStore::open_dir(path)?),
+        let (databases, snapshots) = match backend {
+            StorageBackend::Redb { dir } => {
+                create_dir(dir)?;
+                crate::migrate::migrate_v1_if_present(dir)?;
+                let log_path = dir.join(LOG_FILE_NAME);
+                let state_path = dir.join(STATE_FILE_NAME);
+                let (log_db, log_file) = open_database(
+                    &log_path,
+                    file_backend(&log_path)?,
+                    REDB_LOG_CACHE_BYTES_DEFAULT,
+                )?;
+                let (state_db, state_file) = open_database(
+                    &state_path,
+                    file_backend(&state_path)?,
+                    REDB_CACHE_BYTES_DEFAULT,
+                )?;
+                let databases = Databases {
+                    log_db,
+                    state_db,
+                    log_file,
+                    state_file,
+                };
+                let snapshots = SnapshotStore::open_dir(&dir.join(SNAPSHOT_DIR_NAME))?;
+                (databases, snapshots)
+            }
             StorageBackend::InMemory => {
-                let db = redb::Builder::new()
-                    .set_cache_size(REDB_CACHE_BYTES_DEFAULT)
-                    .create_with_backend(redb::backends::InMemoryBackend::new())?;
-                (db, SnapshotStore::memory())
+                let memory = PathBuf::from("<memory>");
+                let (log_db, log_file) = open_database(
+                    &memory,
+                    redb::backends::InMemoryBackend::new(),
+                    REDB_LOG_CACHE_BYTES_DEFAULT,
+                )?;
+                let (state_db, state_file) = open_database(
+                    &memory,
+                    redb::backends::InMemoryBackend::new(),
+                    REDB_CACHE_BYTES_DEFAULT,
+                )?;
+                let databases = Databases {
+                    log_db,
+                    state_db,
+                    log_file,
+                    state_file,
+                };
+                (databases, SnapshotStore::memory())
             }
         };
-        Store::from_database(db, snapshots, backend.clone(), limits)
+        Store::from_databases(databases, snapshots, backend.clone(), limits)
     }
 
-    /// See [`open_storage_with_file_backend`].
-    pub fn open_with_file_backend(
-        path: &Path,
-        limits: Limits,
-        file_backend: impl redb::StorageBackend,
-    ) -> Result<Store> {
-        check_limits(&limits)?;
-        let db = redb::Builder::new()
-            .set_cache_size(REDB_CACHE_BYTES_DEFAULT)
-            .create_with_backend(file_backend)
-            .map_err(|e| open_error(path, e))?;
-        let snapshots = SnapshotStore::open_dir(path)?;
-        let backend = StorageBackend::Redb {
-            path: path.to_path_buf(),
-        };
-        Store::from_database(db, snapshots, backend, limits)
-    }
-
-    fn from_database(
-        db: Database,
+    fn from_databases(
+        databases: Databases,
         snapshots: SnapshotStore,
         backend: StorageBackend,
         limits: Limits,
     ) -> Result<Store> {
-        let path = match &backend {
-            StorageBackend::Redb { path } => path.clone(),
-            StorageBackend::InMemory => PathBuf::from("<memory>"),
+        let (log_path, state_path) = match &backend {
+            StorageBackend::Redb { dir } => (dir.join(LOG_FILE_NAME), dir.join(STATE_FILE_NAME)),
+            StorageBackend::InMemory => (PathBuf::from("<memory log>"), PathBuf::from("<memory>")),
         };
-        check_format(&db, &path)?;
+        check_format(&databases.log_db, &log_path, Role::Log)?;
+        check_format(&databases.state_db, &state_path, Role::State)?;
+        let durable_applied = crate::durability::read_applied_index(&databases.state_db)?;
         let store = Store {
             shared: Arc::new(Shared {
-                db: RwLock::new(db),
+                log_db: databases.log_db,
+                state_db: RwLock::new(databases.state_db),
+                log_file: databases.log_file,
+                state_file: databases.state_file,
+                durability: StateDurability::new(durable_applied),
                 backend,
                 snapshots,
                 limits,
@@ -124,12 +242,17 @@ impl Store {
         Ok(store)
     }
 
-    /// The database, for one transaction. Never hold the guard across an `.await`.
-    pub(crate) fn db(&self) -> RwLockReadGuard<'_, Database> {
+    /// The log database. Only the log store and its writer write to it.
+    pub(crate) fn log_db(&self) -> &Database {
+        &self.shared.log_db
+    }
+
+    /// The state database, for one transaction. Never hold the guard across an `.await`.
+    pub(crate) fn state_db(&self) -> RwLockReadGuard<'_, Database> {
         // A poisoned lock means a panic while holding it; the database itself is still
         // consistent (redb transactions are atomic), so reading through is sound.
         self.shared
-            .db
+            .state_db
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -147,35 +270,86 @@ impl Store {
         self.shared.limits
     }
 
-    /// Bytes the database occupies: allocated pages, as etcd's "dbSize".
-    pub fn db_size_bytes(&self) -> Result<u64> {
-        let txn = self.db().begin_write()?;
-        let stats = txn.stats()?;
-        txn.abort()?;
-        Ok(stats.allocated_pages() * stats.page_size() as u64)
+    /// Bytes the state database's file occupies, as etcd's "dbSize" (the bbolt file's size).
+    /// Read from the file's tracked length: no transaction, no page walk.
+    pub fn db_size_bytes(&self) -> u64 {
+        self.shared.state_file.len_bytes()
     }
 
-    /// Bytes holding live data, as etcd's "dbSizeInUse".
+    /// Bytes the log database's file occupies (etcd's WAL, which etcd does not count in
+    /// "dbSize" either).
+    pub fn log_size_bytes(&self) -> u64 {
+        self.shared.log_file.len_bytes()
+    }
+
+    /// Durable (fsynced) commits of the state database so far.
+    pub fn state_syncs(&self) -> u64 {
+        self.shared.state_file.syncs()
+    }
+
+    /// Bytes written to the state file since its last fsync.
+    pub(crate) fn state_unsynced_bytes(&self) -> u64 {
+        self.shared.state_file.unsynced_bytes()
+    }
+
+    /// Durable commits of the log database so far.
+    pub fn log_syncs(&self) -> u64 {
+        self.shared.log_file.syncs()
+    }
+
+    /// The last log index whose effects the state database holds durably.
+    pub fn state_durable_applied_index(&self) -> u64 {
+        self.shared.durability.durable_applied_index()
+    }
+
+    /// Bytes holding live data in the state database, as etcd's "dbSizeInUse": stored plus
+    /// tree-metadata bytes of every table, from a read transaction (concurrent with applies,
+    /// never the write lock). It walks the tables' pages, so it is computed only on request
+    /// (Status, a metrics scrape), never on a timer.
     pub fn db_size_in_use_bytes(&self) -> Result<u64> {
-        let txn = self.db().begin_write()?;
-        let stats = txn.stats()?;
-        txn.abort()?;
-        Ok(stats.stored_bytes() + stats.metadata_bytes())
+        use redb::ReadableTableMetadata;
+        let db = self.state_db();
+        let txn = db.begin_read()?;
+        let mut bytes: u64 = 0;
+        macro_rules! add_table {
+            ($($table:expr),*) => {$(
+                let stats = txn.open_table($table)?.stats()?;
+                bytes += stats.stored_bytes() + stats.metadata_bytes();
+            )*};
+        }
+        add_table!(
+            schema::SM_META,
+            schema::KV_LATEST,
+            schema::KV_HISTORY,
+            schema::LEASES
+        );
+        let lease_keys = txn.open_table(schema::LEASE_KEYS)?.stats()?;
+        bytes += lease_keys.stored_bytes() + lease_keys.metadata_bytes();
+        Ok(bytes)
     }
 
-    /// True when the database has grown past the configured quota. The node raises etcd's
+    /// True when the state database has grown past the configured quota. The node raises etcd's
     /// NOSPACE alarm through Raft when this turns true, so every replica refuses the same writes.
-    pub fn quota_exceeded(&self) -> Result<bool> {
-        Ok(self.db_size_bytes()? > self.shared.limits.quota_backend_bytes)
+    pub fn quota_exceeded(&self) -> bool {
+        self.db_size_bytes() > self.shared.limits.quota_backend_bytes
     }
 
-    /// Reclaims free space (etcd's defragment): redb's compaction, with the database held
-    /// exclusively. Returns the size in bytes afterwards.
+    /// Makes everything the state machine has applied durable now (one fsync of the state
+    /// database); returns the applied index that is now durable.
+    pub fn make_state_durable(&self) -> Result<u64> {
+        let db = self.state_db();
+        let index = crate::durability::commit_durable(&db)?;
+        self.shared.durability.record_durable(index);
+        Ok(index)
+    }
+
+    /// Reclaims free space (etcd's defragment): redb's compaction of the state database, with
+    /// it held exclusively. Returns the size in bytes afterwards.
     pub fn defragment(&self) -> Result<u64> {
         {
             let mut db = self
                 .shared
-                .db
+                .state_db
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             // compact() returns false when there was nothing more to do; loop a bounded number
@@ -186,18 +360,17 @@ impl Store {
                     break;
                 }
             }
+            // compact() commits durably: everything applied is durable now.
+            let index = crate::durability::read_applied_index(&db)?;
+            self.shared.durability.record_durable(index);
         }
-        self.db_size_bytes()
+        Ok(self.db_size_bytes())
     }
 
     fn current_snapshot_file(&self) -> Result<Option<String>> {
-        let db = self.db();
+        let db = self.state_db();
         let txn = db.begin_read()?;
-        let table = match txn.open_table(schema::SM_META) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let table = txn.open_table(schema::SM_META)?;
         let Some(bytes) = table.get(schema::SM_SNAPSHOT)? else {
             return Ok(None);
         };
@@ -207,20 +380,45 @@ impl Store {
     }
 }
 
-fn open_file(path: &Path) -> Result<Database> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| StorageError::Open {
-            path: path.to_path_buf(),
-            reason: format!("cannot create directory {}: {e}", parent.display()),
-        })?;
-    }
-    let opened = redb::Builder::new()
-        .set_cache_size(REDB_CACHE_BYTES_DEFAULT)
-        .create(path);
-    opened.map_err(|e| open_error(path, e))
+pub(crate) fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::Open {
+        path: dir.to_path_buf(),
+        reason: format!("cannot create directory: {e}"),
+    })
 }
 
-fn open_error(path: &Path, error: redb::DatabaseError) -> StorageError {
+/// redb's file backend on `path`, created if missing.
+pub(crate) fn file_backend(path: &Path) -> Result<redb::backends::FileBackend> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StorageError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    redb::backends::FileBackend::new(file).map_err(|e| open_error(path, e))
+}
+
+fn open_database(
+    path: &Path,
+    backend: impl redb::StorageBackend,
+    cache_bytes: usize,
+) -> Result<(Database, Arc<FileGauge>)> {
+    let (tracked, gauge) = TrackedBackend::new(backend).map_err(|e| StorageError::Open {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let db = redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create_with_backend(tracked)
+        .map_err(|e| open_error(path, e))?;
+    Ok((db, gauge))
+}
+
+pub(crate) fn open_error(path: &Path, error: redb::DatabaseError) -> StorageError {
     match error {
         redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
             path: path.to_path_buf(),
@@ -240,8 +438,9 @@ fn check_limits(limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-/// A new database gets Aspen's format marker; an existing one must carry it.
-fn check_format(db: &Database, path: &Path) -> Result<()> {
+/// A new database gets Aspen's format marker and its role; an existing one must carry both,
+/// so a log file is never opened as a state file or the other way round.
+fn check_format(db: &Database, path: &Path, role: Role) -> Result<()> {
     let txn = db.begin_write()?;
     let table_count = txn.list_tables()?.count();
     {
@@ -266,17 +465,34 @@ fn check_format(db: &Database, path: &Path) -> Result<()> {
             }
             None => {
                 format.insert(schema::FORMAT_KEY, schema::FORMAT_VERSION)?;
+                format.insert(schema::FORMAT_ROLE_KEY, role.code())?;
             }
+        }
+        let found_role = format.get(schema::FORMAT_ROLE_KEY)?.map(|v| v.value());
+        if found_role != Some(role.code()) {
+            return Err(StorageError::Foreign {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "expected Aspen's {} database, found role {found_role:?}",
+                    role.name()
+                ),
+            });
         }
     }
     // Every table exists from the start, so readers never meet a missing one.
-    txn.open_table(schema::RAFT_LOG)?;
-    txn.open_table(schema::RAFT_META)?;
-    txn.open_table(schema::SM_META)?;
-    txn.open_table(schema::KV_LATEST)?;
-    txn.open_table(schema::KV_HISTORY)?;
-    txn.open_table(schema::LEASES)?;
-    txn.open_table(schema::LEASE_KEYS)?;
+    match role {
+        Role::Log => {
+            txn.open_table(schema::RAFT_LOG)?;
+            txn.open_table(schema::RAFT_META)?;
+        }
+        Role::State => {
+            txn.open_table(schema::SM_META)?;
+            txn.open_table(schema::KV_LATEST)?;
+            txn.open_table(schema::KV_HISTORY)?;
+            txn.open_table(schema::LEASES)?;
+            txn.open_table(schema::LEASE_KEYS)?;
+        }
+    }
     txn.commit()?;
     Ok(())
 }

@@ -1,20 +1,28 @@
-//! Aspen's storage: the Raft log, the vote, the committed index and the MVCC state machine, all
-//! in one redb database per node, and snapshots streamed in bounded chunks.
+//! Aspen's storage: the Raft log, the vote and the committed index in one redb database, the MVCC
+//! state machine in another, each durable on its own schedule (`backend`, `durability`), and
+//! snapshots streamed in bounded chunks.
 //!
 //! The in-memory backend is the same code on redb's `InMemoryBackend`, so both backends pass the
 //! same tests by construction. This crate knows nothing of networks or the client API.
 
 pub mod backend;
+mod durability;
 pub mod error;
 pub mod log_store;
 pub mod log_writer;
+mod migrate;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;
 pub mod state_machine;
+mod tracked;
 
-pub use backend::{StorageBackend, Store, open_storage, open_storage_with_file_backend};
+pub use backend::{
+    LOG_FILE_NAME, SNAPSHOT_DIR_NAME, STATE_FILE_NAME, StorageBackend, Store, open_storage,
+    open_storage_with_backends,
+};
 pub use error::StorageError;
 pub use log_store::LogStore;
+pub use migrate::{V1_FILE_NAME, V1_SNAPSHOT_DIR_NAME};
 pub use snapshot::{SnapshotData, SnapshotReceiver};
 pub use state_machine::{MvccReader, StateMachine};

@@ -1,4 +1,4 @@
-//! The Raft log, vote, committed index and purge point, in redb.
+//! The Raft log, vote, committed index and purge point, in the log database (`log.redb`).
 //!
 //! Appends go through the group-commit writer (`log_writer`): `append` returns as soon as its
 //! entries are readable, and one redb transaction with immediate durability (one fsync) makes
@@ -36,7 +36,7 @@ impl LogStore {
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let db = self.store.db();
+        let db = self.store.log_db();
         let txn = db.begin_read()?;
         let table = match txn.open_table(RAFT_META) {
             Ok(t) => t,
@@ -50,7 +50,7 @@ impl LogStore {
     }
 
     fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        let db = self.store.db();
+        let db = self.store.log_db();
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| StorageError::Invariant(e.to_string()))?;
@@ -94,7 +94,7 @@ impl LogStore {
     }
 
     fn read_durable_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>> {
-        let db = self.store.db();
+        let db = self.store.log_db();
         let txn = db.begin_read()?;
         let table = match txn.open_table(RAFT_LOG) {
             Ok(t) => t,
@@ -127,7 +127,7 @@ impl LogStore {
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>> {
-        let db = self.store.db();
+        let db = self.store.log_db();
         let txn = db.begin_read()?;
         let table = match txn.open_table(RAFT_LOG) {
             Ok(t) => t,
@@ -150,7 +150,7 @@ impl LogStore {
         range: (Bound<u64>, Bound<u64>),
         purged: Option<&LogId>,
     ) -> Result<()> {
-        let db = self.store.db();
+        let db = self.store.log_db();
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| StorageError::Invariant(e.to_string()))?;
@@ -258,6 +258,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             assert!(
                 previous.index <= log_id.index,
                 "purge point moved backwards"
+            );
+        }
+        // The invariant that lets the state database skip fsyncs: the log is never purged past
+        // the applied index the state database has made durable, so whatever a crash takes from
+        // the state machine is still in the log to re-apply.
+        // openraft purges only what a snapshot covers (at most the applied index); openraft's
+        // storage Suite also purges logs that no state machine applied, and there everything
+        // applied must be durable.
+        if self.store.state_durable_applied_index() < log_id.index {
+            let applied_index = self.store.make_state_durable()?;
+            let durable_applied = self.store.state_durable_applied_index();
+            assert!(
+                durable_applied >= log_id.index || durable_applied == applied_index,
+                "purging the log to {} past the state machine's durable applied index \
+                 {durable_applied} (applied {applied_index})",
+                log_id.index
             );
         }
         Ok(self.remove_entries(

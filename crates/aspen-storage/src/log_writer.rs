@@ -308,7 +308,7 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
 /// One redb transaction: `entries` appended, the committed index updated; immediately
 /// durable (one fsync) when it appends anything.
 fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>>) -> Result<()> {
-    let db = store.db();
+    let db = store.log_db();
     let mut txn = db.begin_write()?;
     let durability = if entries.is_empty() {
         redb::Durability::None

@@ -1,12 +1,20 @@
 //! Every redb table, named once. Each table stores one Rust type, encoded by
 //! `aspen_core::codec` (a version byte, then postcard); `docs/storage-format.md` lists them.
+//!
+//! A node has two databases (format 2): the log database holds `RAFT_LOG` and `RAFT_META`, the
+//! state database every other table. Both hold `FORMAT` with the version and their role.
 
 use redb::TableDefinition;
 
-/// Marks a file as Aspen's: `"format" -> FORMAT_VERSION`. A file without it is refused.
+/// Marks a file as Aspen's: `"format" -> FORMAT_VERSION`, `"role" -> ROLE_LOG | ROLE_STATE`.
+/// A file without it is refused; so is a log file opened as a state file and the reverse.
 pub const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("aspen_format");
 pub const FORMAT_KEY: &str = "format";
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_ROLE_KEY: &str = "role";
+/// 1: one file (`aspen.redb`); 2: a log file and a state file (migrated from 1 on open).
+pub const FORMAT_VERSION: u64 = 2;
+pub const ROLE_LOG: u64 = 1;
+pub const ROLE_STATE: u64 = 2;
 
 /// Raft log: index -> `Entry`.
 pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");

@@ -180,11 +180,9 @@ pub(crate) enum SnapshotStore {
 static SNAPSHOT_NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl SnapshotStore {
-    /// Snapshots of the database at `db_path` live in `<db_path>.snapshots/`.
-    pub fn open_dir(db_path: &Path) -> Result<SnapshotStore> {
-        let mut dir = db_path.as_os_str().to_owned();
-        dir.push(".snapshots");
-        let dir = PathBuf::from(dir);
+    /// Snapshot files live in `dir` (`snapshots/` in a node's storage directory).
+    pub fn open_dir(dir: &Path) -> Result<SnapshotStore> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| StorageError::SnapshotIo {
             path: dir.clone(),
             source,

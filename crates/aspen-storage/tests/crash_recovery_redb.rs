@@ -215,7 +215,7 @@ fn report(line: &str) -> bool {
 async fn child_main(path: PathBuf, seed: u64) {
     let started = Instant::now();
     let mut plan = Plan::new(seed);
-    let backend = StorageBackend::Redb { path };
+    let backend = StorageBackend::Redb { dir: path };
     let (mut log, mut sm) = open_storage(&backend, Limits::default()).expect("child: open");
     let next_batch = child_recover(&mut plan, &mut log, &mut sm).await;
     if !report(&format!("READY {next_batch}")) {
@@ -488,7 +488,7 @@ fn check_reported_lines(plan: &mut Plan, lines: &[String], history: &mut History
 /// Reopens the killed child's storage and checks every invariant a crash must keep.
 async fn verify_store(dir: &Path, plan: &mut Plan, history: &mut History) {
     let path = dir.join(DB_FILE_NAME);
-    let backend = StorageBackend::Redb { path: path.clone() };
+    let backend = StorageBackend::Redb { dir: path.clone() };
     let (mut log, mut sm) = open_storage(&backend, Limits::default())
         .unwrap_or_else(|e| panic!("{} does not reopen after a kill: {e}", path.display()));
 
@@ -649,10 +649,8 @@ async fn verify_snapshot(sm: &mut StateMachine, db_path: &Path, purged: u64, app
     );
 }
 
-fn count_snapshot_files(db_path: &Path) -> usize {
-    let mut dir = db_path.as_os_str().to_owned();
-    dir.push(".snapshots");
-    match std::fs::read_dir(PathBuf::from(dir)) {
+fn count_snapshot_files(storage_dir: &Path) -> usize {
+    match std::fs::read_dir(storage_dir.join(aspen_storage::SNAPSHOT_DIR_NAME)) {
         Ok(entries) => entries.filter(|e| e.is_ok()).count(),
         Err(_) => 0,
     }

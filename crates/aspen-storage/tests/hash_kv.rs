@@ -144,10 +144,8 @@ fn hash(sm: &StateMachine, revision: u64) -> Result<KvHash, ApplyError> {
     sm.reader().hash_kv(revision).expect("hash_kv")
 }
 
-fn snapshot_dir(db_path: &Path) -> PathBuf {
-    let mut dir = db_path.as_os_str().to_owned();
-    dir.push(".snapshots");
-    PathBuf::from(dir)
+fn snapshot_dir(storage_dir: &Path) -> PathBuf {
+    storage_dir.join(aspen_storage::SNAPSHOT_DIR_NAME)
 }
 
 fn dir_entries(dir: &Path) -> Vec<PathBuf> {
@@ -164,7 +162,7 @@ fn identical_histories_hash_identically_on_both_backends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_log, on_redb) = open_storage(
         &StorageBackend::Redb {
-            path: dir.path().join("a.redb"),
+            dir: dir.path().join("a.redb"),
         },
         Limits::default(),
     )
@@ -296,7 +294,7 @@ async fn an_export_is_a_complete_snapshot_that_raft_never_sees() {
     let db_path = dir.path().join("source.redb");
     let (_log, mut source) = open_storage(
         &StorageBackend::Redb {
-            path: db_path.clone(),
+            dir: db_path.clone(),
         },
         Limits::default(),
     )

@@ -35,7 +35,7 @@ fn entry(index: u64) -> Entry {
 async fn appends_queued_together_share_one_durable_commit() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = StorageBackend::Redb {
-        path: dir.path().join("node.redb"),
+        dir: dir.path().join("node.redb"),
     };
     let (mut log, sm) = open_storage(&backend, Limits::default()).expect("open");
     let commits_before = sm.store().fsync_latency().count();
@@ -85,7 +85,7 @@ async fn appends_queued_together_share_one_durable_commit() {
 async fn truncate_and_vote_wait_for_queued_appends() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = StorageBackend::Redb {
-        path: dir.path().join("node.redb"),
+        dir: dir.path().join("node.redb"),
     };
     {
         let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");

@@ -1079,7 +1079,7 @@ fn run_case(backend: Backend, batches: &[Batch], coverage: &mut Coverage) -> Tes
         Backend::Redb => {
             let dir = tempfile::tempdir().map_err(|e| fail(&e))?;
             let backend = StorageBackend::Redb {
-                path: dir.path().join("node.redb"),
+                dir: dir.path().join("node.redb"),
             };
             {
                 let (_log, sm) = open_storage(&backend, Limits::default()).map_err(|e| fail(&e))?;

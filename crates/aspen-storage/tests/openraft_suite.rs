@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = StorageBackend::Redb {
-            path: dir.path().join("node.redb"),
+            dir: dir.path().join("node.redb"),
         };
         let (log, sm) = open_storage(&backend, Limits::default()).expect("open redb storage");
         Ok((dir, log, sm))

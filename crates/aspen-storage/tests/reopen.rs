@@ -201,7 +201,7 @@ async fn write_everything(backend: &StorageBackend) -> Observed {
 async fn everything_survives_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = StorageBackend::Redb {
-        path: dir.path().join("node.redb"),
+        dir: dir.path().join("node.redb"),
     };
     let observed = write_everything(&backend).await;
 
@@ -268,7 +268,7 @@ async fn everything_survives_reopen() {
 async fn the_snapshot_from_before_a_restart_installs_elsewhere() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = StorageBackend::Redb {
-        path: dir.path().join("node.redb"),
+        dir: dir.path().join("node.redb"),
     };
     let observed = write_everything(&backend).await;
     let (_log, mut sm) = open_storage(&backend, Limits::default()).expect("reopen");
@@ -293,9 +293,11 @@ async fn the_snapshot_from_before_a_restart_installs_elsewhere() {
     assert_eq!(membership_after, observed.snapshot_meta.last_membership);
 }
 
+/// Opens the storage directory that holds `path` (its state or log file) and expects a refusal
+/// that names `path`.
 fn expect_refused(path: &Path, what: &str) -> StorageError {
     let backend = StorageBackend::Redb {
-        path: path.to_path_buf(),
+        dir: path.parent().expect("a file in a directory").to_path_buf(),
     };
     let error =
         open_storage(&backend, Limits::default()).expect_err(&format!("{what} must be refused"));
@@ -311,13 +313,19 @@ fn expect_refused(path: &Path, what: &str) -> StorageError {
 #[test]
 fn a_second_opener_is_refused_while_the_first_is_open() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("node.redb");
-    let backend = StorageBackend::Redb { path: path.clone() };
+    let store_dir = dir.path().join("node");
+    let backend = StorageBackend::Redb {
+        dir: store_dir.clone(),
+    };
     let (log, sm) = open_storage(&backend, Limits::default()).expect("first open");
     sm.apply_entries(&[normal(1, put("k", "v", 0))])
         .expect("apply");
 
-    let error = expect_refused(&path, "a second open");
+    // The log file is opened first, so it is the one reported locked.
+    let error = expect_refused(
+        &store_dir.join(aspen_storage::LOG_FILE_NAME),
+        "a second open",
+    );
     assert!(matches!(error, StorageError::Locked { .. }), "{error:?}");
     assert!(error.to_string().contains("data dir locked"), "{error}");
 
@@ -332,7 +340,8 @@ fn a_second_opener_is_refused_while_the_first_is_open() {
 #[test]
 fn garbage_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("garbage.redb");
+    std::fs::create_dir(dir.path().join("node")).expect("storage dir");
+    let path = dir.path().join("node").join(aspen_storage::STATE_FILE_NAME);
     // A deterministic xorshift stream: not a redb file by any chance.
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let garbage: Vec<u8> = (0..64 * 1024)
@@ -359,7 +368,8 @@ fn garbage_is_refused_and_left_alone() {
 #[test]
 fn a_foreign_redb_database_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("foreign.redb");
+    std::fs::create_dir(dir.path().join("node")).expect("storage dir");
+    let path = dir.path().join("node").join(aspen_storage::LOG_FILE_NAME);
     let other: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("someone_elses");
     {
         let db = redb::Database::create(&path).expect("create plain redb");
@@ -395,8 +405,8 @@ fn a_foreign_redb_database_is_refused_and_left_alone() {
 #[test]
 fn a_missing_file_in_a_missing_directory_is_created() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("does/not/exist/yet/node.redb");
-    let backend = StorageBackend::Redb { path: path.clone() };
+    let path = dir.path().join("does/not/exist/yet/node");
+    let backend = StorageBackend::Redb { dir: path.clone() };
     {
         let (_log, sm) = open_storage(&backend, Limits::default()).expect("create");
         let responses = sm
@@ -410,9 +420,36 @@ fn a_missing_file_in_a_missing_directory_is_created() {
             }]
         );
     }
-    assert!(path.is_file(), "{} was created", path.display());
+    assert!(
+        path.join(aspen_storage::LOG_FILE_NAME).is_file()
+            && path.join(aspen_storage::STATE_FILE_NAME).is_file(),
+        "{} was created with both files",
+        path.display()
+    );
     let (_log, sm) = open_storage(&backend, Limits::default()).expect("reopen");
     let (result, revision) = range_all(&sm, 0).expect("read");
     assert_eq!(revision, 2);
     assert_eq!(result.kvs[0].value, b"v".to_vec());
+}
+
+#[test]
+fn a_log_file_in_the_state_files_place_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store_dir = dir.path().join("node");
+    let backend = StorageBackend::Redb {
+        dir: store_dir.clone(),
+    };
+    drop(open_storage(&backend, Limits::default()).expect("create"));
+    let log = store_dir.join(aspen_storage::LOG_FILE_NAME);
+    let state = store_dir.join(aspen_storage::STATE_FILE_NAME);
+    let swap = store_dir.join("swap");
+    std::fs::rename(&log, &swap).expect("rename");
+    std::fs::rename(&state, &log).expect("rename");
+    std::fs::rename(&swap, &state).expect("rename");
+    let error = expect_refused(&log, "a state file named log.redb");
+    assert!(matches!(error, StorageError::Foreign { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("expected Aspen's log database"),
+        "{error}"
+    );
 }

@@ -281,7 +281,7 @@ fn assert_same_lease_behaviour(
 
 fn redb_backend(dir: &Path, name: &str) -> StorageBackend {
     StorageBackend::Redb {
-        path: dir.join(name),
+        dir: dir.join(name),
     }
 }
 
@@ -439,7 +439,7 @@ fn corrupt_or_truncated_snapshots_are_refused_and_change_nothing() {
     let target_path = dir.path().join("target.redb");
     let (_log, target) = open_storage(
         &StorageBackend::Redb {
-            path: target_path.clone(),
+            dir: target_path.clone(),
         },
         Limits::default(),
     )
@@ -506,7 +506,7 @@ async fn a_snapshot_damaged_on_disk_fails_to_install_cleanly() {
     let source_path = dir.path().join("source.redb");
     let (_source_log, mut source) = open_storage(
         &StorageBackend::Redb {
-            path: source_path.clone(),
+            dir: source_path.clone(),
         },
         Limits::default(),
     )
@@ -547,14 +547,13 @@ async fn a_snapshot_damaged_on_disk_fails_to_install_cleanly() {
     assert_eq!(read(&target, &all_at(0)), read(&source, &all_at(0)));
 }
 
-/// Every file in the store's snapshot directory (`<db>.snapshots/`).
-fn snapshot_files(db_path: &Path) -> Vec<PathBuf> {
-    let mut dir = db_path.as_os_str().to_owned();
-    dir.push(".snapshots");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(PathBuf::from(dir))
-        .expect("snapshot dir")
-        .map(|e| e.expect("dir entry").path())
-        .collect();
+/// Every file in the store's snapshot directory (`<storage dir>/snapshots/`).
+fn snapshot_files(storage_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(storage_dir.join(aspen_storage::SNAPSHOT_DIR_NAME))
+            .expect("snapshot dir")
+            .map(|e| e.expect("dir entry").path())
+            .collect();
     files.sort();
     files
 }
@@ -655,7 +654,7 @@ async fn a_snapshot_built_while_receiving_does_not_delete_the_received_one() {
 
     let target_path = dir.path().join("target.redb");
     let target_backend = StorageBackend::Redb {
-        path: target_path.clone(),
+        dir: target_path.clone(),
     };
     {
         let (_log, mut target) = open_storage(&target_backend, Limits::default()).expect("open");

@@ -54,7 +54,7 @@ impl MvccReader {
     /// `mod_revision <= revision` (0: the current revision), in (key, revision) order, as of
     /// one read transaction. Reads the whole history: run it off the async executor.
     pub fn hash_kv(&self, revision: u64) -> Result<HashOutcome> {
-        let db = self.store.db();
+        let db = self.store.state_db();
         let txn = db.begin_read()?;
         let state = read_applied(&txn)?;
         let at = match hash_revision(revision, state.revision, state.compact_revision) {

@@ -44,7 +44,7 @@ impl MvccReader {
     ) -> Result<EventsOutcome> {
         assert!(events_max > 0, "an event page must hold at least one event");
         let start = start_revision.max(1);
-        let db = self.store.db();
+        let db = self.store.state_db();
         let txn = db.begin_read()?;
         let state = read_applied(&txn)?;
         if start < state.compact_revision {

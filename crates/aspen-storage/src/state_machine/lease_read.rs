@@ -10,7 +10,7 @@ use crate::schema;
 impl MvccReader {
     /// The lease `id`, if granted and not yet revoked.
     pub fn lease(&self, id: u64) -> Result<Option<LeaseRecord>> {
-        let db = self.store.db();
+        let db = self.store.state_db();
         let txn = db.begin_read()?;
         let table = txn.open_table(schema::LEASES)?;
         match table.get(id)? {
@@ -21,7 +21,7 @@ impl MvccReader {
 
     /// Every lease, by id.
     pub fn leases(&self) -> Result<Vec<(u64, LeaseRecord)>> {
-        let db = self.store.db();
+        let db = self.store.state_db();
         let txn = db.begin_read()?;
         let table = txn.open_table(schema::LEASES)?;
         let mut leases = Vec::new();
@@ -34,7 +34,7 @@ impl MvccReader {
 
     /// The keys attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: u64) -> Result<Vec<Vec<u8>>> {
-        let db = self.store.db();
+        let db = self.store.state_db();
         let txn = db.begin_read()?;
         let table = txn.open_table(schema::LEASE_KEYS)?;
         let mut keys = Vec::new();

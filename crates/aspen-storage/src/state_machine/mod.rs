@@ -1,10 +1,11 @@
 //! The MVCC state machine: applies committed commands, serves reads, builds and installs
 //! snapshots.
 //!
-//! Each apply batch is one redb write transaction holding the data, the last-applied log id,
-//! the membership and the revisions together. It commits without its own fsync: the log is
-//! the durable record, and the next durable log commit makes the batch durable too (one redb
-//! file), so a crash can roll the state machine back but never past the durable log.
+//! Each apply batch is one redb write transaction on the state database holding the data, the
+//! last-applied log id, the membership and the revisions together. Most batches commit without
+//! an fsync: the log (its own database) is the durable record, so a crash can roll the state
+//! machine back, and openraft re-applies the committed log from there. A batch commits durably
+//! on the cadence `durability.rs` describes; the log is never purged past what is durable here.
 
 mod apply;
 mod compact;
@@ -78,9 +79,19 @@ impl StateMachine {
 
     /// Applies a batch in one write transaction; returns one response per entry.
     pub fn apply_entries(&self, entries: &[Entry]) -> Result<Vec<ApplyResponse>> {
-        let db = self.store.db();
+        let shared = &self.store.shared;
+        let batch_entries = entries.len() as u64;
+        let durable = shared
+            .durability
+            .batch_is_due(batch_entries, self.store.state_unsynced_bytes());
+        let db = self.store.state_db();
         let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::None)
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(durability)
             .map_err(|e| StorageError::Invariant(e.to_string()))?;
         let mut state = read_applied_write(&txn)?;
         let revision_before = state.revision;
@@ -122,6 +133,13 @@ impl StateMachine {
         }
         write_applied(&txn, &state)?;
         txn.commit()?;
+        drop(db);
+        if durable {
+            let applied_index = state.last_applied.as_ref().map_or(0, |id| id.index);
+            shared.durability.record_durable(applied_index);
+        } else {
+            shared.durability.record_not_durable(batch_entries);
+        }
         self.events.publish(aspen_core::event::CommittedBatch {
             revision_before,
             revision_after: state.revision,
@@ -131,7 +149,7 @@ impl StateMachine {
     }
 
     fn read_snapshot_record(&self) -> Result<Option<SnapshotRecord>> {
-        let db = self.store.db();
+        let db = self.store.state_db();
         let txn = db.begin_read()?;
         let table = txn.open_table(SM_META)?;
         match table.get(schema::SM_SNAPSHOT)? {
@@ -199,7 +217,7 @@ pub type ReadOutcome = std::result::Result<(RangeResult, u64), ApplyError>;
 impl MvccReader {
     /// Serves a Range; on success also returns the store revision the read saw.
     pub fn range(&self, request: &RangeRequest) -> Result<ReadOutcome> {
-        let db = self.store.db();
+        let db = self.store.state_db();
         let txn = db.begin_read()?;
         let state = read_applied(&txn)?;
         let at =
@@ -214,7 +232,7 @@ impl MvccReader {
     }
 
     pub fn applied_state(&self) -> Result<AppliedState> {
-        let db = self.store.db();
+        let db = self.store.state_db();
         let txn = db.begin_read()?;
         read_applied(&txn)
     }

@@ -6,7 +6,7 @@ use aspen_core::type_config::alias::SnapshotMeta;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::records::AppliedState;
-use super::{read_applied, write_applied};
+use super::{read_applied, read_applied_write, write_applied};
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
 use crate::schema::{self, SM_META, SM_SNAPSHOT};
@@ -50,7 +50,7 @@ pub fn export_snapshot(store: &Store) -> Result<SnapshotExport> {
 /// Writes every state machine table, as of one read transaction, as snapshot frames with the
 /// trailer; returns the meta describing that state.
 fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
-    let db = store.db();
+    let db = store.state_db();
     let txn = db.begin_read()?;
     let state = read_applied(&txn)?;
     let mut buffer = Vec::with_capacity(4096);
@@ -110,7 +110,7 @@ enum CurrentUpdate {
 
 /// Durably records `record` as the current snapshot unless the current one is newer.
 fn set_current_if_newer(store: &Store, record: &SnapshotRecord) -> Result<CurrentUpdate> {
-    let db = store.db();
+    let db = store.state_db();
     let txn = db.begin_write()?;
     let replaced = {
         let mut table = txn.open_table(SM_META)?;
@@ -126,7 +126,13 @@ fn set_current_if_newer(store: &Store, record: &SnapshotRecord) -> Result<Curren
         table.insert(SM_SNAPSHOT, aspen_core::codec::encode(record).as_slice())?;
         existing.and_then(|e| e.file_name)
     };
+    // Durable (redb's default): it makes every earlier apply durable too.
+    let applied_index = read_applied_write(&txn)?
+        .last_applied
+        .as_ref()
+        .map_or(0, |id| id.index);
     txn.commit()?;
+    store.shared.durability.record_durable(applied_index);
     Ok(CurrentUpdate::Replaced { replaced })
 }
 
@@ -139,7 +145,7 @@ pub(crate) fn install(
 ) -> Result<()> {
     let mut reader = FrameReader::new(BufReader::with_capacity(256 * 1024, data.reader()))?;
     let mut buffer = Vec::with_capacity(4096);
-    let db = store.db();
+    let db = store.state_db();
     let txn = db.begin_write()?;
     txn.delete_table(schema::KV_LATEST)?;
     txn.delete_table(schema::KV_HISTORY)?;
@@ -219,5 +225,7 @@ pub(crate) fn install(
     }
     // Immediate: the log is purged behind this snapshot, so it must survive a crash.
     txn.commit()?;
+    let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
+    store.shared.durability.record_durable(applied_index);
     Ok(())
 }
