@@ -7,6 +7,15 @@
 //! checks that nothing reported durable was lost and that no batch is half there, neither in
 //! the log nor in the state machine.
 //!
+//! The log and the state machine are two databases, durable on their own schedules (format 2).
+//! Children alternate between two roles:
+//! - a *leader* applies a batch only after its log flush, as a leader applies committed entries;
+//! - a *follower* applies a batch as soon as it is appended, before its log flush (an entry the
+//!   leader committed can be applied before this node's own copy is durable), and makes the
+//!   state machine durable right then, so a kill often lands with the state machine durably
+//!   ahead of the durable log. Its recovery does what openraft's `get_initial_state` does:
+//!   purges the log up to the applied index. The parent asserts that this case happened.
+//!
 //! Batch sizes come from a seeded plan both processes compute, so the parent knows exactly
 //! which log indices and keys each batch owns. `ASPEN_CRASH_SEED=<printed seed>` replays a
 //! run's batch sizes and kill delays; where each kill lands still depends on the scheduler.
@@ -28,7 +37,9 @@ use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
 const CHILD_DIR_ENV: &str = "ASPEN_CRASH_CHILD_DIR";
 const SEED_ENV: &str = "ASPEN_CRASH_SEED";
-const DB_FILE_NAME: &str = "node.redb";
+/// `leader` or `follower`: see the module documentation.
+const ROLE_ENV: &str = "ASPEN_CRASH_ROLE";
+const STORAGE_DIR_NAME: &str = "node";
 
 /// Kill cycles the parent must complete.
 const CYCLES_MIN: u32 = 25;
@@ -50,6 +61,8 @@ const PLAN_BATCHES_MAX: u64 = 10_000_000;
 /// Leader term and node of every entry: one node, one term.
 const TERM: u64 = 1;
 const NODE_ID: u64 = 1;
+/// How long a follower child holds its log flush back after making its state machine durable.
+const FOLLOWER_LOG_LAG_MS: u64 = 5;
 /// The signal `Child::kill` sends on unix.
 const SIGKILL: i32 = 9;
 
@@ -203,7 +216,16 @@ fn crash_recovery_child() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(child_main(PathBuf::from(dir).join(DB_FILE_NAME), seed));
+    let follower = match std::env::var(ROLE_ENV).as_deref() {
+        Ok("follower") => true,
+        Ok("leader") => false,
+        other => panic!("child needs {ROLE_ENV}=leader|follower, got {other:?}"),
+    };
+    runtime.block_on(child_main(
+        PathBuf::from(dir).join(STORAGE_DIR_NAME),
+        seed,
+        follower,
+    ));
 }
 
 /// Writes one line to stdout; false when the parent has gone (the pipe is closed).
@@ -212,7 +234,7 @@ fn report(line: &str) -> bool {
     writeln!(out, "{line}").is_ok() && out.flush().is_ok()
 }
 
-async fn child_main(path: PathBuf, seed: u64) {
+async fn child_main(path: PathBuf, seed: u64, follower: bool) {
     let started = Instant::now();
     let mut plan = Plan::new(seed);
     let backend = StorageBackend::Redb { dir: path };
@@ -231,13 +253,25 @@ async fn child_main(path: PathBuf, seed: u64) {
         log.append(entries.clone(), IOFlushed::signal(tx))
             .await
             .expect("child: append");
+        if follower {
+            // Applied and durable in the state machine before the log flush below.
+            sm.apply_entries(&entries).expect("child: apply");
+            sm.store()
+                .make_state_durable()
+                .expect("child: state durable");
+            // A slow log disk: the writer (a task on this thread) cannot commit during this
+            // blocking pause, so a kill often lands with the state machine durably ahead.
+            std::thread::sleep(Duration::from_millis(FOLLOWER_LOG_LAG_MS));
+        }
         rx.await
             .expect("child: flush callback dropped")
             .expect("child: flush failed");
         if !report(&format!("DURABLE {batch} {}", last.index)) {
             return;
         }
-        sm.apply_entries(&entries).expect("child: apply");
+        if !follower {
+            sm.apply_entries(&entries).expect("child: apply");
+        }
         log.save_committed(Some(last)).await.expect("child: commit");
         child_maybe_snapshot(&mut plan, &mut log, &mut sm).await;
     }
@@ -246,10 +280,24 @@ async fn child_main(path: PathBuf, seed: u64) {
 /// Applies what the log holds beyond the state machine, batch by batch as first written, and
 /// returns the next batch to append.
 async fn child_recover(plan: &mut Plan, log: &mut LogStore, sm: &mut StateMachine) -> u64 {
-    let state = log.get_log_state().await.expect("child: log state");
+    let (applied, _) = sm.applied_state().await.expect("child: applied state");
+    let mut state = log.get_log_state().await.expect("child: log state");
+    if index_of(&applied) > index_of(&state.last_log_id) {
+        // As openraft's startup: the state machine is ahead of the durable log (a follower
+        // applied entries before its own copy was durable), so the log restarts after it.
+        log.purge(applied.expect("applied beyond the log"))
+            .await
+            .expect("child: purge to applied");
+        state = log.get_log_state().await.expect("child: log state");
+        // openraft then rebuilds the snapshot, which no longer covers the purged log.
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("child: rebuild snapshot");
+    }
     let last = index_of(&state.last_log_id);
     let next_batch = plan.batches_through(last);
-    let (applied, _) = sm.applied_state().await.expect("child: applied state");
     let mut batch = plan.batches_through(index_of(&applied));
     while batch < next_batch {
         let (start, end) = (plan.start(batch), plan.end(batch));
@@ -298,6 +346,8 @@ struct History {
     last_log_index: u64,
     applied_index: u64,
     kills_before_ready: u32,
+    /// Kills after which the state machine was durably ahead of the durable log.
+    state_ahead_of_log: u32,
 }
 
 /// Kills the child if the parent panics, so no writer outlives the test.
@@ -338,24 +388,33 @@ fn crash_recovery_redb() {
         // Every fourth child is killed on a timer from its start, so recovery itself (the
         // re-apply and the snapshot it may take) is interrupted too.
         let timer_from_spawn = cycles % 4 == 3;
-        let lines = run_child_once(dir.path(), seed, kill_after_ms, timer_from_spawn);
+        let follower = cycles % 2 == 1;
+        let lines = run_child_once(dir.path(), seed, kill_after_ms, timer_from_spawn, follower);
         let reported = check_reported_lines(&mut plan, &lines, &mut history);
-        runtime.block_on(verify_store(dir.path(), &mut plan, &mut history));
+        runtime.block_on(verify_store(dir.path(), &mut plan, &mut history, follower));
         eprintln!(
-            "cycle {cycles}: killed after {kill_after_ms} ms, {reported} batches reported, \
+            "cycle {cycles} ({}): killed after {kill_after_ms} ms, {reported} batches reported, \
              log ends at {}, applied {}",
-            history.last_log_index, history.applied_index
+            if follower { "follower" } else { "leader" },
+            history.last_log_index,
+            history.applied_index
         );
         cycles += 1;
     }
     let elapsed = started.elapsed();
     println!(
         "crash_recovery_redb: {cycles} cycles in {:.1} s, {} batches durable ({} entries), \
-         {} kills before READY, seed {seed}",
+         {} kills before READY, {} kills with the state machine durably ahead of the log, \
+         seed {seed}",
         elapsed.as_secs_f64(),
         plan.batches_through(history.last_log_index),
         history.last_log_index,
         history.kills_before_ready,
+        history.state_ahead_of_log,
+    );
+    assert!(
+        history.state_ahead_of_log > 0,
+        "no kill left the state machine ahead of the log: the follower case was not exercised"
     );
     assert!(
         cycles >= CYCLES_MIN,
@@ -373,6 +432,7 @@ fn run_child_once(
     seed: u64,
     kill_after_ms: u64,
     timer_from_spawn: bool,
+    follower: bool,
 ) -> Vec<String> {
     let exe = std::env::current_exe().expect("test binary path");
     let child = Process::new(exe)
@@ -384,6 +444,7 @@ fn run_child_once(
         ])
         .env(CHILD_DIR_ENV, dir)
         .env(SEED_ENV, seed.to_string())
+        .env(ROLE_ENV, if follower { "follower" } else { "leader" })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -486,8 +547,8 @@ fn check_reported_lines(plan: &mut Plan, lines: &[String], history: &mut History
 }
 
 /// Reopens the killed child's storage and checks every invariant a crash must keep.
-async fn verify_store(dir: &Path, plan: &mut Plan, history: &mut History) {
-    let path = dir.join(DB_FILE_NAME);
+async fn verify_store(dir: &Path, plan: &mut Plan, history: &mut History, follower: bool) {
+    let path = dir.join(STORAGE_DIR_NAME);
     let backend = StorageBackend::Redb { dir: path.clone() };
     let (mut log, mut sm) = open_storage(&backend, Limits::default())
         .unwrap_or_else(|e| panic!("{} does not reopen after a kill: {e}", path.display()));
@@ -518,7 +579,14 @@ async fn verify_store(dir: &Path, plan: &mut Plan, history: &mut History) {
     );
     verify_log_entries(&mut log, plan, purged, last).await;
 
-    let applied = verify_state_machine(&mut sm, plan, last).await;
+    let applied = verify_state_machine(&mut sm, plan).await;
+    if applied > last {
+        assert!(
+            follower,
+            "a leader's state machine at {applied} is ahead of its durable log at {last}"
+        );
+        history.state_ahead_of_log += 1;
+    }
     assert!(
         applied >= purged,
         "purged {purged} beyond the applied {applied}"
@@ -552,16 +620,12 @@ async fn verify_log_entries(log: &mut LogStore, plan: &mut Plan, purged: u64, la
     }
 }
 
-/// The applied state covers whole batches, never beyond the log, and the keys are exactly those
-/// of the applied batches; returns the last applied index.
-async fn verify_state_machine(sm: &mut StateMachine, plan: &mut Plan, last: u64) -> u64 {
+/// The applied state covers whole batches and the keys are exactly those of the applied
+/// batches; returns the last applied index.
+async fn verify_state_machine(sm: &mut StateMachine, plan: &mut Plan) -> u64 {
     let reader = sm.reader();
     let state = reader.applied_state().expect("applied state");
     let applied = index_of(&state.last_applied);
-    assert!(
-        applied <= last,
-        "applied {applied} beyond the durable log end {last}"
-    );
     assert!(
         applied == 0 || plan.batch_ending_at(applied).is_some(),
         "applied index {applied} is inside a batch: half a batch applied"
@@ -615,9 +679,12 @@ async fn verify_snapshot(sm: &mut StateMachine, db_path: &Path, purged: u64, app
         "exactly the current snapshot file remains"
     );
     let covered = index_of(&snapshot.meta.last_log_id);
+    // A snapshot covers the purged log, except when a kill fell between a recovery's purge to
+    // the applied index (state machine ahead of the log) and its snapshot rebuild: then the
+    // durable state machine covers it (asserted by the caller), and the next start rebuilds.
     assert!(
-        covered >= purged,
-        "snapshot at {covered} does not cover purged {purged}"
+        covered >= purged || applied >= purged,
+        "snapshot at {covered} does not cover purged {purged}, nor does applied {applied}"
     );
     assert!(
         covered <= applied,
