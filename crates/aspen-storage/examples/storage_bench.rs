@@ -1,5 +1,6 @@
-//! Storage benchmark: log append, apply, snapshot build/install and space per key, on redb and
-//! in memory.
+//! Storage benchmark: log append, one-entry log commit latency beside the disk's raw floor (one
+//! page written into a preallocated file, then fdatasync), apply, snapshot build/install and
+//! space per key, on redb and in memory.
 //!
 //! Run: `cargo run --release -p aspen-storage --example storage_bench -- [--keys N]`
 //! (default 1,000,000 keys). The redb store lives in a temporary directory under `$TMPDIR`
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aspen_core::limits::Limits;
-use aspen_core::type_config::alias::{Entry, LogId, Vote};
+use aspen_core::type_config::alias::{Entry, LogId};
 use aspen_core::{Command, PutRequest, RangeRequest, TypeConfig};
 use aspen_storage::{LogStore, StateMachine, StorageBackend, open_storage};
 use openraft::storage::RaftStateMachine;
@@ -80,9 +81,41 @@ impl Target {
     }
 }
 
+/// One-entry log commits timed in the latency measurement.
+const COMMIT_LATENCY_SAMPLES: u64 = 2_000;
+/// The log is purged behind this many entries during the latency measurement, as snapshots
+/// keep it short in a running node.
+const COMMIT_LATENCY_LOG_KEEP_ENTRIES: u64 = 1_000;
+/// The raw floor: one page written into a file preallocated to this size, then fdatasync.
+const RAW_FILE_BYTES: u64 = 64 * 1024 * 1024;
+const RAW_PAGE_BYTES: usize = 4096;
+
+/// Latency percentiles in microseconds: (p50, p99).
+#[derive(Default, Clone, Copy)]
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Latency {
+    fn of(mut samples_us: Vec<f64>) -> Latency {
+        assert!(!samples_us.is_empty());
+        samples_us.sort_by(f64::total_cmp);
+        let at = |q: f64| samples_us[((samples_us.len() - 1) as f64 * q) as usize];
+        Latency {
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+        }
+    }
+}
+
 /// Everything measured on one backend.
 #[derive(Default)]
 struct Report {
+    /// One-entry log commits (append + flush callback), with the log kept short.
+    log_commit: Option<Latency>,
+    /// One 4 KiB page written into a preallocated file, then fdatasync, on the same disk.
+    raw_page_commit: Option<Latency>,
     /// (batch size, entries/s, fsyncs per batch)
     appends: Vec<(u64, f64, Option<f64>)>,
     apply_puts_per_s: f64,
@@ -148,9 +181,16 @@ async fn bench_backend(target: &Target, keys: u64) -> BenchResult<Report> {
     }
     drop((log, sm));
 
+    if let Target::Redb { dir } = target {
+        eprintln!("[{}] one-entry log commit latency", target.name());
+        let (mut log, _sm) = target.open("commit-latency")?;
+        report.log_commit = Some(bench_log_commit_latency(&mut log).await?);
+        report.raw_page_commit = Some(bench_raw_page_commit(&dir.join("raw-floor"))?);
+    }
+
     eprintln!("[{}] apply {keys} puts", target.name());
-    let (mut source_log, mut source) = target.open("source")?;
-    bench_apply(target, &mut source_log, &source, keys, &mut report).await?;
+    let (_source_log, mut source) = target.open("source")?;
+    bench_apply(target, &source, keys, &mut report).await?;
     report.file_bytes = target.file_bytes("source");
     report.db_size_bytes = source.store().db_size_bytes();
     report.db_size_in_use_bytes = source.store().db_size_in_use_bytes()?;
@@ -222,11 +262,63 @@ async fn bench_append(
     Ok((batch_size, entries_done as f64 / seconds, fsyncs))
 }
 
-/// Applies `keys` puts in batches of `APPLY_BATCH_ENTRIES`, then one durable commit (what the
-/// next log append does in a running node) so the data is on disk when measured.
+/// Appends one entry at a time and waits for its flush callback (one durable commit each),
+/// purging the log behind `COMMIT_LATENCY_LOG_KEEP_ENTRIES` as snapshots would.
+async fn bench_log_commit_latency(log: &mut LogStore) -> BenchResult<Latency> {
+    let value = vec![b'v'; VALUE_BYTES as usize];
+    let mut samples_us = Vec::with_capacity(COMMIT_LATENCY_SAMPLES as usize);
+    for index in 1..=COMMIT_LATENCY_SAMPLES {
+        let entry = put_entry(index, &key_of(index), &value);
+        let started = Instant::now();
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append([entry], IOFlushed::signal(tx)).await?;
+        rx.await??;
+        samples_us.push(started.elapsed().as_secs_f64() * 1e6);
+        if index % COMMIT_LATENCY_LOG_KEEP_ENTRIES == 0 {
+            log.purge(log_id(index - COMMIT_LATENCY_LOG_KEEP_ENTRIES / 2))
+                .await?;
+        }
+    }
+    Ok(Latency::of(samples_us))
+}
+
+/// The floor for a durable commit on this disk: write one page at the next offset of a file
+/// preallocated (and synced) beforehand, then fdatasync; as etcd's WAL on its preallocated
+/// segment.
+fn bench_raw_page_commit(path: &std::path::Path) -> BenchResult<Latency> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..RAW_FILE_BYTES / zeros.len() as u64 {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()?;
+    let page = vec![b'p'; RAW_PAGE_BYTES];
+    let pages = RAW_FILE_BYTES / RAW_PAGE_BYTES as u64;
+    let mut samples_us = Vec::with_capacity(COMMIT_LATENCY_SAMPLES as usize);
+    for i in 0..COMMIT_LATENCY_SAMPLES {
+        let offset = (i % pages) * RAW_PAGE_BYTES as u64;
+        let started = Instant::now();
+        file.write_all_at(&page, offset)?;
+        file.sync_data()?;
+        samples_us.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(Latency::of(samples_us))
+}
+
+/// Applies `keys` puts in batches of `APPLY_BATCH_ENTRIES` (the state database's durable
+/// cadence commits some of them durably, as in a running node), then one durable commit so the
+/// data is on disk when measured.
 async fn bench_apply(
     target: &Target,
-    log: &mut LogStore,
     sm: &StateMachine,
     keys: u64,
     report: &mut Report,
@@ -246,7 +338,7 @@ async fn bench_apply(
         index = last + 1;
     }
     let apply_seconds = started.elapsed().as_secs_f64();
-    log.save_vote(&Vote::new(1, 1)).await?; // an immediate-durability commit
+    sm.store().make_state_durable()?; // what the durable cadence ends with
     let total_seconds = started.elapsed().as_secs_f64();
     report.apply_puts_per_s = keys as f64 / apply_seconds;
     report.apply_with_flush_puts_per_s = keys as f64 / total_seconds;
@@ -314,6 +406,25 @@ fn print_table(keys: u64, targets: &[Target], reports: &[Report]) {
     let row = |name: &str, f: &dyn Fn(&Report) -> String| {
         (name.to_string(), reports.iter().map(f).collect())
     };
+    let latency = |l: Option<Latency>, f: fn(Latency) -> f64| {
+        l.map_or("-".into(), |l| format!("{:.0}", f(l)))
+    };
+    rows.push(row("one-entry log commit: p50 us", &|r| {
+        latency(r.log_commit, |l| l.p50_us)
+    }));
+    rows.push(row("one-entry log commit: p99 us", &|r| {
+        latency(r.log_commit, |l| l.p99_us)
+    }));
+    rows.push(row("raw page write + fdatasync: p50 us", &|r| {
+        latency(r.raw_page_commit, |l| l.p50_us)
+    }));
+    rows.push(row("raw page write + fdatasync: p99 us", &|r| {
+        latency(r.raw_page_commit, |l| l.p99_us)
+    }));
+    rows.push(row("log commit / raw, p50", &|r| match (r.log_commit, r.raw_page_commit) {
+        (Some(log), Some(raw)) => format!("{:.2}", log.p50_us / raw.p50_us),
+        _ => "-".into(),
+    }));
     rows.push(row("apply (batches of 1024): puts/s", &|r| {
         format!("{:.0}", r.apply_puts_per_s)
     }));
