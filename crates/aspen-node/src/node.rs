@@ -158,6 +158,7 @@ impl Node {
         };
         node.spawn_background_tasks();
         node.spawn_lease_task();
+        node.spawn_compactor();
         Ok(node)
     }
 
@@ -668,6 +669,34 @@ impl Node {
         });
     }
 
+    /// Physical compaction: after a `Compact` applies (and at start, for one a restart
+    /// interrupted), removes the versions it made unreadable, one bounded step (one short
+    /// write transaction) at a time off the async workers, yielding between steps so applies
+    /// interleave. Holds the node weakly: a stopped node's storage closes.
+    fn spawn_compactor(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let wake = Arc::clone(self.inner.state_machine.compaction_notify());
+        tokio::spawn(async move {
+            loop {
+                loop {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let state_machine = inner.state_machine.clone();
+                    drop(inner);
+                    match run_blocking(move || state_machine.compact_step()).await {
+                        Ok(Ok(true)) => tokio::task::yield_now().await,
+                        Ok(Ok(false)) => break,
+                        Ok(Err(error)) => {
+                            tracing::error!(%error, "compaction step failed");
+                            break;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                wake.notified().await;
+            }
+        });
+    }
+
     /// The lessor's clock: every `LEASE_CHECK_INTERVAL_MS` the leader revokes expired leases.
     fn spawn_lease_task(&self) {
         let weak = Arc::downgrade(&self.inner);
@@ -689,4 +718,32 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
+}
+
+/// Runs blocking storage work off the async workers (tokio's blocking pool) on a
+/// multi-threaded runtime; inline on a current-thread one (tests, the paused-clock simulator),
+/// where another thread would make the interleaving depend on the OS scheduler.
+#[cfg(not(madsim))]
+async fn run_blocking<T, F>(work: F) -> Result<T, tokio::task::JoinError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::spawn_blocking(work).await
+    } else {
+        Ok(work())
+    }
+}
+
+/// madsim (the simulator's build) has no blocking pool and no other thread: run it here.
+#[cfg(madsim)]
+async fn run_blocking<T, F>(work: F) -> Result<T, tokio::task::JoinError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(work())
 }

@@ -421,10 +421,13 @@ fn print_table(keys: u64, targets: &[Target], reports: &[Report]) {
     rows.push(row("raw page write + fdatasync: p99 us", &|r| {
         latency(r.raw_page_commit, |l| l.p99_us)
     }));
-    rows.push(row("log commit / raw, p50", &|r| match (r.log_commit, r.raw_page_commit) {
-        (Some(log), Some(raw)) => format!("{:.2}", log.p50_us / raw.p50_us),
-        _ => "-".into(),
-    }));
+    rows.push(row(
+        "log commit / raw, p50",
+        &|r| match (r.log_commit, r.raw_page_commit) {
+            (Some(log), Some(raw)) => format!("{:.2}", log.p50_us / raw.p50_us),
+            _ => "-".into(),
+        },
+    ));
     rows.push(row("apply (batches of 1024): puts/s", &|r| {
         format!("{:.0}", r.apply_puts_per_s)
     }));

@@ -317,12 +317,11 @@ impl Store {
                 bytes += stats.stored_bytes() + stats.metadata_bytes();
             )*};
         }
-        add_table!(
-            schema::SM_META,
-            schema::KV_LATEST,
-            schema::KV_HISTORY,
-            schema::LEASES
-        );
+        add_table!(schema::SM_META, schema::LEASES);
+        let index = txn.open_table(schema::KV_INDEX)?.stats()?;
+        bytes += index.stored_bytes() + index.metadata_bytes();
+        let revs = txn.open_table(schema::KV_REVS)?.stats()?;
+        bytes += revs.stored_bytes() + revs.metadata_bytes();
         let lease_keys = txn.open_table(schema::LEASE_KEYS)?.stats()?;
         bytes += lease_keys.stored_bytes() + lease_keys.metadata_bytes();
         Ok(bytes)
@@ -487,8 +486,8 @@ fn check_format(db: &Database, path: &Path, role: Role) -> Result<()> {
         }
         Role::State => {
             txn.open_table(schema::SM_META)?;
-            txn.open_table(schema::KV_LATEST)?;
-            txn.open_table(schema::KV_HISTORY)?;
+            txn.open_table(schema::KV_INDEX)?;
+            txn.open_table(schema::KV_REVS)?;
             txn.open_table(schema::LEASES)?;
             txn.open_table(schema::LEASE_KEYS)?;
         }

@@ -2,13 +2,15 @@
 //!
 //! Format 1 kept everything in one redb file, `aspen.redb`, with snapshots in
 //! `aspen.redb.snapshots/`. Format 2 splits it: `log.redb` (Raft log, vote, committed, purge
-//! point), `state.redb` (the state machine, tables unchanged) and `snapshots/`. The migration
-//! copies the two log tables into a new log file and turns the old file into the state file:
+//! point), `state.redb` (the state machine, its versions re-laid out by revision: `kv_revs` and
+//! `kv_index` instead of `kv_latest` and `kv_history`) and `snapshots/`. The migration copies
+//! the two log tables into a new log file and turns the old file into the state file:
 //!
 //! 1. if `aspen.redb` is still format 1: write `log.redb.tmp` with the log tables (durable
 //!    commit), rename it to `log.redb`, fsync the directory;
 //! 2. move `aspen.redb.snapshots/` to `snapshots/`;
-//! 3. in `aspen.redb`: drop the log tables, mark it format 2, role state (durable commit);
+//! 3. in `aspen.redb`, in one durable transaction: drop the log tables, rewrite the key-value
+//!    versions in format 2's layout, mark it format 2, role state;
 //! 4. rename `aspen.redb` to `state.redb`, fsync the directory.
 //!
 //! Until step 3 the old file is unchanged, and step 1 starts over from it; after step 3 the
@@ -20,8 +22,10 @@ use std::path::Path;
 use redb::{Database, ReadableTable};
 
 use crate::backend::{LOG_FILE_NAME, SNAPSHOT_DIR_NAME, STATE_FILE_NAME};
-use crate::error::{Result, StorageError};
+use crate::error::{Result, StorageError, decode};
 use crate::schema;
+use crate::state_machine::mvcc::write_version;
+use crate::state_machine::records::StoredVersion;
 
 /// Format 1's single database file and its snapshot directory.
 pub const V1_FILE_NAME: &str = "aspen.redb";
@@ -143,13 +147,47 @@ fn move_snapshot_dir(dir: &Path) -> Result<()> {
     rename_synced(dir, &old, &new)
 }
 
-/// Step 3: the old file keeps the state machine tables only and says so.
+/// Format 1's key-value tables: the current version of each live key, and superseded versions
+/// and tombstones by (key, revision). Format 2 keeps every version once in `kv_revs`, by
+/// revision, with the `kv_index` beside it.
+const V1_KV_LATEST: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("kv_latest");
+const V1_KV_HISTORY: redb::TableDefinition<(&[u8], u64), &[u8]> =
+    redb::TableDefinition::new("kv_history");
+
+/// Step 3: the old file keeps the state machine tables only, in format 2's layout, and says so.
 fn turn_into_state_file(old: &Database) -> Result<()> {
     let mut txn = old.begin_write()?;
     txn.set_durability(redb::Durability::Immediate)
         .map_err(|e| StorageError::Invariant(e.to_string()))?;
     txn.delete_table(schema::RAFT_LOG)?;
     txn.delete_table(schema::RAFT_META)?;
+    let mut converted: u64 = 0;
+    {
+        let mut index = txn.open_table(schema::KV_INDEX)?;
+        let mut revs = txn.open_table(schema::KV_REVS)?;
+        let mut buffer = Vec::with_capacity(512);
+        let history = txn.open_table(V1_KV_HISTORY)?;
+        for item in history.iter()? {
+            let (table_key, bytes) = item?;
+            let (key, _) = table_key.value();
+            let version: StoredVersion = decode("kv_history", bytes.value())?;
+            write_version(&mut index, &mut revs, key, &version, &mut buffer)?;
+            converted += 1;
+        }
+        let latest = txn.open_table(V1_KV_LATEST)?;
+        for item in latest.iter()? {
+            let (key, bytes) = item?;
+            let version: StoredVersion = decode("kv_latest", bytes.value())?;
+            write_version(&mut index, &mut revs, key.value(), &version, &mut buffer)?;
+            converted += 1;
+        }
+    }
+    txn.delete_table(V1_KV_HISTORY)?;
+    txn.delete_table(V1_KV_LATEST)?;
+    tracing::info!(
+        converted,
+        "migration: key-value versions re-laid out by revision"
+    );
     {
         let mut format = txn.open_table(schema::FORMAT)?;
         format.insert(schema::FORMAT_KEY, schema::FORMAT_VERSION)?;

@@ -27,16 +27,23 @@ pub const META_LAST_PURGED: &str = "last_purged";
 
 /// State machine metadata, always written in the same transaction as the data it describes:
 /// `applied` -> `AppliedState` (last-applied log id, membership, revisions, alarms),
-/// `snapshot` -> `SnapshotRecord` (the current snapshot's meta and where its data is).
+/// `snapshot` -> `SnapshotRecord` (the current snapshot's meta and where its data is),
+/// `compacted_to` -> `(u64, u32)`: this replica's physical compaction has removed what it
+/// should from `KV_REVS` below that position (local progress, not replicated state).
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 pub const SM_APPLIED: &str = "applied";
 pub const SM_SNAPSHOT: &str = "snapshot";
+pub const SM_COMPACTED_TO: &str = "compacted_to";
 
-/// The current version of every live key: key -> `StoredVersion`.
-pub const KV_LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
-/// Superseded versions and deletion tombstones: (key, mod revision) -> `StoredVersion`.
-/// Each version lives in exactly one of `kv_latest` and `kv_history`.
-pub const KV_HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("kv_history");
+/// Every version of every key (puts and deletion tombstones), each written once, keyed by
+/// revision: (main revision, sub-revision) -> `RevRecord` (key, value, create revision,
+/// version, lease). Writes append at the tree's right edge; watch catch-up and compaction read
+/// revision windows in order.
+pub const KV_REVS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("kv_revs");
+/// The key index: (key, main revision) -> `IndexRecord` (sub-revision, create revision,
+/// version, lease; `version == 0` is a tombstone). A key's newest entry at or below a revision
+/// is its version there; values live in `KV_REVS` only.
+pub const KV_INDEX: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("kv_index");
 /// Leases: id -> `LeaseRecord`.
 pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
 /// Keys attached to each lease: (lease id, key) -> ().

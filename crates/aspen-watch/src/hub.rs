@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use aspen_core::event::CommittedBatch;
+use aspen_core::keys::KeyRange;
 use aspen_core::{ApplyError, Event, limits};
 use aspen_storage::state_machine::EventSink;
 use aspen_storage::{MvccReader, StorageError};
@@ -356,102 +357,158 @@ impl HubInner {
         self.count(&state);
     }
 
+    /// One catch-up round: picks lagging watchers under the lock, reads their history pages
+    /// with the lock released (so `publish`, on the apply path, never waits for a history
+    /// read), then delivers the pages under the lock again, each only if its watcher is still
+    /// there, still lagging, and still owed the revision the page starts at.
     fn sync_once(&self) -> u32 {
-        let mut state = self.lock();
-        let quota = self.options.sync_watchers_max as usize;
-        let cursor = state.sync_cursor;
-        let mut turn: Vec<WatcherKey> = match cursor {
-            Some(after) => state
-                .unsynced
-                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-                .take(quota)
-                .copied()
-                .collect(),
-            None => Vec::new(),
+        let work: Vec<PageWork> = {
+            let mut state = self.lock();
+            let quota = self.options.sync_watchers_max as usize;
+            let cursor = state.sync_cursor;
+            let mut turn: Vec<WatcherKey> = match cursor {
+                Some(after) => state
+                    .unsynced
+                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                    .take(quota)
+                    .copied()
+                    .collect(),
+                None => Vec::new(),
+            };
+            if turn.len() < quota {
+                let wrapped = state.unsynced.iter().take(quota - turn.len());
+                let more: Vec<WatcherKey> =
+                    wrapped.filter(|k| !turn.contains(k)).copied().collect();
+                turn.extend(more);
+            }
+            state.sync_cursor = turn.last().copied();
+            turn.into_iter()
+                .filter_map(|key| plan_page(&mut state, key))
+                .collect()
         };
-        if turn.len() < quota {
-            let wrapped = state.unsynced.iter().take(quota - turn.len());
-            let more: Vec<WatcherKey> = wrapped.filter(|k| !turn.contains(k)).copied().collect();
-            turn.extend(more);
-        }
-        state.sync_cursor = turn.last().copied();
-        for key in turn {
-            self.sync_watcher(&mut state, key);
+        let pages: Vec<(PageWork, PageRead)> = work
+            .into_iter()
+            .map(|work| {
+                let read = self.reader.events(
+                    &work.range,
+                    work.next_revision,
+                    work.revision,
+                    self.options.sync_batch_events_max,
+                );
+                (work, read)
+            })
+            .collect();
+        let mut state = self.lock();
+        for (work, read) in pages {
+            deliver_page(&mut state, work, read);
         }
         self.count(&state);
         state.unsynced.len() as u32
     }
+}
 
-    /// Replays one page of history to one lagging watcher, and promotes it once caught up.
-    fn sync_watcher(&self, state: &mut HubState, key: WatcherKey) {
-        let revision = state.revision;
-        let Some(watcher) = state.watchers.get(&key) else {
-            state.unsynced.remove(&key);
-            return;
-        };
-        if watcher.next_revision > revision {
-            state.mark_synced(key);
+/// A history page one lagging watcher is owed.
+struct PageWork {
+    key: WatcherKey,
+    range: KeyRange,
+    next_revision: u64,
+    /// The hub's revision when the page was planned: the page reads up to it.
+    revision: u64,
+}
+
+type PageRead = aspen_storage::error::Result<aspen_storage::state_machine::EventsOutcome>;
+
+/// Under the lock: the page `key` is owed, or `None` when it is owed none now (gone, caught up
+/// and promoted, or its stream's queue is full).
+fn plan_page(state: &mut HubState, key: WatcherKey) -> Option<PageWork> {
+    let revision = state.revision;
+    let Some(watcher) = state.watchers.get(&key) else {
+        state.unsynced.remove(&key);
+        return None;
+    };
+    if watcher.next_revision > revision {
+        state.mark_synced(key);
+        return None;
+    }
+    if !state.has_room(key.0) {
+        return None;
+    }
+    Some(PageWork {
+        key,
+        range: watcher.range.clone(),
+        next_revision: watcher.next_revision,
+        revision,
+    })
+}
+
+/// Under the lock: hands a page read without it to its watcher, and promotes the watcher once
+/// caught up with the hub's revision now.
+fn deliver_page(state: &mut HubState, work: PageWork, read: PageRead) {
+    let key = work.key;
+    let still_owed = state.unsynced.contains(&key)
+        && state
+            .watchers
+            .get(&key)
+            .is_some_and(|w| w.next_revision == work.next_revision);
+    if !still_owed {
+        return;
+    }
+    let revision = state.revision;
+    let page = match read {
+        Ok(Ok(page)) => page,
+        Ok(Err(ApplyError::Compacted { compact_revision })) => {
+            let message = WatchMessage::Compacted {
+                watch_id: key.1,
+                compact_revision,
+                revision,
+            };
+            if state.send(key.0, message) != Sent::Full {
+                state.remove_watcher(key);
+            }
             return;
         }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "watch catch-up refused");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "watch catch-up could not read history");
+            return;
+        }
+    };
+    assert!(
+        page.through_revision >= work.next_revision,
+        "a catch-up page made no progress"
+    );
+    let Some(watcher) = state.watchers.get(&key) else {
+        return;
+    };
+    let events = watcher.select(&page.events);
+    if !events.is_empty() {
+        // Only the hub sends, under the lock; the room checked when planning may be gone if
+        // another page of the same stream was delivered first: then try again next round.
         if !state.has_room(key.0) {
             return;
         }
-        let page = self.reader.events(
-            &watcher.range,
-            watcher.next_revision,
+        let message = WatchMessage::Events {
+            watch_id: key.1,
             revision,
-            self.options.sync_batch_events_max,
-        );
-        let page = match page {
-            Ok(Ok(page)) => page,
-            Ok(Err(ApplyError::Compacted { compact_revision })) => {
-                let message = WatchMessage::Compacted {
-                    watch_id: key.1,
-                    compact_revision,
-                    revision,
-                };
-                if state.send(key.0, message) != Sent::Full {
-                    state.remove_watcher(key);
-                }
-                return;
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "watch catch-up refused");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "watch catch-up could not read history");
-                return;
-            }
+            events,
         };
-        let next_before = watcher.next_revision;
-        assert!(
-            page.through_revision >= next_before,
-            "a catch-up page made no progress"
-        );
-        let events = watcher.select(&page.events);
-        if !events.is_empty() {
-            let message = WatchMessage::Events {
-                watch_id: key.1,
-                revision,
-                events,
-            };
-            match state.send(key.0, message) {
-                Sent::Queued => {}
-                // Room was checked under the lock, and only the hub sends, under the lock.
-                Sent::Full => unreachable!("a queue with room refused a message"),
-                Sent::Closed => {
-                    state.close_stream(key.0);
-                    return;
-                }
+        match state.send(key.0, message) {
+            Sent::Queued => {}
+            Sent::Full => unreachable!("a queue with room refused a message"),
+            Sent::Closed => {
+                state.close_stream(key.0);
+                return;
             }
         }
-        if let Some(watcher) = state.watchers.get_mut(&key) {
-            watcher.next_revision = page.through_revision + 1;
-        }
-        if page.through_revision >= revision {
-            state.mark_synced(key);
-        }
+    }
+    if let Some(watcher) = state.watchers.get_mut(&key) {
+        watcher.next_revision = page.through_revision + 1;
+    }
+    if page.through_revision >= revision {
+        state.mark_synced(key);
     }
 }
 

@@ -12,10 +12,11 @@ use aspen_core::{
 };
 use redb::ReadableTable;
 
+use super::mvcc;
 use super::range::{self, read_revision};
 use super::records::{AppliedState, LeaseRecord, StoredVersion};
 use super::tables::WriteTables;
-use crate::error::{Result, decode};
+use crate::error::Result;
 
 /// The revision a write command writes at; its sub-revision counts the changes made.
 pub(crate) struct WriteRevision {
@@ -117,11 +118,16 @@ impl<'a, 't> Applier<'a, 't> {
         Ok(outcome)
     }
 
-    pub(crate) fn latest(&self, key: &[u8]) -> Result<Option<StoredVersion>> {
-        match self.tables.latest.get(key)? {
-            Some(bytes) => Ok(Some(decode("kv_latest", bytes.value())?)),
-            None => Ok(None),
-        }
+    /// `key`'s current version; its value is read only if `with_value` (it lives apart from
+    /// the index).
+    pub(crate) fn latest(&self, key: &[u8], with_value: bool) -> Result<Option<StoredVersion>> {
+        mvcc::version_at(
+            &self.tables.index,
+            &self.tables.revs,
+            key,
+            u64::MAX,
+            with_value,
+        )
     }
 
     /// etcd's checks before a put: the lease exists, and a key exists to take its value or
@@ -133,7 +139,7 @@ impl<'a, 't> Applier<'a, 't> {
         if put.key.is_empty() {
             return Ok(Err(ApplyError::EmptyKey));
         }
-        if (put.ignore_value || put.ignore_lease) && self.latest(&put.key)?.is_none() {
+        if (put.ignore_value || put.ignore_lease) && self.latest(&put.key, false)?.is_none() {
             return Ok(Err(ApplyError::KeyNotFound));
         }
         if !put.ignore_lease && put.lease != 0 && self.tables.leases.get(put.lease)?.is_none() {
@@ -142,13 +148,14 @@ impl<'a, 't> Applier<'a, 't> {
         Ok(Ok(()))
     }
 
-    /// Writes a new version of `put.key`; the one it replaces moves to history.
+    /// Writes a new version of `put.key`; the one it replaces stays where it is, as history.
     pub(crate) fn put(
         &mut self,
         put: &PutRequest,
         rev: &mut WriteRevision,
     ) -> Result<Option<KeyValue>> {
-        let previous = self.latest(&put.key)?;
+        let with_value = put.ignore_value || put.prev_kv || self.events.is_some();
+        let previous = self.latest(&put.key, with_value)?;
         let sub_revision = rev.take_sub();
         let new = StoredVersion {
             value: match (&previous, put.ignore_value) {
@@ -167,7 +174,6 @@ impl<'a, 't> Applier<'a, 't> {
         self.record_put(&put.key, previous.as_ref(), &new);
         if let Some(prev) = &previous {
             assert!(prev.mod_revision <= rev.main, "revision order");
-            self.store_history(&put.key, prev)?;
             if prev.lease != 0 && prev.lease != new.lease {
                 self.tables
                     .lease_keys
@@ -179,25 +185,18 @@ impl<'a, 't> Applier<'a, 't> {
                 .lease_keys
                 .insert((new.lease, put.key.as_slice()), ())?;
         }
-        self.buffer.clear();
-        aspen_core::codec::encode_into(&new, &mut self.buffer);
-        self.tables
-            .latest
-            .insert(put.key.as_slice(), self.buffer.as_slice())?;
+        mvcc::write_version(
+            &mut self.tables.index,
+            &mut self.tables.revs,
+            &put.key,
+            &new,
+            &mut self.buffer,
+        )?;
         Ok(if put.prev_kv {
             previous.map(|p| p.to_key_value(&put.key))
         } else {
             None
         })
-    }
-
-    fn store_history(&mut self, key: &[u8], version: &StoredVersion) -> Result<()> {
-        self.buffer.clear();
-        aspen_core::codec::encode_into(version, &mut self.buffer);
-        self.tables
-            .history
-            .insert((key, version.mod_revision), self.buffer.as_slice())?;
-        Ok(())
     }
 
     /// Deletes every live key in the range at one revision; returns the count and, if asked,
@@ -212,10 +211,18 @@ impl<'a, 't> Applier<'a, 't> {
             return Ok((0, Vec::new()));
         }
         let mut victims: Vec<(Vec<u8>, StoredVersion)> = Vec::new();
-        for item in self.tables.latest.range::<&[u8]>(range.bounds())? {
-            let (key, bytes) = item?;
-            victims.push((key.value().to_vec(), decode("kv_latest", bytes.value())?));
-        }
+        let with_value = delete.prev_kv || self.events.is_some();
+        mvcc::for_each_visible(
+            &self.tables.index,
+            &self.tables.revs,
+            &range,
+            u64::MAX,
+            with_value,
+            |key, version| {
+                victims.push((key.to_vec(), version));
+                Ok(true)
+            },
+        )?;
         let mut prev_kvs = Vec::new();
         for (key, version) in &victims {
             self.delete_key(key, version, rev)?;
@@ -234,9 +241,13 @@ impl<'a, 't> Applier<'a, 't> {
     ) -> Result<()> {
         let sub_revision = rev.take_sub();
         self.record_delete(key, current, rev.main, sub_revision);
-        self.tables.latest.remove(key)?;
-        self.store_history(key, current)?;
-        self.store_history(key, &StoredVersion::tombstone(rev.main, sub_revision))?;
+        mvcc::write_version(
+            &mut self.tables.index,
+            &mut self.tables.revs,
+            key,
+            &StoredVersion::tombstone(rev.main, sub_revision),
+            &mut self.buffer,
+        )?;
         if current.lease != 0 {
             self.tables.lease_keys.remove((current.lease, key))?;
         }
@@ -257,20 +268,19 @@ impl<'a, 't> Applier<'a, 't> {
             Ok(at) => at,
             Err(e) => return Ok(Err(e)),
         };
-        // The Txn's own writes already sit in `kv_latest` at `revision + 1`: only a read of "now"
-        // may take the latest-only path; an explicit revision (even the current one) must skip
-        // them, as etcd reads it at that revision.
-        let current = if request.revision == 0 {
-            self.state.revision
-        } else {
+        // The Txn's own writes already sit in the tables at `revision + 1`: a read of "now" sees
+        // them; an explicit revision (even the current one) skips them, as etcd reads it at that
+        // revision.
+        let at = if request.revision == 0 {
             self.state.revision + 1
+        } else {
+            at
         };
         Ok(Ok(range::range(
-            &self.tables.latest,
-            &self.tables.history,
+            &self.tables.index,
+            &self.tables.revs,
             request,
             at,
-            current,
         )?))
     }
 
@@ -283,7 +293,8 @@ impl<'a, 't> Applier<'a, 't> {
         if revision > self.state.revision {
             return Ok(Err(ApplyError::FutureRevision));
         }
-        super::compact::compact_history(self.tables, revision)?;
+        // Reads below the compaction revision fail from now on; the versions they could have
+        // seen are removed afterwards, in bounded steps off the apply path (`compact.rs`).
         self.state.compact_revision = revision;
         Ok(Ok(CommandResult::Compact))
     }
@@ -312,7 +323,7 @@ impl<'a, 't> Applier<'a, 't> {
             keys.push(key.value().1.to_vec());
         }
         for key in &keys {
-            let current = self.latest(key)?;
+            let current = self.latest(key, self.events.is_some())?;
             let current = current.ok_or_else(|| {
                 crate::error::StorageError::Invariant(format!(
                     "lease {id} lists a key that does not exist"

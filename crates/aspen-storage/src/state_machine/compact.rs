@@ -1,66 +1,98 @@
-//! Compaction: drop history that no read at or above the compaction revision can see.
+//! Physical compaction: removing the versions that no read at or above the compaction
+//! revision can see, in bounded steps off the apply path.
 //!
-//! For each key, of its versions at or below the compaction revision only the newest can still
-//! be read, and only if it is not a tombstone and the key's current version is newer than the
-//! compaction revision. Everything else at or below it goes.
+//! Applying `Compact { revision }` only raises the compaction revision: from then on, reads
+//! below it fail. The versions it makes unreadable are removed afterwards, a step at a time,
+//! each step its own short write transaction (`StateMachine::compact_step`), so a compaction
+//! of millions of revisions never holds the apply path for long. A version at or below the
+//! compaction revision is unreadable when the key has a newer version also at or below it, or
+//! when it is a tombstone (nothing older survives it). What is physically left does not change
+//! any read, nor HashKV, which hashes the logical content (`hash.rs`), so replicas may compact
+//! at their own pace.
 
 use redb::ReadableTable;
 
-use super::records::StoredVersion;
+use super::mvcc::{IndexRecord, RevKey, RevRecord};
 use super::tables::WriteTables;
 use crate::error::{Result, decode};
 
-/// Removes unreadable history below `compact_revision`; returns how many versions went.
-pub(crate) fn compact_history(tables: &mut WriteTables<'_>, compact_revision: u64) -> Result<u64> {
-    let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
-    let mut group_key: Option<Vec<u8>> = None;
-    let mut group: Vec<(u64, bool)> = Vec::new(); // (revision, is_tombstone), ascending
-    for item in tables.history.iter()? {
-        let (key, bytes) = item?;
-        let (user_key, revision) = key.value();
-        if group_key.as_deref() != Some(user_key) {
-            if let Some(done) = group_key.take() {
-                judge_group(tables, &done, &group, compact_revision, &mut doomed)?;
-            }
-            group_key = Some(user_key.to_vec());
-            group.clear();
-        }
-        if revision <= compact_revision {
-            let version: StoredVersion = decode("kv_history", bytes.value())?;
-            group.push((revision, version.is_tombstone()));
-        }
-    }
-    if let Some(done) = group_key.take() {
-        judge_group(tables, &done, &group, compact_revision, &mut doomed)?;
-    }
-    for (key, revision) in &doomed {
-        tables.history.remove((key.as_slice(), *revision))?;
-    }
-    Ok(doomed.len() as u64)
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CompactStep {
+    /// Where the next step starts in `kv_revs`.
+    pub next: RevKey,
+    /// Versions removed.
+    pub removed: u64,
+    /// True when everything at or below the compaction revision has been looked at.
+    pub done: bool,
 }
 
-fn judge_group(
+/// Looks at up to `records_max` versions of `kv_revs` from `from`, at or below
+/// `compact_revision`, and removes the unreadable ones.
+pub(crate) fn compact_step(
+    tables: &mut WriteTables<'_>,
+    compact_revision: u64,
+    from: RevKey,
+    records_max: u32,
+) -> Result<CompactStep> {
+    assert!(records_max > 0);
+    let mut looked_at: Vec<(RevKey, Vec<u8>, bool)> = Vec::new();
+    for item in tables
+        .revs
+        .range::<RevKey>(from..=(compact_revision, u32::MAX))?
+        .take(records_max as usize)
+    {
+        let (position, bytes) = item?;
+        let record: RevRecord = decode("kv_revs", bytes.value())?;
+        looked_at.push((position.value(), record.key, record.version == 0));
+    }
+    let done = (looked_at.len() as u64) < u64::from(records_max);
+    let next = match looked_at.last() {
+        Some(((main, sub), _, _)) => match sub.checked_add(1) {
+            Some(next_sub) => (*main, next_sub),
+            None => (main + 1, 0),
+        },
+        None => from,
+    };
+    let mut removed: u64 = 0;
+    for ((main, sub), key, is_tombstone) in &looked_at {
+        let superseded =
+            is_tombstone_or_superseded(tables, key, *main, *is_tombstone, compact_revision)?;
+        if superseded {
+            let index_entry = tables.index.remove((key.as_slice(), *main))?;
+            if let Some(entry) = index_entry {
+                let entry: IndexRecord = decode("kv_index", entry.value())?;
+                assert_eq!(entry.sub_revision, *sub, "kv_index and kv_revs disagree");
+            }
+            tables.revs.remove((*main, *sub))?;
+            removed += 1;
+        }
+    }
+    Ok(CompactStep {
+        next,
+        removed,
+        done,
+    })
+}
+
+fn is_tombstone_or_superseded(
     tables: &WriteTables<'_>,
     key: &[u8],
-    at_or_below: &[(u64, bool)],
+    main: u64,
+    is_tombstone: bool,
     compact_revision: u64,
-    doomed: &mut Vec<(Vec<u8>, u64)>,
-) -> Result<()> {
-    let Some(&(newest_revision, newest_is_tombstone)) = at_or_below.last() else {
-        return Ok(());
-    };
-    let current_is_old_enough = match tables.latest.get(key)? {
-        Some(bytes) => {
-            decode::<StoredVersion>("kv_latest", bytes.value())?.mod_revision <= compact_revision
-        }
-        None => false,
-    };
-    let keep_newest = !newest_is_tombstone && !current_is_old_enough;
-    for &(revision, _) in at_or_below {
-        if revision == newest_revision && keep_newest {
-            continue;
-        }
-        doomed.push((key.to_vec(), revision));
+) -> Result<bool> {
+    assert!(main <= compact_revision);
+    if is_tombstone {
+        return Ok(true);
     }
-    Ok(())
+    if main == compact_revision {
+        return Ok(false);
+    }
+    let newer = tables
+        .index
+        .range::<(&[u8], u64)>((key, main + 1)..=(key, compact_revision))?
+        .next()
+        .transpose()?;
+    Ok(newer.is_some())
 }

@@ -1,11 +1,11 @@
 //! Hashing the key-value history for etcd's Hash and HashKV: replicas that applied the same
 //! commands must produce the same hash, so it covers only replicated content, in a fixed order,
-//! with a fixed encoding that does not depend on the storage codec or on which table (latest or
-//! history) holds a version.
+//! with a fixed encoding that does not depend on the storage codec or on the table layout.
 
 use aspen_core::ApplyError;
 use redb::{ReadableDatabase, ReadableTable};
 
+use super::mvcc::{IndexKey, IndexRecord, RevKey, load_record};
 use super::records::StoredVersion;
 use super::{MvccReader, read_applied};
 use crate::error::{Result, decode};
@@ -50,9 +50,11 @@ pub(crate) fn hash_revision(
 }
 
 impl MvccReader {
-    /// Hashes every stored version (values, tombstones and all metadata) with
-    /// `mod_revision <= revision` (0: the current revision), in (key, revision) order, as of
-    /// one read transaction. Reads the whole history: run it off the async executor.
+    /// Hashes every version (values, tombstones and all metadata) with
+    /// `mod_revision <= revision` (0: the current revision) that compaction keeps, in
+    /// (key, revision) order, as of one read transaction. Versions that compaction removes are
+    /// left out whether or not this replica has removed them yet, so replicas agree while they
+    /// compact at their own pace. Reads the whole index: run it off the async executor.
     pub fn hash_kv(&self, revision: u64) -> Result<HashOutcome> {
         let db = self.store.state_db();
         let txn = db.begin_read()?;
@@ -61,9 +63,9 @@ impl MvccReader {
             Ok(at) => at,
             Err(e) => return Ok(Err(e)),
         };
-        let latest = txn.open_table(schema::KV_LATEST)?;
-        let history = txn.open_table(schema::KV_HISTORY)?;
-        let hash = hash_versions(&latest, &history, at)?;
+        let index = txn.open_table(schema::KV_INDEX)?;
+        let revs = txn.open_table(schema::KV_REVS)?;
+        let hash = hash_versions(&index, &revs, at, state.compact_revision)?;
         Ok(Ok(KvHash {
             hash,
             compact_revision: state.compact_revision,
@@ -73,64 +75,73 @@ impl MvccReader {
     }
 }
 
-/// Walks history and latest together. For each key its history (ascending revision) comes
-/// first, then its current version, which is always the newest.
-fn hash_versions<L, H>(latest: &L, history: &H, at_revision: u64) -> Result<u32>
+/// Walks the index key by key. Of a key's versions at or below the compaction revision only
+/// the newest survives compaction, and only if it is not a tombstone; every newer one does.
+fn hash_versions<I, R>(index: &I, revs: &R, at_revision: u64, compact_revision: u64) -> Result<u32>
 where
-    L: ReadableTable<&'static [u8], &'static [u8]>,
-    H: ReadableTable<(&'static [u8], u64), &'static [u8]>,
+    I: ReadableTable<IndexKey, &'static [u8]>,
+    R: ReadableTable<RevKey, &'static [u8]>,
 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(HASH_DOMAIN);
-    let mut latest_iter = latest.iter()?;
-    let mut pending_latest = latest_iter.next().transpose()?;
-    for item in history.iter()? {
-        let (history_key, bytes) = item?;
-        let (key, revision) = history_key.value();
-        // Current versions of keys before this one are complete: their history is behind us.
-        while let Some((latest_key, latest_bytes)) = &pending_latest {
-            if latest_key.value() >= key {
-                break;
-            }
-            hash_latest(
-                &mut hasher,
-                latest_key.value(),
-                latest_bytes.value(),
-                at_revision,
-            )?;
-            pending_latest = latest_iter.next().transpose()?;
+    // The newest version at or below the compaction revision of the key being walked.
+    let mut survivor: Option<(Vec<u8>, u64, IndexRecord)> = None;
+    let mut key_of_walk: Option<Vec<u8>> = None;
+    for item in index.iter()? {
+        let (table_key, bytes) = item?;
+        let (key, main) = table_key.value();
+        if key_of_walk.as_deref() != Some(key) {
+            flush_survivor(&mut hasher, revs, &mut survivor, at_revision)?;
+            key_of_walk = Some(key.to_vec());
         }
-        if revision <= at_revision {
-            let version: StoredVersion = decode("kv_history", bytes.value())?;
-            debug_assert_eq!(
-                version.mod_revision, revision,
-                "history keyed by mod revision"
-            );
-            hash_version(&mut hasher, key, &version);
+        let record: IndexRecord = decode("kv_index", bytes.value())?;
+        if main <= compact_revision {
+            survivor = Some((key.to_vec(), main, record));
+            continue;
+        }
+        flush_survivor(&mut hasher, revs, &mut survivor, at_revision)?;
+        if main <= at_revision {
+            hash_entry(&mut hasher, revs, key, main, record)?;
         }
     }
-    while let Some((latest_key, latest_bytes)) = &pending_latest {
-        hash_latest(
-            &mut hasher,
-            latest_key.value(),
-            latest_bytes.value(),
-            at_revision,
-        )?;
-        pending_latest = latest_iter.next().transpose()?;
-    }
+    flush_survivor(&mut hasher, revs, &mut survivor, at_revision)?;
     Ok(hasher.finalize())
 }
 
-fn hash_latest(
+fn flush_survivor<R>(
     hasher: &mut crc32fast::Hasher,
-    key: &[u8],
-    bytes: &[u8],
+    revs: &R,
+    survivor: &mut Option<(Vec<u8>, u64, IndexRecord)>,
     at_revision: u64,
-) -> Result<()> {
-    let version: StoredVersion = decode("kv_latest", bytes)?;
-    if version.mod_revision <= at_revision {
-        hash_version(hasher, key, &version);
+) -> Result<()>
+where
+    R: ReadableTable<RevKey, &'static [u8]>,
+{
+    if let Some((key, main, record)) = survivor.take()
+        && !record.is_tombstone()
+        && main <= at_revision
+    {
+        hash_entry(hasher, revs, &key, main, record)?;
     }
+    Ok(())
+}
+
+fn hash_entry<R>(
+    hasher: &mut crc32fast::Hasher,
+    revs: &R,
+    key: &[u8],
+    main: u64,
+    record: IndexRecord,
+) -> Result<()>
+where
+    R: ReadableTable<RevKey, &'static [u8]>,
+{
+    let value = if record.is_tombstone() {
+        Vec::new()
+    } else {
+        load_record(revs, main, record.sub_revision)?.value
+    };
+    hash_version(hasher, key, &record.to_version(main, value));
     Ok(())
 }
 

@@ -1,22 +1,26 @@
 //! Replaying MVCC history as watch events: what a watcher that fell behind (or asked for an
 //! old start revision) reads instead of the live feed.
 //!
-//! History is keyed by key, then revision, so a revision window is found by walking the keys
-//! of the range and picking each version whose revision falls in it; the picks are then put
-//! in revision order. Memory stays bounded by `events_max` (plus one revision's events, which
-//! are never split) however much history the range holds.
-
-use std::collections::BTreeMap;
+//! Versions are stored by revision (`kv_revs`), so a revision window is read in order,
+//! directly; each event's previous version comes from the key index. A page holds at most
+//! `events_max` events (plus the rest of the revision that crossed it: a revision is never
+//! split) and looks at most `EVENT_SCAN_RECORDS_MAX` versions, so its time and memory are
+//! bounded however much history the window holds; a page cut short ends at a revision
+//! boundary and says where (`through_revision`).
 
 use aspen_core::keys::KeyRange;
 use aspen_core::{ApplyError, Event, EventKind};
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 
-use super::range::history_range;
+use super::mvcc::{self, RevKey, RevRecord};
 use super::records::StoredVersion;
 use super::{MvccReader, read_applied};
 use crate::error::{Result, decode};
 use crate::schema;
+
+/// Versions one page looks at, matching or not: bounds a page over a long window of other
+/// keys' writes. The next page goes on from where this one stopped.
+pub const EVENT_SCAN_RECORDS_MAX: u32 = 16_384;
 
 /// Events read from history: every event in the range with a revision in
 /// `start ..= through_revision`, in order. `through_revision < start` means nothing was read.
@@ -59,106 +63,68 @@ impl MvccReader {
                 through_revision: end.max(start - 1),
             }));
         }
-        let mut picker = Picker::new(events_max);
-        let latest = txn.open_table(schema::KV_LATEST)?;
-        let history = txn.open_table(schema::KV_HISTORY)?;
-        let mut latest_iter = latest.range::<&[u8]>(range.bounds())?.peekable();
-        let mut group: Option<KeyGroup> = None;
-        for item in history_range(&history, range)? {
-            let (table_key, bytes) = item?;
-            let (key, revision) = table_key.value();
-            if group.as_ref().is_none_or(|g| g.key.as_slice() != key) {
-                if let Some(done) = group.take() {
-                    finish_group(done, &mut latest_iter, start, end, &mut picker)?;
+        let index = txn.open_table(schema::KV_INDEX)?;
+        let revs = txn.open_table(schema::KV_REVS)?;
+        let mut events: Vec<Event> = Vec::new();
+        let mut through_revision = end;
+        let mut scanned: u32 = 0;
+        let mut revision_of_last: Option<u64> = None;
+        // Where the events of the revision being read start in `events`.
+        let mut revision_start: usize = 0;
+        for item in revs.range::<RevKey>((start, 0)..=(end, u32::MAX))? {
+            let (position, bytes) = item?;
+            let (main, sub) = position.value();
+            if revision_of_last != Some(main) {
+                // Stop only between revisions, once the page is full or has looked far enough.
+                if revision_of_last.is_some()
+                    && (events.len() >= events_max as usize || scanned >= EVENT_SCAN_RECORDS_MAX)
+                {
+                    through_revision = main - 1;
+                    break;
                 }
-                group = Some(KeyGroup {
-                    key: key.to_vec(),
-                    previous: None,
-                });
+                revision_of_last = Some(main);
+                revision_start = events.len();
             }
-            if revision > end {
+            scanned += 1;
+            let record: RevRecord = decode("kv_revs", bytes.value())?;
+            if !range.contains(&record.key) {
                 continue;
             }
-            let version: StoredVersion = decode("kv_history", bytes.value())?;
-            if let Some(group) = group.as_mut() {
-                group.visit(version, start, &mut picker);
+            let version = record.to_version(main, sub);
+            let previous = previous_version(&index, &revs, &record.key, main)?;
+            events.push(event_for(&record.key, previous.as_ref(), &version));
+            // A revision that would overfill the page goes to the next one, unless it is the
+            // page's first: one revision alone may exceed `events_max`.
+            if events.len() > events_max as usize && revision_start > 0 {
+                events.truncate(revision_start);
+                through_revision = main - 1;
+                break;
             }
         }
-        if let Some(done) = group.take() {
-            finish_group(done, &mut latest_iter, start, end, &mut picker)?;
-        }
-        drain_latest(&mut latest_iter, None, start, end, &mut picker)?;
-        Ok(Ok(picker.finish(end)))
+        debug_assert!(events.windows(2).all(|w| w[0].position() < w[1].position()));
+        Ok(Ok(EventPage {
+            events,
+            through_revision,
+        }))
     }
 }
 
-type LatestIter<'a> = std::iter::Peekable<redb::Range<'a, &'static [u8], &'static [u8]>>;
-
-/// One key's versions, walked in revision order.
-struct KeyGroup {
-    key: Vec<u8>,
-    /// The version before the one being visited (a tombstone ends a generation).
-    previous: Option<StoredVersion>,
-}
-
-impl KeyGroup {
-    fn visit(&mut self, version: StoredVersion, start: u64, picker: &mut Picker) {
-        if version.mod_revision >= start {
-            picker.offer(event_for(&self.key, self.previous.as_ref(), &version));
-        }
-        self.previous = Some(version);
+/// `key`'s version just before revision `main`, with its value (none if absent, deleted, or
+/// compacted away).
+fn previous_version<I, R>(
+    index: &I,
+    revs: &R,
+    key: &[u8],
+    main: u64,
+) -> Result<Option<StoredVersion>>
+where
+    I: ReadableTable<mvcc::IndexKey, &'static [u8]>,
+    R: ReadableTable<RevKey, &'static [u8]>,
+{
+    if main == 0 {
+        return Ok(None);
     }
-}
-
-/// Ends a key's history: keys only in `kv_latest` before it, then its own current version.
-fn finish_group(
-    mut group: KeyGroup,
-    latest: &mut LatestIter<'_>,
-    start: u64,
-    end: u64,
-    picker: &mut Picker,
-) -> Result<()> {
-    drain_latest(latest, Some(&group.key), start, end, picker)?;
-    let current = match latest.peek() {
-        Some(Ok((key, _))) if key.value() == group.key.as_slice() => latest.next(),
-        _ => None,
-    };
-    if let Some(item) = current {
-        let (_, bytes) = item?;
-        let version: StoredVersion = decode("kv_latest", bytes.value())?;
-        if version.mod_revision <= end {
-            group.visit(version, start, picker);
-        }
-    }
-    Ok(())
-}
-
-/// Visits current versions of keys below `before` (all, if `None`): keys without history.
-fn drain_latest(
-    latest: &mut LatestIter<'_>,
-    before: Option<&[u8]>,
-    start: u64,
-    end: u64,
-    picker: &mut Picker,
-) -> Result<()> {
-    loop {
-        let below = match latest.peek() {
-            Some(Ok((key, _))) => before.is_none_or(|b| key.value() < b),
-            Some(Err(_)) => true,
-            None => false,
-        };
-        if !below {
-            return Ok(());
-        }
-        let Some(item) = latest.next() else {
-            return Ok(());
-        };
-        let (key, bytes) = item?;
-        let version: StoredVersion = decode("kv_latest", bytes.value())?;
-        if version.mod_revision >= start && version.mod_revision <= end {
-            picker.offer(event_for(key.value(), None, &version));
-        }
-    }
+    mvcc::version_at(index, revs, key, main - 1, true)
 }
 
 fn event_for(key: &[u8], previous: Option<&StoredVersion>, version: &StoredVersion) -> Event {
@@ -173,66 +139,5 @@ fn event_for(key: &[u8], previous: Option<&StoredVersion>, version: &StoredVersi
         kv: version.to_key_value(key),
         prev_kv,
         sub_revision: version.sub_revision,
-    }
-}
-
-/// Keeps the earliest events offered, whole revisions only, at most `events_max` of them
-/// unless the earliest revision alone has more.
-struct Picker {
-    events_max: usize,
-    picked: BTreeMap<(u64, u32), Event>,
-    /// The lowest revision dropped: revisions from here on are incomplete and are left out.
-    cut_revision: Option<u64>,
-}
-
-impl Picker {
-    fn new(events_max: u32) -> Picker {
-        Picker {
-            events_max: events_max as usize,
-            picked: BTreeMap::new(),
-            cut_revision: None,
-        }
-    }
-
-    fn offer(&mut self, event: Event) {
-        if self.cut_revision.is_some_and(|cut| event.revision() >= cut) {
-            return;
-        }
-        let previous = self.picked.insert(event.position(), event);
-        assert!(previous.is_none(), "two events at one position");
-        while self.picked.len() > self.events_max {
-            let (Some((first, _)), Some((last, _))) =
-                (self.picked.first_key_value(), self.picked.last_key_value())
-            else {
-                break;
-            };
-            let (first_revision, last_revision) = (first.0, last.0);
-            if first_revision == last_revision {
-                break;
-            }
-            while self
-                .picked
-                .last_key_value()
-                .is_some_and(|(position, _)| position.0 == last_revision)
-            {
-                self.picked.pop_last();
-            }
-            self.cut_revision = Some(last_revision);
-        }
-    }
-
-    fn finish(self, end: u64) -> EventPage {
-        let through_revision = self.cut_revision.map_or(end, |cut| cut - 1);
-        let events: Vec<Event> = self.picked.into_values().collect();
-        debug_assert!(events.windows(2).all(|w| w[0].position() < w[1].position()));
-        assert!(
-            events
-                .last()
-                .is_none_or(|e| e.revision() <= through_revision)
-        );
-        EventPage {
-            events,
-            through_revision,
-        }
     }
 }

@@ -13,6 +13,7 @@ mod events;
 mod hash;
 mod history;
 mod lease_read;
+pub(crate) mod mvcc;
 pub(crate) mod range;
 pub mod records;
 mod snapshot_io;
@@ -31,7 +32,8 @@ use redb::{ReadableDatabase, ReadableTable};
 
 pub use events::EventSink;
 pub use hash::{HashOutcome, KvHash};
-pub use history::{EventPage, EventsOutcome};
+pub use history::{EVENT_SCAN_RECORDS_MAX, EventPage, EventsOutcome};
+pub use mvcc::{IndexRecord, RevRecord};
 pub use records::AppliedState;
 pub use snapshot_io::export_snapshot;
 
@@ -48,6 +50,8 @@ pub struct StateMachine {
     store: Store,
     /// Where committed events go; shared by every clone.
     events: std::sync::Arc<events::EventHook>,
+    /// Signalled when a batch applied a compaction (physical removal is pending).
+    compaction: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl StateMachine {
@@ -55,6 +59,7 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             events: std::sync::Arc::default(),
+            compaction: std::sync::Arc::default(),
         })
     }
 
@@ -95,6 +100,7 @@ impl StateMachine {
             .map_err(|e| StorageError::Invariant(e.to_string()))?;
         let mut state = read_applied_write(&txn)?;
         let revision_before = state.revision;
+        let compact_revision_before = state.compact_revision;
         let events;
         let mut responses = Vec::with_capacity(entries.len());
         {
@@ -140,6 +146,9 @@ impl StateMachine {
         } else {
             shared.durability.record_not_durable(batch_entries);
         }
+        if state.compact_revision != compact_revision_before {
+            self.compaction.notify_one();
+        }
         self.events.publish(aspen_core::event::CommittedBatch {
             revision_before,
             revision_after: state.revision,
@@ -178,6 +187,106 @@ impl StateMachine {
                 .remove_replaced(previous.file_name.as_deref(), record.file_name.as_deref())?;
         }
         Ok(())
+    }
+}
+
+/// Physical compaction's progress on this replica (`sm_meta` `compacted_to`): for which
+/// compaction revision, and where in `kv_revs` the next step starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct CompactProgress {
+    compact_revision: u64,
+    next: mvcc::RevKey,
+    done: bool,
+}
+
+impl StateMachine {
+    /// True when the compaction revision has versions left to remove (physically).
+    pub fn compaction_pending(&self) -> Result<bool> {
+        let db = self.store.state_db();
+        let txn = db.begin_read()?;
+        let state = read_applied(&txn)?;
+        let progress = read_compact_progress(&txn.open_table(SM_META)?)?;
+        Ok(state.compact_revision > 0
+            && progress.is_none_or(|p| p.compact_revision != state.compact_revision || !p.done))
+    }
+
+    /// One step of physical compaction (see `compact.rs`): looks at up to
+    /// `COMPACT_BATCH_KEYS_MAX` versions in one short write transaction. Returns true while
+    /// more steps are needed.
+    pub fn compact_step(&self) -> Result<bool> {
+        let db = self.store.state_db();
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| StorageError::Invariant(e.to_string()))?;
+        let state = read_applied_write(&txn)?;
+        let progress = read_compact_progress(&txn.open_table(SM_META)?)?;
+        // A new compaction revision walks from the start: versions that survived the last one
+        // may be superseded now.
+        let from = match progress {
+            Some(p) if p.compact_revision == state.compact_revision => {
+                if p.done {
+                    txn.abort()?;
+                    return Ok(false);
+                }
+                p.next
+            }
+            _ => (0, 0),
+        };
+        if state.compact_revision == 0 {
+            txn.abort()?;
+            return Ok(false);
+        }
+        let step = {
+            let mut tables = tables::WriteTables::open(&txn)?;
+            compact::compact_step(
+                &mut tables,
+                state.compact_revision,
+                from,
+                aspen_core::limits::COMPACT_BATCH_KEYS_MAX,
+            )?
+        };
+        let progress = CompactProgress {
+            compact_revision: state.compact_revision,
+            next: step.next,
+            done: step.done,
+        };
+        txn.open_table(SM_META)?.insert(
+            schema::SM_COMPACTED_TO,
+            aspen_core::codec::encode(&progress).as_slice(),
+        )?;
+        txn.commit()?;
+        drop(db);
+        self.store.shared.durability.record_not_durable(0);
+        if step.removed > 0 || step.done {
+            tracing::debug!(
+                compact_revision = state.compact_revision,
+                removed = step.removed,
+                done = step.done,
+                "compaction step"
+            );
+        }
+        Ok(!step.done)
+    }
+
+    /// Runs compaction steps until none is pending (tests and tools; the node runs steps from
+    /// its compactor task).
+    pub fn compact_until_done(&self) -> Result<()> {
+        while self.compact_step()? {}
+        Ok(())
+    }
+
+    /// Wakes whoever waits for compaction work (the node's compactor) after a `Compact` applies.
+    pub fn compaction_notify(&self) -> &std::sync::Arc<tokio::sync::Notify> {
+        &self.compaction
+    }
+}
+
+fn read_compact_progress(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<CompactProgress>> {
+    match table.get(schema::SM_COMPACTED_TO)? {
+        Some(bytes) => Ok(Some(decode("sm_meta", bytes.value())?)),
+        None => Ok(None),
     }
 }
 
@@ -225,9 +334,9 @@ impl MvccReader {
                 Ok(at) => at,
                 Err(e) => return Ok(Err(e)),
             };
-        let latest = txn.open_table(schema::KV_LATEST)?;
-        let history = txn.open_table(schema::KV_HISTORY)?;
-        let result = range::range(&latest, &history, request, at, state.revision)?;
+        let index = txn.open_table(schema::KV_INDEX)?;
+        let revs = txn.open_table(schema::KV_REVS)?;
+        let result = range::range(&index, &revs, request, at)?;
         Ok(Ok((result, state.revision)))
     }
 

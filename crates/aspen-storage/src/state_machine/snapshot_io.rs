@@ -5,7 +5,8 @@ use std::io::BufReader;
 use aspen_core::type_config::alias::SnapshotMeta;
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::records::AppliedState;
+use super::mvcc::{IndexRecord, load_record, write_version};
+use super::records::{AppliedState, StoredVersion};
 use super::{read_applied, read_applied_write, write_applied};
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
@@ -63,26 +64,7 @@ fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
     };
     sink.write_frame(&header, &mut buffer)?;
     frames += 1;
-    for item in txn.open_table(schema::KV_LATEST)?.iter()? {
-        let (key, bytes) = item?;
-        let frame = Frame::Latest {
-            key: key.value().to_vec(),
-            version: decode("kv_latest", bytes.value())?,
-        };
-        sink.write_frame(&frame, &mut buffer)?;
-        frames += 1;
-    }
-    for item in txn.open_table(schema::KV_HISTORY)?.iter()? {
-        let (key, bytes) = item?;
-        let (user_key, revision) = key.value();
-        let frame = Frame::History {
-            key: user_key.to_vec(),
-            revision,
-            version: decode("kv_history", bytes.value())?,
-        };
-        sink.write_frame(&frame, &mut buffer)?;
-        frames += 1;
-    }
+    frames += write_versions(&txn, &state, sink, &mut buffer)?;
     for item in txn.open_table(schema::LEASES)?.iter()? {
         let (id, bytes) = item?;
         let frame = Frame::Lease {
@@ -98,6 +80,65 @@ fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
         last_log_id: state.last_applied,
         last_membership: state.membership.clone(),
     })
+}
+
+/// Writes every version compaction keeps, key by key in revision order: a key's newest version
+/// as `Latest` (unless it is a tombstone), the others as `History`. Returns the frame count.
+fn write_versions(
+    txn: &redb::ReadTransaction,
+    state: &AppliedState,
+    sink: &mut SnapshotSink,
+    buffer: &mut Vec<u8>,
+) -> Result<u64> {
+    let index = txn.open_table(schema::KV_INDEX)?;
+    let revs = txn.open_table(schema::KV_REVS)?;
+    let mut frames: u64 = 0;
+    // The key being walked and its version not yet written (the next one decides its frame).
+    let mut held: Option<(Vec<u8>, StoredVersion)> = None;
+    let mut emit = |held: (Vec<u8>, StoredVersion), newest: bool| -> Result<()> {
+        let (key, version) = held;
+        let frame = if newest && !version.is_tombstone() {
+            Frame::Latest { key, version }
+        } else {
+            Frame::History {
+                key,
+                revision: version.mod_revision,
+                version,
+            }
+        };
+        sink.write_frame(&frame, buffer)?;
+        frames += 1;
+        Ok(())
+    };
+    for item in index.iter()? {
+        let (table_key, bytes) = item?;
+        let (key, main) = table_key.value();
+        let record: IndexRecord = decode("kv_index", bytes.value())?;
+        let same_key = held.as_ref().is_some_and(|(k, _)| k.as_slice() == key);
+        if let Some(previous) = held.take() {
+            // Of a key's versions at or below the compaction revision only the newest is kept
+            // (and not a tombstone): the same rule as compaction and HashKV.
+            let compacted_away = same_key && main <= state.compact_revision;
+            if !compacted_away {
+                emit(previous, !same_key)?;
+            }
+        }
+        if main <= state.compact_revision && record.is_tombstone() {
+            // Nothing before a tombstone at or below the compaction revision survives it, nor
+            // the tombstone itself.
+            continue;
+        }
+        let value = if record.is_tombstone() {
+            Vec::new()
+        } else {
+            load_record(&revs, main, record.sub_revision)?.value
+        };
+        held = Some((key.to_vec(), record.to_version(main, value)));
+    }
+    if let Some(previous) = held.take() {
+        emit(previous, true)?;
+    }
+    Ok(frames)
 }
 
 /// What [`set_current_if_newer`] did.
@@ -147,8 +188,8 @@ pub(crate) fn install(
     let mut buffer = Vec::with_capacity(4096);
     let db = store.state_db();
     let txn = db.begin_write()?;
-    txn.delete_table(schema::KV_LATEST)?;
-    txn.delete_table(schema::KV_HISTORY)?;
+    txn.delete_table(schema::KV_INDEX)?;
+    txn.delete_table(schema::KV_REVS)?;
     txn.delete_table(schema::LEASES)?;
     txn.delete_table(schema::LEASE_KEYS)?;
     let Some(Frame::Header {
@@ -182,8 +223,13 @@ pub(crate) fn install(
                             version.mod_revision
                         )));
                     }
-                    aspen_core::codec::encode_into(&version, &mut encoded);
-                    tables.latest.insert(key.as_slice(), encoded.as_slice())?;
+                    write_version(
+                        &mut tables.index,
+                        &mut tables.revs,
+                        &key,
+                        &version,
+                        &mut encoded,
+                    )?;
                     if version.lease != 0 {
                         tables
                             .lease_keys
@@ -195,10 +241,20 @@ pub(crate) fn install(
                     revision: rev,
                     version,
                 } => {
-                    aspen_core::codec::encode_into(&version, &mut encoded);
-                    tables
-                        .history
-                        .insert((key.as_slice(), rev), encoded.as_slice())?;
+                    if version.mod_revision != rev || rev > revision {
+                        return Err(StorageError::Snapshot(format!(
+                            "snapshot history record at {rev} holds a version modified at {} \
+                             (snapshot revision {revision})",
+                            version.mod_revision
+                        )));
+                    }
+                    write_version(
+                        &mut tables.index,
+                        &mut tables.revs,
+                        &key,
+                        &version,
+                        &mut encoded,
+                    )?;
                 }
                 Frame::Lease { id, record } => {
                     aspen_core::codec::encode_into(&record, &mut encoded);
@@ -222,6 +278,8 @@ pub(crate) fn install(
     {
         let mut table = txn.open_table(SM_META)?;
         table.insert(SM_SNAPSHOT, aspen_core::codec::encode(record).as_slice())?;
+        // The installed versions are compacted as the source had them: no progress carries.
+        table.remove(schema::SM_COMPACTED_TO)?;
     }
     // Immediate: the log is purged behind this snapshot, so it must survive a crash.
     txn.commit()?;

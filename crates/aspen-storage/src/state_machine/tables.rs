@@ -2,13 +2,13 @@
 
 use redb::{Table, WriteTransaction};
 
-use super::range::HistoryKey;
+use super::mvcc::{IndexKey, RevKey};
 use crate::error::Result;
 use crate::schema;
 
 pub(crate) struct WriteTables<'t> {
-    pub latest: Table<'t, &'static [u8], &'static [u8]>,
-    pub history: Table<'t, HistoryKey, &'static [u8]>,
+    pub index: Table<'t, IndexKey, &'static [u8]>,
+    pub revs: Table<'t, RevKey, &'static [u8]>,
     pub leases: Table<'t, u64, &'static [u8]>,
     pub lease_keys: Table<'t, (u64, &'static [u8]), ()>,
 }
@@ -16,8 +16,8 @@ pub(crate) struct WriteTables<'t> {
 impl<'t> WriteTables<'t> {
     pub fn open(txn: &'t WriteTransaction) -> Result<WriteTables<'t>> {
         Ok(WriteTables {
-            latest: txn.open_table(schema::KV_LATEST)?,
-            history: txn.open_table(schema::KV_HISTORY)?,
+            index: txn.open_table(schema::KV_INDEX)?,
+            revs: txn.open_table(schema::KV_REVS)?,
             leases: txn.open_table(schema::LEASES)?,
             lease_keys: txn.open_table(schema::LEASE_KEYS)?,
         })

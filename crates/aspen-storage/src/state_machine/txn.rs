@@ -9,12 +9,11 @@ use aspen_core::{
     ApplyError, CommandResult, Compare, CompareResult, CompareTarget, RequestOp, ResponseOp,
     TxnRequest,
 };
-use redb::ReadableTable;
 
 use super::apply::{Applier, Outcome, WriteRevision};
 use super::range::read_revision;
 use super::records::StoredVersion;
-use crate::error::{Result, decode};
+use crate::error::Result;
 
 type Checked<T> = std::result::Result<T, ApplyError>;
 
@@ -161,15 +160,19 @@ impl<'a, 't> Applier<'a, 't> {
         }
         let mut seen_any = false;
         let mut holds = true;
-        for item in self.tables.latest.range::<&[u8]>(range.bounds())? {
-            let (_, bytes) = item?;
-            let version: StoredVersion = decode("kv_latest", bytes.value())?;
-            seen_any = true;
-            if !compare_version(compare, Some(&version)) {
-                holds = false;
-                break;
-            }
-        }
+        let with_value = matches!(compare.target, CompareTarget::Value(_));
+        super::mvcc::for_each_visible(
+            &self.tables.index,
+            &self.tables.revs,
+            &range,
+            u64::MAX,
+            with_value,
+            |_, version| {
+                seen_any = true;
+                holds = compare_version(compare, Some(&version));
+                Ok(holds)
+            },
+        )?;
         if !seen_any {
             return Ok(compare_version(compare, None));
         }

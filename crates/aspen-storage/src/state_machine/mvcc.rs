@@ -1,0 +1,283 @@
+//! The revision-keyed MVCC layout, as etcd's: every version is written once, in revision order,
+//! into `kv_revs`; `kv_index` maps (key, revision) to the small metadata of each version, so a
+//! key's version at a revision is its newest index entry at or below it.
+//!
+//! A put writes one small index entry (at a random place, by key) and one record with the value
+//! appended at the right edge of `kv_revs`; the previous version stays where it is. Reads are
+//! generic over redb's readable tables, so the same code serves read transactions (client
+//! reads) and the apply's write transaction (reads inside a Txn).
+
+use aspen_core::keys::KeyRange;
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::records::StoredVersion;
+use crate::error::{Result, StorageError, decode};
+
+/// `kv_index` key: (user key, main revision).
+pub(crate) type IndexKey = (&'static [u8], u64);
+/// `kv_revs` key: (main revision, sub-revision).
+pub(crate) type RevKey = (u64, u32);
+
+/// One version's metadata in `kv_index`. `version == 0` is a deletion tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexRecord {
+    pub sub_revision: u32,
+    pub create_revision: u64,
+    pub version: u64,
+    pub lease: u64,
+}
+
+impl IndexRecord {
+    pub fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+
+    /// The version this entry describes, at `mod_revision`, with `value`.
+    pub fn to_version(self, mod_revision: u64, value: Vec<u8>) -> StoredVersion {
+        StoredVersion {
+            value,
+            create_revision: self.create_revision,
+            mod_revision,
+            sub_revision: self.sub_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+
+    pub fn of(version: &StoredVersion) -> IndexRecord {
+        IndexRecord {
+            sub_revision: version.sub_revision,
+            create_revision: version.create_revision,
+            version: version.version,
+            lease: version.lease,
+        }
+    }
+}
+
+/// One version in `kv_revs`: everything about it, so a revision window reads as events
+/// without the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevRecord {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub version: u64,
+    pub lease: u64,
+}
+
+impl RevRecord {
+    pub fn to_version(&self, mod_revision: u64, sub_revision: u32) -> StoredVersion {
+        StoredVersion {
+            value: self.value.clone(),
+            create_revision: self.create_revision,
+            mod_revision,
+            sub_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}
+
+/// Writes `version` of `key`: its index entry and its record.
+pub(crate) fn write_version(
+    index: &mut redb::Table<'_, IndexKey, &'static [u8]>,
+    revs: &mut redb::Table<'_, RevKey, &'static [u8]>,
+    key: &[u8],
+    version: &StoredVersion,
+    buffer: &mut Vec<u8>,
+) -> Result<()> {
+    buffer.clear();
+    aspen_core::codec::encode_into(&IndexRecord::of(version), buffer);
+    let replaced = match index.insert((key, version.mod_revision), buffer.as_slice())? {
+        Some(previous) => Some(decode::<IndexRecord>("kv_index", previous.value())?),
+        None => None,
+    };
+    // The API refuses a Txn that writes one key twice (etcd's "duplicate key"); should a
+    // command still do it, the last write at the revision wins, as it did in `kv_latest`.
+    if let Some(replaced) = replaced {
+        revs.remove((version.mod_revision, replaced.sub_revision))?;
+    }
+    buffer.clear();
+    let record = RevRecordRef {
+        key,
+        value: &version.value,
+        create_revision: version.create_revision,
+        version: version.version,
+        lease: version.lease,
+    };
+    aspen_core::codec::encode_into(&record, buffer);
+    let previous = revs.insert(
+        (version.mod_revision, version.sub_revision),
+        buffer.as_slice(),
+    )?;
+    assert!(previous.is_none(), "two versions at one revision position");
+    Ok(())
+}
+
+/// `RevRecord`'s encoding, borrowed (no copy of the value to write it).
+#[derive(Serialize)]
+struct RevRecordRef<'a> {
+    #[serde(with = "serde_bytes")]
+    key: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    value: &'a [u8],
+    create_revision: u64,
+    version: u64,
+    lease: u64,
+}
+
+/// `kv_index` bounds covering every revision of every key in `range`.
+pub(crate) fn index_range<'i, I>(
+    index: &'i I,
+    range: &KeyRange,
+) -> Result<redb::Range<'i, IndexKey, &'static [u8]>>
+where
+    I: ReadableTable<IndexKey, &'static [u8]>,
+{
+    let iter = match range {
+        KeyRange::Single(key) => {
+            index.range::<(&[u8], u64)>((key.as_slice(), 0)..=(key.as_slice(), u64::MAX))?
+        }
+        KeyRange::Interval {
+            start,
+            end: Some(end),
+        } => index.range::<(&[u8], u64)>((start.as_slice(), 0)..(end.as_slice(), 0))?,
+        KeyRange::Interval { start, end: None } => {
+            index.range::<(&[u8], u64)>((start.as_slice(), 0)..)?
+        }
+    };
+    Ok(iter)
+}
+
+/// `key`'s newest index entry at or below `at_revision` (tombstones included).
+pub(crate) fn entry_at<I>(
+    index: &I,
+    key: &[u8],
+    at_revision: u64,
+) -> Result<Option<(u64, IndexRecord)>>
+where
+    I: ReadableTable<IndexKey, &'static [u8]>,
+{
+    let mut iter = index.range::<(&[u8], u64)>((key, 0)..=(key, at_revision))?;
+    match iter.next_back() {
+        Some(item) => {
+            let (table_key, bytes) = item?;
+            let record: IndexRecord = decode("kv_index", bytes.value())?;
+            Ok(Some((table_key.value().1, record)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The record at (main, sub); an index entry without one is corruption.
+pub(crate) fn load_record<R>(revs: &R, main: u64, sub: u32) -> Result<RevRecord>
+where
+    R: ReadableTable<RevKey, &'static [u8]>,
+{
+    match revs.get((main, sub))? {
+        Some(bytes) => decode("kv_revs", bytes.value()),
+        None => Err(StorageError::Invariant(format!(
+            "kv_index names revision {main}.{sub}, which kv_revs does not hold"
+        ))),
+    }
+}
+
+/// `key`'s live version at `at_revision` (none if absent or deleted there); the value is read
+/// only if `with_value`.
+pub(crate) fn version_at<I, R>(
+    index: &I,
+    revs: &R,
+    key: &[u8],
+    at_revision: u64,
+    with_value: bool,
+) -> Result<Option<StoredVersion>>
+where
+    I: ReadableTable<IndexKey, &'static [u8]>,
+    R: ReadableTable<RevKey, &'static [u8]>,
+{
+    let Some((main, record)) = entry_at(index, key, at_revision)? else {
+        return Ok(None);
+    };
+    if record.is_tombstone() {
+        return Ok(None);
+    }
+    let value = if with_value {
+        load_record(revs, main, record.sub_revision)?.value
+    } else {
+        Vec::new()
+    };
+    Ok(Some(record.to_version(main, value)))
+}
+
+/// Calls `visit` for each key in `range` with its live version at `at_revision`, in key order
+/// (values read only if `with_value`). `visit` returns false to stop early.
+pub(crate) fn for_each_visible<I, R>(
+    index: &I,
+    revs: &R,
+    range: &KeyRange,
+    at_revision: u64,
+    with_value: bool,
+    mut visit: impl FnMut(&[u8], StoredVersion) -> Result<bool>,
+) -> Result<()>
+where
+    I: ReadableTable<IndexKey, &'static [u8]>,
+    R: ReadableTable<RevKey, &'static [u8]>,
+{
+    if range.is_empty() {
+        return Ok(());
+    }
+    if let KeyRange::Single(key) = range {
+        if let Some(version) = version_at(index, revs, key, at_revision, with_value)? {
+            visit(key, version)?;
+        }
+        return Ok(());
+    }
+    // Walk (key, revision) in order; a key's visible entry is its last one at or below
+    // `at_revision`, known once the walk moves past the key.
+    let mut current: Option<(Vec<u8>, Option<(u64, IndexRecord)>)> = None;
+    for item in index_range(index, range)? {
+        let (table_key, bytes) = item?;
+        let (key, main) = table_key.value();
+        if current.as_ref().is_none_or(|(k, _)| k.as_slice() != key) {
+            if let Some((done_key, Some(entry))) = current.take()
+                && !emit(revs, &done_key, entry, with_value, &mut visit)?
+            {
+                return Ok(());
+            }
+            current = Some((key.to_vec(), None));
+        }
+        if main <= at_revision
+            && let Some((_, visible)) = current.as_mut()
+        {
+            *visible = Some((main, decode("kv_index", bytes.value())?));
+        }
+    }
+    if let Some((done_key, Some(entry))) = current.take() {
+        emit(revs, &done_key, entry, with_value, &mut visit)?;
+    }
+    Ok(())
+}
+
+fn emit<R>(
+    revs: &R,
+    key: &[u8],
+    (main, record): (u64, IndexRecord),
+    with_value: bool,
+    visit: &mut impl FnMut(&[u8], StoredVersion) -> Result<bool>,
+) -> Result<bool>
+where
+    R: ReadableTable<RevKey, &'static [u8]>,
+{
+    if record.is_tombstone() {
+        return Ok(true);
+    }
+    let value = if with_value {
+        load_record(revs, main, record.sub_revision)?.value
+    } else {
+        Vec::new()
+    };
+    visit(key, record.to_version(main, value))
+}
