@@ -1,4 +1,5 @@
-//! Property: under random writes, compactions, slow readers and unrecorded batches, every
+//! Property: under random writes, compactions (with their physical removal interleaved in
+//! tiny steps), slow readers and unrecorded batches, every
 //! watcher receives exactly the MVCC history of its range from its start revision, in order,
 //! with no gap and no duplicate, or a prefix of it followed by a compaction cancel.
 //!
@@ -57,6 +58,11 @@ enum Step {
     Compact {
         back: u64,
     },
+    /// One step of physical compaction looking at this many versions (the node's compactor
+    /// runs such steps between applies).
+    CompactStep {
+        records: u32,
+    },
     /// As after a snapshot install: the hub must read everything since from history.
     Reset,
 }
@@ -108,6 +114,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         3 => (0..STREAMS, 0usize..4).prop_map(|(stream, messages)| Step::Drain { stream, messages }),
         1 => Just(Step::Sync),
         1 => (0u64..8).prop_map(|back| Step::Compact { back }),
+        2 => (1u32..4).prop_map(|records| Step::CompactStep { records }),
         1 => Just(Step::Reset),
     ]
 }
@@ -373,6 +380,12 @@ fn run(steps: Vec<Step>) {
                 world.hub.sync_once();
             }
             Step::Compact { back } => world.compact(*back),
+            Step::CompactStep { records } => {
+                world
+                    .sm
+                    .compact_step_bounded(*records)
+                    .expect("compaction step");
+            }
             Step::Reset => {
                 let revision = world.revision();
                 world.recorder.reset(revision);

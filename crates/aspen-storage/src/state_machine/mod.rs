@@ -214,6 +214,12 @@ impl StateMachine {
     /// `COMPACT_BATCH_KEYS_MAX` versions in one short write transaction. Returns true while
     /// more steps are needed.
     pub fn compact_step(&self) -> Result<bool> {
+        self.compact_step_bounded(aspen_core::limits::COMPACT_BATCH_KEYS_MAX)
+    }
+
+    /// [`StateMachine::compact_step`] looking at up to `records_max` versions (tests use tiny
+    /// steps to interleave compaction with everything else).
+    pub fn compact_step_bounded(&self, records_max: u32) -> Result<bool> {
         let db = self.store.state_db();
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::None)
@@ -238,12 +244,7 @@ impl StateMachine {
         }
         let step = {
             let mut tables = tables::WriteTables::open(&txn)?;
-            compact::compact_step(
-                &mut tables,
-                state.compact_revision,
-                from,
-                aspen_core::limits::COMPACT_BATCH_KEYS_MAX,
-            )?
+            compact::compact_step(&mut tables, state.compact_revision, from, records_max)?
         };
         let progress = CompactProgress {
             compact_revision: state.compact_revision,
