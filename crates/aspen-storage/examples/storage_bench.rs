@@ -119,6 +119,8 @@ struct Report {
     /// (batch size, entries/s, fsyncs per batch)
     appends: Vec<(u64, f64, Option<f64>)>,
     apply_puts_per_s: f64,
+    /// The same keys and batches straight into redb in Aspen's layout, no Aspen code.
+    raw_layout_puts_per_s: Option<f64>,
     apply_with_flush_puts_per_s: f64,
     apply_fsyncs: Option<u64>,
     snapshot_bytes: u64,
@@ -186,6 +188,11 @@ async fn bench_backend(target: &Target, keys: u64) -> BenchResult<Report> {
         let (mut log, _sm) = target.open("commit-latency")?;
         report.log_commit = Some(bench_log_commit_latency(&mut log).await?);
         report.raw_page_commit = Some(bench_raw_page_commit(&dir.join("raw-floor"))?);
+    }
+
+    if let Target::Redb { dir } = target {
+        eprintln!("[{}] raw redb inserts in Aspen's layout, {keys} keys", target.name());
+        report.raw_layout_puts_per_s = Some(bench_raw_layout(&dir.join("raw-layout.redb"), keys)?);
     }
 
     eprintln!("[{}] apply {keys} puts", target.name());
@@ -260,6 +267,55 @@ async fn bench_append(
         _ => None,
     };
     Ok((batch_size, entries_done as f64 / seconds, fsyncs))
+}
+
+/// The floor under apply: the same keys, values and batches inserted straight into a redb
+/// file in the state database's layout (per put: the key's newest `kv_index` entry looked up,
+/// one index entry and one `kv_revs` record inserted), non-durable batch commits and one
+/// durable commit at the end. Returns puts/s.
+fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
+    use redb::ReadableTable;
+    const INDEX: redb::TableDefinition<(&[u8], u64), &[u8]> = redb::TableDefinition::new("index");
+    const REVS: redb::TableDefinition<(u64, u32), &[u8]> = redb::TableDefinition::new("revs");
+    let db = redb::Builder::new()
+        .set_cache_size(aspen_storage::backend::REDB_CACHE_BYTES_DEFAULT)
+        .create(path)?;
+    let value = vec![b'v'; VALUE_BYTES as usize];
+    let mut record = Vec::with_capacity(VALUE_BYTES as usize + 64);
+    let meta = [0u8; 12];
+    let started = Instant::now();
+    let mut revision: u64 = 1;
+    while revision <= keys {
+        let last = (revision + APPLY_BATCH_ENTRIES - 1).min(keys);
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut index = txn.open_table(INDEX)?;
+            let mut revs = txn.open_table(REVS)?;
+            for i in revision..=last {
+                let key = key_of(i);
+                let previous = index
+                    .range::<(&[u8], u64)>((&key[..], 0)..=(&key[..], u64::MAX))?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, _)| k.value().1);
+                std::hint::black_box(previous);
+                index.insert((&key[..], i + 1), &meta[..])?;
+                record.clear();
+                record.extend_from_slice(&key);
+                record.extend_from_slice(&value);
+                revs.insert((i + 1, 0), record.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        revision = last + 1;
+    }
+    let txn = db.begin_write()?;
+    txn.commit()?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(db);
+    std::fs::remove_file(path)?;
+    Ok(keys as f64 / seconds)
 }
 
 /// Appends one entry at a time and waits for its flush callback (one durable commit each),
@@ -430,6 +486,13 @@ fn print_table(keys: u64, targets: &[Target], reports: &[Report]) {
     ));
     rows.push(row("apply (batches of 1024): puts/s", &|r| {
         format!("{:.0}", r.apply_puts_per_s)
+    }));
+    rows.push(row("raw redb, same layout and batches: puts/s", &|r| {
+        r.raw_layout_puts_per_s.map_or("-".into(), |v| format!("{v:.0}"))
+    }));
+    rows.push(row("apply / raw redb", &|r| {
+        r.raw_layout_puts_per_s
+            .map_or("-".into(), |raw| format!("{:.2}", r.apply_puts_per_s / raw))
     }));
     rows.push(row("apply incl. final durable commit: puts/s", &|r| {
         format!("{:.0}", r.apply_with_flush_puts_per_s)
