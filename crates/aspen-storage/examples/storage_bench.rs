@@ -191,7 +191,10 @@ async fn bench_backend(target: &Target, keys: u64) -> BenchResult<Report> {
     }
 
     if let Target::Redb { dir } = target {
-        eprintln!("[{}] raw redb inserts in Aspen's layout, {keys} keys", target.name());
+        eprintln!(
+            "[{}] raw redb inserts in Aspen's layout, {keys} keys",
+            target.name()
+        );
         report.raw_layout_puts_per_s = Some(bench_raw_layout(&dir.join("raw-layout.redb"), keys)?);
     }
 
@@ -488,7 +491,8 @@ fn print_table(keys: u64, targets: &[Target], reports: &[Report]) {
         format!("{:.0}", r.apply_puts_per_s)
     }));
     rows.push(row("raw redb, same layout and batches: puts/s", &|r| {
-        r.raw_layout_puts_per_s.map_or("-".into(), |v| format!("{v:.0}"))
+        r.raw_layout_puts_per_s
+            .map_or("-".into(), |v| format!("{v:.0}"))
     }));
     rows.push(row("apply / raw redb", &|r| {
         r.raw_layout_puts_per_s

@@ -5,8 +5,8 @@ use std::io::BufReader;
 use aspen_core::type_config::alias::SnapshotMeta;
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::mvcc::{IndexRecord, load_record, write_version};
-use super::records::{AppliedState, StoredVersion};
+use super::mvcc::{RevRecord, entry_at, write_version};
+use super::records::AppliedState;
 use super::{read_applied, read_applied_write, write_applied};
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
@@ -82,8 +82,9 @@ fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
     })
 }
 
-/// Writes every version compaction keeps, key by key in revision order: a key's newest version
-/// as `Latest` (unless it is a tombstone), the others as `History`. Returns the frame count.
+/// Writes every version compaction keeps, in revision order (one ordered scan of `kv_revs`, so
+/// an install appends them in order too): a key's newest version as `Latest` (unless it is a
+/// tombstone), the others as `History`. Returns the frame count.
 fn write_versions(
     txn: &redb::ReadTransaction,
     state: &AppliedState,
@@ -93,50 +94,39 @@ fn write_versions(
     let index = txn.open_table(schema::KV_INDEX)?;
     let revs = txn.open_table(schema::KV_REVS)?;
     let mut frames: u64 = 0;
-    // The key being walked and its version not yet written (the next one decides its frame).
-    let mut held: Option<(Vec<u8>, StoredVersion)> = None;
-    let mut emit = |held: (Vec<u8>, StoredVersion), newest: bool| -> Result<()> {
-        let (key, version) = held;
-        let frame = if newest && !version.is_tombstone() {
-            Frame::Latest { key, version }
+    for item in revs.iter()? {
+        let (position, bytes) = item?;
+        let (main, sub) = position.value();
+        let record: RevRecord = decode("kv_revs", bytes.value())?;
+        let version = record.to_version(main, sub);
+        let Some((newest, _)) = entry_at(&index, &record.key, u64::MAX)? else {
+            return Err(StorageError::Invariant(format!(
+                "kv_revs holds {main}.{sub}, which kv_index does not name"
+            )));
+        };
+        if main <= state.compact_revision {
+            // The same rule as compaction and HashKV: at or below the compaction revision only
+            // a key's newest version there survives, and not a tombstone.
+            let newest_at_compaction =
+                entry_at(&index, &record.key, state.compact_revision)?.map_or(0, |(m, _)| m);
+            if version.is_tombstone() || newest_at_compaction != main {
+                continue;
+            }
+        }
+        let frame = if newest == main && !version.is_tombstone() {
+            Frame::Latest {
+                key: record.key,
+                version,
+            }
         } else {
             Frame::History {
-                key,
-                revision: version.mod_revision,
+                key: record.key,
+                revision: main,
                 version,
             }
         };
         sink.write_frame(&frame, buffer)?;
         frames += 1;
-        Ok(())
-    };
-    for item in index.iter()? {
-        let (table_key, bytes) = item?;
-        let (key, main) = table_key.value();
-        let record: IndexRecord = decode("kv_index", bytes.value())?;
-        let same_key = held.as_ref().is_some_and(|(k, _)| k.as_slice() == key);
-        if let Some(previous) = held.take() {
-            // Of a key's versions at or below the compaction revision only the newest is kept
-            // (and not a tombstone): the same rule as compaction and HashKV.
-            let compacted_away = same_key && main <= state.compact_revision;
-            if !compacted_away {
-                emit(previous, !same_key)?;
-            }
-        }
-        if main <= state.compact_revision && record.is_tombstone() {
-            // Nothing before a tombstone at or below the compaction revision survives it, nor
-            // the tombstone itself.
-            continue;
-        }
-        let value = if record.is_tombstone() {
-            Vec::new()
-        } else {
-            load_record(&revs, main, record.sub_revision)?.value
-        };
-        held = Some((key.to_vec(), record.to_version(main, value)));
-    }
-    if let Some(previous) = held.take() {
-        emit(previous, true)?;
     }
     Ok(frames)
 }
