@@ -97,6 +97,11 @@ impl Shared {
 /// Runs rounds until nobody waits. Unbounded only as the node's other background tasks are:
 /// every iteration serves at least one read, and it ends when reads stop arriving.
 async fn run_rounds(shared: Arc<Shared>) {
+    let mut task = RoundTask {
+        shared,
+        finished: false,
+    };
+    let shared = task.shared.clone();
     // Swapped with `next_round` each round, so a busy batcher reuses two buffers.
     let mut round: Vec<oneshot::Sender<ReadIndexResult>> = Vec::new();
     loop {
@@ -109,6 +114,7 @@ async fn run_rounds(shared: Arc<Shared>) {
             );
             if state.next_round.is_empty() {
                 state.round_in_flight = false;
+                task.finished = true;
                 return;
             }
             std::mem::swap(&mut state.next_round, &mut round);
@@ -131,6 +137,27 @@ async fn run_rounds(shared: Arc<Shared>) {
     }
 }
 
+/// Owns the in-flight mark while the round task runs. If the task ends any other way than by
+/// running out of reads (a panic in the source, the runtime shutting down), the waiting reads
+/// fail with `Stopped` and the mark is released, so later reads start a new round instead of
+/// waiting for one that will never come.
+struct RoundTask {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl Drop for RoundTask {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.shared.lock();
+        state.round_in_flight = false;
+        // Dropping the senders fails their reads with `Stopped`.
+        state.next_round.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +176,7 @@ mod tests {
         started: mpsc::UnboundedSender<u64>,
         release: Arc<Notify>,
         fail_round: Option<u64>,
+        panic_round: Option<u64>,
     }
 
     impl ReadIndexSource for FakeSource {
@@ -162,8 +190,10 @@ mod tests {
             let _ = self.started.send(round);
             let release = self.release.clone();
             let fail = self.fail_round == Some(round);
+            let panic = self.panic_round == Some(round);
             Box::pin(async move {
                 release.notified().await;
+                assert!(!panic, "the fake source panics in round {round}, as asked");
                 if fail {
                     Err(NodeError::LeaderChanged)
                 } else {
@@ -188,6 +218,10 @@ mod tests {
     }
 
     fn harness(fail_round: Option<u64>) -> Harness {
+        harness_with(fail_round, None)
+    }
+
+    fn harness_with(fail_round: Option<u64>, panic_round: Option<u64>) -> Harness {
         let clock = Arc::new(AtomicU64::new(0));
         let round_started_at = Arc::new(Mutex::new(Vec::new()));
         let (started_tx, started) = mpsc::unbounded_channel();
@@ -199,6 +233,7 @@ mod tests {
             started: started_tx,
             release: release.clone(),
             fail_round,
+            panic_round,
         };
         Harness {
             batcher: ReadBatcher::new(source, metrics.clone()),
@@ -359,6 +394,21 @@ mod tests {
         // Never released: the paused clock jumps to the round's deadline.
         assert_eq!(read.await.unwrap(), Err(NodeError::Timeout));
         let (_, next) = h.read();
+        h.release.notify_one();
+        assert_eq!(next.await.unwrap(), Ok(2));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_round_task_that_dies_fails_its_reads_and_frees_the_batcher() {
+        let mut h = harness_with(None, Some(1));
+        let (_, dying) = h.read();
+        assert_eq!(h.next_round_started().await, 1);
+        let (_, waiting) = h.read();
+        h.release.notify_one();
+        assert_eq!(dying.await.unwrap(), Err(NodeError::Stopped));
+        assert_eq!(waiting.await.unwrap(), Err(NodeError::Stopped));
+        let (_, next) = h.read();
+        assert_eq!(h.next_round_started().await, 2);
         h.release.notify_one();
         assert_eq!(next.await.unwrap(), Ok(2));
     }
