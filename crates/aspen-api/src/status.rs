@@ -81,6 +81,7 @@ pub fn from_node(error: NodeError) -> Status {
         | NodeError::Stopped
         | NodeError::Unhealthy => Code::Unavailable,
         NodeError::MemberNotFound => Code::NotFound,
+        NodeError::TooManyRequests => Code::ResourceExhausted,
         NodeError::PeerUrlExists
         | NodeError::NotLearner
         | NodeError::LearnerNotReady

@@ -89,6 +89,15 @@ pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS: u64 = 10 * 60 * 1000;
 /// Responses queued for one watch stream's gRPC sender.
 pub const WATCH_RESPONSE_QUEUE_MAX: u32 = 16;
 
+/// Linearizable reads that may wait for the next ReadIndex round on one node (per source: the
+/// leader's own confirmation, or the one forwarded to the leader). One more is refused with
+/// "too many requests" rather than queued without bound.
+pub const READ_INDEX_WAITERS_MAX: u32 = 65_536;
+/// A backstop on one ReadIndex round: longer than the peer forward deadline (10 s) and
+/// openraft's own wait for a quorum, so it only fires if a source never answers, and then a
+/// stuck round cannot hold back every later read.
+pub const READ_INDEX_ROUND_MS_MAX: u64 = 15_000;
+
 /// Limits a user may set at start-up. Every replica of a cluster must use the same values for
 /// the ones that change apply results (`txn_ops_max`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,9 @@ pub enum NodeError {
     NotEnoughStartedMembers,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    /// More linearizable reads wait for a read index than `READ_INDEX_WAITERS_MAX`.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("storage: {0}")]
     Storage(String),
     #[error("raft: {0}")]

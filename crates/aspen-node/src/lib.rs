@@ -11,6 +11,7 @@ pub mod lessor;
 pub mod metrics;
 pub mod node;
 pub mod raft_config;
+pub mod read_batch;
 
 pub use error::NodeError;
 pub use forward::{ForwardRequest, ForwardResponse, Forwarder};

@@ -2,8 +2,8 @@
 //! local MVCC store after a ReadIndex barrier, and membership changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use aspen_core::command::{AlarmAction, AlarmType};
@@ -13,6 +13,7 @@ use aspen_core::{ApplyError, ApplyResponse, Command, NodeId, NodeInfo, RangeRequ
 use aspen_storage::state_machine::AppliedState;
 use aspen_storage::{MvccReader, StateMachine, StorageBackend, Store};
 use aspen_watch::{HubOptions, WatchHub};
+use futures_util::future::BoxFuture;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, RaftNetworkFactory, ReadPolicy, ServerState};
@@ -22,6 +23,7 @@ use crate::forward::{ForwardRequest, ForwardResponse, Forwarder};
 use crate::lessor::Lessor;
 use crate::metrics::NodeMetrics;
 use crate::raft_config::RaftTiming;
+use crate::read_batch::{ReadBatcher, ReadIndexResult, ReadIndexSource};
 
 pub type AspenRaft = openraft::Raft<TypeConfig, StateMachine>;
 
@@ -79,9 +81,52 @@ struct NodeInner {
     /// Watchers of this node, fed by its own state machine (followers serve watches too).
     hub: WatchHub,
     lessor: Lessor,
+    /// Linearizable reads while this node leads (its own, and followers' forwarded ReadIndex):
+    /// one quorum confirmation per round.
+    leader_reads: ReadBatcher,
+    /// Linearizable reads while another node leads: one forwarded ReadIndex per round.
+    forwarded_reads: ReadBatcher,
     testing: TestingOptions,
     /// Starts as derived from this member's configuration; see `adopt_cluster_id_from_leader`.
     cluster_id: std::sync::atomic::AtomicU64,
+}
+
+/// The leader's source of read indexes: one quorum confirmation (`ensure_linearizable`).
+struct LeaderReadIndex(Weak<NodeInner>);
+
+impl ReadIndexSource for LeaderReadIndex {
+    fn read_index(&self) -> BoxFuture<'static, ReadIndexResult> {
+        let weak = self.0.clone();
+        Box::pin(async move {
+            let inner = weak.upgrade().ok_or(NodeError::Stopped)?;
+            Node { inner }.leader_read_index().await
+        })
+    }
+}
+
+/// A follower's source of read indexes: one `ForwardRequest::ReadIndex` to the current leader.
+struct ForwardedReadIndex(Weak<NodeInner>);
+
+impl ReadIndexSource for ForwardedReadIndex {
+    fn read_index(&self) -> BoxFuture<'static, ReadIndexResult> {
+        let weak = self.0.clone();
+        Box::pin(async move {
+            let node = Node {
+                inner: weak.upgrade().ok_or(NodeError::Stopped)?,
+            };
+            let leader = node.leader_id().ok_or(NodeError::NoLeader)?;
+            if leader == node.id() {
+                // Became the leader since the reads registered: they retry on `leader_reads`.
+                return Err(NodeError::LeaderChanged);
+            }
+            match node.forward_to(leader, ForwardRequest::ReadIndex).await? {
+                ForwardResponse::ReadIndex(index) => Ok(index),
+                other => Err(NodeError::Peer(format!(
+                    "unexpected forward response {other:?}"
+                ))),
+            }
+        })
+    }
 }
 
 impl Node {
@@ -141,8 +186,9 @@ impl Node {
         let raft = AspenRaft::new(options.id, config, network, log_store, state_machine)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let metrics = Arc::<NodeMetrics>::default();
         let node = Node {
-            inner: Arc::new(NodeInner {
+            inner: Arc::new_cyclic(|weak| NodeInner {
                 cluster_id: std::sync::atomic::AtomicU64::new(options.cluster_id),
                 options,
                 raft,
@@ -150,7 +196,15 @@ impl Node {
                 store,
                 state_machine: state_machine_handle,
                 forwarder,
-                metrics: Arc::default(),
+                leader_reads: ReadBatcher::new(
+                    LeaderReadIndex(weak.clone()),
+                    metrics.read_index_leader.clone(),
+                ),
+                forwarded_reads: ReadBatcher::new(
+                    ForwardedReadIndex(weak.clone()),
+                    metrics.read_index_forwarded.clone(),
+                ),
+                metrics,
                 hub,
                 lessor,
                 testing,
@@ -380,29 +434,22 @@ impl Node {
     }
 
     /// Waits until this node's state machine reflects every write acknowledged before the call
-    /// (ReadIndex): on the leader directly, on a follower via the leader's read index.
+    /// (ReadIndex): on the leader directly, on a follower via the leader's read index. Reads
+    /// are batched (`read_batch`): one round, started after this call, serves every read
+    /// waiting for it.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
         for _ in 0..FORWARD_ATTEMPTS_MAX {
             let leader = self.wait_for_leader().await?;
-            let read_index = if leader == self.id() {
-                match self.leader_read_index().await {
-                    Ok(index) => index,
-                    Err(NodeError::LeaderChanged) => continue,
-                    Err(e) => return Err(e),
-                }
+            let batcher = if leader == self.id() {
+                &self.inner.leader_reads
             } else {
-                match self.forward_to(leader, ForwardRequest::ReadIndex).await {
-                    Ok(ForwardResponse::ReadIndex(index)) => index,
-                    Ok(other) => {
-                        return Err(NodeError::Peer(format!(
-                            "unexpected forward response {other:?}"
-                        )));
-                    }
-                    Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
-                    Err(e) => return Err(e),
-                }
+                &self.inner.forwarded_reads
             };
-            return self.wait_applied(read_index).await;
+            match batcher.read_index().await {
+                Ok(read_index) => return self.wait_applied(read_index).await,
+                Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
+                Err(e) => return Err(e),
+            }
         }
         Err(NodeError::LeaderChanged)
     }
@@ -497,9 +544,10 @@ impl Node {
             ForwardRequest::Write(command) => {
                 Ok(ForwardResponse::Write(self.write_as_leader(command).await?))
             }
-            ForwardRequest::ReadIndex => {
-                Ok(ForwardResponse::ReadIndex(self.leader_read_index().await?))
-            }
+            // Joins the leader's next round, with its own reads and other followers'.
+            ForwardRequest::ReadIndex => Ok(ForwardResponse::ReadIndex(
+                self.inner.leader_reads.read_index().await?,
+            )),
             ForwardRequest::ClusterId => Ok(ForwardResponse::ClusterId(self.cluster_id())),
             lease @ (ForwardRequest::LeaseKeepAlive { .. }
             | ForwardRequest::LeaseTimeToLive { .. }) => self.lease_as_leader(lease).await,

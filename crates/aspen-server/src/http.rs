@@ -217,5 +217,36 @@ async fn metrics(State(node): State<Node>) -> String {
             .latency
             .render("aspen_client_request_duration_seconds", &labels, &mut out);
     }
+    render_read_index(m, &mut out);
     out
+}
+
+/// The read batchers' rounds and the reads they served: reads / rounds is the batching ratio.
+fn render_read_index(m: &aspen_node::metrics::NodeMetrics, out: &mut String) {
+    let sources = [
+        ("leader", &m.read_index_leader),
+        ("forwarded", &m.read_index_forwarded),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP aspen_read_index_rounds_total ReadIndex rounds (leader: quorum confirmations; forwarded: ReadIndex requests to the leader).\n# TYPE aspen_read_index_rounds_total counter"
+    );
+    for (source, metrics) in sources {
+        let rounds = metrics.rounds.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "aspen_read_index_rounds_total{{source=\"{source}\"}} {rounds}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP aspen_read_index_reads_total Read index requests served by ReadIndex rounds.\n# TYPE aspen_read_index_reads_total counter"
+    );
+    for (source, metrics) in sources {
+        let reads = metrics.reads.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "aspen_read_index_reads_total{{source=\"{source}\"}} {reads}"
+        );
+    }
 }

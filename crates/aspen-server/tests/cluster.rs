@@ -1,6 +1,7 @@
 //! Real `aspen` processes on loopback: election, replication through a follower, failover,
 //! catch-up after a crash, snapshot catch-up of a new member, membership changes, restarts
-//! that keep acknowledged writes, the data-dir lock and a clean SIGTERM.
+//! that keep acknowledged writes, the data-dir lock and a clean SIGTERM; batched ReadIndex
+//! (linearizable follower reads under concurrent writes, a lagging and a cut-off follower).
 //!
 //! Run with `--test-threads=1`: every test starts several processes and the machine is small.
 
@@ -9,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aspen_proto::etcdserverpb::kv_client::KvClient;
@@ -685,4 +686,261 @@ async fn header_cluster_id(cluster: &Cluster, index: usize) -> u64 {
         .header
         .expect("response header")
         .cluster_id
+}
+
+/// Writers in the follower-read test, one key each.
+const READ_TEST_WRITERS: usize = 2;
+/// Acknowledged writes per writer (values 1..=this, increasing).
+const READ_TEST_WRITES_PER_WRITER: u64 = 150;
+/// Concurrent linearizable readers on each follower.
+const READ_TEST_READERS_PER_FOLLOWER: usize = 6;
+/// Most reads per reader (bounds the loop if the writers stall).
+const READ_TEST_READS_PER_READER_MAX: u32 = 2_000;
+/// Writes made while a follower is frozen, so it has a log to catch up on when it resumes.
+const LAGGING_WRITES: u32 = 100;
+
+fn read_test_key(writer: usize) -> String {
+    format!("batch/writer-{writer}")
+}
+
+/// One linearizable or serializable read of `key` through `kv`: its value parsed as a number
+/// (0 when the key is absent).
+async fn read_counter(
+    kv: &KvClient<Channel>,
+    key: &str,
+    serializable: bool,
+) -> Result<u64, tonic::Status> {
+    let request = RangeRequest {
+        key: key.as_bytes().to_vec(),
+        serializable,
+        ..Default::default()
+    };
+    let reply = kv.clone().range(request).await?.into_inner();
+    Ok(single_value(&reply).map_or(0, |(value, _)| {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .expect("a counter value")
+    }))
+}
+
+/// Reads on `follower` until the writers are done: each linearizable read must see at least
+/// the value its writer had acknowledged before the read started. Returns (reads that
+/// succeeded, reads that failed, violations).
+async fn follower_reader(
+    kv: KvClient<Channel>,
+    follower: usize,
+    reader: usize,
+    acknowledged: Arc<Vec<AtomicU64>>,
+    writers_done: Arc<AtomicBool>,
+) -> (u32, u32, Vec<String>) {
+    let (mut ok, mut failed, mut violations) = (0, 0, Vec::new());
+    for n in 0..READ_TEST_READS_PER_READER_MAX {
+        if writers_done.load(Ordering::SeqCst) {
+            break;
+        }
+        let writer = (reader + n as usize) % READ_TEST_WRITERS;
+        let key = read_test_key(writer);
+        let floor = acknowledged[writer].load(Ordering::SeqCst);
+        match read_counter(&kv, &key, false).await {
+            Ok(value) if value >= floor => ok += 1,
+            Ok(value) => violations.push(format!(
+                "member {follower}: read {key} = {value} after {floor} was acknowledged"
+            )),
+            Err(status) => {
+                failed += 1;
+                eprintln!("member {follower} reader {reader}: {status}");
+            }
+        }
+    }
+    (ok, failed, violations)
+}
+
+/// A metric with labels, e.g. `aspen_read_index_rounds_total{source="forwarded"}`.
+async fn labelled_counter(cluster: &Cluster, index: usize, name: &str, source: &str) -> u64 {
+    let text = cluster.metrics(index).await.expect("metrics");
+    common::gauge(&text, &format!("{name}{{source=\"{source}\"}}")).expect(name)
+}
+
+/// Issue 11: batched ReadIndex. Writers put increasing values while linearizable readers on
+/// both followers read concurrently; a read must never return less than what was acknowledged
+/// before it started. The followers' metrics show reads sharing forwarded ReadIndex rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_reads_see_every_write_acknowledged_before_them() {
+    let mut cluster = Cluster::new(3, Backend::Redb, None);
+    let all = [0, 1, 2];
+    cluster.start_all();
+    let leader = cluster.wait_leader(&all).await;
+    let followers: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    let acknowledged: Arc<Vec<AtomicU64>> =
+        Arc::new((0..READ_TEST_WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let writers_done = Arc::new(AtomicBool::new(false));
+
+    let mut readers = Vec::new();
+    for &follower in &followers {
+        for reader in 0..READ_TEST_READERS_PER_FOLLOWER {
+            readers.push(tokio::spawn(follower_reader(
+                cluster.kv(follower),
+                follower,
+                reader,
+                acknowledged.clone(),
+                writers_done.clone(),
+            )));
+        }
+    }
+    // Writer 0 writes through the leader, the others through a follower (forwarded).
+    let mut writers = Vec::new();
+    for writer in 0..READ_TEST_WRITERS {
+        let via = if writer == 0 {
+            leader
+        } else {
+            followers[writer % followers.len()]
+        };
+        let kv = cluster.kv(via);
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            let key = read_test_key(writer);
+            for value in 1..=READ_TEST_WRITES_PER_WRITER {
+                put_retry(&kv, &key, &value.to_string(), &format!("member {via}")).await;
+                acknowledged[writer].store(value, Ordering::SeqCst);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    writers_done.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed, mut violations) = (0, 0, Vec::new());
+    for reader in readers {
+        let (o, f, v) = reader.await.expect("reader");
+        ok += o;
+        failed += f;
+        violations.extend(v);
+    }
+    assert!(violations.is_empty(), "stale reads: {violations:#?}");
+    assert!(ok > 0, "no read succeeded ({failed} failed)");
+    assert!(failed * 10 <= ok, "{failed} reads failed, {ok} succeeded");
+    // After the writers: every follower serves the last value of every writer.
+    for &follower in &followers {
+        for writer in 0..READ_TEST_WRITERS {
+            let value = read_counter(&cluster.kv(follower), &read_test_key(writer), false)
+                .await
+                .expect("a read after the writers finished");
+            assert_eq!(value, READ_TEST_WRITES_PER_WRITER, "member {follower}");
+        }
+    }
+    for &follower in &followers {
+        let name = "aspen_read_index";
+        let rounds = labelled_counter(
+            &cluster,
+            follower,
+            &format!("{name}_rounds_total"),
+            "forwarded",
+        )
+        .await;
+        let reads = labelled_counter(
+            &cluster,
+            follower,
+            &format!("{name}_reads_total"),
+            "forwarded",
+        )
+        .await;
+        eprintln!("member {follower}: {reads} linearizable reads in {rounds} forwarded rounds");
+        assert!(
+            rounds > 0 && rounds < reads,
+            "member {follower}: {reads} reads in {rounds} rounds: not batched"
+        );
+    }
+    let rounds =
+        labelled_counter(&cluster, leader, "aspen_read_index_rounds_total", "leader").await;
+    let reads = labelled_counter(&cluster, leader, "aspen_read_index_reads_total", "leader").await;
+    eprintln!("leader {leader}: {reads} read indexes in {rounds} quorum confirmations");
+    assert!(rounds > 0 && rounds <= reads);
+}
+
+/// A follower that lags (frozen while the others commit) answers a linearizable read only
+/// with what was acknowledged before it; one cut off from the rest (both others frozen)
+/// answers with an error, never with its local state.
+///
+/// What this harness cannot do: partition a running follower while the majority keeps
+/// accepting writes (the members talk over loopback, and the tests have no network fault
+/// injection); freezing with SIGSTOP is the closest. The simulator (`aspen-sim`) covers true
+/// partitions, with the `--unsafe-local-reads` planted bug as its check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_or_cut_off_follower_never_serves_stale_reads() {
+    let mut cluster = Cluster::new(3, Backend::Redb, None);
+    let all = [0, 1, 2];
+    cluster.start_all();
+    let leader = cluster.wait_leader(&all).await;
+    let follower = *all.iter().find(|&&i| i != leader).expect("a follower");
+    let other = *all
+        .iter()
+        .find(|&&i| i != leader && i != follower)
+        .expect("a second follower");
+    let key = "stale/counter";
+    cluster.put(leader, key, "0").await;
+    poll("the follower to hold the first value", || async {
+        let value = read_counter(&cluster.kv(follower), key, true).await.ok()?;
+        (value == 0).then_some(())
+    })
+    .await;
+
+    // Lagging: frozen while the others commit, then reads right after it resumes.
+    cluster.stop(follower);
+    for value in 1..=LAGGING_WRITES {
+        cluster.put(leader, key, &value.to_string()).await;
+    }
+    cluster.cont(follower);
+    let kv = cluster.kv(follower);
+    let local = read_counter(&kv, key, true).await;
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let kv = kv.clone();
+            tokio::spawn(async move { read_counter(&kv, key, false).await })
+        })
+        .collect();
+    for read in reads {
+        match read.await.expect("reader") {
+            Ok(value) => assert_eq!(
+                value,
+                u64::from(LAGGING_WRITES),
+                "a linearizable read on the resumed follower missed an acknowledged write"
+            ),
+            Err(status) => eprintln!("read on the resumed follower: {status}"),
+        }
+    }
+    eprintln!("serializable read on the resumed follower, just before: {local:?}");
+
+    // Cut off: the leader and the other follower frozen. Linearizable reads must fail.
+    cluster.stop(leader);
+    cluster.stop(other);
+    let reads: Vec<_> = (0..3)
+        .map(|_| {
+            let kv = kv.clone();
+            tokio::spawn(async move { read_counter(&kv, key, false).await })
+        })
+        .collect();
+    for read in reads {
+        let result = read.await.expect("reader");
+        assert!(
+            result.is_err(),
+            "a follower cut off from the cluster served a linearizable read: {result:?}"
+        );
+    }
+    // It is alive: a serializable read is still served from its own state.
+    let local = read_counter(&kv, key, true).await;
+    assert_eq!(local.ok(), Some(u64::from(LAGGING_WRITES)));
+    cluster.cont(leader);
+    cluster.cont(other);
+    let after = LAGGING_WRITES + 1;
+    cluster.put(follower, key, &after.to_string()).await;
+    poll(
+        "a linearizable read on the follower after healing",
+        || async { read_counter(&kv, key, false).await.ok() },
+    )
+    .await;
+    assert_eq!(
+        read_counter(&kv, key, false).await.ok(),
+        Some(u64::from(after))
+    );
 }
