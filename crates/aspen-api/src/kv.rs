@@ -132,6 +132,13 @@ impl KvService {
             physical: request.physical,
         };
         let (_, revision) = self.propose(command).await?;
+        if request.physical {
+            // As etcd: the call returns once this member has removed the compacted versions.
+            self.node
+                .wait_compacted(request.revision.max(0) as u64)
+                .await
+                .map_err(from_node)?;
+        }
         Ok(Response::new(pb::CompactionResponse {
             header: header(&self.node, revision),
         }))

@@ -13,8 +13,9 @@ pub enum Command {
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
-    /// Drop history below `revision`. `physical` is accepted for etcd compatibility; Aspen's
-    /// compaction is always complete when the command is applied.
+    /// Drop history below `revision`: reads below it fail once applied; the versions it makes
+    /// unreadable are removed afterwards, in steps. With `physical`, the client's call returns
+    /// only once this member has removed them, as etcd's does (the API layer waits).
     Compact {
         revision: u64,
         physical: bool,

@@ -40,9 +40,11 @@ pub const STATE_DIRTY_ENTRIES_MAX: u64 = 10_000;
 /// what a restart re-applies from the log, and the pages a crash can lose.
 pub const STATE_DIRTY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
-/// Most keys a compaction deletes per redb write transaction; a compaction that has more work
-/// commits in several steps, each consistent.
-pub const COMPACT_BATCH_KEYS_MAX: u32 = 10_000;
+/// Versions one physical compaction step looks at, in one short write transaction (etcd's
+/// `compactionBatchLimit`); a compaction with more work takes several steps, each consistent.
+pub const COMPACT_STEP_VERSIONS_MAX: u32 = 1_000;
+/// Pause between two compaction steps, so writes interleave (etcd's `compactionSleepInterval`).
+pub const COMPACT_STEP_PAUSE_MS: u64 = 10;
 
 /// Most members in one cluster.
 pub const CLUSTER_MEMBERS_MAX: u32 = 64;

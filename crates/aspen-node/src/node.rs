@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use aspen_core::command::{AlarmAction, AlarmType};
-use aspen_core::limits::Limits;
+use aspen_core::limits::{COMPACT_STEP_PAUSE_MS, Limits};
 use aspen_core::response::RangeResult;
 use aspen_core::{ApplyError, ApplyResponse, Command, NodeId, NodeInfo, RangeRequest, TypeConfig};
 use aspen_storage::state_machine::AppliedState;
@@ -425,6 +425,12 @@ impl Node {
         Ok(())
     }
 
+    /// Waits until this member has physically removed what a compaction at `revision` made
+    /// unreadable (etcd's `physical` flag).
+    pub async fn wait_compacted(&self, revision: u64) -> Result<(), NodeError> {
+        Ok(self.inner.state_machine.wait_compacted(revision).await?)
+    }
+
     /// Serves a range; linearizable unless `request.serializable`.
     pub async fn range(&self, request: &RangeRequest) -> Result<(RangeResult, u64), NodeError> {
         if !request.serializable && !self.inner.testing.unsafe_local_reads_for_testing {
@@ -719,8 +725,8 @@ impl Node {
 
     /// Physical compaction: after a `Compact` applies (and at start, for one a restart
     /// interrupted), removes the versions it made unreadable, one bounded step (one short
-    /// write transaction) at a time off the async workers, yielding between steps so applies
-    /// interleave. Holds the node weakly: a stopped node's storage closes.
+    /// write transaction) at a time off the async workers, pausing `COMPACT_STEP_PAUSE_MS`
+    /// between steps so applies interleave, as etcd does. Holds the node weakly: a stopped node's storage closes.
     fn spawn_compactor(&self) {
         let weak = Arc::downgrade(&self.inner);
         let wake = Arc::clone(self.inner.state_machine.compaction_notify());
@@ -731,7 +737,10 @@ impl Node {
                     let state_machine = inner.state_machine.clone();
                     drop(inner);
                     match run_blocking(move || state_machine.compact_step()).await {
-                        Ok(Ok(true)) => tokio::task::yield_now().await,
+                        Ok(Ok(true)) => {
+                            let pause = Duration::from_millis(COMPACT_STEP_PAUSE_MS);
+                            tokio::time::sleep(pause).await;
+                        }
                         Ok(Ok(false)) => break,
                         Ok(Err(error)) => {
                             tracing::error!(%error, "compaction step failed");

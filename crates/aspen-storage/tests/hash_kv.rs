@@ -375,3 +375,29 @@ fn physical_compaction_progress_does_not_change_the_hash() {
         in_use(&lagging)
     );
 }
+
+#[tokio::test]
+async fn waiting_for_a_physical_compaction_ends_when_its_steps_do() {
+    let sm = memory();
+    let (compact_revision, _) = build_history(&sm);
+    assert!(sm.compaction_pending().expect("pending"));
+    let waiter = {
+        let sm = sm.clone();
+        tokio::spawn(async move { sm.wait_compacted(compact_revision).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "returned before any step ran");
+    let mut steps: u32 = 0;
+    while sm.compact_step_bounded(5).expect("step") {
+        steps += 1;
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "returned after {steps} steps, before the last"
+        );
+    }
+    waiter.await.expect("waiter task").expect("wait_compacted");
+    assert!(!sm.compaction_pending().expect("pending"));
+    // Nothing pending: returns at once.
+    sm.wait_compacted(compact_revision).await.expect("wait");
+}

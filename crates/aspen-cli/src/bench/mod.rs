@@ -50,7 +50,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Workload {
-    /// Put random keys
+    /// Put random keys (or, with --sequential-keys, keys 0, 1, 2, ... in order)
     Put {
         /// Distinct keys written
         #[arg(long, default_value_t = 100_000)]
@@ -58,6 +58,11 @@ pub enum Workload {
         /// Value size in bytes
         #[arg(long, default_value_t = 256)]
         val_size: u32,
+        /// Put keys 0, 1, 2, ... in order, shared by the clients (wrapping at --key-space),
+        /// instead of random keys; without --total or --duration-s the run puts each key of
+        /// the key space exactly once, then stops
+        #[arg(long)]
+        sequential_keys: bool,
     },
     /// Get random keys (written first)
     Get {
@@ -68,6 +73,9 @@ pub enum Workload {
         key_space: u64,
         #[arg(long, default_value_t = 256)]
         val_size: u32,
+        /// Do not write the keys first (an earlier run wrote them, e.g. `put --sequential-keys`)
+        #[arg(long)]
+        no_populate: bool,
     },
     /// Compare-and-swap: Txn(mod_revision = last seen) then put, else read the key back
     TxnCas {
@@ -87,6 +95,9 @@ pub enum Workload {
         key_space: u64,
         #[arg(long, default_value_t = 256)]
         val_size: u32,
+        /// Do not write the keys first (an earlier run wrote them, e.g. `put --sequential-keys`)
+        #[arg(long)]
+        no_populate: bool,
     },
     /// --clients put; latency is from each put to each watcher seeing it
     WatchFanout {
@@ -115,6 +126,7 @@ impl Workload {
             Workload::Put {
                 key_space,
                 val_size,
+                ..
             }
             | Workload::Get {
                 key_space,
@@ -183,9 +195,16 @@ fn limit(args: &BenchArgs) -> Result<Limit, CliError> {
                 "bench: --duration-s must be 1..={BENCH_DURATION_S_MAX}"
             )))
         }
-        (None, seconds) => Ok(Limit::Duration(Duration::from_secs(
-            seconds.unwrap_or(DURATION_S_DEFAULT),
-        ))),
+        (None, None) => match args.workload {
+            // Each key of the key space once.
+            Workload::Put {
+                key_space,
+                sequential_keys: true,
+                ..
+            } => Ok(Limit::Total(key_space)),
+            _ => Ok(Limit::Duration(Duration::from_secs(DURATION_S_DEFAULT))),
+        },
+        (None, Some(seconds)) => Ok(Limit::Duration(Duration::from_secs(seconds))),
     }
 }
 
@@ -241,4 +260,69 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> BenchArgs {
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        Wrapper::try_parse_from(argv)
+            .expect("valid bench args")
+            .bench
+    }
+
+    #[test]
+    fn sequential_keys_put_each_key_once_unless_limited() {
+        let once = parse(&["put", "--sequential-keys", "--key-space", "500"]);
+        assert_eq!(limit(&once).ok(), Some(Limit::Total(500)));
+        let total = parse(&[
+            "--total",
+            "20",
+            "put",
+            "--sequential-keys",
+            "--key-space",
+            "500",
+        ]);
+        assert_eq!(limit(&total).ok(), Some(Limit::Total(20)));
+        let timed = parse(&["--duration-s", "3", "put", "--sequential-keys"]);
+        assert_eq!(
+            limit(&timed).ok(),
+            Some(Limit::Duration(Duration::from_secs(3)))
+        );
+        let random = parse(&["put", "--key-space", "500"]);
+        assert_eq!(
+            limit(&random).ok(),
+            Some(Limit::Duration(Duration::from_secs(DURATION_S_DEFAULT)))
+        );
+    }
+
+    #[test]
+    fn get_and_range_can_skip_writing_keys() {
+        let get = parse(&["get", "--no-populate"]);
+        assert!(matches!(
+            get.workload,
+            Workload::Get {
+                no_populate: true,
+                ..
+            }
+        ));
+        let range = parse(&["range"]);
+        assert!(matches!(
+            range.workload,
+            Workload::Range {
+                no_populate: false,
+                ..
+            }
+        ));
+    }
 }

@@ -58,16 +58,21 @@ pub async fn run(
         Workload::Put {
             key_space,
             val_size,
+            sequential_keys,
         } => {
-            let workers = put_workers(channels, settings, key_space, val_size);
+            let next_key = sequential_keys.then(|| Arc::new(AtomicU64::new(0)));
+            let workers = put_workers(channels, settings, key_space, val_size, next_key);
             drive(workers, settings, stats.clone(), &name).await
         }
         Workload::Get {
             consistency,
             key_space,
             val_size,
+            no_populate,
         } => {
-            populate(channels, settings, key_space, val_size).await?;
+            if !no_populate {
+                populate(channels, settings, key_space, val_size).await?;
+            }
             let workers = get_workers(channels, settings, key_space, consistency, 0);
             drive(workers, settings, stats.clone(), &name).await
         }
@@ -76,8 +81,11 @@ pub async fn run(
             consistency,
             key_space,
             val_size,
+            no_populate,
         } => {
-            populate(channels, settings, key_space, val_size).await?;
+            if !no_populate {
+                populate(channels, settings, key_space, val_size).await?;
+            }
             extra.push(("limit".to_string(), json!(limit)));
             let workers = get_workers(channels, settings, key_space, consistency, limit);
             drive(workers, settings, stats.clone(), &name).await
@@ -115,6 +123,7 @@ fn put_workers(
     settings: &Settings,
     key_space: u64,
     val_size: u32,
+    next_key: Option<Arc<AtomicU64>>,
 ) -> Vec<PutWorker> {
     (0..settings.clients as usize)
         .map(|i| {
@@ -124,6 +133,7 @@ fn put_workers(
                 value: value(val_size, &mut rng),
                 key_space,
                 rng,
+                next_key: next_key.clone(),
             }
         })
         .collect()
@@ -175,17 +185,28 @@ fn cas_workers(
         .collect()
 }
 
+/// Puts a random key, or with `next_key` (shared by the clients) the next key in order.
 struct PutWorker {
     kv: KvClient<Channel>,
     value: Vec<u8>,
     key_space: u64,
     rng: Rng,
+    next_key: Option<Arc<AtomicU64>>,
+}
+
+impl PutWorker {
+    fn next_index(&mut self) -> u64 {
+        match &self.next_key {
+            Some(next) => next.fetch_add(1, Ordering::Relaxed) % self.key_space,
+            None => self.rng.below(self.key_space),
+        }
+    }
 }
 
 impl Worker for PutWorker {
     fn op(&mut self) -> impl Future<Output = Result<(), Status>> + Send {
         let request = pb::PutRequest {
-            key: key("kv", self.rng.below(self.key_space)),
+            key: key("kv", self.next_index()),
             value: self.value.clone(),
             ..Default::default()
         };

@@ -52,6 +52,8 @@ pub struct StateMachine {
     events: std::sync::Arc<events::EventHook>,
     /// Signalled when a batch applied a compaction (physical removal is pending).
     compaction: std::sync::Arc<tokio::sync::Notify>,
+    /// The last compaction revision whose physical removal finished here.
+    compacted: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachine {
@@ -60,6 +62,7 @@ impl StateMachine {
             store,
             events: std::sync::Arc::default(),
             compaction: std::sync::Arc::default(),
+            compacted: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -211,10 +214,10 @@ impl StateMachine {
     }
 
     /// One step of physical compaction (see `compact.rs`): looks at up to
-    /// `COMPACT_BATCH_KEYS_MAX` versions in one short write transaction. Returns true while
+    /// `COMPACT_STEP_VERSIONS_MAX` versions in one short write transaction. Returns true while
     /// more steps are needed.
     pub fn compact_step(&self) -> Result<bool> {
-        self.compact_step_bounded(aspen_core::limits::COMPACT_BATCH_KEYS_MAX)
+        self.compact_step_bounded(aspen_core::limits::COMPACT_STEP_VERSIONS_MAX)
     }
 
     /// [`StateMachine::compact_step`] looking at up to `records_max` versions (tests use tiny
@@ -258,6 +261,9 @@ impl StateMachine {
         txn.commit()?;
         drop(db);
         self.store.shared.durability.record_not_durable(0);
+        if step.done {
+            self.compacted.send_replace(state.compact_revision);
+        }
         if step.removed > 0 || step.done {
             tracing::debug!(
                 compact_revision = state.compact_revision,
@@ -279,6 +285,19 @@ impl StateMachine {
     /// Wakes whoever waits for compaction work (the node's compactor) after a `Compact` applies.
     pub fn compaction_notify(&self) -> &std::sync::Arc<tokio::sync::Notify> {
         &self.compaction
+    }
+
+    /// Waits until this replica has physically finished a compaction at `revision` or later
+    /// (etcd's `physical` compaction: the call returns once the space is reclaimable).
+    pub async fn wait_compacted(&self, revision: u64) -> Result<()> {
+        if !self.compaction_pending()? {
+            return Ok(());
+        }
+        let mut done = self.compacted.subscribe();
+        done.wait_for(|compacted| *compacted >= revision)
+            .await
+            .map_err(|_| StorageError::Invariant("state machine closed".to_string()))?;
+        Ok(())
     }
 }
 
