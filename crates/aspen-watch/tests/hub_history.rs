@@ -60,7 +60,7 @@ enum Step {
     },
     /// One step of physical compaction looking at this many versions (the node's compactor
     /// runs such steps between applies).
-    CompactStep {
+    CompactSome {
         records: u32,
     },
     /// As after a snapshot install: the hub must read everything since from history.
@@ -114,7 +114,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         3 => (0..STREAMS, 0usize..4).prop_map(|(stream, messages)| Step::Drain { stream, messages }),
         1 => Just(Step::Sync),
         1 => (0u64..8).prop_map(|back| Step::Compact { back }),
-        2 => (1u32..4).prop_map(|records| Step::CompactStep { records }),
+        2 => (1u32..4).prop_map(|records| Step::CompactSome { records }),
         1 => Just(Step::Reset),
     ]
 }
@@ -380,7 +380,7 @@ fn run(steps: Vec<Step>) {
                 world.hub.sync_once();
             }
             Step::Compact { back } => world.compact(*back),
-            Step::CompactStep { records } => {
+            Step::CompactSome { records } => {
                 world
                     .sm
                     .compact_step_bounded(*records)

@@ -67,11 +67,11 @@ impl MvccReader {
         let revs = txn.open_table(schema::KV_REVS)?;
         let mut events: Vec<Event> = Vec::new();
         let mut through_revision = end;
-        let mut scanned: u32 = 0;
         let mut revision_of_last: Option<u64> = None;
         // Where the events of the revision being read start in `events`.
         let mut revision_start: usize = 0;
-        for item in revs.range::<RevKey>((start, 0)..=(end, u32::MAX))? {
+        let window = revs.range::<RevKey>((start, 0)..=(end, u32::MAX))?;
+        for (scanned, item) in (0u32..).zip(window) {
             let (position, bytes) = item?;
             let (main, sub) = position.value();
             if revision_of_last != Some(main) {
@@ -85,7 +85,6 @@ impl MvccReader {
                 revision_of_last = Some(main);
                 revision_start = events.len();
             }
-            scanned += 1;
             let record: RevRecord = decode("kv_revs", bytes.value())?;
             if !range.contains(&record.key) {
                 continue;

@@ -18,6 +18,8 @@ use crate::error::{Result, StorageError, decode};
 pub(crate) type IndexKey = (&'static [u8], u64);
 /// `kv_revs` key: (main revision, sub-revision).
 pub(crate) type RevKey = (u64, u32);
+/// A `kv_index` entry read back: its main revision and record.
+type IndexEntry = (u64, IndexRecord);
 
 /// One version's metadata in `kv_index`. `version == 0` is a deletion tombstone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +239,7 @@ where
     }
     // Walk (key, revision) in order; a key's visible entry is its last one at or below
     // `at_revision`, known once the walk moves past the key.
-    let mut current: Option<(Vec<u8>, Option<(u64, IndexRecord)>)> = None;
+    let mut current: Option<(Vec<u8>, Option<IndexEntry>)> = None;
     for item in index_range(index, range)? {
         let (table_key, bytes) = item?;
         let (key, main) = table_key.value();
