@@ -119,6 +119,30 @@ pub(crate) fn write_version(
     Ok(())
 }
 
+/// Writes `version`'s record into `kv_revs` only (an install writes the index entries apart,
+/// sorted; see `snapshot_io::install`).
+pub(crate) fn write_record(
+    revs: &mut redb::Table<'_, RevKey, &'static [u8]>,
+    key: &[u8],
+    version: &StoredVersion,
+    buffer: &mut Vec<u8>,
+) -> Result<bool> {
+    buffer.clear();
+    let record = RevRecordRef {
+        key,
+        value: &version.value,
+        create_revision: version.create_revision,
+        version: version.version,
+        lease: version.lease,
+    };
+    aspen_core::codec::encode_into(&record, buffer);
+    let previous = revs.insert(
+        (version.mod_revision, version.sub_revision),
+        buffer.as_slice(),
+    )?;
+    Ok(previous.is_none())
+}
+
 /// `RevRecord`'s encoding, borrowed (no copy of the value to write it).
 #[derive(Serialize)]
 struct RevRecordRef<'a> {

@@ -2,11 +2,14 @@
 
 use std::io::BufReader;
 
+use aspen_core::limits::SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES;
+
 use aspen_core::type_config::alias::SnapshotMeta;
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::mvcc::{RevRecord, entry_at, write_version};
+use super::mvcc::{IndexRecord, RevRecord, entry_at, write_record};
 use super::records::AppliedState;
+use super::records::StoredVersion;
 use super::{read_applied, read_applied_write, write_applied};
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
@@ -131,6 +134,59 @@ fn write_versions(
     Ok(frames)
 }
 
+/// Index entries of an install waiting to be written in key order (see
+/// `SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES`); records go to `kv_revs` at once.
+#[derive(Default)]
+struct IndexRun {
+    entries: Vec<(Vec<u8>, u64, IndexRecord)>,
+}
+
+impl IndexRun {
+    fn write(
+        &mut self,
+        tables: &mut super::tables::WriteTables<'_>,
+        key: Vec<u8>,
+        version: &StoredVersion,
+        encoded: &mut Vec<u8>,
+    ) -> Result<()> {
+        if !write_record(&mut tables.revs, &key, version, encoded)? {
+            return Err(StorageError::Snapshot(format!(
+                "snapshot holds two versions at revision {}.{}",
+                version.mod_revision, version.sub_revision
+            )));
+        }
+        self.entries
+            .push((key, version.mod_revision, IndexRecord::of(version)));
+        if self.entries.len() >= SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES {
+            self.flush(tables, encoded)?;
+        }
+        Ok(())
+    }
+
+    fn flush(
+        &mut self,
+        tables: &mut super::tables::WriteTables<'_>,
+        encoded: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.entries
+            .sort_unstable_by(|a, b| (a.0.as_slice(), a.1).cmp(&(b.0.as_slice(), b.1)));
+        for (key, main, record) in self.entries.drain(..) {
+            encoded.clear();
+            aspen_core::codec::encode_into(&record, encoded);
+            if tables
+                .index
+                .insert((key.as_slice(), main), encoded.as_slice())?
+                .is_some()
+            {
+                return Err(StorageError::Snapshot(
+                    "snapshot holds two versions of one key at one revision".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What [`set_current_if_newer`] did.
 enum CurrentUpdate {
     /// A newer snapshot is current; the new one was not recorded.
@@ -195,6 +251,7 @@ pub(crate) fn install(
     {
         let mut tables = super::tables::WriteTables::open(&txn)?;
         let mut encoded = Vec::with_capacity(4096);
+        let mut index_run = IndexRun::default();
         while let Some(frame) = reader.next_frame(&mut buffer)? {
             encoded.clear();
             match frame {
@@ -213,13 +270,7 @@ pub(crate) fn install(
                             version.mod_revision
                         )));
                     }
-                    write_version(
-                        &mut tables.index,
-                        &mut tables.revs,
-                        &key,
-                        &version,
-                        &mut encoded,
-                    )?;
+                    index_run.write(&mut tables, key.clone(), &version, &mut encoded)?;
                     if version.lease != 0 {
                         tables
                             .lease_keys
@@ -238,13 +289,7 @@ pub(crate) fn install(
                             version.mod_revision
                         )));
                     }
-                    write_version(
-                        &mut tables.index,
-                        &mut tables.revs,
-                        &key,
-                        &version,
-                        &mut encoded,
-                    )?;
+                    index_run.write(&mut tables, key, &version, &mut encoded)?;
                 }
                 Frame::Lease { id, record } => {
                     aspen_core::codec::encode_into(&record, &mut encoded);
@@ -256,6 +301,7 @@ pub(crate) fn install(
                 }
             }
         }
+        index_run.flush(&mut tables, &mut encoded)?;
     }
     let state = AppliedState {
         last_applied: meta.last_log_id,
