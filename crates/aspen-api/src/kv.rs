@@ -59,16 +59,21 @@ impl KvService {
         )))
     }
 
+    /// `write_ns` is set to the time spent in `Node::write`, so `put` can tell the API layer's
+    /// share of the request from the node's.
     async fn put_inner(
         &self,
         request: Request<pb::PutRequest>,
+        write_ns: &mut u64,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
         validate::check_put(&request)?;
         self.check_size(&request)?;
-        let (result, revision) = self
-            .propose(Command::Put(convert::put_request(&request)))
-            .await?;
+        let command = Command::Put(convert::put_request(&request));
+        let write_started = std::time::Instant::now();
+        let proposed = self.propose(command).await;
+        *write_ns = write_started.elapsed().as_nanos() as u64;
+        let (result, revision) = proposed?;
         let CommandResult::Put { prev_kv } = result else {
             return Err(unexpected(&result));
         };
@@ -172,7 +177,14 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        timed!(self, 1, self.put_inner(request))
+        let started = std::time::Instant::now();
+        let mut write_ns = 0;
+        let result = timed!(self, 1, self.put_inner(request, &mut write_ns));
+        if result.is_ok() {
+            let api_ns = (started.elapsed().as_nanos() as u64).saturating_sub(write_ns);
+            self.node.metrics().put_stages.observe_api_ns(api_ns);
+        }
+        result
     }
 
     async fn delete_range(

@@ -34,6 +34,13 @@ pub const SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES: usize = 65_536;
 /// Most log entries returned by one log read: bounds memory for replication reads.
 pub const LOG_READ_ENTRIES_MAX: u64 = 65_536;
 
+/// Log indices whose write stages (appended, durable, committed, applied) a node remembers,
+/// for the per-stage put latency metrics: a ring, so the newest this many are kept and older
+/// ones are overwritten. A proposal is read back as soon as it is applied, so this only needs
+/// to exceed the entries in flight at once (bounded by client concurrency); 56 bytes each,
+/// under 1 MiB per node.
+pub const STAGE_CLOCK_INDICES_MAX: u64 = 16_384;
+
 /// The state machine commits apply batches without an fsync (the Raft log is the durable
 /// record; a crash re-applies from it) and makes them durable on this cadence, whichever
 /// bound is reached first, checked at each apply (nothing runs on a timer): the first batch

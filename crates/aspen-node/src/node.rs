@@ -383,10 +383,16 @@ impl Node {
             self.raise_no_space().await?;
             return Err(NodeError::Apply(ApplyError::NoSpace));
         }
+        let is_put = matches!(command, Command::Put(_));
         let command = self.inner.lessor.prepare(command, &self.inner.reader)?;
+        let clock = self.inner.store.stage_clock();
+        let proposed_ns = clock.now_ns();
         match self.inner.raft.client_write(command).await {
             Ok(response) => {
                 self.inner.lessor.observe(&response.data);
+                if is_put {
+                    self.observe_put_stages(response.log_id.index, proposed_ns);
+                }
                 Ok(response.data)
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -394,6 +400,16 @@ impl Node {
             }
             Err(RaftError::APIError(e)) => Err(NodeError::Raft(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// The leader's stages of the put at `index`, proposed at `proposed_ns` and answered now.
+    fn observe_put_stages(&self, index: u64, proposed_ns: u64) {
+        let clock = self.inner.store.stage_clock();
+        let answered_ns = clock.now_ns();
+        if let Some(times) = clock.times(index) {
+            let stages = &self.inner.metrics.put_stages;
+            stages.observe_write(proposed_ns, &times, answered_ns);
         }
     }
 

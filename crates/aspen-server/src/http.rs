@@ -218,7 +218,25 @@ async fn metrics(State(node): State<Node>) -> String {
             .render("aspen_client_request_duration_seconds", &labels, &mut out);
     }
     render_read_index(m, &mut out);
+    render_put_stages(m, &mut out);
     out
+}
+
+/// Where a put's time goes: the API layer, then the leader's stages from proposal to answer.
+fn render_put_stages(m: &aspen_node::metrics::NodeMetrics, out: &mut String) {
+    let name = "aspen_put_stage_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} A put's time by stage: the API layer (grpc), then on the leader \
+         proposal to append, append to durable (fsync), durable to committed, committed to \
+         applied, applied to response.\n# TYPE {name} histogram"
+    );
+    let stages = aspen_node::metrics::PUT_STAGES
+        .iter()
+        .zip(m.put_stages.stages.iter());
+    for (stage, histogram) in stages {
+        histogram.render(name, &format!("stage=\"{stage}\""), out);
+    }
 }
 
 /// The read batchers' rounds and the reads they served: reads / rounds is the batching ratio.

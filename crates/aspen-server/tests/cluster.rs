@@ -660,6 +660,10 @@ async fn sigterm_exits_zero() {
     let mut cluster = Cluster::new(1, Backend::Redb, None);
     cluster.start(0);
     cluster.wait_leader(&[0]).await;
+    for n in 0..STAGE_TEST_PUTS {
+        cluster.put(0, &format!("stage/{n}"), "v").await;
+    }
+    assert_put_stages_counted(&cluster, 0, STAGE_TEST_PUTS).await;
     cluster.put(0, "before", "stop").await;
     let started = Instant::now();
     let statuses = cluster.terminate(&[0], STOP_WAIT_MS_MAX).await;
@@ -667,6 +671,20 @@ async fn sigterm_exits_zero() {
         statuses[0].unwrap_or_else(|| panic!("still running {STOP_WAIT_MS_MAX} ms after SIGTERM"));
     assert_eq!(status.code(), Some(0), "exit status {status}");
     eprintln!("stopped {:?} after SIGTERM", started.elapsed());
+}
+
+/// Puts made before scraping the per-stage put latency.
+const STAGE_TEST_PUTS: u64 = 5;
+
+/// Issue 11: every stage of a put on the leader, from the API layer to the response, has at
+/// least `puts` observations in `aspen_put_stage_duration_seconds`.
+async fn assert_put_stages_counted(cluster: &Cluster, index: usize, puts: u64) {
+    let text = cluster.metrics(index).await.expect("metrics");
+    for stage in aspen_node::metrics::PUT_STAGES {
+        let name = format!("aspen_put_stage_duration_seconds_count{{stage=\"{stage}\"}}");
+        let count = common::gauge(&text, &name).unwrap_or_else(|| panic!("no {name}"));
+        assert!(count >= puts, "{name} = {count} after {puts} puts");
+    }
 }
 
 /// The cluster id in a serializable read's response header.

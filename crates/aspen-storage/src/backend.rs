@@ -22,6 +22,7 @@ use crate::error::{Result, StorageError};
 use crate::log_store::LogStore;
 use crate::schema;
 use crate::snapshot::SnapshotStore;
+use crate::stage_clock::StageClock;
 use crate::state_machine::StateMachine;
 use crate::tracked::{FileGauge, TrackedBackend};
 
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Durations of durable log commits (each one fsync), in microseconds.
     pub(crate) fsync_latency: aspen_core::metrics::Histogram,
+    /// When recent log indices were appended, made durable, committed and applied here.
+    pub(crate) stage_clock: StageClock,
 }
 
 impl Drop for Shared {
@@ -233,6 +236,7 @@ impl Store {
                 snapshots,
                 limits,
                 fsync_latency: aspen_core::metrics::Histogram::default(),
+                stage_clock: StageClock::default(),
             }),
         };
         store
@@ -264,6 +268,11 @@ impl Store {
     /// Latency of durable log commits: one fsync each.
     pub fn fsync_latency(&self) -> &aspen_core::metrics::Histogram {
         &self.shared.fsync_latency
+    }
+
+    /// When recent log indices reached each stage of a write, for the per-stage metrics.
+    pub fn stage_clock(&self) -> &StageClock {
+        &self.shared.stage_clock
     }
 
     pub fn limits(&self) -> Limits {

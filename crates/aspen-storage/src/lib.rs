@@ -14,6 +14,7 @@ mod migrate;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;
+pub mod stage_clock;
 pub mod state_machine;
 mod tracked;
 

@@ -218,6 +218,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> std::result::Result<(), std::io::Error> {
         // Not fsynced on its own: it rides along with the next log commit, and a stale
         // committed index only means re-applying a little less on restart.
+        if let Some(committed) = &committed {
+            self.store.stage_clock().committed_up_to(committed.index);
+        }
         Ok(self.writer.submit(WriteOp::Committed(committed))?)
     }
 
@@ -234,7 +237,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries = entries.into_iter().map(std::sync::Arc::new).collect();
+        let entries: Vec<_> = entries.into_iter().map(std::sync::Arc::new).collect();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            let clock = self.store.stage_clock();
+            clock.appended(first.log_id.index, last.log_id.index);
+        }
         // An empty append still gets its callback, in order with the others.
         Ok(self.writer.submit(WriteOp::Append { entries, callback })?)
     }

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use crate::backend::Store;
 use crate::error::{Result, StorageError};
 use crate::schema::{META_COMMITTED, RAFT_LOG, RAFT_META};
+use crate::stage_clock::Stage;
 
 /// Queued operations one commit takes at most; bounds the transaction and the time until the
 /// first of them is acknowledged.
@@ -279,6 +280,10 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
             } else {
                 commit(&shared.store, &entries, committed)
             };
+            if let (Ok(()), Some(first), Some(last)) = (&result, entries.first(), entries.last()) {
+                let clock = shared.store.stage_clock();
+                clock.reached(Stage::Durable, first.log_id.index, last.log_id.index);
+            }
             let mut pending = lock(&shared.pending);
             for entry in &entries {
                 let index = entry.log_id.index;

@@ -41,6 +41,7 @@ use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
 use crate::schema::{self, SM_APPLIED, SM_META};
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotRecord};
+use crate::stage_clock::Stage;
 
 /// Entries applied per write transaction at most; a longer stream commits in several batches.
 const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
@@ -157,6 +158,10 @@ impl StateMachine {
             revision_after: state.revision,
             events,
         });
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            let clock = self.store.stage_clock();
+            clock.reached(Stage::Applied, first.log_id.index, last.log_id.index);
+        }
         Ok(responses)
     }
 
