@@ -54,6 +54,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     })
 }
 
+/// As [`decode`], borrowing byte fields from `bytes` instead of copying them (for records read
+/// only to look at a few fields).
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != CODEC_VERSION {
+        return Err(CodecError::Version { found: version });
+    }
+    postcard::from_bytes(body).map_err(|source| CodecError::Malformed {
+        type_name: std::any::type_name::<T>(),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

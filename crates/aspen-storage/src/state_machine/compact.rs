@@ -12,7 +12,7 @@
 
 use redb::ReadableTable;
 
-use super::mvcc::{IndexRecord, RevKey, RevRecord};
+use super::mvcc::{IndexRecord, RevKey, RevRecordView};
 use super::tables::WriteTables;
 use crate::error::{Result, decode};
 
@@ -43,8 +43,14 @@ pub(crate) fn compact_step(
         .take(records_max as usize)
     {
         let (position, bytes) = item?;
-        let record: RevRecord = decode("kv_revs", bytes.value())?;
-        looked_at.push((position.value(), record.key, record.version == 0));
+        let record: RevRecordView<'_> =
+            aspen_core::codec::decode_borrowed(bytes.value()).map_err(|source| {
+                crate::error::StorageError::Codec {
+                    table: "kv_revs",
+                    source,
+                }
+            })?;
+        looked_at.push((position.value(), record.key.to_vec(), record.version == 0));
     }
     let done = (looked_at.len() as u64) < u64::from(records_max);
     let next = match looked_at.last() {

@@ -70,6 +70,20 @@ pub struct RevRecord {
     pub lease: u64,
 }
 
+/// The head of a `RevRecord`, read without copying its key or value: what compaction looks at.
+/// Fields are decoded in order, so those before `version` are decoded too; postcard leaves the
+/// rest (the lease) unread.
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)] // `value` and `create_revision` are decoded only to reach `version`.
+pub(crate) struct RevRecordView<'a> {
+    #[serde(borrow, with = "serde_bytes")]
+    pub key: &'a [u8],
+    #[serde(borrow, with = "serde_bytes")]
+    pub value: &'a [u8],
+    pub create_revision: u64,
+    pub version: u64,
+}
+
 impl RevRecord {
     pub fn to_version(&self, mod_revision: u64, sub_revision: u32) -> StoredVersion {
         StoredVersion {
