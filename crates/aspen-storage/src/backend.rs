@@ -130,26 +130,15 @@ pub fn open_storage_with_backends(
     state_backend: impl redb::StorageBackend,
 ) -> Result<(LogStore, StateMachine)> {
     check_limits(&limits)?;
-    let log_path = dir.join(LOG_FILE_NAME);
-    let state_path = dir.join(STATE_FILE_NAME);
-    let (log_db, log_file) = open_database(&log_path, log_backend, REDB_LOG_CACHE_BYTES_DEFAULT)?;
-    let (state_db, state_file) =
-        open_database(&state_path, state_backend, REDB_CACHE_BYTES_DEFAULT)?;
+    let databases = Databases::open(
+        (&dir.join(LOG_FILE_NAME), log_backend),
+        (&dir.join(STATE_FILE_NAME), state_backend),
+    )?;
     let snapshots = SnapshotStore::open_dir(&dir.join(SNAPSHOT_DIR_NAME))?;
     let backend = StorageBackend::Redb {
         dir: dir.to_path_buf(),
     };
-    let store = Store::from_databases(
-        Databases {
-            log_db,
-            state_db,
-            log_file,
-            state_file,
-        },
-        snapshots,
-        backend,
-        limits,
-    )?;
+    let store = Store::from_databases(databases, snapshots, backend, limits)?;
     Ok((LogStore::new(store.clone()), StateMachine::new(store)?))
 }
 
@@ -158,6 +147,25 @@ struct Databases {
     state_db: Database,
     log_file: Arc<FileGauge>,
     state_file: Arc<FileGauge>,
+}
+
+impl Databases {
+    /// Opens the log and the state database on their backends (`path` names each in errors).
+    fn open(
+        (log_path, log_backend): (&Path, impl redb::StorageBackend),
+        (state_path, state_backend): (&Path, impl redb::StorageBackend),
+    ) -> Result<Databases> {
+        let (log_db, log_file) =
+            open_database(log_path, log_backend, REDB_LOG_CACHE_BYTES_DEFAULT)?;
+        let (state_db, state_file) =
+            open_database(state_path, state_backend, REDB_CACHE_BYTES_DEFAULT)?;
+        Ok(Databases {
+            log_db,
+            state_db,
+            log_file,
+            state_file,
+        })
+    }
 }
 
 impl Store {
@@ -169,43 +177,19 @@ impl Store {
                 crate::migrate::migrate_v1_if_present(dir)?;
                 let log_path = dir.join(LOG_FILE_NAME);
                 let state_path = dir.join(STATE_FILE_NAME);
-                let (log_db, log_file) = open_database(
-                    &log_path,
-                    file_backend(&log_path)?,
-                    REDB_LOG_CACHE_BYTES_DEFAULT,
+                let databases = Databases::open(
+                    (&log_path, file_backend(&log_path)?),
+                    (&state_path, file_backend(&state_path)?),
                 )?;
-                let (state_db, state_file) = open_database(
-                    &state_path,
-                    file_backend(&state_path)?,
-                    REDB_CACHE_BYTES_DEFAULT,
-                )?;
-                let databases = Databases {
-                    log_db,
-                    state_db,
-                    log_file,
-                    state_file,
-                };
                 let snapshots = SnapshotStore::open_dir(&dir.join(SNAPSHOT_DIR_NAME))?;
                 (databases, snapshots)
             }
             StorageBackend::InMemory => {
                 let memory = PathBuf::from("<memory>");
-                let (log_db, log_file) = open_database(
-                    &memory,
-                    redb::backends::InMemoryBackend::new(),
-                    REDB_LOG_CACHE_BYTES_DEFAULT,
+                let databases = Databases::open(
+                    (&memory, redb::backends::InMemoryBackend::new()),
+                    (&memory, redb::backends::InMemoryBackend::new()),
                 )?;
-                let (state_db, state_file) = open_database(
-                    &memory,
-                    redb::backends::InMemoryBackend::new(),
-                    REDB_CACHE_BYTES_DEFAULT,
-                )?;
-                let databases = Databases {
-                    log_db,
-                    state_db,
-                    log_file,
-                    state_file,
-                };
                 (databases, SnapshotStore::memory())
             }
         };

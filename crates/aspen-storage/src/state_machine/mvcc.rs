@@ -116,25 +116,13 @@ pub(crate) fn write_version(
     if let Some(replaced) = replaced {
         revs.remove((version.mod_revision, replaced.sub_revision))?;
     }
-    buffer.clear();
-    let record = RevRecordRef {
-        key,
-        value: &version.value,
-        create_revision: version.create_revision,
-        version: version.version,
-        lease: version.lease,
-    };
-    aspen_core::codec::encode_into(&record, buffer);
-    let previous = revs.insert(
-        (version.mod_revision, version.sub_revision),
-        buffer.as_slice(),
-    )?;
-    assert!(previous.is_none(), "two versions at one revision position");
+    let inserted = write_record(revs, key, version, buffer)?;
+    assert!(inserted, "two versions at one revision position");
     Ok(())
 }
 
 /// Writes `version`'s record into `kv_revs` only (an install writes the index entries apart,
-/// sorted; see `snapshot_io::install`).
+/// sorted; see `snapshot_io::install`). False if the position was taken (and is now replaced).
 pub(crate) fn write_record(
     revs: &mut redb::Table<'_, RevKey, &'static [u8]>,
     key: &[u8],
