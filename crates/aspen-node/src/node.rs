@@ -742,7 +742,8 @@ impl Node {
     /// Physical compaction: after a `Compact` applies (and at start, for one a restart
     /// interrupted), removes the versions it made unreadable, one bounded step (one short
     /// write transaction) at a time off the async workers, pausing `COMPACT_STEP_PAUSE_MS`
-    /// between steps so applies interleave, as etcd does. Holds the node weakly: a stopped node's storage closes.
+    /// between steps so applies interleave, as etcd does. Holds the node weakly: a stopped
+    /// node's storage closes.
     fn spawn_compactor(&self) {
         let weak = Arc::downgrade(&self.inner);
         let wake = Arc::clone(self.inner.state_machine.compaction_notify());
@@ -802,9 +803,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
+    if aspen_core::runtime::blocking_work_may_leave_the_task() {
         tokio::task::spawn_blocking(work).await
     } else {
         Ok(work())

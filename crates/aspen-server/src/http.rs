@@ -245,26 +245,31 @@ fn render_read_index(m: &aspen_node::metrics::NodeMetrics, out: &mut String) {
         ("leader", &m.read_index_leader),
         ("forwarded", &m.read_index_forwarded),
     ];
-    let _ = writeln!(
+    let rounds = sources.map(|(source, metrics)| (source, metrics.rounds.load(Ordering::Relaxed)));
+    let reads = sources.map(|(source, metrics)| (source, metrics.reads.load(Ordering::Relaxed)));
+    labelled_counter(
         out,
-        "# HELP aspen_read_index_rounds_total ReadIndex rounds (leader: quorum confirmations; forwarded: ReadIndex requests to the leader).\n# TYPE aspen_read_index_rounds_total counter"
+        "aspen_read_index_rounds_total",
+        "ReadIndex rounds (leader: quorum confirmations; forwarded: ReadIndex requests to the leader).",
+        ("source", &rounds),
     );
-    for (source, metrics) in sources {
-        let rounds = metrics.rounds.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "aspen_read_index_rounds_total{{source=\"{source}\"}} {rounds}"
-        );
-    }
-    let _ = writeln!(
+    labelled_counter(
         out,
-        "# HELP aspen_read_index_reads_total Read index requests served by ReadIndex rounds.\n# TYPE aspen_read_index_reads_total counter"
+        "aspen_read_index_reads_total",
+        "Read index requests served by ReadIndex rounds.",
+        ("source", &reads),
     );
-    for (source, metrics) in sources {
-        let reads = metrics.reads.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "aspen_read_index_reads_total{{source=\"{source}\"}} {reads}"
-        );
+}
+
+/// One counter family: `name{label="value"} count` for each (value, count).
+fn labelled_counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    (label, values): (&str, &[(&str, u64)]),
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, count) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
     }
 }

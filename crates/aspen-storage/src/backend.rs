@@ -310,13 +310,13 @@ impl Store {
                 bytes += stats.stored_bytes() + stats.metadata_bytes();
             )*};
         }
-        add_table!(schema::SM_META, schema::LEASES);
-        let index = txn.open_table(schema::KV_INDEX)?.stats()?;
-        bytes += index.stored_bytes() + index.metadata_bytes();
-        let revs = txn.open_table(schema::KV_REVS)?.stats()?;
-        bytes += revs.stored_bytes() + revs.metadata_bytes();
-        let lease_keys = txn.open_table(schema::LEASE_KEYS)?.stats()?;
-        bytes += lease_keys.stored_bytes() + lease_keys.metadata_bytes();
+        add_table!(
+            schema::SM_META,
+            schema::KV_INDEX,
+            schema::KV_REVS,
+            schema::LEASES,
+            schema::LEASE_KEYS
+        );
         Ok(bytes)
     }
 

@@ -23,7 +23,7 @@ use aspen_core::limits::{
 };
 use redb::Database;
 
-use crate::error::{Result, StorageError};
+use crate::error::Result;
 
 /// What of the state database is durable, and what is not yet.
 #[derive(Debug)]
@@ -102,8 +102,7 @@ impl StateDurability {
 /// commit becomes durable with it. Returns the applied index it made durable.
 pub(crate) fn commit_durable(db: &Database) -> Result<u64> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::Immediate)
-        .map_err(|e| StorageError::Invariant(e.to_string()))?;
+    txn.set_durability(redb::Durability::Immediate)?;
     let index = applied_index_in(&crate::state_machine::read_applied_write(&txn)?);
     txn.commit()?;
     Ok(index)

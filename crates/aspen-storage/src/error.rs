@@ -44,7 +44,8 @@ from_redb!(
     redb::StorageError,
     redb::CommitError,
     redb::CompactionError,
-    redb::DatabaseError
+    redb::DatabaseError,
+    redb::SetDurabilityError
 );
 
 impl From<StorageError> for std::io::Error {

@@ -18,7 +18,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::backend::Store;
-use crate::error::{Result, StorageError, decode};
+use crate::error::{Result, decode};
 use crate::log_writer::{LogWriter, WriteOp};
 use crate::schema::{META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
 
@@ -52,8 +52,7 @@ impl LogStore {
     fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
         let db = self.store.log_db();
         let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| StorageError::Invariant(e.to_string()))?;
+        txn.set_durability(redb::Durability::Immediate)?;
         {
             let mut table = txn.open_table(RAFT_META)?;
             table.insert(key, codec::encode(value).as_slice())?;
@@ -152,8 +151,7 @@ impl LogStore {
     ) -> Result<()> {
         let db = self.store.log_db();
         let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| StorageError::Invariant(e.to_string()))?;
+        txn.set_durability(redb::Durability::Immediate)?;
         {
             let mut table = txn.open_table(RAFT_LOG)?;
             table.retain_in::<u64, _>(range, |_, _| false)?;

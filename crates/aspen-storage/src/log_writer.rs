@@ -190,7 +190,9 @@ impl LogWriter {
         // The writer holds the shared state weakly: dropping the last log store closes the
         // database at once, not whenever the writer next runs.
         let shared = Arc::downgrade(&self.shared);
-        if writes_on_own_thread() {
+        // Its own thread on a multi-threaded runtime, where an fsync on a worker would stall
+        // every task queued behind it; a task committing inline elsewhere (deterministic).
+        if aspen_core::runtime::blocking_work_may_leave_the_task() {
             let spawned = std::thread::Builder::new()
                 .name("aspen-log-writer".to_string())
                 .spawn(move || run_writer_thread(shared, receiver));
@@ -202,22 +204,6 @@ impl LogWriter {
             tokio::spawn(run_writer_task(shared, receiver));
         }
     }
-}
-
-/// True when the writer gets its own thread: on a multi-threaded tokio runtime, where an fsync
-/// on a worker thread would stall every task queued behind it. A current-thread runtime (tests,
-/// the paused-clock simulator) and madsim get a task that commits inline, which keeps a
-/// simulation deterministic.
-#[cfg(not(madsim))]
-fn writes_on_own_thread() -> bool {
-    tokio::runtime::Handle::try_current()
-        .map(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-        .unwrap_or(false)
-}
-
-#[cfg(madsim)]
-fn writes_on_own_thread() -> bool {
-    false
 }
 
 fn run_writer_thread(shared: Weak<WriterShared>, mut receiver: mpsc::UnboundedReceiver<Queued>) {
@@ -320,8 +306,7 @@ fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>
     } else {
         redb::Durability::Immediate
     };
-    txn.set_durability(durability)
-        .map_err(|e| StorageError::Invariant(e.to_string()))?;
+    txn.set_durability(durability)?;
     if !entries.is_empty() {
         let mut table = txn.open_table(RAFT_LOG)?;
         let mut expected_index = table.last()?.map(|(index, _)| index.value() + 1);

@@ -106,9 +106,7 @@ fn copy_log_tables(old: &Database, dir: &Path) -> Result<()> {
         old.begin_read()?
     };
     let mut write = log.begin_write()?;
-    write
-        .set_durability(redb::Durability::Immediate)
-        .map_err(|e| StorageError::Invariant(e.to_string()))?;
+    write.set_durability(redb::Durability::Immediate)?;
     let mut copied_entries: u64 = 0;
     {
         let mut format = write.open_table(schema::FORMAT)?;
@@ -157,8 +155,7 @@ const V1_KV_HISTORY: redb::TableDefinition<(&[u8], u64), &[u8]> =
 /// Step 3: the old file keeps the state machine tables only, in format 2's layout, and says so.
 fn turn_into_state_file(old: &Database) -> Result<()> {
     let mut txn = old.begin_write()?;
-    txn.set_durability(redb::Durability::Immediate)
-        .map_err(|e| StorageError::Invariant(e.to_string()))?;
+    txn.set_durability(redb::Durability::Immediate)?;
     txn.delete_table(schema::RAFT_LOG)?;
     txn.delete_table(schema::RAFT_META)?;
     let mut converted: u64 = 0;

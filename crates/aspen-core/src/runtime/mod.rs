@@ -43,6 +43,22 @@ thread_local! {
     static SEEDED_STATE: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
+/// True when blocking storage work (an fsync, a compaction step) may move off the calling task
+/// to another thread: only on a multi-threaded tokio runtime (the server). A current-thread
+/// runtime (tests, the paused-clock simulator) and madsim keep it on the task, so that a
+/// simulation's interleaving never depends on the OS scheduler.
+#[cfg(not(madsim))]
+pub fn blocking_work_may_leave_the_task() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Under madsim: never (madsim refuses other threads in a run).
+#[cfg(madsim)]
+pub fn blocking_work_may_leave_the_task() -> bool {
+    false
+}
+
 /// Makes every later draw by openraft on this thread come from a generator seeded with
 /// `seed`. For simulation only: a seeded election timeout is predictable.
 pub fn seed_thread_rng(seed: u64) {

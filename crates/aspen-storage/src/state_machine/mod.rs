@@ -100,8 +100,7 @@ impl StateMachine {
         } else {
             redb::Durability::None
         };
-        txn.set_durability(durability)
-            .map_err(|e| StorageError::Invariant(e.to_string()))?;
+        txn.set_durability(durability)?;
         let mut state = read_applied_write(&txn)?;
         let revision_before = state.revision;
         let compact_revision_before = state.compact_revision;
@@ -230,26 +229,20 @@ impl StateMachine {
     pub fn compact_step_bounded(&self, records_max: u32) -> Result<bool> {
         let db = self.store.state_db();
         let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| StorageError::Invariant(e.to_string()))?;
+        txn.set_durability(redb::Durability::None)?;
         let state = read_applied_write(&txn)?;
         let progress = read_compact_progress(&txn.open_table(SM_META)?)?;
         // A new compaction revision walks from the start: versions that survived the last one
         // may be superseded now.
         let from = match progress {
-            Some(p) if p.compact_revision == state.compact_revision => {
-                if p.done {
-                    txn.abort()?;
-                    return Ok(false);
-                }
-                p.next
-            }
-            _ => (0, 0),
+            _ if state.compact_revision == 0 => None,
+            Some(p) if p.compact_revision == state.compact_revision => (!p.done).then_some(p.next),
+            _ => Some((0, 0)),
         };
-        if state.compact_revision == 0 {
+        let Some(from) = from else {
             txn.abort()?;
             return Ok(false);
-        }
+        };
         let step = {
             let mut tables = tables::WriteTables::open(&txn)?;
             compact::compact_step(&mut tables, state.compact_revision, from, records_max)?
