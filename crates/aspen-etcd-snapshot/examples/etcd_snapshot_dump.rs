@@ -10,11 +10,15 @@ fn main() -> std::process::ExitCode {
     let result = (|| -> aspen_etcd_snapshot::Result<()> {
         let snapshot = aspen_etcd_snapshot::EtcdSnapshot::open(std::path::Path::new(path))?;
         println!("{:?}", snapshot.summary()?);
+        println!(
+            "etcd status hash and total keys: {:?}",
+            snapshot.etcd_status_hash()?
+        );
         if args.get(2).map(String::as_str) == Some("--copy") {
             copy(std::path::Path::new(path), std::path::Path::new(&args[3]))?;
         }
         if args.get(2).map(String::as_str) == Some("--versions") {
-            snapshot.for_each_version(|v| {
+            snapshot.for_each_version(|v| -> aspen_etcd_snapshot::Result<()> {
                 println!(
                     "{}.{}{} {} create={} mod={} version={} lease={} value={}B",
                     v.revision.main,
@@ -29,7 +33,7 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             })?;
-            snapshot.for_each_lease(|l| {
+            snapshot.for_each_lease(|l| -> aspen_etcd_snapshot::Result<()> {
                 println!("lease {:x} ttl {}", l.id, l.ttl_seconds);
                 Ok(())
             })?;
@@ -63,16 +67,7 @@ fn copy(from: &std::path::Path, to: &std::path::Path) -> aspen_etcd_snapshot::Re
     let mut buckets = Vec::new();
     for (name, bucket) in &names {
         let mut tree = writer.begin_bucket();
-        let mut error = None;
-        reader.for_each(bucket, |k, v, _| {
-            if let Err(e) = writer.put(&mut tree, k, v) {
-                error = Some(e);
-            }
-            Ok(())
-        })?;
-        if let Some(e) = error {
-            return Err(e);
-        }
+        reader.for_each(bucket, |k, v, _| writer.put(&mut tree, k, v))?;
         buckets.push((name.clone(), writer.finish_bucket(tree)?));
     }
     let refs: Vec<(&[u8], _)> = buckets

@@ -198,7 +198,7 @@ impl BoltReader {
     /// The nested bucket `name` of `parent`, if it has one.
     pub fn bucket(&self, parent: &Bucket, name: &[u8]) -> Result<Option<Bucket>> {
         let mut found = None;
-        self.for_each(parent, |key, value, is_bucket| {
+        self.for_each(parent, |key, value, is_bucket| -> Result<()> {
             if key == name {
                 if !is_bucket {
                     return Err(self.corrupt(format!(
@@ -225,18 +225,19 @@ impl BoltReader {
         Ok(Bucket::Inline(value[BUCKET_HEADER_BYTES..].to_vec()))
     }
 
-    /// Calls `visit(key, value, is_bucket)` for every element of `bucket`, in key order.
-    pub fn for_each(
+    /// Calls `visit(key, value, is_bucket)` for every element of `bucket`, in key order; the
+    /// first error (the file's or the visitor's) stops the walk.
+    pub fn for_each<E: From<Error>>(
         &self,
         bucket: &Bucket,
-        mut visit: impl FnMut(&[u8], &[u8], bool) -> Result<()>,
-    ) -> Result<()> {
+        mut visit: impl FnMut(&[u8], &[u8], bool) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let first = match bucket {
             Bucket::Page(id) => self.read_page(*id)?,
             Bucket::Inline(bytes) => self.check_page(bytes.clone(), None)?,
         };
         if first.flags == FLAG_BRANCH && matches!(bucket, Bucket::Inline(_)) {
-            return Err(self.corrupt("an inline bucket holds a branch page"));
+            return Err(self.corrupt("an inline bucket holds a branch page").into());
         }
         // An explicit stack (no recursion over the file's depth): (page, next element).
         let mut stack: Vec<(Page, usize)> = vec![(first, 0)];
@@ -252,7 +253,7 @@ impl BoltReader {
             if page.flags == FLAG_LEAF {
                 let (flags, key, value) = self.leaf_element(page, index)?;
                 if last_key.as_deref().is_some_and(|last| last >= key) {
-                    return Err(self.corrupt("keys out of order"));
+                    return Err(self.corrupt("keys out of order").into());
                 }
                 visit(key, value, flags & ELEMENT_BUCKET != 0)?;
                 let last = last_key.get_or_insert_with(Vec::new);
@@ -263,10 +264,12 @@ impl BoltReader {
             let child = self.branch_child(page, index)?;
             pages_visited += 1;
             if pages_visited > self.meta.pages {
-                return Err(self.corrupt("a page is referenced more than once"));
+                return Err(self.corrupt("a page is referenced more than once").into());
             }
             if stack.len() >= TREE_DEPTH_MAX {
-                return Err(self.corrupt(format!("a tree deeper than {TREE_DEPTH_MAX} levels")));
+                return Err(self
+                    .corrupt(format!("a tree deeper than {TREE_DEPTH_MAX} levels"))
+                    .into());
             }
             let child = self.read_page(child)?;
             stack.push((child, 0));

@@ -58,10 +58,11 @@ pub struct BoltWriter<W: Write + Seek> {
 }
 
 impl<W: Write + Seek> BoltWriter<W> {
-    /// Starts a database at the sink's current position 0; data pages follow the metas.
+    /// Starts a database at the sink's position 0: the meta pages' places are zero-filled
+    /// now (so the sink has no hole) and written last.
     pub fn new(mut sink: W) -> Result<BoltWriter<W>> {
         let page_size = WRITE_PAGE_SIZE_BYTES as usize;
-        sink.seek(SeekFrom::Start(FIRST_DATA_PAGE * page_size as u64))
+        sink.write_all(&vec![0u8; FIRST_DATA_PAGE as usize * page_size])
             .map_err(Error::Write)?;
         Ok(BoltWriter {
             sink,

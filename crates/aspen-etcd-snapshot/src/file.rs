@@ -44,12 +44,10 @@ pub struct Summary {
     pub compact_revision: u64,
     pub consistent_index: u64,
     pub versions: u64,
+    /// The largest sub-revision (Aspen keeps 32 bits of it).
+    pub sub_revision_max: u64,
     pub tombstones: u64,
     pub leases: u64,
-    /// Entries of every bucket, as `etcdctl snapshot status` counts "total keys".
-    pub total_entries: u64,
-    /// CRC-32C over bucket names, keys and values: `etcdctl snapshot status`'s hash.
-    pub etcd_hash: u32,
     pub db_bytes: u64,
     pub sha256: Sha256Trailer,
 }
@@ -164,20 +162,25 @@ impl EtcdSnapshot {
 
     /// Calls `visit` for every version in the `key` bucket, in revision order, each checked:
     /// a revision key, a KeyValue that decodes, a put's mod revision equal to its revision.
-    pub fn for_each_version(&self, mut visit: impl FnMut(Version) -> Result<()>) -> Result<()> {
+    pub fn for_each_version<E: From<Error>>(
+        &self,
+        mut visit: impl FnMut(Version) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         self.reader.for_each(&self.key, |key, value, is_bucket| {
             if is_bucket {
-                return Err(self.corrupt("a bucket inside etcd's key bucket"));
+                return Err(self.corrupt("a bucket inside etcd's key bucket").into());
             }
             let (revision, tombstone) = Revision::parse(key).map_err(|e| self.corrupt(e))?;
             let kv = KeyValue::decode(value).map_err(|e| {
                 self.corrupt(format!("revision {}.{}: {e}", revision.main, revision.sub))
             })?;
             if kv.key.is_empty() {
-                return Err(self.corrupt(format!(
-                    "revision {}.{} has an empty key",
-                    revision.main, revision.sub
-                )));
+                return Err(self
+                    .corrupt(format!(
+                        "revision {}.{} has an empty key",
+                        revision.main, revision.sub
+                    ))
+                    .into());
             }
             if !tombstone
                 && (kv.mod_revision != revision.main
@@ -185,10 +188,16 @@ impl EtcdSnapshot {
                     || kv.create_revision == 0
                     || kv.create_revision > kv.mod_revision)
             {
-                return Err(self.corrupt(format!(
-                    "revision {}.{} holds a version with create {}, mod {}, version {}",
-                    revision.main, revision.sub, kv.create_revision, kv.mod_revision, kv.version
-                )));
+                return Err(self
+                    .corrupt(format!(
+                        "revision {}.{} holds a version with create {}, mod {}, version {}",
+                        revision.main,
+                        revision.sub,
+                        kv.create_revision,
+                        kv.mod_revision,
+                        kv.version
+                    ))
+                    .into());
             }
             visit(Version {
                 revision,
@@ -199,7 +208,10 @@ impl EtcdSnapshot {
     }
 
     /// Calls `visit` for every lease in the `lease` bucket.
-    pub fn for_each_lease(&self, mut visit: impl FnMut(Lease) -> Result<()>) -> Result<()> {
+    pub fn for_each_lease<E: From<Error>>(
+        &self,
+        mut visit: impl FnMut(Lease) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let Some(bucket) = &self.lease else {
             return Ok(());
         };
@@ -209,7 +221,9 @@ impl EtcdSnapshot {
                 || key.len() != 8
                 || u64::from_be_bytes(key.try_into().expect("8")) != lease.id
             {
-                return Err(self.corrupt("a lease bucket entry whose key is not its lease id"));
+                return Err(self
+                    .corrupt("a lease bucket entry whose key is not its lease id")
+                    .into());
             }
             visit(lease)
         })
@@ -221,25 +235,26 @@ impl EtcdSnapshot {
         let Some(bucket) = &self.meta else {
             return Ok((0, 0, 0));
         };
-        self.reader.for_each(bucket, |key, value, _| {
-            let revision_of = |value: &[u8]| {
-                Revision::parse(value).map(|(r, _)| r.main).map_err(|e| {
-                    self.corrupt(format!("meta {}: {e}", String::from_utf8_lossy(key)))
-                })
-            };
-            match key {
-                META_CONSISTENT_INDEX => {
-                    let bytes: [u8; 8] = value
-                        .try_into()
-                        .map_err(|_| self.corrupt("meta consistent_index is not 8 bytes"))?;
-                    index = u64::from_be_bytes(bytes);
+        self.reader
+            .for_each(bucket, |key, value, _| -> Result<()> {
+                let revision_of = |value: &[u8]| {
+                    Revision::parse(value).map(|(r, _)| r.main).map_err(|e| {
+                        self.corrupt(format!("meta {}: {e}", String::from_utf8_lossy(key)))
+                    })
+                };
+                match key {
+                    META_CONSISTENT_INDEX => {
+                        let bytes: [u8; 8] = value
+                            .try_into()
+                            .map_err(|_| self.corrupt("meta consistent_index is not 8 bytes"))?;
+                        index = u64::from_be_bytes(bytes);
+                    }
+                    META_SCHEDULED_COMPACT => scheduled = revision_of(value)?,
+                    META_FINISHED_COMPACT => finished = revision_of(value)?,
+                    _ => {}
                 }
-                META_SCHEDULED_COMPACT => scheduled = revision_of(value)?,
-                META_FINISHED_COMPACT => finished = revision_of(value)?,
-                _ => {}
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         Ok((index, scheduled, finished))
     }
 
@@ -248,42 +263,41 @@ impl EtcdSnapshot {
     pub fn summary(&self) -> Result<Summary> {
         let (consistent_index, scheduled, finished) = self.meta_values()?;
         let compact_revision = scheduled.max(finished);
-        let (mut versions, mut tombstones, mut newest) = (0u64, 0u64, 0u64);
+        let (mut versions, mut tombstones, mut newest, mut sub_max) = (0u64, 0u64, 0u64, 0u64);
         let mut last: Option<Revision> = None;
-        self.for_each_version(|version| {
+        self.for_each_version(|version| -> Result<()> {
             if last.is_some_and(|l| l >= version.revision) {
                 return Err(self.corrupt("two versions at one revision"));
             }
             last = Some(version.revision);
             versions += 1;
+            sub_max = sub_max.max(version.revision.sub);
             tombstones += u64::from(version.tombstone);
             newest = version.revision.main;
             Ok(())
         })?;
         let mut leases = 0u64;
-        self.for_each_lease(|_| {
+        self.for_each_lease(|_| -> Result<()> {
             leases += 1;
             Ok(())
         })?;
-        let (total_entries, etcd_hash) = self.etcd_status_hash()?;
         Ok(Summary {
             revision: newest.max(compact_revision).max(1),
             newest_version_revision: newest,
             compact_revision,
             consistent_index,
             versions,
+            sub_revision_max: sub_max,
             tombstones,
             leases,
-            total_entries,
-            etcd_hash,
             db_bytes: self.db_bytes(),
             sha256: self.sha256,
         })
     }
 
-    /// `etcdctl snapshot status`'s hash and key count: every top-level bucket's name, then
-    /// its keys and values, in order.
-    fn etcd_status_hash(&self) -> Result<(u64, u32)> {
+    /// `etcdctl snapshot status`'s hash and "total keys" (entries of every bucket): every
+    /// top-level bucket's name, then its keys and values, in order, CRC-32C.
+    pub fn etcd_status_hash(&self) -> Result<(u32, u64)> {
         let mut crc = Crc32c::new();
         let mut entries = 0u64;
         let mut buckets = Vec::new();
@@ -299,15 +313,16 @@ impl EtcdSnapshot {
             })?;
         for (name, bucket) in &buckets {
             crc.update(name);
-            self.reader.for_each(bucket, |key, value, is_bucket| {
-                crc.update(key);
-                if !is_bucket {
-                    crc.update(value);
-                }
-                entries += 1;
-                Ok(())
-            })?;
+            self.reader
+                .for_each(bucket, |key, value, is_bucket| -> Result<()> {
+                    crc.update(key);
+                    if !is_bucket {
+                        crc.update(value);
+                    }
+                    entries += 1;
+                    Ok(())
+                })?;
         }
-        Ok((entries, crc.finalize()))
+        Ok((crc.finalize(), entries))
     }
 }
