@@ -105,9 +105,23 @@ pub enum SavedFormat {
 
 pub fn saved_format(path: &Path) -> Result<SavedFormat> {
     if aspen_etcd_snapshot::file::looks_like_bbolt(path)? {
-        Ok(SavedFormat::Etcd)
-    } else {
-        Ok(SavedFormat::Aspen)
+        return Ok(SavedFormat::Etcd);
+    }
+    let mut magic = [0u8; 8];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+    match read {
+        Ok(()) if &magic == crate::snapshot::SNAPSHOT_MAGIC => Ok(SavedFormat::Aspen),
+        Ok(()) => Err(StorageError::Snapshot(format!(
+            "{} is neither an etcd snapshot (a bbolt database) nor an Aspen snapshot",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StorageError::Snapshot(
+            format!("{} is too short to be a snapshot", path.display()),
+        )),
+        Err(source) => Err(StorageError::SnapshotIo {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
