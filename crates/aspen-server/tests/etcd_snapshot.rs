@@ -2,8 +2,9 @@
 //! processes on both sides:
 //! - etcd -> Aspen: a snapshot saved by `etcdctl snapshot save` from an etcd with history,
 //!   deletes, a multi-op txn, a compaction, leases, large values and many keys, restored with
-//!   `aspen snapshot restore`: Aspen serves the same keys, values, revisions, versions, leases
-//!   and history back to the compaction point.
+//!   `aspen snapshot restore` on each member of a 3-member cluster: Aspen serves the same keys,
+//!   values, revisions, versions, leases and history back to the compaction point, and its
+//!   members' HashKV agree.
 //! - Aspen -> etcd: `etcdctl snapshot save` from that Aspen, `etcdctl snapshot status`,
 //!   `etcdctl snapshot restore`, a real etcd started on it: the same again, and etcd's own
 //!   HashKV equals the original etcd's.
@@ -223,9 +224,13 @@ async fn write_workload(port: u16, bulk: u64) -> Written {
     .await
     .expect("delete one");
     for key in 0..8 {
-        kv.put(put(&format!("leased/{key}"), b"v".to_vec(), lease_ids[key % 2]))
-            .await
-            .expect("put leased");
+        kv.put(put(
+            &format!("leased/{key}"),
+            b"v".to_vec(),
+            lease_ids[key % 2],
+        ))
+        .await
+        .expect("put leased");
     }
     let before_compaction = kv
         .put(put("hist/0", b"last before compaction".to_vec(), 0))
@@ -253,10 +258,12 @@ async fn write_workload(port: u16, bulk: u64) -> Written {
             put_op(put("txn/a", b"1".to_vec(), 0)),
             put_op(put("txn/b", b"2".to_vec(), lease_ids[2])),
             RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                    key: b"hist/1".to_vec(),
-                    ..Default::default()
-                })),
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: b"hist/1".to_vec(),
+                        ..Default::default()
+                    },
+                )),
             },
         ],
         ..Default::default()
@@ -376,13 +383,18 @@ async fn assert_same_store(a: u16, b: u16, written: &Written, what: &str) {
     for (x, y) in now_a.iter().zip(&now_b) {
         assert_eq!(x, y, "{what}: key {}", String::from_utf8_lossy(&x.key));
     }
-    let mut revisions: Vec<i64> = (written.compact_revision..=written.edits_until_revision).collect();
+    let mut revisions: Vec<i64> =
+        (written.compact_revision..=written.edits_until_revision).collect();
     let step = ((written.final_revision - written.edits_until_revision) / 7).max(1);
-    revisions.extend((written.edits_until_revision..=written.final_revision).step_by(step as usize));
+    revisions
+        .extend((written.edits_until_revision..=written.final_revision).step_by(step as usize));
     for revision in revisions {
         let (_, at_a) = keyspace(&kv_a, revision).await;
         let (_, at_b) = keyspace(&kv_b, revision).await;
-        assert!(at_a == at_b, "{what}: keyspace at revision {revision} differs");
+        assert!(
+            at_a == at_b,
+            "{what}: keyspace at revision {revision} differs"
+        );
     }
     for (port, side) in [(a, "source"), (b, "restored")] {
         let below = KvClient::new(channel(port))
@@ -432,30 +444,46 @@ async fn etcd_to_aspen_and_back_through_snapshot_files() {
         from_etcd.to_str().expect("utf8"),
     ]);
 
-    // etcd -> Aspen.
-    let mut cluster = Cluster::new(1, Backend::Redb, None);
-    let flags = cluster.args(0, &[0], "new");
-    let restored = aspen_restore(&from_etcd, &flags);
-    let stdout = String::from_utf8_lossy(&restored.stdout);
-    assert!(
-        restored.status.success(),
-        "aspen snapshot restore: {}",
-        String::from_utf8_lossy(&restored.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("revision {}", written.final_revision)),
-        "{stdout}"
-    );
-    cluster.start(0);
-    cluster.wait_leader(&[0]).await;
+    // etcd -> Aspen: the same file restored on each of three members.
+    let mut cluster = Cluster::new(3, Backend::Redb, None);
+    let all = [0, 1, 2];
+    for member in all {
+        let restored = aspen_restore(&from_etcd, &cluster.args(member, &all, "new"));
+        let stdout = String::from_utf8_lossy(&restored.stdout);
+        assert!(
+            restored.status.success(),
+            "aspen snapshot restore: {}",
+            String::from_utf8_lossy(&restored.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("revision {}", written.final_revision)),
+            "{stdout}"
+        );
+    }
+    cluster.start_all();
+    cluster.wait_leader(&all).await;
     let aspen_port = cluster.members[0].client_port;
     assert_same_store(source.client_port, aspen_port, &written, "etcd -> aspen").await;
+    let mut member_hashes = Vec::new();
+    for member in all {
+        member_hashes.push(hash_kv(cluster.members[member].client_port, 0).await);
+    }
+    assert!(
+        member_hashes.windows(2).all(|w| w[0] == w[1]),
+        "the restored members' HashKV: {member_hashes:?}"
+    );
 
     // Aspen -> etcd, with etcd's own tools.
     let from_aspen = path("from-aspen.db");
     let aspen_endpoint = format!("127.0.0.1:{aspen_port}");
     let from_aspen_arg = from_aspen.to_str().expect("utf8");
-    etcdctl(&["--endpoints", &aspen_endpoint, "snapshot", "save", from_aspen_arg]);
+    etcdctl(&[
+        "--endpoints",
+        &aspen_endpoint,
+        "snapshot",
+        "save",
+        from_aspen_arg,
+    ]);
     let status = etcdctl(&["snapshot", "status", from_aspen_arg, "-w", "json"]);
     assert!(
         status.contains(&format!("\"revision\":{}", written.final_revision)),
@@ -519,8 +547,15 @@ fn restore_must_fail(file: &Path, cluster: &Cluster, member: usize, expected: &s
     let data_dir = &cluster.members[member].data_dir;
     let output = aspen_restore(file, &cluster.args(member, &[member], "new"));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "restore of {} succeeded", file.display());
-    assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+    assert!(
+        !output.status.success(),
+        "restore of {} succeeded",
+        file.display()
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
     let left: Vec<_> = std::fs::read_dir(data_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -532,7 +567,11 @@ async fn bad_snapshot_files_are_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (good, source) = aspen_saved_snapshot(dir.path()).await;
     let bytes = std::fs::read(&good).expect("read");
-    assert_eq!(bytes.len() % 512, 32, "a saved snapshot ends with its SHA-256");
+    assert_eq!(
+        bytes.len() % 512,
+        32,
+        "a saved snapshot ends with its SHA-256"
+    );
     let page = 4096;
     // Restores go to members planned (never started) in a cluster of their own.
     let mut target = Cluster::new(4, Backend::Redb, None);
@@ -547,7 +586,12 @@ async fn bad_snapshot_files_are_refused_and_nothing_is_written() {
     damaged[2 * page + 40] ^= 0xFF;
     let damaged_path = dir.path().join("damaged.db");
     std::fs::write(&damaged_path, &damaged).expect("write");
-    restore_must_fail(&damaged_path, &target, 1, "integrity check failed: expected sha256");
+    restore_must_fail(
+        &damaged_path,
+        &target,
+        1,
+        "integrity check failed: expected sha256",
+    );
 
     // The same damage without the trailer: the page itself is found bad (its header's flags).
     let mut unhashed = bytes[..bytes.len() - 32].to_vec();

@@ -356,7 +356,9 @@ pub fn inspect_snapshot(file: &Path) -> Result<SnapshotReport, CliError> {
     let head = &head[..head_len];
     // etcd's and Aspen's saved snapshots are a body padded to 512 bytes, then the SHA-256.
     let has_trailer = size_bytes >= SHA256_BYTES && size_bytes % 512 == SHA256_BYTES;
-    if aspen_etcd_snapshot::file::looks_like_bbolt(file).map_err(|e| CliError::request(e.to_string()))? {
+    if aspen_etcd_snapshot::file::looks_like_bbolt(file)
+        .map_err(|e| CliError::request(e.to_string()))?
+    {
         inspect_etcd(file, &mut report);
         return Ok(report);
     }
