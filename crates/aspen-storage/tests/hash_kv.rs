@@ -450,14 +450,14 @@ async fn restore_and_compare(saved: &Path, dir: &Path, source: &StateMachine) {
     for revision in [0, before_last, compact_revision + 1] {
         assert_eq!(
             hash(&target, revision).expect("hash"),
-            hash(&source, revision).expect("hash"),
+            hash(source, revision).expect("hash"),
             "at {revision}"
         );
     }
     let attached = |sm: &StateMachine| sm.reader().lease_keys(LEASE_ID).expect("lease keys");
-    assert_eq!(attached(&target), attached(&source));
+    assert_eq!(attached(&target), attached(source));
     assert!(
-        !attached(&source).is_empty(),
+        !attached(source).is_empty(),
         "the history attaches keys to the lease"
     );
 }

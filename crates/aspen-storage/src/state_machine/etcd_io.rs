@@ -149,6 +149,32 @@ fn attach_leases(tables: &mut super::tables::WriteTables<'_>) -> Result<()> {
     attach(newest)
 }
 
+/// A version as etcd's `key` bucket holds it: its revision key and its KeyValue.
+fn etcd_version(key: Vec<u8>, version: StoredVersion) -> (Vec<u8>, KeyValue) {
+    let revision = Revision {
+        main: version.mod_revision,
+        sub: u64::from(version.sub_revision),
+    };
+    let tombstone = version.is_tombstone();
+    let kv = if tombstone {
+        // etcd writes a deletion as a KeyValue holding only the key.
+        KeyValue {
+            key,
+            ..KeyValue::default()
+        }
+    } else {
+        KeyValue {
+            key,
+            create_revision: version.create_revision,
+            mod_revision: version.mod_revision,
+            version: version.version,
+            value: version.value,
+            lease: version.lease,
+        }
+    };
+    (revision.key_bytes(tombstone), kv)
+}
+
 /// The state machine, as of one read transaction, as an etcd 3.4 snapshot (a bbolt database)
 /// in an export file; see the module doc.
 pub fn export_etcd_snapshot(store: &Store) -> Result<SnapshotExport> {
@@ -165,29 +191,9 @@ pub fn export_etcd_snapshot(store: &Store) -> Result<SnapshotExport> {
         match name {
             BUCKET_KEY => {
                 for_each_kept_version(&txn, &state, |key, version, _| {
-                    let revision = Revision {
-                        main: version.mod_revision,
-                        sub: u64::from(version.sub_revision),
-                    };
-                    let tombstone = version.is_tombstone();
-                    let kv = if tombstone {
-                        // etcd writes a deletion as a KeyValue holding only the key.
-                        KeyValue {
-                            key,
-                            ..KeyValue::default()
-                        }
-                    } else {
-                        KeyValue {
-                            key,
-                            create_revision: version.create_revision,
-                            mod_revision: version.mod_revision,
-                            version: version.version,
-                            value: version.value,
-                            lease: version.lease,
-                        }
-                    };
+                    let (revision_key, kv) = etcd_version(key, version);
                     kv.encode_into(&mut encoded);
-                    writer.put(&mut tree, &revision.key_bytes(tombstone), &encoded)?;
+                    writer.put(&mut tree, &revision_key, &encoded)?;
                     Ok(())
                 })?;
             }
