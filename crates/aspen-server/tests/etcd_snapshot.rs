@@ -448,6 +448,29 @@ async fn etcd_to_aspen_and_back_through_snapshot_files() {
         from_etcd.to_str().expect("utf8"),
     ]);
 
+    // Our reader sees what etcd's own `snapshot status` sees (aspenctl snapshot status uses it).
+    let etcd_status = etcdctl(&[
+        "snapshot",
+        "status",
+        from_etcd.to_str().expect("utf8"),
+        "-w",
+        "json",
+    ]);
+    let snapshot = aspen_etcd_snapshot::EtcdSnapshot::open(&from_etcd).expect("open etcd's file");
+    let (hash, total_keys) = snapshot.etcd_status_hash().expect("hash");
+    let summary = snapshot.summary().expect("summary");
+    let expected = format!(
+        "{{\"hash\":{hash},\"revision\":{},\"totalKey\":{total_keys},\"totalSize\":{}}}",
+        summary.newest_version_revision, summary.db_bytes
+    );
+    assert_eq!(
+        etcd_status.trim(),
+        expected,
+        "etcdctl snapshot status vs our reader"
+    );
+    assert_eq!(summary.compact_revision, written.compact_revision as u64);
+    assert_eq!(summary.revision, written.final_revision as u64);
+
     // etcd -> Aspen: the same file restored on each of three members.
     let mut cluster = Cluster::new(3, Backend::Redb, None);
     let all = [0, 1, 2];
