@@ -249,10 +249,8 @@ impl Maintenance for MaintenanceService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let metrics = self.node.raft_metrics();
-        let store = self.node.store().clone();
-        let db_size_bytes = store.db_size_bytes();
-        // Walks the state database's table pages (from a read transaction): off the workers.
-        let db_size_in_use_bytes = blocking(move || store.db_size_in_use_bytes()).await?;
+        let db_size_bytes = self.node.store().db_size_bytes();
+        let db_size_in_use_bytes = self.node.db_size_in_use_bytes().await;
         let state = self.node.applied_state().map_err(from_node)?;
         let mut errors = Vec::new();
         if metrics.current_leader.is_none() {

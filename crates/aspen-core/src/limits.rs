@@ -188,3 +188,10 @@ pub const HTTP2_FRAME_BYTES_MAX: u32 = 64 * 1024;
 /// After a failed accept (typically out of file descriptors), the pause before the next try,
 /// so that the accept loop does not spin.
 pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+
+/// etcd's `dbSizeInUse` is measured by walking the state database's pages (seconds on a
+/// multi-GiB store): a measurement younger than this is reused.
+pub const DB_IN_USE_MEASURE_INTERVAL_MS: u64 = 30_000;
+/// How long a Status call or a /metrics scrape waits for a new `dbSizeInUse` measurement
+/// before it answers with the previous one (the measurement goes on in the background).
+pub const DB_IN_USE_WAIT_MS: u64 = 300;

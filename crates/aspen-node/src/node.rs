@@ -291,6 +291,31 @@ impl Node {
         &self.inner.store
     }
 
+    /// etcd's `dbSizeInUse`. Measuring it walks the state database's pages, seconds on a
+    /// multi-GiB store, so a measurement is reused for `DB_IN_USE_MEASURE_INTERVAL_MS`, at most
+    /// one runs at a time (off the async workers), and a caller waits for a new one at most
+    /// `DB_IN_USE_WAIT_MS`; past that it gets the previous value (the file's size before the
+    /// first measurement) while the measurement finishes in the background.
+    pub async fn db_size_in_use_bytes(&self) -> u64 {
+        let store = self.inner.store.clone();
+        let (last, claimed) = store.db_size_in_use_last();
+        let fallback = last.unwrap_or_else(|| store.db_size_bytes());
+        if !claimed {
+            return fallback;
+        }
+        let measuring = store.clone();
+        let measurement = run_blocking(move || measuring.measure_db_size_in_use_bytes());
+        let wait = Duration::from_millis(aspen_core::limits::DB_IN_USE_WAIT_MS);
+        match tokio::time::timeout(wait, measurement).await {
+            Ok(Ok(Ok(bytes))) => bytes,
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "cannot measure the state database's bytes in use");
+                fallback
+            }
+            Ok(Err(_)) | Err(_) => fallback,
+        }
+    }
+
     pub fn state_machine(&self) -> &StateMachine {
         &self.inner.state_machine
     }

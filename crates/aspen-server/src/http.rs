@@ -49,13 +49,7 @@ async fn health(State(node): State<Node>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(node): State<Node>) -> String {
-    // "In use" walks the state database's table pages: computed per scrape, off the workers.
-    let store = node.store().clone();
-    let in_use_bytes = tokio::task::spawn_blocking(move || store.db_size_in_use_bytes())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
+    let in_use_bytes = node.db_size_in_use_bytes().await;
     let mut out = String::with_capacity(4096);
     let raft = node.raft_metrics();
     let m = node.metrics();

@@ -203,7 +203,7 @@ async fn bench_backend(target: &Target, keys: u64) -> BenchResult<Report> {
     bench_apply(target, &source, keys, &mut report).await?;
     report.file_bytes = target.file_bytes("source");
     report.db_size_bytes = source.store().db_size_bytes();
-    report.db_size_in_use_bytes = source.store().db_size_in_use_bytes()?;
+    report.db_size_in_use_bytes = source.store().measure_db_size_in_use_bytes()?;
 
     eprintln!("[{}] snapshot build and install", target.name());
     bench_snapshot(target, &mut source, keys, &mut report).await?;

@@ -12,9 +12,11 @@
 //! [`Store`] handle is shared by the log store, the state machine and readers.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
-use aspen_core::limits::Limits;
+use aspen_core::limits::{DB_IN_USE_MEASURE_INTERVAL_MS, Limits};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::durability::StateDurability;
@@ -96,6 +98,17 @@ pub(crate) struct Shared {
     pub(crate) fsync_latency: aspen_core::metrics::Histogram,
     /// When recent log indices were appended, made durable, committed and applied here.
     pub(crate) stage_clock: StageClock,
+    /// The last `dbSizeInUse` measurement (a page walk), reused for a while.
+    in_use: InUseGauge,
+}
+
+/// The last measurement of the state database's bytes in use, and who is measuring.
+#[derive(Debug, Default)]
+struct InUseGauge {
+    /// (bytes, when measured); None before the first measurement.
+    last: Mutex<Option<(u64, Instant)>>,
+    /// True while one caller has claimed the next measurement.
+    measuring: AtomicBool,
 }
 
 impl Drop for Shared {
@@ -221,6 +234,7 @@ impl Store {
                 limits,
                 fsync_latency: aspen_core::metrics::Histogram::default(),
                 stage_clock: StageClock::default(),
+                in_use: InUseGauge::default(),
             }),
         };
         store
@@ -295,11 +309,39 @@ impl Store {
         self.shared.durability.durable_applied_index()
     }
 
-    /// Bytes holding live data in the state database, as etcd's "dbSizeInUse": stored plus
-    /// tree-metadata bytes of every table, from a read transaction (concurrent with applies,
-    /// never the write lock). It walks the tables' pages, so it is computed only on request
-    /// (Status, a metrics scrape), never on a timer.
-    pub fn db_size_in_use_bytes(&self) -> Result<u64> {
+    /// etcd's `dbSizeInUse` as last measured, and whether the caller should measure it now
+    /// (with [`Store::measure_db_size_in_use_bytes`], off the async workers): true for one
+    /// caller at a time, once the last measurement is older than
+    /// `DB_IN_USE_MEASURE_INTERVAL_MS`. None before the first measurement.
+    pub fn db_size_in_use_last(&self) -> (Option<u64>, bool) {
+        let gauge = &self.shared.in_use;
+        let last = *gauge.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let interval = Duration::from_millis(DB_IN_USE_MEASURE_INTERVAL_MS);
+        let stale = last.is_none_or(|(_, at)| at.elapsed() >= interval);
+        let claimed = stale
+            && gauge
+                .measuring
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        (last.map(|(bytes, _)| bytes), claimed)
+    }
+
+    /// Measures the bytes the state database's tables hold (etcd's `dbSizeInUse`) from a read
+    /// transaction's table stats, and remembers the result for [`Store::db_size_in_use_last`].
+    /// This walks every page of every table: its cost grows with the data (seconds on a
+    /// multi-GiB store), so callers reuse the last measurement.
+    pub fn measure_db_size_in_use_bytes(&self) -> Result<u64> {
+        let gauge = &self.shared.in_use;
+        let measured = self.walk_db_size_in_use_bytes();
+        if let Ok(bytes) = measured {
+            *gauge.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                Some((bytes, Instant::now()));
+        }
+        gauge.measuring.store(false, Ordering::Release);
+        measured
+    }
+
+    fn walk_db_size_in_use_bytes(&self) -> Result<u64> {
         use redb::ReadableTableMetadata;
         let db = self.state_db();
         let txn = db.begin_read()?;

@@ -368,7 +368,7 @@ fn physical_compaction_progress_does_not_change_the_hash() {
     assert!(!compacting.compaction_pending().expect("pending"));
     assert_eq!(hash(&compacting, 0).expect("hash"), expected);
     // The removal was real: the compacted store's state file holds fewer bytes in use.
-    let in_use = |sm: &StateMachine| sm.store().db_size_in_use_bytes().expect("in use");
+    let in_use = |sm: &StateMachine| sm.store().measure_db_size_in_use_bytes().expect("in use");
     assert!(
         in_use(&compacting) < in_use(&lagging),
         "{} bytes in use after compaction, {} without",
