@@ -315,7 +315,10 @@ impl Store {
     /// `DB_IN_USE_MEASURE_INTERVAL_MS`. None before the first measurement.
     pub fn db_size_in_use_last(&self) -> (Option<u64>, bool) {
         let gauge = &self.shared.in_use;
-        let last = *gauge.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = *gauge
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let interval = Duration::from_millis(DB_IN_USE_MEASURE_INTERVAL_MS);
         let stale = last.is_none_or(|(_, at)| at.elapsed() >= interval);
         let claimed = stale
@@ -334,8 +337,10 @@ impl Store {
         let gauge = &self.shared.in_use;
         let measured = self.walk_db_size_in_use_bytes();
         if let Ok(bytes) = measured {
-            *gauge.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                Some((bytes, Instant::now()));
+            *gauge
+                .last
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((bytes, Instant::now()));
         }
         gauge.measuring.store(false, Ordering::Release);
         measured

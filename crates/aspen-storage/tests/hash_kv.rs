@@ -491,3 +491,29 @@ async fn an_aspen_format_saved_file_still_restores() {
     let saved = saved_file(dir.path(), &body);
     restore_and_compare(&saved, dir.path(), &source).await;
 }
+
+/// `dbSizeInUse` is a page walk: one caller at a time measures, everyone else reuses the last
+/// value, until it is older than `DB_IN_USE_MEASURE_INTERVAL_MS`.
+#[test]
+fn bytes_in_use_are_measured_by_one_caller_and_reused() {
+    let sm = memory();
+    build_history(&sm);
+    let store = sm.store();
+    assert_eq!(
+        store.db_size_in_use_last(),
+        (None, true),
+        "first caller measures"
+    );
+    assert_eq!(
+        store.db_size_in_use_last(),
+        (None, false),
+        "a second caller does not measure while the first has not finished"
+    );
+    let measured = store.measure_db_size_in_use_bytes().expect("measure");
+    assert!(measured > 0);
+    assert_eq!(
+        store.db_size_in_use_last(),
+        (Some(measured), false),
+        "a fresh measurement is reused, not repeated"
+    );
+}
