@@ -162,6 +162,12 @@ impl Limits {
     }
 }
 
+/// TLS handshakes one listener runs at once; further accepted connections wait for a slot
+/// (the handshake itself is bounded in time by `aspen_tls::TLS_HANDSHAKE_TIMEOUT_MS`).
+pub const TLS_HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
+/// Finished handshakes waiting for the server to take them.
+pub const TLS_ACCEPTED_QUEUE_CONNECTIONS_MAX: usize = 64;
+
 const _: () = assert!(SNAPSHOT_FRAME_BYTES_MAX > REQUEST_BYTES_MAX_DEFAULT);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX <= 4 * 1024 * 1024);
 const _: () = assert!(LEASE_TTL_SECONDS_MIN < LEASE_TTL_SECONDS_MAX);

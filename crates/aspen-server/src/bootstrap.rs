@@ -9,12 +9,15 @@ use std::time::Duration;
 use aspen_core::NodeInfo;
 use aspen_node::{ForwardRequest, Node, NodeError, NodeOptions, RaftTiming};
 use aspen_proto::peer::raft_peer_server::RaftPeerServer;
-use aspen_raft::{PeerClients, PeerNetworkFactory, PeerService};
+use aspen_raft::{PeerClients, PeerIdentity, PeerNetworkFactory, PeerService};
+use aspen_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 
 use crate::config::{ClusterBootstrapConfig, ClusterState};
+use crate::tls::{self, ListenerKind, TlsConfig};
 
 /// How long in-flight requests get to finish after a stop signal.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -25,6 +28,11 @@ pub const SELF_PUBLISH_INTERVAL_MS: u64 = 200;
 pub enum BootstrapError {
     #[error("{0}")]
     Node(#[from] NodeError),
+    #[error("{what} TLS: {source}")]
+    Tls {
+        what: &'static str,
+        source: aspen_tls::TlsError,
+    },
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         addr: SocketAddr,
@@ -56,7 +64,16 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     let client_listeners = bind_all(&config.listen_client_addrs, "client").await?;
     let metrics_listeners = bind_all(&config.listen_metrics_addrs, "metrics").await?;
 
-    let clients = PeerClients::new(config.limits.request_bytes_max);
+    let listener_tls = ListenerTls::build(config)?;
+    let identity = Arc::new(PeerIdentity::new(member_id));
+    if config.initial_cluster_state == ClusterState::New {
+        identity.set_cluster_id(config.initial_cluster_id());
+    }
+    let clients = PeerClients::new(
+        config.limits.request_bytes_max,
+        identity.clone(),
+        listener_tls.peer_client.clone(),
+    );
     let options = NodeOptions {
         id: member_id,
         info: info.clone(),
@@ -89,28 +106,46 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     };
     let message_bytes_max =
         aspen_raft::wire::peer_message_bytes_max(config.limits.request_bytes_max);
-    for listener in peer_listeners {
-        let service =
-            RaftPeerServer::new(PeerService::new(node.clone(), node.state_machine().clone()))
-                .max_decoding_message_size(message_bytes_max)
-                .max_encoding_message_size(message_bytes_max);
+    for (i, listener) in peer_listeners.into_iter().enumerate() {
+        let peer_service = PeerService::new(
+            node.clone(),
+            node.state_machine().clone(),
+            identity.clone(),
+        );
+        let service = RaftPeerServer::new(peer_service)
+            .max_decoding_message_size(message_bytes_max)
+            .max_encoding_message_size(message_bytes_max);
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(service);
+        let tls = listener_tls.for_listener(ListenerKind::Peer, i, &config.tls);
         handle
             .servers
-            .push(spawn_grpc(router, listener, stop_rx.clone(), "peer"));
+            .push(spawn_grpc(router, listener, tls, stop_rx.clone(), "peer"));
     }
-    for listener in client_listeners {
+    for (i, listener) in client_listeners.into_iter().enumerate() {
         let router = crate::services::client_router(&node).await;
+        let tls = listener_tls.for_listener(ListenerKind::Client, i, &config.tls);
         handle
             .servers
-            .push(spawn_grpc(router, listener, stop_rx.clone(), "client"));
+            .push(spawn_grpc(router, listener, tls, stop_rx.clone(), "client"));
     }
-    for listener in metrics_listeners {
-        handle
-            .servers
-            .push(crate::http::spawn(listener, node.clone(), stop_rx.clone()));
+    for (i, listener) in metrics_listeners.into_iter().enumerate() {
+        let server = match listener_tls.for_listener(ListenerKind::Metrics, i, &config.tls) {
+            Some(tls) => {
+                let addr = listener.local_addr().map_err(|source| BootstrapError::Listen {
+                    addr: config.listen_metrics_addrs[i],
+                    what: "metrics",
+                    source,
+                })?;
+                let connections =
+                    tls::spawn_tls_acceptor(listener, tls, stop_rx.clone(), "metrics");
+                let listener = tls::TlsListener::new(connections, addr);
+                crate::http::serve_on(listener, node.clone(), stop_rx.clone())
+            }
+            None => crate::http::spawn(listener, node.clone(), stop_rx.clone()),
+        };
+        handle.servers.push(server);
     }
 
     if config.initial_cluster_state == ClusterState::New {
@@ -134,9 +169,11 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
         }
     }
     if config.initial_cluster_state == ClusterState::Existing {
-        handle
-            .servers
-            .push(spawn_adopt_cluster_id(node.clone(), stop_rx.clone()));
+        handle.servers.push(spawn_adopt_cluster_id(
+            node.clone(),
+            identity.clone(),
+            stop_rx.clone(),
+        ));
     }
     handle
         .servers
@@ -172,28 +209,88 @@ fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
 fn spawn_grpc(
     router: tonic::transport::server::Router,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    tls: Option<ServerTls>,
+    stop: watch::Receiver<bool>,
     what: &'static str,
 ) -> JoinHandle<()> {
+    let mut stop_signal = stop.clone();
+    let signal = async move {
+        let _ = stop_signal.wait_for(|stopped| *stopped).await;
+    };
     tokio::spawn(async move {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let signal = async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
+        let served = match tls {
+            Some(tls) => {
+                let connections = tls::spawn_tls_acceptor(listener, tls, stop, what);
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(connections)
+                    .map(Ok::<_, std::io::Error>);
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
         };
-        if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
+        if let Err(error) = served {
             tracing::error!(%error, what, "gRPC server failed");
         }
     })
 }
 
+/// The TLS each kind of listener serves with, read once at start-up (the certificate files
+/// are re-read on change by `aspen_tls`), and how this member dials https peers.
+struct ListenerTls {
+    client: Option<ServerTls>,
+    metrics: Option<ServerTls>,
+    peer: Option<ServerTls>,
+    peer_client: Option<aspen_tls::ClientTls>,
+}
+
+impl ListenerTls {
+    fn build(config: &ClusterBootstrapConfig) -> Result<ListenerTls, BootstrapError> {
+        let client_hosts = tls::url_hosts(&config.advertise_client_urls);
+        let peer_hosts = tls::url_hosts(&config.initial_advertise_peer_urls);
+        let dir = &config.data_dir;
+        let server = |kind, hosts: &[String], what| {
+            tls::build_server(&config.tls, kind, dir, hosts)
+                .map_err(|source| BootstrapError::Tls { what, source })
+        };
+        Ok(ListenerTls {
+            client: server(ListenerKind::Client, &client_hosts, "client")?,
+            metrics: server(ListenerKind::Metrics, &client_hosts, "metrics")?,
+            peer: server(ListenerKind::Peer, &peer_hosts, "peer")?,
+            peer_client: tls::build_peer_client(&config.tls, dir, &peer_hosts)
+                .map_err(|source| BootstrapError::Tls { what: "peer client", source })?,
+        })
+    }
+
+    /// The TLS of the `index`th listener of `kind`: `None` when that URL is http://.
+    fn for_listener(&self, kind: ListenerKind, index: usize, config: &TlsConfig) -> Option<ServerTls> {
+        let (server, https) = match kind {
+            ListenerKind::Client => (&self.client, &config.client_https),
+            ListenerKind::Metrics => (&self.metrics, &config.metrics_https),
+            ListenerKind::Peer => (&self.peer, &config.peer_https),
+        };
+        if https.get(index).copied().unwrap_or(false) {
+            server.clone()
+        } else {
+            None
+        }
+    }
+}
+
 /// A member that joins an existing cluster takes the founders' cluster id from the leader,
 /// retrying until it has it or the member stops.
-fn spawn_adopt_cluster_id(node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+fn spawn_adopt_cluster_id(
+    node: Node,
+    identity: Arc<PeerIdentity>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match node.adopt_cluster_id_from_leader().await {
                 Ok(id) => {
+                    identity.set_cluster_id(id);
                     tracing::info!(cluster = format!("{id:x}"), "adopted the cluster id");
                     return;
                 }

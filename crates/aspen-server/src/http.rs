@@ -17,7 +17,15 @@ use tokio::task::JoinHandle;
 pub const ETCD_VERSION: &str = "3.5.0";
 pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 
-pub fn spawn(listener: TcpListener, node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(listener: TcpListener, node: Node, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    serve_on(listener, node, stop)
+}
+
+/// The metrics listener on https (`tls::TlsListener`) or http (`TcpListener`).
+pub fn serve_on<L>(listener: L, node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))

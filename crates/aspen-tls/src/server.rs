@@ -151,6 +151,11 @@ impl ServerTls {
         })
     }
 
+    /// Whether `--cipher-suites` names only suites Aspen offers.
+    pub fn check_cipher_suites(names: &[String]) -> Result<(), TlsError> {
+        provider_with_suites(names).map(|_| ())
+    }
+
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
     }
