@@ -56,7 +56,7 @@ impl PeerIdentity {
         }
     }
 
-    /// Checks an incoming message's stamps; `is_member` says whether an id is in this
+    /// Checks an incoming message's stamps, the cluster first (the most telling reason); `is_member` says whether an id is in this
     /// member's current membership (`None`: this member knows no membership yet). Returns
     /// the sender's id.
     pub fn check(
@@ -68,18 +68,18 @@ impl PeerIdentity {
             .ok_or_else(|| Status::invalid_argument("peer message without its sender's member id"))?;
         let to = read_id(metadata, HEADER_TO)?
             .ok_or_else(|| Status::invalid_argument("peer message without its target member id"))?;
-        if to != self.member_id {
-            return Err(Status::failed_precondition(format!(
-                "peer message for member {to:x} reached member {:x}",
-                self.member_id
-            )));
-        }
         if let (Some(ours), Some(theirs)) = (self.cluster_id(), read_id(metadata, HEADER_CLUSTER_ID)?)
             && ours != theirs
         {
             return Err(Status::failed_precondition(format!(
                 "cluster ID mismatch: member {from:x} is in cluster {theirs:x}, this member in \
                  cluster {ours:x}"
+            )));
+        }
+        if to != self.member_id {
+            return Err(Status::failed_precondition(format!(
+                "peer message for member {to:x} reached member {:x}",
+                self.member_id
             )));
         }
         if is_member(from) == Some(false) {

@@ -15,6 +15,9 @@ mod keypair;
 mod selfsigned;
 mod server;
 
+// The rustls types callers see (configs, certificates), so they need not pin their own.
+pub use {rustls, tokio_rustls};
+
 pub use client::{ClientTls, ClientTlsOptions, TlsConnector};
 pub use files::{read_ca_roots, read_certificates, read_private_key};
 pub use keypair::ReloadingKeyPair;
