@@ -1049,8 +1049,9 @@ fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
     };
     if let Some(index) = rest.find(['/', '?', '#']) {
         if index > 0 {
+            let scheme = if tls { "https" } else { "http" };
             return Err(format!(
-                "'{text}' has a path or query; give only scheme://host:port"
+                "'{text}' has a path or query; give only {scheme}://host:port"
             ));
         }
         return Err(malformed());
