@@ -138,9 +138,15 @@ impl tower_service::Service<http::Uri> for TlsConnector {
             let port = uri.port_u16().unwrap_or(443);
             let name = ServerName::try_from(host.clone())
                 .map_err(|_| invalid("host is not a valid TLS server name"))?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            // Worded as hyper's own connector words them ("tcp connect error"), so callers that
+            // tell "never sent" from "maybe sent" by the message see the same text with TLS.
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
+            let tls = connector.connect(name, tcp).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("error trying to connect: TLS handshake: {e}"))
+            })?;
             Ok(TokioIo::new(tls))
         })
     }
