@@ -85,7 +85,10 @@ impl TlsFlags {
     /// Whether any TLS flag was given: then host:port endpoints are https.
     pub fn any_given(&self) -> bool {
         let o = &self.options;
-        o.ca_file.is_some() || o.cert_file.is_some() || o.key_file.is_some() || o.insecure_skip_verify
+        o.ca_file.is_some()
+            || o.cert_file.is_some()
+            || o.key_file.is_some()
+            || o.insecure_skip_verify
     }
 
     fn client(&self) -> Result<aspen_tls::ClientTls, CliError> {
@@ -103,7 +106,9 @@ impl Dial {
         if url.starts_with("https://") {
             let connector = self.tls.client()?.connector();
             if lazy {
-                return Ok(ChannelFuture::Ready(endpoint.connect_with_connector_lazy(connector)));
+                return Ok(ChannelFuture::Ready(
+                    endpoint.connect_with_connector_lazy(connector),
+                ));
             }
             return Ok(ChannelFuture::Pending(Box::pin(async move {
                 endpoint.connect_with_connector(connector).await
@@ -204,12 +209,16 @@ fn transport_error_text(error: &tonic::transport::Error) -> String {
 /// A channel now (lazy) or once connected.
 enum ChannelFuture {
     Ready(Channel),
-    Pending(std::pin::Pin<Box<dyn Future<Output = Result<Channel, tonic::transport::Error>> + Send>>),
+    Pending(
+        std::pin::Pin<Box<dyn Future<Output = Result<Channel, tonic::transport::Error>> + Send>>,
+    ),
 }
 
 /// "http://127.0.0.1:2379" shown as etcdctl shows it: "127.0.0.1:2379".
 pub fn display_endpoint(url: &str) -> String {
-    let bare = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let bare = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
     bare.unwrap_or(url).to_string()
 }
 

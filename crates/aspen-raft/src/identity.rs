@@ -64,11 +64,13 @@ impl PeerIdentity {
         metadata: &MetadataMap,
         is_member: impl Fn(NodeId) -> Option<bool>,
     ) -> Result<NodeId, Status> {
-        let from = read_id(metadata, HEADER_FROM)?
-            .ok_or_else(|| Status::invalid_argument("peer message without its sender's member id"))?;
+        let from = read_id(metadata, HEADER_FROM)?.ok_or_else(|| {
+            Status::invalid_argument("peer message without its sender's member id")
+        })?;
         let to = read_id(metadata, HEADER_TO)?
             .ok_or_else(|| Status::invalid_argument("peer message without its target member id"))?;
-        if let (Some(ours), Some(theirs)) = (self.cluster_id(), read_id(metadata, HEADER_CLUSTER_ID)?)
+        if let (Some(ours), Some(theirs)) =
+            (self.cluster_id(), read_id(metadata, HEADER_CLUSTER_ID)?)
             && ours != theirs
         {
             return Err(Status::failed_precondition(format!(
@@ -83,7 +85,9 @@ impl PeerIdentity {
             )));
         }
         if is_member(from) == Some(false) {
-            let cluster = self.cluster_id().map_or("?".to_string(), |id| format!("{id:x}"));
+            let cluster = self
+                .cluster_id()
+                .map_or("?".to_string(), |id| format!("{id:x}"));
             return Err(Status::failed_precondition(format!(
                 "member {from:x} is not a member of cluster {cluster}"
             )));
@@ -124,16 +128,27 @@ mod tests {
         assert_eq!(b.check(&stamped(&a, 0xb), known).expect("accepted"), 0xa);
 
         let wrong_target = b.check(&stamped(&a, 0xd), known).expect_err("misdirected");
-        assert_eq!(wrong_target.message(), "peer message for member d reached member b");
+        assert_eq!(
+            wrong_target.message(),
+            "peer message for member d reached member b"
+        );
 
         let other = PeerIdentity::new(0xa);
         other.set_cluster_id(0xc2);
-        let error = b.check(&stamped(&other, 0xb), known).expect_err("other cluster");
-        assert!(error.message().starts_with("cluster ID mismatch"), "{}", error.message());
+        let error = b
+            .check(&stamped(&other, 0xb), known)
+            .expect_err("other cluster");
+        assert!(
+            error.message().starts_with("cluster ID mismatch"),
+            "{}",
+            error.message()
+        );
 
         let stranger = PeerIdentity::new(0xe);
         stranger.set_cluster_id(0xc1);
-        let error = b.check(&stamped(&stranger, 0xb), known).expect_err("stranger");
+        let error = b
+            .check(&stamped(&stranger, 0xb), known)
+            .expect_err("stranger");
         assert_eq!(error.message(), "member e is not a member of cluster c1");
 
         let error = b.check(&MetadataMap::new(), known).expect_err("unstamped");
@@ -142,7 +157,10 @@ mod tests {
         // A joining member knows neither the cluster id nor the members yet: it accepts the
         // leader's messages, and the leader accepts its unstamped cluster id.
         let joiner = PeerIdentity::new(0xf);
-        assert_eq!(joiner.check(&stamped(&a, 0xf), |_| None).expect("joiner"), 0xa);
+        assert_eq!(
+            joiner.check(&stamped(&a, 0xf), |_| None).expect("joiner"),
+            0xa
+        );
         let to_leader = stamped(&joiner, 0xa);
         assert!(to_leader.get(HEADER_CLUSTER_ID).is_none());
         let known_with_joiner = |id: NodeId| Some(id == 0xb || id == 0xf);

@@ -57,7 +57,6 @@ impl PeerClients {
         }
     }
 
-
     fn client(&self, target: NodeId, node: &NodeInfo) -> Result<RaftPeerClient<Channel>, String> {
         let url = node
             .peer_urls

@@ -30,7 +30,11 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    pub fn new(node: Node, state_machine: StateMachine, identity: Arc<PeerIdentity>) -> PeerService {
+    pub fn new(
+        node: Node,
+        state_machine: StateMachine,
+        identity: Arc<PeerIdentity>,
+    ) -> PeerService {
         PeerService {
             node,
             state_machine,

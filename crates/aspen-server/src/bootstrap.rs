@@ -107,11 +107,8 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     let message_bytes_max =
         aspen_raft::wire::peer_message_bytes_max(config.limits.request_bytes_max);
     for (i, listener) in peer_listeners.into_iter().enumerate() {
-        let peer_service = PeerService::new(
-            node.clone(),
-            node.state_machine().clone(),
-            identity.clone(),
-        );
+        let peer_service =
+            PeerService::new(node.clone(), node.state_machine().clone(), identity.clone());
         let service = RaftPeerServer::new(peer_service)
             .max_decoding_message_size(message_bytes_max)
             .max_encoding_message_size(message_bytes_max);
@@ -133,11 +130,13 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     for (i, listener) in metrics_listeners.into_iter().enumerate() {
         let server = match listener_tls.for_listener(ListenerKind::Metrics, i, &config.tls) {
             Some(tls) => {
-                let addr = listener.local_addr().map_err(|source| BootstrapError::Listen {
-                    addr: config.listen_metrics_addrs[i],
-                    what: "metrics",
-                    source,
-                })?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| BootstrapError::Listen {
+                        addr: config.listen_metrics_addrs[i],
+                        what: "metrics",
+                        source,
+                    })?;
                 let connections =
                     tls::spawn_tls_acceptor(listener, tls, stop_rx.clone(), "metrics");
                 let listener = tls::TlsListener::new(connections, addr);
@@ -259,13 +258,22 @@ impl ListenerTls {
             client: server(ListenerKind::Client, &client_hosts, "client")?,
             metrics: server(ListenerKind::Metrics, &client_hosts, "metrics")?,
             peer: server(ListenerKind::Peer, &peer_hosts, "peer")?,
-            peer_client: tls::build_peer_client(&config.tls, dir, &peer_hosts)
-                .map_err(|source| BootstrapError::Tls { what: "peer client", source })?,
+            peer_client: tls::build_peer_client(&config.tls, dir, &peer_hosts).map_err(
+                |source| BootstrapError::Tls {
+                    what: "peer client",
+                    source,
+                },
+            )?,
         })
     }
 
     /// The TLS of the `index`th listener of `kind`: `None` when that URL is http://.
-    fn for_listener(&self, kind: ListenerKind, index: usize, config: &TlsConfig) -> Option<ServerTls> {
+    fn for_listener(
+        &self,
+        kind: ListenerKind,
+        index: usize,
+        config: &TlsConfig,
+    ) -> Option<ServerTls> {
         let (server, https) = match kind {
             ListenerKind::Client => (&self.client, &config.client_https),
             ListenerKind::Metrics => (&self.metrics, &config.metrics_https),

@@ -746,7 +746,8 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
     if !problems.is_empty() {
         return Err(problems);
     }
-    let plain = |l: Vec<(SocketAddr, bool)>| -> Vec<SocketAddr> { l.into_iter().map(|(a, _)| a).collect() };
+    let plain =
+        |l: Vec<(SocketAddr, bool)>| -> Vec<SocketAddr> { l.into_iter().map(|(a, _)| a).collect() };
     Ok(ClusterBootstrapConfig {
         name,
         data_dir,
@@ -929,7 +930,8 @@ fn resolve_urls(raw: &RawConfig, problems: &mut Vec<String>) -> ResolvedUrls {
         Some(text) if text.trim().is_empty() => Vec::new(),
         Some(text) => parse_listen_urls("--listen-metrics-urls", text, problems),
     };
-    let addrs = |l: &[(SocketAddr, bool)]| -> Vec<SocketAddr> { l.iter().map(|(a, _)| *a).collect() };
+    let addrs =
+        |l: &[(SocketAddr, bool)]| -> Vec<SocketAddr> { l.iter().map(|(a, _)| *a).collect() };
     check_no_shared_listener(
         &addrs(&listen_client),
         &addrs(&listen_peer),

@@ -5,7 +5,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod http;
 pub mod restore;
-pub mod tls;
 pub mod services;
+pub mod tls;
 
 pub use bootstrap::{NodeHandle, bootstrap_node};

@@ -13,7 +13,10 @@ use aspen_tls::{ClientTls, ClientTlsOptions, ServerTls, ServerTlsOptions, TlsErr
 /// Where a listener's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertSource {
-    Files { cert_file: PathBuf, key_file: PathBuf },
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
     /// `--auto-tls` / `--peer-auto-tls`: self-signed, generated under the data dir on first
     /// start (`fixtures/client` or `fixtures/peer`, as etcd) and reused after.
     Auto,
@@ -279,7 +282,10 @@ pub fn build_server(
     // certificate authentication has nothing to check against; it is skipped.
     let client_cert_auth = side.client_cert_auth && *source != CertSource::Auto;
     if side.client_cert_auth && !client_cert_auth {
-        tracing::warn!(side = name, "client certificate authentication is off with auto TLS");
+        tracing::warn!(
+            side = name,
+            "client certificate authentication is off with auto TLS"
+        );
     }
     ServerTls::new(&ServerTlsOptions {
         cert_file,
@@ -531,7 +537,10 @@ pub fn url_hosts(urls: &[String]) -> Vec<String> {
             Some((host, _port)) => host,
             None => rest,
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         if !host.is_empty() && !hosts.contains(&host) {
             hosts.push(host);
         }

@@ -373,7 +373,13 @@ fn https_without_a_certificate_is_refused_with_etcds_messages() {
         "--peer-cert-file and --peer-key-file must be given together",
     );
     refused(
-        &["--cert-file", "c.pem", "--key-file", "k.pem", "--client-cert-auth"],
+        &[
+            "--cert-file",
+            "c.pem",
+            "--key-file",
+            "k.pem",
+            "--client-cert-auth",
+        ],
         "--client-cert-auth needs --trusted-ca-file (the CA that client certificates must \
          chain to)",
     );
@@ -423,7 +429,10 @@ fn tls_flags_resolve_per_listener() {
     assert!(tls.peer.client_cert_auth);
     assert_eq!(tls.cipher_suites.len(), 2);
     assert_eq!(config.advertise_client_urls, vec!["https://127.0.0.1:2379"]);
-    assert_eq!(config.initial_cluster[0].peer_urls, vec!["https://127.0.0.1:2380"]);
+    assert_eq!(
+        config.initial_cluster[0].peer_urls,
+        vec!["https://127.0.0.1:2380"]
+    );
     // --print-config round-trips the TLS settings.
     let file = config_file(&config.to_toml());
     let path = file.path().display().to_string();
@@ -496,7 +505,9 @@ fn a_wrong_listen_url_is_not_reported_again_under_its_advertised_default() {
     let found = problems(&["--listen-client-urls", "htp://x"], &[]);
     assert_eq!(
         found,
-        vec!["--listen-client-urls: 'htp://x' is not an http:// or https:// URL with host and port"]
+        vec![
+            "--listen-client-urls: 'htp://x' is not an http:// or https:// URL with host and port"
+        ]
     );
 }
 

@@ -893,10 +893,16 @@ async fn tls_options_of_etcd_client_against_mutual_tls() {
             .ca_certificate(ca.clone())
             .identity(identity),
     );
-    let mut client = within("a TLS connection", Client::connect([url.clone()], Some(options)))
+    let mut client = within(
+        "a TLS connection",
+        Client::connect([url.clone()], Some(options)),
+    )
+    .await
+    .expect("etcd-client connects with TLS");
+    client
+        .put("tls/key", "value", None)
         .await
-        .expect("etcd-client connects with TLS");
-    client.put("tls/key", "value", None).await.expect("put over TLS");
+        .expect("put over TLS");
     let got = client.get("tls/key", None).await.expect("get over TLS");
     assert_eq!(got.kvs()[0].value(), b"value");
 

@@ -133,7 +133,10 @@ async fn a_tls_cluster_serves_etcdctl_with_client_certificates_and_refuses_the_r
         "greeting".into(),
     ];
     let (ok, _, _) = run_etcdctl(&no_cert);
-    assert!(!ok, "no client certificate with --client-cert-auth must fail");
+    assert!(
+        !ok,
+        "no client certificate with --client-cert-auth must fail"
+    );
     wait_log(&log0, "peer sent no certificates").await;
 
     let other_ca = CertificateAuthority::new("someone else's ca").expect("ca");
@@ -142,7 +145,12 @@ async fn a_tls_cluster_serves_etcdctl_with_client_certificates_and_refuses_the_r
         .expect("issue")
         .write(&pki.dir, "stranger")
         .expect("write");
-    let (ok, _, _) = run_etcdctl(&client_args(&endpoint, &pki.ca_file, &stranger_cert, &stranger_key));
+    let (ok, _, _) = run_etcdctl(&client_args(
+        &endpoint,
+        &pki.ca_file,
+        &stranger_cert,
+        &stranger_key,
+    ));
     assert!(!ok, "a client certificate from an unknown CA must fail");
     wait_log(&log0, "UnknownIssuer").await;
 
@@ -168,7 +176,10 @@ async fn a_tls_cluster_serves_etcdctl_with_client_certificates_and_refuses_the_r
         &pki.client_cert,
         &pki.client_key,
     ));
-    assert!(!ok, "a server certificate from a CA the client does not trust must fail");
+    assert!(
+        !ok,
+        "a server certificate from a CA the client does not trust must fail"
+    );
 
     let (ok, out, err) = run_etcdctl(&with_cert(&["get", "greeting", "--print-value-only"]));
     assert!(ok, "the node still serves after the refusals: {err}");
@@ -304,7 +315,11 @@ fn rogue_args(
         format!("--initial-advertise-peer-urls={peer_url}"),
         format!("--listen-client-urls={client_url}"),
         format!("--advertise-client-urls={client_url}"),
-        format!("--initial-cluster=rogue={peer_url},{}={}", m0.name, m0.peer_url()),
+        format!(
+            "--initial-cluster=rogue={peer_url},{}={}",
+            m0.name,
+            m0.peer_url()
+        ),
         format!("--initial-cluster-token={token}"),
         "--heartbeat-interval=50".to_string(),
         "--election-timeout=500".to_string(),
@@ -323,7 +338,12 @@ async fn served_certificate(pki: &common::TestPki, port: u16) -> Vec<u8> {
         .expect("connect");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
     let stream = connector.connect(name, tcp).await.expect("handshake");
-    stream.get_ref().1.peer_certificates().expect("certificates")[0].to_vec()
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("certificates")[0]
+        .to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +351,11 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     let mut cluster = Cluster::new(3, Backend::Memory, None).with_tls();
     cluster.start_all();
     cluster.wait_leader(&[0, 1, 2]).await;
-    let before = served_certificate(cluster.pki.as_ref().expect("pki"), cluster.members[0].client_port).await;
+    let before = served_certificate(
+        cluster.pki.as_ref().expect("pki"),
+        cluster.members[0].client_port,
+    )
+    .await;
 
     // Load: writers on long-lived connections, and one that opens a new connection (a new
     // handshake) for every few requests.
@@ -392,7 +416,10 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     let mut total = 0;
     for writer in writers {
         let (sent, failures) = writer.await.expect("writer");
-        assert!(failures.is_empty(), "requests failed during rotation: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "requests failed during rotation: {failures:?}"
+        );
         total += sent;
     }
     assert!(total >= 400, "{total} requests");
@@ -417,7 +444,13 @@ async fn auto_tls_serves_https_with_a_generated_certificate() {
     let client = format!("https://127.0.0.1:{}", free_port());
     let peer = format!("http://127.0.0.1:{}", free_port());
     let data_dir = dir.path().join("auto");
-    let mut args = strings(&["--name", "auto", "--auto-tls", "--storage-backend", "memory"]);
+    let mut args = strings(&[
+        "--name",
+        "auto",
+        "--auto-tls",
+        "--storage-backend",
+        "memory",
+    ]);
     args.extend([
         format!("--data-dir={}", data_dir.display()),
         format!("--listen-client-urls={client}"),
@@ -438,13 +471,19 @@ async fn auto_tls_serves_https_with_a_generated_certificate() {
         .connect_with_connector_lazy(insecure.connector());
     let kv = KvClient::new(channel);
     common::put_retry(&kv, "auto", "tls", "the auto-TLS member").await;
-    assert!(cert.exists(), "the generated certificate is under the data dir");
+    assert!(
+        cert.exists(),
+        "the generated certificate is under the data dir"
+    );
     // Verifying clients refuse a certificate nobody signed.
     let verifying = aspen_tls::ClientTls::new(&aspen_tls::ClientTlsOptions {
         ca_file: Some(cert.clone()),
         ..Default::default()
     });
-    assert!(verifying.is_ok(), "the generated certificate is a valid PEM certificate");
+    assert!(
+        verifying.is_ok(),
+        "the generated certificate is a valid PEM certificate"
+    );
     if etcdctl().is_some() {
         let endpoint = client.trim_start_matches("https://");
         let (ok, out, err) = run_etcdctl(&[
@@ -455,7 +494,10 @@ async fn auto_tls_serves_https_with_a_generated_certificate() {
             "auto".into(),
             "--print-value-only".into(),
         ]);
-        assert!(ok, "etcdctl --insecure-skip-tls-verify against --auto-tls: {err}");
+        assert!(
+            ok,
+            "etcdctl --insecure-skip-tls-verify against --auto-tls: {err}"
+        );
         assert_eq!(out.trim(), "tls");
     }
     drop(process);

@@ -134,7 +134,10 @@ impl tower_service::Service<http::Uri> for TlsConnector {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"))
             };
             let host = uri.host().ok_or_else(|| invalid("no host"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let port = uri.port_u16().unwrap_or(443);
             let name = ServerName::try_from(host.clone())
                 .map_err(|_| invalid("host is not a valid TLS server name"))?;
@@ -145,7 +148,10 @@ impl tower_service::Service<http::Uri> for TlsConnector {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(name, tcp).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("error trying to connect: TLS handshake: {e}"))
+                std::io::Error::new(
+                    e.kind(),
+                    format!("error trying to connect: TLS handshake: {e}"),
+                )
             })?;
             Ok(TokioIo::new(tls))
         })

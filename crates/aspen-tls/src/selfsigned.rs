@@ -60,7 +60,8 @@ pub fn write_self_signed(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathB
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     let cert = params.self_signed(&key).map_err(gen_error)?;
-    write_private(&key_path, key.serialize_pem().as_bytes()).map_err(|e| file_error(&key_path, e))?;
+    write_private(&key_path, key.serialize_pem().as_bytes())
+        .map_err(|e| file_error(&key_path, e))?;
     std::fs::write(&cert_path, cert.pem()).map_err(|e| file_error(&cert_path, e))?;
     Ok((cert_path, key_path))
 }
@@ -130,7 +131,9 @@ impl CertificateAuthority {
     pub fn new(common_name: &str) -> Result<CertificateAuthority, TlsError> {
         let key = KeyPair::generate().map_err(gen_error)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

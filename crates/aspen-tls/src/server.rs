@@ -189,7 +189,9 @@ impl ServerTls {
 }
 
 fn looks_like_http1(first: &[u8]) -> bool {
-    const METHODS: &[&[u8]] = &[b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELET", b"OPTIO", b"PATCH"];
+    const METHODS: &[&[u8]] = &[
+        b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELET", b"OPTIO", b"PATCH",
+    ];
     METHODS.iter().any(|method| {
         let n = method.len().min(first.len());
         n >= 3 && first[..n] == method[..n]
@@ -216,7 +218,10 @@ mod tests {
         assert!(one.cipher_suites.iter().any(|s| s.tls13().is_some()));
         assert!(all.cipher_suites.len() > one.cipher_suites.len());
         let unknown = provider_with_suites(&["TLS_NOPE".into()]).expect_err("unknown");
-        assert_eq!(unknown.to_string(), "unexpected TLS cipher suite \"TLS_NOPE\"");
+        assert_eq!(
+            unknown.to_string(),
+            "unexpected TLS cipher suite \"TLS_NOPE\""
+        );
         let cbc = provider_with_suites(&["TLS_RSA_WITH_AES_128_CBC_SHA".into()]).expect_err("cbc");
         assert!(cbc.to_string().contains("not supported"), "{cbc}");
         // Every name we advertise is one rustls has.

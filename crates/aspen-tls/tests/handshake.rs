@@ -42,7 +42,10 @@ impl Fixture {
     }
 
     fn server(&self, client_cert_auth: bool) -> ServerTls {
-        let (cert, key) = self.issue("server", LeafOptions::new("server", &["127.0.0.1", "localhost"]));
+        let (cert, key) = self.issue(
+            "server",
+            LeafOptions::new("server", &["127.0.0.1", "localhost"]),
+        );
         ServerTls::new(&ServerTlsOptions {
             cert_file: cert,
             key_file: key,
@@ -69,13 +72,18 @@ impl Fixture {
 /// Returns its address and a channel of handshake results.
 async fn echo_server(
     tls: ServerTls,
-) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let tls = tls.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -145,7 +153,11 @@ async fn mutual_tls_and_its_refusals() {
         .expect("issue")
         .write(&fx.dir, "other")
         .expect("write");
-    assert!(connect(&fx.client(Some((&ocert, &okey))), addr).await.is_err());
+    assert!(
+        connect(&fx.client(Some((&ocert, &okey))), addr)
+            .await
+            .is_err()
+    );
     let verdict = results.recv().await.expect("verdict");
     assert!(verdict.contains("UnknownIssuer"), "{verdict}");
 
@@ -154,7 +166,11 @@ async fn mutual_tls_and_its_refusals() {
     expired.valid_from_days = -30;
     expired.valid_until_days = -1;
     let (ecert, ekey) = fx.issue("expired", expired);
-    assert!(connect(&fx.client(Some((&ecert, &ekey))), addr).await.is_err());
+    assert!(
+        connect(&fx.client(Some((&ecert, &ekey))), addr)
+            .await
+            .is_err()
+    );
     let verdict = results.recv().await.expect("verdict");
     assert!(verdict.contains("certificate expired"), "{verdict}");
 
@@ -176,12 +192,17 @@ async fn mutual_tls_and_its_refusals() {
 
     // Plaintext HTTP/1 to the TLS port: Go's answer, then closed.
     let mut tcp = TcpStream::connect(addr).await.expect("tcp");
-    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).await.expect("read");
     assert!(answer.starts_with("HTTP/1.0 400 Bad Request"), "{answer}");
     assert!(answer.contains("Client sent an HTTP request to an HTTPS server."));
-    assert_eq!(results.recv().await.as_deref(), Some("client sent plaintext to a TLS port"));
+    assert_eq!(
+        results.recv().await.as_deref(),
+        Some("client sent plaintext to a TLS port")
+    );
 
     // The server is still up: a good client still gets in.
     connect(&fx.client(Some((&cert, &key))), addr)
@@ -230,7 +251,10 @@ async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
     let first_cert = peer_cert_cn_bytes(&old);
 
     // Replace both files (write to temporaries, rename over: what cert-manager does).
-    let fresh = fx.ca.issue(&LeafOptions::new("server-2", &["127.0.0.1"])).expect("issue");
+    let fresh = fx
+        .ca
+        .issue(&LeafOptions::new("server-2", &["127.0.0.1"]))
+        .expect("issue");
     let (tmp_cert, tmp_key) = fresh.write(&fx.dir, "staged").expect("stage");
     std::fs::rename(&tmp_cert, fx.dir.join("server.pem")).expect("rename cert");
     std::fs::rename(&tmp_key, fx.dir.join("server-key.pem")).expect("rename key");
@@ -238,7 +262,10 @@ async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
     let new = connect(&client, addr).await.expect("after rotation");
     assert_eq!(results.recv().await.as_deref(), Some("ok"));
     let second_cert = peer_cert_cn_bytes(&new);
-    assert_ne!(first_cert, second_cert, "new handshakes get the new certificate");
+    assert_ne!(
+        first_cert, second_cert,
+        "new handshakes get the new certificate"
+    );
     let expected = aspen_tls::read_certificates(&fx.dir.join("server.pem")).expect("read");
     assert_eq!(second_cert, expected[0].to_vec());
 
@@ -254,7 +281,9 @@ async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
     // A half-written rotation (a key that does not match) keeps the current pair serving.
     let (_, stray_key) = fx.issue("stray", LeafOptions::new("stray", &[]));
     std::fs::copy(&stray_key, fx.dir.join("server-key.pem")).expect("bad key");
-    let still = connect(&client, addr).await.expect("still the previous pair");
+    let still = connect(&client, addr)
+        .await
+        .expect("still the previous pair");
     assert_eq!(results.recv().await.as_deref(), Some("ok"));
     assert_eq!(peer_cert_cn_bytes(&still), second_cert);
 }

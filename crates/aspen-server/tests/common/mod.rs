@@ -231,7 +231,10 @@ impl TestPki {
     /// Issues `<name>.pem` / `<name>-key.pem` for 127.0.0.1 and localhost (overwriting).
     pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
         self.ca
-            .issue(&aspen_tls::LeafOptions::new(name, &["127.0.0.1", "localhost"]))
+            .issue(&aspen_tls::LeafOptions::new(
+                name,
+                &["127.0.0.1", "localhost"],
+            ))
             .expect("issue")
             .write(&self.dir, name)
             .expect("write cert")
