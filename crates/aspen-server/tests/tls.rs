@@ -443,6 +443,7 @@ async fn auto_tls_serves_https_with_a_generated_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let client = format!("https://127.0.0.1:{}", free_port());
     let peer = format!("http://127.0.0.1:{}", free_port());
+    let metrics_port = free_port();
     let data_dir = dir.path().join("auto");
     let mut args = strings(&[
         "--name",
@@ -457,6 +458,7 @@ async fn auto_tls_serves_https_with_a_generated_certificate() {
         format!("--advertise-client-urls={client}"),
         format!("--listen-peer-urls={peer}"),
         format!("--initial-advertise-peer-urls={peer}"),
+        format!("--listen-metrics-urls=https://127.0.0.1:{metrics_port}"),
     ]);
     let process = spawn_aspen(&args, &dir.path().join("auto.log"));
     let cert = data_dir.join("fixtures/client/cert.pem");
@@ -500,5 +502,38 @@ async fn auto_tls_serves_https_with_a_generated_certificate() {
         );
         assert_eq!(out.trim(), "tls");
     }
+    // The metrics listener is https too, with the client side's certificate; plain HTTP to
+    // it gets Go's answer.
+    let health = https_get(&insecure, metrics_port, "/health").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"health\":\"true\""), "{health}");
+    let (status, body) = common::http_get(metrics_port, "/health")
+        .await
+        .expect("an answer");
+    assert_eq!(status, 400);
+    assert_eq!(body, "Client sent an HTTP request to an HTTPS server.\n");
     drop(process);
+}
+
+/// GET `path` over HTTP/1.1 with TLS on loopback; the whole response as text.
+async fn https_get(tls: &aspen_tls::ClientTls, port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = (*tls.config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = aspen_tls::tokio_rustls::TlsConnector::from(Arc::new(config));
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut stream = connector.connect(name, tcp).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(1024 * 1024).read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(Duration::from_millis(5_000), exchange)
+        .await
+        .expect("an https answer in time")
+        .expect("an https answer")
 }
