@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use aspen_core::NodeInfo;
 use aspen_node::{ForwardRequest, Node, NodeError, NodeOptions, RaftTiming};
-use aspen_proto::peer::raft_peer_server::RaftPeerServer;
-use aspen_raft::{PeerClients, PeerIdentity, PeerNetworkFactory, PeerService};
+use aspen_raft::{PeerClients, PeerIdentity, PeerNetworkFactory};
 use aspen_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
 
 use crate::config::{ClusterBootstrapConfig, ClusterState};
+use crate::serve::{self, Http2Settings, Protocols};
 use crate::tls::{self, ListenerKind, TlsConfig};
 
 /// How long in-flight requests get to finish after a stop signal.
@@ -106,45 +105,41 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     };
     let message_bytes_max =
         aspen_raft::wire::peer_message_bytes_max(config.limits.request_bytes_max);
+    let peer_router = crate::services::peer_router(&node, identity.clone(), message_bytes_max);
     for (i, listener) in peer_listeners.into_iter().enumerate() {
-        let peer_service =
-            PeerService::new(node.clone(), node.state_machine().clone(), identity.clone());
-        let service = RaftPeerServer::new(peer_service)
-            .max_decoding_message_size(message_bytes_max)
-            .max_encoding_message_size(message_bytes_max);
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(service);
-        let tls = listener_tls.for_listener(ListenerKind::Peer, i, &config.tls);
-        handle
-            .servers
-            .push(spawn_grpc(router, listener, tls, stop_rx.clone(), "peer"));
+        handle.servers.push(serve::spawn(
+            listener,
+            peer_router.clone(),
+            Protocols::Http2Only,
+            Http2Settings::PEER,
+            listener_tls.for_listener(ListenerKind::Peer, i, &config.tls),
+            stop_rx.clone(),
+            "peer",
+        ));
     }
+    let client_router = crate::services::client_router(&node).await;
     for (i, listener) in client_listeners.into_iter().enumerate() {
-        let router = crate::services::client_router(&node).await;
-        let tls = listener_tls.for_listener(ListenerKind::Client, i, &config.tls);
-        handle
-            .servers
-            .push(spawn_grpc(router, listener, tls, stop_rx.clone(), "client"));
+        handle.servers.push(serve::spawn(
+            listener,
+            client_router.clone(),
+            Protocols::Http1AndHttp2,
+            Http2Settings::CLIENT,
+            listener_tls.for_listener(ListenerKind::Client, i, &config.tls),
+            stop_rx.clone(),
+            "client",
+        ));
     }
+    let metrics_router = crate::http::router(node.clone());
     for (i, listener) in metrics_listeners.into_iter().enumerate() {
-        let server = match listener_tls.for_listener(ListenerKind::Metrics, i, &config.tls) {
-            Some(tls) => {
-                let addr = listener
-                    .local_addr()
-                    .map_err(|source| BootstrapError::Listen {
-                        addr: config.listen_metrics_addrs[i],
-                        what: "metrics",
-                        source,
-                    })?;
-                let connections =
-                    tls::spawn_tls_acceptor(listener, tls, stop_rx.clone(), "metrics");
-                let listener = tls::TlsListener::new(connections, addr);
-                crate::http::serve_on(listener, node.clone(), stop_rx.clone())
-            }
-            None => crate::http::spawn(listener, node.clone(), stop_rx.clone()),
-        };
-        handle.servers.push(server);
+        handle.servers.push(serve::spawn(
+            listener,
+            metrics_router.clone(),
+            Protocols::Http1AndHttp2,
+            Http2Settings::CLIENT,
+            listener_tls.for_listener(ListenerKind::Metrics, i, &config.tls),
+            stop_rx.clone(),
+            "metrics",
+        ));
     }
 
     if config.initial_cluster_state == ClusterState::New {
@@ -203,37 +198,6 @@ fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect()
-}
-
-fn spawn_grpc(
-    router: tonic::transport::server::Router,
-    listener: TcpListener,
-    tls: Option<ServerTls>,
-    stop: watch::Receiver<bool>,
-    what: &'static str,
-) -> JoinHandle<()> {
-    let mut stop_signal = stop.clone();
-    let signal = async move {
-        let _ = stop_signal.wait_for(|stopped| *stopped).await;
-    };
-    tokio::spawn(async move {
-        let served = match tls {
-            Some(tls) => {
-                let connections = tls::spawn_tls_acceptor(listener, tls, stop, what);
-                let incoming = tokio_stream::wrappers::ReceiverStream::new(connections)
-                    .map(Ok::<_, std::io::Error>);
-                router.serve_with_incoming_shutdown(incoming, signal).await
-            }
-            None => {
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                router.serve_with_incoming_shutdown(incoming, signal).await
-            }
-        };
-        if let Err(error) = served {
-            tracing::error!(%error, what, "gRPC server failed");
-        }
-    })
 }
 
 /// The TLS each kind of listener serves with, read once at start-up (the certificate files

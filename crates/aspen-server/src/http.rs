@@ -9,39 +9,19 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// The etcd version Aspen reports; current etcd clients accept it.
 pub const ETCD_VERSION: &str = "3.5.0";
 pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 
-pub fn spawn(listener: TcpListener, node: Node, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    serve_on(listener, node, stop)
-}
-
-/// The metrics listener on https (`tls::TlsListener`) or http (`TcpListener`).
-pub fn serve_on<L>(listener: L, node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()>
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-{
-    let app = Router::new()
+/// `/metrics`, `/health` and `/version`: the metrics port serves this router alone, the client
+/// port serves it beside gRPC.
+pub fn router(node: Node) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/version", get(version))
-        .with_state(node);
-    tokio::spawn(async move {
-        let signal = async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        };
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-        {
-            tracing::error!(%error, "metrics listener failed");
-        }
-    })
+        .with_state(node)
 }
 
 async fn version() -> String {

@@ -1,6 +1,7 @@
-//! The client-facing gRPC router: every etcd service Aspen serves (KV, Watch, Lease, Cluster,
-//! Maintenance, Auth, and etcd's server-side Lock and Election), plus the standard gRPC health
-//! service.
+//! The client port's router: every etcd gRPC service Aspen serves (KV, Watch, Lease, Cluster,
+//! Maintenance, Auth, and etcd's server-side Lock and Election), the standard gRPC health
+//! service, and plain HTTP beside them (`/health`, `/version`, `/metrics`), as etcd's client
+//! port serves them. `serve.rs` serves it.
 
 use aspen_api::{AuthService, ClusterService, KvService, MaintenanceService};
 use aspen_node::Node;
@@ -10,8 +11,10 @@ use aspen_proto::etcdserverpb::kv_server::KvServer;
 use aspen_proto::etcdserverpb::lease_server::LeaseServer;
 use aspen_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use aspen_proto::etcdserverpb::watch_server::WatchServer;
+use aspen_proto::peer::raft_peer_server::RaftPeerServer;
 use aspen_proto::v3electionpb::election_server::ElectionServer;
 use aspen_proto::v3lockpb::lock_server::LockServer;
+use aspen_raft::PeerService;
 
 /// gRPC message limit for clients: etcd allows the request limit plus 512 KiB of overhead.
 pub fn client_message_bytes_max(node: &Node) -> usize {
@@ -22,7 +25,7 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
 /// unbounded (math.MaxInt32); we keep the same.
 const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
-pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
+pub async fn client_router(node: &Node) -> axum::Router {
     let bytes_max = client_message_bytes_max(node);
     let kv = KvServer::new(KvService::new(node.clone()))
         .max_decoding_message_size(bytes_max)
@@ -47,9 +50,7 @@ pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health)
+    tonic::service::Routes::new(health)
         .add_service(kv)
         .add_service(cluster)
         .add_service(maintenance)
@@ -58,4 +59,24 @@ pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
+        .into_axum_router()
+        .merge(crate::http::router(node.clone()))
+        .fallback(crate::serve::not_found)
+        .with_state(())
+}
+
+/// The peer port's router: Aspen's Raft peer service only.
+pub fn peer_router(
+    node: &Node,
+    identity: std::sync::Arc<aspen_raft::PeerIdentity>,
+    message_bytes_max: usize,
+) -> axum::Router {
+    let peer_service = PeerService::new(node.clone(), node.state_machine().clone(), identity);
+    let service = RaftPeerServer::new(peer_service)
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+    tonic::service::Routes::new(service)
+        .into_axum_router()
+        .fallback(crate::serve::not_found)
+        .with_state(())
 }

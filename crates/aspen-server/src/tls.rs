@@ -230,9 +230,9 @@ pub(crate) fn resolve(
 /// The kinds of listener, for their TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
-    /// gRPC (HTTP/2).
+    /// gRPC and plain HTTP; the client side's certificates.
     Client,
-    /// /metrics, /health, /version over HTTP/1.1; the client side's certificates.
+    /// /metrics, /health, /version; the client side's certificates, as etcd.
     Metrics,
     /// Raft between members (HTTP/2); the peer side's certificates.
     Peer,
@@ -268,10 +268,22 @@ pub fn build_server(
     data_dir: &Path,
     hosts: &[String],
 ) -> Result<Option<ServerTls>, TlsError> {
-    let (side, name, alpn, https): (_, _, &[&[u8]], _) = match kind {
-        ListenerKind::Client => (&tls.client, "client", &[b"h2"], &tls.client_https),
-        ListenerKind::Metrics => (&tls.client, "client", &[b"http/1.1"], &tls.metrics_https),
-        ListenerKind::Peer => (&tls.peer, "peer", &[b"h2"], &tls.peer_https),
+    use crate::serve::Protocols;
+    // The protocols each listener is served with (bootstrap.rs), offered in ALPN.
+    let (side, name, protocols, https) = match kind {
+        ListenerKind::Client => (
+            &tls.client,
+            "client",
+            Protocols::Http1AndHttp2,
+            &tls.client_https,
+        ),
+        ListenerKind::Metrics => (
+            &tls.client,
+            "client",
+            Protocols::Http1AndHttp2,
+            &tls.metrics_https,
+        ),
+        ListenerKind::Peer => (&tls.peer, "peer", Protocols::Http2Only, &tls.peer_https),
     };
     let any_https = https.iter().any(|h| *h);
     let Some(source) = side.cert.as_ref().filter(|_| any_https) else {
@@ -293,7 +305,7 @@ pub fn build_server(
         trusted_ca_file: side.trusted_ca_file.clone(),
         client_cert_auth,
         cipher_suites: tls.cipher_suites.clone(),
-        alpn_protocols: alpn.iter().map(|p| p.to_vec()).collect(),
+        alpn_protocols: protocols.alpn(),
     })
     .map(Some)
 }
@@ -357,174 +369,6 @@ impl TlsConfig {
             ));
         }
         text
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Serving a listener with TLS: handshakes run concurrently (bounded), so one slow or silent
-// client never holds up the others; finished connections are handed to the server in order.
-
-/// One TLS connection, with what tonic and axum need to know about it.
-pub struct TlsConnection {
-    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    remote_addr: SocketAddr,
-    local_addr: Option<SocketAddr>,
-}
-
-impl TlsConnection {
-    /// The client's certificate chain, leaf first, when it sent one.
-    pub fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
-        self.stream.get_ref().1.peer_certificates()
-    }
-}
-
-impl tokio::io::AsyncRead for TlsConnection {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for TlsConnection {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-impl tonic::transport::server::Connected for TlsConnection {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        tonic::transport::server::TcpConnectInfo {
-            local_addr: self.local_addr,
-            remote_addr: Some(self.remote_addr),
-        }
-    }
-}
-
-/// Accepts on `listener` until `stop`, runs each handshake on its own task (at most
-/// `TLS_HANDSHAKES_IN_FLIGHT_MAX` at once), and sends the finished connections. A failed
-/// handshake is logged, as etcd logs "rejected connection", and the listener goes on.
-pub fn spawn_tls_acceptor(
-    listener: tokio::net::TcpListener,
-    tls: ServerTls,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    what: &'static str,
-) -> tokio::sync::mpsc::Receiver<TlsConnection> {
-    use aspen_core::limits::{TLS_ACCEPTED_QUEUE_CONNECTIONS_MAX, TLS_HANDSHAKES_IN_FLIGHT_MAX};
-    let (sender, receiver) = tokio::sync::mpsc::channel(TLS_ACCEPTED_QUEUE_CONNECTIONS_MAX);
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_IN_FLIGHT_MAX));
-    let local_addr = listener.local_addr().ok();
-    tokio::spawn(async move {
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.wait_for(|stopped| *stopped) => return,
-            };
-            let (tcp, remote_addr) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: wait a little, as hyper does.
-                    tracing::warn!(%error, what, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let tls = tls.clone();
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                match tls.accept(tcp).await {
-                    Ok(stream) => {
-                        let connection = TlsConnection {
-                            stream,
-                            remote_addr,
-                            local_addr,
-                        };
-                        let _ = sender.send(connection).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, remote = %remote_addr, what, "rejected connection");
-                    }
-                }
-            });
-        }
-    });
-    receiver
-}
-
-/// The metrics listener over TLS, for axum.
-pub struct TlsListener {
-    connections: tokio::sync::mpsc::Receiver<TlsConnection>,
-    local_addr: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(
-        connections: tokio::sync::mpsc::Receiver<TlsConnection>,
-        local_addr: SocketAddr,
-    ) -> TlsListener {
-        TlsListener {
-            connections,
-            local_addr,
-        }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsConnection;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.connections.recv().await {
-            Some(connection) => {
-                let addr = connection.remote_addr;
-                (connection, addr)
-            }
-            // The acceptor stopped: so does the server, through its shutdown signal.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
     }
 }
 
