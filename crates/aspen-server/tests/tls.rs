@@ -507,6 +507,14 @@ async fn auto_tls_serves_https_with_a_generated_certificate() {
     let health = https_get(&insecure, metrics_port, "/health").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"health\":\"true\""), "{health}");
+    // The client port serves /health too (HTTP/1.1 offered in ALPN, as curl does).
+    let client_port: u16 = client
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let health = https_get(&insecure, client_port, "/health").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let (status, body) = common::http_get(metrics_port, "/health")
         .await
         .expect("an answer");
