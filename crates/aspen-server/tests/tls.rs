@@ -545,3 +545,47 @@ async fn https_get(tls: &aspen_tls::ClientTls, port: u16, path: &str) -> String 
         .expect("an https answer in time")
         .expect("an https answer")
 }
+
+/// A key that is not the certificate's, or a missing file, stops start-up with a clear line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_certificate_pair_stops_start_up_with_its_paths() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = common::TestPki::new(dir.path());
+    let (cert, _) = pki.issue("server");
+    let (_, other_key) = pki.issue("other");
+    let client = format!("https://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let start = |key: &Path, log: &str| {
+        let mut args = strings(&["--name", "bad", "--storage-backend", "memory"]);
+        args.extend([
+            format!("--data-dir={}", dir.path().join("bad").display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--cert-file={}", cert.display()),
+            format!("--key-file={}", key.display()),
+        ]);
+        spawn_aspen(&args, &dir.path().join(log))
+    };
+    let mut mismatched = start(&other_key, "mismatched.log");
+    let status = mismatched
+        .wait_exit(common::WAIT_MS_MAX)
+        .await
+        .expect("exits");
+    assert!(!status.success());
+    let log = mismatched.log();
+    assert!(log.contains("client TLS:"), "{log}");
+    assert!(log.contains("are not a usable pair"), "{log}");
+    assert!(log.contains(&cert.display().to_string()), "{log}");
+
+    let missing = dir.path().join("no-such-key.pem");
+    let mut absent = start(&missing, "missing.log");
+    let status = absent.wait_exit(common::WAIT_MS_MAX).await.expect("exits");
+    assert!(!status.success());
+    let log = absent.log();
+    assert!(
+        log.contains(&format!("cannot read {}", missing.display())),
+        "{log}"
+    );
+}
