@@ -3,6 +3,8 @@
 # fresh single-node etcd and a fresh single-node Aspen, records each command's output and exit
 # code, masks what legitimately differs between two servers (ids, hashes, sizes, versions,
 # raft terms and indexes, timings, ports, temp paths), and diffs the two transcripts.
+# A second, shorter round runs both servers with TLS (https, --client-cert-auth, certificates
+# from a CA made here with openssl) and etcdctl with --cacert/--cert/--key, refusals included.
 #
 #   tests/compat/etcdctl_compat.sh target/debug/aspen
 #
@@ -26,6 +28,7 @@ for tool in "$ASPEN_BIN" "$ETCD_BIN" "$ETCDCTL_BIN"; do
   fi
 done
 command -v python3 >/dev/null || { echo "etcdctl compat: python3 is required" >&2; exit 2; }
+command -v openssl >/dev/null || { echo "etcdctl compat: openssl (the CLI) is required for the TLS round" >&2; exit 2; }
 
 export ETCDCTL_API=3
 # No TTY in CI; keep etcdctl from reading the caller's stdin unless a command feeds it.
@@ -34,6 +37,11 @@ exec </dev/null
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/etcdctl-compat.XXXXXX")
 SERVER_PID=""
 BG_PIDS=()
+# The TLS round sets these: etcdctl's TLS flags, the servers' TLS flags, the client scheme.
+TLS_FLAGS=()
+SERVER_TLS=()
+SCHEME=http
+ROUND=plain
 
 stop_server() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -128,7 +136,7 @@ ec() {
   local label=$1
   shift
   run_ctl "$label" "\$ etcdctl $*" /dev/null \
-    "$ETCDCTL_BIN" --endpoints="$EP" --command-timeout=5s "$@"
+    "$ETCDCTL_BIN" --endpoints="$EP" "${TLS_FLAGS[@]}" --command-timeout=5s "$@"
 }
 
 # ec_in LABEL ARGS... <input: as ec, with stdin given by the caller, byte for byte.
@@ -183,7 +191,7 @@ wait_healthy() { # name, log
       tail -n 40 "$2" >&2 || true
       exit 1
     fi
-    if "$ETCDCTL_BIN" --endpoints="$EP" --dial-timeout=1s --command-timeout=1s \
+    if "$ETCDCTL_BIN" --endpoints="$EP" "${TLS_FLAGS[@]}" --dial-timeout=1s --command-timeout=1s \
       endpoint health >/dev/null 2>&1; then
       return 0
     fi
@@ -556,51 +564,115 @@ PY
 
 start_etcd() {
   local dir="$WORK/etcd"
-  "$ETCD_BIN" --name compat1 --data-dir "$dir/data" \
-    --listen-client-urls "http://127.0.0.1:$CLIENT_PORT" \
-    --advertise-client-urls "http://127.0.0.1:$CLIENT_PORT" \
+  "$ETCD_BIN" --name compat1 --data-dir "$dir/data-$ROUND" \
+    --listen-client-urls "$SCHEME://127.0.0.1:$CLIENT_PORT" \
+    --advertise-client-urls "$SCHEME://127.0.0.1:$CLIENT_PORT" \
     --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
     --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
     --initial-cluster "compat1=http://127.0.0.1:$PEER_PORT" \
     --initial-cluster-state new --initial-cluster-token compat \
     --listen-metrics-urls "http://127.0.0.1:$METRICS_PORT" \
-    >"$dir/server.log" 2>&1 &
+    "${SERVER_TLS[@]}" >"$dir/server-$ROUND.log" 2>&1 &
   SERVER_PID=$!
 }
 
 start_aspen() {
   local dir="$WORK/aspen"
-  "$ASPEN_BIN" --name compat1 --data-dir "$dir/data" \
-    --listen-client-urls "http://127.0.0.1:$CLIENT_PORT" \
-    --advertise-client-urls "http://127.0.0.1:$CLIENT_PORT" \
+  "$ASPEN_BIN" --name compat1 --data-dir "$dir/data-$ROUND" \
+    --listen-client-urls "$SCHEME://127.0.0.1:$CLIENT_PORT" \
+    --advertise-client-urls "$SCHEME://127.0.0.1:$CLIENT_PORT" \
     --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
     --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
     --initial-cluster "compat1=http://127.0.0.1:$PEER_PORT" \
     --initial-cluster-state new --initial-cluster-token compat \
     --listen-metrics-urls "http://127.0.0.1:$METRICS_PORT" \
-    >"$dir/server.log" 2>&1 &
+    "${SERVER_TLS[@]}" >"$dir/server-$ROUND.log" 2>&1 &
   SERVER_PID=$!
 }
 
-run_against() { # etcd|aspen
+run_against() { # etcd|aspen, suite function
   SERVER=$1
   SEQ=0
-  OUT="$WORK/$SERVER/checks"
+  OUT="$WORK/$SERVER/checks-$ROUND"
   mkdir -p "$OUT"
   read -r CLIENT_PORT PEER_PORT METRICS_PORT LEARNER_PORT < <(free_ports 4)
   EP="127.0.0.1:$CLIENT_PORT"
   "start_$SERVER"
-  wait_healthy "$SERVER" "$WORK/$SERVER/server.log"
+  wait_healthy "$SERVER" "$WORK/$SERVER/server-$ROUND.log"
   SUITE_START=$(date +%s)
   SKIP_REASON=""
-  run_suite
+  "$2"
   stop_server
   mask_dir "$OUT"
 }
 
+# ---------------------------------------------------------------------------------------------
+# The TLS round: a CA, a server certificate for 127.0.0.1, a client certificate, and one from
+# another CA, all made here (nothing is committed); then a short script with refusals.
+
+PKI="$WORK/pki"
+
+make_pki() {
+  mkdir -p "$PKI"
+  local ca name
+  for ca in ca other-ca; do
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+      -subj "/CN=compat $ca" -keyout "$PKI/$ca-key.pem" -out "$PKI/$ca.pem" 2>/dev/null
+  done
+  for name in server:ca client:ca stranger:other-ca; do
+    ca=${name#*:}
+    name=${name%%:*}
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$name" \
+      -keyout "$PKI/$name-key.pem" -out "$PKI/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.pem" -CAkey "$PKI/$ca-key.pem" \
+      -CAcreateserial -days 30 -out "$PKI/$name.pem" 2>/dev/null \
+      -extfile <(printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth')
+  done
+}
+
+# ctl_as LABEL DISPLAY TLS-FLAGS... -- ARGS...: etcdctl with other TLS flags than the round's.
+ctl_as() {
+  local label=$1 display=$2
+  shift 2
+  local flags=()
+  while [ "$1" != "--" ]; do flags+=("$1"); shift; done
+  shift
+  run_ctl "$label" "\$ etcdctl $display $*" /dev/null \
+    "$ETCDCTL_BIN" --endpoints="$EP" "${flags[@]}" --dial-timeout=2s --command-timeout=3s "$@"
+}
+
+run_tls_suite() {
+  ec tls-put put tk tv
+  ec tls-get get tk
+  ec tls-get-json get tk -w json
+  ec tls-member-list member list
+  ec tls-endpoint-health endpoint health
+  ec tls-txn-del del tk --prev-kv
+  ec tls-put-again put tk tv2
+  # Refusals; the server must stay up.
+  ctl_as tls-no-client-cert "--cacert=ca.pem" --cacert="$PKI/ca.pem" -- get tk
+  ctl_as tls-unknown-ca "--cacert=ca.pem --cert=stranger.pem --key=stranger-key.pem" \
+    --cacert="$PKI/ca.pem" --cert="$PKI/stranger.pem" --key="$PKI/stranger-key.pem" -- get tk
+  ctl_as tls-untrusted-server "--cacert=other-ca.pem --cert=client.pem --key=client-key.pem" \
+    --cacert="$PKI/other-ca.pem" --cert="$PKI/client.pem" --key="$PKI/client-key.pem" -- get tk
+  ctl_as tls-wrong-key "--cacert=ca.pem --cert=client.pem --key=stranger-key.pem" \
+    --cacert="$PKI/ca.pem" --cert="$PKI/client.pem" --key="$PKI/stranger-key.pem" -- get tk
+  ctl_as tls-plaintext "(no TLS flags)" -- get tk
+  ec tls-still-serving get tk --print-value-only
+}
+
 started=$(date +%s)
-run_against etcd
-run_against aspen
+run_against etcd run_suite
+run_against aspen run_suite
+
+make_pki
+ROUND=tls
+SCHEME=https
+TLS_FLAGS=(--cacert="$PKI/ca.pem" --cert="$PKI/client.pem" --key="$PKI/client-key.pem")
+SERVER_TLS=(--cert-file="$PKI/server.pem" --key-file="$PKI/server-key.pem"
+  --trusted-ca-file="$PKI/ca.pem" --client-cert-auth)
+run_against etcd run_tls_suite
+run_against aspen run_tls_suite
 
 # ---------------------------------------------------------------------------------------------
 # Compare check by check.
@@ -608,9 +680,9 @@ run_against aspen
 passed=0
 failed=0
 failures=()
-for f in "$WORK"/etcd/checks/*; do
-  name=$(basename "$f")
-  other="$WORK/aspen/checks/$name"
+for f in "$WORK"/etcd/checks-*/*; do
+  name=$(basename "$(dirname "$f")")/$(basename "$f")
+  other="$WORK/aspen/$name"
   if [ ! -f "$other" ]; then
     failed=$((failed + 1))
     failures+=("$name: missing from the aspen transcript")
@@ -625,7 +697,7 @@ for f in "$WORK"/etcd/checks/*; do
     diff -u --label etcd --label aspen "$f" "$other" | tail -n +3 || true
   fi
 done
-extra=$(comm -13 <(ls "$WORK/etcd/checks") <(ls "$WORK/aspen/checks") || true)
+extra=$(comm -13 <(cd "$WORK/etcd" && ls checks-*/*) <(cd "$WORK/aspen" && ls checks-*/*) || true)
 if [ -n "$extra" ]; then
   failed=$((failed + 1))
   failures+=("aspen-only checks: $extra")

@@ -38,6 +38,36 @@ pub struct Cli {
     /// Time limit for connecting to an endpoint
     #[arg(long, global = true, value_parser = parse_duration, default_value = "2s")]
     pub dial_timeout: Duration,
+    /// Verify servers with this CA bundle (PEM); host:port endpoints then use TLS
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "ASPENCTL_CACERT",
+        value_name = "FILE"
+    )]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require one; implies TLS
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "ASPENCTL_CERT",
+        value_name = "FILE"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "ASPENCTL_KEY",
+        value_name = "FILE"
+    )]
+    pub key: Option<PathBuf>,
+    /// Use TLS but accept any server certificate (still checks the server holds its key)
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
     #[command(subcommand)]
     pub command: Command,
 }

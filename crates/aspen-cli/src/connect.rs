@@ -19,24 +19,22 @@ use crate::limits::{ENDPOINTS_MAX, RESPONSE_BYTES_MAX};
 const KEEPALIVE_INTERVAL_S: u64 = 30;
 const KEEPALIVE_TIMEOUT_S: u64 = 10;
 
-/// Turns "127.0.0.1:2379" or "http://127.0.0.1:2379" into a URL tonic accepts. TLS is not
-/// supported (Aspen serves plain HTTP/2), so "https://" is a usage error.
-pub fn endpoint_url(endpoint: &str) -> Result<String, CliError> {
+/// Turns "127.0.0.1:2379", "http://127.0.0.1:2379" or "https://127.0.0.1:2379" into a URL
+/// tonic accepts. A bare host:port is https when `tls` (any TLS flag given), as in etcdctl.
+pub fn endpoint_url(endpoint: &str, tls: bool) -> Result<String, CliError> {
     let endpoint = endpoint.trim();
     if endpoint.is_empty() {
         return Err(CliError::usage("--endpoints: empty endpoint"));
     }
-    if endpoint.starts_with("https://") || endpoint.starts_with("unixs://") {
-        return Err(CliError::usage(format!(
-            "--endpoints: {endpoint}: TLS is not supported; use http://"
-        )));
-    }
-    let url = if endpoint.starts_with("http://") {
+    let url = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         endpoint.to_string()
     } else if endpoint.contains("://") {
         return Err(CliError::usage(format!(
-            "--endpoints: {endpoint}: unsupported scheme; use host:port or http://host:port"
+            "--endpoints: {endpoint}: unsupported scheme; use host:port, http://host:port or \
+             https://host:port"
         )));
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     };
@@ -46,7 +44,7 @@ pub fn endpoint_url(endpoint: &str) -> Result<String, CliError> {
 }
 
 /// The endpoint list, checked: at least one, at most `ENDPOINTS_MAX`, each parseable.
-pub fn endpoint_list(endpoints: &[String]) -> Result<Vec<String>, CliError> {
+pub fn endpoint_list(endpoints: &[String], tls: bool) -> Result<Vec<String>, CliError> {
     let endpoints: Vec<&String> = endpoints.iter().filter(|e| !e.trim().is_empty()).collect();
     if endpoints.is_empty() {
         return Err(CliError::usage("--endpoints: no endpoint given"));
@@ -57,7 +55,7 @@ pub fn endpoint_list(endpoints: &[String]) -> Result<Vec<String>, CliError> {
             endpoints.len()
         )));
     }
-    endpoints.iter().map(|e| endpoint_url(e)).collect()
+    endpoints.iter().map(|e| endpoint_url(e, tls)).collect()
 }
 
 /// How to reach the servers, shared by every command.
@@ -65,9 +63,65 @@ pub fn endpoint_list(endpoints: &[String]) -> Result<Vec<String>, CliError> {
 pub struct Dial {
     pub dial_timeout: Duration,
     pub command_timeout: Duration,
+    /// For https:// endpoints: `--cacert`, `--cert`, `--key`, `--insecure-skip-tls-verify`.
+    pub tls: TlsFlags,
+}
+
+/// etcdctl's TLS flags; the rustls configuration is built on first https use.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFlags {
+    pub options: aspen_tls::ClientTlsOptions,
+    built: std::sync::Arc<std::sync::OnceLock<Result<aspen_tls::ClientTls, String>>>,
+}
+
+impl TlsFlags {
+    pub fn new(options: aspen_tls::ClientTlsOptions) -> TlsFlags {
+        TlsFlags {
+            options,
+            built: Default::default(),
+        }
+    }
+
+    /// Whether any TLS flag was given: then host:port endpoints are https.
+    pub fn any_given(&self) -> bool {
+        let o = &self.options;
+        o.ca_file.is_some()
+            || o.cert_file.is_some()
+            || o.key_file.is_some()
+            || o.insecure_skip_verify
+    }
+
+    fn client(&self) -> Result<aspen_tls::ClientTls, CliError> {
+        self.built
+            .get_or_init(|| aspen_tls::ClientTls::new(&self.options).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(CliError::usage)
+    }
 }
 
 impl Dial {
+    /// A channel to `url`, over TLS when it is https://.
+    fn channel(&self, url: &str, lazy: bool) -> Result<ChannelFuture, CliError> {
+        let endpoint = self.endpoint(url)?;
+        if url.starts_with("https://") {
+            let connector = self.tls.client()?.connector();
+            if lazy {
+                return Ok(ChannelFuture::Ready(
+                    endpoint.connect_with_connector_lazy(connector),
+                ));
+            }
+            return Ok(ChannelFuture::Pending(Box::pin(async move {
+                endpoint.connect_with_connector(connector).await
+            })));
+        }
+        if lazy {
+            return Ok(ChannelFuture::Ready(endpoint.connect_lazy()));
+        }
+        Ok(ChannelFuture::Pending(Box::pin(async move {
+            endpoint.connect().await
+        })))
+    }
+
     fn endpoint(&self, url: &str) -> Result<Endpoint, CliError> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| CliError::usage(format!("--endpoints: {url}: {e}")))?;
@@ -81,8 +135,11 @@ impl Dial {
 
     /// Connects to one endpoint now, so an unreachable server is reported before any request.
     pub async fn connect(&self, url: &str) -> Result<Channel, CliError> {
-        let endpoint = self.endpoint(url)?;
-        match tokio::time::timeout(self.dial_timeout, endpoint.connect()).await {
+        let connecting = match self.channel(url, false)? {
+            ChannelFuture::Ready(channel) => return Ok(channel),
+            ChannelFuture::Pending(connecting) => connecting,
+        };
+        match tokio::time::timeout(self.dial_timeout, connecting).await {
             Ok(Ok(channel)) => Ok(channel),
             Ok(Err(error)) => Err(CliError::connection(format!(
                 "cannot connect to {}: {}",
@@ -99,7 +156,10 @@ impl Dial {
 
     /// A channel that connects on first use; for benchmarks that open many.
     pub fn connect_lazy(&self, url: &str) -> Result<Channel, CliError> {
-        Ok(self.endpoint(url)?.connect_lazy())
+        match self.channel(url, true)? {
+            ChannelFuture::Ready(channel) => Ok(channel),
+            ChannelFuture::Pending(_) => Err(CliError::usage("internal: lazy channel pending")),
+        }
     }
 
     /// Connects to the first endpoint that answers, in the order given (as etcdctl does).
@@ -146,9 +206,20 @@ fn transport_error_text(error: &tonic::transport::Error) -> String {
     text
 }
 
+/// A channel now (lazy) or once connected.
+enum ChannelFuture {
+    Ready(Channel),
+    Pending(
+        std::pin::Pin<Box<dyn Future<Output = Result<Channel, tonic::transport::Error>> + Send>>,
+    ),
+}
+
 /// "http://127.0.0.1:2379" shown as etcdctl shows it: "127.0.0.1:2379".
 pub fn display_endpoint(url: &str) -> String {
-    url.strip_prefix("http://").unwrap_or(url).to_string()
+    let bare = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    bare.unwrap_or(url).to_string()
 }
 
 /// One connected server.
@@ -215,28 +286,36 @@ mod tests {
     use crate::error::ErrorKind;
 
     #[test]
-    fn endpoints_accept_host_port_and_http() {
+    fn endpoints_accept_host_port_http_and_https() {
         assert_eq!(
-            endpoint_url("127.0.0.1:2379").expect("host:port"),
+            endpoint_url("127.0.0.1:2379", false).expect("host:port"),
             "http://127.0.0.1:2379"
         );
         assert_eq!(
-            endpoint_url("http://localhost:2379").expect("http"),
+            endpoint_url("127.0.0.1:2379", true).expect("host:port with TLS flags"),
+            "https://127.0.0.1:2379"
+        );
+        assert_eq!(
+            endpoint_url("http://localhost:2379", true).expect("http"),
             "http://localhost:2379"
         );
+        assert_eq!(
+            endpoint_url("https://localhost:2379", false).expect("https"),
+            "https://localhost:2379"
+        );
         assert_eq!(display_endpoint("http://localhost:2379"), "localhost:2379");
+        assert_eq!(display_endpoint("https://localhost:2379"), "localhost:2379");
     }
 
     #[test]
-    fn endpoints_refuse_tls_and_empty_lists() {
-        let tls = endpoint_url("https://a:2379").expect_err("tls");
-        assert_eq!(tls.kind, ErrorKind::Usage);
-        assert!(tls.message.contains("TLS"));
-        let empty = endpoint_list(&[String::new()]).expect_err("empty");
+    fn endpoints_refuse_other_schemes_and_empty_lists() {
+        let unix = endpoint_url("unixs://a:2379", false).expect_err("unixs");
+        assert_eq!(unix.kind, ErrorKind::Usage);
+        let empty = endpoint_list(&[String::new()], false).expect_err("empty");
         assert_eq!(empty.kind, ErrorKind::Usage);
         let many: Vec<String> = (0..=ENDPOINTS_MAX).map(|i| format!("h:{i}")).collect();
         assert_eq!(
-            endpoint_list(&many).expect_err("too many").kind,
+            endpoint_list(&many, false).expect_err("too many").kind,
             ErrorKind::Usage
         );
     }

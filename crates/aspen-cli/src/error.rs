@@ -99,11 +99,24 @@ pub fn status_kind(status: &Status) -> ErrorKind {
 /// The message to show: etcd's text as sent, or the code's name when the server sent none.
 pub fn status_text(status: &Status) -> String {
     let message = status.message().trim();
-    if message.is_empty() {
+    let mut text = if message.is_empty() {
         format!("{:?}", status.code())
     } else {
         message.to_string()
+    };
+    // A transport failure's message is only "transport error"; the cause (a refused TLS
+    // handshake, a reset connection) is in the source chain. Bounded: chains are short.
+    let mut source = std::error::Error::source(status);
+    for _ in 0..8 {
+        let Some(cause) = source else { break };
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
     }
+    text
 }
 
 #[cfg(test)]

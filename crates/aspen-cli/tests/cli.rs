@@ -318,3 +318,189 @@ fn failures_exit_with_their_codes() {
     // --help is not an error.
     assert_eq!(ctl(&server, &["--help"], None).status.code(), Some(0));
 }
+
+/// A member serving clients over https with `--client-cert-auth`, and the TLS files aspenctl
+/// is given (from a CA made for the test).
+struct TlsServer {
+    child: Child,
+    endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsServer {
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// aspenctl with `flags` (TLS flags) then `args`.
+    fn ctl(&self, flags: &[String], args: &[&str]) -> Output {
+        Command::new(aspenctl())
+            .args(["--endpoints", &self.endpoint, "--dial-timeout", "2s"])
+            .args(flags)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run aspenctl")
+    }
+
+    fn good_flags(&self) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.path("ca.pem")),
+            format!("--cert={}", self.path("client.pem")),
+            format!("--key={}", self.path("client-key.pem")),
+        ]
+    }
+}
+
+fn start_tls_server() -> TlsServer {
+    use aspen_tls::{CertificateAuthority, LeafOptions};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = CertificateAuthority::new("cli test ca").expect("ca");
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).expect("write ca");
+    let issue = |name: &str, hosts: &[&str]| {
+        ca.issue(&LeafOptions::new(name, hosts))
+            .expect("issue")
+            .write(dir.path(), name)
+            .expect("write")
+    };
+    let (server_cert, server_key) = issue("server", &["127.0.0.1"]);
+    issue("client", &[]);
+    let other = CertificateAuthority::new("other ca").expect("ca");
+    std::fs::write(dir.path().join("other-ca.pem"), other.cert_pem()).expect("write");
+    let [client, peer] = free_ports();
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(aspen_binary())
+        .args(["--name", "n1", "--data-dir"])
+        .arg(dir.path().join("n1"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("n1={peer_url}")])
+        .arg("--cert-file")
+        .arg(&server_cert)
+        .arg("--key-file")
+        .arg(&server_key)
+        .arg("--trusted-ca-file")
+        .arg(dir.path().join("ca.pem"))
+        .arg("--client-cert-auth")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aspen");
+    let server = TlsServer {
+        child,
+        endpoint: format!("127.0.0.1:{client}"),
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(SERVER_READY_S_MAX);
+    // Bounded by the deadline.
+    while server
+        .ctl(&server.good_flags(), &["endpoint", "health"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(Instant::now() < deadline, "aspen did not become healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server
+}
+
+#[test]
+fn tls_flags_against_a_mutual_tls_member() {
+    let server = start_tls_server();
+    let good = server.good_flags();
+    let stdout = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let out = server.ctl(&good, &["put", "k", "v"]);
+    assert_eq!(stdout(&out), "OK\n", "{}", stderr(&out));
+    let out = server.ctl(&good, &["get", "k", "--print-value-only"]);
+    assert_eq!(stdout(&out), "v\n", "{}", stderr(&out));
+    // The member's advertised https URL, found through MemberList, dialed with TLS.
+    // (The member publishes its client URLs just after it starts serving: retry, bounded.)
+    let deadline = Instant::now() + Duration::from_secs(SERVER_READY_S_MAX);
+    let out = loop {
+        let out = server.ctl(&good, &["endpoint", "status", "--cluster", "-w", "json"]);
+        if out.status.code() == Some(0) || Instant::now() >= deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let expected = format!("\"Endpoint\":\"{}\"", server.endpoint);
+    assert!(stdout(&out).contains(&expected), "{}", stdout(&out));
+    // bench takes the same flags.
+    let out = server.ctl(
+        &good,
+        &["bench", "--clients", "4", "--total", "200", "--json", "put"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("\"errors\":0"), "{}", stdout(&out));
+
+    // No client certificate: the member refuses it.
+    let ca_only = vec![format!("--cacert={}", server.path("ca.pem"))];
+    let out = server.ctl(&ca_only, &["get", "k"]);
+    assert_ne!(out.status.code(), Some(0));
+    // With TLS 1.3 the client may be writing when the member's alert arrives: the message
+    // is the alert (CertificateRequired) or the connection it closed.
+    assert!(
+        stderr(&out).starts_with("aspenctl: get k: "),
+        "{}",
+        stderr(&out)
+    );
+    // A CA that did not sign the member's certificate: aspenctl refuses the member (exit 3).
+    let wrong_ca = vec![
+        format!("--cacert={}", server.path("other-ca.pem")),
+        format!("--cert={}", server.path("client.pem")),
+        format!("--key={}", server.path("client-key.pem")),
+    ];
+    let out = server.ctl(&wrong_ca, &["get", "k"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("UnknownIssuer"), "{}", stderr(&out));
+    // --insecure-skip-tls-verify skips that check (the client certificate is still sent).
+    let insecure = vec![
+        "--insecure-skip-tls-verify".to_string(),
+        format!("--cert={}", server.path("client.pem")),
+        format!("--key={}", server.path("client-key.pem")),
+    ];
+    let out = server.ctl(&insecure, &["get", "k", "--print-value-only"]);
+    assert_eq!(stdout(&out), "v\n", "{}", stderr(&out));
+    // A key that is not the certificate's: a usage error before anything is sent.
+    let mismatched = vec![
+        format!("--cacert={}", server.path("ca.pem")),
+        format!("--cert={}", server.path("client.pem")),
+        format!("--key={}", server.path("server-key.pem")),
+    ];
+    let out = server.ctl(&mismatched, &["get", "k"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a usable pair"),
+        "{}",
+        stderr(&out)
+    );
+    // Plain HTTP/2 to the https port fails.
+    let out = Command::new(aspenctl())
+        .args(["--endpoints", &format!("http://{}", server.endpoint)])
+        .args([
+            "--dial-timeout",
+            "2s",
+            "--command-timeout",
+            "3s",
+            "get",
+            "k",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aspenctl");
+    assert_ne!(out.status.code(), Some(0));
+}

@@ -162,6 +162,11 @@ impl Limits {
     }
 }
 
+/// TLS handshakes one listener runs at once; further connections wait in the kernel's backlog
+/// until a slot frees (each handshake is bounded in time by
+/// `aspen_tls::TLS_HANDSHAKE_TIMEOUT_MS`).
+pub const TLS_HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
+
 const _: () = assert!(SNAPSHOT_FRAME_BYTES_MAX > REQUEST_BYTES_MAX_DEFAULT);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX <= 4 * 1024 * 1024);
 const _: () = assert!(LEASE_TTL_SECONDS_MIN < LEASE_TTL_SECONDS_MAX);

@@ -5,9 +5,11 @@
 //! Payloads are Aspen's versioned codec inside an opaque protobuf envelope
 //! (`aspen_peer.proto`), so the Raft types never leak into the wire schema.
 
+pub mod identity;
 pub mod network;
 pub mod service;
 pub mod wire;
 
+pub use identity::PeerIdentity;
 pub use network::{PeerClients, PeerNetworkFactory};
 pub use service::PeerService;

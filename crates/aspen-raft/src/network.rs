@@ -26,6 +26,7 @@ use openraft::raft::{
 use openraft::type_config::alias::SnapshotOf;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::identity::PeerIdentity;
 use crate::wire::{
     self, AppendReply, SnapshotHeader, SnapshotReply, StreamAppendReply, TransferLeaderReply,
     VoteCall, VoteReply,
@@ -36,13 +37,23 @@ use crate::wire::{
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
     message_bytes_max: usize,
+    /// Stamped on every message (sender, target, cluster id).
+    identity: Arc<PeerIdentity>,
+    /// For https:// peer URLs: the peer CA and this member's peer certificate.
+    tls: Option<aspen_tls::ClientTls>,
 }
 
 impl PeerClients {
-    pub fn new(request_bytes_max: u64) -> PeerClients {
+    pub fn new(
+        request_bytes_max: u64,
+        identity: Arc<PeerIdentity>,
+        tls: Option<aspen_tls::ClientTls>,
+    ) -> PeerClients {
         PeerClients {
             channels: Arc::default(),
             message_bytes_max: wire::peer_message_bytes_max(request_bytes_max),
+            identity,
+            tls,
         }
     }
 
@@ -62,7 +73,14 @@ impl PeerClients {
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(5));
-                let channel = endpoint.connect_lazy();
+                let channel = if url.starts_with("https://") {
+                    let tls = self.tls.as_ref().ok_or_else(|| {
+                        format!("peer URL {url} is https, but this member has no peer TLS")
+                    })?;
+                    endpoint.connect_with_connector_lazy(tls.connector())
+                } else {
+                    endpoint.connect_lazy()
+                };
                 channels.insert((target, url), channel.clone());
                 channel
             }
@@ -81,12 +99,13 @@ impl Forwarder for PeerClients {
         request: ForwardRequest,
     ) -> BoxFuture<'static, ForwardResult> {
         let client = self.client(target, &node);
+        let identity = self.identity.clone();
         Box::pin(async move {
             let mut client = client.map_err(NodeError::Peer)?;
             let message = RaftMessage {
                 data: codec::encode(&request),
             };
-            let mut call = tonic::Request::new(message);
+            let mut call = stamped(&identity, target, message);
             call.set_timeout(Duration::from_millis(wire::FORWARD_TIMEOUT_MS));
             let reply = client
                 .forward(call)
@@ -129,6 +148,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
         PeerNetwork {
             target,
             client: self.clients.client(target, node),
+            identity: self.clients.identity.clone(),
         }
     }
 }
@@ -136,6 +156,14 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
 pub struct PeerNetwork {
     target: NodeId,
     client: Result<RaftPeerClient<Channel>, String>,
+    identity: Arc<PeerIdentity>,
+}
+
+/// A request to `target`, stamped with who sends it and the cluster it belongs to.
+fn stamped<T>(identity: &PeerIdentity, target: NodeId, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    identity.stamp(request.metadata_mut(), target);
+    request
 }
 
 fn unreachable<E>(message: impl ToString) -> E
@@ -157,9 +185,10 @@ impl PeerNetwork {
         option: &RPCOption,
     ) -> Result<Rep, RPCError<TypeConfig>> {
         let mut client = self.client().map_err(unreachable::<RPCError<TypeConfig>>)?;
-        let mut call = tonic::Request::new(RaftMessage {
+        let message = RaftMessage {
             data: codec::encode(request),
-        });
+        };
+        let mut call = stamped(&self.identity, self.target, message);
         call.set_timeout(option.hard_ttl());
         let reply = match method {
             PeerMethod::Vote => client.vote(call).await,
@@ -231,13 +260,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     {
         let target = self.target;
         let client = self.client();
+        let identity = self.identity.clone();
         Box::pin(async move {
             let mut client = client.map_err(unreachable::<RPCError<TypeConfig>>)?;
             let outgoing = input.map(|request| RaftMessage {
                 data: codec::encode(&request),
             });
             let response = client
-                .append_stream(tonic::Request::new(outgoing))
+                .append_stream(stamped(&identity, target, outgoing))
                 .await
                 .map_err(|status| status_to_rpc_error(target, status))?;
             let replies = response.into_inner().map(move |item| {
@@ -311,7 +341,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             len_bytes: snapshot.snapshot.len_bytes(),
         };
         let chunks = snapshot_chunks(codec::encode(&header), snapshot.snapshot);
-        let mut call = tonic::Request::new(tokio_stream::iter(chunks));
+        let mut call = stamped(&self.identity, self.target, tokio_stream::iter(chunks));
         call.set_timeout(option.hard_ttl().max(Duration::from_secs(60)));
         let send = client.install_snapshot(call);
         let reply = tokio::select! {

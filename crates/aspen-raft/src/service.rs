@@ -9,8 +9,12 @@ use aspen_proto::peer::raft_peer_server::RaftPeer;
 use aspen_proto::peer::{RaftMessage, SnapshotChunk};
 use aspen_storage::StateMachine;
 use futures_util::StreamExt;
+use openraft::async_runtime::watch::WatchReceiver;
 use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::Arc;
+
+use crate::identity::PeerIdentity;
 use crate::wire::{
     AppendCall, AppendReply, ForwardCall, ForwardReply, SnapshotHeader, SnapshotReply,
     TransferLeaderCall, TransferLeaderReply, VoteCall, VoteReply,
@@ -21,14 +25,38 @@ pub struct PeerService {
     node: Node,
     /// For receiving snapshots into this node's snapshot store.
     state_machine: StateMachine,
+    /// Checks every message's sender, target and cluster id.
+    identity: Arc<PeerIdentity>,
 }
 
 impl PeerService {
-    pub fn new(node: Node, state_machine: StateMachine) -> PeerService {
+    pub fn new(
+        node: Node,
+        state_machine: StateMachine,
+        identity: Arc<PeerIdentity>,
+    ) -> PeerService {
         PeerService {
             node,
             state_machine,
+            identity,
         }
+    }
+
+    /// Refuses a message from another cluster, from a member this one does not know, or meant
+    /// for another member. A member that knows no membership yet (one joining an existing
+    /// cluster, before the leader's first entries) accepts any sender.
+    fn check_sender(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let metrics = self.node.raft().metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let knows_members = membership.get_node(&self.identity.member_id()).is_some();
+        let result = self.identity.check(metadata, |id| {
+            knows_members.then(|| membership.get_node(&id).is_some())
+        });
+        if let Err(status) = &result {
+            tracing::warn!(reason = status.message(), "refused a peer message");
+        }
+        result.map(|_| ())
     }
 }
 
@@ -56,6 +84,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        self.check_sender(request.metadata())?;
         let requests = request
             .into_inner()
             .map(|item| {
@@ -74,6 +103,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_sender(request.metadata())?;
         let call: VoteCall = decode(request.get_ref())?;
         let raft = self.node.raft();
         let result = if call.pre_vote {
@@ -89,6 +119,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_sender(request.metadata())?;
         let call: AppendCall = decode(request.get_ref())?;
         let answer: AppendReply = self
             .node
@@ -103,6 +134,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_sender(request.metadata())?;
         let call: TransferLeaderCall = decode(request.get_ref())?;
         let answer: TransferLeaderReply = self
             .node
@@ -117,6 +149,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_sender(request.metadata())?;
         let mut stream: Pin<Box<Streaming<SnapshotChunk>>> = Box::pin(request.into_inner());
         let mut header: Option<SnapshotHeader> = None;
         let mut receiver = self
@@ -173,6 +206,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_sender(request.metadata())?;
         let call: ForwardCall = decode(request.get_ref())?;
         let answer: ForwardReply = self.node.handle_forward(call).await;
         reply(&answer)

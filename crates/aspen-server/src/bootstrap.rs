@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use aspen_core::NodeInfo;
 use aspen_node::{ForwardRequest, Node, NodeError, NodeOptions, RaftTiming};
-use aspen_raft::{PeerClients, PeerNetworkFactory};
+use aspen_raft::{PeerClients, PeerIdentity, PeerNetworkFactory};
+use aspen_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{ClusterBootstrapConfig, ClusterState};
 use crate::serve::{self, Http2Settings, Protocols};
+use crate::tls::{self, ListenerKind, TlsConfig};
 
 /// How long in-flight requests get to finish after a stop signal.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -25,6 +27,11 @@ pub const SELF_PUBLISH_INTERVAL_MS: u64 = 200;
 pub enum BootstrapError {
     #[error("{0}")]
     Node(#[from] NodeError),
+    #[error("{what} TLS: {source}")]
+    Tls {
+        what: &'static str,
+        source: aspen_tls::TlsError,
+    },
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         addr: SocketAddr,
@@ -56,7 +63,16 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     let client_listeners = bind_all(&config.listen_client_addrs, "client").await?;
     let metrics_listeners = bind_all(&config.listen_metrics_addrs, "metrics").await?;
 
-    let clients = PeerClients::new(config.limits.request_bytes_max);
+    let listener_tls = ListenerTls::build(config)?;
+    let identity = Arc::new(PeerIdentity::new(member_id));
+    if config.initial_cluster_state == ClusterState::New {
+        identity.set_cluster_id(config.initial_cluster_id());
+    }
+    let clients = PeerClients::new(
+        config.limits.request_bytes_max,
+        identity.clone(),
+        listener_tls.peer_client.clone(),
+    );
     let options = NodeOptions {
         id: member_id,
         info: info.clone(),
@@ -89,35 +105,38 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     };
     let message_bytes_max =
         aspen_raft::wire::peer_message_bytes_max(config.limits.request_bytes_max);
-    let peer_router = crate::services::peer_router(&node, message_bytes_max);
-    for listener in peer_listeners {
+    let peer_router = crate::services::peer_router(&node, identity.clone(), message_bytes_max);
+    for (i, listener) in peer_listeners.into_iter().enumerate() {
         handle.servers.push(serve::spawn(
             listener,
             peer_router.clone(),
             Protocols::Http2Only,
             Http2Settings::PEER,
+            listener_tls.for_listener(ListenerKind::Peer, i, &config.tls),
             stop_rx.clone(),
             "peer",
         ));
     }
     let client_router = crate::services::client_router(&node).await;
-    for listener in client_listeners {
+    for (i, listener) in client_listeners.into_iter().enumerate() {
         handle.servers.push(serve::spawn(
             listener,
             client_router.clone(),
             Protocols::Http1AndHttp2,
             Http2Settings::CLIENT,
+            listener_tls.for_listener(ListenerKind::Client, i, &config.tls),
             stop_rx.clone(),
             "client",
         ));
     }
     let metrics_router = crate::http::router(node.clone());
-    for listener in metrics_listeners {
+    for (i, listener) in metrics_listeners.into_iter().enumerate() {
         handle.servers.push(serve::spawn(
             listener,
             metrics_router.clone(),
             Protocols::Http1AndHttp2,
             Http2Settings::CLIENT,
+            listener_tls.for_listener(ListenerKind::Metrics, i, &config.tls),
             stop_rx.clone(),
             "metrics",
         ));
@@ -144,9 +163,11 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
         }
     }
     if config.initial_cluster_state == ClusterState::Existing {
-        handle
-            .servers
-            .push(spawn_adopt_cluster_id(node.clone(), stop_rx.clone()));
+        handle.servers.push(spawn_adopt_cluster_id(
+            node.clone(),
+            identity.clone(),
+            stop_rx.clone(),
+        ));
     }
     handle
         .servers
@@ -179,13 +200,69 @@ fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The TLS each kind of listener serves with, read once at start-up (the certificate files
+/// are re-read on change by `aspen_tls`), and how this member dials https peers.
+struct ListenerTls {
+    client: Option<ServerTls>,
+    metrics: Option<ServerTls>,
+    peer: Option<ServerTls>,
+    peer_client: Option<aspen_tls::ClientTls>,
+}
+
+impl ListenerTls {
+    fn build(config: &ClusterBootstrapConfig) -> Result<ListenerTls, BootstrapError> {
+        let client_hosts = tls::url_hosts(&config.advertise_client_urls);
+        let peer_hosts = tls::url_hosts(&config.initial_advertise_peer_urls);
+        let dir = &config.data_dir;
+        let server = |kind, hosts: &[String], what| {
+            tls::build_server(&config.tls, kind, dir, hosts)
+                .map_err(|source| BootstrapError::Tls { what, source })
+        };
+        Ok(ListenerTls {
+            client: server(ListenerKind::Client, &client_hosts, "client")?,
+            metrics: server(ListenerKind::Metrics, &client_hosts, "metrics")?,
+            peer: server(ListenerKind::Peer, &peer_hosts, "peer")?,
+            peer_client: tls::build_peer_client(&config.tls, dir, &peer_hosts).map_err(
+                |source| BootstrapError::Tls {
+                    what: "peer client",
+                    source,
+                },
+            )?,
+        })
+    }
+
+    /// The TLS of the `index`th listener of `kind`: `None` when that URL is http://.
+    fn for_listener(
+        &self,
+        kind: ListenerKind,
+        index: usize,
+        config: &TlsConfig,
+    ) -> Option<ServerTls> {
+        let (server, https) = match kind {
+            ListenerKind::Client => (&self.client, &config.client_https),
+            ListenerKind::Metrics => (&self.metrics, &config.metrics_https),
+            ListenerKind::Peer => (&self.peer, &config.peer_https),
+        };
+        if https.get(index).copied().unwrap_or(false) {
+            server.clone()
+        } else {
+            None
+        }
+    }
+}
+
 /// A member that joins an existing cluster takes the founders' cluster id from the leader,
 /// retrying until it has it or the member stops.
-fn spawn_adopt_cluster_id(node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+fn spawn_adopt_cluster_id(
+    node: Node,
+    identity: Arc<PeerIdentity>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match node.adopt_cluster_id_from_leader().await {
                 Ok(id) => {
+                    identity.set_cluster_id(id);
                     tracing::info!(cluster = format!("{id:x}"), "adopted the cluster id");
                     return;
                 }

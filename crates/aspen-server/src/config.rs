@@ -47,7 +47,8 @@ pub const STORAGE_DIR_IN_DATA_DIR: &str = "member";
 const ENV_HELP: &str = "Every flag can also be set by an environment variable ASPEN_<FLAG> \
 (upper-cased, '-' as '_', e.g. ASPEN_LISTEN_CLIENT_URLS) or by a key in --config-file named as \
 the flag without '--' (e.g. listen-client-urls = \"http://127.0.0.1:2379\"). Precedence: command \
-line > environment > config file > default. Only http:// URLs are accepted: there is no TLS yet.";
+line > environment > config file > default. URLs are http:// or https:// (TLS: --cert-file, \
+--key-file, --auto-tls for clients and metrics; --peer-* for peers).";
 
 /// Whether this node starts a new cluster or joins one that exists (etcd's meaning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,8 @@ pub struct ClusterBootstrapConfig {
     pub limits: Limits,
     /// Empty: no separate listener for /metrics, /health and /version.
     pub listen_metrics_addrs: Vec<SocketAddr>,
+    /// Which listeners are https, their certificates, and how peers are dialed.
+    pub tls: crate::tls::TlsConfig,
     pub log_level: LogLevel,
     /// The file read, if any; kept so the operator can be told where settings came from.
     pub config_file: Option<PathBuf>,
@@ -188,13 +191,13 @@ struct RawConfig {
     /// Directory for this member's data [default: ${name}.aspen]
     #[arg(long, env = "ASPEN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<String>,
-    /// Comma-separated http:// URLs to serve clients on [default: http://127.0.0.1:2379]
+    /// Comma-separated http:// or https:// URLs to serve clients on [default: http://127.0.0.1:2379]
     #[arg(long, env = "ASPEN_LISTEN_CLIENT_URLS", value_name = "URLS")]
     listen_client_urls: Option<String>,
     /// Comma-separated client URLs to advertise to the cluster [default: --listen-client-urls]
     #[arg(long, env = "ASPEN_ADVERTISE_CLIENT_URLS", value_name = "URLS")]
     advertise_client_urls: Option<String>,
-    /// Comma-separated http:// URLs to serve peers on [default: http://127.0.0.1:2380]
+    /// Comma-separated http:// or https:// URLs to serve peers on [default: http://127.0.0.1:2380]
     #[arg(long, env = "ASPEN_LISTEN_PEER_URLS", value_name = "URLS")]
     listen_peer_urls: Option<String>,
     /// Comma-separated peer URLs of this member, as the others reach it [default: --listen-peer-urls]
@@ -241,7 +244,7 @@ struct RawConfig {
         help = format!("Most operations in one transaction [default: {TXN_OPS_MAX_DEFAULT}]")
     )]
     max_txn_ops: Option<u32>,
-    /// Comma-separated http:// URLs for a separate /metrics, /health, /version listener [default: none]
+    /// Comma-separated http:// or https:// URLs for a separate /metrics, /health, /version listener [default: none]
     #[arg(long, env = "ASPEN_LISTEN_METRICS_URLS", value_name = "URLS")]
     listen_metrics_urls: Option<String>,
     /// debug, info, warn or error [default: info]
@@ -250,6 +253,39 @@ struct RawConfig {
     /// "redb" (a file under --data-dir) or "memory" (lost on exit; for tests) [default: redb]
     #[arg(long, env = "ASPEN_STORAGE_BACKEND", value_name = "BACKEND")]
     storage_backend: Option<String>,
+    /// Client TLS certificate (PEM); re-read when the file changes [default: none]
+    #[arg(long, env = "ASPEN_CERT_FILE", value_name = "PATH")]
+    cert_file: Option<String>,
+    /// Client TLS private key (PEM) [default: none]
+    #[arg(long, env = "ASPEN_KEY_FILE", value_name = "PATH")]
+    key_file: Option<String>,
+    /// CA that client certificates must chain to (with --client-cert-auth) [default: none]
+    #[arg(long, env = "ASPEN_TRUSTED_CA_FILE", value_name = "PATH")]
+    trusted_ca_file: Option<String>,
+    /// Require client certificates signed by --trusted-ca-file [default: false]
+    #[arg(long, env = "ASPEN_CLIENT_CERT_AUTH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    client_cert_auth: Option<bool>,
+    /// Serve https client URLs with a generated self-signed certificate [default: false]
+    #[arg(long, env = "ASPEN_AUTO_TLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    auto_tls: Option<bool>,
+    /// Peer TLS certificate (PEM), also this member's client certificate towards peers [default: none]
+    #[arg(long, env = "ASPEN_PEER_CERT_FILE", value_name = "PATH")]
+    peer_cert_file: Option<String>,
+    /// Peer TLS private key (PEM) [default: none]
+    #[arg(long, env = "ASPEN_PEER_KEY_FILE", value_name = "PATH")]
+    peer_key_file: Option<String>,
+    /// CA that peers' certificates must chain to [default: none]
+    #[arg(long, env = "ASPEN_PEER_TRUSTED_CA_FILE", value_name = "PATH")]
+    peer_trusted_ca_file: Option<String>,
+    /// Require peers' client certificates signed by --peer-trusted-ca-file [default: false]
+    #[arg(long, env = "ASPEN_PEER_CLIENT_CERT_AUTH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    peer_client_cert_auth: Option<bool>,
+    /// Peer TLS with a generated self-signed certificate; peers are not verified [default: false]
+    #[arg(long, env = "ASPEN_PEER_AUTO_TLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    peer_auto_tls: Option<bool>,
+    /// Comma-separated TLS 1.2 cipher suites (IANA names); TLS 1.3 suites are always on [default: rustls' list]
+    #[arg(long, env = "ASPEN_CIPHER_SUITES", value_name = "SUITES")]
+    cipher_suites: Option<String>,
     /// TOML file of settings, keys named as the flags [default: none]
     #[arg(long, env = "ASPEN_CONFIG_FILE", value_name = "PATH")]
     #[serde(skip)]
@@ -280,6 +316,17 @@ impl RawConfig {
             listen_metrics_urls: higher.listen_metrics_urls.or(self.listen_metrics_urls),
             log_level: higher.log_level.or(self.log_level),
             storage_backend: higher.storage_backend.or(self.storage_backend),
+            cert_file: higher.cert_file.or(self.cert_file),
+            key_file: higher.key_file.or(self.key_file),
+            trusted_ca_file: higher.trusted_ca_file.or(self.trusted_ca_file),
+            client_cert_auth: higher.client_cert_auth.or(self.client_cert_auth),
+            auto_tls: higher.auto_tls.or(self.auto_tls),
+            peer_cert_file: higher.peer_cert_file.or(self.peer_cert_file),
+            peer_key_file: higher.peer_key_file.or(self.peer_key_file),
+            peer_trusted_ca_file: higher.peer_trusted_ca_file.or(self.peer_trusted_ca_file),
+            peer_client_cert_auth: higher.peer_client_cert_auth.or(self.peer_client_cert_auth),
+            peer_auto_tls: higher.peer_auto_tls.or(self.peer_auto_tls),
+            cipher_suites: higher.cipher_suites.or(self.cipher_suites),
             config_file: higher.config_file.or(self.config_file),
         }
     }
@@ -319,7 +366,9 @@ impl ClusterBootstrapConfig {
         let merged = file_layer.overlay(env_layer).overlay(cli);
         let mut config = resolve(&merged).map_err(ConfigErrors::Invalid)?;
         config.config_file = config_file;
-        config.warnings = warnings;
+        let mut all_warnings = warnings;
+        all_warnings.append(&mut config.warnings);
+        config.warnings = all_warnings;
         Ok(config)
     }
 
@@ -353,8 +402,15 @@ impl ClusterBootstrapConfig {
     /// The configuration as a config file: feeding it back through `--config-file` gives the
     /// same configuration.
     pub fn to_toml(&self) -> String {
-        let urls = |addrs: &[SocketAddr]| -> String {
-            let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let urls = |addrs: &[SocketAddr], https: &[bool]| -> String {
+            let urls: Vec<String> = addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let tls = https.get(i).copied().unwrap_or(false);
+                    format!("{}://{a}", if tls { "https" } else { "http" })
+                })
+                .collect();
             urls.join(",")
         };
         let cluster: Vec<String> = self
@@ -369,12 +425,18 @@ impl ClusterBootstrapConfig {
         let strings = [
             ("name", self.name.clone()),
             ("data-dir", self.data_dir.to_string_lossy().into_owned()),
-            ("listen-client-urls", urls(&self.listen_client_addrs)),
+            (
+                "listen-client-urls",
+                urls(&self.listen_client_addrs, &self.tls.client_https),
+            ),
             (
                 "advertise-client-urls",
                 self.advertise_client_urls.join(","),
             ),
-            ("listen-peer-urls", urls(&self.listen_peer_addrs)),
+            (
+                "listen-peer-urls",
+                urls(&self.listen_peer_addrs, &self.tls.peer_https),
+            ),
             (
                 "initial-advertise-peer-urls",
                 self.initial_advertise_peer_urls.join(","),
@@ -385,7 +447,10 @@ impl ClusterBootstrapConfig {
                 self.initial_cluster_state.as_str().to_string(),
             ),
             ("initial-cluster-token", self.initial_cluster_token.clone()),
-            ("listen-metrics-urls", urls(&self.listen_metrics_addrs)),
+            (
+                "listen-metrics-urls",
+                urls(&self.listen_metrics_addrs, &self.tls.metrics_https),
+            ),
             ("log-level", self.log_level.as_str().to_string()),
             ("storage-backend", storage.to_string()),
         ];
@@ -404,6 +469,7 @@ impl ClusterBootstrapConfig {
         for (key, value) in numbers {
             text.push_str(&format!("{key} = {value}\n"));
         }
+        text.push_str(&self.tls.to_toml());
         text
     }
 }
@@ -615,7 +681,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// A TOML basic string: quotes, backslashes and control characters escaped.
-fn toml_basic_string(value: &str) -> String {
+pub(crate) fn toml_basic_string(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
     for c in value.chars() {
@@ -675,16 +741,20 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
     let storage_backend =
         parse_storage_backend(raw.storage_backend.as_deref(), &data_dir, &mut problems);
     let log_level = parse_log_level(raw.log_level.as_deref(), &mut problems);
+    let mut warnings = Vec::new();
+    let tls = resolve_tls(raw, &urls, &initial_cluster, &mut problems, &mut warnings);
     if !problems.is_empty() {
         return Err(problems);
     }
+    let plain =
+        |l: Vec<(SocketAddr, bool)>| -> Vec<SocketAddr> { l.into_iter().map(|(a, _)| a).collect() };
     Ok(ClusterBootstrapConfig {
         name,
         data_dir,
         storage_backend,
-        listen_client_addrs: urls.listen_client,
+        listen_client_addrs: plain(urls.listen_client),
         advertise_client_urls: urls.advertise_client,
-        listen_peer_addrs: urls.listen_peer,
+        listen_peer_addrs: plain(urls.listen_peer),
         initial_advertise_peer_urls: urls.initial_advertise_peer.unwrap_or_default(),
         initial_cluster,
         initial_cluster_state,
@@ -693,11 +763,48 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         election_timeout_ms,
         snapshot_count,
         limits,
-        listen_metrics_addrs: urls.listen_metrics,
+        listen_metrics_addrs: plain(urls.listen_metrics),
+        tls,
         log_level,
         config_file: None,
-        warnings: Vec::new(),
+        warnings,
     })
+}
+
+fn resolve_tls(
+    raw: &RawConfig,
+    urls: &ResolvedUrls,
+    initial_cluster: &[InitialMember],
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> crate::tls::TlsConfig {
+    let flags = crate::tls::TlsFlags {
+        cert_file: raw.cert_file.as_deref(),
+        key_file: raw.key_file.as_deref(),
+        trusted_ca_file: raw.trusted_ca_file.as_deref(),
+        client_cert_auth: raw.client_cert_auth.unwrap_or(false),
+        auto_tls: raw.auto_tls.unwrap_or(false),
+        peer_cert_file: raw.peer_cert_file.as_deref(),
+        peer_key_file: raw.peer_key_file.as_deref(),
+        peer_trusted_ca_file: raw.peer_trusted_ca_file.as_deref(),
+        peer_client_cert_auth: raw.peer_client_cert_auth.unwrap_or(false),
+        peer_auto_tls: raw.peer_auto_tls.unwrap_or(false),
+        cipher_suites: raw.cipher_suites.as_deref(),
+    };
+    // Members dial each other with TLS when any peer URL of the cluster is https.
+    let peers_use_tls = initial_cluster
+        .iter()
+        .flat_map(|member| &member.peer_urls)
+        .chain(urls.initial_advertise_peer.iter().flatten())
+        .any(|url| url.starts_with("https://"));
+    let listeners = crate::tls::HttpsListeners {
+        client: &urls.listen_client,
+        client_urls_text: &urls.listen_client_text,
+        peer: &urls.listen_peer,
+        metrics: &urls.listen_metrics,
+        peers_use_tls,
+    };
+    crate::tls::resolve(&flags, &listeners, problems, warnings)
 }
 
 fn resolve_limits(raw: &RawConfig, problems: &mut Vec<String>) -> Limits {
@@ -797,11 +904,14 @@ fn parse_log_level(value: Option<&str>, problems: &mut Vec<String>) -> LogLevel 
 /// The URL flags after defaults. `initial_advertise_peer` is `None` when it did not parse, so
 /// that checks against `--initial-cluster` are skipped rather than reported twice.
 struct ResolvedUrls {
-    listen_client: Vec<SocketAddr>,
+    /// Each with whether it is https.
+    listen_client: Vec<(SocketAddr, bool)>,
+    /// The listen URLs as given, for etcd's TLS messages.
+    listen_client_text: Vec<String>,
     advertise_client: Vec<String>,
-    listen_peer: Vec<SocketAddr>,
+    listen_peer: Vec<(SocketAddr, bool)>,
     initial_advertise_peer: Option<Vec<String>>,
-    listen_metrics: Vec<SocketAddr>,
+    listen_metrics: Vec<(SocketAddr, bool)>,
 }
 
 fn resolve_urls(raw: &RawConfig, problems: &mut Vec<String>) -> ResolvedUrls {
@@ -820,7 +930,14 @@ fn resolve_urls(raw: &RawConfig, problems: &mut Vec<String>) -> ResolvedUrls {
         Some(text) if text.trim().is_empty() => Vec::new(),
         Some(text) => parse_listen_urls("--listen-metrics-urls", text, problems),
     };
-    check_no_shared_listener(&listen_client, &listen_peer, &listen_metrics, problems);
+    let addrs =
+        |l: &[(SocketAddr, bool)]| -> Vec<SocketAddr> { l.iter().map(|(a, _)| *a).collect() };
+    check_no_shared_listener(
+        &addrs(&listen_client),
+        &addrs(&listen_peer),
+        &addrs(&listen_metrics),
+        problems,
+    );
     // Advertised URLs default to the listened ones (etcd's own default for
     // advertise-client-urls is http://localhost:2379).
     let advertise_client = resolve_advertise_urls(
@@ -835,8 +952,15 @@ fn resolve_urls(raw: &RawConfig, problems: &mut Vec<String>) -> ResolvedUrls {
         ("--listen-peer-urls", listen_peer_text, listen_peer_ok),
         problems,
     );
+    let listen_client_text = listen_client_text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect();
     ResolvedUrls {
         listen_client,
+        listen_client_text,
         advertise_client: advertise_client.unwrap_or_default(),
         listen_peer,
         initial_advertise_peer,
@@ -898,36 +1022,38 @@ enum UrlHost {
 struct HttpUrl {
     host: UrlHost,
     port: u16,
+    /// https://
+    tls: bool,
 }
 
 impl HttpUrl {
     /// `http://host:port`, with IPs in their standard form and IPv6 in brackets.
     fn canonical(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
         match &self.host {
-            UrlHost::Ip(ip) => format!("http://{}", SocketAddr::new(*ip, self.port)),
-            UrlHost::Name(name) => format!("http://{name}:{}", self.port),
+            UrlHost::Ip(ip) => format!("{scheme}://{}", SocketAddr::new(*ip, self.port)),
+            UrlHost::Name(name) => format!("{scheme}://{name}:{}", self.port),
         }
     }
 }
 
-/// Parses `http://host:port` with nothing after the port (etcd rejects paths too). The error
-/// is a message without the flag's name.
+/// Parses `http://host:port` or `https://host:port` with nothing after the port (etcd
+/// rejects paths too). The error is a message without the flag's name.
 fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
-    let malformed = || format!("'{text}' is not an http:// URL with host and port");
+    let malformed = || format!("'{text}' is not an http:// or https:// URL with host and port");
     let lower = text.to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        return Err(format!(
-            "'{text}' is https://, but Aspen has no TLS yet: only http:// URLs are accepted"
-        ));
-    }
-    if !lower.starts_with("http://") {
+    let (tls, rest) = if lower.starts_with("https://") {
+        (true, &text["https://".len()..])
+    } else if lower.starts_with("http://") {
+        (false, &text["http://".len()..])
+    } else {
         return Err(malformed());
-    }
-    let rest = &text["http://".len()..];
+    };
     if let Some(index) = rest.find(['/', '?', '#']) {
         if index > 0 {
+            let scheme = if tls { "https" } else { "http" };
             return Err(format!(
-                "'{text}' has a path or query; give only http://host:port"
+                "'{text}' has a path or query; give only {scheme}://host:port"
             ));
         }
         return Err(malformed());
@@ -942,7 +1068,7 @@ fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
         (parse_host(host).ok_or_else(malformed)?, port)
     };
     let port: u16 = port.parse().map_err(|_| malformed())?;
-    Ok(HttpUrl { host, port })
+    Ok(HttpUrl { host, port, tls })
 }
 
 fn parse_host(host: &str) -> Option<UrlHost> {
@@ -978,8 +1104,13 @@ fn split_url_list<'a>(flag: &str, text: &'a str, problems: &mut Vec<String>) -> 
     items
 }
 
-fn parse_listen_urls(flag: &str, text: &str, problems: &mut Vec<String>) -> Vec<SocketAddr> {
-    let mut addrs: Vec<SocketAddr> = Vec::new();
+/// The addresses to listen on, each with whether it is https.
+fn parse_listen_urls(
+    flag: &str,
+    text: &str,
+    problems: &mut Vec<String>,
+) -> Vec<(SocketAddr, bool)> {
+    let mut addrs: Vec<(SocketAddr, bool)> = Vec::new();
     for item in split_url_list(flag, text, problems) {
         let url = match parse_http_url(item) {
             Ok(url) => url,
@@ -1000,10 +1131,10 @@ fn parse_listen_urls(flag: &str, text: &str, problems: &mut Vec<String>) -> Vec<
             }
         };
         let addr = SocketAddr::new(ip, url.port);
-        if addrs.contains(&addr) && addr.port() != 0 {
+        if addrs.iter().any(|(a, _)| *a == addr) && addr.port() != 0 {
             problems.push(format!("{flag}: {addr} is listed twice"));
         }
-        addrs.push(addr);
+        addrs.push((addr, url.tls));
     }
     addrs
 }

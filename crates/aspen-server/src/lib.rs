@@ -7,5 +7,6 @@ pub mod http;
 pub mod restore;
 pub mod serve;
 pub mod services;
+pub mod tls;
 
 pub use bootstrap::{NodeHandle, bootstrap_node};

@@ -8,8 +8,11 @@
 //! etcd does, and gives the TLS handshake one place to go ([`Protocols`] says what a listener
 //! speaks).
 //!
-//! Per connection: accept, `TCP_NODELAY`, then hyper's HTTP/2 server (or, where HTTP/1.1 is
-//! allowed too, hyper-util's auto-detecting builder) with an `axum::Router` as the service.
+//! Per connection: accept, `TCP_NODELAY`, on an https listener the TLS handshake (on the
+//! connection's own task, bounded in time and in how many run at once, so a slow or silent
+//! client never holds up the accept loop; a refused one is logged as etcd logs "rejected
+//! connection"), then hyper's HTTP/2 server (or, where HTTP/1.1 is allowed too, hyper-util's
+//! auto-detecting builder) with an `axum::Router` as the service.
 //! A stop signal stops the accept loop at once (the port closes), asks every connection to
 //! finish gracefully (HTTP/2 GOAWAY: in-flight requests complete, no new ones start), and waits
 //! until all have closed; the caller bounds that wait.
@@ -17,7 +20,10 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use aspen_core::limits;
+use aspen_tls::ServerTls;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
@@ -25,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 /// What a listener speaks.
@@ -53,27 +59,58 @@ impl Http2Settings {
     };
 }
 
-/// Serves `listener` with `app` until `stop` turns true, then drains its connections.
+impl Protocols {
+    /// What an https listener offers in ALPN (clients that send none are served all the same).
+    pub fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Protocols::Http2Only => vec![b"h2".to_vec()],
+            Protocols::Http1AndHttp2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// Serves `listener` with `app` until `stop` turns true, then drains its connections. With
+/// `tls`, every connection is a TLS connection (its config must offer `protocols.alpn()`).
 pub fn spawn(
     listener: TcpListener,
     app: Router,
     protocols: Protocols,
     settings: Http2Settings,
+    tls: Option<ServerTls>,
     mut stop: watch::Receiver<bool>,
     what: &'static str,
 ) -> JoinHandle<()> {
     let builder = connection_builder(protocols, settings);
+    let handshakes = Arc::new(Semaphore::new(limits::TLS_HANDSHAKES_IN_FLIGHT_MAX));
     tokio::spawn(async move {
         // Every connection task holds a receiver: once the sender is closed, all have ended.
         let (drain, draining) = watch::channel(false);
         loop {
+            // On an https listener a slot for the handshake first: accepting more connections
+            // than can be handshaken leaves them in the kernel's backlog, not in memory here.
+            let slot = match &tls {
+                Some(_) => tokio::select! {
+                    () = wait_until_true(&mut stop) => break,
+                    slot = handshakes.clone().acquire_owned() => slot.ok(),
+                },
+                None => None,
+            };
             let accepted = tokio::select! {
                 () = wait_until_true(&mut stop) => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, _peer)) => {
-                    spawn_connection(stream, app.clone(), builder.clone(), draining.clone())
+                Ok((stream, peer)) => {
+                    let connection = Connection {
+                        app: app.clone(),
+                        builder: builder.clone(),
+                        draining: draining.clone(),
+                        what,
+                    };
+                    match &tls {
+                        Some(tls) => connection.spawn_tls(stream, peer, tls.clone(), slot),
+                        None => connection.spawn_plain(stream),
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, what, "accept failed");
@@ -112,23 +149,55 @@ fn connection_builder(
     builder
 }
 
-fn spawn_connection(
-    stream: TcpStream,
+/// What one accepted connection is served with.
+struct Connection {
     app: Router,
     builder: auto::Builder<TokioExecutor>,
-    mut draining: watch::Receiver<bool>,
-) {
-    // Small responses must leave at once, not wait out Nagle's algorithm.
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    draining: watch::Receiver<bool>,
+    what: &'static str,
+}
+
+impl Connection {
+    fn spawn_plain(self, stream: TcpStream) {
+        set_nodelay(&stream);
+        tokio::spawn(self.serve(stream));
     }
-    tokio::spawn(async move {
-        let service = TowerToHyperService::new(app);
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+
+    /// The handshake runs on the connection's task, holding `slot` until it ends; a stop
+    /// during the handshake drops the connection.
+    fn spawn_tls(
+        mut self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        tls: ServerTls,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        set_nodelay(&stream);
+        tokio::spawn(async move {
+            let handshake = tokio::select! {
+                handshake = tls.accept(stream) => handshake,
+                () = wait_until_true(&mut self.draining) => return,
+            };
+            drop(slot);
+            match handshake {
+                Ok(stream) => self.serve(stream).await,
+                Err(error) => {
+                    tracing::warn!(%error, remote = %peer, what = self.what, "rejected connection");
+                }
+            }
+        });
+    }
+
+    async fn serve<S>(mut self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(self.app);
+        let connection = self.builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
-            () = wait_until_true(&mut draining) => {
+            () = wait_until_true(&mut self.draining) => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
@@ -136,7 +205,14 @@ fn spawn_connection(
         if let Err(error) = result {
             tracing::debug!(%error, "connection ended with an error");
         }
-    });
+    }
+}
+
+/// Small responses must leave at once, not wait out Nagle's algorithm.
+fn set_nodelay(stream: &TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
 }
 
 /// Returns once `flag` is true, or its sender is gone (which also means: stop).

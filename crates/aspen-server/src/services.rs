@@ -66,8 +66,13 @@ pub async fn client_router(node: &Node) -> axum::Router {
 }
 
 /// The peer port's router: Aspen's Raft peer service only.
-pub fn peer_router(node: &Node, message_bytes_max: usize) -> axum::Router {
-    let service = RaftPeerServer::new(PeerService::new(node.clone(), node.state_machine().clone()))
+pub fn peer_router(
+    node: &Node,
+    identity: std::sync::Arc<aspen_raft::PeerIdentity>,
+    message_bytes_max: usize,
+) -> axum::Router {
+    let peer_service = PeerService::new(node.clone(), node.state_machine().clone(), identity);
+    let service = RaftPeerServer::new(peer_service)
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max);
     tonic::service::Routes::new(service)

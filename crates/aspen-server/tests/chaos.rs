@@ -10,7 +10,8 @@
 //! `ASPEN_CHAOS_SECONDS` sets how long the load and faults run (default 8 s, so that
 //! `cargo test --workspace` stays quick; CI sets 60). `ASPEN_CHAOS_SEED` replays the nemesis
 //! schedule and the clients' choice of operations; timing, and so the interleaving, still
-//! differs from run to run.
+//! differs from run to run. `ASPEN_CHAOS_TLS=1` runs the same with mutual TLS on every client
+//! and peer connection (certificates from a test CA).
 
 mod common;
 
@@ -127,6 +128,17 @@ fn chaos_seconds() -> u64 {
             seconds
         }
         Err(_) => CHAOS_SECONDS_DEFAULT,
+    }
+}
+
+/// The clients' TLS, when `ASPEN_CHAOS_TLS=1` made the cluster's URLs https.
+static CLIENT_TLS: std::sync::OnceLock<aspen_tls::ClientTls> = std::sync::OnceLock::new();
+
+fn chaos_tls() -> bool {
+    match std::env::var("ASPEN_CHAOS_TLS").as_deref() {
+        Ok("1") | Ok("true") => true,
+        Ok("0") | Ok("false") | Err(_) => false,
+        Ok(other) => panic!("ASPEN_CHAOS_TLS={other:?}: use 1 or 0"),
     }
 }
 
@@ -289,11 +301,14 @@ impl Recorder {
 }
 
 fn client_channel(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_string())
+    let endpoint = Endpoint::from_shared(url.to_string())
         .expect("client url")
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-        .connect_lazy()
+        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+    match CLIENT_TLS.get().filter(|_| url.starts_with("https://")) {
+        Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+        None => endpoint.connect_lazy(),
+    }
 }
 
 /// Sends `input` as the etcd request it models, bounded by the client-side timer.
@@ -666,10 +681,14 @@ type AppliedPut = (Vec<u8>, Vec<u8>, i64);
 /// watch on `member` that replays the whole history (nothing is ever compacted here).
 async fn applied_puts(cluster: &Cluster, member: usize, revision: i64) -> Vec<AppliedPut> {
     // No per-request timeout: it would cut the response stream; the replay has its own.
-    let channel = Endpoint::from_shared(cluster.members[member].client_url())
+    let url = cluster.members[member].client_url();
+    let endpoint = Endpoint::from_shared(url.clone())
         .expect("client url")
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .connect_lazy();
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
+    let channel = match CLIENT_TLS.get().filter(|_| url.starts_with("https://")) {
+        Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+        None => endpoint.connect_lazy(),
+    };
     let (requests, receiver) = mpsc::channel(1);
     let mut responses = WatchClient::new(channel)
         .watch(ReceiverStream::new(receiver))
@@ -935,8 +954,14 @@ fn print_summary(
 async fn chaos_three_nodes_linearizable() {
     let seconds = chaos_seconds();
     let seed = chaos_seed();
-    println!("chaos: {seconds} s, seed {seed} (replay with ASPEN_CHAOS_SEED={seed})");
+    let tls = chaos_tls();
+    println!("chaos: {seconds} s, seed {seed} (replay with ASPEN_CHAOS_SEED={seed}), tls {tls}");
     let mut cluster = Cluster::new(MEMBERS, Backend::Redb, None);
+    if tls {
+        cluster = cluster.with_tls();
+        let pki = cluster.pki.as_ref().expect("pki");
+        let _ = CLIENT_TLS.set(pki.client.clone());
+    }
     cluster.start_all();
     let all: Vec<usize> = (0..MEMBERS).collect();
     cluster.wait_leader(&all).await;

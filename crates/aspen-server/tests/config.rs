@@ -315,11 +315,11 @@ fn refuses_each_bad_setting_with_a_clear_line() {
     );
     refused(
         &["--listen-client-urls", "htp://x"],
-        "--listen-client-urls: 'htp://x' is not an http:// URL with host and port",
+        "--listen-client-urls: 'htp://x' is not an http:// or https:// URL with host and port",
     );
     refused(
         &["--listen-client-urls", "http://127.0.0.1"],
-        "--listen-client-urls: 'http://127.0.0.1' is not an http:// URL with host and port",
+        "--listen-client-urls: 'http://127.0.0.1' is not an http:// or https:// URL with host and port",
     );
     refused(
         &["--initial-cluster", "n1=http://a:2380", "--name", "x"],
@@ -350,11 +350,107 @@ fn refuses_each_bad_setting_with_a_clear_line() {
 }
 
 #[test]
-fn refuses_https_saying_there_is_no_tls() {
+fn https_without_a_certificate_is_refused_with_etcds_messages() {
+    refused(
+        &["--listen-client-urls", "https://127.0.0.1:2379"],
+        "TLS key/cert (--cert-file, --key-file) must be provided for client url \
+         https://127.0.0.1:2379 with HTTPS scheme",
+    );
     refused(
         &["--listen-peer-urls", "https://127.0.0.1:2380"],
-        "--listen-peer-urls: 'https://127.0.0.1:2380' is https://, but Aspen has no TLS yet: \
-         only http:// URLs are accepted",
+        "cannot listen on TLS for 127.0.0.1:2380: KeyFile and CertFile are not presented",
+    );
+    refused(
+        &["--listen-metrics-urls", "https://127.0.0.1:2381"],
+        "cannot listen on TLS for 127.0.0.1:2381: KeyFile and CertFile are not presented",
+    );
+    refused(
+        &["--cert-file", "c.pem"],
+        "--cert-file and --key-file must be given together",
+    );
+    refused(
+        &["--peer-key-file", "k.pem"],
+        "--peer-cert-file and --peer-key-file must be given together",
+    );
+    refused(
+        &[
+            "--cert-file",
+            "c.pem",
+            "--key-file",
+            "k.pem",
+            "--client-cert-auth",
+        ],
+        "--client-cert-auth needs --trusted-ca-file (the CA that client certificates must \
+         chain to)",
+    );
+    refused(
+        &["--cipher-suites", "TLS_NOT_A_SUITE"],
+        "--cipher-suites: unexpected TLS cipher suite \"TLS_NOT_A_SUITE\"",
+    );
+}
+
+#[test]
+fn tls_flags_resolve_per_listener() {
+    use aspen_server::tls::CertSource;
+    let config = load(
+        &[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379,http://127.0.0.1:22379",
+            "--advertise-client-urls",
+            "https://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+            "--cert-file",
+            "server.pem",
+            "--key-file",
+            "server-key.pem",
+            "--trusted-ca-file",
+            "ca.pem",
+            "--client-cert-auth",
+            "--peer-auto-tls",
+            "--cipher-suites",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        ],
+        &[("ASPEN_PEER_CLIENT_CERT_AUTH", "true")],
+    );
+    let tls = &config.tls;
+    assert_eq!(tls.client_https, vec![true, false]);
+    assert_eq!(tls.peer_https, vec![true]);
+    assert!(tls.peers_use_tls, "the member's own peer URL is https");
+    assert_eq!(
+        tls.client.cert,
+        Some(CertSource::Files {
+            cert_file: PathBuf::from("server.pem"),
+            key_file: PathBuf::from("server-key.pem"),
+        })
+    );
+    assert!(tls.client.client_cert_auth);
+    assert_eq!(tls.peer.cert, Some(CertSource::Auto));
+    assert!(tls.peer.client_cert_auth);
+    assert_eq!(tls.cipher_suites.len(), 2);
+    assert_eq!(config.advertise_client_urls, vec!["https://127.0.0.1:2379"]);
+    assert_eq!(
+        config.initial_cluster[0].peer_urls,
+        vec!["https://127.0.0.1:2380"]
+    );
+    // --print-config round-trips the TLS settings.
+    let file = config_file(&config.to_toml());
+    let path = file.path().display().to_string();
+    let again = load(&["--config-file", &path], &[]);
+    assert_eq!(again.tls, config.tls);
+    assert_eq!(again.listen_client_addrs, config.listen_client_addrs);
+}
+
+#[test]
+fn certificates_on_http_urls_are_a_warning_as_in_etcd() {
+    let config = load(&["--cert-file", "c.pem", "--key-file", "k.pem"], &[]);
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("scheme is HTTP while key and cert files are present")),
+        "{:?}",
+        config.warnings
     );
 }
 
@@ -409,7 +505,9 @@ fn a_wrong_listen_url_is_not_reported_again_under_its_advertised_default() {
     let found = problems(&["--listen-client-urls", "htp://x"], &[]);
     assert_eq!(
         found,
-        vec!["--listen-client-urls: 'htp://x' is not an http:// URL with host and port"]
+        vec![
+            "--listen-client-urls: 'htp://x' is not an http:// or https:// URL with host and port"
+        ]
     );
 }
 

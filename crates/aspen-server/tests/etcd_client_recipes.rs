@@ -13,6 +13,9 @@
 //! - an election: the same queue of keys, whose first key's value is the leader's
 //!   proclamation; `observe` follows the first key's puts and deletes.
 //!
+//! The client's TLS options (a CA, a client identity) against a member with mutual TLS are
+//! tested here too.
+//!
 //! Orderings are asserted with timestamps and, for mutual exclusion, with a counter of
 //! holders that must never exceed one.
 
@@ -870,4 +873,50 @@ async fn election_recipe_hands_over_only_on_resign() {
     observer.abort();
     session_a.close(&client).await;
     session_b.close(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_options_of_etcd_client_against_mutual_tls() {
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let mut cluster = Cluster::new(1, Backend::Memory, None).with_tls();
+    cluster.start_all();
+    cluster.wait_leader(&[0]).await;
+    let pki = cluster.pki.as_ref().expect("pki");
+    let read = |path: &std::path::Path| std::fs::read(path).expect("read pem");
+    let ca = Certificate::from_pem(read(&pki.ca_file));
+    let identity = Identity::from_pem(read(&pki.client_cert), read(&pki.client_key));
+    let url = cluster.members[0].client_url();
+    assert!(url.starts_with("https://"));
+
+    let options = ConnectOptions::new().with_tls(
+        TlsOptions::new()
+            .ca_certificate(ca.clone())
+            .identity(identity),
+    );
+    let mut client = within(
+        "a TLS connection",
+        Client::connect([url.clone()], Some(options)),
+    )
+    .await
+    .expect("etcd-client connects with TLS");
+    client
+        .put("tls/key", "value", None)
+        .await
+        .expect("put over TLS");
+    let got = client.get("tls/key", None).await.expect("get over TLS");
+    assert_eq!(got.kvs()[0].value(), b"value");
+
+    // Without a client certificate the member (--client-cert-auth) refuses the connection.
+    let no_identity = ConnectOptions::new()
+        .with_tls(TlsOptions::new().ca_certificate(ca))
+        .with_connect_timeout(Duration::from_millis(2_000))
+        .with_timeout(Duration::from_millis(2_000));
+    let refused = match Client::connect([url], Some(no_identity)).await {
+        Err(error) => Err(error),
+        Ok(mut client) => client.get("tls/key", None).await.map(|_| ()),
+    };
+    assert!(refused.is_err(), "no client certificate must be refused");
+    // The member still serves the client that has one.
+    let got = client.get("tls/key", None).await.expect("still serving");
+    assert_eq!(got.kvs()[0].value(), b"value");
 }

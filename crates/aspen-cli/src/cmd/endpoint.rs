@@ -46,7 +46,7 @@ async fn targets(ctx: &Ctx, cluster: bool) -> Result<(Vec<String>, Vec<pb::Membe
     let mut urls: Vec<String> = Vec::new();
     for member in &members {
         for url in &member.client_ur_ls {
-            let url = endpoint_url(url)?;
+            let url = endpoint_url(url, ctx.dial.tls.any_given())?;
             if !urls.contains(&url) {
                 urls.push(url);
             }

@@ -27,12 +27,19 @@ impl Ctx {
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let tls = crate::connect::TlsFlags::new(aspen_tls::ClientTlsOptions {
+        ca_file: cli.cacert.clone(),
+        cert_file: cli.cert.clone(),
+        key_file: cli.key.clone(),
+        insecure_skip_verify: cli.insecure_skip_tls_verify,
+    });
     let ctx = Ctx {
+        endpoints: endpoint_list(&cli.endpoints, tls.any_given())?,
         dial: crate::connect::Dial {
             dial_timeout: cli.dial_timeout,
             command_timeout: cli.command_timeout,
+            tls,
         },
-        endpoints: endpoint_list(&cli.endpoints)?,
         write_out: cli.write_out,
     };
     match cli.command {

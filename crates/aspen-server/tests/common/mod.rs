@@ -80,15 +80,21 @@ pub struct MemberSpec {
     pub metrics_port: u16,
     /// `--snapshot-count`, or the default when `None`.
     pub snapshot_count: Option<u64>,
+    /// Client and peer URLs are https (mutual TLS on both); metrics stay http.
+    pub tls: bool,
 }
 
 impl MemberSpec {
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
     }
 
     pub fn metrics_url(&self) -> String {
@@ -181,12 +187,77 @@ pub fn spawn_aspen(args: &[String], log_path: &Path) -> Process {
     }
 }
 
+/// A test CA and the certificates it issued, in `<cluster dir>/pki`: one per member (used for
+/// both its client and peer listeners, and as its client certificate towards peers), and one
+/// for the test's clients (CN "root").
+pub struct TestPki {
+    pub dir: PathBuf,
+    pub ca: aspen_tls::CertificateAuthority,
+    pub ca_file: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub client: aspen_tls::ClientTls,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path) -> TestPki {
+        let dir = dir.join("pki");
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        let ca = aspen_tls::CertificateAuthority::new("aspen test ca").expect("ca");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("write ca");
+        let (client_cert, client_key) = ca
+            .issue(&aspen_tls::LeafOptions::new("root", &[]))
+            .expect("client cert")
+            .write(&dir, "client")
+            .expect("write client cert");
+        let client = aspen_tls::ClientTls::new(&aspen_tls::ClientTlsOptions {
+            ca_file: Some(ca_file.clone()),
+            cert_file: Some(client_cert.clone()),
+            key_file: Some(client_key.clone()),
+            insecure_skip_verify: false,
+        })
+        .expect("client tls");
+        TestPki {
+            dir,
+            ca,
+            ca_file,
+            client_cert,
+            client_key,
+            client,
+        }
+    }
+
+    /// Issues `<name>.pem` / `<name>-key.pem` for 127.0.0.1 and localhost (overwriting).
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.ca
+            .issue(&aspen_tls::LeafOptions::new(
+                name,
+                &["127.0.0.1", "localhost"],
+            ))
+            .expect("issue")
+            .write(&self.dir, name)
+            .expect("write cert")
+    }
+
+    /// etcdctl's TLS flags for the test client's certificate.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.ca_file.display()),
+            format!("--cert={}", self.client_cert.display()),
+            format!("--key={}", self.client_key.display()),
+        ]
+    }
+}
+
 /// A set of members, some running. Members are indices into `members`.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub token: String,
     pub backend: Backend,
     pub members: Vec<MemberSpec>,
+    /// Set by [`Cluster::with_tls`].
+    pub pki: Option<TestPki>,
     processes: Vec<Option<Process>>,
     starts: u32,
 }
@@ -208,6 +279,7 @@ impl Cluster {
             token,
             backend,
             members: Vec::new(),
+            pki: None,
             processes: Vec::new(),
             starts: 0,
         };
@@ -215,6 +287,18 @@ impl Cluster {
             cluster.plan_member(snapshot_count);
         }
         cluster
+    }
+
+    /// Every member serves clients and peers over https with mutual TLS (certificates from a
+    /// fresh test CA); call before starting any member.
+    pub fn with_tls(mut self) -> Cluster {
+        let pki = TestPki::new(self.dir.path());
+        for member in &mut self.members {
+            member.tls = true;
+            pki.issue(&member.name);
+        }
+        self.pki = Some(pki);
+        self
     }
 
     /// Plans one more member with fresh ports and data dir; returns its index.
@@ -229,7 +313,11 @@ impl Cluster {
             peer_port: free_port(),
             metrics_port: free_port(),
             snapshot_count,
+            tls: self.pki.is_some(),
         });
+        if let Some(pki) = &self.pki {
+            pki.issue(&format!("m{index}"));
+        }
         self.processes.push(None);
         index
     }
@@ -277,6 +365,17 @@ impl Cluster {
         if let Some(count) = spec.snapshot_count {
             args.push("--snapshot-count".into());
             args.push(count.to_string());
+        }
+        if let Some(pki) = self.pki.as_ref().filter(|_| spec.tls) {
+            let cert = pki.dir.join(format!("{}.pem", spec.name));
+            let key = pki.dir.join(format!("{}-key.pem", spec.name));
+            let ca = &pki.ca_file;
+            for prefix in ["", "peer-"] {
+                args.push(format!("--{prefix}cert-file={}", cert.display()));
+                args.push(format!("--{prefix}key-file={}", key.display()));
+                args.push(format!("--{prefix}trusted-ca-file={}", ca.display()));
+                args.push(format!("--{prefix}client-cert-auth"));
+            }
         }
         args
     }
@@ -358,11 +457,14 @@ impl Cluster {
     }
 
     pub fn channel(&self, index: usize) -> Channel {
-        Endpoint::from_shared(self.members[index].client_url())
+        let endpoint = Endpoint::from_shared(self.members[index].client_url())
             .expect("client url")
             .connect_timeout(Duration::from_millis(1_000))
-            .timeout(Duration::from_millis(RPC_TIMEOUT_MS))
-            .connect_lazy()
+            .timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+        match self.pki.as_ref().filter(|_| self.members[index].tls) {
+            Some(pki) => endpoint.connect_with_connector_lazy(pki.client.connector()),
+            None => endpoint.connect_lazy(),
+        }
     }
 
     pub fn kv(&self, index: usize) -> KvClient<Channel> {
