@@ -102,7 +102,12 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
             .push(spawn_grpc(router, listener, stop_rx.clone(), "peer"));
     }
     for listener in client_listeners {
-        let router = crate::services::client_router(&node).await;
+        let routes = crate::services::client_service(&node, stop_rx.clone()).await;
+        // HTTP/1.1 too: the JSON gateway, /health, /version and /metrics share the port.
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .accept_http1(true)
+            .add_routes(routes);
         handle
             .servers
             .push(spawn_grpc(router, listener, stop_rx.clone(), "client"));

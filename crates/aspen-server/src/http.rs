@@ -1,14 +1,17 @@
-//! The metrics listener: Prometheus text on /metrics, and /health and /version as etcd
-//! serves them.
+//! HTTP endpoints as etcd 3.4 serves them: Prometheus text on /metrics, /health and
+//! /version. The metrics listener serves them alone; the client port serves them beside the
+//! JSON gateway (`gateway.rs`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use aspen_node::Node;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,13 +19,20 @@ use tokio::task::JoinHandle;
 /// The etcd version Aspen reports; current etcd clients accept it.
 pub const ETCD_VERSION: &str = "3.5.0";
 pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+/// How long /health waits for its linearizable read (etcd 3.4's QGET: 1 s).
+pub const HEALTH_READ_TIMEOUT_MS: u64 = 1_000;
 
-pub fn spawn(listener: TcpListener, node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    let app = Router::new()
+/// /metrics, /health and /version over `node`.
+pub fn router(node: Node) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/version", get(version))
-        .with_state(node);
+        .with_state(node)
+}
+
+pub fn spawn(listener: TcpListener, node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    let app = router(node);
     tokio::spawn(async move {
         let signal = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
@@ -36,28 +46,64 @@ pub fn spawn(listener: TcpListener, node: Node, mut stop: watch::Receiver<bool>)
     })
 }
 
-async fn version() -> String {
-    format!("{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{ETCD_CLUSTER_VERSION}\"}}")
+#[derive(Serialize)]
+struct Version {
+    etcdserver: &'static str,
+    etcdcluster: &'static str,
 }
 
-/// Healthy when there is a leader and no alarm, as etcd's /health.
-async fn health(State(node): State<Node>) -> (StatusCode, String) {
-    let has_leader = node.leader_id().is_some();
+async fn version() -> String {
+    let version = Version {
+        etcdserver: ETCD_VERSION,
+        etcdcluster: ETCD_CLUSTER_VERSION,
+    };
+    serde_json::to_string(&version).expect("two strings serialize")
+}
+
+/// Why a member is unhealthy, as etcd 3.4's /health decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// An alarm is active (etcd: any alarm, e.g. NOSPACE).
+    Alarm,
+    /// The member knows no leader.
+    NoLeader,
+    /// A linearizable read did not complete within `HEALTH_READ_TIMEOUT_MS`.
+    ReadFailed,
+}
+
+/// etcd 3.4's health check: no active alarm, a known leader, and a linearizable read that
+/// completes within a second (etcd's QGET through Raft; here a ReadIndex barrier).
+pub async fn check_health(node: &Node) -> Result<(), Unhealthy> {
     let alarms = node.applied_state().map(|s| s.alarms.len()).unwrap_or(0);
-    let (healthy, reason) = match (has_leader, alarms) {
-        (false, _) => (false, "NO_LEADER"),
-        (true, 0) => (true, ""),
-        (true, _) => (false, "ALARM"),
+    if alarms > 0 {
+        return Err(Unhealthy::Alarm);
+    }
+    if node.leader_id().is_none() {
+        return Err(Unhealthy::NoLeader);
+    }
+    let timeout = Duration::from_millis(HEALTH_READ_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, node.read_barrier()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(Unhealthy::ReadFailed),
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    health: &'static str,
+}
+
+/// etcd 3.4's /health: `{"health":"true"}` with 200, or `{"health":"false"}` with 503.
+async fn health(State(node): State<Node>) -> (StatusCode, String) {
+    let (status, health) = match check_health(&node).await {
+        Ok(()) => (StatusCode::OK, "true"),
+        Err(reason) => {
+            tracing::warn!(?reason, "/health reports unhealthy");
+            (StatusCode::SERVICE_UNAVAILABLE, "false")
+        }
     };
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        format!("{{\"health\":\"{healthy}\",\"reason\":\"{reason}\"}}"),
-    )
+    let body = serde_json::to_string(&Health { health }).expect("a string serializes");
+    (status, body)
 }
 
 async fn metrics(State(node): State<Node>) -> String {

@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod restore;
 pub mod services;

@@ -1,6 +1,7 @@
-//! The client-facing gRPC router: every etcd service Aspen serves (KV, Watch, Lease, Cluster,
-//! Maintenance, Auth, and etcd's server-side Lock and Election), plus the standard gRPC health
-//! service.
+//! The client port: every etcd gRPC service Aspen serves (KV, Watch, Lease, Cluster,
+//! Maintenance, Auth, and etcd's server-side Lock and Election), the standard gRPC health
+//! service (following etcd's /health), and over plain HTTP the JSON gateway, /health,
+//! /version and /metrics.
 
 use aspen_api::{AuthService, ClusterService, KvService, MaintenanceService};
 use aspen_node::Node;
@@ -12,6 +13,11 @@ use aspen_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use aspen_proto::etcdserverpb::watch_server::WatchServer;
 use aspen_proto::v3electionpb::election_server::ElectionServer;
 use aspen_proto::v3lockpb::lock_server::LockServer;
+use tokio::sync::watch;
+use tonic::service::Routes;
+
+/// How often the gRPC health service's status is brought in line with `/health`.
+pub const GRPC_HEALTH_CHECK_INTERVAL_MS: u64 = 1_000;
 
 /// gRPC message limit for clients: etcd allows the request limit plus 512 KiB of overhead.
 pub fn client_message_bytes_max(node: &Node) -> usize {
@@ -22,7 +28,9 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
 /// unbounded (math.MaxInt32); we keep the same.
 const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
-pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
+/// The client port's gRPC services. The health service's status (`""` and each etcd
+/// service) follows `http::check_health` until `stop`.
+pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
     let bytes_max = client_message_bytes_max(node);
     let kv = KvServer::new(KvService::new(node.clone()))
         .max_decoding_message_size(bytes_max)
@@ -43,13 +51,11 @@ pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
     let auth = AuthServer::new(AuthService);
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health)
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let status = health_status(node).await;
+    reporter.set_service_status("", status).await;
+    tokio::spawn(follow_health(node.clone(), reporter, stop));
+    Routes::new(health)
         .add_service(kv)
         .add_service(cluster)
         .add_service(maintenance)
@@ -58,4 +64,45 @@ pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
+}
+
+/// Everything the client port answers: gRPC by path, and the HTTP endpoints for the rest.
+pub async fn client_service(node: &Node, stop: watch::Receiver<bool>) -> Routes {
+    let grpc = client_routes(node, stop).await;
+    let http = crate::http::router(node.clone())
+        .merge(crate::gateway::router(
+            grpc.clone(),
+            node.limits().request_bytes_max,
+        ))
+        .fallback(page_not_found);
+    Routes::from(grpc.into_axum_router().fallback_service(http))
+}
+
+/// Go's default 404, as etcd answers a path it does not serve.
+async fn page_not_found() -> (axum::http::StatusCode, &'static str) {
+    (axum::http::StatusCode::NOT_FOUND, "404 page not found\n")
+}
+
+async fn health_status(node: &Node) -> tonic_health::ServingStatus {
+    match crate::http::check_health(node).await {
+        Ok(()) => tonic_health::ServingStatus::Serving,
+        Err(_) => tonic_health::ServingStatus::NotServing,
+    }
+}
+
+/// Keeps the gRPC health service's overall status (`""`) equal to what `/health` answers.
+async fn follow_health(
+    node: Node,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = std::time::Duration::from_millis(GRPC_HEALTH_CHECK_INTERVAL_MS);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let status = health_status(&node).await;
+        reporter.set_service_status("", status).await;
+    }
 }
