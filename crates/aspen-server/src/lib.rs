@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod require_leader;
 pub mod restore;
 pub mod services;
 

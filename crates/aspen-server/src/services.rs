@@ -28,8 +28,8 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
 /// unbounded (math.MaxInt32); we keep the same.
 const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
-/// The client port's gRPC services. The health service's status (`""` and each etcd
-/// service) follows `http::check_health` until `stop`.
+/// The client port's gRPC services, behind the `hasleader` check (`require_leader.rs`). The
+/// health service's overall status follows `http::check_health` until `stop`.
 pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
     let bytes_max = client_message_bytes_max(node);
     let kv = KvServer::new(KvService::new(node.clone()))
@@ -54,8 +54,8 @@ pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
     let (reporter, health) = tonic_health::server::health_reporter();
     let status = health_status(node).await;
     reporter.set_service_status("", status).await;
-    tokio::spawn(follow_health(node.clone(), reporter, stop));
-    Routes::new(health)
+    tokio::spawn(follow_health(node.clone(), reporter, stop.clone()));
+    let routes = Routes::new(health)
         .add_service(kv)
         .add_service(cluster)
         .add_service(maintenance)
@@ -63,7 +63,13 @@ pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
         .add_service(watch)
         .add_service(lease)
         .add_service(lock)
-        .add_service(election)
+        .add_service(election);
+    let monitor = crate::require_leader::LeaderMonitor::spawn(node.clone(), stop);
+    let require_leader = axum::middleware::from_fn_with_state(
+        monitor,
+        crate::require_leader::require_leader,
+    );
+    Routes::from(routes.into_axum_router().layer(require_leader))
 }
 
 /// Everything the client port answers: gRPC by path, and the HTTP endpoints for the rest.
