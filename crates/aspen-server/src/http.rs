@@ -78,7 +78,7 @@ pub async fn check_health(node: &Node) -> Result<(), Unhealthy> {
     if alarms > 0 {
         return Err(Unhealthy::Alarm);
     }
-    if node.leader_id().is_none() {
+    if !node.has_live_leader() {
         return Err(Unhealthy::NoLeader);
     }
     let timeout = Duration::from_millis(HEALTH_READ_TIMEOUT_MS);
@@ -133,7 +133,7 @@ async fn metrics(State(node): State<Node>) -> String {
         &mut out,
         "etcd_server_has_leader",
         "Whether a leader exists.",
-        raft.current_leader.is_some() as u64,
+        node.has_live_leader() as u64,
     );
     gauge(
         &mut out,

@@ -49,7 +49,7 @@ impl LeaderMonitor {
                     _ = tokio::time::sleep(interval) => {}
                     _ = stop.wait_for(|stopped| *stopped) => return,
                 }
-                if monitored.leader_id().is_some() {
+                if monitored.has_live_leader() {
                     leaderless_checks = 0;
                 } else {
                     leaderless_checks = leaderless_checks.saturating_add(1);
@@ -83,7 +83,7 @@ pub async fn require_leader(
     if !required {
         return next.run(request).await;
     }
-    if monitor.node.leader_id().is_none() {
+    if !monitor.node.has_live_leader() {
         return no_leader().into_http::<Body>().into_response();
     }
     let response = next.run(request).await;
