@@ -358,6 +358,11 @@ impl Node {
         let silence_ms_max = self.inner.options.timing.election_timeout_ms * 2;
         if leader == self.id() {
             use openraft::Instant as _;
+            // A sole voter is its own quorum: openraft records no acknowledgement for it.
+            let mut voters = metrics.membership_config.membership().voter_ids();
+            if voters.next() == Some(self.id()) && voters.next().is_none() {
+                return true;
+            }
             return metrics
                 .last_quorum_acked
                 .is_none_or(|acked| acked.elapsed().as_millis() as u64 <= silence_ms_max);
