@@ -187,6 +187,22 @@ run_suite() {
   stream_end lease-keepalive /v3/lease/keepalive '{"ID":"4660"}' "$WORK/k1"
   stream_start /v3/lease/keepalive '{"ID":"99"}' "$WORK/k2" 2
   stream_end lease-keepalive-unknown /v3/lease/keepalive '{"ID":"99"}' "$WORK/k2"
+  # LeaseLeases lists soonest expiry first.
+  req lease-grant-300 POST /v3/lease/grant '{"TTL":300,"ID":"100"}'
+  req lease-grant-100 POST /v3/lease/grant '{"TTL":100,"ID":"200"}'
+  req lease-grant-200 POST /v3/lease/grant '{"TTL":200,"ID":"300"}'
+  req lease-leases-by-expiry POST /v3/lease/leases '{}'
+  for id in 100 200 300; do
+    curl -s --max-time 5 -X POST "$BASE/v3/lease/revoke" --data-binary "{\"ID\":\"$id\"}" >/dev/null
+  done
+  # A lease the server picks the id of: positive, and larger than one granted before it.
+  local first second
+  first=$(curl -s --max-time 5 -X POST "$BASE/v3/lease/grant" --data-binary '{"TTL":60}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["ID"])')
+  second=$(curl -s --max-time 5 -X POST "$BASE/v3/lease/grant" --data-binary '{"TTL":60}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["ID"])')
+  record lease-ids-grow "> two grants: ids positive and growing: $(python3 -c "print(0 < $first < $second < 2**63)")"
+  for id in "$first" "$second"; do
+    curl -s --max-time 5 -X POST "$BASE/v3/lease/revoke" --data-binary "{\"ID\":\"$id\"}" >/dev/null
+  done
   req lease-revoke POST /v3/lease/revoke '{"ID":"4660"}'
   req lease-revoke-again POST /v3/kv/lease/revoke '{"ID":"4660"}'
   req lease-revoked-key POST /v3/kv/range "{\"key\":\"$(b64 leased)\"}"
@@ -207,7 +223,14 @@ run_suite() {
   req proclaim POST /v3/election/proclaim "{\"leader\":$leader,\"value\":\"$(b64 v2)\"}"
   stream_start /v3/election/observe "{\"name\":\"$el\"}" "$WORK/o1" 2
   stream_end election-observe /v3/election/observe "{\"name\":\"el\"}" "$WORK/o1"
-  req resign POST /v3/election/resign "{\"leader\":$leader}"
+  # Lease 0: etcd's session grants a 60 s lease, which the proclaimed value is put with.
+  local leader0=${leader/\"lease\":\"48879\"/\"lease\":\"0\"}
+  req proclaim-lease-zero POST /v3/election/proclaim "{\"leader\":$leader0,\"value\":\"$(b64 v3)\"}"
+  req election-leader-lease-zero POST /v3/election/leader "{\"name\":\"$el\"}"
+  req resign-lease-zero POST /v3/election/resign "{\"leader\":$leader0}"
+  req leases-after-lease-zero POST /v3/lease/leases '{}'
+  req election-after-resign POST /v3/election/leader "{\"name\":\"$el\"}"
+  req resign-again POST /v3/election/resign "{\"leader\":$leader}"
   req proclaim-not-leader POST /v3/election/proclaim "{\"leader\":$leader,\"value\":\"$(b64 v3)\"}"
   req proclaim-missing-leader POST /v3/election/proclaim '{}'
 
@@ -245,11 +268,16 @@ directory = sys.argv[1]
 MASKED = {"cluster_id", "member_id", "raft_term", "raftTerm", "raftIndex", "raftAppliedIndex",
           "dbSize", "dbSizeInUse", "leader", "version_server", "hash", "etcdserver", "etcdcluster"}
 
+# Lease ids the script chooses; any other is one the server granted (by a lease-0 session).
+CHOSEN_LEASES = {"1", "7", "99", "100", "200", "300", "4660", "43981", "48879"}
+
 def walk(value, parent=None):
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if k in MASKED and not isinstance(v, (dict, list)):
+            if k in ("ID", "lease") and parent != "member" and isinstance(v, str) and v not in CHOSEN_LEASES:
+                out[k] = "<GRANTED>"
+            elif k in MASKED and not isinstance(v, (dict, list)):
                 out[k] = "<MASKED>"
             elif k == "version" and parent == "status":
                 out[k] = "<VERSION>"

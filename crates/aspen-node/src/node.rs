@@ -182,7 +182,7 @@ impl Node {
         let hub = WatchHub::new(reader.clone(), HubOptions::default())?;
         state_machine_handle.set_event_sink(hub.event_sink());
         hub.spawn_sync_task();
-        let lessor = Lessor::new(options.timing.election_timeout_ms);
+        let lessor = Lessor::new(options.id, options.timing.election_timeout_ms);
         let config = options
             .timing
             .to_openraft(&options.cluster_name)
