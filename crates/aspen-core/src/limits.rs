@@ -179,3 +179,22 @@ const _: () = assert!(LEASE_TTL_SECONDS_MIN == 2);
 const _: () = assert!(WATCHERS_PER_STREAM_MAX <= WATCHERS_MAX);
 const _: () = assert!(WATCH_SYNC_BATCH_EVENTS_MAX > 0 && WATCH_STREAM_QUEUE_MESSAGES_MAX > 1);
 const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);
+
+/// HTTP/2 streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS
+/// on the client and metrics ports). etcd's clients multiplex everything over one connection
+/// per endpoint, so this bounds a connection's in-flight requests, not the number of clients;
+/// a client at the limit queues further calls itself. Each stream holds at most one request.
+pub const HTTP2_CLIENT_STREAMS_CONCURRENT_MAX: u32 = 4096;
+/// The same for a peer connection: replication streams, forwarded requests, snapshot chunks.
+pub const HTTP2_PEER_STREAMS_CONCURRENT_MAX: u32 = 1024;
+/// Flow-control window of one HTTP/2 stream, what a client may send before we read: one
+/// largest request (1.5 MiB by default) arrives without waiting for a window update.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+/// Flow-control window of a whole HTTP/2 connection: a few largest requests at once.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// Largest HTTP/2 frame payload we accept. 64 KiB instead of the protocol's 16 KiB floor:
+/// a large put arrives in a quarter of the frames.
+pub const HTTP2_FRAME_BYTES_MAX: u32 = 64 * 1024;
+/// After a failed accept (typically out of file descriptors), the pause before the next try,
+/// so that the accept loop does not spin.
+pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use aspen_core::NodeInfo;
 use aspen_node::{ForwardRequest, Node, NodeError, NodeOptions, RaftTiming};
-use aspen_proto::peer::raft_peer_server::RaftPeerServer;
-use aspen_raft::{PeerClients, PeerNetworkFactory, PeerService};
+use aspen_raft::{PeerClients, PeerNetworkFactory};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{ClusterBootstrapConfig, ClusterState};
+use crate::serve::{self, Http2Settings, Protocols};
 
 /// How long in-flight requests get to finish after a stop signal.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -89,33 +89,38 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     };
     let message_bytes_max =
         aspen_raft::wire::peer_message_bytes_max(config.limits.request_bytes_max);
+    let peer_router = crate::services::peer_router(&node, message_bytes_max);
     for listener in peer_listeners {
-        let service =
-            RaftPeerServer::new(PeerService::new(node.clone(), node.state_machine().clone()))
-                .max_decoding_message_size(message_bytes_max)
-                .max_encoding_message_size(message_bytes_max);
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(service);
-        handle
-            .servers
-            .push(spawn_grpc(router, listener, stop_rx.clone(), "peer"));
+        handle.servers.push(serve::spawn(
+            listener,
+            peer_router.clone(),
+            Protocols::Http2Only,
+            Http2Settings::PEER,
+            stop_rx.clone(),
+            "peer",
+        ));
     }
+    let client_router = crate::services::client_router(&node, stop_rx.clone()).await;
     for listener in client_listeners {
-        let routes = crate::services::client_service(&node, stop_rx.clone()).await;
-        // HTTP/1.1 too: the JSON gateway, /health, /version and /metrics share the port.
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .accept_http1(true)
-            .add_routes(routes);
-        handle
-            .servers
-            .push(spawn_grpc(router, listener, stop_rx.clone(), "client"));
+        handle.servers.push(serve::spawn(
+            listener,
+            client_router.clone(),
+            Protocols::Http1AndHttp2,
+            Http2Settings::CLIENT,
+            stop_rx.clone(),
+            "client",
+        ));
     }
+    let metrics_router = crate::http::router(node.clone());
     for listener in metrics_listeners {
-        handle
-            .servers
-            .push(crate::http::spawn(listener, node.clone(), stop_rx.clone()));
+        handle.servers.push(serve::spawn(
+            listener,
+            metrics_router.clone(),
+            Protocols::Http1AndHttp2,
+            Http2Settings::CLIENT,
+            stop_rx.clone(),
+            "metrics",
+        ));
     }
 
     if config.initial_cluster_state == ClusterState::New {
@@ -172,24 +177,6 @@ fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect()
-}
-
-fn spawn_grpc(
-    router: tonic::transport::server::Router,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    what: &'static str,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let signal = async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        };
-        if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
-            tracing::error!(%error, what, "gRPC server failed");
-        }
-    })
 }
 
 /// A member that joins an existing cluster takes the founders' cluster id from the leader,

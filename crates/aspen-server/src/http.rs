@@ -12,9 +12,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// The etcd version Aspen reports; current etcd clients accept it.
 pub const ETCD_VERSION: &str = "3.5.0";
@@ -22,28 +19,14 @@ pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 /// How long /health waits for its linearizable read (etcd 3.4's QGET: 1 s).
 pub const HEALTH_READ_TIMEOUT_MS: u64 = 1_000;
 
-/// /metrics, /health and /version over `node`.
+/// `/metrics`, `/health` and `/version`: the metrics port serves this router alone, the client
+/// port serves it beside gRPC.
 pub fn router(node: Node) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/version", get(version))
         .with_state(node)
-}
-
-pub fn spawn(listener: TcpListener, node: Node, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    let app = router(node);
-    tokio::spawn(async move {
-        let signal = async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        };
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-        {
-            tracing::error!(%error, "metrics listener failed");
-        }
-    })
 }
 
 #[derive(Serialize)]

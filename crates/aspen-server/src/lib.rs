@@ -1,5 +1,5 @@
-//! The `aspen` server: start-up configuration, bootstrapping a member, the client gRPC
-//! services and the metrics listener. The binary in `main.rs` only parses and runs.
+//! The `aspen` server: start-up configuration, bootstrapping a member, the client port's router
+//! (gRPC and plain HTTP), the peer and metrics routers, and serving listeners (`serve.rs`). The binary in `main.rs` only parses and runs.
 
 pub mod bootstrap;
 pub mod config;
@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod http;
 pub mod require_leader;
 pub mod restore;
+pub mod serve;
 pub mod services;
 
 pub use bootstrap::{NodeHandle, bootstrap_node};

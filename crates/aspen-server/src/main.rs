@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use aspen_server::config::{self, ClusterBootstrapConfig, ConfigErrors};
 
+/// mimalloc instead of glibc malloc: a put allocates in tonic, h2, prost and the storage layer on
+/// several threads, and glibc's arena locks and free-list work took about 13 % of the server's
+/// CPU under put load (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let mut args = config::process_args();
     if args.get(1).map(String::as_str) == Some("snapshot") {

@@ -1,7 +1,8 @@
-//! The client port: every etcd gRPC service Aspen serves (KV, Watch, Lease, Cluster,
+//! The client port's router: every etcd gRPC service Aspen serves (KV, Watch, Lease, Cluster,
 //! Maintenance, Auth, and etcd's server-side Lock and Election), the standard gRPC health
-//! service (following etcd's /health), and over plain HTTP the JSON gateway, /health,
-//! /version and /metrics.
+//! service (following etcd's /health), and plain HTTP beside them: etcd's JSON gateway
+//! (`/v3/...`), `/health`, `/version` and `/metrics`, as etcd's client port serves them.
+//! `serve.rs` serves it. Also the peer port's router.
 
 use aspen_api::{AuthService, ClusterService, KvService, MaintenanceService};
 use aspen_node::Node;
@@ -11,8 +12,10 @@ use aspen_proto::etcdserverpb::kv_server::KvServer;
 use aspen_proto::etcdserverpb::lease_server::LeaseServer;
 use aspen_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use aspen_proto::etcdserverpb::watch_server::WatchServer;
+use aspen_proto::peer::raft_peer_server::RaftPeerServer;
 use aspen_proto::v3electionpb::election_server::ElectionServer;
 use aspen_proto::v3lockpb::lock_server::LockServer;
+use aspen_raft::PeerService;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -72,21 +75,27 @@ pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
     Routes::from(routes.into_axum_router().layer(require_leader))
 }
 
-/// Everything the client port answers: gRPC by path, and the HTTP endpoints for the rest.
-pub async fn client_service(node: &Node, stop: watch::Receiver<bool>) -> Routes {
+/// Everything the client port answers: gRPC by path, the JSON gateway (which calls the same
+/// gRPC routes in process), and `/health`, `/version`, `/metrics`.
+pub async fn client_router(node: &Node, stop: watch::Receiver<bool>) -> axum::Router {
     let grpc = client_routes(node, stop).await;
-    let http = crate::http::router(node.clone())
-        .merge(crate::gateway::router(
-            grpc.clone(),
-            node.limits().request_bytes_max,
-        ))
-        .fallback(page_not_found);
-    Routes::from(grpc.into_axum_router().fallback_service(http))
+    let gateway = crate::gateway::router(grpc.clone(), node.limits().request_bytes_max);
+    grpc.into_axum_router()
+        .merge(crate::http::router(node.clone()))
+        .merge(gateway)
+        .fallback(crate::serve::not_found)
+        .with_state(())
 }
 
-/// Go's default 404, as etcd answers a path it does not serve.
-async fn page_not_found() -> (axum::http::StatusCode, &'static str) {
-    (axum::http::StatusCode::NOT_FOUND, "404 page not found\n")
+/// The peer port's router: Aspen's Raft peer service only.
+pub fn peer_router(node: &Node, message_bytes_max: usize) -> axum::Router {
+    let service = RaftPeerServer::new(PeerService::new(node.clone(), node.state_machine().clone()))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+    tonic::service::Routes::new(service)
+        .into_axum_router()
+        .fallback(crate::serve::not_found)
+        .with_state(())
 }
 
 async fn health_status(node: &Node) -> tonic_health::ServingStatus {

@@ -1,0 +1,164 @@
+//! Serving one listener: Aspen's own accept loop over hyper's connection builders, with the
+//! client, peer and metrics routers inside.
+//!
+//! Before this module the gRPC listeners ran through `tonic::transport::Server`; serving hyper
+//! directly lets us choose every HTTP/2 setting (no `date` header on every response, bounded
+//! concurrent streams, window and frame sizes; values in `aspen_core::limits`), put gRPC and
+//! plain HTTP (`/health`, `/version`, `/metrics`, later etcd's JSON gateway) on one port as
+//! etcd does, and gives the TLS handshake one place to go ([`Protocols`] says what a listener
+//! speaks).
+//!
+//! Per connection: accept, `TCP_NODELAY`, then hyper's HTTP/2 server (or, where HTTP/1.1 is
+//! allowed too, hyper-util's auto-detecting builder) with an `axum::Router` as the service.
+//! A stop signal stops the accept loop at once (the port closes), asks every connection to
+//! finish gracefully (HTTP/2 GOAWAY: in-flight requests complete, no new ones start), and waits
+//! until all have closed; the caller bounds that wait.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use aspen_core::limits;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// gRPC only (the peer port): HTTP/2 with prior knowledge.
+    Http2Only,
+    /// gRPC and plain HTTP on one port (the client and metrics ports): HTTP/2 and HTTP/1.1,
+    /// told apart by the connection preface, as etcd serves its client port.
+    Http1AndHttp2,
+}
+
+/// HTTP/2 settings for one kind of listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Settings {
+    pub streams_concurrent_max: u32,
+}
+
+impl Http2Settings {
+    pub const CLIENT: Http2Settings = Http2Settings {
+        streams_concurrent_max: limits::HTTP2_CLIENT_STREAMS_CONCURRENT_MAX,
+    };
+    pub const PEER: Http2Settings = Http2Settings {
+        streams_concurrent_max: limits::HTTP2_PEER_STREAMS_CONCURRENT_MAX,
+    };
+}
+
+/// Serves `listener` with `app` until `stop` turns true, then drains its connections.
+pub fn spawn(
+    listener: TcpListener,
+    app: Router,
+    protocols: Protocols,
+    settings: Http2Settings,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()> {
+    let builder = connection_builder(protocols, settings);
+    tokio::spawn(async move {
+        // Every connection task holds a receiver: once the sender is closed, all have ended.
+        let (drain, draining) = watch::channel(false);
+        loop {
+            let accepted = tokio::select! {
+                () = wait_until_true(&mut stop) => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _peer)) => {
+                    spawn_connection(stream, app.clone(), builder.clone(), draining.clone())
+                }
+                Err(error) => {
+                    tracing::warn!(%error, what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(limits::ACCEPT_ERROR_PAUSE_MS)).await;
+                }
+            }
+        }
+        drop(listener);
+        let _ = drain.send(true);
+        drop(draining);
+        drain.closed().await;
+    })
+}
+
+fn connection_builder(
+    protocols: Protocols,
+    settings: Http2Settings,
+) -> auto::Builder<TokioExecutor> {
+    assert!(settings.streams_concurrent_max > 0);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if protocols == Protocols::Http2Only {
+        builder = builder.http2_only();
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // The `date` header costs a formatted timestamp and its HPACK encoding on every
+        // response; gRPC clients ignore it and etcd's gRPC responses carry none.
+        .auto_date_header(false)
+        .max_concurrent_streams(settings.streams_concurrent_max)
+        .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(limits::HTTP2_FRAME_BYTES_MAX);
+    // hyper enforces its HTTP/1 header read timeout only with a timer.
+    builder.http1().timer(TokioTimer::new());
+    builder
+}
+
+fn spawn_connection(
+    stream: TcpStream,
+    app: Router,
+    builder: auto::Builder<TokioExecutor>,
+    mut draining: watch::Receiver<bool>,
+) {
+    // Small responses must leave at once, not wait out Nagle's algorithm.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    tokio::spawn(async move {
+        let service = TowerToHyperService::new(app);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = wait_until_true(&mut draining) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    });
+}
+
+/// Returns once `flag` is true, or its sender is gone (which also means: stop).
+async fn wait_until_true(flag: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await: it is not `Send`.
+    let _ = flag.wait_for(|value| *value).await.map(|_| ());
+}
+
+/// A router's answer for a path nobody serves: gRPC's Unimplemented for a gRPC request (what
+/// tonic answers), 404 for plain HTTP (what etcd's client port answers).
+pub async fn not_found(request: Request<Body>) -> Result<Response<Body>, Infallible> {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    let response = if grpc {
+        tonic::Status::unimplemented("").into_http()
+    } else {
+        let mut response = Response::new(Body::from("404 page not found\n"));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        response
+    };
+    Ok(response)
+}
