@@ -106,7 +106,7 @@ async fn a_cut_off_follower_ends_watches_that_require_a_leader() {
     let follower = all.into_iter().find(|&i| i != leader).unwrap();
     let others: Vec<usize> = all.into_iter().filter(|&i| i != follower).collect();
     let port = cluster.members[follower].client_port;
-    cluster.put(leader, "watched", "v1").await;
+    cluster.put(leader, "warmup", "v1").await;
 
     // With a leader: everything answers.
     let mut required = open_watch(&cluster, follower, true).await;
