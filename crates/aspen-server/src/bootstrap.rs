@@ -148,6 +148,13 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
             .servers
             .push(spawn_adopt_cluster_id(node.clone(), stop_rx.clone()));
     }
+    if let Some(policy) = config.auto_compaction {
+        handle.servers.push(crate::auto_compaction::spawn(
+            node.clone(),
+            policy,
+            stop_rx.clone(),
+        ));
+    }
     handle
         .servers
         .push(spawn_self_publish(node.clone(), info, stop_rx));

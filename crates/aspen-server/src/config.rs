@@ -122,6 +122,8 @@ pub struct ClusterBootstrapConfig {
     pub limits: Limits,
     /// Empty: no separate listener for /metrics, /health and /version.
     pub listen_metrics_addrs: Vec<SocketAddr>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`: off.
+    pub auto_compaction: Option<crate::auto_compaction::AutoCompaction>,
     pub log_level: LogLevel,
     /// The file read, if any; kept so the operator can be told where settings came from.
     pub config_file: Option<PathBuf>,
@@ -250,6 +252,15 @@ struct RawConfig {
     /// "redb" (a file under --data-dir) or "memory" (lost on exit; for tests) [default: redb]
     #[arg(long, env = "ASPEN_STORAGE_BACKEND", value_name = "BACKEND")]
     storage_backend: Option<String>,
+    /// "periodic" (keep --auto-compaction-retention of time) or "revision" (keep that many revisions) [default: periodic]
+    #[arg(long, env = "ASPEN_AUTO_COMPACTION_MODE", value_name = "MODE")]
+    auto_compaction_mode: Option<String>,
+    /// History kept by auto-compaction: hours or a duration ("30m", "1h30m") in periodic mode, revisions in revision mode; 0 turns it off [default: 0]
+    #[arg(long, env = "ASPEN_AUTO_COMPACTION_RETENTION", value_name = "RETENTION")]
+    auto_compaction_retention: Option<String>,
+    /// How often revision-mode auto-compaction checks, a duration [default: 5m, as etcd]
+    #[arg(long, env = "ASPEN_EXPERIMENTAL_AUTO_COMPACTION_INTERVAL", value_name = "DURATION")]
+    experimental_auto_compaction_interval: Option<String>,
     /// TOML file of settings, keys named as the flags [default: none]
     #[arg(long, env = "ASPEN_CONFIG_FILE", value_name = "PATH")]
     #[serde(skip)]
@@ -280,6 +291,13 @@ impl RawConfig {
             listen_metrics_urls: higher.listen_metrics_urls.or(self.listen_metrics_urls),
             log_level: higher.log_level.or(self.log_level),
             storage_backend: higher.storage_backend.or(self.storage_backend),
+            auto_compaction_mode: higher.auto_compaction_mode.or(self.auto_compaction_mode),
+            auto_compaction_retention: higher
+                .auto_compaction_retention
+                .or(self.auto_compaction_retention),
+            experimental_auto_compaction_interval: higher
+                .experimental_auto_compaction_interval
+                .or(self.experimental_auto_compaction_interval),
             config_file: higher.config_file.or(self.config_file),
         }
     }
@@ -389,6 +407,18 @@ impl ClusterBootstrapConfig {
             ("log-level", self.log_level.as_str().to_string()),
             ("storage-backend", storage.to_string()),
         ];
+        let auto_compaction = self.auto_compaction.map(|policy| policy.to_flags());
+        let auto_compaction = auto_compaction.iter().flat_map(|(mode, retention, interval)| {
+            let mut flags = vec![
+                ("auto-compaction-mode", mode.to_string()),
+                ("auto-compaction-retention", retention.clone()),
+            ];
+            if let Some(interval) = interval {
+                flags.push(("experimental-auto-compaction-interval", interval.clone()));
+            }
+            flags
+        });
+        let strings = strings.into_iter().chain(auto_compaction);
         let numbers = [
             ("heartbeat-interval", self.heartbeat_interval_ms),
             ("election-timeout", self.election_timeout_ms),
@@ -675,6 +705,15 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
     let storage_backend =
         parse_storage_backend(raw.storage_backend.as_deref(), &data_dir, &mut problems);
     let log_level = parse_log_level(raw.log_level.as_deref(), &mut problems);
+    let auto_compaction = crate::auto_compaction::AutoCompaction::parse(
+        raw.auto_compaction_mode.as_deref(),
+        raw.auto_compaction_retention.as_deref(),
+        raw.experimental_auto_compaction_interval.as_deref(),
+    )
+    .unwrap_or_else(|problem| {
+        problems.push(problem);
+        None
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -694,6 +733,7 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         snapshot_count,
         limits,
         listen_metrics_addrs: urls.listen_metrics,
+        auto_compaction,
         log_level,
         config_file: None,
         warnings: Vec::new(),

@@ -246,6 +246,18 @@ async fn metrics(State(node): State<Node>) -> String {
             .latency
             .render("aspen_client_request_duration_seconds", &labels, &mut out);
     }
+    counter(
+        &mut out,
+        "aspen_auto_compactions_total",
+        "Auto-compactions (--auto-compaction-mode) this member proposed as the leader and saw done.",
+        m.auto_compactions.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "aspen_auto_compaction_revision",
+        "The highest revision this member auto-compacted at (0: none yet).",
+        m.auto_compaction_revision.load(Ordering::Relaxed),
+    );
     render_read_index(m, &mut out);
     render_put_stages(m, &mut out);
     out

@@ -189,6 +189,8 @@ pub struct Cluster {
     pub members: Vec<MemberSpec>,
     processes: Vec<Option<Process>>,
     starts: u32,
+    /// Flags every member gets after the harness's own.
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -210,6 +212,7 @@ impl Cluster {
             members: Vec::new(),
             processes: Vec::new(),
             starts: 0,
+            extra_args: Vec::new(),
         };
         for _ in 0..size {
             cluster.plan_member(snapshot_count);
@@ -278,6 +281,7 @@ impl Cluster {
             args.push("--snapshot-count".into());
             args.push(count.to_string());
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 
