@@ -206,9 +206,7 @@ impl Maintenance for MaintenanceService {
         }
         let before = self.node.applied_state().map_err(from_node)?;
         let alarms = match (action, wanted) {
-            (pb::alarm_request::AlarmAction::Get, _) => {
-                alarms_matching(&before.alarms, wanted)
-            }
+            (pb::alarm_request::AlarmAction::Get, _) => alarms_matching(&before.alarms, wanted),
             // As etcd: NONE names no alarm to raise or clear.
             (_, None) => Vec::new(),
             (pb::alarm_request::AlarmAction::Activate, Some(alarm)) => {
@@ -230,8 +228,7 @@ impl Maintenance for MaintenanceService {
                     .map_err(from_node)?
                     .alarms
                     .contains(&(request.member_id, alarm));
-                self
-                    .propose_alarm(AlarmAction::Deactivate, request.member_id, alarm)
+                self.propose_alarm(AlarmAction::Deactivate, request.member_id, alarm)
                     .await?;
                 let cleared = was_raised.then(|| alarm_member(request.member_id, alarm));
                 cleared.into_iter().collect()

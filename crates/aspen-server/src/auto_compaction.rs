@@ -164,7 +164,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Runs `policy` on `node` until `stop`.
-pub fn spawn(node: Node, policy: AutoCompaction, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(
+    node: Node,
+    policy: AutoCompaction,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         tracing::info!(?policy, "auto-compaction enabled");
         tokio::select! {

@@ -256,10 +256,18 @@ struct RawConfig {
     #[arg(long, env = "ASPEN_AUTO_COMPACTION_MODE", value_name = "MODE")]
     auto_compaction_mode: Option<String>,
     /// History kept by auto-compaction: hours or a duration ("30m", "1h30m") in periodic mode, revisions in revision mode; 0 turns it off [default: 0]
-    #[arg(long, env = "ASPEN_AUTO_COMPACTION_RETENTION", value_name = "RETENTION")]
+    #[arg(
+        long,
+        env = "ASPEN_AUTO_COMPACTION_RETENTION",
+        value_name = "RETENTION"
+    )]
     auto_compaction_retention: Option<String>,
     /// How often revision-mode auto-compaction checks, a duration [default: 5m, as etcd]
-    #[arg(long, env = "ASPEN_EXPERIMENTAL_AUTO_COMPACTION_INTERVAL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ASPEN_EXPERIMENTAL_AUTO_COMPACTION_INTERVAL",
+        value_name = "DURATION"
+    )]
     experimental_auto_compaction_interval: Option<String>,
     /// TOML file of settings, keys named as the flags [default: none]
     #[arg(long, env = "ASPEN_CONFIG_FILE", value_name = "PATH")]
@@ -408,16 +416,18 @@ impl ClusterBootstrapConfig {
             ("storage-backend", storage.to_string()),
         ];
         let auto_compaction = self.auto_compaction.map(|policy| policy.to_flags());
-        let auto_compaction = auto_compaction.iter().flat_map(|(mode, retention, interval)| {
-            let mut flags = vec![
-                ("auto-compaction-mode", mode.to_string()),
-                ("auto-compaction-retention", retention.clone()),
-            ];
-            if let Some(interval) = interval {
-                flags.push(("experimental-auto-compaction-interval", interval.clone()));
-            }
-            flags
-        });
+        let auto_compaction = auto_compaction
+            .iter()
+            .flat_map(|(mode, retention, interval)| {
+                let mut flags = vec![
+                    ("auto-compaction-mode", mode.to_string()),
+                    ("auto-compaction-retention", retention.clone()),
+                ];
+                if let Some(interval) = interval {
+                    flags.push(("experimental-auto-compaction-interval", interval.clone()));
+                }
+                flags
+            });
         let strings = strings.into_iter().chain(auto_compaction);
         let numbers = [
             ("heartbeat-interval", self.heartbeat_interval_ms),

@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use prost::bytes::{Buf, BufMut, BytesMut};
 use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions,
+    DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, SerializeOptions,
 };
 use serde::{Serialize, Serializer};
 use tokio::sync::mpsc;
@@ -56,19 +56,43 @@ const BINDINGS: &[(&str, &str, &str)] = &[
     ("kv/lease/revoke", "etcdserverpb.Lease", "LeaseRevoke"),
     ("lease/keepalive", "etcdserverpb.Lease", "LeaseKeepAlive"),
     ("lease/timetolive", "etcdserverpb.Lease", "LeaseTimeToLive"),
-    ("kv/lease/timetolive", "etcdserverpb.Lease", "LeaseTimeToLive"),
+    (
+        "kv/lease/timetolive",
+        "etcdserverpb.Lease",
+        "LeaseTimeToLive",
+    ),
     ("lease/leases", "etcdserverpb.Lease", "LeaseLeases"),
     ("kv/lease/leases", "etcdserverpb.Lease", "LeaseLeases"),
     ("cluster/member/add", "etcdserverpb.Cluster", "MemberAdd"),
-    ("cluster/member/remove", "etcdserverpb.Cluster", "MemberRemove"),
-    ("cluster/member/update", "etcdserverpb.Cluster", "MemberUpdate"),
+    (
+        "cluster/member/remove",
+        "etcdserverpb.Cluster",
+        "MemberRemove",
+    ),
+    (
+        "cluster/member/update",
+        "etcdserverpb.Cluster",
+        "MemberUpdate",
+    ),
     ("cluster/member/list", "etcdserverpb.Cluster", "MemberList"),
-    ("cluster/member/promote", "etcdserverpb.Cluster", "MemberPromote"),
+    (
+        "cluster/member/promote",
+        "etcdserverpb.Cluster",
+        "MemberPromote",
+    ),
     ("maintenance/alarm", "etcdserverpb.Maintenance", "Alarm"),
     ("maintenance/status", "etcdserverpb.Maintenance", "Status"),
-    ("maintenance/defragment", "etcdserverpb.Maintenance", "Defragment"),
+    (
+        "maintenance/defragment",
+        "etcdserverpb.Maintenance",
+        "Defragment",
+    ),
     ("maintenance/hash", "etcdserverpb.Maintenance", "Hash"),
-    ("maintenance/snapshot", "etcdserverpb.Maintenance", "Snapshot"),
+    (
+        "maintenance/snapshot",
+        "etcdserverpb.Maintenance",
+        "Snapshot",
+    ),
     (
         "maintenance/transfer-leadership",
         "etcdserverpb.Maintenance",
@@ -81,15 +105,27 @@ const BINDINGS: &[(&str, &str, &str)] = &[
     ("auth/user/get", "etcdserverpb.Auth", "UserGet"),
     ("auth/user/list", "etcdserverpb.Auth", "UserList"),
     ("auth/user/delete", "etcdserverpb.Auth", "UserDelete"),
-    ("auth/user/changepw", "etcdserverpb.Auth", "UserChangePassword"),
+    (
+        "auth/user/changepw",
+        "etcdserverpb.Auth",
+        "UserChangePassword",
+    ),
     ("auth/user/grant", "etcdserverpb.Auth", "UserGrantRole"),
     ("auth/user/revoke", "etcdserverpb.Auth", "UserRevokeRole"),
     ("auth/role/add", "etcdserverpb.Auth", "RoleAdd"),
     ("auth/role/get", "etcdserverpb.Auth", "RoleGet"),
     ("auth/role/list", "etcdserverpb.Auth", "RoleList"),
     ("auth/role/delete", "etcdserverpb.Auth", "RoleDelete"),
-    ("auth/role/grant", "etcdserverpb.Auth", "RoleGrantPermission"),
-    ("auth/role/revoke", "etcdserverpb.Auth", "RoleRevokePermission"),
+    (
+        "auth/role/grant",
+        "etcdserverpb.Auth",
+        "RoleGrantPermission",
+    ),
+    (
+        "auth/role/revoke",
+        "etcdserverpb.Auth",
+        "RoleRevokePermission",
+    ),
     ("lock/lock", "v3lockpb.Lock", "Lock"),
     ("lock/unlock", "v3lockpb.Lock", "Unlock"),
     ("election/campaign", "v3electionpb.Election", "Campaign"),
@@ -325,10 +361,46 @@ fn json_error_text(error: &serde_json::Error) -> String {
     }
 }
 
-fn decode_json(input: &MessageDescriptor, value: serde_json::Value) -> Result<DynamicMessage, String> {
-    let options = DeserializeOptions::new().deny_unknown_fields(false);
+/// jsonpb's decoding: unknown fields are ignored, unknown enum names are errors. prost-reflect
+/// does both or neither, so unknown fields are dropped first and the rest decoded strictly.
+fn decode_json(
+    input: &MessageDescriptor,
+    mut value: serde_json::Value,
+) -> Result<DynamicMessage, String> {
+    drop_unknown_fields(input, &mut value);
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
     DynamicMessage::deserialize_with_options(input.clone(), value, &options)
         .map_err(|error| error.to_string())
+}
+
+/// Removes the keys of `value` (and of the messages inside it) that name no field of `desc`
+/// by its proto or JSON name.
+fn drop_unknown_fields(desc: &MessageDescriptor, value: &mut serde_json::Value) {
+    let serde_json::Value::Object(object) = value else {
+        return;
+    };
+    let field = |key: &str| {
+        desc.get_field_by_json_name(key)
+            .or_else(|| desc.get_field_by_name(key))
+    };
+    object.retain(|key, _| field(key).is_some());
+    for (key, inner) in object.iter_mut() {
+        let Some(field) = field(key) else { continue };
+        let Kind::Message(message) = field.kind() else {
+            continue;
+        };
+        if field.is_map() {
+            continue;
+        }
+        match inner {
+            serde_json::Value::Array(items) if field.is_list() => {
+                for item in items {
+                    drop_unknown_fields(&message, item);
+                }
+            }
+            _ => drop_unknown_fields(&message, inner),
+        }
+    }
 }
 
 /// One length-prefixed, uncompressed gRPC message.
@@ -419,7 +491,8 @@ impl GrpcReader {
                 None => {
                     self.ended = true;
                     if self.status.is_none() {
-                        self.status = Some(Status::internal("the gRPC call ended without a status"));
+                        self.status =
+                            Some(Status::internal("the gRPC call ended without a status"));
                     }
                 }
             }
@@ -677,7 +750,9 @@ mod tests {
             more: false,
         };
         let bytes = Bytes::from(prost::Message::encode_to_vec(&response));
-        let output = pool().get_message_by_name("etcdserverpb.RangeResponse").unwrap();
+        let output = pool()
+            .get_message_by_name("etcdserverpb.RangeResponse")
+            .unwrap();
         let message = decode_output(&output, bytes).unwrap();
         let json = String::from_utf8(to_json(&JsonMessage(&message))).unwrap();
         assert_eq!(
@@ -694,7 +769,9 @@ mod tests {
     #[test]
     fn requests_take_either_field_name_and_integers_as_strings_or_numbers() {
         use aspen_proto::etcdserverpb as pb;
-        let input = pool().get_message_by_name("etcdserverpb.RangeRequest").unwrap();
+        let input = pool()
+            .get_message_by_name("etcdserverpb.RangeRequest")
+            .unwrap();
         let value = serde_json::json!({
             "key": "Zm9v", "range_end": "Zm9w", "limit": 5, "revision": "7",
             "countOnly": true, "sort_order": "DESCEND", "sortTarget": 1, "unknown": [1]
@@ -706,8 +783,29 @@ mod tests {
         assert_eq!(decoded.range_end, b"fop");
         assert_eq!((decoded.limit, decoded.revision), (5, 7));
         assert!(decoded.count_only);
-        assert_eq!(decoded.sort_order, pb::range_request::SortOrder::Descend as i32);
-        assert_eq!(decoded.sort_target, pb::range_request::SortTarget::Version as i32);
+        assert_eq!(
+            decoded.sort_order,
+            pb::range_request::SortOrder::Descend as i32
+        );
+        assert_eq!(
+            decoded.sort_target,
+            pb::range_request::SortTarget::Version as i32
+        );
         assert!(decode_json(&input, serde_json::json!({"limit": "x"})).is_err());
+        let bogus = decode_json(&input, serde_json::json!({"sort_order": "BOGUS"}));
+        assert!(
+            bogus.is_err(),
+            "unknown enum names are errors, as in jsonpb"
+        );
+        let txn = pool()
+            .get_message_by_name("etcdserverpb.TxnRequest")
+            .unwrap();
+        let nested = serde_json::json!({
+            "success": [{"request_put": {"key": "Zm9v", "nope": 1}, "extra": true}]
+        });
+        let message = decode_json(&txn, nested).expect("unknown nested fields are dropped");
+        let decoded: pb::TxnRequest =
+            prost::Message::decode(prost::Message::encode_to_vec(&message).as_slice()).unwrap();
+        assert_eq!(decoded.success.len(), 1);
     }
 }

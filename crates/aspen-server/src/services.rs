@@ -68,10 +68,8 @@ pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
         .add_service(lock)
         .add_service(election);
     let monitor = crate::require_leader::LeaderMonitor::spawn(node.clone(), stop);
-    let require_leader = axum::middleware::from_fn_with_state(
-        monitor,
-        crate::require_leader::require_leader,
-    );
+    let require_leader =
+        axum::middleware::from_fn_with_state(monitor, crate::require_leader::require_leader);
     Routes::from(routes.into_axum_router().layer(require_leader))
 }
 

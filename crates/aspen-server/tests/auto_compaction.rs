@@ -69,10 +69,13 @@ async fn revision_mode_keeps_the_last_n_revisions_on_every_member() {
     assert_eq!(compacted_at, kept_from as u64);
     for index in all {
         // Through Raft: every member compacted at the same revision.
-        poll(&format!("member {index} to apply the compaction"), || async {
-            let below = read_at(&cluster, index, "k", kept_from - 1).await;
-            (below == Err(COMPACTED.to_string())).then_some(())
-        })
+        poll(
+            &format!("member {index} to apply the compaction"),
+            || async {
+                let below = read_at(&cluster, index, "k", kept_from - 1).await;
+                (below == Err(COMPACTED.to_string())).then_some(())
+            },
+        )
         .await;
         read_at(&cluster, index, "k", kept_from)
             .await
@@ -115,15 +118,22 @@ async fn periodic_mode_keeps_the_last_period() {
         read_at(&cluster, 0, "p", last - 1).await,
         Err(COMPACTED.to_string())
     );
-    read_at(&cluster, 0, "p", last).await.expect("the last revision stays");
+    read_at(&cluster, 0, "p", last)
+        .await
+        .expect("the last revision stays");
     // A write after the compaction is kept for the next period, then compacted too.
     let newer = cluster.put(0, "p", "later").await;
-    read_at(&cluster, 0, "p", last).await.expect("within the period");
+    read_at(&cluster, 0, "p", last)
+        .await
+        .expect("within the period");
     poll("the next periodic compaction", || async {
         let revision = auto_compaction_revision(&cluster, 0).await?;
         (revision == newer as u64).then_some(())
     })
     .await;
     let logs = logs_of(&cluster);
-    assert!(logs.contains("starting auto-compaction"), "no auto-compaction in the logs");
+    assert!(
+        logs.contains("starting auto-compaction"),
+        "no auto-compaction in the logs"
+    );
 }

@@ -532,7 +532,10 @@ async fn proclaim_and_resign_with_lease_zero_grant_etcds_session_lease() {
     assert_eq!(leases(&channel).await, vec![(lease, 30)]);
 
     // Proclaim with lease 0: etcd's session grants a 60 s lease and the value goes with it.
-    let zero = LeaderKey { lease: 0, ..key.clone() };
+    let zero = LeaderKey {
+        lease: 0,
+        ..key.clone()
+    };
     proclaim(&channel, &zero, "b").await.expect("proclaim");
     let after = leases(&channel).await;
     assert_eq!(after.len(), 2, "{after:?}");

@@ -44,7 +44,11 @@ async fn open_watch(cluster: &Cluster, index: usize, require_leader: bool) -> Op
     }
     let mut client = WatchClient::new(cluster.channel(index));
     let mut responses = client.watch(request).await.expect("watch").into_inner();
-    let created = responses.message().await.expect("created").expect("created");
+    let created = responses
+        .message()
+        .await
+        .expect("created")
+        .expect("created");
     assert!(created.created);
     OpenWatch {
         _requests: requests,
@@ -138,7 +142,10 @@ async fn a_cut_off_follower_ends_watches_that_require_a_leader() {
     let error = range_requiring_leader(&cluster, follower)
         .await
         .expect_err("no leader");
-    assert_eq!((error.code(), error.message()), (Code::Unavailable, NO_LEADER));
+    assert_eq!(
+        (error.code(), error.message()),
+        (Code::Unavailable, NO_LEADER)
+    );
     let (status, body) = http(
         port,
         "POST",
