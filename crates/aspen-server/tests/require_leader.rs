@@ -79,6 +79,47 @@ async fn grpc_health(cluster: &Cluster, index: usize) -> Option<ServingStatus> {
     ServingStatus::try_from(reply.into_inner().status).ok()
 }
 
+/// A watch through the JSON gateway with `Grpc-Metadata-hasleader: true`, open once its
+/// `created` line has come.
+async fn open_gateway_watch(port: u16) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let body = r#"{"create_request":{"key":"d2F0Y2hlZA=="}}"#;
+    let request = format!(
+        "POST /v3/watch HTTP/1.1\r\nHost: 127.0.0.1\r\nGrpc-Metadata-hasleader: true\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_until(&mut stream, r#""created":true"#).await;
+    stream
+}
+
+/// Reads `stream` until `text` has come; returns everything read.
+async fn read_until(stream: &mut tokio::net::TcpStream, text: &str) -> String {
+    let mut seen = Vec::new();
+    let reading = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut buffer).await.expect("read");
+            assert!(
+                read > 0,
+                "closed before {text:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buffer[..read]);
+            if String::from_utf8_lossy(&seen).contains(text) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(WAIT_MS_MAX), reading)
+        .await
+        .unwrap_or_else(|_| panic!("no {text:?} within {WAIT_MS_MAX} ms"));
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 /// One HTTP/1.1 request to a client port: (status, body).
 async fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -115,6 +156,7 @@ async fn a_cut_off_follower_ends_watches_that_require_a_leader() {
     // With a leader: everything answers.
     let mut required = open_watch(&cluster, follower, true).await;
     let mut plain = open_watch(&cluster, follower, false).await;
+    let mut gateway_watch = open_gateway_watch(port).await;
     range_requiring_leader(&cluster, follower)
         .await
         .expect("a range requiring a leader, with one");
@@ -138,6 +180,13 @@ async fn a_cut_off_follower_ends_watches_that_require_a_leader() {
     let status = ended.expect_err("it ends with an error");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.message(), NO_LEADER);
+
+    // Through the JSON gateway, the stream ends with grpc-gateway's error line.
+    read_until(
+        &mut gateway_watch,
+        r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"Service Unavailable"}}"#,
+    )
+    .await;
 
     let error = range_requiring_leader(&cluster, follower)
         .await
