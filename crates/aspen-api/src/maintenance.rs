@@ -15,7 +15,7 @@ use aspen_node::{ForwardRequest, Node, NodeError};
 use aspen_proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 use aspen_storage::StorageError;
 use aspen_storage::snapshot::SnapshotExport;
-use aspen_storage::state_machine::export_snapshot;
+use aspen_storage::state_machine::export_etcd_snapshot;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
@@ -149,8 +149,9 @@ impl futures_util::Stream for SnapshotChunks {
 }
 
 /// Sends the export as etcd's Snapshot does: body chunks with the bytes still to come, then one
-/// message with the SHA-256 of everything sent. The body is the Aspen snapshot (ending in its
-/// own CRC) followed by zero padding to a multiple of `SNAPSHOT_ALIGN_BYTES`.
+/// message with the SHA-256 of everything sent. The body is an etcd 3.4 backend (a bbolt file,
+/// `export_etcd_snapshot`), whose size is a multiple of its page size and so of
+/// `SNAPSHOT_ALIGN_BYTES` (zero padding would be added otherwise).
 fn stream_export(
     export: SnapshotExport,
     mut header: Option<pb::ResponseHeader>,
@@ -323,7 +324,7 @@ impl Maintenance for MaintenanceService {
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let store = self.node.store().clone();
-        let export = blocking(move || export_snapshot(&store)).await?;
+        let export = blocking(move || export_etcd_snapshot(&store)).await?;
         let header = current_header(&self.node)?;
         let (sender, receiver) = mpsc::channel(SNAPSHOT_STREAM_CHUNKS_BUFFERED_MAX);
         tokio::task::spawn_blocking(move || {
@@ -450,7 +451,7 @@ mod tests {
             aspen_core::limits::Limits::default(),
         )
         .expect("open");
-        let export = export_snapshot(state_machine.store()).expect("export");
+        let export = export_etcd_snapshot(state_machine.store()).expect("export");
         let mut body = Vec::new();
         export
             .data()

@@ -1,5 +1,6 @@
-//! `aspen snapshot restore FILE [flags]`: builds a member's data dir from a saved snapshot
-//! (`etcdctl snapshot save` against Aspen), as `etcdctl snapshot restore` does for etcd.
+//! `aspen snapshot restore FILE [flags]`: builds a member's data dir from a saved snapshot, as
+//! `etcdctl snapshot restore` does for etcd: one saved from etcd 3.4 or from Aspen (both are
+//! etcd's format, a bbolt file), or Aspen's older own format; the content tells which.
 //!
 //! The flags are the server's (`--name`, `--data-dir`, `--initial-cluster`,
 //! `--initial-cluster-token`, `--initial-advertise-peer-urls`); run it once per member with
@@ -57,6 +58,7 @@ fn restore(file: &std::path::Path, config: &ClusterBootstrapConfig) -> Result<St
     if !matches!(config.storage_backend, StorageBackend::Redb { .. }) {
         return Err("--storage-backend memory keeps nothing to restore into; use redb".into());
     }
+    let data_dir_existed = config.data_dir.exists();
     let data_dir_in_use = std::fs::read_dir(&config.data_dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
@@ -83,14 +85,21 @@ fn restore(file: &std::path::Path, config: &ClusterBootstrapConfig) -> Result<St
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let summary = runtime
-        .block_on(aspen_storage::restore::restore_saved_snapshot(
-            file,
-            &config.storage_backend,
-            config.limits,
-            members,
-        ))
-        .map_err(|e| e.to_string())?;
+    let restored = runtime.block_on(aspen_storage::restore::restore_saved_snapshot(
+        file,
+        &config.storage_backend,
+        config.limits,
+        members,
+    ));
+    let summary = match restored {
+        Ok(summary) => summary,
+        Err(error) => {
+            // The file is checked whole before anything is written; whatever a later failure
+            // left in the (new or empty) data dir goes, so a retry finds it empty again.
+            remove_partial_restore(&config.data_dir, data_dir_existed);
+            return Err(error.to_string());
+        }
+    };
     Ok(format!(
         "restored {} ({} bytes): revision {}, {} keys, into {} for member {} of a {}-member cluster",
         file.display(),
@@ -101,4 +110,28 @@ fn restore(file: &std::path::Path, config: &ClusterBootstrapConfig) -> Result<St
         config.name,
         config.initial_cluster.len()
     ))
+}
+
+/// Empties a data dir a failed restore wrote into: it was empty or absent before.
+fn remove_partial_restore(data_dir: &std::path::Path, existed: bool) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            eprintln!(
+                "aspen: snapshot restore: cannot remove {}: {e}",
+                path.display()
+            );
+        }
+    }
+    if !existed {
+        let _ = std::fs::remove_dir(data_dir);
+    }
 }

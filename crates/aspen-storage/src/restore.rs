@@ -1,8 +1,9 @@
 //! Restoring a saved snapshot (what `Maintenance.Snapshot` streams and `etcdctl snapshot save`
 //! writes) into a fresh data dir, from which a member of a new cluster starts.
 //!
-//! A saved file is `snapshot stream ‖ zero padding (to a 512-byte multiple) ‖ SHA-256 of all
-//! preceding bytes`. Every member of the new cluster restores the same file with the same
+//! A saved file is etcd's (a bbolt database, then the SHA-256 of it: what Aspen's Snapshot RPC
+//! sends, and etcd's) or, from Aspen versions before that, `Aspen snapshot stream ‖ zero
+//! padding (to a 512-byte multiple) ‖ SHA-256 of all preceding bytes`; the content tells. Every member of the new cluster restores the same file with the same
 //! member list, so all start from the same log position and membership and elect a leader.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +20,7 @@ use sha2::Digest;
 use crate::backend::{StorageBackend, open_storage};
 use crate::error::{Result, StorageError};
 use crate::snapshot::{SnapshotData, verify};
+use aspen_etcd_snapshot::EtcdSnapshot;
 
 /// Bytes of the SHA-256 trailer etcd's snapshot format ends with.
 pub const SAVED_SNAPSHOT_SHA_BYTES: u64 = 32;
@@ -92,8 +94,40 @@ fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
     }
 }
 
-/// Restores `saved_file` into `backend`, which must hold no Raft state yet, as the starting
-/// state of a new cluster made of `members` (all voters).
+/// The format of a saved snapshot, told by its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavedFormat {
+    /// Aspen's own snapshot stream (what Aspen's Snapshot RPC sent before it spoke etcd's).
+    Aspen,
+    /// etcd's: a bbolt database (from `etcdctl snapshot save` against etcd or Aspen).
+    Etcd,
+}
+
+pub fn saved_format(path: &Path) -> Result<SavedFormat> {
+    if aspen_etcd_snapshot::file::looks_like_bbolt(path)? {
+        return Ok(SavedFormat::Etcd);
+    }
+    let mut magic = [0u8; 8];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+    match read {
+        Ok(()) if &magic == crate::snapshot::SNAPSHOT_MAGIC => Ok(SavedFormat::Aspen),
+        Ok(()) => Err(StorageError::Snapshot(format!(
+            "{} is neither an etcd snapshot (a bbolt database) nor an Aspen snapshot",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StorageError::Snapshot(
+            format!("{} is too short to be a snapshot", path.display()),
+        )),
+        Err(source) => Err(StorageError::SnapshotIo {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Restores `saved_file` (either format, told apart by content) into `backend`, which must
+/// hold no Raft state yet, as the starting state of a new cluster made of `members` (all
+/// voters). The whole file is checked before anything is written.
 pub async fn restore_saved_snapshot(
     saved_file: &Path,
     backend: &StorageBackend,
@@ -101,8 +135,24 @@ pub async fn restore_saved_snapshot(
     members: BTreeMap<NodeId, NodeInfo>,
 ) -> Result<RestoreSummary> {
     assert!(!members.is_empty(), "a restored cluster needs members");
-    let stream_len = check_saved_file(saved_file)?;
-    let data = SnapshotData::from_file_prefix(saved_file, stream_len)?;
+    enum Checked {
+        Aspen(SnapshotData, u64),
+        Etcd(Box<EtcdSnapshot>, aspen_etcd_snapshot::Summary),
+    }
+    let checked = match saved_format(saved_file)? {
+        SavedFormat::Aspen => {
+            let stream_len = check_saved_file(saved_file)?;
+            Checked::Aspen(
+                SnapshotData::from_file_prefix(saved_file, stream_len)?,
+                stream_len,
+            )
+        }
+        SavedFormat::Etcd => {
+            let snapshot = EtcdSnapshot::open(saved_file)?;
+            let summary = snapshot.summary()?;
+            Checked::Etcd(Box::new(snapshot), summary)
+        }
+    };
     let (mut log_store, state_machine) = open_storage(backend, limits)?;
     let log_state = log_store
         .get_log_state()
@@ -126,7 +176,21 @@ pub async fn restore_saved_snapshot(
         last_log_id: Some(log_id),
         last_membership: StoredMembership::new(Some(log_id), membership),
     };
-    state_machine.install(&meta, &data)?;
+    let snapshot_bytes = match &checked {
+        Checked::Aspen(data, stream_len) => {
+            state_machine.install(&meta, data)?;
+            *stream_len
+        }
+        Checked::Etcd(snapshot, summary) => {
+            state_machine.import_etcd(snapshot, summary, &meta)?;
+            std::fs::metadata(saved_file)
+                .map_err(|source| StorageError::SnapshotIo {
+                    path: saved_file.to_path_buf(),
+                    source,
+                })?
+                .len()
+        }
+    };
     let io = |e: std::io::Error| StorageError::Invariant(e.to_string());
     log_store
         .save_vote(&Vote::new_committed(RESTORED_TERM, 0))
@@ -148,6 +212,6 @@ pub async fn restore_saved_snapshot(
     Ok(RestoreSummary {
         revision: restored.revision,
         keys,
-        snapshot_bytes: stream_len,
+        snapshot_bytes,
     })
 }

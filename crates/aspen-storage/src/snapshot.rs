@@ -6,7 +6,7 @@
 //! installing both work frame by frame, so memory does not grow with the data.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -377,7 +377,10 @@ impl SnapshotStore {
 /// Writes a new snapshot; nothing is visible until `finish`.
 pub(crate) struct SnapshotSink {
     target: SinkTarget,
+    /// The end of the data: the furthest byte written.
     written_bytes: u64,
+    /// Where the next write goes: the end, unless an export seeked back (see `Seek`).
+    position_bytes: u64,
     bytes_max: u64,
     crc: crc32fast::Hasher,
 }
@@ -408,21 +411,23 @@ impl SnapshotSink {
         SnapshotSink {
             target,
             written_bytes: 0,
+            position_bytes: 0,
             bytes_max,
             crc: crc32fast::Hasher::new(),
         }
     }
 
-    /// Appends bytes as they are, with the size limit enforced.
+    /// Writes bytes as they are at the current position (the end, unless the sink was
+    /// seeked), with the size limit enforced.
     pub fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.written_bytes + bytes.len() as u64 > self.bytes_max {
+        let end_bytes = self.position_bytes + bytes.len() as u64;
+        if end_bytes > self.bytes_max {
             return Err(StorageError::Snapshot(format!(
                 "snapshot larger than the limit of {} bytes",
                 self.bytes_max
             )));
         }
         self.crc.update(bytes);
-        self.written_bytes += bytes.len() as u64;
         match &mut self.target {
             SinkTarget::File {
                 writer, partial, ..
@@ -431,12 +436,17 @@ impl SnapshotSink {
                 .map_err(|source| StorageError::SnapshotIo {
                     path: partial.clone(),
                     source,
-                }),
+                })?,
             SinkTarget::Memory(buffer) => {
-                buffer.extend_from_slice(bytes);
-                Ok(())
+                let at = self.position_bytes as usize;
+                let overlap = bytes.len().min(buffer.len().saturating_sub(at));
+                buffer[at..at + overlap].copy_from_slice(&bytes[..overlap]);
+                buffer.extend_from_slice(&bytes[overlap..]);
             }
         }
+        self.position_bytes = end_bytes;
+        self.written_bytes = self.written_bytes.max(end_bytes);
+        Ok(())
     }
 
     pub fn write_frame(&mut self, frame: &Frame, buffer: &mut Vec<u8>) -> Result<()> {
@@ -536,6 +546,43 @@ impl SnapshotSink {
                 })
             }
         }
+    }
+}
+
+/// An export in etcd's format (a bbolt file) is written front to back, then its meta pages
+/// at the start: the sink is a `Write + Seek` for it. The CRC is meaningless then, and unused.
+impl Write for SnapshotSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_raw(bytes).map_err(std::io::Error::other)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.target {
+            SinkTarget::File { writer, .. } => writer.flush(),
+            SinkTarget::Memory(_) => Ok(()),
+        }
+    }
+}
+
+impl Seek for SnapshotSink {
+    /// Only to a place already written or its end: a sink has no holes.
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let SeekFrom::Start(position_bytes) = to else {
+            return Err(std::io::Error::other(
+                "a snapshot sink seeks from the start only",
+            ));
+        };
+        if position_bytes > self.written_bytes {
+            return Err(std::io::Error::other(
+                "seek past the end of a snapshot sink",
+            ));
+        }
+        if let SinkTarget::File { writer, .. } = &mut self.target {
+            writer.seek(SeekFrom::Start(position_bytes))?;
+        }
+        self.position_bytes = position_bytes;
+        Ok(position_bytes)
     }
 }
 

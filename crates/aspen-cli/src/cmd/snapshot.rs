@@ -1,5 +1,6 @@
 //! snapshot save (Maintenance.Snapshot into FILE.part, checked, then renamed), restore
-//! (delegates to `aspen snapshot restore`) and status (size, SHA-256 trailer, format).
+//! (delegates to `aspen snapshot restore`) and status (size, SHA-256 trailer, format, and for
+//! etcd's format, a bbolt file, `etcdctl snapshot status`'s hash, revision and total keys).
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -21,9 +22,8 @@ use crate::output::{self, WriteOut, human_bytes, print_json};
 pub const SHA256_BYTES: u64 = 32;
 /// Aspen's snapshot body starts with this (docs/storage-format.md).
 pub const ASPEN_SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNP1";
-/// A bbolt file (etcd's backend) has this magic in its meta page, after the page header.
-const BOLT_MAGIC: u32 = 0xED0C_DAED;
-const BOLT_MAGIC_OFFSET: usize = 16;
+/// How `snapshot status` names etcd's format (what Aspen's Snapshot RPC sends too).
+pub const ETCD_FORMAT: &str = "etcd v3 (bbolt)";
 /// How often the restore spinner moves.
 const SPINNER_TICK_MS: u64 = 100;
 
@@ -259,6 +259,10 @@ pub struct SnapshotReport {
     pub keys: Option<u64>,
     /// Aspen snapshots end with a CRC-32 of the body.
     pub crc_ok: Option<bool>,
+    /// etcd's format: `etcdctl snapshot status`'s hash (CRC-32C of every bucket's contents).
+    pub etcd_hash: Option<u32>,
+    /// What is wrong with a file of a known format that is not a valid one.
+    pub problem: Option<String>,
 }
 
 fn status(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
@@ -274,6 +278,9 @@ fn status(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
         None => "-",
     };
     let or_dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let hash = report
+        .etcd_hash
+        .map_or("-".to_string(), |h| format!("{h:x}"));
     match ctx.write_out {
         WriteOut::Json => print_json(&json!({
             "path": file.display().to_string(),
@@ -283,6 +290,7 @@ fn status(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
             "revision": report.revision,
             "totalKey": report.keys,
             "crc32": crc,
+            "hash": report.etcd_hash,
         })),
         WriteOut::Table => print!(
             "{}",
@@ -291,6 +299,7 @@ fn status(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
                     "FORMAT",
                     "SHA256",
                     "CRC32",
+                    "HASH",
                     "REVISION",
                     "TOTAL KEYS",
                     "TOTAL SIZE"
@@ -299,6 +308,7 @@ fn status(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
                     report.format.clone(),
                     sha.to_string(),
                     crc.to_string(),
+                    hash.clone(),
                     or_dash(report.revision),
                     or_dash(report.keys),
                     human_bytes(report.size_bytes),
@@ -306,7 +316,7 @@ fn status(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
             )
         ),
         WriteOut::Simple => println!(
-            "{}, sha256 {sha}, crc32 {crc}, revision {}, {} keys, {}",
+            "{}, sha256 {sha}, crc32 {crc}, hash {hash}, revision {}, {} keys, {}",
             report.format,
             or_dash(report.revision),
             or_dash(report.keys),
@@ -319,6 +329,9 @@ fn status(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
             file.display()
         )));
     }
+    if let Some(problem) = &report.problem {
+        return Err(CliError::request(format!("snapshot status: {problem}")));
+    }
     if report.sha256_ok == Some(false) || report.crc_ok == Some(false) {
         return Err(CliError::request(format!(
             "snapshot status {}: the file is corrupt",
@@ -328,8 +341,8 @@ fn status(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Reads the file twice, streaming: once for the SHA-256 trailer, once (Aspen format) to walk
-/// its frames. Memory does not depend on the file's size.
+/// Reads the file twice, streaming: once for the SHA-256 trailer, once to walk its frames
+/// (Aspen's format) or its buckets (etcd's). Memory does not depend on the file's size.
 pub fn inspect_snapshot(file: &Path) -> Result<SnapshotReport, CliError> {
     let what = format!("snapshot status {}", file.display());
     let io = |e: std::io::Error| CliError::request(format!("{what}: {e}"));
@@ -343,6 +356,12 @@ pub fn inspect_snapshot(file: &Path) -> Result<SnapshotReport, CliError> {
     let head = &head[..head_len];
     // etcd's and Aspen's saved snapshots are a body padded to 512 bytes, then the SHA-256.
     let has_trailer = size_bytes >= SHA256_BYTES && size_bytes % 512 == SHA256_BYTES;
+    if aspen_etcd_snapshot::file::looks_like_bbolt(file)
+        .map_err(|e| CliError::request(e.to_string()))?
+    {
+        inspect_etcd(file, &mut report);
+        return Ok(report);
+    }
     if has_trailer {
         report.sha256_ok = Some(sha256_trailer_matches(file, size_bytes).map_err(io)?);
     }
@@ -366,14 +385,34 @@ pub fn inspect_snapshot(file: &Path) -> Result<SnapshotReport, CliError> {
             }
             Err(e) => return Err(io(e)),
         }
-    } else if head.len() >= BOLT_MAGIC_OFFSET + 4
-        && u32::from_le_bytes([head[16], head[17], head[18], head[19]]) == BOLT_MAGIC
-    {
-        report.format = "etcd (bbolt)".to_string();
     } else {
         report.format = "unknown".to_string();
     }
     Ok(report)
+}
+
+/// etcd's format: what `etcdctl snapshot status` reports (its revision is the newest
+/// version's; its total keys count every bucket's entries; its size is the database's).
+fn inspect_etcd(file: &Path, report: &mut SnapshotReport) {
+    use aspen_etcd_snapshot::file::Sha256Trailer;
+    report.format = ETCD_FORMAT.to_string();
+    let opened = aspen_etcd_snapshot::EtcdSnapshot::open(file);
+    let walked = opened.and_then(|snapshot| {
+        let summary = snapshot.summary()?;
+        let (hash, total_keys) = snapshot.etcd_status_hash()?;
+        Ok((summary, hash, total_keys))
+    });
+    match walked {
+        Ok((summary, hash, total_keys)) => {
+            report.sha256_ok = (summary.sha256 == Sha256Trailer::Verified).then_some(true);
+            report.revision = Some(summary.newest_version_revision);
+            report.keys = Some(total_keys);
+            report.etcd_hash = Some(hash);
+            report.size_bytes = summary.db_bytes;
+        }
+        Err(aspen_etcd_snapshot::Error::Sha256Mismatch { .. }) => report.sha256_ok = Some(false),
+        Err(e) => report.problem = Some(e.to_string()),
+    }
 }
 
 fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {

@@ -9,6 +9,7 @@
 
 mod apply;
 mod compact;
+mod etcd_io;
 mod events;
 mod hash;
 mod history;
@@ -30,6 +31,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{ReadableDatabase, ReadableTable};
 
+pub use etcd_io::export_etcd_snapshot;
 pub use events::EventSink;
 pub use hash::{HashOutcome, KvHash};
 pub use history::{EVENT_SCAN_RECORDS_MAX, EventPage, EventsOutcome};
@@ -193,6 +195,23 @@ impl StateMachine {
                 .snapshots
                 .remove_replaced(previous.file_name.as_deref(), record.file_name.as_deref())?;
         }
+        Ok(())
+    }
+}
+
+impl StateMachine {
+    /// Fills this (empty) state machine from an etcd snapshot, as applied at `meta`'s log
+    /// position, then builds an Aspen snapshot of it (what a member sends a new member). The
+    /// caller has walked the whole file (`summary`) before anything was written.
+    pub fn import_etcd(
+        &self,
+        snapshot: &aspen_etcd_snapshot::EtcdSnapshot,
+        summary: &aspen_etcd_snapshot::Summary,
+        meta: &SnapshotMeta,
+    ) -> Result<()> {
+        etcd_io::import(&self.store, snapshot, summary, meta)?;
+        self.events.reset(self.reader().applied_state()?.revision);
+        snapshot_io::build(&self.store)?;
         Ok(())
     }
 }

@@ -94,9 +94,33 @@ fn write_versions(
     sink: &mut SnapshotSink,
     buffer: &mut Vec<u8>,
 ) -> Result<u64> {
+    let mut frames: u64 = 0;
+    for_each_kept_version(txn, state, |key, version, newest_live| {
+        let frame = if newest_live {
+            Frame::Latest { key, version }
+        } else {
+            Frame::History {
+                key,
+                revision: version.mod_revision,
+                version,
+            }
+        };
+        sink.write_frame(&frame, buffer)?;
+        frames += 1;
+        Ok(())
+    })?;
+    Ok(frames)
+}
+
+/// Calls `visit(key, version, newest_live)` for every version compaction keeps, in revision
+/// order; `newest_live` marks a key's newest version when it is not a tombstone.
+pub(super) fn for_each_kept_version(
+    txn: &redb::ReadTransaction,
+    state: &AppliedState,
+    mut visit: impl FnMut(Vec<u8>, StoredVersion, bool) -> Result<()>,
+) -> Result<()> {
     let index = txn.open_table(schema::KV_INDEX)?;
     let revs = txn.open_table(schema::KV_REVS)?;
-    let mut frames: u64 = 0;
     for item in revs.iter()? {
         let (position, bytes) = item?;
         let (main, sub) = position.value();
@@ -116,33 +140,21 @@ fn write_versions(
                 continue;
             }
         }
-        let frame = if newest == main && !version.is_tombstone() {
-            Frame::Latest {
-                key: record.key,
-                version,
-            }
-        } else {
-            Frame::History {
-                key: record.key,
-                revision: main,
-                version,
-            }
-        };
-        sink.write_frame(&frame, buffer)?;
-        frames += 1;
+        let newest_live = newest == main && !version.is_tombstone();
+        visit(record.key, version, newest_live)?;
     }
-    Ok(frames)
+    Ok(())
 }
 
 /// Index entries of an install waiting to be written in key order (see
 /// `SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES`); records go to `kv_revs` at once.
 #[derive(Default)]
-struct IndexRun {
+pub(super) struct IndexRun {
     entries: Vec<(Vec<u8>, u64, IndexRecord)>,
 }
 
 impl IndexRun {
-    fn write(
+    pub(super) fn write(
         &mut self,
         tables: &mut super::tables::WriteTables<'_>,
         key: Vec<u8>,
@@ -163,7 +175,7 @@ impl IndexRun {
         Ok(())
     }
 
-    fn flush(
+    pub(super) fn flush(
         &mut self,
         tables: &mut super::tables::WriteTables<'_>,
         encoded: &mut Vec<u8>,
