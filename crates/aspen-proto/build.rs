@@ -1,7 +1,8 @@
 //! Compiles `proto/` into Rust at build time without a `protoc` binary:
 //! `protox` (a pure-Rust protobuf compiler) parses the files into a
 //! `FileDescriptorSet`, which `tonic-prost-build` turns into prost messages
-//! plus tonic client and server stubs in `OUT_DIR` (one file per package).
+//! plus tonic client and server stubs in `OUT_DIR` (one file per package), and keeps the
+//! encoded descriptor set beside them (`FILE_DESCRIPTOR_SET`).
 
 use std::path::PathBuf;
 
@@ -27,6 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|p| PathBuf::from(PROTO_ROOT).join(p))
         .collect();
     let fds = protox::compile(&files, [PROTO_ROOT])?;
+    // The descriptors themselves, for the JSON gateway (field names, types, methods).
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("file_descriptor_set.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
 
     tonic_prost_build::configure()
         .build_server(true)

@@ -226,6 +226,13 @@ run_suite() {
   ec get-range get a/1 a/3
   ec get-rev get foo --rev=2
   ec get-rev-before-key get a/1 --rev=3
+  # Paging a range at a past revision (what Kubernetes' lists do): limit, then the rest from
+  # the last key returned; counts and keys alone at that revision.
+  ec get-limit-range-past-rev get a/1 a/4 --limit=1 --rev=5 -w json
+  ec get-continue-past-rev get a/2 a/4 --limit=1 --rev=5 -w json
+  ec get-count-only-past-rev get --prefix a/ --count-only --rev=5 -w json
+  ec get-keys-only-past-rev get --prefix a/ --keys-only --rev=5 -w json
+  ec get-keys-only-limit-past-rev get --prefix a/ --keys-only --limit=1 --rev=5 -w json
   ec get-sort-modify-desc get --prefix a/ --sort-by=MODIFY --order=DESCEND
   ec get-sort-key-desc get --prefix a/ --sort-by=KEY --order=DESCEND
   ec get-sort-value get --prefix a/ --sort-by=VALUE

@@ -152,8 +152,11 @@ impl ElectionService {
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
         let request = request.into_inner();
         self.check_size(&request)?;
-        let leader = leader_key(request.leader.as_ref())?;
-        let Some(revision) = self.proclaim_as(leader, &request.value).await? else {
+        let mut leader = leader_key(request.leader.as_ref())?.clone();
+        // etcd resumes the election on a session with the leader's lease, which grants a
+        // 60 s lease when it is 0; the proclaimed value is put with that lease.
+        leader.lease = self.recipes.session_lease(leader.lease).await?;
+        let Some(revision) = self.proclaim_as(&leader, &request.value).await? else {
             return Err(status::election(status::ELECTION_NOT_LEADER));
         };
         Ok(Response::new(pb::ProclaimResponse {
@@ -191,8 +194,10 @@ impl ElectionService {
         tokio::spawn(async move {
             tokio::select! {
                 result = observer.run() => {
+                    // etcd's Observe returns nil when its observer gives up: the stream ends
+                    // with OK, whatever went wrong inside.
                     if let Err(Some(status)) = result {
-                        let _ = sender.send(Err(from_recipe(status))).await;
+                        tracing::warn!(%status, "election observe ended");
                     }
                 }
                 () = sender.closed() => {}
@@ -207,6 +212,8 @@ impl ElectionService {
     ) -> Result<Response<pb::ResignResponse>, Status> {
         let request = request.into_inner();
         let leader = leader_key(request.leader.as_ref())?;
+        // As Proclaim: etcd's session grants a 60 s lease for lease 0, used for nothing else.
+        self.recipes.session_lease(leader.lease).await?;
         let revision = self.resign_as(leader).await?;
         Ok(Response::new(pb::ResignResponse {
             header: header(self.node(), revision),

@@ -206,21 +206,19 @@ impl Maintenance for MaintenanceService {
             self.node.read_barrier().await.map_err(from_node)?;
         }
         let before = self.node.applied_state().map_err(from_node)?;
-        let (alarms, revision) = match (action, wanted) {
-            (pb::alarm_request::AlarmAction::Get, _) => {
-                (alarms_matching(&before.alarms, wanted), before.revision)
-            }
+        let alarms = match (action, wanted) {
+            (pb::alarm_request::AlarmAction::Get, _) => alarms_matching(&before.alarms, wanted),
             // As etcd: NONE names no alarm to raise or clear.
-            (_, None) => (Vec::new(), before.revision),
+            (_, None) => Vec::new(),
             (pb::alarm_request::AlarmAction::Activate, Some(alarm)) => {
-                let (active, revision) = self
+                let (active, _) = self
                     .propose_alarm(AlarmAction::Activate, request.member_id, alarm)
                     .await?;
                 let entry = (request.member_id, alarm);
                 let raised = active
                     .contains(&entry)
                     .then(|| alarm_member(entry.0, alarm));
-                (raised.into_iter().collect(), revision)
+                raised.into_iter().collect()
             }
             (pb::alarm_request::AlarmAction::Deactivate, Some(alarm)) => {
                 // etcd returns the alarm it cleared, or nothing if it was not raised.
@@ -231,15 +229,16 @@ impl Maintenance for MaintenanceService {
                     .map_err(from_node)?
                     .alarms
                     .contains(&(request.member_id, alarm));
-                let (_, revision) = self
-                    .propose_alarm(AlarmAction::Deactivate, request.member_id, alarm)
+                self.propose_alarm(AlarmAction::Deactivate, request.member_id, alarm)
                     .await?;
                 let cleared = was_raised.then(|| alarm_member(request.member_id, alarm));
-                (cleared.into_iter().collect(), revision)
+                cleared.into_iter().collect()
             }
         };
+        // etcd 3.4 answers Alarm without a header (its maintenance server returns the
+        // applier's response as is).
         Ok(Response::new(pb::AlarmResponse {
-            header: header(&self.node, revision),
+            header: None,
             alarms,
         }))
     }
@@ -282,9 +281,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let store = self.node.store().clone();
         blocking(move || store.defragment()).await?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: current_header(&self.node)?,
-        }))
+        // etcd answers an empty DefragmentResponse, without a header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash(

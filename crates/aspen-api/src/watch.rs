@@ -31,9 +31,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::convert;
 use crate::header::header;
 
-/// etcd's reason for a watcher cancelled by compaction.
-pub const COMPACTED_REASON: &str = "mvcc: required revision has been compacted";
-
 #[derive(Clone)]
 pub struct WatchService {
     node: Node,
@@ -99,7 +96,7 @@ struct Session {
     progress_all_pending: bool,
 }
 
-/// Why a session ends: the client went away or stopped sending.
+/// Why a session ends: the client went away or its request stream failed.
 struct Closed;
 
 impl Session {
@@ -115,12 +112,19 @@ impl Session {
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(Duration::from_millis(WATCH_SYNC_INTERVAL_MS));
         retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut requests_open = true;
         loop {
             let step = tokio::select! {
-                request = incoming.message() => match request {
+                request = incoming.message(), if requests_open => match request {
                     Ok(Some(request)) => self.on_request(request).await,
-                    // A client that closes its side ends the stream, as in etcd.
-                    Ok(None) | Err(_) => Err(Closed),
+                    // A client that closes its side (as etcd's JSON gateway does when the
+                    // request body ends) keeps its watchers: etcd's recvLoop ends on EOF
+                    // without ending the stream, which lasts until the client goes away.
+                    Ok(None) => {
+                        requests_open = false;
+                        Ok(())
+                    }
+                    Err(_) => Err(Closed),
                 },
                 message = queue.recv() => match message {
                     Some(message) => self.on_message(message).await,
@@ -244,17 +248,18 @@ impl Session {
             WatchMessage::Compacted {
                 watch_id,
                 compact_revision,
-                revision,
+                revision: _,
             } => {
                 if self.watchers.remove(&watch_id).is_none() {
                     return Ok(());
                 }
+                // As etcd 3.4 sends it: no revision in the header and no cancel reason (its
+                // clients read the compaction from `compact_revision`).
                 let response = pb::WatchResponse {
-                    header: header(&self.node, revision),
+                    header: header(&self.node, 0),
                     watch_id,
                     canceled: true,
                     compact_revision: compact_revision as i64,
-                    cancel_reason: COMPACTED_REASON.to_string(),
                     ..Default::default()
                 };
                 self.send(response).await

@@ -109,6 +109,16 @@ pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS: u64 = 10 * 60 * 1000;
 /// Responses queued for one watch stream's gRPC sender.
 pub const WATCH_RESPONSE_QUEUE_MAX: u32 = 16;
 
+/// The JSON gateway's bound on one request body (or one message of a streamed body), for a
+/// server whose protobuf requests may be `request_bytes_max` long: bytes travel in base64
+/// (4/3 of their size) inside JSON, so twice the protobuf limit plus room for the rest.
+pub const fn gateway_json_bytes_max(request_bytes_max: u64) -> u64 {
+    2 * request_bytes_max + 64 * 1024
+}
+/// Requests of one streamed JSON call (watch, lease keep-alive) decoded ahead of the gRPC
+/// service that takes them: the HTTP body is read no faster than the service reads.
+pub const GATEWAY_STREAM_REQUESTS_QUEUED_MAX: u32 = 16;
+
 /// Linearizable reads that may wait for the next ReadIndex round on one node (per source: the
 /// leader's own confirmation, or the one forwarded to the leader). One more is refused with
 /// "too many requests" rather than queued without bound.

@@ -7,9 +7,8 @@
 //! never cuts one short. Followers forward keep-alives and TTL queries to the leader.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aspen_core::limits::{LEASE_EXPIRE_BATCH_MAX, LEASE_TTL_SECONDS_MAX, lease_ttl_seconds_min};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
@@ -20,8 +19,13 @@ use crate::error::NodeError;
 use crate::forward::{ForwardRequest, ForwardResponse};
 use crate::node::{FORWARD_ATTEMPTS_MAX, Node};
 
-/// Attempts to draw a random lease id that is not in use.
+/// Attempts to find a lease id not in use (ids only collide with a client's chosen ones).
 const LEASE_ID_DRAWS_MAX: u32 = 16;
+/// etcd's id generator (`idutil.Generator`): the member's low 16 bits over a 48-bit suffix
+/// of 40 bits of milliseconds since the epoch at start-up and an 8-bit counter.
+const LEASE_ID_SUFFIX_BITS: u32 = 48;
+const LEASE_ID_COUNTER_BITS: u32 = 8;
+const LEASE_ID_TIME_BITS: u32 = LEASE_ID_SUFFIX_BITS - LEASE_ID_COUNTER_BITS;
 
 /// A lease as TimeToLive reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,14 +48,16 @@ struct LessorState {
     /// The term this node leads with its deadlines loaded; `None` when not the leader.
     primary_term: Option<u64>,
     deadlines: HashMap<u64, Deadline>,
-    /// xorshift state for lease ids; seeded once per process.
-    random: u64,
+    /// The last lease id suffix handed out (see `next_id`).
+    id_suffix: u64,
 }
 
 /// The lease deadlines of this node while it leads. Every method is cheap and never awaits.
 #[derive(Debug)]
 pub struct Lessor {
     ttl_seconds_min: i64,
+    /// The member's low 16 bits, shifted over the suffix: ids from different leaders differ.
+    id_prefix: u64,
     state: Mutex<LessorState>,
 }
 
@@ -63,16 +69,20 @@ fn deadline_after(now: Instant, ttl_seconds: i64) -> Instant {
 }
 
 impl Lessor {
-    /// A lessor for a node whose election timeout is `election_timeout_ms`; the minimum TTL is
-    /// derived from it as etcd derives its own.
-    pub fn new(election_timeout_ms: u64) -> Lessor {
-        let seed = RandomState::new().hash_one(std::process::id()) | 1;
+    /// A lessor for member `member_id`, whose election timeout is `election_timeout_ms`; the
+    /// minimum TTL is derived from it as etcd derives its own.
+    pub fn new(member_id: u64, election_timeout_ms: u64) -> Lessor {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let time_mask = (1u64 << LEASE_ID_TIME_BITS) - 1;
         Lessor {
             ttl_seconds_min: lease_ttl_seconds_min(election_timeout_ms),
+            id_prefix: (member_id & 0xffff) << LEASE_ID_SUFFIX_BITS,
             state: Mutex::new(LessorState {
                 primary_term: None,
                 deadlines: HashMap::new(),
-                random: seed,
+                id_suffix: (now_ms & time_mask) << LEASE_ID_COUNTER_BITS,
             }),
         }
     }
@@ -216,8 +226,9 @@ impl Lessor {
         }
     }
 
-    /// The leader's last touch on a proposal: a grant gets its final id (a random positive
-    /// one not in use, when the client left it 0) and a TTL no shorter than the minimum.
+    /// The leader's last touch on a proposal: a grant gets its final id (the next one from
+    /// etcd's generator not in use, when the client left it 0) and a TTL no shorter than the
+    /// minimum.
     pub fn prepare(&self, command: Command, reader: &MvccReader) -> Result<Command, NodeError> {
         let Command::LeaseGrant { id, ttl_seconds } = command else {
             return Ok(command);
@@ -227,7 +238,7 @@ impl Lessor {
             return Ok(Command::LeaseGrant { id, ttl_seconds });
         }
         for _ in 0..LEASE_ID_DRAWS_MAX {
-            let candidate = self.draw_id();
+            let candidate = self.next_id();
             let known = self.lock().deadlines.contains_key(&candidate);
             if !known && reader.lease(candidate)?.is_none() {
                 return Ok(Command::LeaseGrant {
@@ -253,20 +264,30 @@ impl Lessor {
         }
     }
 
-    /// A random id in 1..=i64::MAX (etcd's wire type is int64; ids are positive).
-    fn draw_id(&self) -> u64 {
+    /// etcd's lease id: the generator's next id, masked to a positive int64. Ids grow over
+    /// time (the suffix starts from the clock at start-up and only counts up) and differ
+    /// between members (the prefix), so they are unique across the cluster's leaders.
+    fn next_id(&self) -> u64 {
+        let suffix_mask = (1u64 << LEASE_ID_SUFFIX_BITS) - 1;
         let mut state = self.lock();
         loop {
-            let mut x = state.random;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            state.random = x;
-            let id = x & (i64::MAX as u64);
+            state.id_suffix = state.id_suffix.wrapping_add(1);
+            let id = (self.id_prefix | (state.id_suffix & suffix_mask)) & (i64::MAX as u64);
             if id != 0 {
                 return id;
             }
         }
+    }
+
+    /// `ids` in etcd's LeaseLeases order: by time left, soonest first, on the leader (its
+    /// deadlines); etcd's followers know no deadlines, and neither do Aspen's, which list by
+    /// id (the order of grants).
+    pub fn sort_by_expiry(&self, ids: &mut [u64]) {
+        let state = self.lock();
+        ids.sort_by_key(|id| {
+            let deadline = state.deadlines.get(id).map(|d| d.at);
+            (deadline.is_none(), deadline, *id)
+        });
     }
 }
 
@@ -343,12 +364,14 @@ impl Node {
     /// Every lease id, as of a linearizable read.
     pub async fn lease_leases(&self) -> Result<Vec<u64>, NodeError> {
         self.read_barrier().await?;
-        Ok(self
+        let mut ids: Vec<u64> = self
             .reader()
             .leases()?
             .into_iter()
             .map(|(id, _)| id)
-            .collect())
+            .collect();
+        self.lessor().sort_by_expiry(&mut ids);
+        Ok(ids)
     }
 
     /// Runs a lease request here if this node leads, else on the leader.
@@ -411,15 +434,44 @@ mod tests {
         assert_eq!(lease_ttl_seconds_min(1000), 2);
         assert_eq!(lease_ttl_seconds_min(100), 1);
         assert_eq!(lease_ttl_seconds_min(2000), 3);
-        assert_eq!(Lessor::new(1000).ttl_seconds_min(), 2);
+        assert_eq!(Lessor::new(1, 1000).ttl_seconds_min(), 2);
     }
 
     #[test]
-    fn drawn_ids_are_positive_int64() {
-        let lessor = Lessor::new(1000);
+    fn ids_grow_are_positive_int64_and_carry_the_member() {
+        let lessor = Lessor::new(0xabcd_1234, 1000);
+        let mut last = 0;
         for _ in 0..1000 {
-            let id = lessor.draw_id();
-            assert!(id > 0 && id <= i64::MAX as u64);
+            let id = lessor.next_id();
+            assert!(id > last && id <= i64::MAX as u64);
+            assert_eq!(id >> LEASE_ID_SUFFIX_BITS, 0x1234);
+            last = id;
         }
+        // Another member's ids never meet these.
+        let other = Lessor::new(0x5678, 1000);
+        assert_eq!(other.next_id() >> LEASE_ID_SUFFIX_BITS, 0x5678);
+        // A later start counts on from its own clock (ms << 8), past this start's clock.
+        std::thread::sleep(Duration::from_millis(5));
+        let restarted = Lessor::new(0xabcd_1234, 1000);
+        assert!(restarted.next_id() > last - 1000 + (4 << LEASE_ID_COUNTER_BITS));
+    }
+
+    #[test]
+    fn leases_list_soonest_expiry_first_then_unknown_by_id() {
+        let lessor = Lessor::new(1, 1000);
+        let now = Instant::now();
+        {
+            let mut state = lessor.lock();
+            for (id, ttl) in [(10, 30), (20, 5), (30, 60)] {
+                let deadline = Deadline {
+                    at: deadline_after(now, ttl),
+                    granted_ttl_seconds: ttl,
+                };
+                state.deadlines.insert(id, deadline);
+            }
+        }
+        let mut ids = vec![40, 30, 5, 20, 10];
+        lessor.sort_by_expiry(&mut ids);
+        assert_eq!(ids, vec![20, 10, 30, 5, 40]);
     }
 }

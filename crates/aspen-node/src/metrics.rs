@@ -22,6 +22,10 @@ pub struct NodeMetrics {
     pub client: [MethodMetrics; CLIENT_METHODS.len()],
     /// Where a put's time goes, stage by stage.
     pub put_stages: PutStageMetrics,
+    /// Compactions the server's auto-compactor completed while this node led, and the
+    /// highest revision it compacted at.
+    pub auto_compactions: AtomicU64,
+    pub auto_compaction_revision: AtomicU64,
 }
 
 /// The stages of a put, in order: the `stage` label of `aspen_put_stage_duration_seconds`.

@@ -89,6 +89,10 @@ struct NodeInner {
     testing: TestingOptions,
     /// Starts as derived from this member's configuration; see `adopt_cluster_id_from_leader`.
     cluster_id: std::sync::atomic::AtomicU64,
+    /// When a leader last reached this node (an append or a snapshot), in milliseconds since
+    /// `started`: see `has_live_leader`.
+    leader_contact_ms: std::sync::atomic::AtomicU64,
+    started: Instant,
 }
 
 /// The leader's source of read indexes: one quorum confirmation (`ensure_linearizable`).
@@ -178,7 +182,7 @@ impl Node {
         let hub = WatchHub::new(reader.clone(), HubOptions::default())?;
         state_machine_handle.set_event_sink(hub.event_sink());
         hub.spawn_sync_task();
-        let lessor = Lessor::new(options.timing.election_timeout_ms);
+        let lessor = Lessor::new(options.id, options.timing.election_timeout_ms);
         let config = options
             .timing
             .to_openraft(&options.cluster_name)
@@ -190,6 +194,8 @@ impl Node {
         let node = Node {
             inner: Arc::new_cyclic(|weak| NodeInner {
                 cluster_id: std::sync::atomic::AtomicU64::new(options.cluster_id),
+                leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
+                started: Instant::now(),
                 options,
                 raft,
                 reader,
@@ -354,6 +360,41 @@ impl Node {
 
     pub fn is_leader(&self) -> bool {
         self.leader_id() == Some(self.id())
+    }
+
+    /// The peer layer calls this for every append or snapshot a leader sends.
+    pub fn note_leader_contact(&self) {
+        let now_ms = self.inner.started.elapsed().as_millis() as u64;
+        self.inner
+            .leader_contact_ms
+            .fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether this node has a leader in etcd's sense (`Leader() != None`): openraft keeps a
+    /// follower's last leader while it only pre-votes, so a leader also counts as gone once
+    /// it has not been heard from for the longest election timeout (a follower), or a leader
+    /// has had no quorum acknowledge it for that long (etcd's leaders step down then, under
+    /// CheckQuorum). What /health, `hasleader` and `etcd_server_has_leader` report.
+    pub fn has_live_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let Some(leader) = metrics.current_leader else {
+            return false;
+        };
+        let silence_ms_max = self.inner.options.timing.election_timeout_ms * 2;
+        if leader == self.id() {
+            use openraft::Instant as _;
+            // A sole voter is its own quorum: openraft records no acknowledgement for it.
+            let mut voters = metrics.membership_config.membership().voter_ids();
+            if voters.next() == Some(self.id()) && voters.next().is_none() {
+                return true;
+            }
+            return metrics
+                .last_quorum_acked
+                .is_none_or(|acked| acked.elapsed().as_millis() as u64 <= silence_ms_max);
+        }
+        let now_ms = self.inner.started.elapsed().as_millis() as u64;
+        let contact_ms = self.inner.leader_contact_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(contact_ms) <= silence_ms_max
     }
 
     /// Proposes `command` and returns its result once applied, forwarding to the leader when

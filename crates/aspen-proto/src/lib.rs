@@ -55,3 +55,8 @@ pub mod aspenpb {
 }
 
 pub use aspenpb::peer;
+
+/// Every message and service above as an encoded `google.protobuf.FileDescriptorSet`, as
+/// compiled from `proto/`: what the JSON gateway reads field names, types and methods from.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));

@@ -85,8 +85,10 @@ impl RaftPeer for PeerService {
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         self.check_sender(request.metadata())?;
+        let node = self.node.clone();
         let requests = request
             .into_inner()
+            .inspect(move |_| node.note_leader_contact())
             .map(|item| {
                 item.ok()
                     .and_then(|m| codec::decode::<AppendCall>(&m.data).ok())
@@ -121,6 +123,7 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<RaftMessage>, Status> {
         self.check_sender(request.metadata())?;
         let call: AppendCall = decode(request.get_ref())?;
+        self.node.note_leader_contact();
         let answer: AppendReply = self
             .node
             .raft()
@@ -159,6 +162,7 @@ impl RaftPeer for PeerService {
         let mut done = false;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
+            self.node.note_leader_contact();
             if header.is_none() {
                 let decoded: SnapshotHeader = codec::decode(&chunk.meta)
                     .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;

@@ -117,7 +117,7 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
             "peer",
         ));
     }
-    let client_router = crate::services::client_router(&node).await;
+    let client_router = crate::services::client_router(&node, stop_rx.clone()).await;
     for (i, listener) in client_listeners.into_iter().enumerate() {
         handle.servers.push(serve::spawn(
             listener,
@@ -166,6 +166,13 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
         handle.servers.push(spawn_adopt_cluster_id(
             node.clone(),
             identity.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(policy) = config.auto_compaction {
+        handle.servers.push(crate::auto_compaction::spawn(
+            node.clone(),
+            policy,
             stop_rx.clone(),
         ));
     }

@@ -125,6 +125,8 @@ pub struct ClusterBootstrapConfig {
     pub listen_metrics_addrs: Vec<SocketAddr>,
     /// Which listeners are https, their certificates, and how peers are dialed.
     pub tls: crate::tls::TlsConfig,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`: off.
+    pub auto_compaction: Option<crate::auto_compaction::AutoCompaction>,
     pub log_level: LogLevel,
     /// The file read, if any; kept so the operator can be told where settings came from.
     pub config_file: Option<PathBuf>,
@@ -286,6 +288,23 @@ struct RawConfig {
     /// Comma-separated TLS 1.2 cipher suites (IANA names); TLS 1.3 suites are always on [default: rustls' list]
     #[arg(long, env = "ASPEN_CIPHER_SUITES", value_name = "SUITES")]
     cipher_suites: Option<String>,
+    /// "periodic" (keep --auto-compaction-retention of time) or "revision" (keep that many revisions) [default: periodic]
+    #[arg(long, env = "ASPEN_AUTO_COMPACTION_MODE", value_name = "MODE")]
+    auto_compaction_mode: Option<String>,
+    /// History kept by auto-compaction: hours or a duration ("30m", "1h30m") in periodic mode, revisions in revision mode; 0 turns it off [default: 0]
+    #[arg(
+        long,
+        env = "ASPEN_AUTO_COMPACTION_RETENTION",
+        value_name = "RETENTION"
+    )]
+    auto_compaction_retention: Option<String>,
+    /// How often revision-mode auto-compaction checks, a duration [default: 5m, as etcd]
+    #[arg(
+        long,
+        env = "ASPEN_EXPERIMENTAL_AUTO_COMPACTION_INTERVAL",
+        value_name = "DURATION"
+    )]
+    experimental_auto_compaction_interval: Option<String>,
     /// TOML file of settings, keys named as the flags [default: none]
     #[arg(long, env = "ASPEN_CONFIG_FILE", value_name = "PATH")]
     #[serde(skip)]
@@ -327,6 +346,13 @@ impl RawConfig {
             peer_client_cert_auth: higher.peer_client_cert_auth.or(self.peer_client_cert_auth),
             peer_auto_tls: higher.peer_auto_tls.or(self.peer_auto_tls),
             cipher_suites: higher.cipher_suites.or(self.cipher_suites),
+            auto_compaction_mode: higher.auto_compaction_mode.or(self.auto_compaction_mode),
+            auto_compaction_retention: higher
+                .auto_compaction_retention
+                .or(self.auto_compaction_retention),
+            experimental_auto_compaction_interval: higher
+                .experimental_auto_compaction_interval
+                .or(self.experimental_auto_compaction_interval),
             config_file: higher.config_file.or(self.config_file),
         }
     }
@@ -454,6 +480,20 @@ impl ClusterBootstrapConfig {
             ("log-level", self.log_level.as_str().to_string()),
             ("storage-backend", storage.to_string()),
         ];
+        let auto_compaction = self.auto_compaction.map(|policy| policy.to_flags());
+        let auto_compaction = auto_compaction
+            .iter()
+            .flat_map(|(mode, retention, interval)| {
+                let mut flags = vec![
+                    ("auto-compaction-mode", mode.to_string()),
+                    ("auto-compaction-retention", retention.clone()),
+                ];
+                if let Some(interval) = interval {
+                    flags.push(("experimental-auto-compaction-interval", interval.clone()));
+                }
+                flags
+            });
+        let strings = strings.into_iter().chain(auto_compaction);
         let numbers = [
             ("heartbeat-interval", self.heartbeat_interval_ms),
             ("election-timeout", self.election_timeout_ms),
@@ -743,6 +783,15 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
     let log_level = parse_log_level(raw.log_level.as_deref(), &mut problems);
     let mut warnings = Vec::new();
     let tls = resolve_tls(raw, &urls, &initial_cluster, &mut problems, &mut warnings);
+    let auto_compaction = crate::auto_compaction::AutoCompaction::parse(
+        raw.auto_compaction_mode.as_deref(),
+        raw.auto_compaction_retention.as_deref(),
+        raw.experimental_auto_compaction_interval.as_deref(),
+    )
+    .unwrap_or_else(|problem| {
+        problems.push(problem);
+        None
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -765,6 +814,7 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         limits,
         listen_metrics_addrs: plain(urls.listen_metrics),
         tls,
+        auto_compaction,
         log_level,
         config_file: None,
         warnings,

@@ -1,18 +1,23 @@
-//! The metrics listener: Prometheus text on /metrics, and /health and /version as etcd
-//! serves them.
+//! HTTP endpoints as etcd 3.4 serves them: Prometheus text on /metrics, /health and
+//! /version. The metrics listener serves them alone; the client port serves them beside the
+//! JSON gateway (`gateway.rs`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use aspen_node::Node;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use serde::Serialize;
 
 /// The etcd version Aspen reports; current etcd clients accept it.
 pub const ETCD_VERSION: &str = "3.5.0";
 pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+/// How long /health waits for its linearizable read (etcd 3.4's QGET: 1 s).
+pub const HEALTH_READ_TIMEOUT_MS: u64 = 1_000;
 
 /// `/metrics`, `/health` and `/version`: the metrics port serves this router alone, the client
 /// port serves it beside gRPC.
@@ -24,28 +29,64 @@ pub fn router(node: Node) -> Router {
         .with_state(node)
 }
 
-async fn version() -> String {
-    format!("{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{ETCD_CLUSTER_VERSION}\"}}")
+#[derive(Serialize)]
+struct Version {
+    etcdserver: &'static str,
+    etcdcluster: &'static str,
 }
 
-/// Healthy when there is a leader and no alarm, as etcd's /health.
-async fn health(State(node): State<Node>) -> (StatusCode, String) {
-    let has_leader = node.leader_id().is_some();
+async fn version() -> String {
+    let version = Version {
+        etcdserver: ETCD_VERSION,
+        etcdcluster: ETCD_CLUSTER_VERSION,
+    };
+    serde_json::to_string(&version).expect("two strings serialize")
+}
+
+/// Why a member is unhealthy, as etcd 3.4's /health decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// An alarm is active (etcd: any alarm, e.g. NOSPACE).
+    Alarm,
+    /// The member knows no leader.
+    NoLeader,
+    /// A linearizable read did not complete within `HEALTH_READ_TIMEOUT_MS`.
+    ReadFailed,
+}
+
+/// etcd 3.4's health check: no active alarm, a known leader, and a linearizable read that
+/// completes within a second (etcd's QGET through Raft; here a ReadIndex barrier).
+pub async fn check_health(node: &Node) -> Result<(), Unhealthy> {
     let alarms = node.applied_state().map(|s| s.alarms.len()).unwrap_or(0);
-    let (healthy, reason) = match (has_leader, alarms) {
-        (false, _) => (false, "NO_LEADER"),
-        (true, 0) => (true, ""),
-        (true, _) => (false, "ALARM"),
+    if alarms > 0 {
+        return Err(Unhealthy::Alarm);
+    }
+    if !node.has_live_leader() {
+        return Err(Unhealthy::NoLeader);
+    }
+    let timeout = Duration::from_millis(HEALTH_READ_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, node.read_barrier()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(Unhealthy::ReadFailed),
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    health: &'static str,
+}
+
+/// etcd 3.4's /health: `{"health":"true"}` with 200, or `{"health":"false"}` with 503.
+async fn health(State(node): State<Node>) -> (StatusCode, String) {
+    let (status, health) = match check_health(&node).await {
+        Ok(()) => (StatusCode::OK, "true"),
+        Err(reason) => {
+            tracing::warn!(?reason, "/health reports unhealthy");
+            (StatusCode::SERVICE_UNAVAILABLE, "false")
+        }
     };
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        format!("{{\"health\":\"{healthy}\",\"reason\":\"{reason}\"}}"),
-    )
+    let body = serde_json::to_string(&Health { health }).expect("a string serializes");
+    (status, body)
 }
 
 async fn metrics(State(node): State<Node>) -> String {
@@ -69,7 +110,7 @@ async fn metrics(State(node): State<Node>) -> String {
         &mut out,
         "etcd_server_has_leader",
         "Whether a leader exists.",
-        raft.current_leader.is_some() as u64,
+        node.has_live_leader() as u64,
     );
     gauge(
         &mut out,
@@ -199,6 +240,18 @@ async fn metrics(State(node): State<Node>) -> String {
             .latency
             .render("aspen_client_request_duration_seconds", &labels, &mut out);
     }
+    counter(
+        &mut out,
+        "aspen_auto_compactions_total",
+        "Auto-compactions (--auto-compaction-mode) this member proposed as the leader and saw done.",
+        m.auto_compactions.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "aspen_auto_compaction_revision",
+        "The highest revision this member auto-compacted at (0: none yet).",
+        m.auto_compaction_revision.load(Ordering::Relaxed),
+    );
     render_read_index(m, &mut out);
     render_put_stages(m, &mut out);
     out

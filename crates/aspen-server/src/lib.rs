@@ -1,9 +1,12 @@
 //! The `aspen` server: start-up configuration, bootstrapping a member, the client port's router
 //! (gRPC and plain HTTP), the peer and metrics routers, and serving listeners (`serve.rs`). The binary in `main.rs` only parses and runs.
 
+pub mod auto_compaction;
 pub mod bootstrap;
 pub mod config;
+pub mod gateway;
 pub mod http;
+pub mod require_leader;
 pub mod restore;
 pub mod serve;
 pub mod services;

@@ -1,7 +1,8 @@
 //! The client port's router: every etcd gRPC service Aspen serves (KV, Watch, Lease, Cluster,
 //! Maintenance, Auth, and etcd's server-side Lock and Election), the standard gRPC health
-//! service, and plain HTTP beside them (`/health`, `/version`, `/metrics`), as etcd's client
-//! port serves them. `serve.rs` serves it.
+//! service (following etcd's /health), and plain HTTP beside them: etcd's JSON gateway
+//! (`/v3/...`), `/health`, `/version` and `/metrics`, as etcd's client port serves them.
+//! `serve.rs` serves it. Also the peer port's router.
 
 use aspen_api::{AuthService, ClusterService, KvService, MaintenanceService};
 use aspen_node::Node;
@@ -15,6 +16,11 @@ use aspen_proto::peer::raft_peer_server::RaftPeerServer;
 use aspen_proto::v3electionpb::election_server::ElectionServer;
 use aspen_proto::v3lockpb::lock_server::LockServer;
 use aspen_raft::PeerService;
+use tokio::sync::watch;
+use tonic::service::Routes;
+
+/// How often the gRPC health service's status is brought in line with `/health`.
+pub const GRPC_HEALTH_CHECK_INTERVAL_MS: u64 = 1_000;
 
 /// gRPC message limit for clients: etcd allows the request limit plus 512 KiB of overhead.
 pub fn client_message_bytes_max(node: &Node) -> usize {
@@ -25,7 +31,9 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
 /// unbounded (math.MaxInt32); we keep the same.
 const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
-pub async fn client_router(node: &Node) -> axum::Router {
+/// The client port's gRPC services, behind the `hasleader` check (`require_leader.rs`). The
+/// health service's overall status follows `http::check_health` until `stop`.
+pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
     let bytes_max = client_message_bytes_max(node);
     let kv = KvServer::new(KvService::new(node.clone()))
         .max_decoding_message_size(bytes_max)
@@ -46,11 +54,11 @@ pub async fn client_router(node: &Node) -> axum::Router {
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
     let auth = AuthServer::new(AuthService);
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    tonic::service::Routes::new(health)
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let status = health_status(node).await;
+    reporter.set_service_status("", status).await;
+    tokio::spawn(follow_health(node.clone(), reporter, stop.clone()));
+    let routes = Routes::new(health)
         .add_service(kv)
         .add_service(cluster)
         .add_service(maintenance)
@@ -58,9 +66,21 @@ pub async fn client_router(node: &Node) -> axum::Router {
         .add_service(watch)
         .add_service(lease)
         .add_service(lock)
-        .add_service(election)
-        .into_axum_router()
+        .add_service(election);
+    let monitor = crate::require_leader::LeaderMonitor::spawn(node.clone(), stop);
+    let require_leader =
+        axum::middleware::from_fn_with_state(monitor, crate::require_leader::require_leader);
+    Routes::from(routes.into_axum_router().layer(require_leader))
+}
+
+/// Everything the client port answers: gRPC by path, the JSON gateway (which calls the same
+/// gRPC routes in process), and `/health`, `/version`, `/metrics`.
+pub async fn client_router(node: &Node, stop: watch::Receiver<bool>) -> axum::Router {
+    let grpc = client_routes(node, stop).await;
+    let gateway = crate::gateway::router(grpc.clone(), node.limits().request_bytes_max);
+    grpc.into_axum_router()
         .merge(crate::http::router(node.clone()))
+        .merge(gateway)
         .fallback(crate::serve::not_found)
         .with_state(())
 }
@@ -79,4 +99,28 @@ pub fn peer_router(
         .into_axum_router()
         .fallback(crate::serve::not_found)
         .with_state(())
+}
+
+async fn health_status(node: &Node) -> tonic_health::ServingStatus {
+    match crate::http::check_health(node).await {
+        Ok(()) => tonic_health::ServingStatus::Serving,
+        Err(_) => tonic_health::ServingStatus::NotServing,
+    }
+}
+
+/// Keeps the gRPC health service's overall status (`""`) equal to what `/health` answers.
+async fn follow_health(
+    node: Node,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = std::time::Duration::from_millis(GRPC_HEALTH_CHECK_INTERVAL_MS);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let status = health_status(&node).await;
+        reporter.set_service_status("", status).await;
+    }
 }

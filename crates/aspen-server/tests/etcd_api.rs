@@ -2090,7 +2090,10 @@ async fn maintenance_suite(size: usize) {
             .await
             .unwrap_or_else(|status| panic!("defragment member {index}: {status}"))
             .into_inner();
-        assert_eq!(header(&reply.header).member_id, cluster.member_id(index));
+        assert_eq!(
+            reply.header, None,
+            "etcd 3.4 answers Defragment without a header"
+        );
         let after = status(&cluster, index).await.expect("status");
         assert!(after.db_size > 0, "{after:?}");
     }

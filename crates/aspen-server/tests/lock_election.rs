@@ -503,3 +503,58 @@ async fn a_cancelled_campaign_leaves_no_key() {
     .await;
     assert_eq!(leader(&channel, "ec").await.unwrap().1, "a");
 }
+
+/// Every lease id and its granted TTL.
+async fn leases(channel: &Channel) -> Vec<(i64, i64)> {
+    let mut client = LeaseClient::new(channel.clone());
+    let listed = client
+        .lease_leases(aspen_proto::etcdserverpb::LeaseLeasesRequest {})
+        .await
+        .expect("leases")
+        .into_inner();
+    let mut leases = Vec::new();
+    for lease in listed.leases {
+        let request = LeaseTimeToLiveRequest {
+            id: lease.id,
+            keys: false,
+        };
+        let ttl = client.lease_time_to_live(request).await.expect("ttl");
+        leases.push((lease.id, ttl.into_inner().granted_ttl));
+    }
+    leases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proclaim_and_resign_with_lease_zero_grant_etcds_session_lease() {
+    let (_cluster, channel) = single_member().await;
+    let lease = grant(&channel, 30).await;
+    let key = campaign(&channel, "zero", lease, "a").await;
+    assert_eq!(leases(&channel).await, vec![(lease, 30)]);
+
+    // Proclaim with lease 0: etcd's session grants a 60 s lease and the value goes with it.
+    let zero = LeaderKey {
+        lease: 0,
+        ..key.clone()
+    };
+    proclaim(&channel, &zero, "b").await.expect("proclaim");
+    let after = leases(&channel).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    let (granted, ttl) = *after.iter().find(|(id, _)| *id != lease).unwrap();
+    assert_eq!(ttl, 60);
+    assert!(granted > lease, "lease ids grow: {granted} after {lease}");
+    let response = ElectionClient::new(channel.clone())
+        .leader(leader_request("zero"))
+        .await
+        .expect("leader")
+        .into_inner();
+    let kv = response.kv.expect("kv");
+    assert_eq!((kv.value.as_slice(), kv.lease), (&b"b"[..], granted));
+
+    // Resign with lease 0 grants one more, and resigns.
+    resign(&channel, &zero).await;
+    let after = leases(&channel).await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.iter().filter(|(_, ttl)| *ttl == 60).count() == 2);
+    let error = leader(&channel, "zero").await.expect_err("nobody leads");
+    assert_election_error(&error, "election: no leader");
+}

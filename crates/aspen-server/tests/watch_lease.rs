@@ -459,10 +459,9 @@ async fn watch_replays_from_start_revision_and_reports_compaction() {
     assert_eq!(cancelled.watch_id, created.watch_id);
     assert!(cancelled.canceled);
     assert_eq!(cancelled.compact_revision, r4);
-    assert_eq!(
-        cancelled.cancel_reason,
-        "mvcc: required revision has been compacted"
-    );
+    // etcd 3.4 gives no reason and no header revision: the compaction is the reason.
+    assert_eq!(cancelled.cancel_reason, "");
+    assert_eq!(cancelled.header.as_ref().map(|h| h.revision), Some(0));
     // At the compaction revision itself the watch is allowed, as in etcd.
     let at_compaction = late
         .create(WatchCreateRequest {

@@ -260,6 +260,8 @@ pub struct Cluster {
     pub pki: Option<TestPki>,
     processes: Vec<Option<Process>>,
     starts: u32,
+    /// Flags every member gets after the harness's own.
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -282,6 +284,7 @@ impl Cluster {
             pki: None,
             processes: Vec::new(),
             starts: 0,
+            extra_args: Vec::new(),
         };
         for _ in 0..size {
             cluster.plan_member(snapshot_count);
@@ -377,6 +380,7 @@ impl Cluster {
                 args.push(format!("--{prefix}client-cert-auth"));
             }
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 
