@@ -10,6 +10,7 @@
 //! this crate and must not depend on the server's core (as `aspen-cli/src/limits.rs`).
 
 mod client;
+mod common_name;
 mod files;
 mod keypair;
 mod selfsigned;
@@ -19,6 +20,7 @@ mod server;
 pub use {rustls, tokio_rustls};
 
 pub use client::{ClientTls, ClientTlsOptions, TlsConnector};
+pub use common_name::{COMMON_NAME_BYTES_MAX, subject_common_name};
 pub use files::{read_ca_roots, read_certificates, read_private_key};
 pub use keypair::ReloadingKeyPair;
 pub use selfsigned::{CertificateAuthority, IssuedCertificate, LeafOptions, write_self_signed};
