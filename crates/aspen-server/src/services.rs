@@ -2,7 +2,7 @@
 //! Maintenance, Auth, and etcd's server-side Lock and Election), plus the standard gRPC health
 //! service.
 
-use aspen_api::{AuthService, ClusterService, KvService, MaintenanceService};
+use aspen_api::{Access, AuthService, ClusterService, KvService, MaintenanceService};
 use aspen_node::Node;
 use aspen_proto::etcdserverpb::auth_server::AuthServer;
 use aspen_proto::etcdserverpb::cluster_server::ClusterServer;
@@ -22,27 +22,28 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
 /// unbounded (math.MaxInt32); we keep the same.
 const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
-pub async fn client_router(node: &Node) -> tonic::transport::server::Router {
+pub async fn client_router(node: &Node, access: &Access) -> tonic::transport::server::Router {
     let bytes_max = client_message_bytes_max(node);
-    let kv = KvServer::new(KvService::new(node.clone()))
+    let kv = KvServer::new(KvService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
     let cluster =
-        ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(bytes_max);
-    let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone()))
+        ClusterServer::new(ClusterService::new(node.clone(), access.clone())).max_decoding_message_size(bytes_max);
+    let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let watch = WatchServer::new(aspen_api::WatchService::new(node.clone()))
+    let watch = WatchServer::new(aspen_api::WatchService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let lease = LeaseServer::new(aspen_api::LeaseService::new(node.clone()))
+    let lease = LeaseServer::new(aspen_api::LeaseService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max);
-    let lock = LockServer::new(aspen_api::LockService::new(node.clone()))
+    let lock = LockServer::new(aspen_api::LockService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max);
-    let election = ElectionServer::new(aspen_api::ElectionService::new(node.clone()))
+    let election = ElectionServer::new(aspen_api::ElectionService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let auth = AuthServer::new(AuthService);
+    let auth = AuthServer::new(AuthService::new(node.clone(), access.clone()))
+        .max_decoding_message_size(bytes_max);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
