@@ -255,9 +255,10 @@ impl Caller {
     }
 
     /// The command to propose for a request that passed its checks: wrapped with the auth
-    /// revision checked at while auth is enabled, unchanged otherwise.
+    /// revision checked at while auth is enabled (for the commands apply checks), unchanged
+    /// otherwise.
     pub fn authorize(&self, command: Command) -> Command {
-        if !self.auth.enabled() {
+        if !self.auth.enabled() || !command.needs_auth_user() {
             return command;
         }
         Command::Authorized {

@@ -170,6 +170,25 @@ pub struct TxnRequest {
 }
 
 impl Command {
+    /// Client requests that are checked against the auth store while auth is enabled, and so
+    /// must come wrapped in `Authorized` (etcd checks these when it applies them). The others
+    /// are either internal (lease expiry, alarms the node raises) or unchecked by etcd
+    /// (lease grants), and the leader may rewrite them before proposing (a grant's id).
+    pub fn needs_auth_user(&self) -> bool {
+        match self {
+            Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Txn(_)
+            | Command::Compact { .. }
+            | Command::LeaseRevoke { .. } => true,
+            Command::Auth(auth) => auth.needs_admin(),
+            Command::LeaseGrant { .. }
+            | Command::LeaseExpire { .. }
+            | Command::Alarm { .. }
+            | Command::Authorized { .. } => false,
+        }
+    }
+
     /// True when applying this command can make the store larger; such commands are refused
     /// while the NOSPACE alarm is raised (etcd refuses Put, Txn and LeaseGrant).
     pub fn may_grow_store(&self) -> bool {

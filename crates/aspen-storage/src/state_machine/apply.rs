@@ -103,7 +103,7 @@ impl<'a, 't> Applier<'a, 't> {
             }
             return self.apply_checked(inner);
         }
-        if self.auth.enabled() && needs_user(command) {
+        if self.auth.enabled() && command.needs_auth_user() {
             return Ok(Err(ApplyError::UserEmpty));
         }
         self.apply_checked(command)
@@ -452,18 +452,3 @@ impl<'a, 't> Applier<'a, 't> {
     }
 }
 
-/// Client requests that etcd checks against the auth store when it applies them.
-fn needs_user(command: &Command) -> bool {
-    match command {
-        Command::Put(_)
-        | Command::DeleteRange(_)
-        | Command::Txn(_)
-        | Command::Compact { .. }
-        | Command::LeaseRevoke { .. } => true,
-        Command::Auth(auth) => auth.needs_admin(),
-        Command::LeaseGrant { .. }
-        | Command::LeaseExpire { .. }
-        | Command::Alarm { .. }
-        | Command::Authorized { .. } => false,
-    }
-}
