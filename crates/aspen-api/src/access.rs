@@ -435,7 +435,7 @@ impl aspen_storage::AuthSink for TokenKeeper {
 
     fn users_invalidated(&self, users: &[String]) {
         self.map()
-            .retain(|_, entry| !users.iter().any(|u| *u == entry.user));
+            .retain(|_, entry| !users.contains(&entry.user));
     }
 
     fn all_invalidated(&self) {

@@ -92,8 +92,7 @@ impl AuthService {
                 token_prefix: token_prefix(),
                 checked_revision: auth.revision(),
             });
-            let ApplyResponse { result, .. } =
-                self.node.write(command).await.map_err(from_node)?;
+            let ApplyResponse { result, .. } = self.node.write(command).await.map_err(from_node)?;
             match result {
                 Ok(CommandResult::Authenticate { token }) => return Ok(token),
                 Ok(other) => {
@@ -365,7 +364,9 @@ impl Auth for AuthService {
         request: Request<pb::AuthRoleDeleteRequest>,
     ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
         let role = request.get_ref().role.clone();
-        let header = self.change(&request, AuthCommand::RoleDelete { role }).await?;
+        let header = self
+            .change(&request, AuthCommand::RoleDelete { role })
+            .await?;
         Ok(Response::new(pb::AuthRoleDeleteResponse { header }))
     }
 
@@ -381,7 +382,9 @@ impl Auth for AuthService {
                 AuthCommand::RoleGrantPermission { name, permission },
             )
             .await?;
-        Ok(Response::new(pb::AuthRoleGrantPermissionResponse { header }))
+        Ok(Response::new(pb::AuthRoleGrantPermissionResponse {
+            header,
+        }))
     }
 
     async fn role_revoke_permission(
@@ -399,6 +402,8 @@ impl Auth for AuthService {
             range_end,
         };
         let header = self.change(&request, command).await?;
-        Ok(Response::new(pb::AuthRoleRevokePermissionResponse { header }))
+        Ok(Response::new(pb::AuthRoleRevokePermissionResponse {
+            header,
+        }))
     }
 }

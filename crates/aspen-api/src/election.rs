@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::convert;
 use crate::access::Access;
+use crate::convert;
 use crate::header::header;
 use crate::recipe::{self, CancelGuard, Recipes};
 use crate::status::{self, from_recipe, invalid};

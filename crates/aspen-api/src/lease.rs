@@ -4,9 +4,9 @@
 
 use std::pin::Pin;
 
+use aspen_core::auth::PermissionType;
 use aspen_core::limits::{LEASE_KEEPALIVE_QUEUE_MAX, LEASE_TTL_SECONDS_MAX};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
-use aspen_core::auth::PermissionType;
 use aspen_node::{Node, NodeError};
 use aspen_proto::etcdserverpb::{self as pb, lease_server::Lease};
 use futures_util::Stream;

@@ -106,11 +106,7 @@ impl LockService {
         }
         self.check_size(&request)?;
         caller.check_write(&request.key, &[])?;
-        let revision = self
-            .recipes
-            .for_caller(caller)
-            .delete(&request.key)
-            .await?;
+        let revision = self.recipes.for_caller(caller).delete(&request.key).await?;
         Ok(Response::new(pb::UnlockResponse {
             header: header(self.node(), revision),
         }))

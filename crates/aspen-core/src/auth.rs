@@ -328,9 +328,10 @@ impl AuthState {
             }
             AuthCommand::RoleGrantPermission { name, permission } => {
                 let role = self.roles.get_mut(name).ok_or(ApplyError::RoleNotFound)?;
-                let same = role.permissions.iter_mut().find(|p| {
-                    p.key == permission.key && p.range_end == permission.range_end
-                });
+                let same = role
+                    .permissions
+                    .iter_mut()
+                    .find(|p| p.key == permission.key && p.range_end == permission.range_end);
                 match same {
                     Some(existing) => existing.perm_type = permission.perm_type,
                     None => {
@@ -384,7 +385,9 @@ impl AuthState {
         if !self.meta.enabled {
             return Ok(());
         }
-        let user = user.filter(|u| !u.is_empty()).ok_or(ApplyError::UserEmpty)?;
+        let user = user
+            .filter(|u| !u.is_empty())
+            .ok_or(ApplyError::UserEmpty)?;
         if !self.users.contains_key(user) {
             return Err(ApplyError::UserNotFound);
         }
@@ -478,7 +481,11 @@ fn successor(key: &[u8]) -> Vec<u8> {
 }
 
 /// Whether the union of `intervals` covers `[start, end)` (`None`: unbounded).
-fn covered(intervals: &mut [(Vec<u8>, Option<Vec<u8>>)], start: &[u8], end: &Option<Vec<u8>>) -> bool {
+fn covered(
+    intervals: &mut [(Vec<u8>, Option<Vec<u8>>)],
+    start: &[u8],
+    end: &Option<Vec<u8>>,
+) -> bool {
     intervals.sort_by(|a, b| a.0.cmp(&b.0));
     // `reached`: everything in [start, reached) is covered; None once unbounded.
     let mut reached: Option<Vec<u8>> = Some(start.to_vec());
@@ -557,26 +564,54 @@ mod tests {
     #[test]
     fn ranges_are_covered_by_the_union_of_permissions() {
         use PermissionType::*;
-        let state = state_with(&[(Read, b"a", b"c"), (ReadWrite, b"c", b"e"), (Write, b"k", b"")]);
+        let state = state_with(&[
+            (Read, b"a", b"c"),
+            (ReadWrite, b"c", b"e"),
+            (Write, b"k", b""),
+        ]);
         let rev = state.revision();
         let u = Some(("u", rev));
         assert_eq!(state.check_op(u, b"b", b"", Read), Ok(()));
         assert_eq!(state.check_op(u, b"a", b"e", Read), Ok(()));
-        assert_eq!(state.check_op(u, b"a", b"e\0", Read), Err(ApplyError::PermissionDenied));
-        assert_eq!(state.check_op(u, b"a", b"d", Write), Err(ApplyError::PermissionDenied));
+        assert_eq!(
+            state.check_op(u, b"a", b"e\0", Read),
+            Err(ApplyError::PermissionDenied)
+        );
+        assert_eq!(
+            state.check_op(u, b"a", b"d", Write),
+            Err(ApplyError::PermissionDenied)
+        );
         assert_eq!(state.check_op(u, b"c", b"d", Write), Ok(()));
         assert_eq!(state.check_op(u, b"k", b"", Write), Ok(()));
-        assert_eq!(state.check_op(u, b"k", b"", Read), Err(ApplyError::PermissionDenied));
-        assert_eq!(state.check_op(u, b"k", b"\0", Write), Err(ApplyError::PermissionDenied));
-        assert_eq!(state.check_op(None, b"b", b"", Read), Err(ApplyError::UserEmpty));
+        assert_eq!(
+            state.check_op(u, b"k", b"", Read),
+            Err(ApplyError::PermissionDenied)
+        );
+        assert_eq!(
+            state.check_op(u, b"k", b"\0", Write),
+            Err(ApplyError::PermissionDenied)
+        );
+        assert_eq!(
+            state.check_op(None, b"b", b"", Read),
+            Err(ApplyError::UserEmpty)
+        );
         assert_eq!(
             state.check_op(Some(("u", rev - 1)), b"b", b"", Read),
             Err(ApplyError::AuthOldRevision)
         );
-        assert_eq!(state.check_op(Some((ROOT, rev)), b"zz", b"\0", Write), Ok(()));
-        assert_eq!(state.check_admin(Some("u")), Err(ApplyError::PermissionDenied));
+        assert_eq!(
+            state.check_op(Some((ROOT, rev)), b"zz", b"\0", Write),
+            Ok(())
+        );
+        assert_eq!(
+            state.check_admin(Some("u")),
+            Err(ApplyError::PermissionDenied)
+        );
         assert_eq!(state.check_admin(Some(ROOT)), Ok(()));
-        assert_eq!(state.check_admin(Some("nobody")), Err(ApplyError::UserNotFound));
+        assert_eq!(
+            state.check_admin(Some("nobody")),
+            Err(ApplyError::UserNotFound)
+        );
     }
 
     #[test]
@@ -586,20 +621,29 @@ mod tests {
         let u = Some(("u", state.revision()));
         assert_eq!(state.check_op(u, b"m", b"\0", Read), Ok(()));
         assert_eq!(state.check_op(u, b"zzz", b"", Read), Ok(()));
-        assert_eq!(state.check_op(u, b"l", b"\0", Read), Err(ApplyError::PermissionDenied));
+        assert_eq!(
+            state.check_op(u, b"l", b"\0", Read),
+            Err(ApplyError::PermissionDenied)
+        );
     }
 
     #[test]
     fn root_rules_follow_etcd() {
         let mut state = AuthState::default();
         let mut changes = AuthChanges::default();
-        assert_eq!(state.apply(&AuthCommand::Enable, &mut changes), Err(ApplyError::RootUserNotExist));
+        assert_eq!(
+            state.apply(&AuthCommand::Enable, &mut changes),
+            Err(ApplyError::RootUserNotExist)
+        );
         let add_root = AuthCommand::UserAdd {
             name: ROOT.into(),
             password_hash: None,
         };
         state.apply(&add_root, &mut changes).unwrap();
-        assert_eq!(state.apply(&AuthCommand::Enable, &mut changes), Err(ApplyError::RootRoleNotExist));
+        assert_eq!(
+            state.apply(&AuthCommand::Enable, &mut changes),
+            Err(ApplyError::RootRoleNotExist)
+        );
         let grant = AuthCommand::UserGrantRole {
             user: ROOT.into(),
             role: ROOT.into(),
@@ -607,18 +651,31 @@ mod tests {
         state.apply(&grant, &mut changes).unwrap();
         let before = state.revision();
         state.apply(&grant, &mut changes).unwrap();
-        assert_eq!(state.revision(), before, "a repeated grant keeps the revision");
+        assert_eq!(
+            state.revision(),
+            before,
+            "a repeated grant keeps the revision"
+        );
         state.apply(&AuthCommand::Enable, &mut changes).unwrap();
         assert!(state.enabled());
         let delete = AuthCommand::UserDelete { name: ROOT.into() };
-        assert_eq!(state.apply(&delete, &mut changes), Err(ApplyError::InvalidAuthMgmt));
+        assert_eq!(
+            state.apply(&delete, &mut changes),
+            Err(ApplyError::InvalidAuthMgmt)
+        );
         let revoke = AuthCommand::UserRevokeRole {
             name: ROOT.into(),
             role: ROOT.into(),
         };
-        assert_eq!(state.apply(&revoke, &mut changes), Err(ApplyError::InvalidAuthMgmt));
+        assert_eq!(
+            state.apply(&revoke, &mut changes),
+            Err(ApplyError::InvalidAuthMgmt)
+        );
         let role_delete = AuthCommand::RoleDelete { role: ROOT.into() };
-        assert_eq!(state.apply(&role_delete, &mut changes), Err(ApplyError::InvalidAuthMgmt));
+        assert_eq!(
+            state.apply(&role_delete, &mut changes),
+            Err(ApplyError::InvalidAuthMgmt)
+        );
         state.apply(&AuthCommand::Disable, &mut changes).unwrap();
         state.apply(&delete, &mut changes).unwrap();
         assert!(changes.disabled);

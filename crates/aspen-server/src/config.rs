@@ -725,9 +725,8 @@ fn resolve_auth(raw: &RawConfig, problems: &mut Vec<String>) -> aspen_api::AuthO
     };
     match raw.auth_token.as_deref() {
         None | Some("simple") => {}
-        Some(other) if other.starts_with("jwt") => problems.push(
-            "--auth-token jwt is not supported by Aspen yet; use \"simple\"".to_string(),
-        ),
+        Some(other) if other.starts_with("jwt") => problems
+            .push("--auth-token jwt is not supported by Aspen yet; use \"simple\"".to_string()),
         Some(other) => problems.push(format!(
             "--auth-token '{other}' is not a token type; use \"simple\""
         )),

@@ -27,8 +27,8 @@ pub async fn client_router(node: &Node, access: &Access) -> tonic::transport::se
     let kv = KvServer::new(KvService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let cluster =
-        ClusterServer::new(ClusterService::new(node.clone(), access.clone())).max_decoding_message_size(bytes_max);
+    let cluster = ClusterServer::new(ClusterService::new(node.clone(), access.clone()))
+        .max_decoding_message_size(bytes_max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
@@ -39,9 +39,12 @@ pub async fn client_router(node: &Node, access: &Access) -> tonic::transport::se
         .max_decoding_message_size(bytes_max);
     let lock = LockServer::new(aspen_api::LockService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max);
-    let election = ElectionServer::new(aspen_api::ElectionService::new(node.clone(), access.clone()))
-        .max_decoding_message_size(bytes_max)
-        .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
+    let election = ElectionServer::new(aspen_api::ElectionService::new(
+        node.clone(),
+        access.clone(),
+    ))
+    .max_decoding_message_size(bytes_max)
+    .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
     let auth = AuthServer::new(AuthService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max);
     let (health_reporter, health) = tonic_health::server::health_reporter();

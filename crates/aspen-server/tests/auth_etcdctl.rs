@@ -35,7 +35,9 @@ fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Ran {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().expect("etcdctl must be installed (etcd-client)");
+    let mut child = command
+        .spawn()
+        .expect("etcdctl must be installed (etcd-client)");
     {
         use std::io::Write;
         let mut input = child.stdin.take().expect("stdin");
@@ -103,8 +105,16 @@ async fn users_roles_and_permissions_through_etcdctl() {
         "etcdserver: root user does not exist",
         "enable without root",
     );
-    expect_ok(run(&on_leader, &[], &["user", "add", "root:rootpw"]), "User root created", "add root");
-    expect_ok(run(&on_leader, &[], &["auth", "enable"]), "Authentication Enabled", "enable");
+    expect_ok(
+        run(&on_leader, &[], &["user", "add", "root:rootpw"]),
+        "User root created",
+        "add root",
+    );
+    expect_ok(
+        run(&on_leader, &[], &["auth", "enable"]),
+        "Authentication Enabled",
+        "enable",
+    );
     expect_err(
         run(&on_leader, &[], &["put", "a", "1"]),
         "etcdserver: user name is empty",
@@ -122,7 +132,14 @@ async fn users_roles_and_permissions_through_etcdctl() {
     );
     for args in [
         vec!["role", "add", "app"],
-        vec!["role", "grant-permission", "app", "readwrite", "--prefix", "app/"],
+        vec![
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "--prefix",
+            "app/",
+        ],
         vec!["role", "grant-permission", "app", "read", "shared"],
         vec!["user", "add", "alice:alicepw"],
         vec!["user", "grant-role", "alice", "app"],
@@ -135,9 +152,17 @@ async fn users_roles_and_permissions_through_etcdctl() {
         "[app/, app0) (prefix app/)",
         "role get through a follower",
     );
-    expect_ok(run(&on_follower, &root, &["user", "list"]), "alice", "user list");
+    expect_ok(
+        run(&on_follower, &root, &["user", "list"]),
+        "alice",
+        "user list",
+    );
     expect_err(
-        run(&on_follower, &root, &["user", "grant-role", "alice", "nosuch"]),
+        run(
+            &on_follower,
+            &root,
+            &["user", "grant-role", "alice", "nosuch"],
+        ),
         "etcdserver: role name not found",
         "grant of an unknown role",
     );
@@ -146,25 +171,85 @@ async fn users_roles_and_permissions_through_etcdctl() {
         "etcdserver: invalid auth management",
         "root cannot be deleted while auth is on",
     );
-    expect_ok(run(&on_leader, &root, &["put", "shared", "s"]), "OK", "root writes anywhere");
-    expect_ok(run(&on_leader, &root, &["put", "secret", "x"]), "OK", "root writes anywhere");
+    expect_ok(
+        run(&on_leader, &root, &["put", "shared", "s"]),
+        "OK",
+        "root writes anywhere",
+    );
+    expect_ok(
+        run(&on_leader, &root, &["put", "secret", "x"]),
+        "OK",
+        "root writes anywhere",
+    );
 
     // alice, through both members: her prefix, read-only `shared`, nothing else.
     let alice = ["--user", "alice:alicepw"];
     for endpoint in [&on_leader, &on_follower] {
-        expect_ok(run(endpoint, &alice, &["put", "app/1", "v"]), "OK", "put in prefix");
-        expect_ok(run(endpoint, &alice, &["get", "app/", "--prefix"]), "app/1", "prefix read");
-        expect_ok(run(endpoint, &alice, &["get", "shared"]), "s", "read-only key");
-        expect_err(run(endpoint, &alice, &["put", "shared", "v"]), DENIED, "write a read-only key");
-        expect_err(run(endpoint, &alice, &["get", "secret"]), DENIED, "read outside");
-        expect_err(run(endpoint, &alice, &["get", "app", "--prefix"]), DENIED, "wider range");
-        expect_err(run(endpoint, &alice, &["del", "secret"]), DENIED, "delete outside");
-        expect_ok(run(endpoint, &alice, &["del", "app/1"]), "1", "delete inside");
-        expect_err(run(endpoint, &alice, &["user", "list"]), DENIED, "user list");
-        expect_ok(run(endpoint, &alice, &["user", "get", "alice"]), "Roles: app", "herself");
-        expect_err(run(endpoint, &alice, &["user", "get", "root"]), DENIED, "another user");
-        expect_err(run(endpoint, &alice, &["auth", "disable"]), DENIED, "auth disable");
-        expect_err(run(endpoint, &alice, &["compaction", "1"]), DENIED, "compaction");
+        expect_ok(
+            run(endpoint, &alice, &["put", "app/1", "v"]),
+            "OK",
+            "put in prefix",
+        );
+        expect_ok(
+            run(endpoint, &alice, &["get", "app/", "--prefix"]),
+            "app/1",
+            "prefix read",
+        );
+        expect_ok(
+            run(endpoint, &alice, &["get", "shared"]),
+            "s",
+            "read-only key",
+        );
+        expect_err(
+            run(endpoint, &alice, &["put", "shared", "v"]),
+            DENIED,
+            "write a read-only key",
+        );
+        expect_err(
+            run(endpoint, &alice, &["get", "secret"]),
+            DENIED,
+            "read outside",
+        );
+        expect_err(
+            run(endpoint, &alice, &["get", "app", "--prefix"]),
+            DENIED,
+            "wider range",
+        );
+        expect_err(
+            run(endpoint, &alice, &["del", "secret"]),
+            DENIED,
+            "delete outside",
+        );
+        expect_ok(
+            run(endpoint, &alice, &["del", "app/1"]),
+            "1",
+            "delete inside",
+        );
+        expect_err(
+            run(endpoint, &alice, &["user", "list"]),
+            DENIED,
+            "user list",
+        );
+        expect_ok(
+            run(endpoint, &alice, &["user", "get", "alice"]),
+            "Roles: app",
+            "herself",
+        );
+        expect_err(
+            run(endpoint, &alice, &["user", "get", "root"]),
+            DENIED,
+            "another user",
+        );
+        expect_err(
+            run(endpoint, &alice, &["auth", "disable"]),
+            DENIED,
+            "auth disable",
+        );
+        expect_err(
+            run(endpoint, &alice, &["compaction", "1"]),
+            DENIED,
+            "compaction",
+        );
         expect_err(
             run(endpoint, &alice, &["defrag"]),
             "auth: permission denied",
@@ -178,34 +263,109 @@ async fn users_roles_and_permissions_through_etcdctl() {
     }
     let snapshot = cluster.dir.path().join("denied.db");
     expect_err(
-        run(&on_leader, &alice, &["snapshot", "save", snapshot.to_str().unwrap()]),
+        run(
+            &on_leader,
+            &alice,
+            &["snapshot", "save", snapshot.to_str().unwrap()],
+        ),
         "auth: permission denied",
         "snapshot",
     );
 
     // Txn: every compare and every op is checked, both branches.
-    let txn = |input: &str| etcdctl(&on_follower, &["--user", "alice:alicepw", "txn"], Some(input));
-    expect_ok(txn("value(\"app/t\") = \"\"\n\nput app/t 1\n\nput app/u 2\n\n"), "", "txn inside");
-    expect_err(txn("value(\"secret\") = \"x\"\n\nput app/t 1\n\n\n"), DENIED, "compare outside");
-    expect_err(txn("value(\"app/t\") = \"1\"\n\nput app/t 2\n\nput secret y\n\n"), DENIED, "failure branch outside");
+    let txn = |input: &str| {
+        etcdctl(
+            &on_follower,
+            &["--user", "alice:alicepw", "txn"],
+            Some(input),
+        )
+    };
+    expect_ok(
+        txn("value(\"app/t\") = \"\"\n\nput app/t 1\n\nput app/u 2\n\n"),
+        "",
+        "txn inside",
+    );
+    expect_err(
+        txn("value(\"secret\") = \"x\"\n\nput app/t 1\n\n\n"),
+        DENIED,
+        "compare outside",
+    );
+    expect_err(
+        txn("value(\"app/t\") = \"1\"\n\nput app/t 2\n\nput secret y\n\n"),
+        DENIED,
+        "failure branch outside",
+    );
     expect_err(txn("\nget secret\n\n\n"), DENIED, "range op outside");
 
     // Lease keys: revoking a lease deletes its keys, so alice may revoke only if she can write
     // them all; asking for the keys needs read on them.
     let granted = run(&on_leader, &root, &["lease", "grant", "100"]);
     assert!(granted.ok, "{}", granted.out);
-    let lease = granted.out.split_whitespace().nth(1).expect("lease id").to_string();
-    expect_ok(run(&on_leader, &root, &["put", "secret2", "z", "--lease", &lease]), "OK", "root attaches");
-    expect_err(run(&on_leader, &alice, &["lease", "revoke", &lease]), DENIED, "revoke a lease on others' keys");
-    expect_err(run(&on_leader, &alice, &["lease", "timetolive", &lease, "--keys"]), DENIED, "keys of the lease");
-    expect_err(run(&on_leader, &alice, &["put", "app/l", "v", "--lease", &lease]), DENIED, "attach to it");
-    expect_ok(run(&on_leader, &alice, &["lease", "timetolive", &lease]), "granted with TTL", "ttl without keys");
+    let lease = granted
+        .out
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    expect_ok(
+        run(
+            &on_leader,
+            &root,
+            &["put", "secret2", "z", "--lease", &lease],
+        ),
+        "OK",
+        "root attaches",
+    );
+    expect_err(
+        run(&on_leader, &alice, &["lease", "revoke", &lease]),
+        DENIED,
+        "revoke a lease on others' keys",
+    );
+    expect_err(
+        run(
+            &on_leader,
+            &alice,
+            &["lease", "timetolive", &lease, "--keys"],
+        ),
+        DENIED,
+        "keys of the lease",
+    );
+    expect_err(
+        run(
+            &on_leader,
+            &alice,
+            &["put", "app/l", "v", "--lease", &lease],
+        ),
+        DENIED,
+        "attach to it",
+    );
+    expect_ok(
+        run(&on_leader, &alice, &["lease", "timetolive", &lease]),
+        "granted with TTL",
+        "ttl without keys",
+    );
 
     // Lock and Election: inside her prefix only.
-    expect_ok(run(&on_follower, &alice, &["lock", "app/lk", "echo", "held"]), "held", "lock inside");
-    expect_err(run(&on_follower, &alice, &["lock", "locks/x", "echo", "held"]), DENIED, "lock outside");
-    expect_err(run(&on_follower, &alice, &["elect", "elections/x", "me"]), DENIED, "campaign outside");
-    expect_err(run(&on_follower, &alice, &["elect", "-l", "elections/x"]), "elect:", "observe outside");
+    expect_ok(
+        run(&on_follower, &alice, &["lock", "app/lk", "echo", "held"]),
+        "held",
+        "lock inside",
+    );
+    expect_err(
+        run(&on_follower, &alice, &["lock", "locks/x", "echo", "held"]),
+        DENIED,
+        "lock outside",
+    );
+    expect_err(
+        run(&on_follower, &alice, &["elect", "elections/x", "me"]),
+        DENIED,
+        "campaign outside",
+    );
+    expect_err(
+        run(&on_follower, &alice, &["elect", "-l", "elections/x"]),
+        "elect:",
+        "observe outside",
+    );
 
     // Watch: refused at creation with etcd's cancel reason.
     let watched = run(&on_follower, &alice, &["watch", "secret"]);
@@ -236,16 +396,32 @@ async fn users_roles_and_permissions_through_etcdctl() {
         request
     };
     let mut kv = KvClient::new(channel.clone());
-    kv.range(with_token(&token, "app/t")).await.expect("token works");
+    kv.range(with_token(&token, "app/t"))
+        .await
+        .expect("token works");
     let denied = kv.range(with_token(&token, "secret")).await.unwrap_err();
-    assert_eq!((denied.code(), denied.message()), (Code::PermissionDenied, DENIED));
+    assert_eq!(
+        (denied.code(), denied.message()),
+        (Code::PermissionDenied, DENIED)
+    );
     let forged = kv.range(with_token("forged.1", "app/t")).await.unwrap_err();
     assert_eq!(
         (forged.code(), forged.message()),
         (Code::Unauthenticated, "etcdserver: invalid auth token")
     );
-    let passwd = ["--user", "root:rootpw", "user", "passwd", "alice", "--interactive=false"];
-    expect_ok(etcdctl(&on_leader, &passwd, Some("newpw\n")), "Password updated", "passwd");
+    let passwd = [
+        "--user",
+        "root:rootpw",
+        "user",
+        "passwd",
+        "alice",
+        "--interactive=false",
+    ];
+    expect_ok(
+        etcdctl(&on_leader, &passwd, Some("newpw\n")),
+        "Password updated",
+        "passwd",
+    );
     let stale = poll("the old token refused on the follower", || {
         let mut kv = kv.clone();
         let request = with_token(&token, "app/t");
@@ -273,10 +449,20 @@ async fn users_roles_and_permissions_through_etcdctl() {
         value: b"v".to_vec(),
         ..Default::default()
     });
-    put.metadata_mut()
-        .insert("token", MetadataValue::try_from(token.as_str()).expect("ascii"));
+    put.metadata_mut().insert(
+        "token",
+        MetadataValue::try_from(token.as_str()).expect("ascii"),
+    );
     kv.put(put).await.expect("fresh root token");
-    expect_ok(run(&on_leader, &root, &["role", "revoke-permission", "app", "shared"]), "", "revoke");
+    expect_ok(
+        run(
+            &on_leader,
+            &root,
+            &["role", "revoke-permission", "app", "shared"],
+        ),
+        "",
+        "revoke",
+    );
     let old = poll("the pre-revocation token refused", || {
         let mut kv = kv.clone();
         let request = with_token(&token, "k");
@@ -285,12 +471,23 @@ async fn users_roles_and_permissions_through_etcdctl() {
     .await;
     assert_eq!(
         (old.code(), old.message()),
-        (Code::InvalidArgument, "etcdserver: revision of auth store is old")
+        (
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old"
+        )
     );
 
     // Disabling auth opens everything again.
-    expect_ok(run(&on_leader, &root, &["auth", "disable"]), "Authentication Disabled", "disable");
+    expect_ok(
+        run(&on_leader, &root, &["auth", "disable"]),
+        "Authentication Disabled",
+        "disable",
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    expect_ok(run(&on_follower, &[], &["get", "secret"]), "x", "open again");
+    expect_ok(
+        run(&on_follower, &[], &["get", "secret"]),
+        "x",
+        "open again",
+    );
     cluster.terminate(&[0, 1, 2], 5_000).await;
 }

@@ -569,12 +569,11 @@ async fn progress_notices() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let service =
-        aspen_api::WatchService::with_progress_notify_interval(
-            node,
-            access,
-            Duration::from_millis(300),
-        );
+    let service = aspen_api::WatchService::with_progress_notify_interval(
+        node,
+        access,
+        Duration::from_millis(300),
+    );
     let router = tonic::transport::Server::builder().add_service(
         aspen_proto::etcdserverpb::watch_server::WatchServer::new(service),
     );

@@ -111,11 +111,21 @@ async fn auth_applies_persists_and_travels_in_snapshots() {
 
     // While enabled: a bare write has no user; a wrapped one applies at the checked revision
     // only.
-    assert_eq!(applier.apply(put("app/1")).result, Err(ApplyError::UserEmpty));
-    let rev = state.revision();
-    assert!(applier.apply(as_user("alice", rev, put("app/1"))).result.is_ok());
     assert_eq!(
-        applier.apply(as_user("alice", rev - 1, put("app/1"))).result,
+        applier.apply(put("app/1")).result,
+        Err(ApplyError::UserEmpty)
+    );
+    let rev = state.revision();
+    assert!(
+        applier
+            .apply(as_user("alice", rev, put("app/1")))
+            .result
+            .is_ok()
+    );
+    assert_eq!(
+        applier
+            .apply(as_user("alice", rev - 1, put("app/1")))
+            .result,
         Err(ApplyError::AuthOldRevision)
     );
     let disable = Command::Auth(AuthCommand::Disable);
@@ -130,7 +140,9 @@ async fn auth_applies_persists_and_travels_in_snapshots() {
         token_prefix: "abc".into(),
         checked_revision: rev,
     });
-    assert!(matches!(token, Ok(CommandResult::Authenticate { token }) if token.starts_with("abc.")));
+    assert!(
+        matches!(token, Ok(CommandResult::Authenticate { token }) if token.starts_with("abc."))
+    );
     assert_eq!(
         applier.auth(AuthCommand::Authenticate {
             name: "alice".into(),
@@ -171,7 +183,8 @@ async fn auth_applies_persists_and_travels_in_snapshots() {
     };
     let plain = builder.build_snapshot().await.expect("build");
     let meta: SnapshotMeta = plain.meta.clone();
-    sm.install(&meta, &plain.snapshot).expect("install over auth");
+    sm.install(&meta, &plain.snapshot)
+        .expect("install over auth");
     assert!(!sm.auth_state().enabled());
     assert!(sm.auth_state().users.is_empty());
     assert!(sm.auth_state().roles.is_empty());

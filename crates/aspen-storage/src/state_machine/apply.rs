@@ -451,4 +451,3 @@ impl<'a, 't> Applier<'a, 't> {
         }
     }
 }
-

@@ -227,7 +227,8 @@ impl StateMachine {
         {
             let db = self.store.state_db();
             let txn = db.begin_read()?;
-            self.auth.replace(std::sync::Arc::new(auth::load_read(&txn)?));
+            self.auth
+                .replace(std::sync::Arc::new(auth::load_read(&txn)?));
         }
         self.auth.invalidate_all();
         self.events.reset(self.reader().applied_state()?.revision);
