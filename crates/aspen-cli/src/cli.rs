@@ -38,6 +38,12 @@ pub struct Cli {
     /// Time limit for connecting to an endpoint
     #[arg(long, global = true, value_parser = parse_duration, default_value = "2s")]
     pub dial_timeout: Duration,
+    /// User for authentication: name:password, or name with --password (as etcdctl)
+    #[arg(long, global = true, env = "ASPENCTL_USER", value_name = "NAME[:PASSWORD]")]
+    pub user: Option<String>,
+    /// Password for --user (then --user must not include one)
+    #[arg(long, global = true, env = "ASPENCTL_PASSWORD", value_name = "PASSWORD")]
+    pub password: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

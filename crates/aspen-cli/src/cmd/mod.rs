@@ -31,6 +31,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         dial: crate::connect::Dial {
             dial_timeout: cli.dial_timeout,
             command_timeout: cli.command_timeout,
+            credentials: crate::connect::Credentials::parse(
+                cli.user.as_deref(),
+                cli.password.as_deref(),
+            )?,
         },
         endpoints: endpoint_list(&cli.endpoints)?,
         write_out: cli.write_out,
