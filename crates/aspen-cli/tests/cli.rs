@@ -317,3 +317,107 @@ fn failures_exit_with_their_codes() {
     // --help is not an error.
     assert_eq!(ctl(&server, &["--help"], None).status.code(), Some(0));
 }
+
+/// Runs a command that must fail; returns its stderr.
+fn fails(server: &Server, args: &[&str], code: i32) -> String {
+    let out = ctl(server, args, None);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "aspenctl {args:?}: {stderr}");
+    stderr
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn users_roles_and_auth_through_aspenctl() {
+    let server = start_server();
+    let root = ["--user", "root:rootpw"];
+    let with = |user: &[&str], args: &[&str]| -> Vec<String> {
+        user.iter().chain(args).map(|s| s.to_string()).collect()
+    };
+
+    assert_eq!(ok(&server, &["user", "add", "root:rootpw"]), "User root created\n");
+    // The root role is missing: like etcdctl, `auth enable` adds and grants it, then enables.
+    assert_eq!(ok(&server, &["auth", "enable"]), "Authentication Enabled\n");
+    let status = ok(&server, &as_strs(&with(&root, &["auth", "status"])));
+    assert!(status.starts_with("Authentication Status: true\n"), "{status}");
+    assert!(
+        fails(&server, &["put", "k", "v"], 1).contains("etcdserver: user name is empty"),
+        "no user"
+    );
+    assert!(
+        fails(&server, &["--user", "root:wrong", "get", "k"], 1)
+            .contains("etcdserver: authentication failed, invalid user ID or password")
+    );
+    assert!(fails(&server, &["--user", "root", "get", "k"], 2).contains("needs a password"));
+
+    for args in [
+        vec!["role", "add", "app"],
+        vec!["role", "grant-permission", "app", "readwrite", "app/", "--prefix"],
+        vec!["role", "grant-permission", "app", "read", "k1", "k5"],
+        vec!["user", "add", "alice", "--new-user-password", "alicepw"],
+        vec!["user", "grant-role", "alice", "app"],
+    ] {
+        ok(&server, &as_strs(&with(&root, &args)));
+    }
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["role", "get", "app"]))),
+        "Role app\nKV Read:\n\t[app/, app0) (prefix app/)\n\t[k1, k5)\nKV Write:\n\t[app/, app0) (prefix app/)\n"
+    );
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["user", "get", "alice"]))),
+        "User: alice\nRoles: app\n"
+    );
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["user", "list"]))),
+        "alice\nroot\n"
+    );
+
+    // alice, with --user NAME --password: her prefix only.
+    let alice = ["--user", "alice", "--password", "alicepw"];
+    assert_eq!(ok(&server, &as_strs(&with(&alice, &["put", "app/1", "v"]))), "OK\n");
+    assert_eq!(
+        ok(&server, &as_strs(&with(&alice, &["get", "app/", "--prefix"]))),
+        "app/1\nv\n"
+    );
+    let denied = fails(&server, &as_strs(&with(&alice, &["put", "k2", "v"])), 1);
+    assert!(denied.contains("etcdserver: permission denied"), "{denied}");
+    let denied = fails(&server, &as_strs(&with(&alice, &["user", "list"])), 1);
+    assert!(denied.contains("etcdserver: permission denied"), "{denied}");
+
+    // A changed password: the old one fails, the new one works.
+    assert_eq!(
+        ok_with_stdin(
+            &server,
+            &as_strs(&with(&root, &["user", "passwd", "alice"])),
+            Some("newpw\n")
+        ),
+        "Password updated\n"
+    );
+    fails(&server, &as_strs(&with(&alice, &["get", "app/1"])), 1);
+    ok(&server, &["--user", "alice:newpw", "get", "app/1"]);
+
+    // bench takes --user too: its requests carry the token (its keys are under
+    // aspenctl-bench/, which alice may write once granted).
+    let grant = ["role", "grant-permission", "app", "readwrite", "aspenctl-bench/", "--prefix"];
+    ok(&server, &as_strs(&with(&root, &grant)));
+    let bench = ok(
+        &server,
+        &[
+            "--user", "alice:newpw", "bench", "--total", "20", "--clients", "2", "--json", "put",
+        ],
+    );
+    assert_eq!(json(&bench)["ops"], 20, "{bench}");
+
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["role", "revoke-permission", "app", "k1", "k5"]))),
+        "Permission of range [k1, k5) is revoked from role app\n"
+    );
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["auth", "disable"]))),
+        "Authentication Disabled\n"
+    );
+    assert_eq!(ok(&server, &["get", "app/1", "--print-value-only"]), "v\n");
+}

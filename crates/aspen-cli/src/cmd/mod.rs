@@ -1,5 +1,6 @@
 //! Command dispatch: each command connects, sends its requests and prints in the format asked.
 
+pub mod auth;
 pub mod endpoint;
 pub mod kv;
 pub mod lease;
@@ -52,5 +53,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Defrag(args) => endpoint::defrag(&ctx, args).await,
         Command::Snapshot(command) => snapshot::run(&ctx, command).await,
         Command::Bench(args) => crate::bench::run(&ctx, args).await,
+        Command::Auth(command) => auth::auth(&ctx, command).await,
+        Command::User(command) => auth::user(&ctx, command).await,
+        Command::Role(command) => auth::role(&ctx, command).await,
     }
 }
