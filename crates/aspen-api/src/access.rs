@@ -434,8 +434,7 @@ impl aspen_storage::AuthSink for TokenKeeper {
     }
 
     fn users_invalidated(&self, users: &[String]) {
-        self.map()
-            .retain(|_, entry| !users.contains(&entry.user));
+        self.map().retain(|_, entry| !users.contains(&entry.user));
     }
 
     fn all_invalidated(&self) {

@@ -4,12 +4,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use aspen_proto::etcdserverpb::auth_client::AuthClient;
 use aspen_proto::etcdserverpb::cluster_client::ClusterClient;
 use aspen_proto::etcdserverpb::kv_client::KvClient;
 use aspen_proto::etcdserverpb::lease_client::LeaseClient;
 use aspen_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use aspen_proto::etcdserverpb::watch_client::WatchClient;
-use aspen_proto::etcdserverpb::auth_client::AuthClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -88,7 +88,10 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// etcdctl's rule: `--user name:password`, or `--user name` with `--password`.
-    pub fn parse(user: Option<&str>, password: Option<&str>) -> Result<Option<Credentials>, CliError> {
+    pub fn parse(
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Option<Credentials>, CliError> {
         let Some(user) = user else {
             if password.is_some() {
                 return Err(CliError::usage("--password needs --user"));

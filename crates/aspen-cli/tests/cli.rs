@@ -338,11 +338,17 @@ fn users_roles_and_auth_through_aspenctl() {
         user.iter().chain(args).map(|s| s.to_string()).collect()
     };
 
-    assert_eq!(ok(&server, &["user", "add", "root:rootpw"]), "User root created\n");
+    assert_eq!(
+        ok(&server, &["user", "add", "root:rootpw"]),
+        "User root created\n"
+    );
     // The root role is missing: like etcdctl, `auth enable` adds and grants it, then enables.
     assert_eq!(ok(&server, &["auth", "enable"]), "Authentication Enabled\n");
     let status = ok(&server, &as_strs(&with(&root, &["auth", "status"])));
-    assert!(status.starts_with("Authentication Status: true\n"), "{status}");
+    assert!(
+        status.starts_with("Authentication Status: true\n"),
+        "{status}"
+    );
     assert!(
         fails(&server, &["put", "k", "v"], 1).contains("etcdserver: user name is empty"),
         "no user"
@@ -355,7 +361,14 @@ fn users_roles_and_auth_through_aspenctl() {
 
     for args in [
         vec!["role", "add", "app"],
-        vec!["role", "grant-permission", "app", "readwrite", "app/", "--prefix"],
+        vec![
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
         vec!["role", "grant-permission", "app", "read", "k1", "k5"],
         vec!["user", "add", "alice", "--new-user-password", "alicepw"],
         vec!["user", "grant-role", "alice", "app"],
@@ -377,9 +390,15 @@ fn users_roles_and_auth_through_aspenctl() {
 
     // alice, with --user NAME --password: her prefix only.
     let alice = ["--user", "alice", "--password", "alicepw"];
-    assert_eq!(ok(&server, &as_strs(&with(&alice, &["put", "app/1", "v"]))), "OK\n");
     assert_eq!(
-        ok(&server, &as_strs(&with(&alice, &["get", "app/", "--prefix"]))),
+        ok(&server, &as_strs(&with(&alice, &["put", "app/1", "v"]))),
+        "OK\n"
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &as_strs(&with(&alice, &["get", "app/", "--prefix"]))
+        ),
         "app/1\nv\n"
     );
     let denied = fails(&server, &as_strs(&with(&alice, &["put", "k2", "v"])), 1);
@@ -401,18 +420,39 @@ fn users_roles_and_auth_through_aspenctl() {
 
     // bench takes --user too: its requests carry the token (its keys are under
     // aspenctl-bench/, which alice may write once granted).
-    let grant = ["role", "grant-permission", "app", "readwrite", "aspenctl-bench/", "--prefix"];
+    let grant = [
+        "role",
+        "grant-permission",
+        "app",
+        "readwrite",
+        "aspenctl-bench/",
+        "--prefix",
+    ];
     ok(&server, &as_strs(&with(&root, &grant)));
     let bench = ok(
         &server,
         &[
-            "--user", "alice:newpw", "bench", "--total", "20", "--clients", "2", "--json", "put",
+            "--user",
+            "alice:newpw",
+            "bench",
+            "--total",
+            "20",
+            "--clients",
+            "2",
+            "--json",
+            "put",
         ],
     );
     assert_eq!(json(&bench)["ops"], 20, "{bench}");
 
     assert_eq!(
-        ok(&server, &as_strs(&with(&root, &["role", "revoke-permission", "app", "k1", "k5"]))),
+        ok(
+            &server,
+            &as_strs(&with(
+                &root,
+                &["role", "revoke-permission", "app", "k1", "k5"]
+            ))
+        ),
         "Permission of range [k1, k5) is revoked from role app\n"
     );
     assert_eq!(

@@ -8,8 +8,8 @@ mod workloads;
 
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
 use crate::connect::AuthedChannel;
+use clap::{Args, Subcommand};
 
 use crate::cli::Consistency;
 use crate::cmd::Ctx;

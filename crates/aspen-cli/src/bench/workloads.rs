@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::connect::AuthedChannel;
 use aspen_proto::etcdserverpb::{self as pb, kv_client::KvClient, watch_client::WatchClient};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,7 +14,6 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use crate::connect::AuthedChannel;
 
 use super::Workload;
 use super::driver::{Report, Rng, Settings, Stats, Worker, drive, histogram, record_us};

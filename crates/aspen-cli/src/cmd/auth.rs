@@ -24,7 +24,8 @@ pub async fn auth(ctx: &Ctx, command: AuthCommand) -> Result<(), CliError> {
                 let result = conn
                     .call(
                         "auth enable",
-                        conn.auth().auth_enable(conn.request(pb::AuthEnableRequest {})),
+                        conn.auth()
+                            .auth_enable(conn.request(pb::AuthEnableRequest {})),
                     )
                     .await;
                 match result {
@@ -51,7 +52,8 @@ pub async fn auth(ctx: &Ctx, command: AuthCommand) -> Result<(), CliError> {
             let response = conn
                 .call(
                     "auth status",
-                    conn.auth().auth_status(conn.request(pb::AuthStatusRequest {})),
+                    conn.auth()
+                        .auth_status(conn.request(pb::AuthStatusRequest {})),
                 )
                 .await?;
             match ctx.write_out {
@@ -81,7 +83,9 @@ async fn add_root_role(conn: &Conn) -> Result<(), CliError> {
         )
         .await;
     if let Err(error) = added
-        && !error.message.ends_with("etcdserver: role name already exists")
+        && !error
+            .message
+            .ends_with("etcdserver: role name already exists")
     {
         return Err(error);
     }
@@ -150,8 +154,11 @@ pub async fn user(ctx: &Ctx, command: UserCommand) -> Result<(), CliError> {
         }
         UserCommand::Delete { user } => {
             let request = pb::AuthUserDeleteRequest { name: user.clone() };
-            conn.call("user delete", auth.clone().user_delete(conn.request(request)))
-                .await?;
+            conn.call(
+                "user delete",
+                auth.clone().user_delete(conn.request(request)),
+            )
+            .await?;
             done(ctx, &format!("User {user} deleted"));
         }
         UserCommand::Get { user, detail } => {
@@ -253,8 +260,11 @@ pub async fn role(ctx: &Ctx, command: RoleCommand) -> Result<(), CliError> {
         }
         RoleCommand::Delete { role } => {
             let request = pb::AuthRoleDeleteRequest { role: role.clone() };
-            conn.call("role delete", auth.clone().role_delete(conn.request(request)))
-                .await?;
+            conn.call(
+                "role delete",
+                auth.clone().role_delete(conn.request(request)),
+            )
+            .await?;
             done(ctx, &format!("Role {role} deleted"));
         }
         RoleCommand::Get { role } => {
