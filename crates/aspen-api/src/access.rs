@@ -90,12 +90,20 @@ impl Access {
         let tokens = Arc::new(TokenKeeper::new(options.token_ttl));
         let connected = node.state_machine().set_auth_sink(tokens.clone());
         assert!(connected, "Access::new called twice for one node");
-        Access {
+        let access = Access {
             node: node.clone(),
             tokens,
             options,
             decoy_hash: Arc::default(),
-        }
+        };
+        // The decoy is ready before the first failed Authenticate needs it (it costs a hash).
+        let warm = access.clone();
+        tokio::spawn(async move {
+            if let Err(status) = warm.decoy().await {
+                tracing::warn!(%status, "preparing the decoy password hash");
+            }
+        });
+        access
     }
 
     pub fn options(&self) -> AuthOptions {

@@ -94,7 +94,15 @@ impl AuthService {
             });
             let ApplyResponse { result, .. } = self.node.write(command).await.map_err(from_node)?;
             match result {
-                Ok(CommandResult::Authenticate { token }) => return Ok(token),
+                Ok(CommandResult::Authenticate { token }) => {
+                    // The leader applied the assignment; wait until this member has too, so
+                    // the token works here at once (and the store it is checked against is
+                    // the one it was issued at). The token is valid either way.
+                    if let Err(error) = self.node.read_barrier().await {
+                        tracing::info!(%error, "read barrier after authenticate");
+                    }
+                    return Ok(token);
+                }
                 Ok(other) => {
                     return Err(Status::internal(format!(
                         "unexpected apply result {other:?}"

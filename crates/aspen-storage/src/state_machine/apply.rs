@@ -14,7 +14,7 @@ use redb::ReadableTable;
 
 use aspen_core::auth::{AuthChanges, AuthCommand, AuthState};
 
-use super::auth::{BatchAuthEffects, TokenAssigned};
+use super::auth::{BatchAuthEffects, TokenEffect};
 use super::mvcc;
 use super::range::{self, read_revision};
 use super::records::{AppliedState, LeaseRecord, StoredVersion};
@@ -155,7 +155,7 @@ impl<'a, 't> Applier<'a, 't> {
             // Changes nothing but the tokens: checked in place, without copying the store.
             self.auth.check_authenticate(name, *checked_revision)?;
             let token = format!("{token_prefix}.{}", self.log_index);
-            self.auth_effects.tokens.push(TokenAssigned {
+            self.auth_effects.tokens.push(TokenEffect::Assigned {
                 token: token.clone(),
                 user: name.clone(),
                 auth_revision: self.auth.revision(),
@@ -169,10 +169,15 @@ impl<'a, 't> Applier<'a, 't> {
         if changes != AuthChanges::default() {
             self.auth = std::sync::Arc::new(state);
             self.auth_effects.changed = true;
-            self.auth_effects.disabled |= changes.disabled;
-            self.auth_effects
-                .invalidated_users
-                .extend(changes.invalidated_users.iter().cloned());
+            if changes.disabled {
+                self.auth_effects.tokens.push(TokenEffect::AllInvalidated);
+            }
+            if !changes.invalidated_users.is_empty() {
+                let users = changes.invalidated_users.clone();
+                self.auth_effects
+                    .tokens
+                    .push(TokenEffect::UsersInvalidated(users));
+            }
             self.auth_changes.users.extend(changes.users);
             self.auth_changes.roles.extend(changes.roles);
             self.auth_changes.meta |= changes.meta;

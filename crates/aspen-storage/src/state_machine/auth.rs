@@ -26,21 +26,25 @@ pub trait AuthSink: Send + Sync + 'static {
     fn all_invalidated(&self);
 }
 
-/// One token assignment made by an apply batch.
+/// One change to tokens made by an apply batch, announced in log order.
 #[derive(Debug, Clone)]
-pub(crate) struct TokenAssigned {
-    pub token: String,
-    pub user: String,
-    pub auth_revision: u64,
+pub(crate) enum TokenEffect {
+    Assigned {
+        token: String,
+        user: String,
+        auth_revision: u64,
+    },
+    UsersInvalidated(Vec<String>),
+    AllInvalidated,
 }
 
 /// What a batch did to auth, announced after it committed.
 #[derive(Debug, Default)]
 pub(crate) struct BatchAuthEffects {
+    /// The store changed (its tables need writing, its copy replacing).
     pub changed: bool,
-    pub tokens: Vec<TokenAssigned>,
-    pub invalidated_users: Vec<String>,
-    pub disabled: bool,
+    /// In the order the batch's entries made them.
+    pub tokens: Vec<TokenEffect>,
 }
 
 /// The committed auth store and the sink; shared by every clone of the state machine.
@@ -80,14 +84,16 @@ impl AuthHook {
         let Some(sink) = self.sink.get() else {
             return;
         };
-        if effects.disabled {
-            sink.all_invalidated();
-        }
-        if !effects.invalidated_users.is_empty() {
-            sink.users_invalidated(&effects.invalidated_users);
-        }
-        for token in &effects.tokens {
-            sink.token_assigned(&token.token, &token.user, token.auth_revision);
+        for effect in &effects.tokens {
+            match effect {
+                TokenEffect::Assigned {
+                    token,
+                    user,
+                    auth_revision,
+                } => sink.token_assigned(token, user, *auth_revision),
+                TokenEffect::UsersInvalidated(users) => sink.users_invalidated(users),
+                TokenEffect::AllInvalidated => sink.all_invalidated(),
+            }
         }
     }
 
