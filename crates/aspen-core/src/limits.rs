@@ -129,9 +129,6 @@ pub const AUTH_ROLES_PER_USER_MAX: u32 = 256;
 pub const AUTH_PERMISSIONS_PER_ROLE_MAX: u32 = 1_000;
 /// Longest user or role name.
 pub const AUTH_NAME_BYTES_MAX: u32 = 1_024;
-/// Longest password accepted. bcrypt reads at most 72 bytes of it, as etcd's does; a longer
-/// one is refused rather than silently cut.
-pub const AUTH_PASSWORD_BYTES_MAX: u32 = 72;
 /// etcd's default `--bcrypt-cost`, and bcrypt's bounds on it.
 pub const BCRYPT_COST_DEFAULT: u32 = 10;
 pub const BCRYPT_COST_MIN: u32 = 4;
