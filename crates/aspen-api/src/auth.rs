@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Caller, fill_random};
 use crate::header::header;
-use crate::status::{from_apply, from_node};
+use crate::status::{self, from_apply, from_node, invalid};
 
 /// Authenticate retries this many times when the auth store moves between the password check
 /// and the token's assignment (etcd retries without bound; a store changing that fast is a
@@ -134,19 +134,12 @@ fn token_prefix() -> String {
 }
 
 fn permission_from_pb(perm: Option<authpb::Permission>) -> Result<Permission, Status> {
-    let perm = perm.ok_or_else(|| {
-        Status::invalid_argument("etcdserver: permission is not given in the request")
-    })?;
+    let perm = perm.ok_or_else(|| invalid(status::PERMISSION_MISSING))?;
     let perm_type = match authpb::permission::Type::try_from(perm.perm_type) {
         Ok(authpb::permission::Type::Read) => PermissionType::Read,
         Ok(authpb::permission::Type::Write) => PermissionType::Write,
         Ok(authpb::permission::Type::Readwrite) => PermissionType::ReadWrite,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "unknown permission type {}",
-                perm.perm_type
-            )));
-        }
+        Err(_) => return Err(invalid(status::PERMISSION_TYPE_UNKNOWN)),
     };
     Ok(Permission {
         perm_type,
@@ -413,5 +406,50 @@ impl Auth for AuthService {
         Ok(Response::new(pb::AuthRoleRevokePermissionResponse {
             header,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_convert_both_ways_and_bad_ones_are_refused() {
+        for perm_type in [
+            authpb::permission::Type::Read,
+            authpb::permission::Type::Write,
+            authpb::permission::Type::Readwrite,
+        ] {
+            let wire = authpb::Permission {
+                perm_type: perm_type as i32,
+                key: b"a".to_vec(),
+                range_end: b"b".to_vec(),
+            };
+            let permission = permission_from_pb(Some(wire.clone())).expect("valid");
+            assert_eq!(permission_to_pb(&permission), wire);
+        }
+        let missing = permission_from_pb(None).unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+        let unknown = authpb::Permission {
+            perm_type: 7,
+            ..Default::default()
+        };
+        let unknown = permission_from_pb(Some(unknown)).unwrap_err();
+        assert_eq!(
+            (unknown.code(), unknown.message()),
+            (
+                tonic::Code::InvalidArgument,
+                status::PERMISSION_TYPE_UNKNOWN
+            )
+        );
+    }
+
+    #[test]
+    fn token_prefixes_are_letters_and_differ() {
+        let a = token_prefix();
+        let b = token_prefix();
+        assert_eq!(a.len(), TOKEN_PREFIX_LETTERS);
+        assert!(a.chars().all(|c| c.is_ascii_alphabetic()));
+        assert_ne!(a, b);
     }
 }

@@ -15,6 +15,11 @@ pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 pub const LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
+/// RoleGrantPermission without a permission, or with a type other than read, write and
+/// readwrite (etcd 3.4 has no message for these: it would store whatever came).
+pub const PERMISSION_MISSING: &str = "aspen: the request grants no permission";
+pub const PERMISSION_TYPE_UNKNOWN: &str =
+    "aspen: unknown permission type (read, write or readwrite)";
 
 /// etcd's `concurrency.ErrElectionNotLeader`: Proclaim by a key that no longer leads.
 pub const ELECTION_NOT_LEADER: &str = "election: not leader";
