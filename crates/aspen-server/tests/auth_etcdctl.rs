@@ -491,3 +491,98 @@ async fn users_roles_and_permissions_through_etcdctl() {
     );
     cluster.terminate(&[0, 1, 2], 5_000).await;
 }
+
+/// `--auth-token-ttl`: a token unused for longer stops working, one in use stays valid; and a
+/// restart keeps users, roles and the flag (replicated state) but no token (memory only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_ttl_and_restart() {
+    let cluster = Cluster::new(1, Backend::Redb, None);
+    let mut args = cluster.args(0, &[0], "new");
+    args.extend(["--auth-token-ttl".to_string(), "2".to_string()]);
+    args.extend(["--bcrypt-cost".to_string(), "4".to_string()]);
+    let log = cluster.dir.path().join("ttl.log");
+    let mut process = common::spawn_aspen(&args, &log);
+    let endpoint = cluster.members[0].client_url().replace("http://", "");
+    poll("the member serving", || async {
+        etcdctl(&endpoint, &["endpoint", "health"], None)
+            .ok
+            .then_some(())
+    })
+    .await;
+    expect_ok(
+        etcdctl(&endpoint, &["user", "add", "root:pw"], None),
+        "created",
+        "root",
+    );
+    expect_ok(
+        etcdctl(&endpoint, &["auth", "enable"], None),
+        "Enabled",
+        "enable",
+    );
+
+    let channel = cluster.channel(0);
+    let authenticate = || {
+        let channel = channel.clone();
+        async move {
+            AuthClient::new(channel)
+                .authenticate(AuthenticateRequest {
+                    name: "root".into(),
+                    password: "pw".into(),
+                })
+                .await
+                .expect("authenticate")
+                .into_inner()
+                .token
+        }
+    };
+    let get = |token: String| {
+        let mut kv = KvClient::new(channel.clone());
+        async move {
+            let mut request = tonic::Request::new(RangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            });
+            let value = MetadataValue::try_from(token.as_str()).expect("ascii");
+            request.metadata_mut().insert("token", value);
+            kv.range(request).await
+        }
+    };
+    let idle = authenticate().await;
+    let busy = authenticate().await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        get(busy.clone()).await.expect("a token in use stays valid");
+    }
+    let expired = get(idle).await.expect_err("idle for 3.2 s, TTL 2 s");
+    assert_eq!(
+        (expired.code(), expired.message()),
+        (Code::Unauthenticated, "etcdserver: invalid auth token")
+    );
+
+    // Restart: the auth store is on disk, tokens are not.
+    process.sigterm();
+    assert!(process.wait_exit(10_000).await.is_some(), "stopped");
+    let mut process = common::spawn_aspen(&args, &cluster.dir.path().join("ttl-2.log"));
+    poll("the member serving again", || async {
+        let ran = etcdctl(
+            &endpoint,
+            &["--user", "root:pw", "endpoint", "health"],
+            None,
+        );
+        ran.ok.then_some(())
+    })
+    .await;
+    expect_err(
+        etcdctl(&endpoint, &["get", "k"], None),
+        "etcdserver: user name is empty",
+        "auth still enabled after a restart",
+    );
+    let forgotten = get(busy)
+        .await
+        .expect_err("tokens do not survive a restart");
+    assert_eq!(forgotten.code(), Code::Unauthenticated);
+    let fresh = authenticate().await;
+    get(fresh).await.expect("a new token works");
+    process.sigterm();
+    process.wait_exit(10_000).await;
+}
