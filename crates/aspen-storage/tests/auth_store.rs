@@ -189,3 +189,50 @@ async fn auth_applies_persists_and_travels_in_snapshots() {
     assert!(sm.auth_state().users.is_empty());
     assert!(sm.auth_state().roles.is_empty());
 }
+
+/// A state database written before auth existed has neither auth table nor `auth` entry: it
+/// opens as it is (the tables are created, empty), with auth disabled and its data intact.
+#[test]
+fn a_state_database_from_before_auth_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = redb(dir.path(), "old");
+    {
+        let (log, sm) = open_storage(&backend, Limits::default()).expect("open");
+        let mut applier = Applier::new(sm.clone(), 1);
+        assert!(applier.apply(put("kept")).result.is_ok());
+        drop(applier);
+        drop(sm);
+        drop(log);
+    }
+    {
+        // Make it what an older Aspen wrote: no auth tables.
+        let db = redb::Database::open(dir.path().join("old/state.redb")).expect("redb open");
+        let txn = db.begin_write().expect("write");
+        assert!(
+            txn.delete_table(aspen_storage::schema::AUTH_USERS)
+                .expect("delete")
+        );
+        assert!(
+            txn.delete_table(aspen_storage::schema::AUTH_ROLES)
+                .expect("delete")
+        );
+        txn.commit().expect("commit");
+    }
+    let (_log, sm) = open_storage(&backend, Limits::default()).expect("reopen");
+    assert_eq!(*sm.auth_state(), aspen_core::auth::AuthState::default());
+    let read = sm
+        .reader()
+        .range(&aspen_core::RangeRequest {
+            key: b"kept".to_vec(),
+            ..Default::default()
+        })
+        .expect("read")
+        .expect("ok");
+    assert_eq!(read.0.kvs.len(), 1);
+    // And auth works on it from then on.
+    let mut applier = Applier::new(sm.clone(), 2);
+    applier
+        .auth(AuthCommand::RoleAdd { name: "r".into() })
+        .expect("role add");
+    assert!(sm.auth_state().roles.contains_key("r"));
+}
