@@ -6,6 +6,7 @@ use aspen_node::{ForwardRequest, Member, Node, NodeError};
 use aspen_proto::etcdserverpb::{self as pb, cluster_server::Cluster};
 use tonic::{Request, Response, Status};
 
+use crate::access::Access;
 use crate::header::header;
 use crate::status::{self, from_node, invalid};
 
@@ -17,11 +18,18 @@ pub const MEMBER_URL_BYTES_MAX: usize = 1024;
 #[derive(Clone)]
 pub struct ClusterService {
     node: Node,
+    access: Access,
 }
 
 impl ClusterService {
-    pub fn new(node: Node) -> ClusterService {
-        ClusterService { node }
+    pub fn new(node: Node, access: Access) -> ClusterService {
+        ClusterService { node, access }
+    }
+
+    /// Member changes are administration: root only while auth is enabled (etcd 3.4 checks
+    /// none; listing stays open, as there).
+    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.access.caller(request)?.check_admin()
     }
 
     /// The header etcd's cluster server sends: cluster id, member id and Raft term, but no
@@ -136,6 +144,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.check_admin(&request)?;
         let request = request.into_inner();
         let urls = peer_urls(&request.peer_ur_ls)?;
         // The id the new member's process derives from its own flags (peer URLs and cluster
@@ -172,6 +181,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.check_admin(&request)?;
         let id = request.into_inner().id;
         self.node
             .change_membership(ForwardRequest::RemoveMember { id })
@@ -188,6 +198,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.check_admin(&request)?;
         let request = request.into_inner();
         let urls = peer_urls(&request.peer_ur_ls)?;
         let members = self.node.members();
@@ -235,6 +246,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.check_admin(&request)?;
         let id = request.into_inner().id;
         self.node
             .change_membership(ForwardRequest::PromoteMember { id })

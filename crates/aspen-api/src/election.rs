@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::access::Access;
 use crate::convert;
 use crate::header::header;
 use crate::recipe::{self, CancelGuard, Recipes};
@@ -27,12 +28,14 @@ use crate::status::{self, from_recipe, invalid};
 #[derive(Clone)]
 pub struct ElectionService {
     recipes: Recipes,
+    access: Access,
 }
 
 impl ElectionService {
-    pub fn new(node: Node) -> ElectionService {
+    pub fn new(node: Node, access: Access) -> ElectionService {
         ElectionService {
             recipes: Recipes::new(node),
+            access,
         }
     }
 
@@ -52,6 +55,7 @@ impl ElectionService {
     /// created at `leader.rev`; the store revision after, or None if it is not.
     async fn proclaim_as(
         &self,
+        recipes: &Recipes,
         leader: &pb::LeaderKey,
         value: &[u8],
     ) -> Result<Option<u64>, Status> {
@@ -61,20 +65,20 @@ impl ElectionService {
             success: vec![recipe::put(&leader.key, value, leader.lease)],
             failure: Vec::new(),
         };
-        let outcome = self.recipes.txn(txn).await?;
+        let outcome = recipes.txn(txn).await?;
         Ok(outcome.succeeded.then_some(outcome.revision))
     }
 
     /// etcd's `Election.Resign`: deletes the leader's key if it is still the key created at
     /// `leader.rev`; the store revision after.
-    async fn resign_as(&self, leader: &pb::LeaderKey) -> Result<u64, Status> {
+    async fn resign_as(&self, recipes: &Recipes, leader: &pb::LeaderKey) -> Result<u64, Status> {
         let rev = leader.rev.max(0) as u64;
         let txn = TxnRequest {
             compare: vec![recipe::create_revision_is(&leader.key, rev)],
             success: vec![recipe::delete(&leader.key)],
             failure: Vec::new(),
         };
-        Ok(self.recipes.txn(txn).await?.revision)
+        Ok(recipes.txn(txn).await?.revision)
     }
 }
 
@@ -94,17 +98,22 @@ impl ElectionService {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         self.check_size(&request)?;
-        let lease = self.recipes.session_lease(request.lease).await?;
         let prefix = recipe::prefix(&request.name);
+        // The recipe reads the candidates under the prefix and writes its own key there.
+        caller.check_read(&prefix, &prefix_range_end(&prefix))?;
+        let recipes = self.recipes.for_caller(caller.clone());
+        let lease = recipes.session_lease(request.lease).await?;
         let key = recipe::queue_key(&prefix, lease);
+        caller.check_write(&key, &[])?;
         let txn = TxnRequest {
             compare: vec![recipe::create_revision_is(&key, 0)],
             success: vec![recipe::put(&key, &request.value, lease)],
             failure: vec![recipe::get(&key)],
         };
-        let outcome = self.recipes.txn(txn).await?;
+        let outcome = recipes.txn(txn).await?;
         let mut leader = pb::LeaderKey {
             name: request.name,
             key,
@@ -118,14 +127,14 @@ impl ElectionService {
                 existing.ok_or_else(|| Status::internal("campaign key vanished in txn"))?;
             leader.rev = existing.create_revision as i64;
             if existing.value != request.value {
-                match self.proclaim_as(&leader, &request.value).await {
+                match self.proclaim_as(&recipes, &leader, &request.value).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
-                        self.resign_as(&leader).await?;
+                        self.resign_as(&recipes, &leader).await?;
                         return Err(status::election(status::ELECTION_NOT_LEADER));
                     }
                     Err(error) => {
-                        self.resign_as(&leader).await?;
+                        self.resign_as(&recipes, &leader).await?;
                         return Err(error);
                     }
                 }
@@ -133,9 +142,8 @@ impl ElectionService {
         }
         // Wait for the candidates queued before this one. A client that goes away while
         // waiting resigns (etcd resigns when the campaign's context ends).
-        let guard = CancelGuard::new(&self.recipes, &leader.key, leader.rev as u64);
-        let waited = self
-            .recipes
+        let guard = CancelGuard::new(&recipes, &leader.key, leader.rev as u64);
+        let waited = recipes
             .wait_deletes(&prefix, (leader.rev as u64).saturating_sub(1))
             .await;
         guard.disarm();
@@ -150,13 +158,17 @@ impl ElectionService {
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         self.check_size(&request)?;
         let mut leader = leader_key(request.leader.as_ref())?.clone();
+        caller.check_read(&leader.key, &[])?;
+        caller.check_write(&leader.key, &[])?;
+        let recipes = self.recipes.for_caller(caller);
         // etcd resumes the election on a session with the leader's lease, which grants a
         // 60 s lease when it is 0; the proclaimed value is put with that lease.
-        leader.lease = self.recipes.session_lease(leader.lease).await?;
-        let Some(revision) = self.proclaim_as(&leader, &request.value).await? else {
+        leader.lease = recipes.session_lease(leader.lease).await?;
+        let Some(revision) = self.proclaim_as(&recipes, &leader, &request.value).await? else {
             return Err(status::election(status::ELECTION_NOT_LEADER));
         };
         Ok(Response::new(pb::ProclaimResponse {
@@ -168,8 +180,10 @@ impl ElectionService {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         let prefix = recipe::prefix(&request.name);
+        caller.check_read(&prefix, &prefix_range_end(&prefix))?;
         let (result, revision) = self.recipes.range(&recipe::first_created(&prefix)).await?;
         let Some(kv) = result.kvs.into_iter().next() else {
             return Err(status::election(status::ELECTION_NO_LEADER));
@@ -184,7 +198,10 @@ impl ElectionService {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
+        let prefix = recipe::prefix(&request.name);
+        caller.check_read(&prefix, &prefix_range_end(&prefix))?;
         let (sender, receiver) = mpsc::channel(WATCH_RESPONSE_QUEUE_MAX as usize);
         let observer = Observer {
             recipes: self.recipes.clone(),
@@ -210,11 +227,15 @@ impl ElectionService {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         let leader = leader_key(request.leader.as_ref())?;
+        caller.check_read(&leader.key, &[])?;
+        caller.check_write(&leader.key, &[])?;
+        let recipes = self.recipes.for_caller(caller);
         // As Proclaim: etcd's session grants a 60 s lease for lease 0, used for nothing else.
-        self.recipes.session_lease(leader.lease).await?;
-        let revision = self.resign_as(leader).await?;
+        recipes.session_lease(leader.lease).await?;
+        let revision = self.resign_as(&recipes, leader).await?;
         Ok(Response::new(pb::ResignResponse {
             header: header(self.node(), revision),
         }))

@@ -6,6 +6,7 @@ use aspen_proto::etcdserverpb::{self as pb, kv_server::Kv};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::access::Access;
 use crate::convert;
 use crate::header::header;
 use crate::status::{self, from_apply, from_node, invalid};
@@ -14,11 +15,12 @@ use crate::validate;
 #[derive(Clone)]
 pub struct KvService {
     node: Node,
+    access: Access,
 }
 
 impl KvService {
-    pub fn new(node: Node) -> KvService {
-        KvService { node }
+    pub fn new(node: Node, access: Access) -> KvService {
+        KvService { node, access }
     }
 
     /// etcd refuses a request whose encoding exceeds --max-request-bytes.
@@ -46,8 +48,10 @@ impl KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         validate::check_range(&request)?;
+        caller.check_range(&request)?;
         let (result, revision) = self
             .node
             .range(&convert::range_request(&request))
@@ -66,10 +70,12 @@ impl KvService {
         request: Request<pb::PutRequest>,
         write_ns: &mut u64,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         validate::check_put(&request)?;
         self.check_size(&request)?;
-        let command = Command::Put(convert::put_request(&request));
+        caller.check_put(&self.node, &request)?;
+        let command = caller.authorize(Command::Put(convert::put_request(&request)));
         let write_started = std::time::Instant::now();
         let proposed = self.propose(command).await;
         *write_ns = write_started.elapsed().as_nanos() as u64;
@@ -87,12 +93,13 @@ impl KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         validate::check_delete(&request)?;
         self.check_size(&request)?;
-        let (result, revision) = self
-            .propose(Command::DeleteRange(convert::delete_request(&request)))
-            .await?;
+        caller.check_delete(&request)?;
+        let command = Command::DeleteRange(convert::delete_request(&request));
+        let (result, revision) = self.propose(caller.authorize(command)).await?;
         let CommandResult::DeleteRange { deleted, prev_kvs } = result else {
             return Err(unexpected(&result));
         };
@@ -107,12 +114,13 @@ impl KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         validate::check_txn(&request, self.node.limits().txn_ops_max)?;
         self.check_size(&request)?;
-        let (result, revision) = self
-            .propose(Command::Txn(convert::txn_request(&request)))
-            .await?;
+        caller.check_txn(&self.node, &request)?;
+        let command = Command::Txn(convert::txn_request(&request));
+        let (result, revision) = self.propose(caller.authorize(command)).await?;
         let CommandResult::Txn {
             succeeded,
             responses,
@@ -131,12 +139,16 @@ impl KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        // Root only while auth is enabled (etcd 3.4 lets any user compact; Aspen treats
+        // compaction as administration, as the Maintenance calls are).
+        let caller = self.access.caller(&request)?;
+        caller.check_admin()?;
         let request = request.into_inner();
         let command = Command::Compact {
             revision: request.revision.max(0) as u64,
             physical: request.physical,
         };
-        let (_, revision) = self.propose(command).await?;
+        let (_, revision) = self.propose(caller.authorize(command)).await?;
         if request.physical {
             // As etcd: the call returns once this member has removed the compacted versions.
             self.node

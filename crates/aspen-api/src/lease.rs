@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 
+use aspen_core::auth::PermissionType;
 use aspen_core::limits::{LEASE_KEEPALIVE_QUEUE_MAX, LEASE_TTL_SECONDS_MAX};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
 use aspen_node::{Node, NodeError};
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::Access;
 use crate::header::header;
 use crate::status::{self, from_apply, from_node, invalid};
 
@@ -22,11 +24,12 @@ pub const LEASE_ID_NEGATIVE: &str = "etcdserver: lease ID must not be negative";
 #[derive(Clone)]
 pub struct LeaseService {
     node: Node,
+    access: Access,
 }
 
 impl LeaseService {
-    pub fn new(node: Node) -> LeaseService {
-        LeaseService { node }
+    pub fn new(node: Node, access: Access) -> LeaseService {
+        LeaseService { node, access }
     }
 
     async fn propose(&self, command: Command) -> Result<(CommandResult, u64), Status> {
@@ -52,6 +55,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        // A bad token is refused, as etcd refuses it for every request it proposes.
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         if request.ttl > LEASE_TTL_SECONDS_MAX {
             return Err(Status::out_of_range(status::LEASE_TTL_TOO_LARGE));
@@ -63,7 +68,7 @@ impl Lease for LeaseService {
             id: request.id as u64,
             ttl_seconds: request.ttl,
         };
-        let (result, revision) = self.propose(command).await?;
+        let (result, revision) = self.propose(caller.authorize(command)).await?;
         let CommandResult::LeaseGrant { id, ttl_seconds } = result else {
             return Err(Status::internal(format!(
                 "unexpected apply result {result:?}"
@@ -81,11 +86,15 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let id = request.into_inner().id;
         if id <= 0 {
             return Err(from_apply(&ApplyError::LeaseNotFound));
         }
-        let (_, revision) = self.propose(Command::LeaseRevoke { id: id as u64 }).await?;
+        // etcd: revoking deletes the attached keys, so the caller must be able to write each.
+        caller.check_lease_keys(&self.node, id as u64, PermissionType::Write)?;
+        let command = caller.authorize(Command::LeaseRevoke { id: id as u64 });
+        let (_, revision) = self.propose(command).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: header(&self.node, revision),
         }))
@@ -117,6 +126,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         let found = if request.id <= 0 {
             None
@@ -127,6 +137,12 @@ impl Lease for LeaseService {
                 .await
                 .map_err(from_node)?
         };
+        // The attached keys are shown only to a caller who may read every one of them.
+        if let Some(lease) = &found {
+            for key in &lease.keys {
+                caller.check_read(key, &[])?;
+            }
+        }
         // As etcd: an unknown lease is not an error here but a TTL of -1.
         let response = match found {
             Some(lease) => pb::LeaseTimeToLiveResponse {

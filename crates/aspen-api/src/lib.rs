@@ -4,6 +4,7 @@
 //!
 //! Nothing here touches storage directly except through the node and its read handle.
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod convert;
@@ -18,6 +19,7 @@ pub mod status;
 pub mod validate;
 pub mod watch;
 
+pub use access::{Access, AuthOptions, CertificateUser};
 pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use election::ElectionService;

@@ -12,6 +12,9 @@ use aspen_proto::v3lockpb::{self as pb, lock_server::Lock};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use aspen_core::keys::prefix_range_end;
+
+use crate::access::Access;
 use crate::header::header;
 use crate::recipe::{self, CancelGuard, Recipes};
 use crate::status::{self, from_recipe, invalid};
@@ -19,12 +22,14 @@ use crate::status::{self, from_recipe, invalid};
 #[derive(Clone)]
 pub struct LockService {
     recipes: Recipes,
+    access: Access,
 }
 
 impl LockService {
-    pub fn new(node: Node) -> LockService {
+    pub fn new(node: Node, access: Access) -> LockService {
         LockService {
             recipes: Recipes::new(node),
+            access,
         }
     }
 
@@ -46,11 +51,16 @@ impl LockService {
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         self.check_size(&request)?;
-        let lease = self.recipes.session_lease(request.lease).await?;
         let prefix = recipe::prefix(&request.name);
+        // The recipe reads the queue under the prefix and writes its own key there.
+        caller.check_read(&prefix, &prefix_range_end(&prefix))?;
+        let recipes = self.recipes.for_caller(caller.clone());
+        let lease = recipes.session_lease(request.lease).await?;
         let key = recipe::queue_key(&prefix, lease);
+        caller.check_write(&key, &[])?;
         // Queue this key (or find it queued by this lease), and read the current holder in
         // the same revision: the uncontended path takes one Raft round.
         let owner = aspen_core::RequestOp::Range(recipe::first_created(&prefix));
@@ -59,7 +69,7 @@ impl LockService {
             success: vec![recipe::put(&key, b"", lease), owner.clone()],
             failure: vec![recipe::get(&key), owner],
         };
-        let outcome = self.recipes.txn(txn).await?;
+        let outcome = recipes.txn(txn).await?;
         let my_revision = if outcome.succeeded {
             outcome.revision
         } else {
@@ -76,8 +86,8 @@ impl LockService {
         }
         // Wait for the keys queued before this one. If the client goes away or the wait
         // fails, the key is deleted (etcd's Mutex.Lock unlocks on a failed wait).
-        let guard = CancelGuard::new(&self.recipes, &key, my_revision);
-        let revision = self.recipes.wait_deletes(&prefix, my_revision - 1).await?;
+        let guard = CancelGuard::new(&recipes, &key, my_revision);
+        let revision = recipes.wait_deletes(&prefix, my_revision - 1).await?;
         guard.disarm();
         Ok(Response::new(pb::LockResponse {
             header: header(self.node(), revision),
@@ -89,12 +99,14 @@ impl LockService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         if request.key.is_empty() {
             return Err(invalid(status::EMPTY_KEY));
         }
         self.check_size(&request)?;
-        let revision = self.recipes.delete(&request.key).await?;
+        caller.check_write(&request.key, &[])?;
+        let revision = self.recipes.for_caller(caller).delete(&request.key).await?;
         Ok(Response::new(pb::UnlockResponse {
             header: header(self.node(), revision),
         }))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aspen_core::command::{AlarmAction, AlarmType};
 use aspen_core::limits::SNAPSHOT_CHUNK_BYTES_MAX;
-use aspen_core::{ApplyResponse, Command, CommandResult};
+use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
 use aspen_node::{ForwardRequest, Node, NodeError};
 use aspen_proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 use aspen_storage::StorageError;
@@ -20,9 +20,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
+use crate::access::Access;
 use crate::cluster::current_header;
 use crate::header::header;
-use crate::status::{from_apply, from_node, invalid};
+use crate::status::{self, from_apply, from_node, invalid};
 
 /// The etcd server version Aspen reports; etcd clients gate features on it.
 pub const ETCD_VERSION: &str = "3.5.0";
@@ -41,11 +42,22 @@ pub const SNAPSHOT_ALIGN_BYTES: u64 = 512;
 #[derive(Clone)]
 pub struct MaintenanceService {
     node: Node,
+    access: Access,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Node) -> MaintenanceService {
-        MaintenanceService { node }
+    pub fn new(node: Node, access: Access) -> MaintenanceService {
+        MaintenanceService { node, access }
+    }
+
+    /// etcd 3.4's `authMaintenanceServer`: Defragment, Hash, HashKV, Snapshot and MoveLeader
+    /// need a root user while auth is enabled, refused with the auth store's raw error.
+    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let caller = self
+            .access
+            .caller(request)
+            .map_err(|_| status::maintenance_auth(&ApplyError::InvalidAuthToken))?;
+        caller.admin().map_err(|e| status::maintenance_auth(&e))
     }
 
     async fn propose_alarm(
@@ -197,6 +209,9 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        // Raising or clearing an alarm is administration: root only while auth is enabled
+        // (etcd 3.4 checks neither; listing stays open, as there).
+        let caller = self.access.caller(&request)?;
         let request = request.into_inner();
         let wanted = alarm_type(request.alarm)?;
         let action = pb::alarm_request::AlarmAction::try_from(request.action)
@@ -204,6 +219,8 @@ impl Maintenance for MaintenanceService {
         // etcd answers every action through Raft; a GET reads after a barrier instead.
         if action == pb::alarm_request::AlarmAction::Get {
             self.node.read_barrier().await.map_err(from_node)?;
+        } else {
+            caller.check_admin()?;
         }
         let before = self.node.applied_state().map_err(from_node)?;
         let alarms = match (action, wanted) {
@@ -277,8 +294,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.check_admin(&request)?;
         let store = self.node.store().clone();
         blocking(move || store.defragment()).await?;
         // etcd answers an empty DefragmentResponse, without a header.
@@ -287,8 +305,9 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        self.check_admin(&request)?;
         let reader = self.node.reader().clone();
         let hashed = blocking(move || reader.hash_kv(0))
             .await?
@@ -303,6 +322,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.check_admin(&request)?;
         let revision = request.into_inner().revision.max(0) as u64;
         let reader = self.node.reader().clone();
         let hashed = blocking(move || reader.hash_kv(revision))
@@ -319,8 +339,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_admin(&request)?;
         let store = self.node.store().clone();
         let export = blocking(move || export_etcd_snapshot(&store)).await?;
         let header = current_header(&self.node)?;
@@ -338,6 +359,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.check_admin(&request)?;
         let to = request.into_inner().target_id;
         let is_voter = self
             .node

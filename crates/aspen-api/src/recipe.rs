@@ -18,6 +18,7 @@ use aspen_watch::{WatchMessage, WatchRequest, WatchStream};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::access::Caller;
 use crate::status::{from_apply, from_node, from_watch};
 
 /// TTL of the lease etcd's session grants when a request names no lease (lease 0):
@@ -163,11 +164,22 @@ impl Drop for CancelGuard {
 #[derive(Clone)]
 pub struct Recipes {
     node: Node,
+    /// Whose request this runs for: its writes are proposed as that caller's, checked at the
+    /// auth revision the caller was checked at (`Caller::authorize`).
+    caller: Option<Caller>,
 }
 
 impl Recipes {
     pub fn new(node: Node) -> Recipes {
-        Recipes { node }
+        Recipes { node, caller: None }
+    }
+
+    /// The same recipes, run for `caller` (whose permissions the service checked).
+    pub fn for_caller(&self, caller: Caller) -> Recipes {
+        Recipes {
+            node: self.node.clone(),
+            caller: Some(caller),
+        }
     }
 
     pub fn node(&self) -> &Node {
@@ -175,6 +187,10 @@ impl Recipes {
     }
 
     async fn propose(&self, command: Command) -> Result<(CommandResult, u64), Status> {
+        let command = match &self.caller {
+            Some(caller) => caller.authorize(command),
+            None => command,
+        };
         let ApplyResponse { revision, result } =
             self.node.write(command).await.map_err(from_node)?;
         let result = result.map_err(|e| from_apply(&e))?;

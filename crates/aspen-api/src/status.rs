@@ -15,6 +15,11 @@ pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 pub const LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
+/// RoleGrantPermission without a permission, or with a type other than read, write and
+/// readwrite (etcd 3.4 has no message for these: it would store whatever came).
+pub const PERMISSION_MISSING: &str = "aspen: the request grants no permission";
+pub const PERMISSION_TYPE_UNKNOWN: &str =
+    "aspen: unknown permission type (read, write or readwrite)";
 
 /// etcd's `concurrency.ErrElectionNotLeader`: Proclaim by a key that no longer leads.
 pub const ELECTION_NOT_LEADER: &str = "election: not leader";
@@ -22,6 +27,25 @@ pub const ELECTION_NOT_LEADER: &str = "election: not leader";
 pub const ELECTION_NO_LEADER: &str = "election: no leader";
 /// etcd's `v3election.ErrMissingLeaderKey`: Proclaim or Resign without a `leader`.
 pub const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
+
+/// A maintenance call refused by the auth store, as etcd 3.4 sends it: its Maintenance
+/// service returns the auth store's own error (`auth: permission denied`, `auth: invalid auth
+/// token`, ...) without translating it, which gRPC sends as `Unknown` (seen from etcd 3.4.23
+/// on Snapshot, Defragment and HashKV).
+pub fn maintenance_auth(error: &ApplyError) -> Status {
+    let message = error.to_string();
+    let reason = message.strip_prefix("etcdserver: ").unwrap_or(&message);
+    Status::new(Code::Unknown, format!("auth: {reason}"))
+}
+
+/// Password checks run bcrypt off the async workers; a failure there is an internal error.
+pub fn internal(message: String) -> Status {
+    Status::new(Code::Internal, message)
+}
+
+/// The cancel reason etcd 3.4 gives a watcher it refused: the text of its gRPC permission error.
+pub const WATCH_PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 pub fn invalid(message: &str) -> Status {
     Status::new(Code::InvalidArgument, message)
@@ -67,6 +91,25 @@ pub fn from_apply(error: &ApplyError) -> Status {
         | ApplyError::EmptyKey
         | ApplyError::InvalidRangeEnd
         | ApplyError::TxnTooDeep => Code::InvalidArgument,
+        // etcd 3.4's rpctypes codes for the auth errors.
+        ApplyError::RootUserNotExist
+        | ApplyError::RootRoleNotExist
+        | ApplyError::UserAlreadyExist
+        | ApplyError::UserNotFound
+        | ApplyError::RoleAlreadyExist
+        | ApplyError::RoleNotFound
+        | ApplyError::RoleNotGranted
+        | ApplyError::PermissionNotGranted
+        | ApplyError::AuthNotEnabled => Code::FailedPrecondition,
+        ApplyError::UserEmpty
+        | ApplyError::RoleEmpty
+        | ApplyError::AuthFailed
+        | ApplyError::InvalidAuthMgmt
+        | ApplyError::AuthOldRevision
+        | ApplyError::AuthNameTooLong => Code::InvalidArgument,
+        ApplyError::PermissionDenied => Code::PermissionDenied,
+        ApplyError::InvalidAuthToken => Code::Unauthenticated,
+        ApplyError::AuthTooMany => Code::ResourceExhausted,
     };
     Status::new(code, message)
 }

@@ -28,27 +28,34 @@ use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::Access;
 use crate::convert;
 use crate::header::header;
 
 #[derive(Clone)]
 pub struct WatchService {
     node: Node,
+    access: Access,
     progress_notify_interval: Duration,
 }
 
 impl WatchService {
-    pub fn new(node: Node) -> WatchService {
+    pub fn new(node: Node, access: Access) -> WatchService {
         let interval = Duration::from_millis(WATCH_PROGRESS_NOTIFY_INTERVAL_MS);
-        WatchService::with_progress_notify_interval(node, interval)
+        WatchService::with_progress_notify_interval(node, access, interval)
     }
 
     /// As `new`, with idle watchers that asked for it notified every `interval` (tests use a
     /// short one; etcd's is 10 minutes).
-    pub fn with_progress_notify_interval(node: Node, interval: Duration) -> WatchService {
+    pub fn with_progress_notify_interval(
+        node: Node,
+        access: Access,
+        interval: Duration,
+    ) -> WatchService {
         assert!(!interval.is_zero());
         WatchService {
             node,
+            access,
             progress_notify_interval: interval,
         }
     }
@@ -64,11 +71,19 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // Each watcher is checked when created, against the stream's token (or certificate
+        // user) as it stands then, as etcd does.
+        let credentials = Credentials {
+            access: self.access.clone(),
+            metadata: request.metadata().clone(),
+            extensions: request.extensions().clone(),
+        };
         let incoming = request.into_inner();
         let (stream, queue) = self.node.watch_hub().open_stream();
         let (sender, receiver) = mpsc::channel(WATCH_RESPONSE_QUEUE_MAX as usize);
         let session = Session {
             node: self.node.clone(),
+            credentials,
             stream,
             sender,
             watchers: BTreeMap::new(),
@@ -87,8 +102,26 @@ struct WatcherInfo {
     sent_since_tick: bool,
 }
 
+/// What a stream's watchers are checked against.
+struct Credentials {
+    access: Access,
+    metadata: tonic::metadata::MetadataMap,
+    extensions: tonic::Extensions,
+}
+
+impl Credentials {
+    /// etcd's `isWatchPermitted`: read permission on the watched range; a bad token denies.
+    fn permits(&self, create: &pb::WatchCreateRequest) -> bool {
+        self.access
+            .caller_from(&self.metadata, &self.extensions)
+            .and_then(|caller| caller.check_read(&create.key, &create.range_end))
+            .is_ok()
+    }
+}
+
 struct Session {
     node: Node,
+    credentials: Credentials,
     stream: WatchStream,
     sender: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     watchers: BTreeMap<i64, WatcherInfo>,
@@ -175,6 +208,18 @@ impl Session {
     }
 
     async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), Closed> {
+        if !self.credentials.permits(&create) {
+            // etcd 3.4 answers with the gRPC error's text as the cancel reason.
+            let response = pb::WatchResponse {
+                header: header(&self.node, self.stream.revision()),
+                watch_id: create.watch_id,
+                created: true,
+                canceled: true,
+                cancel_reason: crate::status::WATCH_PERMISSION_DENIED.to_string(),
+                ..Default::default()
+            };
+            return self.send(response).await;
+        }
         let request = WatchRequest {
             watch_id: (create.watch_id != 0).then_some(create.watch_id),
             range: KeyRange::new(&create.key, &create.range_end),

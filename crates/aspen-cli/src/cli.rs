@@ -68,6 +68,24 @@ pub struct Cli {
     /// Use TLS but accept any server certificate (still checks the server holds its key)
     #[arg(long, global = true)]
     pub insecure_skip_tls_verify: bool,
+    /// User for authentication: name:password, or name with --password (as etcdctl)
+    #[arg(
+        long = "user",
+        id = "auth_user",
+        global = true,
+        env = "ASPENCTL_USER",
+        value_name = "NAME[:PASSWORD]"
+    )]
+    pub user: Option<String>,
+    /// Password for --user (then --user must not include one)
+    #[arg(
+        long = "password",
+        id = "auth_password",
+        global = true,
+        env = "ASPENCTL_PASSWORD",
+        value_name = "PASSWORD"
+    )]
+    pub password: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -102,6 +120,104 @@ pub enum Command {
     Snapshot(SnapshotCommand),
     /// Closed-loop benchmark over the etcd v3 API (works against etcd and Aspen alike)
     Bench(BenchArgs),
+    /// Enable or disable authentication, or show whether it is on
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// Users: add, delete, get, list, passwd, grant-role, revoke-role
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Roles: add, delete, get, list, grant-permission, revoke-permission
+    #[command(subcommand)]
+    Role(RoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Enable authentication (needs a root user; grants it the root role if missing)
+    Enable,
+    /// Disable authentication
+    Disable,
+    /// Whether authentication is enabled, and the auth revision
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user: NAME:PASSWORD, or NAME with --new-user-password, or NAME with the password
+    /// on stdin's first line
+    Add {
+        user: String,
+        /// The new user's password (instead of NAME:PASSWORD)
+        #[arg(long)]
+        new_user_password: Option<String>,
+        /// A user without a password (it can authenticate only by client certificate)
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Delete a user
+    Delete { user: String },
+    /// A user's roles
+    Get {
+        user: String,
+        /// Also show each role's permissions
+        #[arg(long)]
+        detail: bool,
+    },
+    /// Every user
+    List,
+    /// Change a user's password (the new one from --new-password or stdin's first line)
+    Passwd {
+        user: String,
+        #[arg(long)]
+        new_password: Option<String>,
+    },
+    /// Grant a role to a user
+    GrantRole { user: String, role: String },
+    /// Revoke a role from a user
+    RevokeRole { user: String, role: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Add a role
+    Add { role: String },
+    /// Delete a role
+    Delete { role: String },
+    /// A role's permissions
+    Get { role: String },
+    /// Every role
+    List,
+    /// Grant a permission (read, write or readwrite) on a key, a range or a prefix
+    GrantPermission {
+        role: String,
+        #[arg(value_enum)]
+        perm_type: PermType,
+        key: String,
+        range_end: Option<String>,
+        /// Every key with KEY as prefix
+        #[arg(long)]
+        prefix: bool,
+        /// Every key from KEY on
+        #[arg(long)]
+        from_key: bool,
+    },
+    /// Revoke a permission on a key, a range or a prefix
+    RevokePermission {
+        role: String,
+        key: String,
+        range_end: Option<String>,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long)]
+        from_key: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PermType {
+    Read,
+    Write,
+    Readwrite,
 }
 
 #[derive(Debug, Args)]

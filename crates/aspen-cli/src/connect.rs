@@ -4,11 +4,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use aspen_proto::etcdserverpb::auth_client::AuthClient;
 use aspen_proto::etcdserverpb::cluster_client::ClusterClient;
 use aspen_proto::etcdserverpb::kv_client::KvClient;
 use aspen_proto::etcdserverpb::lease_client::LeaseClient;
 use aspen_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use aspen_proto::etcdserverpb::watch_client::WatchClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -65,6 +68,9 @@ pub struct Dial {
     pub command_timeout: Duration,
     /// For https:// endpoints: `--cacert`, `--cert`, `--key`, `--insecure-skip-tls-verify`.
     pub tls: TlsFlags,
+    /// `--user`/`--password`: authenticate on each connection and send the token with every
+    /// request, as etcdctl does.
+    pub credentials: Option<Credentials>,
 }
 
 /// etcdctl's TLS flags; the rustls configuration is built on first https use.
@@ -98,6 +104,72 @@ impl TlsFlags {
             .map_err(CliError::usage)
     }
 }
+
+/// A user name and password for etcd's Authenticate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <password>)", self.user)
+    }
+}
+
+impl Credentials {
+    /// etcdctl's rule: `--user name:password`, or `--user name` with `--password`.
+    pub fn parse(
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Option<Credentials>, CliError> {
+        let Some(user) = user else {
+            if password.is_some() {
+                return Err(CliError::usage("--password needs --user"));
+            }
+            return Ok(None);
+        };
+        let (name, password) = match (user.split_once(':'), password) {
+            (Some(_), Some(_)) => {
+                return Err(CliError::usage(
+                    "--user includes a password; --password must not be given too",
+                ));
+            }
+            (Some((name, inline)), None) => (name, inline),
+            (None, Some(password)) => (user, password),
+            // etcdctl prompts; aspenctl never reads a terminal, so it asks for the flag.
+            (None, None) => {
+                return Err(CliError::usage(
+                    "--user NAME needs a password: --user NAME:PASSWORD or --password",
+                ));
+            }
+        };
+        if name.is_empty() {
+            return Err(CliError::usage("--user: empty user name"));
+        }
+        Ok(Some(Credentials {
+            user: name.to_string(),
+            password: password.to_string(),
+        }))
+    }
+}
+
+/// Adds the auth token, if any, to every request sent on a channel (etcd's `token` metadata).
+#[derive(Debug, Clone, Default)]
+pub struct Token(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry the connection's token.
+pub type AuthedChannel = InterceptedService<Channel, Token>;
 
 impl Dial {
     /// A channel to `url`, over TLS when it is https://.
@@ -162,11 +234,40 @@ impl Dial {
         }
     }
 
+    /// Connects to `url` and, with `--user`, authenticates there; every request on the
+    /// returned channel carries the token.
+    pub async fn connect_authed(&self, url: &str) -> Result<AuthedChannel, CliError> {
+        let channel = self.connect(url).await?;
+        let token = self.authenticate(&channel).await?;
+        Ok(InterceptedService::new(channel, token))
+    }
+
+    async fn authenticate(&self, channel: &Channel) -> Result<Token, CliError> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(Token::default());
+        };
+        let request = aspen_proto::etcdserverpb::AuthenticateRequest {
+            name: credentials.user.clone(),
+            password: credentials.password.clone(),
+        };
+        let mut client = AuthClient::new(channel.clone());
+        let response = unary(
+            self.command_timeout,
+            "authenticate",
+            client.authenticate(request),
+        )
+        .await?;
+        let token = MetadataValue::try_from(response.token.as_str()).map_err(|_| {
+            CliError::request("authenticate: the server sent a token that is not ASCII")
+        })?;
+        Ok(Token(Some(token)))
+    }
+
     /// Connects to the first endpoint that answers, in the order given (as etcdctl does).
     pub async fn connect_any(&self, urls: &[String]) -> Result<Conn, CliError> {
         let mut last_error = None;
         for url in urls {
-            match self.connect(url).await {
+            match self.connect_authed(url).await {
                 Ok(channel) => {
                     return Ok(Conn {
                         channel,
@@ -182,7 +283,7 @@ impl Dial {
 
     pub async fn connect_conn(&self, url: &str) -> Result<Conn, CliError> {
         Ok(Conn {
-            channel: self.connect(url).await?,
+            channel: self.connect_authed(url).await?,
             endpoint: display_endpoint(url),
             command_timeout: self.command_timeout,
         })
@@ -225,29 +326,29 @@ pub fn display_endpoint(url: &str) -> String {
 /// One connected server.
 #[derive(Debug, Clone)]
 pub struct Conn {
-    pub channel: Channel,
+    pub channel: AuthedChannel,
     pub endpoint: String,
     pub command_timeout: Duration,
 }
 
 impl Conn {
-    pub fn kv(&self) -> KvClient<Channel> {
+    pub fn kv(&self) -> KvClient<AuthedChannel> {
         KvClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
 
-    pub fn watch(&self) -> WatchClient<Channel> {
+    pub fn watch(&self) -> WatchClient<AuthedChannel> {
         WatchClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
 
-    pub fn lease(&self) -> LeaseClient<Channel> {
+    pub fn lease(&self) -> LeaseClient<AuthedChannel> {
         LeaseClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
 
-    pub fn cluster(&self) -> ClusterClient<Channel> {
+    pub fn cluster(&self) -> ClusterClient<AuthedChannel> {
         ClusterClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
 
-    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
+    pub fn maintenance(&self) -> MaintenanceClient<AuthedChannel> {
         MaintenanceClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
 
@@ -256,6 +357,10 @@ impl Conn {
         let mut request = Request::new(message);
         request.set_timeout(self.command_timeout);
         request
+    }
+
+    pub fn auth(&self) -> AuthClient<AuthedChannel> {
+        AuthClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
 
     /// Runs one unary call under `--command-timeout`; `what` names it in errors.

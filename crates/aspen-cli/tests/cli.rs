@@ -372,6 +372,9 @@ fn start_tls_server() -> TlsServer {
     };
     let (server_cert, server_key) = issue("server", &["127.0.0.1"]);
     issue("client", &[]);
+    // Client certificates whose Common Names are user names (etcd's --client-cert-auth rule).
+    issue("root", &[]);
+    issue("alice", &[]);
     let other = CertificateAuthority::new("other ca").expect("ca");
     std::fs::write(dir.path().join("other-ca.pem"), other.cert_pem()).expect("write");
     let [client, peer] = free_ports();
@@ -503,4 +506,231 @@ fn tls_flags_against_a_mutual_tls_member() {
         .output()
         .expect("run aspenctl");
     assert_ne!(out.status.code(), Some(0));
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn fails(server: &Server, args: &[&str], code: i32) -> String {
+    let out = ctl(server, args, None);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "aspenctl {args:?}: {stderr}");
+    stderr
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn users_roles_and_auth_through_aspenctl() {
+    let server = start_server();
+    let root = ["--user", "root:rootpw"];
+    let with = |user: &[&str], args: &[&str]| -> Vec<String> {
+        user.iter().chain(args).map(|s| s.to_string()).collect()
+    };
+
+    assert_eq!(
+        ok(&server, &["user", "add", "root:rootpw"]),
+        "User root created\n"
+    );
+    // The root role is missing: like etcdctl, `auth enable` adds and grants it, then enables.
+    assert_eq!(ok(&server, &["auth", "enable"]), "Authentication Enabled\n");
+    let status = ok(&server, &as_strs(&with(&root, &["auth", "status"])));
+    assert!(
+        status.starts_with("Authentication Status: true\n"),
+        "{status}"
+    );
+    assert!(
+        fails(&server, &["put", "k", "v"], 1).contains("etcdserver: user name is empty"),
+        "no user"
+    );
+    assert!(
+        fails(&server, &["--user", "root:wrong", "get", "k"], 1)
+            .contains("etcdserver: authentication failed, invalid user ID or password")
+    );
+    assert!(fails(&server, &["--user", "root", "get", "k"], 2).contains("needs a password"));
+
+    for args in [
+        vec!["role", "add", "app"],
+        vec![
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+        vec!["role", "grant-permission", "app", "read", "k1", "k5"],
+        vec!["user", "add", "alice", "--new-user-password", "alicepw"],
+        vec!["user", "grant-role", "alice", "app"],
+    ] {
+        ok(&server, &as_strs(&with(&root, &args)));
+    }
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["role", "get", "app"]))),
+        "Role app\nKV Read:\n\t[app/, app0) (prefix app/)\n\t[k1, k5)\nKV Write:\n\t[app/, app0) (prefix app/)\n"
+    );
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["user", "get", "alice"]))),
+        "User: alice\nRoles: app\n"
+    );
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["user", "list"]))),
+        "alice\nroot\n"
+    );
+
+    // alice, with --user NAME --password: her prefix only.
+    let alice = ["--user", "alice", "--password", "alicepw"];
+    assert_eq!(
+        ok(&server, &as_strs(&with(&alice, &["put", "app/1", "v"]))),
+        "OK\n"
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &as_strs(&with(&alice, &["get", "app/", "--prefix"]))
+        ),
+        "app/1\nv\n"
+    );
+    let denied = fails(&server, &as_strs(&with(&alice, &["put", "k2", "v"])), 1);
+    assert!(denied.contains("etcdserver: permission denied"), "{denied}");
+    let denied = fails(&server, &as_strs(&with(&alice, &["user", "list"])), 1);
+    assert!(denied.contains("etcdserver: permission denied"), "{denied}");
+
+    // A changed password: the old one fails, the new one works.
+    assert_eq!(
+        ok_with_stdin(
+            &server,
+            &as_strs(&with(&root, &["user", "passwd", "alice"])),
+            Some("newpw\n")
+        ),
+        "Password updated\n"
+    );
+    fails(&server, &as_strs(&with(&alice, &["get", "app/1"])), 1);
+    ok(&server, &["--user", "alice:newpw", "get", "app/1"]);
+
+    // bench takes --user too: its requests carry the token (its keys are under
+    // aspenctl-bench/, which alice may write once granted).
+    let grant = [
+        "role",
+        "grant-permission",
+        "app",
+        "readwrite",
+        "aspenctl-bench/",
+        "--prefix",
+    ];
+    ok(&server, &as_strs(&with(&root, &grant)));
+    let bench = ok(
+        &server,
+        &[
+            "--user",
+            "alice:newpw",
+            "bench",
+            "--total",
+            "20",
+            "--clients",
+            "2",
+            "--json",
+            "put",
+        ],
+    );
+    assert_eq!(json(&bench)["ops"], 20, "{bench}");
+
+    assert_eq!(
+        ok(
+            &server,
+            &as_strs(&with(
+                &root,
+                &["role", "revoke-permission", "app", "k1", "k5"]
+            ))
+        ),
+        "Permission of range [k1, k5) is revoked from role app\n"
+    );
+    assert_eq!(
+        ok(&server, &as_strs(&with(&root, &["auth", "disable"]))),
+        "Authentication Disabled\n"
+    );
+    assert_eq!(ok(&server, &["get", "app/1", "--print-value-only"]), "v\n");
+}
+
+/// With `--client-cert-auth` and auth enabled, a request without a token acts as the user its
+/// client certificate names (Common Name), as etcd does; a token still wins.
+#[test]
+fn a_client_certificate_names_the_user_once_auth_is_enabled() {
+    let server = start_tls_server();
+    let as_cert = |name: &str| -> Vec<String> {
+        vec![
+            format!("--cacert={}", server.path("ca.pem")),
+            format!("--cert={}", server.path(&format!("{name}.pem"))),
+            format!("--key={}", server.path(&format!("{name}-key.pem"))),
+        ]
+    };
+    let run = |name: &str, args: &[&str]| -> (Option<i32>, String, String) {
+        let out = server.ctl(&as_cert(name), args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        vec!["user", "add", "root:rootpw"],
+        vec!["user", "add", "alice", "--new-user-password", "alicepw"],
+        vec!["role", "add", "reader"],
+        vec![
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "shared/",
+            "--prefix",
+        ],
+        vec!["user", "grant-role", "alice", "reader"],
+        vec!["put", "shared/k", "v"],
+        vec!["auth", "enable"],
+    ] {
+        let (code, _, stderr) = run("root", &args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+    // The root certificate, no token: root.
+    let (code, stdout, stderr) = run("root", &["put", "shared/k", "v2"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (
+            Some(0),
+            "OK
+"
+        ),
+        "{stderr}"
+    );
+    // alice's certificate: her read permission, and nothing more.
+    let (code, stdout, stderr) = run("alice", &["get", "shared/k", "--print-value-only"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (
+            Some(0),
+            "v2
+"
+        ),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run("alice", &["put", "shared/k", "v3"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("etcdserver: permission denied"), "{stderr}");
+    // A certificate whose name is no user ("client"): denied, never anonymous access.
+    let (code, _, stderr) = run("client", &["get", "shared/k"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    // A token wins over the certificate: alice's certificate with root's password is root.
+    let mut args: Vec<String> = vec!["--user".into(), "root:rootpw".into()];
+    args.extend(["put", "shared/k", "v4"].map(String::from));
+    let out = server.ctl(
+        &as_cert("alice"),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "OK\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

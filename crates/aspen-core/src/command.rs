@@ -40,6 +40,17 @@ pub enum Command {
         member_id: u64,
         alarm: AlarmType,
     },
+    /// A change to the auth store (users, roles, the enabled flag, tokens).
+    Auth(crate::auth::AuthCommand),
+    /// `command`, sent by `user` whose permissions the API layer checked against the auth
+    /// store at `auth_revision`. While auth is enabled, it applies only if the auth store is
+    /// still at that revision (otherwise etcd's "revision of auth store is old"), so a grant
+    /// revoked between the check and the apply is never used. Sent only while auth is enabled.
+    Authorized {
+        user: String,
+        auth_revision: u64,
+        command: Box<Command>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,17 +170,38 @@ pub struct TxnRequest {
 }
 
 impl Command {
+    /// Client requests that are checked against the auth store while auth is enabled, and so
+    /// must come wrapped in `Authorized` (etcd checks these when it applies them). The others
+    /// are either internal (lease expiry, alarms the node raises) or unchecked by etcd
+    /// (lease grants), and the leader may rewrite them before proposing (a grant's id).
+    pub fn needs_auth_user(&self) -> bool {
+        match self {
+            Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Txn(_)
+            | Command::Compact { .. }
+            | Command::LeaseRevoke { .. } => true,
+            Command::Auth(auth) => auth.needs_admin(),
+            Command::LeaseGrant { .. }
+            | Command::LeaseExpire { .. }
+            | Command::Alarm { .. }
+            | Command::Authorized { .. } => false,
+        }
+    }
+
     /// True when applying this command can make the store larger; such commands are refused
     /// while the NOSPACE alarm is raised (etcd refuses Put, Txn and LeaseGrant).
     pub fn may_grow_store(&self) -> bool {
         match self {
             Command::Put(_) | Command::LeaseGrant { .. } => true,
             Command::Txn(txn) => txn_has_put(txn, 0),
+            Command::Authorized { command, .. } => command.may_grow_store(),
             Command::DeleteRange(_)
             | Command::Compact { .. }
             | Command::LeaseRevoke { .. }
             | Command::LeaseExpire { .. }
-            | Command::Alarm { .. } => false,
+            | Command::Alarm { .. }
+            | Command::Auth(_) => false,
         }
     }
 }
@@ -206,6 +238,8 @@ impl std::fmt::Display for Command {
             Command::LeaseRevoke { id } => write!(f, "lease_revoke({id})"),
             Command::LeaseExpire { ids } => write!(f, "lease_expire({} leases)", ids.len()),
             Command::Alarm { action, alarm, .. } => write!(f, "alarm({action:?} {alarm:?})"),
+            Command::Auth(auth) => write!(f, "auth({})", auth.kind()),
+            Command::Authorized { user, command, .. } => write!(f, "{command} by {user}"),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! This crate knows nothing of storage engines, networks or the client API; every other Aspen
 //! crate depends on it and on nothing above it.
 
+pub mod auth;
 pub mod codec;
 pub mod command;
 pub mod event;

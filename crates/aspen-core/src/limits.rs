@@ -128,6 +128,26 @@ pub const READ_INDEX_WAITERS_MAX: u32 = 65_536;
 /// stuck round cannot hold back every later read.
 pub const READ_INDEX_ROUND_MS_MAX: u64 = 15_000;
 
+/// Users the auth store holds at most. etcd has no bound; the whole store is kept in memory
+/// for permission checks, so it has one here.
+pub const AUTH_USERS_MAX: u32 = 10_000;
+/// Roles the auth store holds at most.
+pub const AUTH_ROLES_MAX: u32 = 10_000;
+/// Roles one user holds at most.
+pub const AUTH_ROLES_PER_USER_MAX: u32 = 256;
+/// Key permissions one role holds at most.
+pub const AUTH_PERMISSIONS_PER_ROLE_MAX: u32 = 1_000;
+/// Longest user or role name.
+pub const AUTH_NAME_BYTES_MAX: u32 = 1_024;
+/// etcd's default `--bcrypt-cost`, and bcrypt's bounds on it.
+pub const BCRYPT_COST_DEFAULT: u32 = 10;
+pub const BCRYPT_COST_MIN: u32 = 4;
+pub const BCRYPT_COST_MAX: u32 = 31;
+/// etcd's default `--auth-token-ttl`: a simple token unused this long stops working.
+pub const AUTH_TOKEN_TTL_SECONDS_DEFAULT: u64 = 300;
+/// Simple tokens a node keeps at most; when full, the one closest to expiry is dropped.
+pub const AUTH_TOKENS_MAX: u32 = 100_000;
+
 /// Limits a user may set at start-up. Every replica of a cluster must use the same values for
 /// the ones that change apply results (`txn_ops_max`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

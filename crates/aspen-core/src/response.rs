@@ -51,6 +51,12 @@ pub enum CommandResult {
     Alarm {
         active: Vec<(u64, crate::command::AlarmType)>,
     },
+    /// An auth store change applied (or was a no-op, as etcd's repeated enable).
+    Auth,
+    /// A token was assigned to an authenticated user.
+    Authenticate {
+        token: String,
+    },
     /// A blank or membership entry: nothing for a client.
     Empty,
 }
@@ -104,4 +110,41 @@ pub enum ApplyError {
     InvalidRangeEnd,
     #[error("etcdserver: txn nested too deeply")]
     TxnTooDeep,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// Aspen's own bounds on the auth store (`AUTH_*_MAX`); etcd has none.
+    #[error("etcdserver: too many users, roles or permissions")]
+    AuthTooMany,
+    #[error("etcdserver: user or role name is too long")]
+    AuthNameTooLong,
 }

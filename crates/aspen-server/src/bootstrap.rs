@@ -43,6 +43,8 @@ pub enum BootstrapError {
 /// A running member: its node and the tasks serving it.
 pub struct NodeHandle {
     pub node: Node,
+    /// The member's auth checks and tokens, shared by its client services.
+    pub access: aspen_api::Access,
     pub client_addrs: Vec<SocketAddr>,
     pub peer_addrs: Vec<SocketAddr>,
     pub metrics_addrs: Vec<SocketAddr>,
@@ -94,9 +96,11 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     .await?;
     tracing::info!(member = format!("{member_id:x}"), name = %config.name, "storage open, raft started");
 
+    let access = aspen_api::Access::new(&node, config.auth);
     let (stop, stop_rx) = watch::channel(false);
     let mut handle = NodeHandle {
         node: node.clone(),
+        access: access.clone(),
         client_addrs: local_addrs(&client_listeners),
         peer_addrs: local_addrs(&peer_listeners),
         metrics_addrs: local_addrs(&metrics_listeners),
@@ -117,7 +121,7 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
             "peer",
         ));
     }
-    let client_router = crate::services::client_router(&node, stop_rx.clone()).await;
+    let client_router = crate::services::client_router(&node, &access, stop_rx.clone()).await;
     for (i, listener) in client_listeners.into_iter().enumerate() {
         handle.servers.push(serve::spawn(
             listener,

@@ -128,6 +128,8 @@ pub struct ClusterBootstrapConfig {
     /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`: off.
     pub auto_compaction: Option<crate::auto_compaction::AutoCompaction>,
     pub log_level: LogLevel,
+    /// `--auth-token` (simple only), `--auth-token-ttl`, `--bcrypt-cost`.
+    pub auth: aspen_api::AuthOptions,
     /// The file read, if any; kept so the operator can be told where settings came from.
     pub config_file: Option<PathBuf>,
     /// Not errors, but worth printing at start-up (e.g. unrecognized `ASPEN_*` variables).
@@ -249,6 +251,15 @@ struct RawConfig {
     /// Comma-separated http:// or https:// URLs for a separate /metrics, /health, /version listener [default: none]
     #[arg(long, env = "ASPEN_LISTEN_METRICS_URLS", value_name = "URLS")]
     listen_metrics_urls: Option<String>,
+    /// Token type: "simple" (etcd's simple tokens; JWT is not supported yet) [default: simple]
+    #[arg(long, env = "ASPEN_AUTH_TOKEN", value_name = "TYPE")]
+    auth_token: Option<String>,
+    /// Seconds an unused simple token stays valid [default: 300]
+    #[arg(long, env = "ASPEN_AUTH_TOKEN_TTL", value_name = "SECONDS")]
+    auth_token_ttl: Option<u64>,
+    /// bcrypt cost for password hashes, 4 to 31 [default: 10]
+    #[arg(long, env = "ASPEN_BCRYPT_COST", value_name = "COST")]
+    bcrypt_cost: Option<u32>,
     /// debug, info, warn or error [default: info]
     #[arg(long, env = "ASPEN_LOG_LEVEL", value_name = "LEVEL")]
     log_level: Option<String>,
@@ -334,6 +345,9 @@ impl RawConfig {
             max_txn_ops: higher.max_txn_ops.or(self.max_txn_ops),
             listen_metrics_urls: higher.listen_metrics_urls.or(self.listen_metrics_urls),
             log_level: higher.log_level.or(self.log_level),
+            auth_token: higher.auth_token.or(self.auth_token),
+            auth_token_ttl: higher.auth_token_ttl.or(self.auth_token_ttl),
+            bcrypt_cost: higher.bcrypt_cost.or(self.bcrypt_cost),
             storage_backend: higher.storage_backend.or(self.storage_backend),
             cert_file: higher.cert_file.or(self.cert_file),
             key_file: higher.key_file.or(self.key_file),
@@ -479,6 +493,7 @@ impl ClusterBootstrapConfig {
             ),
             ("log-level", self.log_level.as_str().to_string()),
             ("storage-backend", storage.to_string()),
+            ("auth-token", "simple".to_string()),
         ];
         let auto_compaction = self.auto_compaction.map(|policy| policy.to_flags());
         let auto_compaction = auto_compaction
@@ -501,6 +516,8 @@ impl ClusterBootstrapConfig {
             ("quota-backend-bytes", self.limits.quota_backend_bytes),
             ("max-request-bytes", self.limits.request_bytes_max),
             ("max-txn-ops", u64::from(self.limits.txn_ops_max)),
+            ("auth-token-ttl", self.auth.token_ttl.as_secs()),
+            ("bcrypt-cost", u64::from(self.auth.bcrypt_cost)),
         ];
         let mut text = String::new();
         for (key, value) in strings {
@@ -792,6 +809,7 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         problems.push(problem);
         None
     });
+    let auth = resolve_auth(raw, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -816,6 +834,7 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         tls,
         auto_compaction,
         log_level,
+        auth,
         config_file: None,
         warnings,
     })
@@ -855,6 +874,35 @@ fn resolve_tls(
         peers_use_tls,
     };
     crate::tls::resolve(&flags, &listeners, problems, warnings)
+}
+
+fn resolve_auth(raw: &RawConfig, problems: &mut Vec<String>) -> aspen_api::AuthOptions {
+    use aspen_core::limits::{
+        AUTH_TOKEN_TTL_SECONDS_DEFAULT, BCRYPT_COST_DEFAULT, BCRYPT_COST_MAX, BCRYPT_COST_MIN,
+    };
+    match raw.auth_token.as_deref() {
+        None | Some("simple") => {}
+        Some(other) if other.starts_with("jwt") => problems
+            .push("--auth-token jwt is not supported by Aspen yet; use \"simple\"".to_string()),
+        Some(other) => problems.push(format!(
+            "--auth-token '{other}' is not a token type; use \"simple\""
+        )),
+    }
+    let ttl_seconds = raw.auth_token_ttl.unwrap_or(AUTH_TOKEN_TTL_SECONDS_DEFAULT);
+    if ttl_seconds == 0 {
+        problems.push("--auth-token-ttl must be greater than 0 seconds".to_string());
+    }
+    let bcrypt_cost = raw.bcrypt_cost.unwrap_or(BCRYPT_COST_DEFAULT);
+    if !(BCRYPT_COST_MIN..=BCRYPT_COST_MAX).contains(&bcrypt_cost) {
+        problems.push(format!(
+            "--bcrypt-cost {bcrypt_cost} is out of bcrypt's range {BCRYPT_COST_MIN} to \
+             {BCRYPT_COST_MAX}"
+        ));
+    }
+    aspen_api::AuthOptions {
+        token_ttl: std::time::Duration::from_secs(ttl_seconds),
+        bcrypt_cost,
+    }
 }
 
 fn resolve_limits(raw: &RawConfig, problems: &mut Vec<String>) -> Limits {

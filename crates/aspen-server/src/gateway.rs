@@ -174,11 +174,15 @@ pub fn router(routes: Routes, request_bytes_max: u64) -> Router {
         for prefix in PREFIXES {
             let gateway = gateway.clone();
             let method = method.clone();
-            let handler = move |headers: HeaderMap, body: Body| {
-                let gateway = gateway.clone();
-                let method = method.clone();
-                async move { call(gateway, method, headers, body).await }
-            };
+            let handler =
+                move |certificate_user: Option<axum::Extension<aspen_api::CertificateUser>>,
+                      headers: HeaderMap,
+                      body: Body| {
+                    let gateway = gateway.clone();
+                    let method = method.clone();
+                    let certificate_user = certificate_user.map(|axum::Extension(user)| user);
+                    async move { call(gateway, method, certificate_user, headers, body).await }
+                };
             router = router.route(
                 &format!("{prefix}{path}"),
                 post(handler).fallback(method_not_allowed),
@@ -220,6 +224,7 @@ async fn not_found() -> (StatusCode, &'static str) {
 async fn call(
     gateway: Gateway,
     method: Arc<Method>,
+    certificate_user: Option<aspen_api::CertificateUser>,
     headers: HeaderMap,
     body: Body,
 ) -> Response<Body> {
@@ -234,7 +239,11 @@ async fn call(
             Err(response) => return response,
         }
     };
-    let request = grpc_request(&method, &headers, grpc_body);
+    let mut request = grpc_request(&method, &headers, grpc_body);
+    // The client certificate's user (serve.rs) goes with the call, as over gRPC.
+    if let Some(user) = certificate_user {
+        request.extensions_mut().insert(user);
+    }
     let mut routes = gateway.routes.clone();
     let ready = std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut routes, cx));
     let Ok(()) = ready.await;

@@ -180,7 +180,23 @@ impl Connection {
             };
             drop(slot);
             match handshake {
-                Ok(stream) => self.serve(stream).await,
+                Ok(stream) => {
+                    // A verified client certificate (asked for only with
+                    // --client-cert-auth): its Common Name is the user when auth is enabled
+                    // and the request carries no token, as etcd's rule.
+                    let common_name = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| aspen_tls::subject_common_name(leaf));
+                    if let Some(name) = common_name {
+                        self.app = self
+                            .app
+                            .layer(axum::Extension(aspen_api::CertificateUser(name)));
+                    }
+                    self.serve(stream).await
+                }
                 Err(error) => {
                     tracing::warn!(%error, remote = %peer, what = self.what, "rejected connection");
                 }

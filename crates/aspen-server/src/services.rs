@@ -4,7 +4,7 @@
 //! (`/v3/...`), `/health`, `/version` and `/metrics`, as etcd's client port serves them.
 //! `serve.rs` serves it. Also the peer port's router.
 
-use aspen_api::{AuthService, ClusterService, KvService, MaintenanceService};
+use aspen_api::{Access, AuthService, ClusterService, KvService, MaintenanceService};
 use aspen_node::Node;
 use aspen_proto::etcdserverpb::auth_server::AuthServer;
 use aspen_proto::etcdserverpb::cluster_server::ClusterServer;
@@ -33,27 +33,31 @@ const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
 /// The client port's gRPC services, behind the `hasleader` check (`require_leader.rs`). The
 /// health service's overall status follows `http::check_health` until `stop`.
-pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
+pub async fn client_routes(node: &Node, access: &Access, stop: watch::Receiver<bool>) -> Routes {
     let bytes_max = client_message_bytes_max(node);
-    let kv = KvServer::new(KvService::new(node.clone()))
+    let kv = KvServer::new(KvService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let cluster =
-        ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(bytes_max);
-    let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone()))
-        .max_decoding_message_size(bytes_max)
-        .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let watch = WatchServer::new(aspen_api::WatchService::new(node.clone()))
-        .max_decoding_message_size(bytes_max)
-        .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let lease = LeaseServer::new(aspen_api::LeaseService::new(node.clone()))
+    let cluster = ClusterServer::new(ClusterService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max);
-    let lock = LockServer::new(aspen_api::LockService::new(node.clone()))
-        .max_decoding_message_size(bytes_max);
-    let election = ElectionServer::new(aspen_api::ElectionService::new(node.clone()))
+    let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
-    let auth = AuthServer::new(AuthService);
+    let watch = WatchServer::new(aspen_api::WatchService::new(node.clone(), access.clone()))
+        .max_decoding_message_size(bytes_max)
+        .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
+    let lease = LeaseServer::new(aspen_api::LeaseService::new(node.clone(), access.clone()))
+        .max_decoding_message_size(bytes_max);
+    let lock = LockServer::new(aspen_api::LockService::new(node.clone(), access.clone()))
+        .max_decoding_message_size(bytes_max);
+    let election = ElectionServer::new(aspen_api::ElectionService::new(
+        node.clone(),
+        access.clone(),
+    ))
+    .max_decoding_message_size(bytes_max)
+    .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
+    let auth = AuthServer::new(AuthService::new(node.clone(), access.clone()))
+        .max_decoding_message_size(bytes_max);
     let (reporter, health) = tonic_health::server::health_reporter();
     let status = health_status(node).await;
     reporter.set_service_status("", status).await;
@@ -75,8 +79,12 @@ pub async fn client_routes(node: &Node, stop: watch::Receiver<bool>) -> Routes {
 
 /// Everything the client port answers: gRPC by path, the JSON gateway (which calls the same
 /// gRPC routes in process), and `/health`, `/version`, `/metrics`.
-pub async fn client_router(node: &Node, stop: watch::Receiver<bool>) -> axum::Router {
-    let grpc = client_routes(node, stop).await;
+pub async fn client_router(
+    node: &Node,
+    access: &Access,
+    stop: watch::Receiver<bool>,
+) -> axum::Router {
+    let grpc = client_routes(node, access, stop).await;
     let gateway = crate::gateway::router(grpc.clone(), node.limits().request_bytes_max);
     grpc.into_axum_router()
         .merge(crate::http::router(node.clone()))

@@ -746,3 +746,32 @@ fn member_and_cluster_ids_are_stable() {
         cluster_id(&[expected], "aspen-cluster")
     );
 }
+
+#[test]
+fn auth_flags_default_to_etcds_and_are_checked() {
+    let config = load(&[], &[]);
+    assert_eq!(config.auth.token_ttl, std::time::Duration::from_secs(300));
+    assert_eq!(config.auth.bcrypt_cost, 10);
+    let config = load(
+        &["--auth-token", "simple", "--auth-token-ttl", "60"],
+        &[("ASPEN_BCRYPT_COST", "4")],
+    );
+    assert_eq!(config.auth.token_ttl, std::time::Duration::from_secs(60));
+    assert_eq!(config.auth.bcrypt_cost, 4);
+    refused(
+        &["--auth-token", "jwt,pub-key=a,priv-key=b,sign-method=RS256"],
+        "--auth-token jwt is not supported by Aspen yet; use \"simple\"",
+    );
+    refused(
+        &["--auth-token", "opaque"],
+        "--auth-token 'opaque' is not a token type; use \"simple\"",
+    );
+    refused(
+        &["--auth-token-ttl", "0"],
+        "--auth-token-ttl must be greater than 0 seconds",
+    );
+    refused(
+        &["--bcrypt-cost", "3"],
+        "--bcrypt-cost 3 is out of bcrypt's range 4 to 31",
+    );
+}

@@ -920,3 +920,88 @@ async fn tls_options_of_etcd_client_against_mutual_tls() {
     let got = client.get("tls/key", None).await.expect("still serving");
     assert_eq!(got.kvs()[0].value(), b"value");
 }
+
+/// etcd-client's auth: users and roles through its Auth API, then `ConnectOptions::with_user`
+/// (it authenticates and sends the token itself): a user's prefix is open, the rest is
+/// refused with etcd's code and message, and a wrong password fails the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_through_etcd_client() {
+    use etcd_client::{ConnectOptions, Permission};
+    let (cluster, mut root) = single_member().await;
+    let url = cluster.members[0].client_url();
+    root.user_add("root", "rootpw", None)
+        .await
+        .expect("add root");
+    root.role_add("root").await.expect("add the root role");
+    root.user_grant_role("root", "root")
+        .await
+        .expect("grant root");
+    root.role_add("app").await.expect("add app");
+    root.role_grant_permission("app", Permission::read_write("app/").with_prefix())
+        .await
+        .expect("grant app/");
+    root.user_add("alice", "alicepw", None)
+        .await
+        .expect("add alice");
+    root.user_grant_role("alice", "app")
+        .await
+        .expect("grant app");
+    root.auth_enable().await.expect("auth enable");
+
+    let status = |error: Error| match error {
+        Error::GRpcStatus(status) => (status.code(), status.message().to_string()),
+        other => panic!("expected a gRPC status, got {other}"),
+    };
+    let denied = (
+        tonic::Code::PermissionDenied,
+        "etcdserver: permission denied".to_string(),
+    );
+    // The client connected before auth was enabled has no token now.
+    let no_user = root.put("app/x", "v", None).await.expect_err("no user");
+    assert_eq!(
+        status(no_user),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: user name is empty".to_string()
+        )
+    );
+
+    let options = ConnectOptions::new().with_user("alice", "alicepw");
+    let mut alice = Client::connect([url.clone()], Some(options))
+        .await
+        .expect("alice connects");
+    alice
+        .put("app/1", "v1", None)
+        .await
+        .expect("inside her prefix");
+    let got = alice.get("app/1", None).await.expect("read inside");
+    assert_eq!(got.kvs()[0].value(), b"v1");
+    assert_eq!(
+        status(alice.put("other", "v", None).await.unwrap_err()),
+        denied
+    );
+    assert_eq!(status(alice.get("other", None).await.unwrap_err()), denied);
+    let txn = Txn::new()
+        .when([Compare::value("other", CompareOp::Equal, "v")])
+        .and_then([TxnOp::put("app/2", "v2", None)]);
+    assert_eq!(status(alice.txn(txn).await.unwrap_err()), denied);
+    assert_eq!(status(alice.user_list().await.unwrap_err()), denied);
+
+    let wrong = ConnectOptions::new().with_user("alice", "wrong");
+    let Err(refused) = Client::connect([url.clone()], Some(wrong)).await else {
+        panic!("a wrong password connected");
+    };
+    assert_eq!(
+        status(refused),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password".to_string()
+        )
+    );
+    let root_options = ConnectOptions::new().with_user("root", "rootpw");
+    let mut admin = Client::connect([url], Some(root_options))
+        .await
+        .expect("root connects");
+    admin.auth_disable().await.expect("auth disable");
+    drop(cluster);
+}

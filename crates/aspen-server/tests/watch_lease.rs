@@ -562,13 +562,17 @@ async fn slow_watcher_gets_every_event_in_order() {
 async fn progress_notices() {
     let server = Server::start(1).await;
     let node = server.handles[0].node.clone();
+    let access = server.handles[0].access.clone();
     // A Watch service with a short progress interval on its own listener.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let service =
-        aspen_api::WatchService::with_progress_notify_interval(node, Duration::from_millis(300));
+    let service = aspen_api::WatchService::with_progress_notify_interval(
+        node,
+        access,
+        Duration::from_millis(300),
+    );
     let router = tonic::transport::Server::builder().add_service(
         aspen_proto::etcdserverpb::watch_server::WatchServer::new(service),
     );

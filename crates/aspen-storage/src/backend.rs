@@ -362,7 +362,9 @@ impl Store {
             schema::KV_INDEX,
             schema::KV_REVS,
             schema::LEASES,
-            schema::LEASE_KEYS
+            schema::LEASE_KEYS,
+            schema::AUTH_USERS,
+            schema::AUTH_ROLES
         );
         Ok(bytes)
     }
@@ -530,6 +532,9 @@ fn check_format(db: &Database, path: &Path, role: Role) -> Result<()> {
             txn.open_table(schema::KV_REVS)?;
             txn.open_table(schema::LEASES)?;
             txn.open_table(schema::LEASE_KEYS)?;
+            // Absent from state databases written before auth existed: created here, empty.
+            txn.open_table(schema::AUTH_USERS)?;
+            txn.open_table(schema::AUTH_ROLES)?;
         }
     }
     txn.commit()?;

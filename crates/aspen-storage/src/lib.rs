@@ -26,4 +26,4 @@ pub use error::StorageError;
 pub use log_store::LogStore;
 pub use migrate::{V1_FILE_NAME, V1_SNAPSHOT_DIR_NAME};
 pub use snapshot::{SnapshotData, SnapshotReceiver};
-pub use state_machine::{MvccReader, StateMachine};
+pub use state_machine::{AuthSink, MvccReader, StateMachine};

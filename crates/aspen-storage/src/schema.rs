@@ -34,6 +34,8 @@ pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta"
 pub const SM_APPLIED: &str = "applied";
 pub const SM_SNAPSHOT: &str = "snapshot";
 pub const SM_COMPACTED_TO: &str = "compacted_to";
+/// `auth` -> `AuthMeta` (auth enabled, auth revision); absent: disabled, revision 0.
+pub const SM_AUTH: &str = "auth";
 
 /// Every version of every key (puts and deletion tombstones), each written once, keyed by
 /// revision: (main revision, sub-revision) -> `RevRecord` (key, value, create revision,
@@ -48,3 +50,9 @@ pub const KV_INDEX: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new(
 pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
 /// Keys attached to each lease: (lease id, key) -> ().
 pub const LEASE_KEYS: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("lease_keys");
+/// Auth users: name -> `UserRecord` (bcrypt hash, sorted roles). Added after format 2 was
+/// first written: opening an older state database creates it empty (no users), which is what
+/// that database meant.
+pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
+/// Auth roles: name -> `RoleRecord` (key permissions sorted by key). As `AUTH_USERS`.
+pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_roles");

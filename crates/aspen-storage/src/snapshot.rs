@@ -50,6 +50,17 @@ pub(crate) enum Frame {
     End {
         frames: u64,
     },
+    /// The auth store (added after the frames above, so older snapshots, which have none of
+    /// these, still read: they install an empty, disabled auth store).
+    AuthMeta(aspen_core::auth::AuthMeta),
+    AuthUser {
+        name: String,
+        record: aspen_core::auth::UserRecord,
+    },
+    AuthRole {
+        name: String,
+        record: aspen_core::auth::RoleRecord,
+    },
 }
 
 /// Where the current snapshot is; stored in `sm_meta` next to the data it describes.

@@ -328,6 +328,10 @@ impl Model {
                     active: self.alarms.iter().copied().collect(),
                 })
             }
+            // Auth has its own tests (tests/auth_store.rs); the model's workload has none.
+            Command::Auth(_) | Command::Authorized { .. } => {
+                unreachable!("the model generates no auth commands")
+            }
         }
     }
 

@@ -104,14 +104,16 @@ mod tests {
     use super::*;
 
     fn certificate_with_subject(common_name: Option<&str>) -> Vec<u8> {
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::OrganizationName, "aspen tests");
         if let Some(name) = common_name {
-            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
         }
         let key = rcgen::KeyPair::generate().expect("key");
         params.self_signed(&key).expect("sign").der().to_vec()

@@ -8,8 +8,8 @@ mod workloads;
 
 use std::time::Duration;
 
+use crate::connect::AuthedChannel;
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
 
 use crate::cli::Consistency;
 use crate::cmd::Ctx;
@@ -210,11 +210,12 @@ fn limit(args: &BenchArgs) -> Result<Limit, CliError> {
 
 /// Opens `--conns` channels now, spread round-robin over the endpoints, so an unreachable
 /// server is a connection error before the run starts.
-async fn channels(ctx: &Ctx, conns: u32) -> Result<Vec<Channel>, CliError> {
+/// With --user, each authenticates on its connection and its requests carry the token.
+async fn channels(ctx: &Ctx, conns: u32) -> Result<Vec<AuthedChannel>, CliError> {
     let mut channels = Vec::with_capacity(conns as usize);
     for index in 0..conns as usize {
         let url = &ctx.endpoints[index % ctx.endpoints.len()];
-        channels.push(ctx.dial.connect(url).await?);
+        channels.push(ctx.dial.connect_authed(url).await?);
     }
     Ok(channels)
 }

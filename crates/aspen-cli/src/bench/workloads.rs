@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::connect::AuthedChannel;
 use aspen_proto::etcdserverpb::{self as pb, kv_client::KvClient, watch_client::WatchClient};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,7 +14,6 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use super::Workload;
 use super::driver::{Report, Rng, Settings, Stats, Worker, drive, histogram, record_us};
@@ -41,14 +41,14 @@ fn value(bytes: u32, rng: &mut Rng) -> Vec<u8> {
         .collect()
 }
 
-fn kv_client(channels: &[Channel], index: usize) -> KvClient<Channel> {
+fn kv_client(channels: &[AuthedChannel], index: usize) -> KvClient<AuthedChannel> {
     KvClient::new(channels[index % channels.len()].clone())
         .max_decoding_message_size(RESPONSE_BYTES_MAX)
 }
 
 pub async fn run(
     workload: &Workload,
-    channels: &[Channel],
+    channels: &[AuthedChannel],
     settings: &Settings,
 ) -> Result<Report, CliError> {
     let stats = Arc::new(Stats::default());
@@ -119,7 +119,7 @@ pub async fn run(
 }
 
 fn put_workers(
-    channels: &[Channel],
+    channels: &[AuthedChannel],
     settings: &Settings,
     key_space: u64,
     val_size: u32,
@@ -140,7 +140,7 @@ fn put_workers(
 }
 
 fn get_workers(
-    channels: &[Channel],
+    channels: &[AuthedChannel],
     settings: &Settings,
     key_space: u64,
     consistency: Consistency,
@@ -159,7 +159,7 @@ fn get_workers(
 
 /// Client i works on key `i % key_space`; a key space of 0 gives each client its own key.
 fn cas_workers(
-    channels: &[Channel],
+    channels: &[AuthedChannel],
     settings: &Settings,
     key_space: u64,
     val_size: u32,
@@ -187,7 +187,7 @@ fn cas_workers(
 
 /// Puts a random key, or with `next_key` (shared by the clients) the next key in order.
 struct PutWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<AuthedChannel>,
     value: Vec<u8>,
     key_space: u64,
     rng: Rng,
@@ -217,7 +217,7 @@ impl Worker for PutWorker {
 
 /// get (limit 0: one key) and range (limit > 0: up to `limit` keys from a random start).
 struct GetWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<AuthedChannel>,
     key_space: u64,
     serializable: bool,
     limit: i64,
@@ -247,7 +247,7 @@ impl Worker for GetWorker {
 /// Compare-and-swap on one key: put if mod_revision is still the last one seen; on a
 /// conflict the failure branch reads the key, so the next attempt knows the new revision.
 struct CasWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<AuthedChannel>,
     key: Vec<u8>,
     value: Vec<u8>,
     mod_revision: i64,
@@ -303,7 +303,7 @@ impl Worker for CasWorker {
 
 /// Writes keys 0..key_space once, `BENCH_PREPOPULATE_CONCURRENCY_MAX` at a time at most.
 async fn populate(
-    channels: &[Channel],
+    channels: &[AuthedChannel],
     settings: &Settings,
     key_space: u64,
     val_size: u32,
@@ -363,7 +363,7 @@ fn populate_progress(settings: &Settings, key_space: u64) -> ProgressBar {
 /// Puts carry their send time (nanoseconds since `base`) in the first 8 bytes of the value;
 /// watchers in this process read it back. One clock, so no skew.
 struct StampedPutWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<AuthedChannel>,
     key: Vec<u8>,
     value: Vec<u8>,
     base: Instant,
@@ -403,7 +403,7 @@ struct Drain {
 }
 
 async fn watch_fanout(
-    channels: &[Channel],
+    channels: &[AuthedChannel],
     settings: &Settings,
     watchers: u32,
     val_size: u32,
@@ -468,7 +468,7 @@ async fn watch_fanout(
 }
 
 fn stamped_put_workers(
-    channels: &[Channel],
+    channels: &[AuthedChannel],
     settings: &Settings,
     val_size: u32,
     base: Instant,
@@ -515,7 +515,7 @@ type WatchStream = (
 
 /// Opens a watch on `prefix` and waits for the server to confirm it.
 async fn open_watch(
-    mut client: WatchClient<Channel>,
+    mut client: WatchClient<AuthedChannel>,
     prefix: &[u8],
     timeout: Duration,
 ) -> Result<WatchStream, CliError> {

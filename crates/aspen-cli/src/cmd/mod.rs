@@ -1,5 +1,6 @@
 //! Command dispatch: each command connects, sends its requests and prints in the format asked.
 
+pub mod auth;
 pub mod endpoint;
 pub mod kv;
 pub mod lease;
@@ -39,6 +40,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             dial_timeout: cli.dial_timeout,
             command_timeout: cli.command_timeout,
             tls,
+            credentials: crate::connect::Credentials::parse(
+                cli.user.as_deref(),
+                cli.password.as_deref(),
+            )?,
         },
         write_out: cli.write_out,
     };
@@ -55,5 +60,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Defrag(args) => endpoint::defrag(&ctx, args).await,
         Command::Snapshot(command) => snapshot::run(&ctx, command).await,
         Command::Bench(args) => crate::bench::run(&ctx, args).await,
+        Command::Auth(command) => auth::auth(&ctx, command).await,
+        Command::User(command) => auth::user(&ctx, command).await,
+        Command::Role(command) => auth::role(&ctx, command).await,
     }
 }

@@ -12,6 +12,9 @@ use aspen_core::{
 };
 use redb::ReadableTable;
 
+use aspen_core::auth::{AuthChanges, AuthCommand, AuthState};
+
+use super::auth::{BatchAuthEffects, TokenEffect};
 use super::mvcc;
 use super::range::{self, read_revision};
 use super::records::{AppliedState, LeaseRecord, StoredVersion};
@@ -40,6 +43,14 @@ pub(crate) struct Applier<'a, 't> {
     pub buffer: Vec<u8>,
     /// The batch's events, recorded only while someone watches (see `events.rs`).
     pub events: Option<Vec<aspen_core::Event>>,
+    /// The auth store as this batch has it: the committed copy at the start, changed (copied on
+    /// first write) by auth commands; written back and published after the batch.
+    pub auth: std::sync::Arc<AuthState>,
+    /// Which users and roles this batch changed, and the tokens it assigned or invalidated.
+    pub auth_changes: AuthChanges,
+    pub auth_effects: BatchAuthEffects,
+    /// The log index of the entry being applied (names a token uniquely, as etcd's).
+    pub log_index: u64,
 }
 
 impl<'a, 't> Applier<'a, 't> {
@@ -50,7 +61,7 @@ impl<'a, 't> Applier<'a, 't> {
         let result = if self.state.no_space() && command.may_grow_store() {
             Err(ApplyError::NoSpace)
         } else {
-            self.apply_checked(command)?
+            self.apply_authorized(command)?
         };
         assert!(
             self.state.revision >= revision_before,
@@ -64,6 +75,38 @@ impl<'a, 't> Applier<'a, 't> {
             revision: self.state.revision,
             result,
         })
+    }
+
+    /// While auth is enabled, a client's request must come wrapped in `Command::Authorized`
+    /// from the auth revision it was checked at; a bare one is refused as etcd refuses a
+    /// request without a user ("user name is empty").
+    fn apply_authorized(&mut self, command: &Command) -> Result<Outcome> {
+        if let Command::Authorized {
+            user,
+            auth_revision,
+            command: inner,
+        } = command
+        {
+            if matches!(**inner, Command::Authorized { .. }) {
+                return Ok(Err(ApplyError::InvalidAuthMgmt));
+            }
+            if self.auth.enabled() {
+                if *auth_revision != self.auth.revision() {
+                    return Ok(Err(ApplyError::AuthOldRevision));
+                }
+                if let Command::Auth(auth) = &**inner
+                    && auth.needs_admin()
+                    && let Err(e) = self.auth.check_admin(Some(user))
+                {
+                    return Ok(Err(e));
+                }
+            }
+            return self.apply_checked(inner);
+        }
+        if self.auth.enabled() && command.needs_auth_user() {
+            return Ok(Err(ApplyError::UserEmpty));
+        }
+        self.apply_checked(command)
     }
 
     fn apply_checked(&mut self, command: &Command) -> Result<Outcome> {
@@ -95,7 +138,51 @@ impl<'a, 't> Applier<'a, 't> {
                 member_id,
                 alarm,
             } => Ok(Ok(self.alarm(*action, *member_id, *alarm))),
+            Command::Auth(auth) => Ok(self.apply_auth(auth)),
+            Command::Authorized { .. } => Ok(Err(ApplyError::InvalidAuthMgmt)),
         }
+    }
+
+    /// Applies an auth command to the batch's copy of the auth store; tables are written once,
+    /// when the batch ends (`StateMachine::apply_entries`). Does not move the store revision.
+    fn apply_auth(&mut self, command: &AuthCommand) -> Outcome {
+        if let AuthCommand::Authenticate {
+            name,
+            token_prefix,
+            checked_revision,
+        } = command
+        {
+            // Changes nothing but the tokens: checked in place, without copying the store.
+            self.auth.check_authenticate(name, *checked_revision)?;
+            let token = format!("{token_prefix}.{}", self.log_index);
+            self.auth_effects.tokens.push(TokenEffect::Assigned {
+                token: token.clone(),
+                user: name.clone(),
+                auth_revision: self.auth.revision(),
+            });
+            return Ok(CommandResult::Authenticate { token });
+        }
+        let mut changes = AuthChanges::default();
+        // Applied to a copy, so a refused command leaves the batch's copy as it was.
+        let mut state = (*self.auth).clone();
+        state.apply(command, &mut changes)?;
+        if changes != AuthChanges::default() {
+            self.auth = std::sync::Arc::new(state);
+            self.auth_effects.changed = true;
+            if changes.disabled {
+                self.auth_effects.tokens.push(TokenEffect::AllInvalidated);
+            }
+            if !changes.invalidated_users.is_empty() {
+                let users = changes.invalidated_users.clone();
+                self.auth_effects
+                    .tokens
+                    .push(TokenEffect::UsersInvalidated(users));
+            }
+            self.auth_changes.users.extend(changes.users);
+            self.auth_changes.roles.extend(changes.roles);
+            self.auth_changes.meta |= changes.meta;
+        }
+        Ok(CommandResult::Auth)
     }
 
     /// Runs `body` at the next revision; the store revision moves only if `body` wrote.

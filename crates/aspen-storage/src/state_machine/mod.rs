@@ -8,6 +8,7 @@
 //! on the cadence `durability.rs` describes; the log is never purged past what is durable here.
 
 mod apply;
+pub(crate) mod auth;
 mod compact;
 mod etcd_io;
 mod events;
@@ -31,6 +32,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{ReadableDatabase, ReadableTable};
 
+pub use auth::AuthSink;
 pub use etcd_io::export_etcd_snapshot;
 pub use events::EventSink;
 pub use hash::{HashOutcome, KvHash};
@@ -57,16 +59,37 @@ pub struct StateMachine {
     compaction: std::sync::Arc<tokio::sync::Notify>,
     /// The last compaction revision whose physical removal finished here.
     compacted: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// The committed auth store, in memory, and where token changes go.
+    auth: std::sync::Arc<auth::AuthHook>,
 }
 
 impl StateMachine {
     pub fn new(store: Store) -> Result<StateMachine> {
+        let auth = std::sync::Arc::<auth::AuthHook>::default();
+        {
+            let db = store.state_db();
+            let txn = db.begin_read()?;
+            auth.replace(std::sync::Arc::new(auth::load_read(&txn)?));
+        }
         Ok(StateMachine {
             store,
             events: std::sync::Arc::default(),
             compaction: std::sync::Arc::default(),
             compacted: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            auth,
         })
+    }
+
+    /// The committed auth store (users, roles, flag, revision), for permission checks: a
+    /// shared, immutable copy, replaced whenever an apply batch changes it.
+    pub fn auth_state(&self) -> std::sync::Arc<aspen_core::auth::AuthState> {
+        self.auth.current()
+    }
+
+    /// Connects the keeper of tokens. Set it before clients can authenticate; returns false
+    /// (and changes nothing) if one was already set.
+    pub fn set_auth_sink(&self, sink: std::sync::Arc<dyn AuthSink>) -> bool {
+        self.auth.set_sink(sink)
     }
 
     pub fn store(&self) -> &Store {
@@ -107,6 +130,8 @@ impl StateMachine {
         let revision_before = state.revision;
         let compact_revision_before = state.compact_revision;
         let events;
+        let auth_state;
+        let auth_effects;
         let mut responses = Vec::with_capacity(entries.len());
         {
             let mut tables = tables::WriteTables::open(&txn)?;
@@ -115,6 +140,10 @@ impl StateMachine {
                 state: &mut state,
                 buffer: Vec::with_capacity(256),
                 events: self.events.wants_events().then(Vec::new),
+                auth: self.auth.current(),
+                auth_changes: Default::default(),
+                auth_effects: Default::default(),
+                log_index: 0,
             };
             for entry in entries {
                 let index_before = applier.state.last_applied.as_ref().map(|id| id.index);
@@ -122,6 +151,7 @@ impl StateMachine {
                     index_before.is_none_or(|i| i < entry.log_id.index),
                     "applying an entry twice or out of order"
                 );
+                applier.log_index = entry.log_id.index;
                 let response = match &entry.payload {
                     EntryPayload::Normal(command) => applier.apply(command)?,
                     EntryPayload::Membership(membership) => {
@@ -141,10 +171,19 @@ impl StateMachine {
                 responses.push(response);
             }
             events = applier.events.take();
+            if applier.auth_effects.changed {
+                auth::persist(&txn, &applier.auth, &applier.auth_changes)?;
+            }
+            auth_state = applier.auth;
+            auth_effects = applier.auth_effects;
         }
         write_applied(&txn, &state)?;
         txn.commit()?;
         drop(db);
+        if auth_effects.changed {
+            self.auth.replace(auth_state);
+        }
+        self.auth.announce(&auth_effects);
         if durable {
             let applied_index = state.last_applied.as_ref().map_or(0, |id| id.index);
             shared.durability.record_durable(applied_index);
@@ -187,6 +226,13 @@ impl StateMachine {
             len_bytes: data.len_bytes(),
         };
         snapshot_io::install(&self.store, meta, &data, &record)?;
+        {
+            let db = self.store.state_db();
+            let txn = db.begin_read()?;
+            self.auth
+                .replace(std::sync::Arc::new(auth::load_read(&txn)?));
+        }
+        self.auth.invalidate_all();
         self.events.reset(self.reader().applied_state()?.revision);
         self.store.shared.snapshots.set_memory_current(&data);
         if let Some(previous) = previous {

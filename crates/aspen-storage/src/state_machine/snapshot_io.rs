@@ -77,6 +77,7 @@ fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
         sink.write_frame(&frame, &mut buffer)?;
         frames += 1;
     }
+    frames += write_auth(&txn, sink, &mut buffer)?;
     sink.write_frame(&Frame::End { frames }, &mut buffer)?;
     sink.write_trailer()?;
     Ok(SnapshotMeta {
@@ -144,6 +145,27 @@ pub(super) fn for_each_kept_version(
         visit(record.key, version, newest_live)?;
     }
     Ok(())
+}
+
+/// Writes the auth store (meta, users, roles); returns the frame count.
+fn write_auth(
+    txn: &redb::ReadTransaction,
+    sink: &mut SnapshotSink,
+    buffer: &mut Vec<u8>,
+) -> Result<u64> {
+    let state = super::auth::load_read(txn)?;
+    let mut frames: u64 = 0;
+    sink.write_frame(&Frame::AuthMeta(state.meta), buffer)?;
+    frames += 1;
+    for (name, record) in state.users {
+        sink.write_frame(&Frame::AuthUser { name, record }, buffer)?;
+        frames += 1;
+    }
+    for (name, record) in state.roles {
+        sink.write_frame(&Frame::AuthRole { name, record }, buffer)?;
+        frames += 1;
+    }
+    Ok(frames)
 }
 
 /// Index entries of an install waiting to be written in key order (see
@@ -250,6 +272,12 @@ pub(crate) fn install(
     txn.delete_table(schema::KV_REVS)?;
     txn.delete_table(schema::LEASES)?;
     txn.delete_table(schema::LEASE_KEYS)?;
+    txn.delete_table(schema::AUTH_USERS)?;
+    txn.delete_table(schema::AUTH_ROLES)?;
+    // Recreated at once: readers never meet a missing table, even if no auth frame follows.
+    txn.open_table(schema::AUTH_USERS)?;
+    txn.open_table(schema::AUTH_ROLES)?;
+    let mut auth_meta: Option<aspen_core::auth::AuthMeta> = None;
     let Some(Frame::Header {
         revision,
         compact_revision,
@@ -307,6 +335,17 @@ pub(crate) fn install(
                     aspen_core::codec::encode_into(&record, &mut encoded);
                     tables.leases.insert(id, encoded.as_slice())?;
                 }
+                Frame::AuthMeta(meta) => auth_meta = Some(meta),
+                Frame::AuthUser { name, record } => {
+                    aspen_core::codec::encode_into(&record, &mut encoded);
+                    txn.open_table(schema::AUTH_USERS)?
+                        .insert(name.as_str(), encoded.as_slice())?;
+                }
+                Frame::AuthRole { name, record } => {
+                    aspen_core::codec::encode_into(&record, &mut encoded);
+                    txn.open_table(schema::AUTH_ROLES)?
+                        .insert(name.as_str(), encoded.as_slice())?;
+                }
                 Frame::End { .. } => {}
                 Frame::Header { .. } => {
                     return Err(StorageError::Snapshot("second header in snapshot".into()));
@@ -328,6 +367,15 @@ pub(crate) fn install(
         table.insert(SM_SNAPSHOT, aspen_core::codec::encode(record).as_slice())?;
         // The installed versions are compacted as the source had them: no progress carries.
         table.remove(schema::SM_COMPACTED_TO)?;
+        // A snapshot from before auth existed has no auth frames: auth disabled, no users.
+        match auth_meta {
+            Some(meta) => {
+                table.insert(schema::SM_AUTH, aspen_core::codec::encode(&meta).as_slice())?;
+            }
+            None => {
+                table.remove(schema::SM_AUTH)?;
+            }
+        }
     }
     // Immediate: the log is purged behind this snapshot, so it must survive a crash.
     txn.commit()?;
