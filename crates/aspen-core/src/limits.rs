@@ -224,9 +224,13 @@ pub const HTTP2_FRAME_BYTES_MAX: u32 = 64 * 1024;
 /// so that the accept loop does not spin.
 pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 
-/// etcd's `dbSizeInUse` is measured by walking the state database's pages (seconds on a
-/// multi-GiB store): a measurement younger than this is reused.
-pub const DB_IN_USE_MEASURE_INTERVAL_MS: u64 = 30_000;
+/// etcd's `dbSizeInUse` is measured by walking the state database's pages (milliseconds on a
+/// small store, seconds on a multi-GiB one). A measurement is reused for this many times as
+/// long as it took, so that however often Status or /metrics is asked, the walks take at most
+/// about 1 % of a core...
+pub const DB_IN_USE_REUSE_PER_WALK: u32 = 100;
+/// ...but for no longer than this.
+pub const DB_IN_USE_REUSE_MS_MAX: u64 = 10 * 60 * 1000;
 /// How long a Status call or a /metrics scrape waits for a new `dbSizeInUse` measurement
 /// before it answers with the previous one (the measurement goes on in the background).
 pub const DB_IN_USE_WAIT_MS: u64 = 300;

@@ -298,8 +298,9 @@ impl Node {
     }
 
     /// etcd's `dbSizeInUse`. Measuring it walks the state database's pages, seconds on a
-    /// multi-GiB store, so a measurement is reused for `DB_IN_USE_MEASURE_INTERVAL_MS`, at most
-    /// one runs at a time (off the async workers), and a caller waits for a new one at most
+    /// multi-GiB store, so a measurement is reused for 100 times as long as it took (at most
+    /// 10 min), at most one runs at a time (off the async workers), and a caller waits for a
+    /// new one at most
     /// `DB_IN_USE_WAIT_MS`; past that it gets the previous value (the file's size before the
     /// first measurement) while the measurement finishes in the background.
     pub async fn db_size_in_use_bytes(&self) -> u64 {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use aspen_core::limits::{DB_IN_USE_MEASURE_INTERVAL_MS, Limits};
+use aspen_core::limits::{DB_IN_USE_REUSE_MS_MAX, DB_IN_USE_REUSE_PER_WALK, Limits};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::durability::StateDurability;
@@ -105,8 +105,8 @@ pub(crate) struct Shared {
 /// The last measurement of the state database's bytes in use, and who is measuring.
 #[derive(Debug, Default)]
 struct InUseGauge {
-    /// (bytes, when measured); None before the first measurement.
-    last: Mutex<Option<(u64, Instant)>>,
+    /// (bytes, when measured, until when it is reused); None before the first measurement.
+    last: Mutex<Option<(u64, Instant, Duration)>>,
     /// True while one caller has claimed the next measurement.
     measuring: AtomicBool,
 }
@@ -311,22 +311,22 @@ impl Store {
 
     /// etcd's `dbSizeInUse` as last measured, and whether the caller should measure it now
     /// (with [`Store::measure_db_size_in_use_bytes`], off the async workers): true for one
-    /// caller at a time, once the last measurement is older than
-    /// `DB_IN_USE_MEASURE_INTERVAL_MS`. None before the first measurement.
+    /// caller at a time, once the last measurement is older than `DB_IN_USE_REUSE_PER_WALK`
+    /// times the walk it took (at most `DB_IN_USE_REUSE_MS_MAX`): fresh on a small store, at
+    /// most ~1 % of a core on a large one. None before the first measurement.
     pub fn db_size_in_use_last(&self) -> (Option<u64>, bool) {
         let gauge = &self.shared.in_use;
         let last = *gauge
             .last
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let interval = Duration::from_millis(DB_IN_USE_MEASURE_INTERVAL_MS);
-        let stale = last.is_none_or(|(_, at)| at.elapsed() >= interval);
+        let stale = last.is_none_or(|(_, at, reuse)| at.elapsed() >= reuse);
         let claimed = stale
             && gauge
                 .measuring
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
-        (last.map(|(bytes, _)| bytes), claimed)
+        (last.map(|(bytes, _, _)| bytes), claimed)
     }
 
     /// Measures the bytes the state database's tables hold (etcd's `dbSizeInUse`) from a read
@@ -335,12 +335,16 @@ impl Store {
     /// multi-GiB store), so callers reuse the last measurement.
     pub fn measure_db_size_in_use_bytes(&self) -> Result<u64> {
         let gauge = &self.shared.in_use;
+        let started = Instant::now();
         let measured = self.walk_db_size_in_use_bytes();
         if let Ok(bytes) = measured {
+            let reuse = (started.elapsed() * DB_IN_USE_REUSE_PER_WALK)
+                .min(Duration::from_millis(DB_IN_USE_REUSE_MS_MAX));
             *gauge
                 .last
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((bytes, Instant::now()));
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                Some((bytes, Instant::now(), reuse));
         }
         gauge.measuring.store(false, Ordering::Release);
         measured

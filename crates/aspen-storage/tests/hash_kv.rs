@@ -493,7 +493,7 @@ async fn an_aspen_format_saved_file_still_restores() {
 }
 
 /// `dbSizeInUse` is a page walk: one caller at a time measures, everyone else reuses the last
-/// value, until it is older than `DB_IN_USE_MEASURE_INTERVAL_MS`.
+/// value.
 #[test]
 fn bytes_in_use_are_measured_by_one_caller_and_reused() {
     let sm = memory();
@@ -511,9 +511,16 @@ fn bytes_in_use_are_measured_by_one_caller_and_reused() {
     );
     let measured = store.measure_db_size_in_use_bytes().expect("measure");
     assert!(measured > 0);
-    assert_eq!(
-        store.db_size_in_use_last(),
-        (Some(measured), false),
-        "a fresh measurement is reused, not repeated"
-    );
+    // Reused for 100 times the walk: on this tiny store that window may already have passed
+    // (a loaded machine), and then this caller is the one to measure again; either way it
+    // gets the last value, and only one caller measures.
+    let (bytes, claimed) = store.db_size_in_use_last();
+    assert_eq!(bytes, Some(measured));
+    if claimed {
+        assert_eq!(
+            store.db_size_in_use_last(),
+            (Some(measured), false),
+            "one measurement at a time"
+        );
+    }
 }
