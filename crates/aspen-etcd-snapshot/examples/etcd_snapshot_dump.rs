@@ -1,5 +1,5 @@
 //! Prints what the reader finds in an etcd snapshot file: `cargo run --example
-//! etcd_snapshot_dump -- FILE [--versions]`. A debugging aid for the format.
+//! etcd_snapshot_dump -- FILE [--versions | --raw BUCKET]`. A debugging aid for the format.
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -14,6 +14,9 @@ fn main() -> std::process::ExitCode {
             "etcd status hash and total keys: {:?}",
             snapshot.etcd_status_hash()?
         );
+        if args.get(2).map(String::as_str) == Some("--raw") {
+            raw(std::path::Path::new(path), args[3].as_bytes())?;
+        }
         if args.get(2).map(String::as_str) == Some("--copy") {
             copy(std::path::Path::new(path), std::path::Path::new(&args[3]))?;
         }
@@ -47,6 +50,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Prints one top-level bucket's entries, keys and values in hex.
+fn raw(path: &std::path::Path, name: &[u8]) -> aspen_etcd_snapshot::Result<()> {
+    use aspen_etcd_snapshot::bolt_read::BoltReader;
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let file = std::fs::File::open(path).expect("open");
+    let len = file.metadata().expect("len").len();
+    let db_bytes = if len % 512 == 32 { len - 32 } else { len };
+    let reader = BoltReader::open(file, path, db_bytes)?;
+    let Some(bucket) = reader.bucket(&reader.root(), name)? else {
+        println!("no bucket {}", String::from_utf8_lossy(name));
+        return Ok(());
+    };
+    reader.for_each(&bucket, |k, v, _| -> aspen_etcd_snapshot::Result<()> {
+        println!("{} ({}) = {}", hex(k), String::from_utf8_lossy(k), hex(v));
+        Ok(())
+    })
 }
 
 /// Rewrites every top-level bucket of `from` with our writer into `to` (no trailer).

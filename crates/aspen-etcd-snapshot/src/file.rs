@@ -12,8 +12,9 @@ use crate::bolt_read::{BoltReader, Bucket, FLAG_META, MAGIC, PAGE_HEADER_BYTES};
 use crate::crc32c::Crc32c;
 use crate::error::{Error, Result};
 use crate::layout::{
-    BUCKET_KEY, BUCKET_LEASE, BUCKET_META, KeyValue, Lease, META_CONSISTENT_INDEX,
-    META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, Revision,
+    AUTH_ENABLED, AUTH_REVISION, BUCKET_AUTH, BUCKET_AUTH_ROLES, BUCKET_AUTH_USERS, BUCKET_KEY,
+    BUCKET_LEASE, BUCKET_META, KeyValue, Lease, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,
+    META_SCHEDULED_COMPACT, Revision, Role, User,
 };
 use crate::limits::{READ_CHUNK_BYTES, SAVED_ALIGN_BYTES, SHA256_BYTES};
 
@@ -48,6 +49,11 @@ pub struct Summary {
     pub sub_revision_max: u64,
     pub tombstones: u64,
     pub leases: u64,
+    /// The `auth` bucket: whether auth is enabled, and the auth revision.
+    pub auth_enabled: bool,
+    pub auth_revision: u64,
+    pub users: u64,
+    pub roles: u64,
     pub db_bytes: u64,
     pub sha256: Sha256Trailer,
 }
@@ -58,6 +64,9 @@ pub struct EtcdSnapshot {
     key: Bucket,
     lease: Option<Bucket>,
     meta: Option<Bucket>,
+    auth: Option<Bucket>,
+    auth_users: Option<Bucket>,
+    auth_roles: Option<Bucket>,
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -139,12 +148,18 @@ impl EtcdSnapshot {
             .ok_or_else(|| not_etcd("a bbolt database without etcd's key bucket"))?;
         let lease = reader.bucket(&root, BUCKET_LEASE)?;
         let meta = reader.bucket(&root, BUCKET_META)?;
+        let auth = reader.bucket(&root, BUCKET_AUTH)?;
+        let auth_users = reader.bucket(&root, BUCKET_AUTH_USERS)?;
+        let auth_roles = reader.bucket(&root, BUCKET_AUTH_ROLES)?;
         Ok(EtcdSnapshot {
             reader,
             sha256,
             key,
             lease,
             meta,
+            auth,
+            auth_users,
+            auth_roles,
         })
     }
 
@@ -229,6 +244,106 @@ impl EtcdSnapshot {
         })
     }
 
+    /// (enabled, auth revision) from the `auth` bucket; a file without it has auth disabled.
+    pub fn auth_meta(&self) -> Result<(bool, u64)> {
+        let (mut enabled, mut revision) = (false, 0);
+        let Some(bucket) = &self.auth else {
+            return Ok((false, 0));
+        };
+        self.reader
+            .for_each(bucket, |key, value, is_bucket| -> Result<()> {
+                if is_bucket {
+                    return Err(self.corrupt("a bucket inside etcd's auth bucket"));
+                }
+                match key {
+                    AUTH_ENABLED => {
+                        // etcd: enabled when the value is exactly [1].
+                        if value.len() != 1 {
+                            return Err(self.corrupt(format!(
+                                "auth authEnabled is {} bytes, not 1",
+                                value.len()
+                            )));
+                        }
+                        enabled = value[0] == 1;
+                    }
+                    AUTH_REVISION => {
+                        let bytes: [u8; 8] = value
+                            .try_into()
+                            .map_err(|_| self.corrupt("auth authRevision is not 8 bytes"))?;
+                        revision = u64::from_be_bytes(bytes);
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })?;
+        Ok((enabled, revision))
+    }
+
+    /// A record of `authUsers` or `authRoles`: its key must be its (non-empty, UTF-8) name.
+    fn auth_record_name(&self, what: &str, key: &[u8], name: &[u8]) -> Result<String> {
+        if key != name {
+            return Err(self.corrupt(format!(
+                "{what} {:?} holds the record of {:?}",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if name.is_empty() {
+            return Err(self.corrupt(format!("{what} with an empty name")));
+        }
+        String::from_utf8(name.to_vec()).map_err(|_| {
+            self.corrupt(format!(
+                "{what} {:?}: the name is not UTF-8",
+                String::from_utf8_lossy(name)
+            ))
+        })
+    }
+
+    /// Calls `visit` for every user in `authUsers`, in name order, each checked (the record
+    /// decodes, its name is its key).
+    pub fn for_each_user<E: From<Error>>(
+        &self,
+        mut visit: impl FnMut(String, User) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let Some(bucket) = &self.auth_users else {
+            return Ok(());
+        };
+        self.reader.for_each(bucket, |key, value, is_bucket| {
+            if is_bucket {
+                return Err(self
+                    .corrupt("a bucket inside etcd's authUsers bucket")
+                    .into());
+            }
+            let user = User::decode(value).map_err(|e| {
+                self.corrupt(format!("authUsers {:?}: {e}", String::from_utf8_lossy(key)))
+            })?;
+            let name = self.auth_record_name("authUsers user", key, &user.name)?;
+            visit(name, user)
+        })
+    }
+
+    /// Calls `visit` for every role in `authRoles`, in name order, each checked as users are.
+    pub fn for_each_role<E: From<Error>>(
+        &self,
+        mut visit: impl FnMut(String, Role) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let Some(bucket) = &self.auth_roles else {
+            return Ok(());
+        };
+        self.reader.for_each(bucket, |key, value, is_bucket| {
+            if is_bucket {
+                return Err(self
+                    .corrupt("a bucket inside etcd's authRoles bucket")
+                    .into());
+            }
+            let role = Role::decode(value).map_err(|e| {
+                self.corrupt(format!("authRoles {:?}: {e}", String::from_utf8_lossy(key)))
+            })?;
+            let name = self.auth_record_name("authRoles role", key, &role.name)?;
+            visit(name, role)
+        })
+    }
+
     /// (consistent index, scheduled compaction, finished compaction) from the `meta` bucket.
     pub fn meta_values(&self) -> Result<(u64, u64, u64)> {
         let (mut index, mut scheduled, mut finished) = (0, 0, 0);
@@ -281,6 +396,16 @@ impl EtcdSnapshot {
             leases += 1;
             Ok(())
         })?;
+        let (auth_enabled, auth_revision) = self.auth_meta()?;
+        let (mut users, mut roles) = (0u64, 0u64);
+        self.for_each_user(|_, _| -> Result<()> {
+            users += 1;
+            Ok(())
+        })?;
+        self.for_each_role(|_, _| -> Result<()> {
+            roles += 1;
+            Ok(())
+        })?;
         Ok(Summary {
             revision: newest.max(compact_revision).max(1),
             newest_version_revision: newest,
@@ -290,6 +415,10 @@ impl EtcdSnapshot {
             sub_revision_max: sub_max,
             tombstones,
             leases,
+            auth_enabled,
+            auth_revision,
+            users,
+            roles,
             db_bytes: self.db_bytes(),
             sha256: self.sha256,
         })

@@ -20,4 +20,4 @@ mod proto;
 
 pub use error::{Error, Result};
 pub use file::{EtcdSnapshot, Summary};
-pub use layout::{KeyValue, Lease, Revision};
+pub use layout::{KeyValue, Lease, Permission, PermissionType, Revision, Role, User};

@@ -34,6 +34,14 @@ pub fn put_bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     }
 }
 
+/// A bytes field written even when empty (a repeated or message field: present means
+/// something).
+pub fn put_field_bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
+    put_varint(out, u64::from(field << 3 | u32::from(WIRE_LEN)));
+    put_varint(out, value.len() as u64);
+    out.extend_from_slice(value);
+}
+
 /// One field read from a message.
 pub enum Field<'a> {
     Varint(u64),

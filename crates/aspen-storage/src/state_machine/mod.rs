@@ -256,6 +256,12 @@ impl StateMachine {
         meta: &SnapshotMeta,
     ) -> Result<()> {
         etcd_io::import(&self.store, snapshot, summary, meta)?;
+        {
+            let db = self.store.state_db();
+            let txn = db.begin_read()?;
+            self.auth
+                .replace(std::sync::Arc::new(auth::load_read(&txn)?));
+        }
         self.events.reset(self.reader().applied_state()?.revision);
         snapshot_io::build(&self.store)?;
         Ok(())
