@@ -181,8 +181,7 @@ async fn an_auth_store_beyond_aspens_limits_is_refused_with_nothing_written() {
     etcd_file(&file, &[user("big", HASH, &role_refs)], &[]);
     let error = restore(&file, dir.path())
         .await
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         error.contains(&format!(
