@@ -128,7 +128,7 @@ pub struct ClusterBootstrapConfig {
     /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`: off.
     pub auto_compaction: Option<crate::auto_compaction::AutoCompaction>,
     pub log_level: LogLevel,
-    /// `--auth-token` (simple only), `--auth-token-ttl`, `--bcrypt-cost`.
+    /// `--auth-token` (simple or jwt,...), `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: aspen_api::AuthOptions,
     /// The file read, if any; kept so the operator can be told where settings came from.
     pub config_file: Option<PathBuf>,
@@ -493,7 +493,7 @@ impl ClusterBootstrapConfig {
             ),
             ("log-level", self.log_level.as_str().to_string()),
             ("storage-backend", storage.to_string()),
-            ("auth-token", "simple".to_string()),
+            ("auth-token", self.auth.auth_token.clone()),
         ];
         let auto_compaction = self.auto_compaction.map(|policy| policy.to_flags());
         let auto_compaction = auto_compaction
@@ -880,14 +880,14 @@ fn resolve_auth(raw: &RawConfig, problems: &mut Vec<String>) -> aspen_api::AuthO
     use aspen_core::limits::{
         AUTH_TOKEN_TTL_SECONDS_DEFAULT, BCRYPT_COST_DEFAULT, BCRYPT_COST_MAX, BCRYPT_COST_MIN,
     };
-    match raw.auth_token.as_deref() {
-        None | Some("simple") => {}
-        Some(other) if other.starts_with("jwt") => problems
-            .push("--auth-token jwt is not supported by Aspen yet; use \"simple\"".to_string()),
-        Some(other) => problems.push(format!(
-            "--auth-token '{other}' is not a token type; use \"simple\""
-        )),
-    }
+    let auth_token = raw
+        .auth_token
+        .clone()
+        .unwrap_or_else(|| "simple".to_string());
+    let jwt = crate::auth_token::resolve(&auth_token).unwrap_or_else(|found| {
+        problems.extend(found);
+        None
+    });
     let ttl_seconds = raw.auth_token_ttl.unwrap_or(AUTH_TOKEN_TTL_SECONDS_DEFAULT);
     if ttl_seconds == 0 {
         problems.push("--auth-token-ttl must be greater than 0 seconds".to_string());
@@ -902,6 +902,8 @@ fn resolve_auth(raw: &RawConfig, problems: &mut Vec<String>) -> aspen_api::AuthO
     aspen_api::AuthOptions {
         token_ttl: std::time::Duration::from_secs(ttl_seconds),
         bcrypt_cost,
+        jwt,
+        auth_token,
     }
 }
 
