@@ -480,15 +480,18 @@ fn ecdsa_keys(
     }
 }
 
-/// A "PUBLIC KEY" PEM's algorithm OID, its parameters' OID (empty when not an OID) and the key
-/// bits (RSAPublicKey DER for RSA, the point for EC).
-fn spki(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+/// A SubjectPublicKeyInfo's algorithm OID, its parameters' OID (empty when not an OID) and the
+/// key bits (RSAPublicKey DER for RSA, the point for EC).
+type SpkiParts = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// A "PUBLIC KEY" PEM's parts.
+fn spki(pem: &[u8]) -> Result<SpkiParts, String> {
     let der = SubjectPublicKeyInfoDer::from_pem_slice(pem)
         .map_err(|e| format!("pub-key is not a PEM \"PUBLIC KEY\": {e}"))?;
     spki_parts(der.as_ref()).ok_or_else(|| "pub-key is a malformed \"PUBLIC KEY\"".to_string())
 }
 
-fn spki_parts(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+fn spki_parts(der: &[u8]) -> Option<SpkiParts> {
     let (tag, body, rest) = der::next(der)?;
     if tag != der::SEQUENCE || !rest.is_empty() {
         return None;
