@@ -93,7 +93,7 @@ impl AuthService {
                 // and the client authenticates again.
                 return keys
                     .sign(&name, auth.revision(), crate::access::unix_now())
-                    .map_err(|e| status::internal(e.message().to_string()));
+                    .map_err(|e| status::token_signing(e.message()));
             }
             let command = Command::Auth(AuthCommand::Authenticate {
                 name: name.clone(),

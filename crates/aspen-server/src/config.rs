@@ -251,8 +251,8 @@ struct RawConfig {
     /// Comma-separated http:// or https:// URLs for a separate /metrics, /health, /version listener [default: none]
     #[arg(long, env = "ASPEN_LISTEN_METRICS_URLS", value_name = "URLS")]
     listen_metrics_urls: Option<String>,
-    /// Token type: "simple" (etcd's simple tokens; JWT is not supported yet) [default: simple]
-    #[arg(long, env = "ASPEN_AUTH_TOKEN", value_name = "TYPE")]
+    /// Token type: "simple" (etcd's simple tokens) or "jwt,pub-key=PATH,priv-key=PATH,sign-method=METHOD[,ttl=DURATION]" (etcd's JWTs) [default: simple]
+    #[arg(long, env = "ASPEN_AUTH_TOKEN", value_name = "TYPE[,OPTIONS]")]
     auth_token: Option<String>,
     /// Seconds an unused simple token stays valid [default: 300]
     #[arg(long, env = "ASPEN_AUTH_TOKEN_TTL", value_name = "SECONDS")]
