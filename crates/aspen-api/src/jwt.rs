@@ -813,29 +813,62 @@ mod tests {
         assert!(err(SignMethod::RS256, Some(b"nope"), None).contains("PUBLIC KEY"));
     }
 
+    /// The "traditional" PEMs openssl writes with `ecparam -genkey` and `genrsa -traditional`
+    /// (SEC1 and PKCS#1), besides the PKCS#8 the other tests use.
     #[test]
-    fn sec1_ec_private_keys_load() {
+    fn sec1_and_pkcs1_private_keys_load() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("ec.pem");
-        let status = std::process::Command::new("openssl")
-            .args([
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-            ])
-            .arg(&key)
-            .status()
-            .expect("openssl");
-        assert!(status.success());
-        let private = std::fs::read(&key).unwrap();
-        assert!(String::from_utf8_lossy(&private).contains("EC PRIVATE KEY"));
-        let keys =
-            JwtKeys::from_pem(SignMethod::ES256, None, Some(&private), JWT_TTL_DEFAULT).unwrap();
-        let token = keys.sign("carol", 9, NOW).unwrap();
-        assert_eq!(keys.verify(&token, NOW), Some(("carol".to_string(), 9)));
+        let cases: [(&str, &[&str], SignMethod, &str); 3] = [
+            (
+                "ec.pem",
+                &[
+                    "ecparam",
+                    "-name",
+                    "prime256v1",
+                    "-genkey",
+                    "-noout",
+                    "-out",
+                ],
+                SignMethod::ES256,
+                "EC PRIVATE KEY",
+            ),
+            (
+                "ec384.pem",
+                &["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out"],
+                SignMethod::ES384,
+                "EC PRIVATE KEY",
+            ),
+            (
+                "rsa.pem",
+                &["genrsa", "-traditional", "-out"],
+                SignMethod::PS512,
+                "RSA PRIVATE KEY",
+            ),
+        ];
+        for (file, args, method, label) in cases {
+            let key = dir.path().join(file);
+            let mut command = std::process::Command::new("openssl");
+            command.args(args).arg(&key);
+            if method == SignMethod::PS512 {
+                command.arg("2048");
+            }
+            let status = command
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(status.success());
+            let private = std::fs::read(&key).unwrap();
+            assert!(String::from_utf8_lossy(&private).contains(label));
+            let keys = JwtKeys::from_pem(method, None, Some(&private), JWT_TTL_DEFAULT).unwrap();
+            let token = keys.sign("carol", 9, NOW).unwrap();
+            assert_eq!(keys.verify(&token, NOW), Some(("carol".to_string(), 9)));
+            // SEC1 names its curve: a P-256 key is not taken for ES384.
+            if method == SignMethod::ES256 {
+                let wrong =
+                    JwtKeys::from_pem(SignMethod::ES384, None, Some(&private), JWT_TTL_DEFAULT);
+                assert!(wrong.unwrap_err().contains("P-384"));
+            }
+        }
     }
 
     #[test]
