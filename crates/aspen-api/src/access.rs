@@ -17,8 +17,8 @@
 //! every member verifies tokens with its own copy of the key, nothing goes through Raft, and a
 //! token lapses at its `exp` or once the auth revision moves past it.
 //!
-//! Otherwise tokens are etcd's simple tokens: Authenticate checks the password on the receiving node
-//! (bcrypt, off the async workers), then proposes the assignment through Raft, so every member
+//! Otherwise tokens are etcd's simple tokens: Authenticate checks the password on the receiving
+//! node (bcrypt, off the async workers), then proposes the assignment through Raft, so every member
 //! learns the token ([`TokenKeeper`], the state machine's auth sink). A token lapses after
 //! `--auth-token-ttl` seconds unused, when its user is deleted or changes password, when auth is
 //! disabled, and, stricter than etcd 3.4's simple tokens, once the auth revision moves past the

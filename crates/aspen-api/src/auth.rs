@@ -1,9 +1,9 @@
 //! etcd's Auth service, with etcd 3.4's semantics and messages: enabling and disabling auth,
-//! Authenticate (simple tokens, or JWTs with `--auth-token jwt,...`), and managing users and roles. Changes go through Raft as
-//! `Command::Auth`; reads (UserGet, RoleGet, the lists, AuthStatus) are linearizable reads of
-//! the replicated store. Who may do what is etcd's: while auth is enabled, everything here but
-//! Authenticate and AuthStatus needs a root user, except that a user may read itself and the
-//! roles it holds.
+//! Authenticate (simple tokens, or JWTs with `--auth-token jwt,...`), and managing users and
+//! roles. Changes go through Raft as `Command::Auth`; reads (UserGet, RoleGet, the lists,
+//! AuthStatus) are linearizable reads of the replicated store. Who may do what is etcd's: while
+//! auth is enabled, everything here but Authenticate and AuthStatus needs a root user, except
+//! that a user may read itself and the roles it holds.
 
 use aspen_core::auth::{AuthCommand, Permission, PermissionType};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};

@@ -364,7 +364,8 @@ async fn jwt_tokens_across_a_three_member_cluster() {
 }
 
 /// RS256 with openssl's key and a short `ttl`, on one member, restarted verify-only (only
-/// `pub-key`). A JWT is not state: it survives a restart (simple tokens do not), and lapses at its `exp`.
+/// `pub-key`). A JWT is not state: it survives a restart (simple tokens do not), and lapses at
+/// its `exp`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_tokens_survive_a_verify_only_restart_and_expire_at_their_ttl() {
     let cluster = Cluster::new(1, Backend::Redb, None);
