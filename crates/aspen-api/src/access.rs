@@ -12,8 +12,13 @@
 //! applies only if the store is still at that revision, so a permission revoked in between is
 //! never used.
 //!
-//! Tokens are etcd's simple tokens: Authenticate checks the password on the receiving node
-//! (bcrypt, off the async workers), then proposes the assignment through Raft, so every member
+//! With `--auth-token jwt,...` tokens are etcd's JWTs instead ([`crate::jwt`]): Authenticate
+//! checks the password and signs a token on the receiving node, at the auth revision checked;
+//! every member verifies tokens with its own copy of the key, nothing goes through Raft, and a
+//! token lapses at its `exp` or once the auth revision moves past it.
+//!
+//! Otherwise tokens are etcd's simple tokens: Authenticate checks the password on the receiving
+//! node (bcrypt, off the async workers), then proposes the assignment through Raft, so every member
 //! learns the token ([`TokenKeeper`], the state machine's auth sink). A token lapses after
 //! `--auth-token-ttl` seconds unused, when its user is deleted or changes password, when auth is
 //! disabled, and, stricter than etcd 3.4's simple tokens, once the auth revision moves past the
@@ -32,6 +37,7 @@ use tonic::Status;
 
 use aspen_proto::etcdserverpb as pb;
 
+use crate::jwt::JwtKeys;
 use crate::status::{from_apply, from_node};
 
 /// The gRPC metadata key etcd's clients send their token in.
@@ -50,19 +56,37 @@ pub const TOKEN_GATEWAY_METADATA_KEY: &str = "authorization";
 pub struct CertificateUser(pub String);
 
 /// The server's auth settings (`--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AuthOptions {
     /// A simple token unused this long stops working.
     pub token_ttl: Duration,
     /// bcrypt's cost for new password hashes.
     pub bcrypt_cost: u32,
+    /// `--auth-token jwt,...`: tokens are JWTs signed and verified with these keys instead of
+    /// simple tokens.
+    pub jwt: Option<Arc<JwtKeys>>,
+    /// `--auth-token` as given ("simple" by default), for the effective configuration.
+    pub auth_token: String,
 }
+
+impl PartialEq for AuthOptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.token_ttl == other.token_ttl
+            && self.bcrypt_cost == other.bcrypt_cost
+            && self.auth_token == other.auth_token
+            && self.jwt.is_some() == other.jwt.is_some()
+    }
+}
+
+impl Eq for AuthOptions {}
 
 impl Default for AuthOptions {
     fn default() -> Self {
         AuthOptions {
             token_ttl: Duration::from_secs(AUTH_TOKEN_TTL_SECONDS_DEFAULT),
             bcrypt_cost: BCRYPT_COST_DEFAULT,
+            jwt: None,
+            auth_token: "simple".to_string(),
         }
     }
 }
@@ -109,8 +133,13 @@ impl Access {
         access
     }
 
-    pub fn options(&self) -> AuthOptions {
-        self.options
+    pub fn options(&self) -> &AuthOptions {
+        &self.options
+    }
+
+    /// The JWT keys when the member runs with `--auth-token jwt,...`.
+    pub fn jwt(&self) -> Option<&JwtKeys> {
+        self.options.jwt.as_deref()
     }
 
     /// The member's token keeper (tests look at it; the state machine feeds it).
@@ -142,7 +171,11 @@ impl Access {
             .or_else(|| metadata.get(TOKEN_GATEWAY_METADATA_KEY));
         if let Some(token) = token {
             let token = token.to_str().unwrap_or_default();
-            let Some((user, revision)) = self.tokens.lookup(token) else {
+            let found = match self.jwt() {
+                Some(keys) => keys.verify(token, unix_now()),
+                None => self.tokens.lookup(token),
+            };
+            let Some((user, revision)) = found else {
                 return Err(from_apply(&ApplyError::InvalidAuthToken));
             };
             return Ok(Caller {
@@ -199,6 +232,14 @@ impl Access {
             .await?;
         Ok(self.decoy_hash.get_or_init(|| hash).clone())
     }
+}
+
+/// Seconds since the Unix epoch (a JWT's `exp` clock).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Random bytes from the operating system.

@@ -1,9 +1,9 @@
 //! etcd's Auth service, with etcd 3.4's semantics and messages: enabling and disabling auth,
-//! Authenticate (simple tokens), and managing users and roles. Changes go through Raft as
-//! `Command::Auth`; reads (UserGet, RoleGet, the lists, AuthStatus) are linearizable reads of
-//! the replicated store. Who may do what is etcd's: while auth is enabled, everything here but
-//! Authenticate and AuthStatus needs a root user, except that a user may read itself and the
-//! roles it holds.
+//! Authenticate (simple tokens, or JWTs with `--auth-token jwt,...`), and managing users and
+//! roles. Changes go through Raft as `Command::Auth`; reads (UserGet, RoleGet, the lists,
+//! AuthStatus) are linearizable reads of the replicated store. Who may do what is etcd's: while
+//! auth is enabled, everything here but Authenticate and AuthStatus needs a root user, except
+//! that a user may read itself and the roles it holds.
 
 use aspen_core::auth::{AuthCommand, Permission, PermissionType};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
@@ -86,6 +86,14 @@ impl AuthService {
             if !self.access.verify_password(password.clone(), hash).await? {
                 tracing::info!(user = %name, "authentication failed");
                 return Err(from_apply(&ApplyError::AuthFailed));
+            }
+            if let Some(keys) = self.access.jwt() {
+                // etcd's JWT: signed here, at the revision the password was checked at; no
+                // Raft round. Should the store move on meanwhile, the token is refused as old
+                // and the client authenticates again.
+                return keys
+                    .sign(&name, auth.revision(), crate::access::unix_now())
+                    .map_err(|e| status::token_signing(e.message()));
             }
             let command = Command::Auth(AuthCommand::Authenticate {
                 name: name.clone(),

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod header;
+pub mod jwt;
 pub mod kv;
 pub mod lease;
 pub mod lock;

@@ -38,6 +38,12 @@ pub fn maintenance_auth(error: &ApplyError) -> Status {
     Status::new(Code::Unknown, format!("auth: {reason}"))
 }
 
+/// A JWT Authenticate could not sign (etcd's `ErrVerifyOnly` with only a public key): etcd
+/// answers these with code Unknown and the error's text.
+pub fn token_signing(message: &str) -> Status {
+    Status::new(Code::Unknown, message)
+}
+
 /// Password checks run bcrypt off the async workers; a failure there is an internal error.
 pub fn internal(message: String) -> Status {
     Status::new(Code::Internal, message)

@@ -147,6 +147,9 @@ pub const BCRYPT_COST_MAX: u32 = 31;
 pub const AUTH_TOKEN_TTL_SECONDS_DEFAULT: u64 = 300;
 /// Simple tokens a node keeps at most; when full, the one closest to expiry is dropped.
 pub const AUTH_TOKENS_MAX: u32 = 100_000;
+/// Longest JWT auth token looked at; longer ones are "invalid auth token" unread (ours are
+/// well under 1 KiB even with RSA-4096 signatures).
+pub const AUTH_JWT_BYTES_MAX: u32 = 8_192;
 
 /// Limits a user may set at start-up. Every replica of a cluster must use the same values for
 /// the ones that change apply results (`txn_ops_max`).

@@ -96,7 +96,7 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     .await?;
     tracing::info!(member = format!("{member_id:x}"), name = %config.name, "storage open, raft started");
 
-    let access = aspen_api::Access::new(&node, config.auth);
+    let access = aspen_api::Access::new(&node, config.auth.clone());
     let (stop, stop_rx) = watch::channel(false);
     let mut handle = NodeHandle {
         node: node.clone(),

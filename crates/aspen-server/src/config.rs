@@ -128,7 +128,7 @@ pub struct ClusterBootstrapConfig {
     /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`: off.
     pub auto_compaction: Option<crate::auto_compaction::AutoCompaction>,
     pub log_level: LogLevel,
-    /// `--auth-token` (simple only), `--auth-token-ttl`, `--bcrypt-cost`.
+    /// `--auth-token` (simple or jwt,...), `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: aspen_api::AuthOptions,
     /// The file read, if any; kept so the operator can be told where settings came from.
     pub config_file: Option<PathBuf>,
@@ -251,8 +251,8 @@ struct RawConfig {
     /// Comma-separated http:// or https:// URLs for a separate /metrics, /health, /version listener [default: none]
     #[arg(long, env = "ASPEN_LISTEN_METRICS_URLS", value_name = "URLS")]
     listen_metrics_urls: Option<String>,
-    /// Token type: "simple" (etcd's simple tokens; JWT is not supported yet) [default: simple]
-    #[arg(long, env = "ASPEN_AUTH_TOKEN", value_name = "TYPE")]
+    /// Token type: "simple" (etcd's simple tokens) or "jwt,pub-key=PATH,priv-key=PATH,sign-method=METHOD[,ttl=DURATION]" (etcd's JWTs) [default: simple]
+    #[arg(long, env = "ASPEN_AUTH_TOKEN", value_name = "TYPE[,OPTIONS]")]
     auth_token: Option<String>,
     /// Seconds an unused simple token stays valid [default: 300]
     #[arg(long, env = "ASPEN_AUTH_TOKEN_TTL", value_name = "SECONDS")]
@@ -493,7 +493,7 @@ impl ClusterBootstrapConfig {
             ),
             ("log-level", self.log_level.as_str().to_string()),
             ("storage-backend", storage.to_string()),
-            ("auth-token", "simple".to_string()),
+            ("auth-token", self.auth.auth_token.clone()),
         ];
         let auto_compaction = self.auto_compaction.map(|policy| policy.to_flags());
         let auto_compaction = auto_compaction
@@ -880,14 +880,14 @@ fn resolve_auth(raw: &RawConfig, problems: &mut Vec<String>) -> aspen_api::AuthO
     use aspen_core::limits::{
         AUTH_TOKEN_TTL_SECONDS_DEFAULT, BCRYPT_COST_DEFAULT, BCRYPT_COST_MAX, BCRYPT_COST_MIN,
     };
-    match raw.auth_token.as_deref() {
-        None | Some("simple") => {}
-        Some(other) if other.starts_with("jwt") => problems
-            .push("--auth-token jwt is not supported by Aspen yet; use \"simple\"".to_string()),
-        Some(other) => problems.push(format!(
-            "--auth-token '{other}' is not a token type; use \"simple\""
-        )),
-    }
+    let auth_token = raw
+        .auth_token
+        .clone()
+        .unwrap_or_else(|| "simple".to_string());
+    let jwt = crate::auth_token::resolve(&auth_token).unwrap_or_else(|found| {
+        problems.extend(found);
+        None
+    });
     let ttl_seconds = raw.auth_token_ttl.unwrap_or(AUTH_TOKEN_TTL_SECONDS_DEFAULT);
     if ttl_seconds == 0 {
         problems.push("--auth-token-ttl must be greater than 0 seconds".to_string());
@@ -902,6 +902,8 @@ fn resolve_auth(raw: &RawConfig, problems: &mut Vec<String>) -> aspen_api::AuthO
     aspen_api::AuthOptions {
         token_ttl: std::time::Duration::from_secs(ttl_seconds),
         bcrypt_cost,
+        jwt,
+        auth_token,
     }
 }
 

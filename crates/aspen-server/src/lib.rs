@@ -1,6 +1,7 @@
 //! The `aspen` server: start-up configuration, bootstrapping a member, the client port's router
 //! (gRPC and plain HTTP), the peer and metrics routers, and serving listeners (`serve.rs`). The binary in `main.rs` only parses and runs.
 
+pub mod auth_token;
 pub mod auto_compaction;
 pub mod bootstrap;
 pub mod config;

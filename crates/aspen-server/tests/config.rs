@@ -759,12 +759,24 @@ fn auth_flags_default_to_etcds_and_are_checked() {
     assert_eq!(config.auth.token_ttl, std::time::Duration::from_secs(60));
     assert_eq!(config.auth.bcrypt_cost, 4);
     refused(
-        &["--auth-token", "jwt,pub-key=a,priv-key=b,sign-method=RS256"],
-        "--auth-token jwt is not supported by Aspen yet; use \"simple\"",
+        &[
+            "--auth-token",
+            "jwt,pub-key=/nonexistent/a,sign-method=RS256",
+        ],
+        "--auth-token: cannot read pub-key '/nonexistent/a': No such file or directory (os \
+         error 2)",
+    );
+    refused(
+        &["--auth-token", "jwt,pub-key=a,pub-key=b,sign-method=RS256"],
+        "--auth-token: jwt option 'pub-key' is given twice",
+    );
+    refused(
+        &["--auth-token", "jwt,sign-method"],
+        "--auth-token: 'sign-method' is not key=value",
     );
     refused(
         &["--auth-token", "opaque"],
-        "--auth-token 'opaque' is not a token type; use \"simple\"",
+        "--auth-token 'opaque' is not a token type; use \"simple\" or \"jwt,...\"",
     );
     refused(
         &["--auth-token-ttl", "0"],
