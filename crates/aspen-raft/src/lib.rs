@@ -7,6 +7,7 @@
 
 pub mod network;
 pub mod service;
+pub mod split;
 pub mod wire;
 
 pub use network::{PeerClients, PeerNetworkFactory};

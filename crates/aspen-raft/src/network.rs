@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aspen_core::codec;
-use aspen_core::limits::SNAPSHOT_CHUNK_BYTES_MAX;
+use aspen_core::limits::{PEER_APPEND_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
 use aspen_core::type_config::alias::Vote;
 use aspen_core::{NodeId, NodeInfo, TypeConfig};
 use aspen_node::forward::ForwardResult;
@@ -209,8 +209,22 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: AppendReply = self.call_unary(PeerMethod::Append, &rpc, &option).await?;
-        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+        // A batch too large for one message: send its first part and report how far it
+        // got; openraft sends the rest next (its contract for `PartialSuccess`).
+        let mut parts = crate::split::split_append(rpc, PEER_APPEND_BYTES_MAX).into_iter();
+        let Some(first) = parts.next() else {
+            unreachable!("split_append returns at least one part")
+        };
+        let split = parts.next().is_some();
+        let last_sent = first.entries.last().map(|e| e.log_id);
+        let reply: AppendReply = self.call_unary(PeerMethod::Append, &first, &option).await?;
+        let reply = reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        Ok(match reply {
+            AppendEntriesResponse::Success if split => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
+            other => other,
+        })
     }
 
     /// Pipelined replication over one bidirectional stream: the leader sends the next batch
@@ -233,9 +247,12 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let client = self.client();
         Box::pin(async move {
             let mut client = client.map_err(unreachable::<RPCError<TypeConfig>>)?;
-            let outgoing = input.map(|request| RaftMessage {
-                data: codec::encode(&request),
-            });
+            // Each batch split to fit a peer message; the replies joined back, one a batch.
+            let counts = crate::split::PartCounts::default();
+            let outgoing =
+                crate::split::split_stream(input, counts.clone()).map(|request| RaftMessage {
+                    data: codec::encode(&request),
+                });
             let response = client
                 .append_stream(tonic::Request::new(outgoing))
                 .await
@@ -246,6 +263,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                     .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
                 reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
             });
+            let replies = crate::split::join_replies(Box::pin(replies), counts);
             let replies: BoxStream<'s, _> = Box::pin(replies);
             Ok(replies)
         })
