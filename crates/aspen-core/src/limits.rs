@@ -97,6 +97,11 @@ pub const COMPACT_STEP_VERSIONS_MAX: u32 = 250;
 /// ...and this far apart, so writes interleave (etcd's `compactionSleepInterval` is 10 ms).
 pub const COMPACT_STEP_PAUSE_MS: u64 = 5;
 
+/// Keys a DeleteRange (or a lease revoke) finds and deletes per chunk: it holds one chunk's
+/// keys, and their values when a watcher or `prev_kv` needs them, at a time, never the whole
+/// range. The chunks are one revision and one transaction, as before.
+pub const DELETE_RANGE_CHUNK_KEYS_MAX: u32 = 1000;
+
 /// Most members in one cluster.
 pub const CLUSTER_MEMBERS_MAX: u32 = 64;
 
@@ -202,6 +207,7 @@ const _: () = assert!(LEASE_TTL_SECONDS_MIN == 2);
 const _: () = assert!(WATCHERS_PER_STREAM_MAX <= WATCHERS_MAX);
 const _: () = assert!(WATCH_SYNC_BATCH_EVENTS_MAX > 0 && WATCH_STREAM_QUEUE_MESSAGES_MAX > 1);
 const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);
+const _: () = assert!(DELETE_RANGE_CHUNK_KEYS_MAX > 1);
 const _: () = assert!(REQUEST_BYTES_MAX_CONFIGURABLE == 64 * 1024 * 1024);
 const _: () = assert!(LOG_WRITER_QUEUE_BYTES_MAX >= 2 * PEER_APPEND_BYTES_MAX);
 const _: () = assert!(peer_message_bytes_max(REQUEST_BYTES_MAX_DEFAULT) < 17 * 1024 * 1024);
