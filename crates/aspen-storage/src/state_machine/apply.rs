@@ -342,12 +342,19 @@ impl<'a, 't> Applier<'a, 't> {
         let chunk_keys_max = DELETE_RANGE_CHUNK_KEYS_MAX as usize;
         loop {
             let mut keys: Vec<Vec<u8>> = Vec::new();
-            for item in self
-                .tables
-                .lease_keys
-                .range::<(u64, &[u8])>((id, &[][..])..(id + 1, &[][..]))?
-                .take(chunk_keys_max)
-            {
+            // Lease `u64::MAX` has no successor to end the range at (found by fuzzing:
+            // `id + 1` overflowed).
+            let lease_keys = match id.checked_add(1) {
+                Some(next) => self
+                    .tables
+                    .lease_keys
+                    .range::<(u64, &[u8])>((id, &[][..])..(next, &[][..]))?,
+                None => self
+                    .tables
+                    .lease_keys
+                    .range::<(u64, &[u8])>((id, &[][..])..)?,
+            };
+            for item in lease_keys.take(chunk_keys_max) {
                 let (key, _) = item?;
                 keys.push(key.value().1.to_vec());
             }
@@ -526,6 +533,24 @@ mod tests {
         assert_eq!(response.revision, before + 2, "one revision for the revoke");
         assert_eq!(count(&sm, b"l/", b"l0"), 0, "every attached key deleted");
         assert_eq!(count(&sm, b"b", b""), 1);
+
+        // Found by fuzzing (fuzz/corpus/client_requests/crash-lease-revoke-id-u64-max): the
+        // largest lease id overflowed the end of its key range.
+        let largest = apply(
+            &sm,
+            &mut index,
+            Command::LeaseGrant {
+                id: u64::MAX,
+                ttl_seconds: 60,
+            },
+        );
+        assert!(largest.result.is_ok(), "{:?}", largest.result);
+        apply(&sm, &mut index, put("m/1".to_string(), u64::MAX));
+        let response = apply(&sm, &mut index, Command::LeaseRevoke { id: u64::MAX });
+        assert!(response.result.is_ok(), "{:?}", response.result);
+        assert_eq!(count(&sm, b"m/", b"m0"), 0);
+        let response = apply(&sm, &mut index, Command::LeaseRevoke { id: u64::MAX });
+        assert!(response.result.is_err(), "revoked once");
 
         let high_water = DELETE_CHUNK_KEYS_HIGH_WATER.load(Ordering::Relaxed);
         assert!(
