@@ -477,6 +477,26 @@ mod tests {
         result.count
     }
 
+    /// Found by fuzzing (fuzz/corpus/client_requests/crash-range-limit-u64-max): the largest
+    /// limit overflowed "one more than the limit".
+    #[test]
+    fn a_range_with_the_largest_limit_returns_everything() {
+        let (_log, sm) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
+        let mut index = 0;
+        apply(&sm, &mut index, put("a".to_string(), 0));
+        apply(&sm, &mut index, put("b".to_string(), 0));
+        let request = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: vec![0],
+            limit: u64::MAX,
+            ..Default::default()
+        };
+        let (result, _) = sm.reader().range(&request).expect("read").expect("range");
+        assert_eq!(result.kvs.len(), 2);
+        assert_eq!(result.count, 2);
+        assert!(!result.more);
+    }
+
     /// DeleteRange and lease revoke over more keys than one chunk: every key deleted exactly
     /// once, at one revision, and no chunk held more than `DELETE_RANGE_CHUNK_KEYS_MAX` keys.
     #[test]
