@@ -1,4 +1,4 @@
-//! The peer message bound (`aspen_core::limits::peer_message_bytes_max`: 16 MiB and 128 KiB
+//! The peer message bound (`aspen_core::limits::peer_message_bytes_max`: 16 MiB + 64 KiB
 //! with the default request size), with real processes: a follower that comes back to a
 //! backlog larger than one peer message still catches up, because the leader splits the
 //! batch (`aspen_raft::split`). Before the split, openraft sent the whole backlog (up to 4096
