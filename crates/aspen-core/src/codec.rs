@@ -43,6 +43,14 @@ pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes [`encode`] would produce for `value`, counted without copying any field.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    match postcard::experimental::serialized_size(value) {
+        Ok(len) => len + 1,
+        Err(error) => panic!("postcard failed to size an in-memory value: {error}"),
+    }
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if version != CODEC_VERSION {

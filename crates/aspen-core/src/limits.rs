@@ -5,6 +5,8 @@
 
 /// Largest client request etcd accepts by default (`--max-request-bytes`): 1.5 MiB.
 pub const REQUEST_BYTES_MAX_DEFAULT: u64 = 1536 * 1024;
+/// The largest `--max-request-bytes` a user may set: 64 MiB.
+pub const REQUEST_BYTES_MAX_CONFIGURABLE: u64 = 64 * 1024 * 1024;
 /// Most operations in one Txn branch (`--max-txn-ops`), as etcd.
 pub const TXN_OPS_MAX_DEFAULT: u32 = 128;
 /// Database quota set at creation (`--quota-backend-bytes`): 10 GiB, as the design record asks.
@@ -30,6 +32,37 @@ pub const SNAPSHOT_INSTALL_BATCH_RECORDS_MAX: u32 = 4096;
 /// of index entries turns random inserts into mostly ordered ones, in bounded memory
 /// (about 64 bytes an entry).
 pub const SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES: usize = 65_536;
+
+/// Log entries appended but not yet durable that the log writer holds at most; an append
+/// beyond it waits (backpressure to openraft) until a commit makes room. Two full proposal
+/// batches (openraft appends at most 4096 entries at a time), so one batch is queued while the
+/// previous one is being synced.
+pub const LOG_WRITER_QUEUE_ENTRIES_MAX: u32 = 8192;
+/// Encoded bytes of log entries appended but not yet durable, at most; as the entry bound.
+/// An append larger than this on its own waits for an empty queue, then goes alone.
+pub const LOG_WRITER_QUEUE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Encoded entries one AppendEntries message carries at most: a leader splits a larger batch
+/// into several messages (one entry larger than this goes alone). With 4096 entries per batch
+/// and 1.5 MiB requests, an unsplit message could reach 6 GiB.
+pub const PEER_APPEND_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// The peer message size bound is `peer_message_bytes_max`: the larger of an append's bound
+/// and one request with this margin (log id, tags, the AppendEntries header, the envelope).
+pub const PEER_MESSAGE_MARGIN_BYTES: u64 = 64 * 1024;
+
+/// Largest message one peer accepts from (or sends to) another: an append split at
+/// [`PEER_APPEND_BYTES_MAX`], or one entry of the largest request, plus the margin. 16 MiB and
+/// 64 KiB with the default request size. The decoder refuses anything larger before
+/// allocating it.
+pub const fn peer_message_bytes_max(request_bytes_max: u64) -> u64 {
+    let one_entry = request_bytes_max + PEER_MESSAGE_MARGIN_BYTES;
+    let append = PEER_APPEND_BYTES_MAX;
+    (if one_entry > append {
+        one_entry
+    } else {
+        append
+    }) + PEER_MESSAGE_MARGIN_BYTES
+}
 
 /// Most log entries returned by one log read: bounds memory for replication reads.
 pub const LOG_READ_ENTRIES_MAX: u64 = 65_536;
@@ -63,6 +96,11 @@ pub const STATE_DIRTY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 pub const COMPACT_STEP_VERSIONS_MAX: u32 = 250;
 /// ...and this far apart, so writes interleave (etcd's `compactionSleepInterval` is 10 ms).
 pub const COMPACT_STEP_PAUSE_MS: u64 = 5;
+
+/// Keys a DeleteRange (or a lease revoke) finds and deletes per chunk: it holds one chunk's
+/// keys, and their values when a watcher or `prev_kv` needs them, at a time, never the whole
+/// range. The chunks are one revision and one transaction, as before.
+pub const DELETE_RANGE_CHUNK_KEYS_MAX: u32 = 1000;
 
 /// Most members in one cluster.
 pub const CLUSTER_MEMBERS_MAX: u32 = 64;
@@ -177,7 +215,7 @@ impl Limits {
         if self.request_bytes_max == 0 {
             problems.push("max-request-bytes must be greater than 0".to_string());
         }
-        if self.request_bytes_max > 64 * 1024 * 1024 {
+        if self.request_bytes_max > REQUEST_BYTES_MAX_CONFIGURABLE {
             problems.push("max-request-bytes must be at most 64 MiB".to_string());
         }
         if self.txn_ops_max == 0 {
@@ -207,6 +245,10 @@ const _: () = assert!(LEASE_TTL_SECONDS_MIN == 2);
 const _: () = assert!(WATCHERS_PER_STREAM_MAX <= WATCHERS_MAX);
 const _: () = assert!(WATCH_SYNC_BATCH_EVENTS_MAX > 0 && WATCH_STREAM_QUEUE_MESSAGES_MAX > 1);
 const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);
+const _: () = assert!(DELETE_RANGE_CHUNK_KEYS_MAX > 1);
+const _: () = assert!(REQUEST_BYTES_MAX_CONFIGURABLE == 64 * 1024 * 1024);
+const _: () = assert!(LOG_WRITER_QUEUE_BYTES_MAX >= 2 * PEER_APPEND_BYTES_MAX);
+const _: () = assert!(peer_message_bytes_max(REQUEST_BYTES_MAX_DEFAULT) < 17 * 1024 * 1024);
 
 /// HTTP/2 streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS
 /// on the client and metrics ports). etcd's clients multiplex everything over one connection

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::error::NodeError;
 use crate::forward::{ForwardRequest, ForwardResponse};
-use crate::node::{FORWARD_ATTEMPTS_MAX, Node};
+use crate::node::Node;
 
 /// Attempts to find a lease id not in use (ids only collide with a client's chosen ones).
 const LEASE_ID_DRAWS_MAX: u32 = 16;
@@ -376,19 +376,11 @@ impl Node {
 
     /// Runs a lease request here if this node leads, else on the leader.
     async fn lease_on_leader(&self, request: ForwardRequest) -> Result<ForwardResponse, NodeError> {
-        for _ in 0..FORWARD_ATTEMPTS_MAX {
-            let leader = self.wait_for_leader().await?;
-            let result = if leader == self.id() {
-                self.lease_as_leader(request.clone()).await
-            } else {
-                self.forward_to(leader, request.clone()).await
-            };
-            match result {
-                Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
-                other => return other,
-            }
-        }
-        Err(NodeError::LeaderChanged)
+        self.on_leader(
+            || self.lease_as_leader(request.clone()),
+            |leader| self.forward_to(leader, request.clone()),
+        )
+        .await
     }
 
     /// The leader's side of `LeaseKeepAlive` and `LeaseTimeToLive`.

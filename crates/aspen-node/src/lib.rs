@@ -12,9 +12,11 @@ pub mod metrics;
 pub mod node;
 pub mod raft_config;
 pub mod read_batch;
+pub mod retry;
 
 pub use error::NodeError;
 pub use forward::{ForwardRequest, ForwardResponse, Forwarder};
 pub use lessor::{LeaseTtl, Lessor};
 pub use node::{AspenRaft, Member, Node, NodeOptions, TestingOptions};
 pub use raft_config::RaftTiming;
+pub use retry::Retry;

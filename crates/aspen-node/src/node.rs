@@ -257,26 +257,21 @@ impl Node {
     /// list; it adopts the founders' id from the leader. Bounded: gives up after
     /// `FORWARD_ATTEMPTS_MAX` leaders that could not answer.
     pub async fn adopt_cluster_id_from_leader(&self) -> Result<u64, NodeError> {
-        for _ in 0..FORWARD_ATTEMPTS_MAX {
-            let leader = self.wait_for_leader().await?;
-            if leader == self.id() {
-                return Ok(self.cluster_id());
+        let answer = self
+            .on_leader(
+                || async { Ok(ForwardResponse::ClusterId(self.cluster_id())) },
+                |leader| self.forward_to(leader, ForwardRequest::ClusterId),
+            )
+            .await?;
+        match answer {
+            ForwardResponse::ClusterId(id) => {
+                self.inner.cluster_id.store(id, Ordering::Relaxed);
+                Ok(id)
             }
-            match self.forward_to(leader, ForwardRequest::ClusterId).await {
-                Ok(ForwardResponse::ClusterId(id)) => {
-                    self.inner.cluster_id.store(id, Ordering::Relaxed);
-                    return Ok(id);
-                }
-                Ok(other) => {
-                    return Err(NodeError::Peer(format!(
-                        "unexpected forward response {other:?}"
-                    )));
-                }
-                Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
-                Err(e) => return Err(e),
-            }
+            other => Err(NodeError::Peer(format!(
+                "unexpected forward response {other:?}"
+            ))),
         }
-        Err(NodeError::LeaderChanged)
     }
 
     /// The id of a member with `peer_urls` in this cluster: the id that member's process
@@ -419,26 +414,22 @@ impl Node {
     }
 
     async fn write_inner(&self, command: Command) -> Result<ApplyResponse, NodeError> {
-        for _ in 0..FORWARD_ATTEMPTS_MAX {
-            let leader = self.wait_for_leader().await?;
-            if leader == self.id() {
-                return self.write_as_leader(command).await;
-            }
-            match self
-                .forward_to(leader, ForwardRequest::Write(command.clone()))
-                .await
-            {
-                Ok(ForwardResponse::Write(response)) => return Ok(response),
-                Ok(other) => {
-                    return Err(NodeError::Peer(format!(
-                        "unexpected forward response {other:?}"
-                    )));
-                }
-                Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
-                Err(e) => return Err(e),
-            }
+        let answer = self
+            .on_leader(
+                || async {
+                    Ok(ForwardResponse::Write(
+                        self.write_as_leader(command.clone()).await?,
+                    ))
+                },
+                |leader| self.forward_to(leader, ForwardRequest::Write(command.clone())),
+            )
+            .await?;
+        match answer {
+            ForwardResponse::Write(response) => Ok(response),
+            other => Err(NodeError::Peer(format!(
+                "unexpected forward response {other:?}"
+            ))),
         }
-        Err(NodeError::LeaderChanged)
     }
 
     /// The leader's side of a write: quota check, then Raft.
@@ -527,20 +518,13 @@ impl Node {
     /// are batched (`read_batch`): one round, started after this call, serves every read
     /// waiting for it.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
-        for _ in 0..FORWARD_ATTEMPTS_MAX {
-            let leader = self.wait_for_leader().await?;
-            let batcher = if leader == self.id() {
-                &self.inner.leader_reads
-            } else {
-                &self.inner.forwarded_reads
-            };
-            match batcher.read_index().await {
-                Ok(read_index) => return self.wait_applied(read_index).await,
-                Err(NodeError::LeaderChanged | NodeError::NoLeader) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(NodeError::LeaderChanged)
+        let read_index = self
+            .on_leader(
+                || self.inner.leader_reads.read_index(),
+                |_| self.inner.forwarded_reads.read_index(),
+            )
+            .await?;
+        self.wait_applied(read_index).await
     }
 
     async fn leader_read_index(&self) -> Result<u64, NodeError> {
@@ -665,19 +649,14 @@ impl Node {
 
     /// Adds, promotes, removes or updates a member, forwarding to the leader if needed.
     pub async fn change_membership(&self, request: ForwardRequest) -> Result<(), NodeError> {
-        for _ in 0..FORWARD_ATTEMPTS_MAX {
-            let leader = self.wait_for_leader().await?;
-            let result = if leader == self.id() {
-                self.change_membership_as_leader(request.clone()).await
-            } else {
-                self.forward_to(leader, request.clone()).await.map(|_| ())
-            };
-            match result {
-                Err(NodeError::LeaderChanged) => continue,
-                other => return other,
-            }
-        }
-        Err(NodeError::LeaderChanged)
+        self.on_leader(
+            || self.change_membership_as_leader(request.clone()),
+            |leader| {
+                let forwarded = self.forward_to(leader, request.clone());
+                async move { forwarded.await.map(|_| ()) }
+            },
+        )
+        .await
     }
 
     async fn change_membership_as_leader(&self, request: ForwardRequest) -> Result<(), NodeError> {

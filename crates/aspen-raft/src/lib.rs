@@ -8,6 +8,7 @@
 pub mod identity;
 pub mod network;
 pub mod service;
+pub mod split;
 pub mod wire;
 
 pub use identity::PeerIdentity;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aspen_core::codec;
-use aspen_core::limits::SNAPSHOT_CHUNK_BYTES_MAX;
+use aspen_core::limits::{PEER_APPEND_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
 use aspen_core::type_config::alias::Vote;
 use aspen_core::{NodeId, NodeInfo, TypeConfig};
 use aspen_node::forward::ForwardResult;
@@ -238,8 +238,22 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: AppendReply = self.call_unary(PeerMethod::Append, &rpc, &option).await?;
-        reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+        // A batch too large for one message: send its first part and report how far it
+        // got; openraft sends the rest next (its contract for `PartialSuccess`).
+        let mut parts = crate::split::split_append(rpc, PEER_APPEND_BYTES_MAX).into_iter();
+        let Some(first) = parts.next() else {
+            unreachable!("split_append returns at least one part")
+        };
+        let split = parts.next().is_some();
+        let last_sent = first.entries.last().map(|e| e.log_id);
+        let reply: AppendReply = self.call_unary(PeerMethod::Append, &first, &option).await?;
+        let reply = reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        Ok(match reply {
+            AppendEntriesResponse::Success if split => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
+            other => other,
+        })
     }
 
     /// Pipelined replication over one bidirectional stream: the leader sends the next batch
@@ -263,9 +277,12 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let identity = self.identity.clone();
         Box::pin(async move {
             let mut client = client.map_err(unreachable::<RPCError<TypeConfig>>)?;
-            let outgoing = input.map(|request| RaftMessage {
-                data: codec::encode(&request),
-            });
+            // Each batch split to fit a peer message; the replies joined back, one a batch.
+            let counts = crate::split::PartCounts::default();
+            let outgoing =
+                crate::split::split_stream(input, counts.clone()).map(|request| RaftMessage {
+                    data: codec::encode(&request),
+                });
             let response = client
                 .append_stream(stamped(&identity, target, outgoing))
                 .await
@@ -276,6 +293,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                     .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
                 reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
             });
+            let replies = crate::split::join_replies(Box::pin(replies), counts);
             let replies: BoxStream<'s, _> = Box::pin(replies);
             Ok(replies)
         })
@@ -395,8 +413,101 @@ fn snapshot_chunks(
     })
 }
 
-/// True when tonic failed before sending: the connection could not be made.
+/// True when tonic failed before sending: the connection could not be made. Decided by the
+/// error's type (tonic wraps every failure to connect in `ConnectError`, and keeps it as the
+/// status's source), never by its text.
 fn never_sent(status: &tonic::Status) -> bool {
-    let message = status.message();
-    message.contains("tcp connect error") || message.contains("error trying to connect")
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use aspen_core::Command;
+    use aspen_node::Retry;
+
+    use super::*;
+
+    fn member_at(port: u16) -> NodeInfo {
+        NodeInfo {
+            peer_urls: vec![format!("http://127.0.0.1:{port}")],
+            ..Default::default()
+        }
+    }
+
+    fn write() -> ForwardRequest {
+        ForwardRequest::Write(Command::Compact {
+            revision: 1,
+            physical: false,
+        })
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    #[tokio::test]
+    async fn a_forward_that_could_not_connect_is_safe_to_retry() {
+        let clients = PeerClients::new(aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT);
+        let error = clients
+            .forward(2, member_at(closed_port()), write())
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(error, NodeError::NoLeader, "{error}");
+        assert_eq!(error.retry(), Retry::Safe);
+    }
+
+    /// The leader took the request and then the connection broke: it may have been applied,
+    /// so the error must not be retried.
+    #[tokio::test]
+    async fn a_forward_lost_after_it_was_sent_is_not_retried() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
+            // Read the preface, the settings and the request, then hang up without answering.
+            let mut buffer = [0u8; 4096];
+            let mut read = 0;
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                read += n;
+            }
+            read
+        });
+        let clients = PeerClients::new(aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT);
+        let error = clients
+            .forward(2, member_at(port), write())
+            .await
+            .expect_err("the peer hung up");
+        let read = server.join().expect("server thread");
+        assert!(read > 24, "the request reached the peer ({read} bytes)");
+        assert_eq!(error.retry(), Retry::Unsafe, "{error}");
+    }
+
+    /// The text of a connect failure without the error itself is not taken for one.
+    #[test]
+    fn never_sent_looks_at_the_error_type_not_its_text() {
+        let text_only = tonic::Status::unavailable("tcp connect error: error trying to connect");
+        assert!(!never_sent(&text_only));
+        let typed = tonic::Status::from_error(Box::new(tonic::ConnectError(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+        )));
+        assert_eq!(typed.code(), tonic::Code::Unavailable);
+        assert!(never_sent(&typed));
+    }
 }

@@ -9,10 +9,10 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Largest peer message: a full append batch of maximum-size requests, plus headroom.
+/// Largest peer message, sent or accepted: see `aspen_core::limits::peer_message_bytes_max`
+/// (16 MiB + 64 KiB with the default request size; appends are split to fit, `split.rs`).
 pub fn peer_message_bytes_max(request_bytes_max: u64) -> usize {
-    let bytes =
-        aspen_node::raft_config::REPLICATION_ENTRIES_MAX * (request_bytes_max + 1024) + 1024 * 1024;
+    let bytes = aspen_core::limits::peer_message_bytes_max(request_bytes_max);
     usize::try_from(bytes).unwrap_or(usize::MAX)
 }
 

@@ -219,7 +219,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(committed) = &committed {
             self.store.stage_clock().committed_up_to(committed.index);
         }
-        Ok(self.writer.submit(WriteOp::Committed(committed))?)
+        // Not counted in the queue bound: openraft saves a committed index only after the
+        // entries it covers were appended, so these are as many as the appends at most.
+        Ok(self.writer.submit(WriteOp::Committed(committed), None)?)
     }
 
     async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, std::io::Error> {
@@ -236,12 +238,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().map(std::sync::Arc::new).collect();
+        // Backpressure: wait (without holding a thread) for room in the writer's bounded
+        // queue, at most until the commit in progress ends.
+        let room = self.writer.reserve(&entries).await?;
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             let clock = self.store.stage_clock();
             clock.appended(first.log_id.index, last.log_id.index);
         }
         // An empty append still gets its callback, in order with the others.
-        Ok(self.writer.submit(WriteOp::Append { entries, callback })?)
+        Ok(self
+            .writer
+            .submit(WriteOp::Append { entries, callback }, Some(room))?)
     }
 
     async fn truncate_after(

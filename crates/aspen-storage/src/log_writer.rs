@@ -15,6 +15,13 @@
 //! - vote, truncate and purge first wait until everything queued before them is durable, then
 //!   write as before, so the order of log operations on disk is the order openraft issued them.
 //!
+//! The queue is bounded (`LOG_WRITER_QUEUE_ENTRIES_MAX` entries and
+//! `LOG_WRITER_QUEUE_BYTES_MAX` encoded bytes, appended but not yet durable): `append` first
+//! waits for room, so openraft slows to the disk's pace instead of the queue growing without
+//! bound. The wait is an await, never a blocked thread, and it lasts until the commit in
+//! progress finishes (one fsync): that commit frees its entries' room before its callbacks
+//! fire. An append larger than the whole bound waits for an empty queue and then goes alone.
+//!
 //! On a multi-threaded tokio runtime (the server) the writer is its own thread, so an fsync
 //! never holds a worker thread and a commit costs one thread hand-off each way. On a
 //! current-thread runtime (tests, the paused-clock simulator) and under madsim it is a task
@@ -26,10 +33,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use aspen_core::TypeConfig;
 use aspen_core::codec;
+use aspen_core::limits::{LOG_WRITER_QUEUE_BYTES_MAX, LOG_WRITER_QUEUE_ENTRIES_MAX};
 use aspen_core::type_config::alias::{Entry, LogId};
 use openraft::storage::IOFlushed;
 use redb::ReadableTable;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::backend::Store;
 use crate::error::{Result, StorageError};
@@ -54,6 +62,14 @@ struct Queued {
     /// 1, 2, 3, … in the order `LogWriter::submit` was called.
     seq: u64,
     op: WriteOp,
+    /// The queue room an append holds until its commit is done.
+    room: Option<QueueRoom>,
+}
+
+/// Room in the bounded queue, given back when dropped.
+pub(crate) struct QueueRoom {
+    _entries: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// The state shared by a log store's clones and its writer.
@@ -69,6 +85,9 @@ pub(crate) struct WriterShared {
     /// Set after a failed commit: the log is no longer trustworthy in memory, so every later
     /// write fails too (openraft stops the node on a storage error).
     failed: AtomicBool,
+    /// Queue room, in entries and in encoded bytes, not held by an uncommitted append.
+    room_entries: Arc<Semaphore>,
+    room_bytes: Arc<Semaphore>,
     /// Taken by the writer task when it starts (on the first write).
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
 }
@@ -112,6 +131,8 @@ impl LogWriter {
                 submitted_seq: AtomicU64::new(0),
                 finished_seq,
                 failed: AtomicBool::new(false),
+                room_entries: Arc::new(Semaphore::new(LOG_WRITER_QUEUE_ENTRIES_MAX as usize)),
+                room_bytes: Arc::new(Semaphore::new(LOG_WRITER_QUEUE_BYTES_MAX as usize)),
                 receiver: Mutex::new(Some(receiver)),
             }),
             sender,
@@ -138,8 +159,31 @@ impl LogWriter {
             .map(|(_, entry)| entry.log_id)
     }
 
-    /// Queues `op`; an append's entries are readable when this returns.
-    pub fn submit(&self, op: WriteOp) -> Result<()> {
+    /// Waits until the queue has room for `entries` (all of it, if they alone exceed the
+    /// bound), and takes that room. Nothing is changed before it returns, so dropping the
+    /// wait is harmless.
+    pub async fn reserve(&self, entries: &[Arc<Entry>]) -> Result<QueueRoom> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(commit_failed());
+        }
+        let count = entries.len().min(LOG_WRITER_QUEUE_ENTRIES_MAX as usize);
+        let bytes: usize = entries
+            .iter()
+            .map(|entry| codec::encoded_len(entry.as_ref()))
+            .sum();
+        let bytes = bytes.min(LOG_WRITER_QUEUE_BYTES_MAX as usize);
+        // Both counts fit in u32: they are capped by the bounds above.
+        let entries_room = take_room(&self.shared.room_entries, count as u32).await?;
+        let bytes_room = take_room(&self.shared.room_bytes, bytes as u32).await?;
+        Ok(QueueRoom {
+            _entries: entries_room,
+            _bytes: bytes_room,
+        })
+    }
+
+    /// Queues `op`; an append's entries are readable when this returns. An append should hold
+    /// room from [`LogWriter::reserve`], which its commit gives back.
+    pub fn submit(&self, op: WriteOp, room: Option<QueueRoom>) -> Result<()> {
         if self.shared.failed.load(Ordering::Acquire) {
             let error = commit_failed();
             if let WriteOp::Append { callback, .. } = op {
@@ -163,7 +207,7 @@ impl LogWriter {
         }
         let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
         self.sender
-            .send(Queued { seq, op })
+            .send(Queued { seq, op, room })
             .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))
     }
 
@@ -206,6 +250,18 @@ impl LogWriter {
     }
 }
 
+/// Takes `permits` from `room`, without yielding when they are there (an await on a tokio
+/// semaphore may yield to spend the task's budget, which would split a group commit).
+async fn take_room(room: &Arc<Semaphore>, permits: u32) -> Result<OwnedSemaphorePermit> {
+    if let Ok(taken) = Arc::clone(room).try_acquire_many_owned(permits) {
+        return Ok(taken);
+    }
+    Arc::clone(room)
+        .acquire_many_owned(permits)
+        .await
+        .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))
+}
+
 fn run_writer_thread(shared: Weak<WriterShared>, mut receiver: mpsc::UnboundedReceiver<Queued>) {
     while let Some(first) = receiver.blocking_recv() {
         let batch = take_batch(first, &mut receiver);
@@ -245,7 +301,9 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
     let mut entries = Vec::new();
     let mut committed = None;
     let mut callbacks = Vec::new();
+    let mut rooms = Vec::new();
     for queued in batch {
+        rooms.extend(queued.room);
         match queued.op {
             WriteOp::Append {
                 entries: more,
@@ -279,6 +337,9 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
                 }
             }
             drop(pending);
+            // The entries are durable (or failed) and gone from `pending`: their room is free
+            // before their callbacks fire, so the next append can queue at once.
+            drop(rooms);
             if let Err(error) = &result {
                 tracing::error!(%error, "log commit failed");
                 shared.failed.store(true, Ordering::Release);

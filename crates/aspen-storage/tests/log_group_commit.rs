@@ -129,3 +129,123 @@ async fn truncate_and_vote_wait_for_queued_appends() {
         Some(Vote::new_committed(TERM + 1, 2))
     );
 }
+
+fn entry_with_value(index: u64, value_bytes: usize) -> Entry {
+    openraft::Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Command::Put(PutRequest {
+            key: format!("k{index}").into_bytes(),
+            value: vec![b'v'; value_bytes],
+            ..Default::default()
+        })),
+    }
+}
+
+/// Appends `entries` and returns the callback's receiver; panics if the append had to wait.
+fn append_now(
+    log: &mut aspen_storage::LogStore,
+    entries: Vec<Entry>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    use futures_util::FutureExt;
+    let (tx, rx) = TypeConfig::oneshot();
+    log.append(entries, IOFlushed::signal(tx))
+        .now_or_never()
+        .expect("room in the queue: the append returns at once")
+        .expect("append");
+    async move {
+        rx.await.expect("callback fired").expect("durable");
+    }
+}
+
+/// The writer's queue is bounded in entries: once it holds `LOG_WRITER_QUEUE_ENTRIES_MAX`
+/// entries that are not yet durable, the next append waits (it neither fails nor queues),
+/// and it goes through as soon as the writer has committed what was queued.
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_makes_append_wait_for_the_writer() {
+    use aspen_core::limits::LOG_WRITER_QUEUE_ENTRIES_MAX;
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = StorageBackend::Redb {
+        dir: dir.path().join("node.redb"),
+    };
+    let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
+    let batch = u64::from(LOG_WRITER_QUEUE_ENTRIES_MAX) / 4;
+    let mut flushed = Vec::new();
+    // The writer task cannot run until this test awaits something that is pending.
+    for first in (0..4).map(|b| 1 + b * batch) {
+        let entries = (first..first + batch)
+            .map(|i| entry_with_value(i, 8))
+            .collect();
+        flushed.push(append_now(&mut log, entries));
+    }
+    let next = 1 + 4 * batch;
+    let (tx, rx) = TypeConfig::oneshot();
+    {
+        let blocked = log.append(vec![entry(next)], IOFlushed::signal(tx));
+        assert!(
+            blocked.now_or_never().is_none(),
+            "a full queue must make append wait"
+        );
+    }
+    // The abandoned wait changed nothing: the entry is not in the log.
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_log_id, Some(log_id(next - 1)));
+    drop(rx);
+    let (tx, rx) = TypeConfig::oneshot();
+    // Awaiting lets the writer commit; then there is room.
+    log.append(vec![entry(next)], IOFlushed::signal(tx))
+        .await
+        .expect("append after the writer made room");
+    rx.await.expect("callback fired").expect("durable");
+    for done in flushed {
+        done.await;
+    }
+    let all = log.try_get_log_entries(1..=next).await.expect("read all");
+    assert_eq!(all.len() as u64, next);
+}
+
+/// The same bound in bytes: large values fill the queue long before its entry count does;
+/// and one append larger than the whole bound still goes through, alone.
+#[tokio::test(flavor = "current_thread")]
+async fn a_queue_full_of_bytes_makes_append_wait() {
+    use aspen_core::limits::LOG_WRITER_QUEUE_BYTES_MAX;
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = StorageBackend::Redb {
+        dir: dir.path().join("node.redb"),
+    };
+    let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
+    let value_bytes = 1024 * 1024;
+    let fits = LOG_WRITER_QUEUE_BYTES_MAX / (value_bytes as u64 + 64);
+    let mut flushed = Vec::new();
+    for index in 1..=fits {
+        flushed.push(append_now(
+            &mut log,
+            vec![entry_with_value(index, value_bytes)],
+        ));
+    }
+    let next = fits + 1;
+    let (tx, _rx) = TypeConfig::oneshot();
+    let blocked = log.append(
+        vec![entry_with_value(next, value_bytes)],
+        IOFlushed::signal(tx),
+    );
+    assert!(
+        blocked.now_or_never().is_none(),
+        "a queue full of bytes must make append wait"
+    );
+    for done in flushed {
+        done.await;
+    }
+    // Larger than the whole queue: waits for an empty queue, then goes.
+    let huge: Vec<Entry> = (next..next + fits + 2)
+        .map(|i| entry_with_value(i, value_bytes))
+        .collect();
+    let (tx, rx) = TypeConfig::oneshot();
+    log.append(huge, IOFlushed::signal(tx))
+        .await
+        .expect("an oversized append goes alone");
+    rx.await.expect("callback fired").expect("durable");
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_log_id, Some(log_id(next + fits + 1)));
+}

@@ -5,6 +5,7 @@
 
 use aspen_core::command::{AlarmAction, AlarmType};
 use aspen_core::keys::KeyRange;
+use aspen_core::limits::DELETE_RANGE_CHUNK_KEYS_MAX;
 use aspen_core::response::RangeResult;
 use aspen_core::{
     ApplyError, ApplyResponse, Command, CommandResult, DeleteRangeRequest, KeyValue, PutRequest,
@@ -297,27 +298,50 @@ impl<'a, 't> Applier<'a, 't> {
         if range.is_empty() {
             return Ok((0, Vec::new()));
         }
-        let mut victims: Vec<(Vec<u8>, StoredVersion)> = Vec::new();
+        // In chunks: the keys (and values, when needed) of one chunk are held at a time, never
+        // the whole range. A chunk's deletes hide its keys (their tombstones are the newest
+        // versions), and the next chunk starts just after its last key.
+        let chunk_keys_max = DELETE_RANGE_CHUNK_KEYS_MAX as usize;
         let with_value = delete.prev_kv || self.events.is_some();
-        mvcc::for_each_visible(
-            &self.tables.index,
-            &self.tables.revs,
-            &range,
-            u64::MAX,
-            with_value,
-            |key, version| {
-                victims.push((key.to_vec(), version));
-                Ok(true)
-            },
-        )?;
+        let mut deleted: u64 = 0;
         let mut prev_kvs = Vec::new();
-        for (key, version) in &victims {
-            self.delete_key(key, version, rev)?;
-            if delete.prev_kv {
-                prev_kvs.push(version.to_key_value(key));
+        let mut chunk_range = range;
+        loop {
+            let mut victims: Vec<(Vec<u8>, StoredVersion)> = Vec::new();
+            mvcc::for_each_visible(
+                &self.tables.index,
+                &self.tables.revs,
+                &chunk_range,
+                u64::MAX,
+                with_value,
+                |key, version| {
+                    victims.push((key.to_vec(), version));
+                    Ok(victims.len() < chunk_keys_max)
+                },
+            )?;
+            note_delete_chunk(victims.len());
+            for (key, version) in &victims {
+                self.delete_key(key, version, rev)?;
+                if delete.prev_kv {
+                    prev_kvs.push(version.to_key_value(key));
+                }
             }
+            deleted += victims.len() as u64;
+            let (KeyRange::Interval { end, .. }, Some((last, _))) = (&chunk_range, victims.last())
+            else {
+                break;
+            };
+            if victims.len() < chunk_keys_max {
+                break;
+            }
+            let mut start = last.clone();
+            start.push(0);
+            chunk_range = KeyRange::Interval {
+                start,
+                end: end.clone(),
+            };
         }
-        Ok((victims.len() as u64, prev_kvs))
+        Ok((deleted, prev_kvs))
     }
 
     fn delete_key(
@@ -400,16 +424,39 @@ impl<'a, 't> Applier<'a, 't> {
 
     /// Deletes every key attached to lease `id`, then the lease.
     fn revoke(&mut self, id: u64, rev: &mut WriteRevision) -> Result<()> {
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        for item in self
-            .tables
-            .lease_keys
-            .range::<(u64, &[u8])>((id, &[][..])..(id + 1, &[][..]))?
-        {
-            let (key, _) = item?;
-            keys.push(key.value().1.to_vec());
+        // In chunks, as `delete_range`: deleting a key removes it from `lease_keys`, so each
+        // chunk starts again at the lease's first remaining key.
+        let chunk_keys_max = DELETE_RANGE_CHUNK_KEYS_MAX as usize;
+        loop {
+            let mut keys: Vec<Vec<u8>> = Vec::new();
+            // Lease `u64::MAX` has no successor to end the range at (found by fuzzing:
+            // `id + 1` overflowed).
+            let lease_keys = match id.checked_add(1) {
+                Some(next) => self
+                    .tables
+                    .lease_keys
+                    .range::<(u64, &[u8])>((id, &[][..])..(next, &[][..]))?,
+                None => self
+                    .tables
+                    .lease_keys
+                    .range::<(u64, &[u8])>((id, &[][..])..)?,
+            };
+            for item in lease_keys.take(chunk_keys_max) {
+                let (key, _) = item?;
+                keys.push(key.value().1.to_vec());
+            }
+            note_delete_chunk(keys.len());
+            if keys.is_empty() {
+                break;
+            }
+            self.revoke_keys(id, &keys, rev)?;
         }
-        for key in &keys {
+        self.tables.leases.remove(id)?;
+        Ok(())
+    }
+
+    fn revoke_keys(&mut self, id: u64, keys: &[Vec<u8>], rev: &mut WriteRevision) -> Result<()> {
+        for key in keys {
             let current = self.latest(key, self.events.is_some())?;
             let current = current.ok_or_else(|| {
                 crate::error::StorageError::Invariant(format!(
@@ -419,7 +466,6 @@ impl<'a, 't> Applier<'a, 't> {
             assert_eq!(current.lease, id, "lease index out of step with the key");
             self.delete_key(key, &current, rev)?;
         }
-        self.tables.leases.remove(id)?;
         Ok(())
     }
 
@@ -454,5 +500,170 @@ impl<'a, 't> Applier<'a, 't> {
         CommandResult::Alarm {
             active: self.state.alarms.clone(),
         }
+    }
+}
+
+/// The most keys one delete chunk held, for the tests that check the chunking.
+#[cfg(test)]
+pub(crate) static DELETE_CHUNK_KEYS_HIGH_WATER: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(test)]
+fn note_delete_chunk(keys: usize) {
+    DELETE_CHUNK_KEYS_HIGH_WATER.fetch_max(keys, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(not(test))]
+fn note_delete_chunk(keys: usize) {
+    debug_assert!(keys <= DELETE_RANGE_CHUNK_KEYS_MAX as usize);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use aspen_core::limits::Limits;
+    use aspen_core::type_config::alias::Entry;
+    use aspen_core::{CommandResult, TypeConfig};
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::{StateMachine, StorageBackend, open_storage};
+
+    /// Three chunks and a bit: the chunking must not lose or repeat a key at a boundary.
+    const KEYS: usize = 3 * DELETE_RANGE_CHUNK_KEYS_MAX as usize + 7;
+    const LEASE: u64 = 42;
+
+    fn apply(sm: &StateMachine, index: &mut u64, command: Command) -> ApplyResponse {
+        *index += 1;
+        let entry: Entry = openraft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, *index),
+            payload: EntryPayload::Normal(command),
+        };
+        let mut responses = sm.apply_entries(&[entry]).expect("apply");
+        responses.pop().expect("one response")
+    }
+
+    fn put(key: String, lease: u64) -> Command {
+        Command::Put(PutRequest {
+            key: key.into_bytes(),
+            value: vec![b'v'; 16],
+            lease,
+            ..Default::default()
+        })
+    }
+
+    fn count(sm: &StateMachine, key: &[u8], range_end: &[u8]) -> u64 {
+        let request = RangeRequest {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            count_only: true,
+            ..Default::default()
+        };
+        let (result, _) = sm.reader().range(&request).expect("read").expect("range");
+        result.count
+    }
+
+    /// Found by fuzzing (fuzz/corpus/client_requests/crash-range-limit-u64-max): the largest
+    /// limit overflowed "one more than the limit".
+    #[test]
+    fn a_range_with_the_largest_limit_returns_everything() {
+        let (_log, sm) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
+        let mut index = 0;
+        apply(&sm, &mut index, put("a".to_string(), 0));
+        apply(&sm, &mut index, put("b".to_string(), 0));
+        let request = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: vec![0],
+            limit: u64::MAX,
+            ..Default::default()
+        };
+        let (result, _) = sm.reader().range(&request).expect("read").expect("range");
+        assert_eq!(result.kvs.len(), 2);
+        assert_eq!(result.count, 2);
+        assert!(!result.more);
+    }
+
+    /// DeleteRange and lease revoke over more keys than one chunk: every key deleted exactly
+    /// once, at one revision, and no chunk held more than `DELETE_RANGE_CHUNK_KEYS_MAX` keys.
+    #[test]
+    fn large_deletes_work_in_bounded_chunks() {
+        let (_log, sm) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
+        let mut index = 0;
+        let granted = apply(
+            &sm,
+            &mut index,
+            Command::LeaseGrant {
+                id: LEASE,
+                ttl_seconds: 60,
+            },
+        );
+        assert!(granted.result.is_ok());
+        for i in 0..KEYS {
+            apply(&sm, &mut index, put(format!("a/{i:06}"), 0));
+            apply(&sm, &mut index, put(format!("l/{i:06}"), LEASE));
+        }
+        // Neighbours outside the range survive.
+        apply(&sm, &mut index, put("a".to_string(), 0));
+        apply(&sm, &mut index, put("a0".to_string(), 0));
+
+        let before = apply(&sm, &mut index, put("b".to_string(), 0)).revision;
+        let response = apply(
+            &sm,
+            &mut index,
+            Command::DeleteRange(DeleteRangeRequest {
+                key: b"a/".to_vec(),
+                range_end: b"a0".to_vec(),
+                prev_kv: true,
+            }),
+        );
+        assert_eq!(
+            response.revision,
+            before + 1,
+            "one revision for the whole delete"
+        );
+        let Ok(CommandResult::DeleteRange { deleted, prev_kvs }) = response.result else {
+            panic!("delete failed: {:?}", response.result);
+        };
+        assert_eq!(deleted, KEYS as u64);
+        let keys: Vec<Vec<u8>> = prev_kvs.into_iter().map(|kv| kv.key).collect();
+        let expected: Vec<Vec<u8>> = (0..KEYS)
+            .map(|i| format!("a/{i:06}").into_bytes())
+            .collect();
+        assert_eq!(keys, expected, "each key once, in order");
+        assert_eq!(count(&sm, b"a/", b"a0"), 0);
+        assert_eq!(count(&sm, b"a", b""), 1);
+        assert_eq!(count(&sm, b"a0", b""), 1);
+
+        let response = apply(&sm, &mut index, Command::LeaseRevoke { id: LEASE });
+        assert!(response.result.is_ok(), "{:?}", response.result);
+        assert_eq!(response.revision, before + 2, "one revision for the revoke");
+        assert_eq!(count(&sm, b"l/", b"l0"), 0, "every attached key deleted");
+        assert_eq!(count(&sm, b"b", b""), 1);
+
+        // Found by fuzzing (fuzz/corpus/client_requests/crash-lease-revoke-id-u64-max): the
+        // largest lease id overflowed the end of its key range.
+        let largest = apply(
+            &sm,
+            &mut index,
+            Command::LeaseGrant {
+                id: u64::MAX,
+                ttl_seconds: 60,
+            },
+        );
+        assert!(largest.result.is_ok(), "{:?}", largest.result);
+        apply(&sm, &mut index, put("m/1".to_string(), u64::MAX));
+        let response = apply(&sm, &mut index, Command::LeaseRevoke { id: u64::MAX });
+        assert!(response.result.is_ok(), "{:?}", response.result);
+        assert_eq!(count(&sm, b"m/", b"m0"), 0);
+        let response = apply(&sm, &mut index, Command::LeaseRevoke { id: u64::MAX });
+        assert!(response.result.is_err(), "revoked once");
+
+        let high_water = DELETE_CHUNK_KEYS_HIGH_WATER.load(Ordering::Relaxed);
+        assert!(
+            high_water <= DELETE_RANGE_CHUNK_KEYS_MAX as usize,
+            "a delete chunk held {high_water} keys"
+        );
+        assert!(high_water > 0);
     }
 }

@@ -61,7 +61,7 @@ where
     // As etcd: fetch one more than the limit to know whether there is more, unless sorting or
     // filtering needs every key first.
     let fetch_max: u64 = if request.limit > 0 && !sorted && !filtered {
-        request.limit + 1
+        request.limit.saturating_add(1)
     } else {
         u64::MAX
     };
