@@ -81,7 +81,13 @@ impl AuthService {
             if !auth.enabled() {
                 return Err(from_apply(&ApplyError::AuthNotEnabled));
             }
-            let hash = auth.users.get(&name).and_then(|u| u.password_hash.clone());
+            let user = auth.users.get(&name);
+            if user.is_some_and(|u| u.password_hash.is_none()) {
+                // As etcd 3.4 (CheckPassword): a user without a password cannot authenticate
+                // with one, and is told so.
+                return Err(status::no_password_user());
+            }
+            let hash = user.and_then(|u| u.password_hash.clone());
             // The same bcrypt work whether or not the user exists: a failure reveals nothing.
             if !self.access.verify_password(password.clone(), hash).await? {
                 tracing::info!(user = %name, "authentication failed");

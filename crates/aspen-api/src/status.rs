@@ -44,6 +44,15 @@ pub fn token_signing(message: &str) -> Status {
     Status::new(Code::Unknown, message)
 }
 
+/// Authenticate with a password for a user created with `--no-password`: etcd 3.4 answers
+/// its `ErrNoPasswordUser` unmapped, so code Unknown with this text.
+pub fn no_password_user() -> Status {
+    Status::new(
+        Code::Unknown,
+        "auth: authentication failed, password was given for no password user",
+    )
+}
+
 /// Password checks run bcrypt off the async workers; a failure there is an internal error.
 pub fn internal(message: String) -> Status {
     Status::new(Code::Internal, message)

@@ -458,7 +458,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_forward_that_could_not_connect_is_safe_to_retry() {
-        let clients = PeerClients::new(aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT);
+        let clients = PeerClients::new(
+            aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT,
+            std::sync::Arc::new(crate::PeerIdentity::new(1)),
+            None,
+        );
         let error = clients
             .forward(2, member_at(closed_port()), write())
             .await
@@ -489,7 +493,11 @@ mod tests {
             }
             read
         });
-        let clients = PeerClients::new(aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT);
+        let clients = PeerClients::new(
+            aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT,
+            std::sync::Arc::new(crate::PeerIdentity::new(1)),
+            None,
+        );
         let error = clients
             .forward(2, member_at(port), write())
             .await
