@@ -193,13 +193,17 @@ wait_healthy() { # name, log
       tail -n 40 "$2" >&2 || true
       exit 1
     fi
+    # Ready as etcd is once it serves clients: healthy, and its client URL published in the
+    # member list (Aspen publishes it through Raft just after it starts serving).
     if "$ETCDCTL_BIN" --endpoints="$EP" "${TLS_FLAGS[@]}" --dial-timeout=1s --command-timeout=1s \
-      endpoint health >/dev/null 2>&1; then
+      endpoint health >/dev/null 2>&1 &&
+      "$ETCDCTL_BIN" --endpoints="$EP" "${TLS_FLAGS[@]}" --dial-timeout=1s --command-timeout=1s \
+        member list 2>/dev/null | grep -q "://$EP"; then
       return 0
     fi
     sleep 0.2
   done
-  echo "etcdctl compat: $1 not healthy after 20 s; its log:" >&2
+  echo "etcdctl compat: $1 not ready (healthy, client URL published) after 20 s; its log:" >&2
   tail -n 40 "$2" >&2 || true
   exit 1
 }
