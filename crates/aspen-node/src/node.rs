@@ -378,6 +378,9 @@ impl Node {
         };
         let silence_ms_max = self.inner.options.timing.election_timeout_ms * 2;
         if leader == self.id() {
+            // The trait gives `elapsed` to tokio's Instant; madsim's has it inherently, so the
+            // import is unused there.
+            #[allow(unused_imports)]
             use openraft::Instant as _;
             // A sole voter is its own quorum: openraft records no acknowledgement for it.
             let mut voters = metrics.membership_config.membership().voter_ids();

@@ -125,8 +125,14 @@ impl Etcd {
         let kv = etcd.kv();
         poll(&format!("etcd {name} to serve"), || {
             let mut kv = kv.clone();
+            // Count only: the whole keyspace of a large store would pass the client's 4 MiB
+            // message limit, and the probe would never succeed.
+            let probe = RangeRequest {
+                count_only: true,
+                ..range_all(0)
+            };
             async move {
-                match kv.range(range_all(0)).await {
+                match kv.range(probe).await {
                     Ok(_) => Some(()),
                     // Auth enabled: serving, but not to an anonymous client.
                     Err(status) if status.message().contains("user name is empty") => Some(()),
