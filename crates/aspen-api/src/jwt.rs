@@ -385,20 +385,11 @@ fn rsa_keys(
             Some(key)
         }
     };
-    match (pair, public) {
-        (None, None) => Err(format!(
-            "sign-method {} needs priv-key or pub-key",
-            method.name()
-        )),
-        (None, Some(key)) => Ok((None, Verifier::Public(key))),
-        (Some(pair), key) => {
-            let own = pair.public().as_ref().to_vec();
-            if key.as_ref().is_some_and(|key| *key != own) {
-                return Err("pub-key does not match priv-key".to_string());
-            }
-            Ok((Some(Signer::Rsa(pair)), Verifier::Public(own)))
-        }
-    }
+    let pair = pair.map(|pair| {
+        let own = pair.public().as_ref().to_vec();
+        (Signer::Rsa(pair), own)
+    });
+    signer_and_verifier(method, pair, public)
 }
 
 fn ecdsa_keys(
@@ -464,20 +455,11 @@ fn ecdsa_keys(
             Some(key)
         }
     };
-    match (pair, public) {
-        (None, None) => Err(format!(
-            "sign-method {} needs priv-key or pub-key",
-            method.name()
-        )),
-        (None, Some(key)) => Ok((None, Verifier::Public(key))),
-        (Some(pair), key) => {
-            let own = pair.public_key().as_ref().to_vec();
-            if key.as_ref().is_some_and(|key| *key != own) {
-                return Err("pub-key does not match priv-key".to_string());
-            }
-            Ok((Some(Signer::Ecdsa(pair)), Verifier::Public(own)))
-        }
-    }
+    let pair = pair.map(|pair| {
+        let own = pair.public_key().as_ref().to_vec();
+        (Signer::Ecdsa(pair), own)
+    });
+    signer_and_verifier(method, pair, public)
 }
 
 /// A SubjectPublicKeyInfo's algorithm OID, its parameters' OID (empty when not an OID) and the
@@ -485,6 +467,28 @@ fn ecdsa_keys(
 type SpkiParts = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// A "PUBLIC KEY" PEM's parts.
+/// A key pair (its signer and its own public key) and a configured public key: either alone
+/// works (a public key alone verifies only, as etcd's verify-only mode); both must agree.
+fn signer_and_verifier(
+    method: SignMethod,
+    pair: Option<(Signer, Vec<u8>)>,
+    public: Option<Vec<u8>>,
+) -> Result<(Option<Signer>, Verifier), String> {
+    match (pair, public) {
+        (None, None) => Err(format!(
+            "sign-method {} needs priv-key or pub-key",
+            method.name()
+        )),
+        (None, Some(key)) => Ok((None, Verifier::Public(key))),
+        (Some((signer, own)), key) => {
+            if key.as_ref().is_some_and(|key| *key != own) {
+                return Err("pub-key does not match priv-key".to_string());
+            }
+            Ok((Some(signer), Verifier::Public(own)))
+        }
+    }
+}
+
 fn spki(pem: &[u8]) -> Result<SpkiParts, String> {
     let der = SubjectPublicKeyInfoDer::from_pem_slice(pem)
         .map_err(|e| format!("pub-key is not a PEM \"PUBLIC KEY\": {e}"))?;
