@@ -195,13 +195,7 @@ pub async fn user(ctx: &Ctx, command: UserCommand) -> Result<(), CliError> {
                         .user_list(conn.request(pb::AuthUserListRequest {})),
                 )
                 .await?;
-            match ctx.write_out {
-                WriteOut::Json => print_json(&json!({
-                    "header": output::header_json(response.header.as_ref()),
-                    "users": response.users,
-                })),
-                _ => response.users.iter().for_each(|u| println!("{u}")),
-            }
+            print_names(ctx, response.header.as_ref(), "users", &response.users);
         }
         UserCommand::Passwd { user, new_password } => {
             let password = match new_password {
@@ -292,13 +286,7 @@ pub async fn role(ctx: &Ctx, command: RoleCommand) -> Result<(), CliError> {
                         .role_list(conn.request(pb::AuthRoleListRequest {})),
                 )
                 .await?;
-            match ctx.write_out {
-                WriteOut::Json => print_json(&json!({
-                    "header": output::header_json(response.header.as_ref()),
-                    "roles": response.roles,
-                })),
-                _ => response.roles.iter().for_each(|r| println!("{r}")),
-            }
+            print_names(ctx, response.header.as_ref(), "roles", &response.roles);
         }
         RoleCommand::GrantPermission {
             role,
@@ -393,6 +381,17 @@ fn permission_text(permission: &authpb::Permission) -> String {
         line.push_str(&format!(" (prefix {key})"));
     }
     line
+}
+
+/// `user list` and `role list`: the names, one a line, or `{"header", FIELD: [names]}`.
+fn print_names(ctx: &Ctx, header: Option<&pb::ResponseHeader>, field: &str, names: &[String]) {
+    match ctx.write_out {
+        WriteOut::Json => print_json(&json!({
+            "header": output::header_json(header),
+            field: names,
+        })),
+        _ => names.iter().for_each(|name| println!("{name}")),
+    }
 }
 
 #[cfg(test)]
