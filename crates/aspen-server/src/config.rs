@@ -409,7 +409,11 @@ impl ClusterBootstrapConfig {
         let config_file = cli
             .as_ref()
             .and_then(|cli| cli.config_file.clone())
-            .or_else(|| env_layers.iter().find_map(|layer| layer.raw.config_file.clone()));
+            .or_else(|| {
+                env_layers
+                    .iter()
+                    .find_map(|layer| layer.raw.config_file.clone())
+            });
         let file_layer = config_file.as_ref().map(|path| Layer {
             name: format!("--config-file {}", path.display()),
             raw: read_config_file(path, &mut problems),
@@ -609,9 +613,10 @@ impl figment::Provider for Layer {
 /// A problem about a value set by the environment or the config file says so: "(from
 /// ASPEN_SNAPSHOT_COUNT)". Problems start with the flag they are about, when about one.
 fn with_source(problem: String, figment: &Figment) -> String {
-    let key = problem
-        .strip_prefix("--")
-        .and_then(|rest| rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).next());
+    let key = problem.strip_prefix("--").and_then(|rest| {
+        rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .next()
+    });
     match key.and_then(|key| figment.find_metadata(key)) {
         Some(source) if source.name != COMMAND_LINE => format!("{problem} (from {})", source.name),
         _ => problem,
@@ -721,7 +726,10 @@ fn read_config_file(path: &Path, problems: &mut Vec<String>) -> RawConfig {
         .filter(|long| *long != "config-file")
         .collect();
     let mut unknown: Vec<(usize, String)> = Vec::new();
-    for key in keys.keys().filter(|key| !known.contains(&key.get_ref().as_str())) {
+    for key in keys
+        .keys()
+        .filter(|key| !known.contains(&key.get_ref().as_str()))
+    {
         let name = key.get_ref();
         let dashed = name.replace('_', "-").to_lowercase();
         let hint = if name == "config-file" {
@@ -825,13 +833,16 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         raw.initial_cluster_state.as_deref(),
         &mut problems,
     );
-    let storage_backend =
-        match parse_enum("--storage-backend", raw.storage_backend.as_deref(), &mut problems) {
-            StorageKind::Redb => StorageBackend::Redb {
-                dir: data_dir.join(STORAGE_DIR_IN_DATA_DIR),
-            },
-            StorageKind::Memory => StorageBackend::InMemory,
-        };
+    let storage_backend = match parse_enum(
+        "--storage-backend",
+        raw.storage_backend.as_deref(),
+        &mut problems,
+    ) {
+        StorageKind::Redb => StorageBackend::Redb {
+            dir: data_dir.join(STORAGE_DIR_IN_DATA_DIR),
+        },
+        StorageKind::Memory => StorageBackend::InMemory,
+    };
     let log_level = parse_enum("--log-level", raw.log_level.as_deref(), &mut problems);
     let log_format = resolve_log_format(raw, &mut problems);
     let log_outputs = parse_log_outputs(raw.log_outputs.as_deref(), &mut problems);
@@ -1251,14 +1262,22 @@ fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
             "'{text}' has a path or query; give only {scheme}://host:port"
         ));
     }
+    if authority.as_str().contains('@') {
+        return Err(malformed());
+    }
     let port = authority.port_u16().ok_or_else(malformed)?;
     let host = authority.host();
     let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => UrlHost::Ip(IpAddr::V6(v6.parse().map_err(|_| malformed())?)),
-        None if host.parse::<Ipv4Addr>().is_ok() => UrlHost::Ip(host.parse().map_err(|_| malformed())?),
+        None if host.parse::<Ipv4Addr>().is_ok() => {
+            UrlHost::Ip(host.parse().map_err(|_| malformed())?)
+        }
         // http::Uri allows characters in names that DNS does not (and user info).
-        None if host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            && !host.starts_with(['-', '.']) && !host.is_empty() =>
+        None if host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !host.starts_with(['-', '.'])
+            && !host.is_empty() =>
         {
             UrlHost::Name(host.to_ascii_lowercase())
         }

@@ -57,8 +57,8 @@ async fn serve_then_stop(process: &mut Process, path: &Path) -> String {
 fn json_messages(text: &str) -> Vec<String> {
     let mut messages = Vec::new();
     for line in text.lines() {
-        let value: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
         let field = |name: &str| -> String {
             value[name]
                 .as_str()
@@ -121,7 +121,12 @@ async fn logger_zap_writes_json_to_stdout_and_a_file_alike() {
 async fn text_logs_to_a_file_have_no_colour_codes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("aspen.log");
-    let args = member_args(&["--logger", "capnslog", "--log-outputs", file.to_str().unwrap()]);
+    let args = member_args(&[
+        "--logger",
+        "capnslog",
+        "--log-outputs",
+        file.to_str().unwrap(),
+    ]);
     let mut process = spawn_aspen(&args, &dir.path().join("stderr"));
     let text = serve_then_stop(&mut process, &file).await;
     let serving = text
@@ -206,7 +211,10 @@ fn log_flags_resolve_as_etcds() {
     assert!(file.exists(), "the file is created when checked");
     // --print-config writes them back.
     let printed = config.to_toml();
-    assert!(printed.contains(&format!("log-outputs = \"{outputs}\"")), "{printed}");
+    assert!(
+        printed.contains(&format!("log-outputs = \"{outputs}\"")),
+        "{printed}"
+    );
     assert!(printed.contains("log-format = \"json\""), "{printed}");
 
     assert_eq!(
