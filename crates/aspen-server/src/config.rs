@@ -53,6 +53,9 @@ pub const URLS_PER_FLAG_MAX: u32 = 16;
 pub const LOG_OUTPUTS_MAX: u32 = 16;
 /// Environment variables for flags are this prefix plus the flag, upper-cased, `-` to `_`.
 pub const ENV_PREFIX: &str = "ASPEN_";
+/// The log filter (a tracing `EnvFilter` directive, read by the binary): an `ASPEN_*` variable
+/// that is not a flag's, so not warned about.
+pub const LOG_FILTER_ENV: &str = "ASPEN_LOG";
 /// Where the redb file lives under `--data-dir`, as etcd keeps its data under `member/`.
 /// The storage directory inside `--data-dir`: `log.redb`, `state.redb`, `snapshots/`.
 pub const STORAGE_DIR_IN_DATA_DIR: &str = "member";
@@ -677,7 +680,9 @@ fn environment_layers(
     let mut warnings = Vec::new();
     let vars: BTreeMap<&String, &String> = env
         .iter()
-        .filter(|(key, value)| key.starts_with(ENV_PREFIX) && !value.is_empty())
+        .filter(|(key, value)| {
+            key.starts_with(ENV_PREFIX) && *key != LOG_FILTER_ENV && !value.is_empty()
+        })
         .collect();
     for (var, value) in vars {
         let flag = command

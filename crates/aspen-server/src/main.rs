@@ -60,10 +60,11 @@ fn main() -> ExitCode {
 fn init_logging(config: &ClusterBootstrapConfig) -> Result<(), String> {
     use std::io::IsTerminal;
     use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ASPEN_LOG").unwrap_or_else(|_| {
-        let level = config::value_name(&config.log_level);
-        tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env(config::LOG_FILTER_ENV)
+        .unwrap_or_else(|_| {
+            let level = config::value_name(&config.log_level);
+            tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn"))
+        });
     let mut writer: Option<BoxMakeWriter> = None;
     for output in &config.log_outputs {
         let next = match output {

@@ -107,3 +107,13 @@ fn urls_parse_as_before() {
         );
     }
 }
+
+#[test]
+fn the_log_filter_variable_is_not_an_unknown_one() {
+    let config =
+        from_sources(&[], &[("ASPEN_LOG", "debug"), ("ASPEN_LOG_LEVL", "warn")]).expect("valid");
+    assert_eq!(
+        config.warnings,
+        ["ignoring unrecognized environment variable ASPEN_LOG_LEVL"]
+    );
+}
