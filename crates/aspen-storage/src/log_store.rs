@@ -214,8 +214,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId>,
     ) -> std::result::Result<(), std::io::Error> {
-        // Not fsynced on its own: it rides along with the next log commit, and a stale
-        // committed index only means re-applying a little less on restart.
+        // Not fsynced on its own: it rides along with a later log commit (see
+        // `log_writer::WriterState`), and a stale committed index only means re-applying a
+        // little less on restart.
         if let Some(committed) = &committed {
             self.store.stage_clock().committed_up_to(committed.index);
         }
@@ -225,6 +226,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, std::io::Error> {
+        // The log writer writes the committed index with only some commits: what this process
+        // saved last wins over the database's copy.
+        if let Some(saved) = self.writer.committed_saved() {
+            return Ok(saved);
+        }
         Ok(self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
     }
 

@@ -10,8 +10,10 @@
 //!   and queues them for the writer;
 //! - the writer takes everything queued, writes it in one transaction with immediate
 //!   durability, then removes those entries from `pending` and calls their callbacks, in order;
-//! - `save_committed` is queued too and rides along with the next commit (it was never fsynced
-//!   on its own);
+//! - `save_committed` is queued too and rides along with every
+//!   `LOG_COMMITS_PER_COMMITTED_WRITE`th round of the writer, so most log commits touch the log
+//!   table alone and a round with only a committed index commits nothing (it was never fsynced on its own; `read_committed`
+//!   answers the value saved last in this process);
 //! - vote, truncate and purge first wait until everything queued before them is durable, then
 //!   write as before, so the order of log operations on disk is the order openraft issued them.
 //!
@@ -47,6 +49,40 @@ use crate::stage_clock::Stage;
 /// Queued operations one commit takes at most; bounds the transaction and the time until the
 /// first of them is acknowledged.
 pub const LOG_COMMIT_OPS_MAX: usize = 4096;
+
+/// Writer rounds between two that write openraft's committed index. Writing it touches a
+/// second table (its leaf and the table tree's entry) in a commit that otherwise writes only
+/// the log, and a round that has nothing else to write would be a transaction of its own, whose
+/// dirty pages the next durable commit writes and syncs. So it rides along with every 64th
+/// round. A committed index that lags on disk is harmless: openraft re-applies up to it at
+/// start-up and finds the rest committed again after an election (the stock
+/// `save_committed` writes nothing at all).
+pub const LOG_COMMITS_PER_COMMITTED_WRITE: u64 = 64;
+
+/// What the writer carries from one round to the next.
+#[derive(Default)]
+struct WriterState {
+    /// The newest committed index openraft saved that no commit has written yet.
+    committed_held: Option<Option<LogId>>,
+    /// Rounds since the committed index was last written.
+    rounds_since_committed: u64,
+}
+
+impl WriterState {
+    /// The committed index this round writes, if any: the newest one held, every
+    /// `LOG_COMMITS_PER_COMMITTED_WRITE`th round.
+    fn committed_to_write(&mut self, saved: Option<Option<LogId>>) -> Option<Option<LogId>> {
+        if saved.is_some() {
+            self.committed_held = saved;
+        }
+        self.rounds_since_committed += 1;
+        if self.rounds_since_committed < LOG_COMMITS_PER_COMMITTED_WRITE {
+            return None;
+        }
+        self.rounds_since_committed = 0;
+        self.committed_held.take()
+    }
+}
 
 pub(crate) enum WriteOp {
     /// Shared with the pending set, so queueing an entry never copies it.
@@ -88,8 +124,42 @@ pub(crate) struct WriterShared {
     /// Queue room, in entries and in encoded bytes, not held by an uncommitted append.
     room_entries: Arc<Semaphore>,
     room_bytes: Arc<Semaphore>,
+    /// The committed index openraft saved last in this process, written or not
+    /// (`WriterState` writes it with every `LOG_COMMITS_PER_COMMITTED_WRITE`th commit).
+    committed_saved: Mutex<Option<Option<LogId>>>,
     /// Taken by the writer task when it starts (on the first write).
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+}
+
+impl Drop for WriterShared {
+    /// At close the committed index saved last is written, durably, so a clean restart
+    /// re-applies all of it at start-up (`WriterState` writes it only every
+    /// `LOG_COMMITS_PER_COMMITTED_WRITE`th round). Best effort, as the state database's own
+    /// durable commit at close: after a failure, or under a simulated crash whose disk
+    /// refuses writes, the older value on disk stays, which is harmless.
+    fn drop(&mut self) {
+        if self.failed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(committed) = *lock(&self.committed_saved) else {
+            return;
+        };
+        if let Err(error) = write_committed_durably(&self.store, committed) {
+            tracing::debug!(%error, "committed index not written at close");
+        }
+    }
+}
+
+fn write_committed_durably(store: &Store, committed: Option<LogId>) -> Result<()> {
+    let db = store.log_db();
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate)?;
+    {
+        let mut table = txn.open_table(RAFT_META)?;
+        table.insert(META_COMMITTED, codec::encode(&committed).as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 impl std::fmt::Debug for WriterShared {
@@ -133,6 +203,7 @@ impl LogWriter {
                 failed: AtomicBool::new(false),
                 room_entries: Arc::new(Semaphore::new(LOG_WRITER_QUEUE_ENTRIES_MAX as usize)),
                 room_bytes: Arc::new(Semaphore::new(LOG_WRITER_QUEUE_BYTES_MAX as usize)),
+                committed_saved: Mutex::new(None),
                 receiver: Mutex::new(Some(receiver)),
             }),
             sender,
@@ -150,6 +221,12 @@ impl LogWriter {
             .take(limit)
             .map(|(_, entry)| Entry::clone(entry))
             .collect()
+    }
+
+    /// The committed index saved last in this process, if any (the database may hold an older
+    /// one).
+    pub fn committed_saved(&self) -> Option<Option<LogId>> {
+        *lock(&self.shared.committed_saved)
     }
 
     /// The last appended entry's id if it is not yet durable.
@@ -192,6 +269,9 @@ impl LogWriter {
             return Err(error);
         }
         self.start_if_needed();
+        if let WriteOp::Committed(committed) = &op {
+            *lock(&self.shared.committed_saved) = Some(*committed);
+        }
         if let WriteOp::Append { entries, .. } = &op {
             let mut pending = lock(&self.shared.pending);
             for entry in entries {
@@ -263,9 +343,10 @@ async fn take_room(room: &Arc<Semaphore>, permits: u32) -> Result<OwnedSemaphore
 }
 
 fn run_writer_thread(shared: Weak<WriterShared>, mut receiver: mpsc::UnboundedReceiver<Queued>) {
+    let mut state = WriterState::default();
     while let Some(first) = receiver.blocking_recv() {
         let batch = take_batch(first, &mut receiver);
-        write_batch(&shared, batch);
+        write_batch(&shared, batch, &mut state);
     }
 }
 
@@ -273,9 +354,10 @@ async fn run_writer_task(
     shared: Weak<WriterShared>,
     mut receiver: mpsc::UnboundedReceiver<Queued>,
 ) {
+    let mut state = WriterState::default();
     while let Some(first) = receiver.recv().await {
         let batch = take_batch(first, &mut receiver);
-        write_batch(&shared, batch);
+        write_batch(&shared, batch, &mut state);
     }
 }
 
@@ -295,7 +377,7 @@ fn take_batch(first: Queued, receiver: &mut mpsc::UnboundedReceiver<Queued>) -> 
 /// sequence number published, callbacks fired in order. The shared state (and with it the
 /// database) is held only until the callbacks: whoever drops the store after its last
 /// callback finds the database closed.
-fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
+fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut WriterState) {
     assert!(!batch.is_empty());
     let last_seq = batch.last().map_or(0, |q| q.seq);
     let mut entries = Vec::new();
@@ -315,6 +397,7 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
             WriteOp::Committed(id) => committed = Some(id),
         }
     }
+    let committed = state.committed_to_write(committed);
     let result = match shared.upgrade() {
         // The store is gone: nothing queued can be made durable; the callbacks are dropped.
         None => return,
@@ -360,6 +443,9 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>) {
 /// One redb transaction: `entries` appended, the committed index updated; immediately
 /// durable (one fsync) when it appends anything.
 fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>>) -> Result<()> {
+    if entries.is_empty() && committed.is_none() {
+        return Ok(());
+    }
     let db = store.log_db();
     let mut txn = db.begin_write()?;
     let durability = if entries.is_empty() {
@@ -396,4 +482,36 @@ fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>
         store.shared.fsync_latency.observe_us(elapsed_us);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(index: u64) -> Option<LogId> {
+        Some(openraft::testing::log_id::<TypeConfig>(1, 1, index))
+    }
+
+    #[test]
+    fn the_committed_index_rides_with_every_64th_round() {
+        let mut state = WriterState::default();
+        // Rounds 1..63 hold it back, keeping only the newest.
+        for round in 1..LOG_COMMITS_PER_COMMITTED_WRITE {
+            assert_eq!(state.committed_to_write(Some(id(round))), None);
+        }
+        // The 64th writes the newest held one.
+        assert_eq!(
+            state.committed_to_write(None),
+            Some(id(LOG_COMMITS_PER_COMMITTED_WRITE - 1))
+        );
+        // Nothing is held now: the next 64th round writes nothing.
+        for _ in 0..LOG_COMMITS_PER_COMMITTED_WRITE {
+            assert_eq!(state.committed_to_write(None), None);
+        }
+        // openraft's "no committed index" is a value too.
+        for _ in 1..LOG_COMMITS_PER_COMMITTED_WRITE {
+            assert_eq!(state.committed_to_write(Some(None)), None);
+        }
+        assert_eq!(state.committed_to_write(None), Some(None));
+    }
 }
