@@ -12,56 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aspen_core::codec;
-use aspen_core::command::AlarmType;
 use aspen_core::limits::SNAPSHOT_FRAME_BYTES_MAX;
 use aspen_core::type_config::alias::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StorageError};
-use crate::state_machine::records::{LeaseRecord, StoredVersion};
 
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNP1";
+/// The stream's frames and magic live in `aspen-core` (`snapshot_format.rs`), which
+/// `aspenctl snapshot status` reads them with too.
+pub use aspen_core::snapshot_format::{Frame, SNAPSHOT_MAGIC};
+
 const PARTIAL_SUFFIX: &str = ".partial";
 const SNAPSHOT_SUFFIX: &str = ".snap";
-
-/// One unit of a snapshot stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Frame {
-    Header {
-        revision: u64,
-        compact_revision: u64,
-        alarms: Vec<(u64, AlarmType)>,
-    },
-    Latest {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        version: StoredVersion,
-    },
-    History {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        revision: u64,
-        version: StoredVersion,
-    },
-    Lease {
-        id: u64,
-        record: LeaseRecord,
-    },
-    End {
-        frames: u64,
-    },
-    /// The auth store (added after the frames above, so older snapshots, which have none of
-    /// these, still read: they install an empty, disabled auth store).
-    AuthMeta(aspen_core::auth::AuthMeta),
-    AuthUser {
-        name: String,
-        record: aspen_core::auth::UserRecord,
-    },
-    AuthRole {
-        name: String,
-        record: aspen_core::auth::RoleRecord,
-    },
-}
 
 /// Where the current snapshot is; stored in `sm_meta` next to the data it describes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
