@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod codec;
 pub mod command;
+pub mod convert;
 pub mod event;
 pub mod ids;
 pub mod keys;

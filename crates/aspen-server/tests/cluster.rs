@@ -6,6 +6,11 @@
 //! One test at a time (`TURNS`), whatever `--test-threads` says: every test starts several
 //! processes, and several of them time elections and follower lag.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

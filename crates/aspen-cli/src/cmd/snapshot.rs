@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aspen_core::codec;
+use aspen_core::convert::usize_from;
 use aspen_core::limits::SNAPSHOT_FRAME_BYTES_MAX;
 use aspen_core::snapshot_format::{Frame, SNAPSHOT_MAGIC};
 use aspen_proto::etcdserverpb as pb;
@@ -434,12 +435,12 @@ fn sha256_trailer_matches(file: &Path, size_bytes: u64) -> std::io::Result<bool>
     let mut remaining = size_bytes - SHA256_BYTES;
     let mut chunk = vec![0u8; SNAPSHOT_READ_CHUNK_BYTES];
     while remaining > 0 {
-        let want = remaining.min(chunk.len() as u64) as usize;
+        let want = usize_from(remaining.min(chunk.len() as u64));
         reader.read_exact(&mut chunk[..want])?;
         sha.update(&chunk[..want]);
         remaining -= want as u64;
     }
-    let mut trailer = [0u8; SHA256_BYTES as usize];
+    let mut trailer = [0u8; usize_from(SHA256_BYTES)];
     reader.read_exact(&mut trailer)?;
     Ok(sha.finalize().as_slice() == trailer)
 }

@@ -49,7 +49,10 @@ async fn range_checks(v: &Via<'_>) {
         assert!(all_keys.contains(&key.to_string()), "{key}: {all_keys:?}");
     }
     assert!(all_keys.windows(2).all(|w| w[0] < w[1]), "{all_keys:?}");
-    assert_eq!(everything.count, all_keys.len() as i64);
+    assert_eq!(
+        everything.count,
+        i64::try_from(all_keys.len()).expect("a small count")
+    );
     assert!(!everything.more);
 
     // From a key on: range_end = "\0".
@@ -61,7 +64,10 @@ async fn range_checks(v: &Via<'_>) {
         .collect();
     assert_eq!(keys(&reply.kvs), expected);
     assert_eq!(&keys(&reply.kvs)[..3], ["r/c", "r/d", "r0"]);
-    assert_eq!(reply.count, expected.len() as i64);
+    assert_eq!(
+        reply.count,
+        i64::try_from(expected.len()).expect("a small count")
+    );
 
     // Limit: `more` says whether keys were left out, `count` counts them all.
     let reply = v
@@ -87,7 +93,10 @@ async fn range_checks(v: &Via<'_>) {
         })
         .await;
     assert_eq!(keys(&reply.kvs), ["r/c"]);
-    assert_eq!((reply.count, reply.more), (expected.len() as i64, true));
+    assert_eq!(
+        (reply.count, reply.more),
+        (i64::try_from(expected.len()).expect("a small count"), true)
+    );
 
     // Reads at an older revision see the value of then.
     let old = revision(&v.put("r/v", "old").await.header);

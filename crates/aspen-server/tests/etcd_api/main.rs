@@ -9,6 +9,11 @@
 //! (`cargo test -p aspen-server --test etcd_api -- kv::put_three_members`). At most two cases
 //! run their processes at once (`fixture::TURNS`), whatever `--test-threads` says.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

@@ -322,7 +322,10 @@ async fn txn_checks(v: &Via<'_>) {
         })
         .await;
     assert_eq!(revision(&reply.header), txn_revision + 1);
-    assert_eq!(v.range(prefix("t/many/")).await.count, TXN_OPS_MAX as i64);
+    assert_eq!(
+        v.range(prefix("t/many/")).await.count,
+        i64::try_from(TXN_OPS_MAX).expect("a small constant")
+    );
     for request in [
         TxnRequest {
             success: ops(TXN_OPS_MAX + 1),
