@@ -4,6 +4,7 @@
 //! the wire means "none" where etcd treats it so (revision <= 0: current) and otherwise maps
 //! to a value that cannot exist (a negative lease id is never granted).
 
+use aspen_core::convert::wire_i64;
 use aspen_core::response::RangeResult;
 use aspen_core::{self as core, KeyValue, ResponseOp};
 use aspen_proto::etcdserverpb as pb;
@@ -136,11 +137,11 @@ fn request_op(op: &pb::RequestOp) -> Option<core::RequestOp> {
 pub fn key_value(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: kv.key,
-        create_revision: kv.create_revision as i64,
-        mod_revision: kv.mod_revision as i64,
-        version: kv.version as i64,
+        create_revision: wire_i64(kv.create_revision),
+        mod_revision: wire_i64(kv.mod_revision),
+        version: wire_i64(kv.version),
         value: kv.value,
-        lease: kv.lease as i64,
+        lease: wire_i64(kv.lease),
     }
 }
 
@@ -152,7 +153,7 @@ pub fn range_response(
         header,
         kvs: result.kvs.into_iter().map(key_value).collect(),
         more: result.more,
-        count: result.count as i64,
+        count: wire_i64(result.count),
     }
 }
 
@@ -196,7 +197,7 @@ struct TxnRevisions {
 impl TxnRevisions {
     fn header(&self) -> Option<pb::ResponseHeader> {
         Some(pb::ResponseHeader {
-            revision: (self.before + u64::from(self.changed)) as i64,
+            revision: wire_i64(self.before + u64::from(self.changed)),
             ..Default::default()
         })
     }
@@ -217,7 +218,7 @@ impl TxnRevisions {
             ResponseOp::DeleteRange { deleted, prev_kvs } => {
                 Response::ResponseDeleteRange(pb::DeleteRangeResponse {
                     header: self.header(),
-                    deleted: deleted as i64,
+                    deleted: wire_i64(deleted),
                     prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
                 })
             }

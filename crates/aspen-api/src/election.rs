@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 
+use aspen_core::convert::wire_i64;
 use aspen_core::keys::KeyRange;
 use aspen_core::limits::WATCH_RESPONSE_QUEUE_MAX;
 use aspen_core::{EventKind, KeyValue, TxnRequest, keys::prefix_range_end};
@@ -117,7 +118,7 @@ impl ElectionService {
         let mut leader = pb::LeaderKey {
             name: request.name,
             key,
-            rev: outcome.revision as i64,
+            rev: wire_i64(outcome.revision),
             lease,
         };
         if !outcome.succeeded {
@@ -125,7 +126,7 @@ impl ElectionService {
             let existing = outcome.range(0)?.kvs.first();
             let existing =
                 existing.ok_or_else(|| Status::internal("campaign key vanished in txn"))?;
-            leader.rev = existing.create_revision as i64;
+            leader.rev = wire_i64(existing.create_revision);
             if existing.value != request.value {
                 match self.proclaim_as(&recipes, &leader, &request.value).await {
                     Ok(Some(_)) => {}

@@ -345,6 +345,10 @@ fn claim_u64(value: &serde_json::Value) -> Option<u64> {
         return Some(n);
     }
     let f = value.as_f64()?;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "checked first: integral, non-negative and below 2^64"
+    )]
     (f >= 0.0 && f.fract() == 0.0 && f < 1.8e19).then_some(f as u64)
 }
 
@@ -666,10 +670,10 @@ mod tests {
     fn der_wrap(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];
         if body.len() < 0x80 {
-            out.push(body.len() as u8);
+            out.push(u8::try_from(body.len()).expect("a short length"));
         } else {
             out.push(0x81);
-            out.push(body.len() as u8);
+            out.push(u8::try_from(body.len()).expect("the test's DER bodies are under 256 bytes"));
         }
         out.extend_from_slice(body);
         out

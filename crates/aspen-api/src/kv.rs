@@ -1,5 +1,6 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
 
+use aspen_core::convert::{micros, nanos, wire_i64};
 use aspen_core::{ApplyResponse, Command, CommandResult};
 use aspen_node::Node;
 use aspen_proto::etcdserverpb::{self as pb, kv_server::Kv};
@@ -78,7 +79,7 @@ impl KvService {
         let command = caller.authorize(Command::Put(convert::put_request(&request)));
         let write_started = std::time::Instant::now();
         let proposed = self.propose(command).await;
-        *write_ns = write_started.elapsed().as_nanos() as u64;
+        *write_ns = nanos(write_started.elapsed());
         let (result, revision) = proposed?;
         let CommandResult::Put { prev_kv } = result else {
             return Err(unexpected(&result));
@@ -105,7 +106,7 @@ impl KvService {
         };
         Ok(Response::new(pb::DeleteRangeResponse {
             header: header(&self.node, revision),
-            deleted: deleted as i64,
+            deleted: wire_i64(deleted),
             prev_kvs: prev_kvs.into_iter().map(convert::key_value).collect(),
         }))
     }
@@ -167,7 +168,7 @@ macro_rules! timed {
     ($self:ident, $method:expr, $call:expr) => {{
         let started = std::time::Instant::now();
         let result = $call.await;
-        let elapsed_us = started.elapsed().as_micros() as u64;
+        let elapsed_us = micros(started.elapsed());
         $self
             .node
             .metrics()
@@ -193,7 +194,7 @@ impl Kv for KvService {
         let mut write_ns = 0;
         let result = timed!(self, 1, self.put_inner(request, &mut write_ns));
         if result.is_ok() {
-            let api_ns = (started.elapsed().as_nanos() as u64).saturating_sub(write_ns);
+            let api_ns = nanos(started.elapsed()).saturating_sub(write_ns);
             self.node.metrics().put_stages.observe_api_ns(api_ns);
         }
         result

@@ -5,6 +5,7 @@
 use std::pin::Pin;
 
 use aspen_core::auth::PermissionType;
+use aspen_core::convert::wire_i64;
 use aspen_core::limits::{LEASE_KEEPALIVE_QUEUE_MAX, LEASE_TTL_SECONDS_MAX};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
 use aspen_node::{Node, NodeError};
@@ -76,7 +77,7 @@ impl Lease for LeaseService {
         };
         Ok(Response::new(pb::LeaseGrantResponse {
             header: header(&self.node, revision),
-            id: id as i64,
+            id: wire_i64(id),
             ttl: ttl_seconds,
             error: String::new(),
         }))
@@ -172,7 +173,7 @@ impl Lease for LeaseService {
             header: self.current_header()?,
             leases: ids
                 .into_iter()
-                .map(|id| pb::LeaseStatus { id: id as i64 })
+                .map(|id| pb::LeaseStatus { id: wire_i64(id) })
                 .collect(),
         }))
     }

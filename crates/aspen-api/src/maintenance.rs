@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aspen_core::command::{AlarmAction, AlarmType};
+use aspen_core::convert::{usize_from, wire_i64};
 use aspen_core::limits::SNAPSHOT_CHUNK_BYTES_MAX;
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
 use aspen_node::{ForwardRequest, Node, NodeError};
@@ -178,10 +179,10 @@ fn stream_export(
     // Bounded: each pass sends at least one byte of a finite export.
     while sent_bytes < total_bytes {
         let chunk_bytes = SNAPSHOT_CHUNK_BYTES_MAX.min(total_bytes - sent_bytes);
-        let mut chunk = vec![0u8; chunk_bytes as usize];
+        let mut chunk = vec![0u8; usize_from(chunk_bytes)];
         let from_body = chunk_bytes.min(body_bytes.saturating_sub(sent_bytes));
         reader
-            .read_exact(&mut chunk[..from_body as usize])
+            .read_exact(&mut chunk[..usize_from(from_body)])
             .map_err(|e| storage_status(StorageError::Snapshot(format!("reading export: {e}"))))?;
         sha.update(&chunk);
         sent_bytes += chunk_bytes;
@@ -281,13 +282,13 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::StatusResponse {
             header: header(&self.node, state.revision),
             version: ETCD_VERSION.to_string(),
-            db_size: db_size_bytes as i64,
+            db_size: wire_i64(db_size_bytes),
             leader: metrics.current_leader.unwrap_or(0),
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.as_ref().map_or(0, |id| id.index),
             errors,
-            db_size_in_use: db_size_in_use_bytes as i64,
+            db_size_in_use: wire_i64(db_size_in_use_bytes),
             is_learner: self.node.is_learner(),
         }))
     }
@@ -331,7 +332,7 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::HashKvResponse {
             header: header(&self.node, hashed.current_revision),
             hash: hashed.hash,
-            compact_revision: hashed.compact_revision as i64,
+            compact_revision: wire_i64(hashed.compact_revision),
         }))
     }
 

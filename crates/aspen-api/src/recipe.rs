@@ -6,6 +6,7 @@
 //! ordered by create revision: the first key holds the lock (leads). A waiter waits until no
 //! key created before its own is left (`wait_deletes`).
 
+use aspen_core::convert::wire_i64;
 use aspen_core::keys::{KeyRange, prefix_range_end};
 use aspen_core::response::RangeResult;
 use aspen_core::{
@@ -241,7 +242,7 @@ impl Recipes {
             ttl_seconds: DEFAULT_SESSION_TTL_SECONDS,
         };
         match self.propose(command).await? {
-            (CommandResult::LeaseGrant { id, .. }, _) => Ok(id as i64),
+            (CommandResult::LeaseGrant { id, .. }, _) => Ok(wire_i64(id)),
             (other, _) => Err(Status::internal(format!(
                 "unexpected apply result {other:?}"
             ))),

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
+use aspen_core::convert::wire_i64;
 use aspen_core::keys::KeyRange;
 use aspen_core::limits::{
     WATCH_PROGRESS_NOTIFY_INTERVAL_MS, WATCH_RESPONSE_QUEUE_MAX, WATCH_SYNC_INTERVAL_MS,
@@ -304,7 +305,7 @@ impl Session {
                     header: header(&self.node, 0),
                     watch_id,
                     canceled: true,
-                    compact_revision: compact_revision as i64,
+                    compact_revision: wire_i64(compact_revision),
                     ..Default::default()
                 };
                 self.send(response).await

@@ -4,7 +4,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::history::{History, OpId, Operation};
-use crate::limits::EXPLANATION_OPS_MAX;
+use crate::limits::{EXPLANATION_OPS_MAX, HISTORY_OPS_MAX};
 use crate::model::Model;
 use crate::search::Failure;
 
@@ -39,12 +39,16 @@ pub(crate) fn explain<M: Model>(
     failure: Failure<M::State>,
     partition: &str,
 ) -> Explanation {
-    let op_id = |local: usize| OpId(ops[local] as u32);
+    // Indexes into the history, which holds at most HISTORY_OPS_MAX (u32::MAX) operations.
+    let op_id = |local: usize| match u32::try_from(ops[local]) {
+        Ok(index) => OpId(index),
+        Err(_) => unreachable!("a history holds at most {HISTORY_OPS_MAX} operations"),
+    };
     let failing = &history.ops()[ops[failure.failing_op]];
     let failing_op = op_id(failure.failing_op);
-    let prefix_end_ns = failing
-        .return_ns()
-        .expect("the search only stops at the returns of operations with an output");
+    let Some(prefix_end_ns) = failing.return_ns() else {
+        unreachable!("the search only stops at the returns of operations with an output");
+    };
     let prefix_ops: Vec<OpId> = failure
         .prefix_ops
         .iter()

@@ -1,6 +1,11 @@
 //! Hand-written histories with a known answer: linearizable ones the checker must accept, and
 //! the classic anomalies it must reject.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use aspen_check::{

@@ -1,6 +1,11 @@
 //! A realistically sized history (5 clients, 2000 operations, 5 keys) decides well within
 //! the default budget. The time is not asserted, only that the answer is decided and right.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::time::Instant;
@@ -9,6 +14,8 @@ use aspen_check::{CheckConfig, Completion, KvHistory, KvInput, KvState, Verdict,
 use common::{Rng, operation};
 
 const CLIENTS: u64 = 5;
+const CLIENTS_USIZE: usize = 5;
+const _: () = assert!(CLIENTS_USIZE as u64 == CLIENTS);
 const OPS: u64 = 2000;
 const KEYS: u64 = 5;
 
@@ -25,13 +32,14 @@ struct Planned {
 /// Each client issues operations back to back with random gaps and durations; each takes
 /// effect at a random point inside its interval.
 fn plan(rng: &mut Rng) -> Vec<Planned> {
-    let mut cursor_ns = [0u64; CLIENTS as usize];
+    let mut cursor_ns = [0u64; CLIENTS_USIZE];
     let mut planned = Vec::new();
     for index in 0..OPS {
         let client_id = index % CLIENTS;
-        let invoke_ns = cursor_ns[client_id as usize] + rng.below(50);
+        let invoke_ns =
+            cursor_ns[usize::try_from(client_id).expect("below CLIENTS")] + rng.below(50);
         let return_ns = invoke_ns + 10 + rng.below(300);
-        cursor_ns[client_id as usize] = return_ns;
+        cursor_ns[usize::try_from(client_id).expect("below CLIENTS")] = return_ns;
         let indeterminate = rng.below(100) == 0;
         planned.push(Planned {
             client_id,

@@ -1,6 +1,11 @@
 //! The revision-carrying model, checked over whole histories: revisions order writes across
 //! keys, which per-key checks cannot see.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use aspen_check::{

@@ -16,8 +16,6 @@ pub const WATCH_REQUESTS_BUFFERED_MAX: usize = 4;
 pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
 /// Bytes of one read while checking a snapshot file.
 pub const SNAPSHOT_READ_CHUNK_BYTES: usize = 1 << 20;
-/// Largest frame an Aspen snapshot may hold (the storage crate writes at most 64 MiB).
-pub const SNAPSHOT_FRAME_BYTES_MAX: u32 = 256 * 1024 * 1024;
 /// Members one `--cluster` discovery will query.
 pub const CLUSTER_MEMBERS_MAX: usize = 64;
 

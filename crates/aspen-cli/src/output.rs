@@ -33,9 +33,16 @@ pub fn human_bytes(bytes: u64) -> String {
     if bytes < 10 {
         return format!("{bytes} B");
     }
-    let exponent = ((bytes as f64).log10() / 3.0).floor() as usize;
-    let exponent = exponent.min(UNITS.len() - 1);
-    let value = bytes as f64 / 1000f64.powi(exponent as i32);
+    // The largest unit the size reaches: 1000^exponent <= bytes.
+    let mut exponent = 0;
+    let mut whole = bytes;
+    let mut divisor = 1f64;
+    while whole >= 1000 && exponent < UNITS.len() - 1 {
+        whole /= 1000;
+        exponent += 1;
+        divisor *= 1000.0;
+    }
+    let value = bytes as f64 / divisor;
     let rounded = (value * 10.0).round() / 10.0;
     if rounded < 10.0 && exponent > 0 {
         format!("{rounded:.1} {}", UNITS[exponent])

@@ -70,8 +70,8 @@ pub fn key_range(
 /// Lease ids are written in hex, as etcdctl prints them.
 pub fn parse_lease_id(id: &str) -> Result<i64, CliError> {
     let digits = id.trim().trim_start_matches("0x");
-    u64::from_str_radix(digits, 16)
-        .map(|id| id as i64)
+    // As etcdctl's ParseInt(id, 16, 64): a signed 64-bit id.
+    i64::from_str_radix(digits, 16)
         .map_err(|_| CliError::usage(format!("bad lease ID '{id}': expected hex")))
 }
 

@@ -1,6 +1,11 @@
 //! aspenctl against a real single-member Aspen: starts `target/debug/aspen` (building it first
 //! if it is missing), runs the commands a person would, and checks their output and exit codes.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,5 +1,5 @@
 //! Aspen's shared vocabulary: the Raft type configuration, the replicated command and its
-//! response, the one versioned binary codec, and every named limit.
+//! response, the one versioned binary codec, the snapshot stream's frames, and every named limit.
 //!
 //! This crate knows nothing of storage engines, networks or the client API; every other Aspen
 //! crate depends on it and on nothing above it.
@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod codec;
 pub mod command;
+pub mod convert;
 pub mod event;
 pub mod ids;
 pub mod keys;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod response;
 pub mod runtime;
+pub mod snapshot_format;
 pub mod type_config;
 
 pub use command::{

@@ -116,7 +116,14 @@ pub const LEASE_TTL_SECONDS_MAX: i64 = 9_000_000_000;
 /// etcd's minimum lease TTL: ceil(1.5 * election timeout), in seconds.
 pub const fn lease_ttl_seconds_min(election_timeout_ms: u64) -> i64 {
     let ttl_ms_min = election_timeout_ms * 3 / 2;
-    ttl_ms_min.div_ceil(1000) as i64
+    let seconds = ttl_ms_min.div_ceil(1000);
+    assert!(
+        seconds <= i64::MAX as u64,
+        "an election timeout past any TTL"
+    );
+    #[allow(clippy::cast_possible_wrap, reason = "asserted just above")]
+    let seconds = seconds as i64;
+    seconds
 }
 
 /// How often the leader looks for expired leases.

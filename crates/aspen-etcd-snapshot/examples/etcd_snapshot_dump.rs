@@ -56,8 +56,12 @@ fn main() -> std::process::ExitCode {
 fn raw(path: &std::path::Path, name: &[u8]) -> aspen_etcd_snapshot::Result<()> {
     use aspen_etcd_snapshot::bolt_read::BoltReader;
     let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let file = std::fs::File::open(path).expect("open");
-    let len = file.metadata().expect("len").len();
+    let io = |source| aspen_etcd_snapshot::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
     let db_bytes = if len % 512 == 32 { len - 32 } else { len };
     let reader = BoltReader::open(file, path, db_bytes)?;
     let Some(bucket) = reader.bucket(&reader.root(), name)? else {
@@ -74,11 +78,15 @@ fn raw(path: &std::path::Path, name: &[u8]) -> aspen_etcd_snapshot::Result<()> {
 fn copy(from: &std::path::Path, to: &std::path::Path) -> aspen_etcd_snapshot::Result<()> {
     use aspen_etcd_snapshot::bolt_read::BoltReader;
     use aspen_etcd_snapshot::bolt_write::BoltWriter;
-    let file = std::fs::File::open(from).expect("open");
-    let len = file.metadata().expect("len").len();
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| aspen_etcd_snapshot::Error::Io { path, source }
+    };
+    let file = std::fs::File::open(from).map_err(io(from))?;
+    let len = file.metadata().map_err(io(from))?.len();
     let db_bytes = if len % 512 == 32 { len - 32 } else { len };
     let reader = BoltReader::open(file, from, db_bytes)?;
-    let out = std::fs::File::create(to).expect("create");
+    let out = std::fs::File::create(to).map_err(io(to))?;
     let mut writer = BoltWriter::new(std::io::BufWriter::new(out))?;
     let mut names = Vec::new();
     reader.for_each(&reader.root(), |name, value, _| {

@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::int::usize_from;
 use crate::limits::{
     KEY_BYTES_MAX, PAGE_SPAN_BYTES_MAX, READ_PAGE_SIZE_BYTES_MAX, READ_PAGE_SIZE_BYTES_MIN,
     TREE_DEPTH_MAX,
@@ -54,11 +55,13 @@ fn u16_at(bytes: &[u8], at: usize) -> u16 {
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+    let mut le = [0u8; 8];
+    le.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(le)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,15 +290,15 @@ impl BoltReader {
         let key_start = at as u64 + pos;
         let value_start = key_start + key_bytes;
         let end = value_start + value_bytes;
-        if end > bytes.len() as u64 || key_bytes as usize > KEY_BYTES_MAX || key_bytes == 0 {
+        if end > bytes.len() as u64 || usize_from(key_bytes) > KEY_BYTES_MAX || key_bytes == 0 {
             return Err(self.corrupt(format!(
                 "leaf element {index} ({key_bytes}-byte key, {value_bytes}-byte value) does not fit its page"
             )));
         }
         Ok((
             flags,
-            &bytes[key_start as usize..value_start as usize],
-            &bytes[value_start as usize..end as usize],
+            &bytes[usize_from(key_start)..usize_from(value_start)],
+            &bytes[usize_from(value_start)..usize_from(end)],
         ))
     }
 
@@ -337,7 +340,7 @@ impl BoltReader {
             &self.file,
             &self.path,
             offset,
-            (span_pages * page_size) as usize,
+            usize_from(span_pages * page_size),
             self.db_bytes,
         )?;
         self.check_page(bytes, Some(id))

@@ -15,6 +15,7 @@ use crate::bolt_read::{
     FLAG_META, MAGIC, META_CHECKSUMMED_BYTES, PAGE_HEADER_BYTES, VERSION, fnv1a64,
 };
 use crate::error::{Error, Result};
+use crate::int::{u32_field, usize_from};
 use crate::limits::{KEY_BYTES_MAX, WRITE_PAGE_SIZE_BYTES};
 
 /// The first page id after the two meta pages.
@@ -62,7 +63,7 @@ impl<W: Write + Seek> BoltWriter<W> {
     /// now (so the sink has no hole) and written last.
     pub fn new(mut sink: W) -> Result<BoltWriter<W>> {
         let page_size = WRITE_PAGE_SIZE_BYTES as usize;
-        sink.write_all(&vec![0u8; FIRST_DATA_PAGE as usize * page_size])
+        sink.write_all(&vec![0u8; usize_from(FIRST_DATA_PAGE) * page_size])
             .map_err(Error::Write)?;
         Ok(BoltWriter {
             sink,
@@ -195,22 +196,25 @@ impl<W: Write + Seek> BoltWriter<W> {
             &mut self.page,
             id,
             flags,
-            count as u16,
-            (span_pages - 1) as u32,
+            u16::try_from(count).unwrap_or(u16::MAX), // asserted above: count <= u16::MAX
+            u32_field(span_pages - 1, "a node's overflow page count"),
         );
         let mut data_at = PAGE_HEADER_BYTES + count * ELEMENT_BYTES;
         for (i, (element_flags, key, value)) in node.elements.iter().enumerate() {
             let at = PAGE_HEADER_BYTES + i * ELEMENT_BYTES;
-            let pos = (data_at - at) as u32;
+            let pos = u32_field(data_at - at, "an element's offset");
             if branch {
                 self.page[at..at + 4].copy_from_slice(&pos.to_le_bytes());
-                self.page[at + 4..at + 8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+                self.page[at + 4..at + 8]
+                    .copy_from_slice(&u32_field(key.len(), "a key's length").to_le_bytes());
                 self.page[at + 8..at + 16].copy_from_slice(value);
             } else {
                 self.page[at..at + 4].copy_from_slice(&element_flags.to_le_bytes());
                 self.page[at + 4..at + 8].copy_from_slice(&pos.to_le_bytes());
-                self.page[at + 8..at + 12].copy_from_slice(&(key.len() as u32).to_le_bytes());
-                self.page[at + 12..at + 16].copy_from_slice(&(value.len() as u32).to_le_bytes());
+                self.page[at + 8..at + 12]
+                    .copy_from_slice(&u32_field(key.len(), "a key's length").to_le_bytes());
+                self.page[at + 12..at + 16]
+                    .copy_from_slice(&u32_field(value.len(), "a value's length").to_le_bytes());
             }
             self.page[data_at..data_at + key.len()].copy_from_slice(key);
             data_at += key.len();
@@ -233,7 +237,9 @@ impl<W: Write + Seek> BoltWriter<W> {
             self.put_bucket(&mut root, name, value)?;
         }
         let root_value = self.finish_bucket(root)?;
-        let root_page = u64::from_le_bytes(root_value.0[..8].try_into().expect("8 bytes"));
+        let mut root_page = [0u8; 8];
+        root_page.copy_from_slice(&root_value.0[..8]);
+        let root_page = u64::from_le_bytes(root_page);
         assert!(root_page >= FIRST_DATA_PAGE, "the root bucket has a page");
         let freelist_page = self.next_page;
         self.page.clear();
@@ -250,7 +256,7 @@ impl<W: Write + Seek> BoltWriter<W> {
             let meta = &mut self.page[PAGE_HEADER_BYTES..];
             meta[0..4].copy_from_slice(&MAGIC.to_le_bytes());
             meta[4..8].copy_from_slice(&VERSION.to_le_bytes());
-            meta[8..12].copy_from_slice(&(self.page_size as u32).to_le_bytes());
+            meta[8..12].copy_from_slice(&u32_field(self.page_size, "the page size").to_le_bytes());
             // flags (12..16) and the root bucket's sequence (24..32) stay zero.
             meta[16..24].copy_from_slice(&root_page.to_le_bytes());
             meta[32..40].copy_from_slice(&freelist_page.to_le_bytes());

@@ -11,12 +11,16 @@ use sha2::{Digest, Sha256};
 use crate::bolt_read::{BoltReader, Bucket, FLAG_META, MAGIC, PAGE_HEADER_BYTES};
 use crate::crc32c::Crc32c;
 use crate::error::{Error, Result};
+use crate::int::usize_from;
 use crate::layout::{
     AUTH_ENABLED, AUTH_REVISION, BUCKET_AUTH, BUCKET_AUTH_ROLES, BUCKET_AUTH_USERS, BUCKET_KEY,
     BUCKET_LEASE, BUCKET_META, KeyValue, Lease, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,
     META_SCHEDULED_COMPACT, Revision, Role, User,
 };
 use crate::limits::{READ_CHUNK_BYTES, SAVED_ALIGN_BYTES, SHA256_BYTES};
+
+// The trailer is a SHA-256 digest (the arrays below).
+const _: () = assert!(SHA256_BYTES == 32);
 
 /// Whether the file's SHA-256 trailer was there (and matched: a mismatch fails `open`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +91,7 @@ pub fn looks_like_bbolt(path: &Path) -> Result<bool> {
         Err(e) => return Err(io_error(path)(e)),
     }
     let flags = u16::from_le_bytes([head[8], head[9]]);
-    let magic = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
+    let magic = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
     Ok(flags == FLAG_META && magic == MAGIC)
 }
 
@@ -97,7 +101,7 @@ fn sha256_prefix(file: &mut File, path: &Path, len: u64) -> Result<[u8; 32]> {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut remaining = len;
     while remaining > 0 {
-        let want = remaining.min(chunk.len() as u64) as usize;
+        let want = usize_from(remaining.min(chunk.len() as u64));
         file.read_exact(&mut chunk[..want])
             .map_err(io_error(path))?;
         sha.update(&chunk[..want]);
@@ -124,7 +128,7 @@ impl EtcdSnapshot {
         let (db_bytes, sha256) = if has_trailer {
             let db_bytes = file_bytes - SHA256_BYTES;
             let actual = sha256_prefix(&mut file, path, db_bytes)?;
-            let mut expected = [0u8; SHA256_BYTES as usize];
+            let mut expected = [0u8; 32];
             file.read_exact(&mut expected).map_err(io_error(path))?;
             if actual != expected {
                 return Err(Error::Sha256Mismatch {
@@ -234,7 +238,9 @@ impl EtcdSnapshot {
             let lease = Lease::decode(value).map_err(|e| self.corrupt(e))?;
             if is_bucket
                 || key.len() != 8
-                || u64::from_be_bytes(key.try_into().expect("8")) != lease.id
+                || u64::from_be_bytes([
+                    key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
+                ]) != lease.id
             {
                 return Err(self
                     .corrupt("a lease bucket entry whose key is not its lease id")

@@ -81,8 +81,8 @@ impl Revision {
             return Err("a key bucket revision without its '_' separator".into());
         }
         let revision = Revision {
-            main: u64::from_be_bytes(key[..8].try_into().expect("8 bytes")),
-            sub: u64::from_be_bytes(key[9..17].try_into().expect("8 bytes")),
+            main: u64_be(&key[..8]),
+            sub: u64_be(&key[9..17]),
         };
         Ok((revision, tombstone))
     }
@@ -100,8 +100,15 @@ pub struct KeyValue {
     pub lease: u64,
 }
 
+/// Eight big-endian bytes (a revision key's parts).
+fn u64_be(bytes: &[u8]) -> u64 {
+    let mut be = [0u8; 8];
+    be.copy_from_slice(bytes);
+    u64::from_be_bytes(be)
+}
+
 fn non_negative(value: u64, what: &str) -> Result<u64, String> {
-    if (value as i64) < 0 {
+    if i64::try_from(value).is_err() {
         return Err(format!("a negative {what}"));
     }
     Ok(value)
@@ -112,11 +119,11 @@ impl KeyValue {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.clear();
         proto::put_bytes(out, 1, &self.key);
-        proto::put_int64(out, 2, self.create_revision as i64);
-        proto::put_int64(out, 3, self.mod_revision as i64);
-        proto::put_int64(out, 4, self.version as i64);
+        proto::put_non_negative_int64(out, 2, self.create_revision);
+        proto::put_non_negative_int64(out, 3, self.mod_revision);
+        proto::put_non_negative_int64(out, 4, self.version);
         proto::put_bytes(out, 5, &self.value);
-        proto::put_int64(out, 6, self.lease as i64);
+        proto::put_non_negative_int64(out, 6, self.lease);
     }
 
     pub fn decode(bytes: &[u8]) -> Result<KeyValue, String> {
@@ -152,7 +159,7 @@ impl Lease {
 
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.clear();
-        proto::put_int64(out, 1, self.id as i64);
+        proto::put_non_negative_int64(out, 1, self.id);
         proto::put_int64(out, 2, self.ttl_seconds);
     }
 
@@ -162,7 +169,7 @@ impl Lease {
         while let Some((field, value)) = reader.next().map_err(|e| format!("Lease: {e}"))? {
             match (field, value) {
                 (1, Field::Varint(v)) => lease.id = non_negative(v, "lease id")?,
-                (2, Field::Varint(v)) => lease.ttl_seconds = v as i64,
+                (2, Field::Varint(v)) => lease.ttl_seconds = proto::int64_from_varint(v),
                 (1..=3, Field::Bytes(_)) => {
                     return Err(format!("Lease field {field} has the wrong type"));
                 }

@@ -14,6 +14,7 @@ pub mod bolt_write;
 mod crc32c;
 pub mod error;
 pub mod file;
+mod int;
 pub mod layout;
 pub mod limits;
 mod proto;

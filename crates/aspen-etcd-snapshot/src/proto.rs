@@ -11,10 +11,12 @@ const VARINT_BYTES_MAX: usize = 10;
 
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        // The low 7 bits, with the continuation bit.
+        out.push(value.to_le_bytes()[0] | 0x80);
         value >>= 7;
     }
-    out.push(value as u8);
+    // Below 0x80 here: the whole value is its low byte.
+    out.push(value.to_le_bytes()[0]);
 }
 
 /// An int64 field; zero is left out.
@@ -23,6 +25,26 @@ pub fn put_int64(out: &mut Vec<u8>, field: u32, value: i64) {
         put_varint(out, u64::from(field << 3 | u32::from(WIRE_VARINT)));
         put_varint(out, value as u64);
     }
+}
+
+/// A non-negative int64 field held as a u64 (revisions, versions, lease ids); zero is left
+/// out. Its varint is the u64's; one past `i64::MAX` would read back negative, so it is a bug.
+#[track_caller]
+pub fn put_non_negative_int64(out: &mut Vec<u8>, field: u32, value: u64) {
+    assert!(
+        i64::try_from(value).is_ok(),
+        "field {field}: {value} is past int64"
+    );
+    if value != 0 {
+        put_varint(out, u64::from(field << 3 | u32::from(WIRE_VARINT)));
+        put_varint(out, value);
+    }
+}
+
+/// An int64 read from its varint: protobuf writes an int64 as the varint of its two's
+/// complement bits, so the same 64 bits are taken back as signed.
+pub fn int64_from_varint(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
 }
 
 /// A bytes field; empty is left out.
@@ -79,7 +101,8 @@ impl<'a> Reader<'a> {
         let end = (self.at as u64)
             .checked_add(len)
             .filter(|end| *end <= self.bytes.len() as u64)
-            .ok_or("a field runs past the end")? as usize;
+            .ok_or("a field runs past the end")?;
+        let end = crate::int::usize_from(end);
         let taken = &self.bytes[self.at..end];
         self.at = end;
         Ok(taken)

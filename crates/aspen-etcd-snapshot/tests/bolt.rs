@@ -3,6 +3,11 @@
 //! refused with the reason, never a panic. Files from real etcd and acceptance by etcd's own
 //! tools are tested in aspen-server's `etcd_snapshot` test.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::io::{Cursor, Write};
 use std::path::Path;
 
@@ -68,7 +73,10 @@ fn written_trees_read_back_in_order_at_every_size() {
         let entries: Entries = (0..count)
             .map(|i| {
                 let size = if i % 997 == 5 { 9_000 + i % 50 } else { i % 40 };
-                (format!("k{i:07}").into_bytes(), vec![(i % 251) as u8; size])
+                (
+                    format!("k{i:07}").into_bytes(),
+                    vec![u8::try_from(i % 251).expect("below 251"); size],
+                )
             })
             .collect();
         let db = write_db(&[
@@ -180,7 +188,7 @@ fn etcd_buckets() -> Vec<(&'static [u8], Entries)> {
                 create_revision: 2,
                 mod_revision: main,
                 version: main - 1,
-                value: vec![b'v'; main as usize],
+                value: vec![b'v'; usize::try_from(main).expect("a small revision")],
                 lease: if main == 39 { 77 } else { 0 },
             }
         };
@@ -365,14 +373,14 @@ fn auth_record_decoders_never_panic() {
     let mut buffer = Vec::new();
     for case in 0..CASES {
         let mut bytes = if case % 4 == 0 {
-            (0..next() % 40).map(|_| next() as u8).collect()
+            (0..next() % 40).map(|_| next().to_le_bytes()[0]).collect()
         } else {
-            seeds[(next() % seeds.len() as u64) as usize].clone()
+            seeds[usize::try_from(next() % seeds.len() as u64).expect("below a length")].clone()
         };
         if !bytes.is_empty() {
             for _ in 0..1 + next() % 3 {
-                let at = (next() % bytes.len() as u64) as usize;
-                bytes[at] = next() as u8;
+                let at = usize::try_from(next() % bytes.len() as u64).expect("below a length");
+                bytes[at] = next().to_le_bytes()[0];
             }
         }
         match User::decode(&bytes) {
@@ -511,11 +519,11 @@ fn randomly_damaged_files_never_panic() {
     for case in 0..CASES {
         let mut bytes = db.clone();
         for _ in 0..1 + next() % 4 {
-            let at = (next() % bytes.len() as u64) as usize;
-            bytes[at] = next() as u8;
+            let at = usize::try_from(next() % bytes.len() as u64).expect("below a length");
+            bytes[at] = next().to_le_bytes()[0];
         }
         if case % 5 == 0 {
-            bytes.truncate((next() % bytes.len() as u64) as usize);
+            bytes.truncate(usize::try_from(next() % bytes.len() as u64).expect("below a length"));
         }
         std::fs::write(&path, &bytes).expect("write");
         let walked = EtcdSnapshot::open(&path).and_then(|snapshot| {

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use aspen_core::convert::millis;
 use aspen_core::limits::{LEASE_EXPIRE_BATCH_MAX, LEASE_TTL_SECONDS_MAX, lease_ttl_seconds_min};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult};
 use aspen_storage::MvccReader;
@@ -74,7 +75,7 @@ impl Lessor {
     pub fn new(member_id: u64, election_timeout_ms: u64) -> Lessor {
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
+            .map_or(0, millis);
         let time_mask = (1u64 << LEASE_ID_TIME_BITS) - 1;
         Lessor {
             ttl_seconds_min: lease_ttl_seconds_min(election_timeout_ms),
@@ -201,7 +202,9 @@ impl Lessor {
             return Ok(None);
         };
         let left = deadline.at.saturating_duration_since(Instant::now());
-        Ok(Some((left.as_secs() as i64, deadline.granted_ttl_seconds)))
+        // At most the granted TTL, an i64.
+        let left_seconds = i64::try_from(left.as_secs()).unwrap_or(i64::MAX);
+        Ok(Some((left_seconds, deadline.granted_ttl_seconds)))
     }
 
     /// Up to `LEASE_EXPIRE_BATCH_MAX` leases past their deadline, earliest first.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use aspen_core::command::{AlarmAction, AlarmType};
+use aspen_core::convert::{micros, millis};
 use aspen_core::limits::{COMPACT_STEP_PAUSE_MS, Limits};
 use aspen_core::response::RangeResult;
 use aspen_core::{ApplyError, ApplyResponse, Command, NodeId, NodeInfo, RangeRequest, TypeConfig};
@@ -360,7 +361,7 @@ impl Node {
 
     /// The peer layer calls this for every append or snapshot a leader sends.
     pub fn note_leader_contact(&self) {
-        let now_ms = self.inner.started.elapsed().as_millis() as u64;
+        let now_ms = millis(self.inner.started.elapsed());
         self.inner
             .leader_contact_ms
             .fetch_max(now_ms, Ordering::Relaxed);
@@ -389,9 +390,9 @@ impl Node {
             }
             return metrics
                 .last_quorum_acked
-                .is_none_or(|acked| acked.elapsed().as_millis() as u64 <= silence_ms_max);
+                .is_none_or(|acked| millis(acked.elapsed()) <= silence_ms_max);
         }
-        let now_ms = self.inner.started.elapsed().as_millis() as u64;
+        let now_ms = millis(self.inner.started.elapsed());
         let contact_ms = self.inner.leader_contact_ms.load(Ordering::Relaxed);
         now_ms.saturating_sub(contact_ms) <= silence_ms_max
     }
@@ -407,7 +408,7 @@ impl Node {
                 metrics.proposals_committed.fetch_add(1, Ordering::Relaxed);
                 metrics
                     .proposal_latency
-                    .observe_us(started.elapsed().as_micros() as u64);
+                    .observe_us(micros(started.elapsed()));
             }
             Err(_) => {
                 metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);

@@ -325,7 +325,7 @@ mod tests {
         while h.started.try_recv().is_ok() {}
         let started = h.round_started_at.lock().unwrap().clone();
         for (registered_at, round) in results {
-            let round_started_at = started[(round - 1) as usize];
+            let round_started_at = started[usize::try_from(round - 1).expect("a round index")];
             assert!(
                 round_started_at > registered_at,
                 "a read registered at {registered_at} was served by round {round}, \

@@ -2,6 +2,11 @@
 //! called through the generated clients. Covers unary, client-streaming and bidirectional
 //! streaming RPCs, and several services behind one listener.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::pin::Pin;
 
 use aspen_proto::etcdserverpb::kv_server::{Kv, KvServer};

@@ -1,5 +1,10 @@
 //! Byte-level checks that the generated types put etcd's field numbers on the wire.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use aspen_proto::etcdserverpb::{
     Compare, PutRequest, RangeResponse, ResponseHeader, compare, range_request,
 };
@@ -231,7 +236,7 @@ fn election_message_tags() {
         leader: Some(leader),
         value: b"v".to_vec(),
     };
-    let mut expected = vec![0x0a, bytes.len() as u8];
+    let mut expected = vec![0x0a, u8::try_from(bytes.len()).expect("a short message")];
     expected.extend_from_slice(&bytes);
     expected.extend_from_slice(&[0x12, 1, b'v']);
     assert_eq!(proclaim.encode_to_vec(), expected);

@@ -44,10 +44,9 @@ impl PeerIdentity {
 
     /// Stamps an outgoing message for `target`.
     pub fn stamp(&self, metadata: &mut MetadataMap, target: NodeId) {
-        let hex = |id: u64| {
-            format!("{id:x}")
-                .parse()
-                .expect("hex digits are valid metadata")
+        let hex = |id: u64| match format!("{id:x}").parse() {
+            Ok(value) => value,
+            Err(_) => unreachable!("hex digits are valid ASCII metadata"),
         };
         metadata.insert(HEADER_FROM, hex(self.member_id));
         metadata.insert(HEADER_TO, hex(target));

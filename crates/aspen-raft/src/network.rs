@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aspen_core::codec;
+use aspen_core::convert::usize_from;
 use aspen_core::limits::{PEER_APPEND_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
 use aspen_core::type_config::alias::Vote;
 use aspen_core::{NodeId, NodeInfo, TypeConfig};
@@ -387,7 +388,7 @@ fn snapshot_chunks(
         if finished {
             return None;
         }
-        let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES_MAX as usize];
+        let mut buffer = vec![0u8; usize_from(SNAPSHOT_CHUNK_BYTES_MAX)];
         let mut filled = 0usize;
         while filled < buffer.len() {
             match reader.read(&mut buffer[filled..]) {
@@ -403,7 +404,7 @@ fn snapshot_chunks(
             }
         }
         buffer.truncate(filled);
-        let done = filled < SNAPSHOT_CHUNK_BYTES_MAX as usize;
+        let done = filled < usize_from(SNAPSHOT_CHUNK_BYTES_MAX);
         finished = done;
         Some(SnapshotChunk {
             meta: header.take().unwrap_or_default(),

@@ -160,7 +160,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !total_ns.is_finite() || total_ns > 1e18 {
         return Err(format!("duration {text:?} is too long"));
     }
-    Ok(Duration::from_nanos(total_ns as u64))
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "checked just above: finite, non-negative (no sign is parsed) and at most 1e18"
+    )]
+    let total_ns = total_ns as u64;
+    Ok(Duration::from_nanos(total_ns))
 }
 
 /// Runs `policy` on `node` until `stop`.

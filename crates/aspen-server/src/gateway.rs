@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 
+use aspen_core::convert::usize_from;
 use aspen_core::limits::{GATEWAY_STREAM_REQUESTS_QUEUED_MAX, gateway_json_bytes_max};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -162,11 +163,13 @@ struct Gateway {
 
 /// The gateway's routes, calling the gRPC services in `routes` (the client port's own).
 pub fn router(routes: Routes, request_bytes_max: u64) -> Router {
-    let pool = DescriptorPool::decode(aspen_proto::FILE_DESCRIPTOR_SET)
-        .expect("aspen-proto's compiled descriptors decode");
+    let pool = match DescriptorPool::decode(aspen_proto::FILE_DESCRIPTOR_SET) {
+        Ok(pool) => pool,
+        Err(error) => unreachable!("aspen-proto's compiled descriptors decode: {error}"),
+    };
     let gateway = Gateway {
         routes,
-        json_bytes_max: gateway_json_bytes_max(request_bytes_max) as usize,
+        json_bytes_max: usize_from(gateway_json_bytes_max(request_bytes_max)),
     };
     let mut router = Router::new();
     for (path, service, method) in BINDINGS {
@@ -417,19 +420,29 @@ fn grpc_frame(message: &DynamicMessage) -> Bytes {
     let payload = prost::Message::encode_to_vec(message);
     let mut frame = BytesMut::with_capacity(5 + payload.len());
     frame.put_u8(0);
-    frame.put_u32(u32::try_from(payload.len()).expect("a request fits a gRPC frame"));
+    // The JSON body was read under `json_bytes_max`, and its protobuf is smaller still.
+    let Ok(payload_len) = u32::try_from(payload.len()) else {
+        unreachable!(
+            "a request of {} bytes passed the gateway's size limit",
+            payload.len()
+        );
+    };
+    frame.put_u32(payload_len);
     frame.put_slice(&payload);
     frame.freeze()
 }
 
 fn grpc_request(method: &Method, headers: &HeaderMap, body: Body) -> Request<Body> {
-    let mut request = Request::builder()
+    let request = Request::builder()
         .method("POST")
         .uri(method.grpc_path.as_str())
         .header(header::CONTENT_TYPE, "application/grpc")
         .header(header::TE, "trailers")
-        .body(body)
-        .expect("a gRPC path is a valid URI");
+        .body(body);
+    let mut request = match request {
+        Ok(request) => request,
+        Err(error) => unreachable!("a gRPC path is a valid URI: {error}"),
+    };
     let metadata = request.headers_mut();
     for (name, value) in headers {
         if let Some(key) = name.as_str().strip_prefix("grpc-metadata-") {
@@ -670,9 +683,9 @@ struct StreamError<'a> {
 /// `&`, U+2028 and U+2029 escaped as `\u00XX`/`\u20XX`, and `\b`, `\f` as `\u0008`, `\u000c`.
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     let mut serializer = serde_json::Serializer::with_formatter(Vec::new(), GoFormatter);
-    value
-        .serialize(&mut serializer)
-        .expect("JSON of a decoded message and plain strings cannot fail");
+    if let Err(error) = value.serialize(&mut serializer) {
+        unreachable!("JSON of a decoded message and plain strings cannot fail: {error}");
+    }
     serializer.into_inner()
 }
 

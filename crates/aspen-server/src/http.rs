@@ -40,7 +40,10 @@ async fn version() -> String {
         etcdserver: ETCD_VERSION,
         etcdcluster: ETCD_CLUSTER_VERSION,
     };
-    serde_json::to_string(&version).expect("two strings serialize")
+    match serde_json::to_string(&version) {
+        Ok(json) => json,
+        Err(error) => unreachable!("two strings serialize: {error}"),
+    }
 }
 
 /// Why a member is unhealthy, as etcd 3.4's /health decides it.
@@ -85,7 +88,10 @@ async fn health(State(node): State<Node>) -> (StatusCode, String) {
             (StatusCode::SERVICE_UNAVAILABLE, "false")
         }
     };
-    let body = serde_json::to_string(&Health { health }).expect("a string serializes");
+    let body = match serde_json::to_string(&Health { health }) {
+        Ok(json) => json,
+        Err(error) => unreachable!("a string serializes: {error}"),
+    };
     (status, body)
 }
 

@@ -31,7 +31,7 @@ pub const GRPC_HEALTH_CHECK_INTERVAL_MS: u64 = 1_000;
 
 /// gRPC message limit for clients: etcd allows the request limit plus 512 KiB of overhead.
 pub fn client_message_bytes_max(node: &Node) -> usize {
-    (node.limits().request_bytes_max + 512 * 1024) as usize
+    aspen_core::convert::usize_from(node.limits().request_bytes_max + 512 * 1024)
 }
 
 /// Responses may be larger than requests (a big range): etcd's send limit is effectively

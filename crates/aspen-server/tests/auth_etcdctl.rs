@@ -4,6 +4,11 @@
 //! Election, maintenance); wrong passwords; missing, unknown and stale tokens. The messages are
 //! etcd 3.4's, as `etcdctl` prints them.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::process::Command;

@@ -6,6 +6,11 @@
 //! store is old"; a restart keeps tokens valid (they are not state), also on a member that has
 //! only the public key (verify-only, which cannot issue); the ttl option bounds them.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

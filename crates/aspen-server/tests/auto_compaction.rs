@@ -2,6 +2,11 @@
 //! through Raft (every member then refuses reads below the compaction), the compaction is on
 //! /metrics and in the log.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use aspen_proto::etcdserverpb::RangeRequest;

@@ -13,6 +13,11 @@
 //! differs from run to run. `ASPEN_CHAOS_TLS=1` runs the same with mutual TLS on every client
 //! and peer connection (certificates from a test CA).
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,7 +157,7 @@ fn chaos_seed() -> u64 {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            Rng(now.as_nanos() as u64 ^ u64::from(std::process::id())).next_u64()
+            Rng(aspen_core::convert::nanos(now) ^ u64::from(std::process::id())).next_u64()
         }
     }
 }
@@ -412,7 +417,7 @@ fn random_input(
     seq: u64,
     last_seen: &[Option<Vec<u8>>],
 ) -> (usize, KvInput) {
-    let key_index = rng.below(KEYS.len() as u64) as usize;
+    let key_index = usize::try_from(rng.below(KEYS.len() as u64)).expect("below KEYS.len()");
     let key = KEYS[key_index].as_bytes().to_vec();
     let value = format!("c{client_id}-{seq}").into_bytes();
     let input = match rng.below(100) {
@@ -453,7 +458,9 @@ async fn run_client(
     let mut rng = Rng(seed ^ (client_id + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
     let members = urls.len() as u64;
     let mut member = rng.below(members);
-    let mut kv = KvClient::new(client_channel(&urls[member as usize]));
+    let mut kv = KvClient::new(client_channel(
+        &urls[usize::try_from(member).expect("a member index")],
+    ));
     let mut last_seen: Vec<Option<Vec<u8>>> = vec![None; KEYS.len()];
     let mut probing = false;
     for seq in 0..OPS_PER_CLIENT_MAX {
@@ -481,7 +488,9 @@ async fn run_client(
                 recorder.failed(client_id, input, invoke_ns, &error);
                 probing = true;
                 member = (member + 1 + rng.below(members - 1)) % members;
-                kv = KvClient::new(client_channel(&urls[member as usize]));
+                kv = KvClient::new(client_channel(
+                    &urls[usize::try_from(member).expect("a member index")],
+                ));
                 tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
             }
         }
@@ -542,7 +551,7 @@ async fn run_nemesis(
 /// any member. The draws come from the seeded generator; who leads depends on the run.
 /// Returns the member and how it was chosen.
 async fn pick_target(cluster: &Cluster, rng: &mut Rng) -> (usize, &'static str) {
-    let any = rng.below(MEMBERS as u64) as usize;
+    let any = usize::try_from(rng.below(MEMBERS as u64)).expect("below MEMBERS");
     if rng.below(2) == 0 {
         return (any, "random");
     }
@@ -573,8 +582,9 @@ async fn observe_leaders(urls: Arc<Vec<String>>, deadline: Instant) -> BTreeSet<
         .collect();
     let mut seen = BTreeSet::new();
     let per_ask = Duration::from_millis(OBSERVE_TIMEOUT_MS);
-    let rounds_max =
-        deadline.duration_since(Instant::now()).as_millis() as u64 / OBSERVE_INTERVAL_MS + 1;
+    let rounds_max = aspen_core::convert::millis(deadline.duration_since(Instant::now()))
+        / OBSERVE_INTERVAL_MS
+        + 1;
     for _ in 0..rounds_max {
         if Instant::now() >= deadline {
             break;

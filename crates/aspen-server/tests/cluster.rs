@@ -3,7 +3,13 @@
 //! that keep acknowledged writes, the data-dir lock and a clean SIGTERM; batched ReadIndex
 //! (linearizable follower reads under concurrent writes, a lagging and a cut-off follower).
 //!
-//! Run with `--test-threads=1`: every test starts several processes and the machine is small.
+//! One test at a time (`TURNS`), whatever `--test-threads` says: every test starts several
+//! processes, and several of them time elections and follower lag.
+
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
 
 mod common;
 
@@ -18,9 +24,12 @@ use aspen_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
     PutRequest, RangeRequest, RangeResponse, StatusRequest,
 };
-use common::{Backend, Cluster, poll, put_retry};
+use common::{Backend, Cluster, Turns, poll, put_retry};
 use tokio::time::Instant;
 use tonic::transport::Channel;
+
+/// The tests of this binary run one at a time.
+static TURNS: Turns = Turns::new(1);
 
 /// Longest a SIGTERM'd member may take to exit.
 const STOP_WAIT_MS_MAX: u64 = 10_000;
@@ -176,6 +185,7 @@ async fn elect_replicate_failover(cluster: &mut Cluster, restart_state: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_replicate_failover_and_catch_up() {
+    let _turn = TURNS.take().await;
     let mut cluster = Cluster::new(3, Backend::Redb, None);
     cluster.start_all();
     // Every founder publishes its client URL into the leader's member list (the initial
@@ -207,6 +217,7 @@ async fn three_nodes_elect_replicate_failover_and_catch_up() {
 /// `--storage-backend memory` (tests and simulation only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_three_nodes() {
+    let _turn = TURNS.take().await;
     let mut cluster = Cluster::new(3, Backend::Memory, None);
     cluster.start_all();
     elect_replicate_failover(&mut cluster, "existing").await;
@@ -348,6 +359,7 @@ const FILL_WRITERS: u32 = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_catch_up_and_membership_changes() {
+    let _turn = TURNS.take().await;
     let mut cluster = Cluster::new(3, Backend::Redb, Some(50));
     cluster.start_all();
     let originals = [0, 1, 2];
@@ -595,6 +607,7 @@ async fn write_keys(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_cluster_restart_keeps_acknowledged_writes() {
+    let _turn = TURNS.take().await;
     let mut cluster = Cluster::new(3, Backend::Redb, None);
     let all = [0, 1, 2];
     cluster.start_all();
@@ -631,6 +644,7 @@ async fn full_cluster_restart_keeps_acknowledged_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_process_on_same_data_dir_fails_fast() {
+    let _turn = TURNS.take().await;
     let mut cluster = Cluster::new(1, Backend::Redb, None);
     cluster.start(0);
     cluster.wait_leader(&[0]).await;
@@ -657,6 +671,7 @@ async fn second_process_on_same_data_dir_fails_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero() {
+    let _turn = TURNS.take().await;
     let mut cluster = Cluster::new(1, Backend::Redb, None);
     cluster.start(0);
     cluster.wait_leader(&[0]).await;
@@ -785,6 +800,7 @@ async fn labelled_counter(cluster: &Cluster, index: usize, name: &str, source: &
 /// before it started. The followers' metrics show reads sharing forwarded ReadIndex rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_reads_see_every_write_acknowledged_before_them() {
+    let _turn = TURNS.take().await;
     let mut cluster = Cluster::new(3, Backend::Redb, None);
     let all = [0, 1, 2];
     cluster.start_all();
@@ -886,6 +902,7 @@ async fn follower_reads_see_every_write_acknowledged_before_them() {
 /// partitions, with the `--unsafe-local-reads` planted bug as its check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_or_cut_off_follower_never_serves_stale_reads() {
+    let _turn = TURNS.take().await;
     let mut cluster = Cluster::new(3, Backend::Redb, None);
     let all = [0, 1, 2];
     cluster.start_all();

@@ -1,6 +1,11 @@
 //! The start-up configuration: defaults, precedence of the four sources, every refusal, ids and
 //! help. The environment is always injected; no test touches the process's own.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;

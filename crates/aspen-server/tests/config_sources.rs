@@ -2,6 +2,11 @@
 //! set the value (figment's record of each key's source), and URL forms that the `http::Uri`
 //! based parser must accept or refuse as the hand-written one did.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::collections::HashMap;
 use std::io::Write;
 

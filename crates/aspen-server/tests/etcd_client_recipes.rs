@@ -19,6 +19,11 @@
 //! Orderings are asserted with timestamps and, for mutual exclusion, with a counter of
 //! holders that must never exceed one.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::sync::Arc;

@@ -20,6 +20,11 @@
 //! loud message, unless `ASPEN_REQUIRE_ETCD=1` (set by `.ci/run`), which makes it fail.
 //! `ASPEN_ETCD_SNAPSHOT_KEYS` sets the number of bulk keys (default 20,000).
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::io::Write;
@@ -312,7 +317,7 @@ async fn write_workload(port: u16, bulk: u64) -> Written {
                 } else {
                     20 + (i % 50) as usize
                 };
-                let value: Vec<u8> = (0..size).map(|b| (b as u64 + i) as u8).collect();
+                let value: Vec<u8> = (0..size).map(|b| (b as u64 + i).to_le_bytes()[0]).collect();
                 put_op(put(&format!("bulk/{i:08}"), value, 0))
             })
             .collect();
@@ -409,8 +414,10 @@ async fn assert_same_store(a: u16, b: u16, written: &Written, what: &str) {
     let mut revisions: Vec<i64> =
         (written.compact_revision..=written.edits_until_revision).collect();
     let step = ((written.final_revision - written.edits_until_revision) / 7).max(1);
-    revisions
-        .extend((written.edits_until_revision..=written.final_revision).step_by(step as usize));
+    revisions.extend(
+        (written.edits_until_revision..=written.final_revision)
+            .step_by(usize::try_from(step).expect("a positive step")),
+    );
     for revision in revisions {
         let (_, at_a) = keyspace(&kv_a, revision).await;
         let (_, at_b) = keyspace(&kv_b, revision).await;

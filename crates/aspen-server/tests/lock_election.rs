@@ -4,6 +4,11 @@
 //! "Blocks" is asserted by watching a call for `HOLD_MS` and seeing it not finish; everything
 //! else waits with a deadline for what must happen.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::time::Duration;

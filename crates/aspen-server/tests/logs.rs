@@ -2,6 +2,11 @@
 //! objects with level, message and target; text; to files, stdout and stderr), and bad values
 //! reported with every other configuration problem, naming where they came from.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -3,6 +3,11 @@
 //! every key, revision and lease it held, takes new writes, and keeps all of it across a
 //! restart.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

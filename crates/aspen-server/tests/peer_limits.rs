@@ -4,6 +4,11 @@
 //! batch (`aspen_raft::split`). Before the split, openraft sent the whole backlog (up to 4096
 //! entries) as one message, which a receiver bounded at 16 MiB would refuse forever.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use common::{Backend, Cluster, poll, put_retry};

@@ -4,6 +4,11 @@
 //! calls with the metadata fail at once, /health and grpc.health.v1 turn unhealthy, and all
 //! of it recovers when the others come back.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -7,6 +7,11 @@
 //! etcdctl is needed for the etcdctl parts: CI installs it (`.ci/run`); elsewhere, without it,
 //! those parts say so on stderr and are skipped (the rest still runs).
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -372,7 +377,8 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) && sent < 100_000 {
                 let channel = if fresh_connections {
-                    channels[(sent as usize / 4) % channels.len()].clone()
+                    channels[(usize::try_from(sent).expect("a small count") / 4) % channels.len()]
+                        .clone()
                 } else {
                     channels[0].clone()
                 };

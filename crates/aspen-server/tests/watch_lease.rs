@@ -7,6 +7,11 @@
 //! The harness here is deliberately small and self-contained (the process-level one lives in
 //! `common/`).
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 

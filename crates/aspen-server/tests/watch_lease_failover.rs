@@ -13,6 +13,11 @@
 //!   since a new leader restarts every deadline, no earlier than TTL after the crash), and
 //!   were revoked within a bounded time.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -202,7 +207,7 @@ async fn watch_client(
                     key: spec.key.clone(),
                     range_end: spec.range_end.clone(),
                     start_revision: last + 1,
-                    watch_id: local as i64,
+                    watch_id: i64::try_from(local).expect("a small index"),
                     ..Default::default()
                 };
                 let request = WatchRequest {

@@ -131,11 +131,11 @@ impl Cluster {
         .await
         .map_err(|e| format!("node {id}: start: {e}"))?;
         self.net.set_running(id, incarnation, node.clone());
-        self.lock()
-            .slots
-            .get_mut(&id)
-            .expect("slot checked above")
-            .running = Some(node);
+        let mut state = self.lock();
+        let Some(slot) = state.slots.get_mut(&id) else {
+            unreachable!("slot checked above");
+        };
+        slot.running = Some(node);
         Ok(())
     }
 

@@ -14,6 +14,8 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use aspen_core::convert::usize_from;
+
 /// Dirty tracking granularity: syncing copies only the pages written since the last sync.
 const PAGE_BYTES: u64 = 4096;
 
@@ -162,11 +164,11 @@ impl redb::StorageBackend for SimDiskBackend {
         } = &mut *state;
         durable.resize(live.len(), 0);
         for page in std::mem::take(dirty_pages) {
-            let start = (page * PAGE_BYTES) as usize;
+            let start = usize_from(page * PAGE_BYTES);
             if start >= live.len() {
                 continue;
             }
-            let end = (start + PAGE_BYTES as usize).min(live.len());
+            let end = (start + usize_from(PAGE_BYTES)).min(live.len());
             durable[start..end].copy_from_slice(&live[start..end]);
         }
         *syncs += 1;

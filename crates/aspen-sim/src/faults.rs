@@ -148,9 +148,13 @@ impl Nemesis {
 
     fn chaos(&mut self) {
         let mut faults = self.cluster.net().faults();
-        faults.loss_ppm = self.rng.below(u64::from(NET_LOSS_PPM_MAX) + 1) as u32;
-        faults.duplicate_ppm = self.rng.below(u64::from(NET_DUPLICATE_PPM_MAX) + 1) as u32;
-        faults.spike_ppm = self.rng.below(u64::from(NET_SPIKE_PPM_MAX) + 1) as u32;
+        // Each draw is at most its u32 bound.
+        let ppm = |rng: &mut SimRng, max: u32| {
+            u32::try_from(rng.below(u64::from(max) + 1)).unwrap_or(max)
+        };
+        faults.loss_ppm = ppm(&mut self.rng, NET_LOSS_PPM_MAX);
+        faults.duplicate_ppm = ppm(&mut self.rng, NET_DUPLICATE_PPM_MAX);
+        faults.spike_ppm = ppm(&mut self.rng, NET_SPIKE_PPM_MAX);
         faults.delay_ms_max = self.rng.between(NET_DELAY_MS_MAX / 2, NET_DELAY_MS_MAX * 4);
         let (loss, dup, spike, delay) = (
             faults.loss_ppm,

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use aspen_core::NodeId;
+use aspen_core::convert::millis;
 use aspen_node::Node;
 use tokio::time::Instant;
 
@@ -148,7 +149,7 @@ impl SimNet {
 
     /// Simulated milliseconds since the run started.
     pub fn now_ms(&self) -> u64 {
-        self.lock().started.elapsed().as_millis() as u64
+        millis(self.lock().started.elapsed())
     }
 
     /// Opens a new incarnation of `id` (its first start or a restart); the node is reachable
@@ -204,7 +205,7 @@ impl SimNet {
     /// Adds an event to the trace, stamped with the simulated time.
     pub fn record(&self, words: &[u64], describe: impl FnOnce() -> String) {
         let mut state = self.lock();
-        let now_ms = state.started.elapsed().as_millis() as u64;
+        let now_ms = millis(state.started.elapsed());
         let mut stamped = Vec::with_capacity(words.len() + 1);
         stamped.push(now_ms);
         stamped.extend_from_slice(words);
@@ -262,7 +263,7 @@ impl SimNet {
             Fate::Refused => state.stats.refused += 1,
             Fate::Deliver { .. } => {}
         }
-        let now_ms = state.started.elapsed().as_millis() as u64;
+        let now_ms = millis(state.started.elapsed());
         let words = [now_ms, 1, route.from, route.to, kind as u64, code, delay];
         state.trace.record(&words, || {
             format!(
@@ -289,7 +290,7 @@ impl SimNet {
         } else {
             state.stats.lost += 1;
         }
-        let now_ms = state.started.elapsed().as_millis() as u64;
+        let now_ms = millis(state.started.elapsed());
         let code = u64::from(arrived.is_some()) + 2 * u64::from(copy);
         let words = [now_ms, 2, route.from, route.to, kind as u64, code];
         state.trace.record(&words, || {
@@ -321,7 +322,7 @@ impl SimNet {
         let delivered =
             responder_alive && caller_alive && open && !state.rng.chance_ppm(state.faults.loss_ppm);
         let delay_ms = delivered.then(|| draw_delay(&mut state.rng, &state.faults));
-        let now_ms = state.started.elapsed().as_millis() as u64;
+        let now_ms = millis(state.started.elapsed());
         let words = [
             now_ms,
             3,

@@ -45,7 +45,7 @@ impl SimRng {
 
     /// One element of a non-empty slice.
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+        &items[aspen_core::convert::usize_from(self.below(items.len() as u64))]
     }
 }
 

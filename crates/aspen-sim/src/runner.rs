@@ -259,6 +259,10 @@ pub async fn run_inside_madsim(config: SimConfig) -> SeedReport {
 /// Runs `future` to completion on a paused-clock, single-threaded tokio runtime.
 #[cfg(not(madsim))]
 fn block_on_simulated<F: Future>(_seed: u64, future: F) -> F::Output {
+    #[allow(
+        clippy::expect_used,
+        reason = "no simulation runs without its runtime: the sweep reports the seed's panic"
+    )]
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -328,7 +332,7 @@ async fn run(config: SimConfig, dir: PathBuf) -> (SeedReport, Option<KvHistory>)
     report.trace_tail = trace.tail().cloned().collect();
     report.restarts = cluster.restarts();
     report.net = net.stats();
-    report.simulated_ms = started.elapsed().as_millis() as u64;
+    report.simulated_ms = aspen_core::convert::millis(started.elapsed());
     (report, history)
 }
 

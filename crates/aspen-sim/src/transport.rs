@@ -181,7 +181,7 @@ fn read_snapshot(data: &SnapshotData) -> Result<Vec<u8>, StreamingError<TypeConf
             "snapshot of {len_bytes} bytes exceeds the simulator's {SNAPSHOT_BYTES_MAX}"
         ))));
     }
-    let mut bytes = Vec::with_capacity(len_bytes as usize);
+    let mut bytes = Vec::with_capacity(aspen_core::convert::usize_from(len_bytes));
     data.reader()
         .read_to_end(&mut bytes)
         .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;

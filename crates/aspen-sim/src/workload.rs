@@ -155,7 +155,7 @@ fn choose_candidates(cluster: &Cluster, rng: &mut SimRng) -> Vec<(u64, Node)> {
 }
 
 fn elapsed_ns(started: Instant) -> u64 {
-    started.elapsed().as_nanos() as u64
+    aspen_core::convert::nanos(started.elapsed())
 }
 
 /// Records one finished request; returns a word summarising it for the trace.
@@ -181,10 +181,9 @@ fn record(
             if !matches!(input, KvInput::Get { .. }) {
                 recorder.indeterminate_writes += 1;
             }
-            recorder
-                .history
-                .indeterminate(op)
-                .expect("an operation is completed once");
+            if let Err(error) = recorder.history.indeterminate(op) {
+                unreachable!("an operation is completed once: {error}");
+            }
             return 0;
         }
     };
@@ -221,10 +220,9 @@ fn record(
         });
     }
     let word = output_word(&observed.output) ^ observed.revision.rotate_left(32);
-    recorder
-        .history
-        .complete(op, observed.output, complete_ns)
-        .expect("the simulated clock never goes backwards");
+    if let Err(error) = recorder.history.complete(op, observed.output, complete_ns) {
+        unreachable!("the simulated clock never goes backwards: {error}");
+    }
     word | 1
 }
 

@@ -2,6 +2,11 @@
 //! exactly, and the checkers must catch the planted bugs (stale reads, a lost watch event). Longer sweeps run from the binary
 //! (`cargo run -p aspen-sim --release -- --seeds 0..300`).
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use aspen_sim::{SeedReport, SimConfig, run_seed};
 
 /// Shorter than the binary's default fault phase, to keep `cargo test` (debug) quick.

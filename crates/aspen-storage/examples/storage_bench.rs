@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use aspen_core::convert::usize_from;
 use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::{Entry, LogId};
 use aspen_core::{Command, PutRequest, RangeRequest, TypeConfig};
@@ -101,10 +102,11 @@ impl Latency {
     fn of(mut samples_us: Vec<f64>) -> Latency {
         assert!(!samples_us.is_empty());
         samples_us.sort_by(f64::total_cmp);
-        let at = |q: f64| samples_us[((samples_us.len() - 1) as f64 * q) as usize];
+        // The sample at `percent` of the sorted run (nearest rank, rounded down).
+        let at = |percent: usize| samples_us[(samples_us.len() - 1) * percent / 100];
         Latency {
-            p50_us: at(0.50),
-            p99_us: at(0.99),
+            p50_us: at(50),
+            p99_us: at(99),
         }
     }
 }
@@ -227,12 +229,12 @@ fn log_id(index: u64) -> LogId {
 
 /// The `n`th key: 16 hex digits of a bijective mix of `n`, so keys are unique and arrive in
 /// random order, as a real workload's would.
-fn key_of(n: u64) -> [u8; KEY_BYTES as usize] {
+fn key_of(n: u64) -> [u8; usize_from(KEY_BYTES)] {
     let mut x = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^= x >> 31;
-    let mut key = [0u8; KEY_BYTES as usize];
+    let mut key = [0u8; usize_from(KEY_BYTES)];
     key.copy_from_slice(format!("{x:016x}").as_bytes());
     key
 }
@@ -246,7 +248,7 @@ async fn bench_append(
     next_index: &mut u64,
     batch_size: u64,
 ) -> BenchResult<(u64, f64, Option<f64>)> {
-    let value = vec![b'v'; VALUE_BYTES as usize];
+    let value = vec![b'v'; usize_from(VALUE_BYTES)];
     let syncs_before = target.syncs(sm);
     let started = Instant::now();
     let mut entries_done: u64 = 0;
@@ -283,8 +285,8 @@ fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
     let db = redb::Builder::new()
         .set_cache_size(aspen_storage::backend::REDB_CACHE_BYTES_DEFAULT)
         .create(path)?;
-    let value = vec![b'v'; VALUE_BYTES as usize];
-    let mut record = Vec::with_capacity(VALUE_BYTES as usize + 64);
+    let value = vec![b'v'; usize_from(VALUE_BYTES)];
+    let mut record = Vec::with_capacity(usize_from(VALUE_BYTES) + 64);
     let meta = [0u8; 12];
     let started = Instant::now();
     let mut revision: u64 = 1;
@@ -324,8 +326,8 @@ fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
 /// Appends one entry at a time and waits for its flush callback (one durable commit each),
 /// purging the log behind `COMMIT_LATENCY_LOG_KEEP_ENTRIES` as snapshots would.
 async fn bench_log_commit_latency(log: &mut LogStore) -> BenchResult<Latency> {
-    let value = vec![b'v'; VALUE_BYTES as usize];
-    let mut samples_us = Vec::with_capacity(COMMIT_LATENCY_SAMPLES as usize);
+    let value = vec![b'v'; usize_from(VALUE_BYTES)];
+    let mut samples_us = Vec::with_capacity(usize_from(COMMIT_LATENCY_SAMPLES));
     for index in 1..=COMMIT_LATENCY_SAMPLES {
         let entry = put_entry(index, &key_of(index), &value);
         let started = Instant::now();
@@ -360,7 +362,7 @@ fn bench_raw_page_commit(path: &std::path::Path) -> BenchResult<Latency> {
     file.sync_all()?;
     let page = vec![b'p'; RAW_PAGE_BYTES];
     let pages = RAW_FILE_BYTES / RAW_PAGE_BYTES as u64;
-    let mut samples_us = Vec::with_capacity(COMMIT_LATENCY_SAMPLES as usize);
+    let mut samples_us = Vec::with_capacity(usize_from(COMMIT_LATENCY_SAMPLES));
     for i in 0..COMMIT_LATENCY_SAMPLES {
         let offset = (i % pages) * RAW_PAGE_BYTES as u64;
         let started = Instant::now();
@@ -382,10 +384,10 @@ async fn bench_apply(
     keys: u64,
     report: &mut Report,
 ) -> BenchResult<()> {
-    let value = vec![b'v'; VALUE_BYTES as usize];
+    let value = vec![b'v'; usize_from(VALUE_BYTES)];
     let syncs_before = target.syncs(sm);
     let started = Instant::now();
-    let mut batch: Vec<Entry> = Vec::with_capacity(APPLY_BATCH_ENTRIES as usize);
+    let mut batch: Vec<Entry> = Vec::with_capacity(usize_from(APPLY_BATCH_ENTRIES));
     let mut index = 1;
     while index <= keys {
         batch.clear();

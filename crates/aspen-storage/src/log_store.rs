@@ -11,6 +11,7 @@ use std::ops::{Bound, RangeBounds};
 
 use aspen_core::TypeConfig;
 use aspen_core::codec;
+use aspen_core::convert::usize_from;
 use aspen_core::limits::LOG_READ_ENTRIES_MAX;
 use aspen_core::type_config::alias::{Entry, LogId, Vote};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -67,7 +68,9 @@ impl LogStore {
         // Pending first, database second. Pending entries run to the end of the log, so every
         // entry below the first of them is durable; and one the writer commits in between is
         // in the database read, which starts after the commit, so none is missed.
-        let pending = self.writer.pending_in(range, LOG_READ_ENTRIES_MAX as usize);
+        let pending = self
+            .writer
+            .pending_in(range, usize_from(LOG_READ_ENTRIES_MAX));
         let Some(first_pending) = pending.first().map(|entry| entry.log_id.index) else {
             return self.read_durable_entries(range);
         };
@@ -88,7 +91,7 @@ impl LogStore {
             assert_eq!(last.log_id.index + 1, first_pending, "hole in the raft log");
         }
         entries.extend(pending);
-        entries.truncate(LOG_READ_ENTRIES_MAX as usize);
+        entries.truncate(usize_from(LOG_READ_ENTRIES_MAX));
         Ok(entries)
     }
 

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use aspen_core::TypeConfig;
 use aspen_core::codec;
+use aspen_core::convert::{micros, usize_from};
 use aspen_core::limits::{LOG_WRITER_QUEUE_BYTES_MAX, LOG_WRITER_QUEUE_ENTRIES_MAX};
 use aspen_core::type_config::alias::{Entry, LogId};
 use openraft::storage::IOFlushed;
@@ -45,6 +46,9 @@ use crate::backend::Store;
 use crate::error::{Result, StorageError};
 use crate::schema::{META_COMMITTED, RAFT_LOG, RAFT_META};
 use crate::stage_clock::Stage;
+
+// The byte room is taken as a u32 (tokio's semaphore).
+const _: () = assert!(LOG_WRITER_QUEUE_BYTES_MAX <= u32::MAX as u64);
 
 /// Queued operations one commit takes at most; bounds the transaction and the time until the
 /// first of them is acknowledged.
@@ -201,8 +205,10 @@ impl LogWriter {
                 submitted_seq: AtomicU64::new(0),
                 finished_seq,
                 failed: AtomicBool::new(false),
-                room_entries: Arc::new(Semaphore::new(LOG_WRITER_QUEUE_ENTRIES_MAX as usize)),
-                room_bytes: Arc::new(Semaphore::new(LOG_WRITER_QUEUE_BYTES_MAX as usize)),
+                room_entries: Arc::new(Semaphore::new(usize_from(u64::from(
+                    LOG_WRITER_QUEUE_ENTRIES_MAX,
+                )))),
+                room_bytes: Arc::new(Semaphore::new(usize_from(LOG_WRITER_QUEUE_BYTES_MAX))),
                 committed_saved: Mutex::new(None),
                 receiver: Mutex::new(Some(receiver)),
             }),
@@ -243,15 +249,20 @@ impl LogWriter {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(commit_failed());
         }
-        let count = entries.len().min(LOG_WRITER_QUEUE_ENTRIES_MAX as usize);
+        let count = u32::try_from(entries.len())
+            .unwrap_or(u32::MAX)
+            .min(LOG_WRITER_QUEUE_ENTRIES_MAX);
         let bytes: usize = entries
             .iter()
             .map(|entry| codec::encoded_len(entry.as_ref()))
             .sum();
-        let bytes = bytes.min(LOG_WRITER_QUEUE_BYTES_MAX as usize);
-        // Both counts fit in u32: they are capped by the bounds above.
-        let entries_room = take_room(&self.shared.room_entries, count as u32).await?;
-        let bytes_room = take_room(&self.shared.room_bytes, bytes as u32).await?;
+        // Capped by the bound, which fits a u32 (asserted at compile time).
+        let bytes = u64::try_from(bytes)
+            .unwrap_or(u64::MAX)
+            .min(LOG_WRITER_QUEUE_BYTES_MAX);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let entries_room = take_room(&self.shared.room_entries, count).await?;
+        let bytes_room = take_room(&self.shared.room_bytes, bytes).await?;
         Ok(QueueRoom {
             _entries: entries_room,
             _bytes: bytes_room,
@@ -478,7 +489,7 @@ fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>
     let started = std::time::Instant::now();
     txn.commit()?;
     if !entries.is_empty() {
-        let elapsed_us = started.elapsed().as_micros() as u64;
+        let elapsed_us = micros(started.elapsed());
         store.shared.fsync_latency.observe_us(elapsed_us);
     }
     Ok(())

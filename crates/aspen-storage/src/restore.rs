@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
+use aspen_core::convert::usize_from;
 use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::{LogId, SnapshotMeta, StoredMembership, Vote};
 use aspen_core::{NodeId, NodeInfo};
@@ -55,15 +56,15 @@ pub fn check_saved_file(path: &Path) -> Result<u64> {
     let mut hasher = sha2::Sha256::new();
     let mut remaining = body_len;
     let mut buffer = vec![0u8; 256 * 1024];
-    let mut tail: Vec<u8> = Vec::with_capacity(SAVED_SNAPSHOT_PADDING_BYTES_MAX as usize);
+    let mut tail: Vec<u8> = Vec::with_capacity(usize_from(SAVED_SNAPSHOT_PADDING_BYTES_MAX));
     while remaining > 0 {
-        let want = buffer.len().min(remaining as usize);
+        let want = buffer.len().min(usize_from(remaining));
         file.read_exact(&mut buffer[..want]).map_err(io)?;
         hasher.update(&buffer[..want]);
         remaining -= want as u64;
         keep_tail(&mut tail, &buffer[..want]);
     }
-    let mut trailer = [0u8; SAVED_SNAPSHOT_SHA_BYTES as usize];
+    let mut trailer = [0u8; usize_from(SAVED_SNAPSHOT_SHA_BYTES)];
     file.read_exact(&mut trailer).map_err(io)?;
     if hasher.finalize().as_slice() != trailer {
         return Err(StorageError::Snapshot(format!(
@@ -87,7 +88,7 @@ pub fn check_saved_file(path: &Path) -> Result<u64> {
 }
 
 fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
-    let keep = SAVED_SNAPSHOT_PADDING_BYTES_MAX as usize;
+    let keep = usize_from(SAVED_SNAPSHOT_PADDING_BYTES_MAX);
     tail.extend_from_slice(chunk);
     if tail.len() > keep {
         tail.drain(..tail.len() - keep);

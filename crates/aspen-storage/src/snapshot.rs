@@ -12,56 +12,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aspen_core::codec;
-use aspen_core::command::AlarmType;
+use aspen_core::convert::usize_from;
 use aspen_core::limits::SNAPSHOT_FRAME_BYTES_MAX;
 use aspen_core::type_config::alias::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StorageError};
-use crate::state_machine::records::{LeaseRecord, StoredVersion};
 
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNP1";
+/// The stream's frames and magic live in `aspen-core` (`snapshot_format.rs`), which
+/// `aspenctl snapshot status` reads them with too.
+pub use aspen_core::snapshot_format::{Frame, SNAPSHOT_MAGIC};
+
+// A frame's length is written as a u32.
+const _: () = assert!(SNAPSHOT_FRAME_BYTES_MAX <= u32::MAX as u64);
+
 const PARTIAL_SUFFIX: &str = ".partial";
 const SNAPSHOT_SUFFIX: &str = ".snap";
-
-/// One unit of a snapshot stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Frame {
-    Header {
-        revision: u64,
-        compact_revision: u64,
-        alarms: Vec<(u64, AlarmType)>,
-    },
-    Latest {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        version: StoredVersion,
-    },
-    History {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        revision: u64,
-        version: StoredVersion,
-    },
-    Lease {
-        id: u64,
-        record: LeaseRecord,
-    },
-    End {
-        frames: u64,
-    },
-    /// The auth store (added after the frames above, so older snapshots, which have none of
-    /// these, still read: they install an empty, disabled auth store).
-    AuthMeta(aspen_core::auth::AuthMeta),
-    AuthUser {
-        name: String,
-        record: aspen_core::auth::UserRecord,
-    },
-    AuthRole {
-        name: String,
-        record: aspen_core::auth::RoleRecord,
-    },
-}
 
 /// Where the current snapshot is; stored in `sm_meta` next to the data it describes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +125,7 @@ impl Read for SnapshotReader {
                 file, len_bytes, ..
             } => {
                 let remaining = len_bytes.saturating_sub(self.offset_bytes);
-                let want = out.len().min(remaining as usize);
+                let want = out.len().min(usize_from(remaining));
                 if want == 0 {
                     return Ok(0);
                 }
@@ -170,7 +136,7 @@ impl Read for SnapshotReader {
                 )?
             }
             Body::Memory(bytes) => {
-                let start = (self.offset_bytes as usize).min(bytes.len());
+                let start = usize_from(self.offset_bytes).min(bytes.len());
                 let n = out.len().min(bytes.len() - start);
                 out[..n].copy_from_slice(&bytes[start..start + n]);
                 n
@@ -449,7 +415,7 @@ impl SnapshotSink {
                     source,
                 })?,
             SinkTarget::Memory(buffer) => {
-                let at = self.position_bytes as usize;
+                let at = usize_from(self.position_bytes);
                 let overlap = bytes.len().min(buffer.len().saturating_sub(at));
                 buffer[at..at + overlap].copy_from_slice(&bytes[..overlap]);
                 buffer.extend_from_slice(&bytes[overlap..]);
@@ -469,7 +435,10 @@ impl SnapshotSink {
             body_len <= SNAPSHOT_FRAME_BYTES_MAX,
             "snapshot frame of {body_len} bytes exceeds the frame limit"
         );
-        buffer[..4].copy_from_slice(&(body_len as u32).to_be_bytes());
+        let Ok(body_len) = u32::try_from(body_len) else {
+            unreachable!("asserted: at most SNAPSHOT_FRAME_BYTES_MAX, which fits a u32");
+        };
+        buffer[..4].copy_from_slice(&body_len.to_be_bytes());
         let bytes = std::mem::take(buffer);
         let result = self.write_raw(&bytes);
         *buffer = bytes;
@@ -657,9 +626,10 @@ impl SnapshotReceiver {
     }
 
     fn sink(&mut self) -> &mut SnapshotSink {
-        self.sink
-            .as_mut()
-            .expect("a receiver holds its sink until finish")
+        let Some(sink) = self.sink.as_mut() else {
+            unreachable!("a receiver holds its sink until finish");
+        };
+        sink
     }
 
     pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
@@ -671,10 +641,9 @@ impl SnapshotReceiver {
     }
 
     pub fn finish(mut self) -> Result<SnapshotData> {
-        let sink = self
-            .sink
-            .take()
-            .expect("a receiver holds its sink until finish");
+        let Some(sink) = self.sink.take() else {
+            unreachable!("a receiver holds its sink until finish");
+        };
         let (data, _) = sink.finish()?;
         if let Err(error) = verify(&data) {
             // A refused snapshot must not stay on disk until the next restart: a leader that
@@ -755,7 +724,7 @@ impl<R: Read> FrameReader<R> {
                 "frame of {body_len} bytes exceeds the limit"
             )));
         }
-        buffer.resize(body_len as usize, 0);
+        buffer.resize(usize_from(body_len), 0);
         self.reader.read_exact(buffer).map_err(truncated)?;
         self.crc.update(&len);
         self.crc.update(buffer);

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use aspen_core::convert::{nanos, usize_from};
 use aspen_core::limits::STAGE_CLOCK_INDICES_MAX;
 
 /// The stages the storage layer sees, in the order a write reaches them.
@@ -90,11 +91,11 @@ impl StageClock {
 
     /// Nanoseconds since the clock was made, at least 1: the unit of every stamp.
     pub fn now_ns(&self) -> u64 {
-        (self.origin.elapsed().as_nanos() as u64).max(1)
+        nanos(self.origin.elapsed()).max(1)
     }
 
     fn slot(&self, index: u64) -> &Mutex<Slot> {
-        &self.slots[(index & (self.capacity() - 1)) as usize]
+        &self.slots[usize_from(index & (self.capacity() - 1))]
     }
 
     /// The part of `first..=last` the ring can hold: its newest `capacity` indices.

@@ -3,6 +3,11 @@
 //! enabled (bare client writes refused, wrapped ones only at the auth revision checked), and
 //! never part of HashKV, as in etcd.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::path::Path;
 
 use aspen_core::auth::{AuthCommand, Permission, PermissionType, ROOT};

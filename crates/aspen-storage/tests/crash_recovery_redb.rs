@@ -20,6 +20,11 @@
 //! which log indices and keys each batch owns. `ASPEN_CRASH_SEED=<printed seed>` replays a
 //! run's batch sizes and kill delays; where each kill lands still depends on the scheduler.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -96,7 +101,7 @@ impl Plan {
 
     fn end(&mut self, batch: u64) -> u64 {
         self.extend_to_batch(batch);
-        self.ends[batch as usize]
+        self.ends[usize::try_from(batch).expect("a batch index")]
     }
 
     fn start(&mut self, batch: u64) -> u64 {
@@ -369,8 +374,8 @@ fn crash_recovery_redb() {
         Ok(text) => text.parse().expect("ASPEN_CRASH_SEED is a u64"),
         Err(_) => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as u64,
+            .map(aspen_core::convert::nanos)
+            .expect("clock after 1970"),
     };
     eprintln!("crash_recovery_redb: seed {seed} (replay with {SEED_ENV}={seed})");
     let dir = tempfile::tempdir().expect("temp dir");

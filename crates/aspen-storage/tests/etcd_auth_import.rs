@@ -4,6 +4,11 @@
 //! limits) is refused before anything is written. Real etcd files and etcdctl are tested in
 //! aspen-server's `etcd_snapshot` test.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::io::Cursor;
 use std::path::Path;
 

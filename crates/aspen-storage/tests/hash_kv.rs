@@ -5,6 +5,11 @@
 //! no file behind. A saved file in either format (etcd's bbolt, Aspen's older stream) restores
 //! to the same store.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::path::{Path, PathBuf};
 
 use aspen_core::limits::Limits;

@@ -2,6 +2,11 @@
 //! queued during one commit share the next one, callbacks fire only once their entries are
 //! durable, and vote, truncate and purge wait for what was queued before them.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::{Entry, LogId, Vote};
 use aspen_core::{Command, PutRequest, TypeConfig};

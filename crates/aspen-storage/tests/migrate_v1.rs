@@ -6,6 +6,11 @@
 //! format-1 server (commit c470497); `tests/fixtures/v1/README.md` says how it was made and what
 //! it holds, which is what these tests check, value by value.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::path::{Path, PathBuf};
 
 use aspen_core::RangeRequest;

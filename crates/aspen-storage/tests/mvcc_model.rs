@@ -7,6 +7,11 @@
 //! older ones, below the compaction point and in the future are compared too. At the end every
 //! readable revision is compared, and the redb store is reopened and compared again.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use aspen_core::command::{AlarmAction, AlarmType};
@@ -161,7 +166,7 @@ impl Model {
         sort_model(&mut kvs, request.sort_order, request.sort_target);
         let mut more = false;
         if request.limit > 0 && kvs.len() as u64 > request.limit {
-            kvs.truncate(request.limit as usize);
+            kvs.truncate(usize::try_from(request.limit).expect("a small limit"));
             more = true;
         }
         if request.keys_only {

@@ -1,5 +1,10 @@
 //! openraft's storage conformance suite, every case, on both backends.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use aspen_core::TypeConfig;
 use aspen_core::limits::Limits;
 use aspen_storage::{LogStore, StateMachine, StorageBackend, open_storage};

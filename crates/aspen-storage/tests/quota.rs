@@ -6,6 +6,11 @@
 //! back under the quota, and once the alarm is cleared writes succeed again. The alarm and the
 //! data survive a restart.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::path::Path;
 
 use aspen_core::command::{AlarmAction, AlarmType};

@@ -2,6 +2,11 @@
 //! that are not Aspen's (a second opener, garbage, a foreign redb database) are refused with the
 //! path in the message, and left as they were.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
@@ -349,7 +354,7 @@ fn garbage_is_refused_and_left_alone() {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            state as u8
+            state.to_le_bytes()[0]
         })
         .collect();
     std::fs::write(&path, &garbage).expect("write garbage");

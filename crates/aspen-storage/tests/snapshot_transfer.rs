@@ -4,6 +4,11 @@
 //! A corrupt snapshot is refused without touching the target, and an installed snapshot
 //! survives a restart.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -114,7 +119,7 @@ fn build_source(sm: &StateMachine) -> Built {
     // Every even key again, fifty to a Txn: many keys at one revision.
     let evens: Vec<u64> = (0..KEYS_TOTAL).filter(|i| i % 2 == 0).collect();
     let round_2 = evens
-        .chunks(TXN_PUTS as usize)
+        .chunks(usize::try_from(TXN_PUTS).expect("a small constant"))
         .map(|chunk| {
             Command::Txn(TxnRequest {
                 compare: Vec::new(),

@@ -2,6 +2,11 @@
 //! issue lists (unknown CA, expired certificate, wrong key, plaintext), and rotation of the
 //! server's files while a connection stays open.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -403,7 +403,8 @@ impl HubInner {
             deliver_page(&mut state, work, read);
         }
         self.count(&state);
-        state.unsynced.len() as u32
+        // Unsynced watchers are watchers: at most `watchers_max`, a u32.
+        u32::try_from(state.unsynced.len()).unwrap_or(u32::MAX)
     }
 }
 

@@ -8,6 +8,11 @@
 //! path, so the test also checks that replay reproduces the live events exactly (prev_kv
 //! included).
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aspen_core::convert::micros;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -36,12 +37,14 @@ pub trait Worker: Send + 'static {
 
 /// A latency histogram in microseconds, 1 µs .. 60 s at 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, BENCH_LATENCY_US_MAX, 3)
-        .expect("constant histogram bounds are valid")
+    match Histogram::new_with_bounds(1, BENCH_LATENCY_US_MAX, 3) {
+        Ok(histogram) => histogram,
+        Err(error) => unreachable!("constant histogram bounds are valid: {error}"),
+    }
 }
 
 pub fn record_us(histogram: &mut Histogram<u64>, elapsed: Duration) {
-    let us = (elapsed.as_micros() as u64).clamp(1, BENCH_LATENCY_US_MAX);
+    let us = micros(elapsed).clamp(1, BENCH_LATENCY_US_MAX);
     histogram.saturating_record(us);
 }
 
@@ -218,7 +221,7 @@ pub fn spawn_progress(
             };
             match limit {
                 Limit::Total(_) => bar.set_position(done),
-                Limit::Duration(_) => bar.set_position(elapsed as u64),
+                Limit::Duration(_) => bar.set_position(started.elapsed().as_secs()),
             }
             bar.set_message(format!(
                 "{done} ops, {rate:.0} ops/s, {} errors",

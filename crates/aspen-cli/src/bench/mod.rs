@@ -243,7 +243,8 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<(), CliError> {
     };
     let mut report = workloads::run(&args.workload, &channels, &settings).await?;
     report.conns = args.conns;
-    report.endpoints = ctx.endpoints.len() as u32;
+    // At most ENDPOINTS_MAX (64), checked when the list is parsed.
+    report.endpoints = u32::try_from(ctx.endpoints.len()).unwrap_or(u32::MAX);
     if args.json {
         println!("{}", report.to_json());
     } else {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::connect::AuthedChannel;
+use aspen_core::convert::{millis, nanos, usize_from};
 use aspen_proto::etcdserverpb::{self as pb, kv_client::KvClient, watch_client::WatchClient};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,6 +29,8 @@ use crate::request::prefix_end;
 pub const KEY_PREFIX: &str = "aspenctl-bench/";
 /// Bytes of the send timestamp at the start of a watch-fanout value.
 const TIMESTAMP_BYTES: usize = 8;
+const TIMESTAMP_BYTES_U32: u32 = 8;
+const _: () = assert!(TIMESTAMP_BYTES_U32 as usize == TIMESTAMP_BYTES);
 
 fn key(kind: &str, index: u64) -> Vec<u8> {
     format!("{KEY_PREFIX}{kind}/{index:012}").into_bytes()
@@ -37,7 +40,7 @@ fn key(kind: &str, index: u64) -> Vec<u8> {
 fn value(bytes: u32, rng: &mut Rng) -> Vec<u8> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     (0..bytes)
-        .map(|_| ALPHABET[rng.below(ALPHABET.len() as u64) as usize])
+        .map(|_| ALPHABET[usize_from(rng.below(ALPHABET.len() as u64))])
         .collect()
 }
 
@@ -314,7 +317,7 @@ async fn populate(
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..concurrency {
         let bar = bar.clone();
-        let mut kv = kv_client(channels, task as usize);
+        let mut kv = kv_client(channels, usize_from(task));
         let mut rng = Rng::new(settings.seed, u64::MAX - task);
         let value = value(val_size, &mut rng);
         let timeout = settings.command_timeout;
@@ -372,7 +375,7 @@ struct StampedPutWorker {
 
 impl Worker for StampedPutWorker {
     fn op(&mut self) -> impl Future<Output = Result<(), Status>> + Send {
-        let sent_ns = self.base.elapsed().as_nanos() as u64;
+        let sent_ns = nanos(self.base.elapsed());
         self.value[..TIMESTAMP_BYTES].copy_from_slice(&sent_ns.to_le_bytes());
         let request = pb::PutRequest {
             key: self.key.clone(),
@@ -425,7 +428,7 @@ async fn watch_fanout(
     let workers = stamped_put_workers(channels, settings, val_size, base, &puts_ok);
     let stats = Arc::new(Stats::default());
     let (put_latency, duration) = drive(workers, settings, stats.clone(), "watch-fanout").await;
-    let drain_deadline_ms = base.elapsed().as_millis() as u64 + BENCH_WATCH_DRAIN_MS_MAX;
+    let drain_deadline_ms = millis(base.elapsed()) + BENCH_WATCH_DRAIN_MS_MAX;
     drain
         .deadline_ms
         .store(drain_deadline_ms, Ordering::Relaxed);
@@ -480,7 +483,7 @@ fn stamped_put_workers(
             StampedPutWorker {
                 kv: kv_client(channels, i),
                 key: key("watch", i as u64),
-                value: value(val_size.max(TIMESTAMP_BYTES as u32), &mut rng),
+                value: value(val_size.max(TIMESTAMP_BYTES_U32), &mut rng),
                 base,
                 puts_ok: puts_ok.clone(),
             }
@@ -567,7 +570,7 @@ async fn watcher(
     // Bounded: the puts are bounded, and after them the drain deadline ends the loop.
     loop {
         if seen.events >= drain.expected.load(Ordering::Relaxed)
-            || base.elapsed().as_millis() as u64 >= drain.deadline_ms.load(Ordering::Relaxed)
+            || millis(base.elapsed()) >= drain.deadline_ms.load(Ordering::Relaxed)
         {
             return Ok(seen);
         }
@@ -579,7 +582,7 @@ async fn watcher(
         let Some(response) = message else {
             return Ok(seen);
         };
-        let now_ns = base.elapsed().as_nanos() as u64;
+        let now_ns = nanos(base.elapsed());
         for event in &response.events {
             let Some(kv) = &event.kv else { continue };
             let Some(stamp) = kv.value.get(..TIMESTAMP_BYTES) else {

@@ -7,6 +7,10 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aspen_core::codec;
+use aspen_core::convert::usize_from;
+use aspen_core::limits::SNAPSHOT_FRAME_BYTES_MAX;
+use aspen_core::snapshot_format::{Frame, SNAPSHOT_MAGIC};
 use aspen_proto::etcdserverpb as pb;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -15,13 +19,11 @@ use sha2::{Digest, Sha256};
 use super::Ctx;
 use crate::cli::SnapshotCommand;
 use crate::error::CliError;
-use crate::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_FRAME_BYTES_MAX, SNAPSHOT_READ_CHUNK_BYTES};
+use crate::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_READ_CHUNK_BYTES};
 use crate::output::{self, WriteOut, human_bytes, print_json};
 
 /// Length of the SHA-256 trailer etcd's Snapshot stream ends with.
 pub const SHA256_BYTES: u64 = 32;
-/// Aspen's snapshot body starts with this (docs/storage-format.md).
-pub const ASPEN_SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNP1";
 /// How `snapshot status` names etcd's format (what Aspen's Snapshot RPC sends too).
 pub const ETCD_FORMAT: &str = "etcd v3 (bbolt)";
 /// How often the restore spinner moves.
@@ -365,7 +367,7 @@ pub fn inspect_snapshot(file: &Path) -> Result<SnapshotReport, CliError> {
     if has_trailer {
         report.sha256_ok = Some(sha256_trailer_matches(file, size_bytes).map_err(io)?);
     }
-    if head.starts_with(ASPEN_SNAPSHOT_MAGIC) {
+    if head.starts_with(SNAPSHOT_MAGIC) {
         report.format = "aspen v1".to_string();
         let body_bytes = size_bytes - if has_trailer { SHA256_BYTES } else { 0 };
         match walk_aspen_frames(file, body_bytes) {
@@ -433,12 +435,12 @@ fn sha256_trailer_matches(file: &Path, size_bytes: u64) -> std::io::Result<bool>
     let mut remaining = size_bytes - SHA256_BYTES;
     let mut chunk = vec![0u8; SNAPSHOT_READ_CHUNK_BYTES];
     while remaining > 0 {
-        let want = remaining.min(chunk.len() as u64) as usize;
+        let want = usize_from(remaining.min(chunk.len() as u64));
         reader.read_exact(&mut chunk[..want])?;
         sha.update(&chunk[..want]);
         remaining -= want as u64;
     }
-    let mut trailer = [0u8; SHA256_BYTES as usize];
+    let mut trailer = [0u8; usize_from(SHA256_BYTES)];
     reader.read_exact(&mut trailer)?;
     Ok(sha.finalize().as_slice() == trailer)
 }
@@ -449,15 +451,9 @@ struct Walked {
     crc_ok: bool,
 }
 
-/// Frame kinds, as postcard numbers the variants of aspen-storage's `snapshot::Frame`.
-const FRAME_HEADER: u8 = 0;
-const FRAME_LATEST: u8 = 1;
-const FRAME_END: u8 = 4;
-/// Every encoded value starts with aspen-core's codec version.
-const CODEC_VERSION: u8 = 1;
-
-/// Walks `[u32 BE length][frame]` records after the magic up to the End frame, then checks
-/// the CRC-32 that follows it.
+/// Walks `[u32 BE length][frame]` records after the magic up to the End frame, each decoded as
+/// the storage crate writes it (`aspen_core::snapshot_format::Frame`), then checks the CRC-32
+/// that follows it.
 fn walk_aspen_frames(file: &Path, body_bytes: u64) -> std::io::Result<Walked> {
     let corrupt = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
     let mut reader = BufReader::new(File::open(file)?);
@@ -477,9 +473,12 @@ fn walk_aspen_frames(file: &Path, body_bytes: u64) -> std::io::Result<Walked> {
         let mut len = [0u8; 4];
         reader.read_exact(&mut len)?;
         let frame_bytes = u32::from_be_bytes(len);
-        if frame_bytes > SNAPSHOT_FRAME_BYTES_MAX
-            || consumed + 4 + u64::from(frame_bytes) > body_bytes
-        {
+        if u64::from(frame_bytes) > SNAPSHOT_FRAME_BYTES_MAX {
+            return Err(corrupt(&format!(
+                "a frame of {frame_bytes} bytes is over the {SNAPSHOT_FRAME_BYTES_MAX}-byte limit"
+            )));
+        }
+        if consumed + 4 + u64::from(frame_bytes) > body_bytes {
             return Err(corrupt("a frame runs past the end of the file"));
         }
         frame.resize(frame_bytes as usize, 0);
@@ -487,13 +486,12 @@ fn walk_aspen_frames(file: &Path, body_bytes: u64) -> std::io::Result<Walked> {
         crc.update(&len);
         crc.update(&frame);
         consumed += 4 + u64::from(frame_bytes);
-        if frame.len() < 2 || frame[0] != CODEC_VERSION {
-            return Err(corrupt("a frame has an unknown codec version"));
-        }
-        match frame[1] {
-            FRAME_HEADER => walked.revision = read_varint(&frame[2..]),
-            FRAME_LATEST => walked.keys += 1,
-            FRAME_END => {
+        let decoded: Frame =
+            codec::decode(&frame).map_err(|e| corrupt(&format!("a frame does not decode: {e}")))?;
+        match decoded {
+            Frame::Header { revision, .. } => walked.revision = Some(revision),
+            Frame::Latest { .. } => walked.keys += 1,
+            Frame::End { .. } => {
                 let mut stored = [0u8; 4];
                 reader.read_exact(&mut stored)?;
                 walked.crc_ok = crc.finalize() == u32::from_be_bytes(stored);
@@ -505,28 +503,9 @@ fn walk_aspen_frames(file: &Path, body_bytes: u64) -> std::io::Result<Walked> {
     Err(corrupt("no End frame"))
 }
 
-/// A postcard (LEB128) unsigned varint.
-fn read_varint(bytes: &[u8]) -> Option<u64> {
-    let mut value: u64 = 0;
-    for (i, byte) in bytes.iter().take(10).enumerate() {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn varints_decode_as_postcard_writes_them() {
-        assert_eq!(read_varint(&[0x05]), Some(5));
-        assert_eq!(read_varint(&[0xac, 0x02]), Some(300));
-        assert_eq!(read_varint(&[0x80]), None);
-    }
 
     #[test]
     fn part_file_sits_beside_the_target() {
@@ -541,15 +520,39 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("aspenctl-status-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("snap.db");
-        let mut body = ASPEN_SNAPSHOT_MAGIC.to_vec();
-        let frames: [&[u8]; 3] = [
-            &[1, FRAME_HEADER, 7, 0, 0],
-            &[1, FRAME_LATEST, 9],
-            &[1, FRAME_END, 2],
+        let mut body = SNAPSHOT_MAGIC.to_vec();
+        // As aspen-storage writes them: a header, one key with an older version, the end.
+        let version =
+            |mod_revision: u64, value: &[u8]| aspen_core::snapshot_format::StoredVersion {
+                value: value.to_vec(),
+                create_revision: 5,
+                mod_revision,
+                sub_revision: 0,
+                version: mod_revision - 4,
+                lease: 0,
+            };
+        let frames = [
+            Frame::Header {
+                revision: 7,
+                compact_revision: 0,
+                alarms: Vec::new(),
+            },
+            Frame::Latest {
+                key: b"k".to_vec(),
+                version: version(6, b"new"),
+            },
+            Frame::History {
+                key: b"k".to_vec(),
+                revision: 5,
+                version: version(5, b"old"),
+            },
+            Frame::End { frames: 3 },
         ];
-        for frame in frames {
-            body.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-            body.extend_from_slice(frame);
+        for frame in &frames {
+            let encoded = codec::encode(frame);
+            let len = u32::try_from(encoded.len()).expect("a small frame");
+            body.extend_from_slice(&len.to_be_bytes());
+            body.extend_from_slice(&encoded);
         }
         let crc = crc32fast::hash(&body);
         body.extend_from_slice(&crc.to_be_bytes());
@@ -569,6 +572,13 @@ mod tests {
         assert_eq!(report.sha256_ok, Some(false));
         assert_eq!(report.crc_ok, Some(false));
         assert_eq!(report.revision, Some(6));
+        // A frame that is not one the storage crate writes (an unknown variant) is corruption.
+        let unknown_variant = 8 + 4 + 1;
+        body[unknown_variant] = 0x7f;
+        std::fs::write(&path, &body).expect("write");
+        let report = inspect_snapshot(&path).expect("inspect");
+        assert_eq!(report.crc_ok, Some(false));
+        assert_eq!(report.revision, None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,6 @@
 //! watch: one watch stream, printed as etcdctl prints it, until Ctrl-C or `--max-events`.
 
+use aspen_core::convert::usize_from;
 use aspen_proto::etcdserverpb as pb;
 use aspen_proto::mvccpb;
 use serde_json::{Map, Value, json};
@@ -63,7 +64,7 @@ pub async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), CliError> {
                 "{what}: watch was canceled ({reason})"
             )));
         }
-        let room = (limit - events_seen) as usize;
+        let room = usize_from(limit - events_seen);
         let events = &response.events[..response.events.len().min(room)];
         events_seen += events.len() as u64;
         if !events.is_empty() || (ctx.write_out == WriteOut::Json && !response.created) {

@@ -30,9 +30,10 @@ pub struct AspenWatchReceiver<T> {
 
 impl<T> AspenWatchSender<T> {
     fn sender(&self) -> &tokio_watch::Sender<T> {
-        self.inner
-            .as_ref()
-            .expect("a sender holds its channel until dropped")
+        let Some(sender) = self.inner.as_ref() else {
+            unreachable!("a sender holds its channel until dropped");
+        };
+        sender
     }
 }
 

@@ -36,6 +36,41 @@ pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
 /// Lines of each member's log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 40;
 
+/// How many tests of one test binary run their `aspen` processes at once, whatever
+/// `--test-threads` says (libtest runs as many tests at once as there are cores): a test that
+/// starts processes takes a turn first and holds it until it ends (a panic gives it back too).
+/// Each binary sets its own limit:
+///
+/// ```ignore
+/// static TURNS: Turns = Turns::new(1);
+/// let _turn = TURNS.take().await;
+/// ```
+///
+/// A test's own deadlines start once it has its turn, so waiting for one never times it out.
+pub struct Turns {
+    semaphore: tokio::sync::Semaphore,
+}
+
+impl Turns {
+    pub const fn new(at_once: usize) -> Turns {
+        assert!(
+            at_once > 0,
+            "a test binary runs at least one test at a time"
+        );
+        Turns {
+            semaphore: tokio::sync::Semaphore::const_new(at_once),
+        }
+    }
+
+    /// Waits until fewer than `at_once` tests of this binary hold a turn, then holds one.
+    pub async fn take(&'static self) -> tokio::sync::SemaphorePermit<'static> {
+        match self.semaphore.acquire().await {
+            Ok(turn) => turn,
+            Err(closed) => unreachable!("the turns' semaphore is never closed: {closed}"),
+        }
+    }
+}
+
 /// A port that was free a moment ago: bind port 0 on loopback, read it, release it.
 /// A loopback port free now and not handed out before by this process: the OS may give the
 /// same ephemeral port to two binds in a row once the first listener is closed, and two flags

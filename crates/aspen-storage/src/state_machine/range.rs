@@ -5,6 +5,7 @@
 
 use std::cmp::Ordering;
 
+use aspen_core::convert::usize_from;
 use aspen_core::keys::KeyRange;
 use aspen_core::response::RangeResult;
 use aspen_core::{ApplyError, KeyValue, RangeRequest, SortOrder, SortTarget};
@@ -99,7 +100,7 @@ where
     }
     let mut more = false;
     if request.limit > 0 && kvs.len() as u64 > request.limit {
-        kvs.truncate(request.limit as usize);
+        kvs.truncate(usize_from(request.limit));
         more = true;
     }
     if request.count_only {
