@@ -13,6 +13,16 @@ pub const TXN_OPS_MAX_DEFAULT: u32 = 128;
 pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 10 * 1024 * 1024 * 1024;
 /// A hard upper bound on the quota a user may configure: 64 GiB.
 pub const QUOTA_BACKEND_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+/// `--disk-reserve-bytes`' default: writes that grow the store are refused (NOSPACE) while the
+/// data dir's filesystem has less than this free, so deletes, compaction and defragmentation
+/// still find room, and the Raft log never meets a full disk in normal use.
+pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// The reserve never exceeds this fraction (1/N) of the filesystem's size, so a small
+/// filesystem (a test's tmpfs) keeps most of its space usable.
+pub const DISK_RESERVE_FS_DIVISOR: u64 = 8;
+/// How long one measurement of the filesystem's free space is reused by the write path (one
+/// `statvfs` per interval, not per write).
+pub const DISK_FREE_CHECK_INTERVAL_MS: u64 = 10;
 
 /// Deepest Txn nesting accepted. etcd bounds nesting only through the op count; we also bound
 /// depth so that evaluation, which recurses over nesting, never goes deeper than this.
@@ -196,6 +206,9 @@ pub struct Limits {
     pub request_bytes_max: u64,
     pub txn_ops_max: u32,
     pub quota_backend_bytes: u64,
+    /// Free bytes kept on the data dir's filesystem (capped at 1/`DISK_RESERVE_FS_DIVISOR` of
+    /// it); 0 turns the check off.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for Limits {
@@ -204,6 +217,7 @@ impl Default for Limits {
             request_bytes_max: REQUEST_BYTES_MAX_DEFAULT,
             txn_ops_max: TXN_OPS_MAX_DEFAULT,
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
+            disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
         }
     }
 }

@@ -16,8 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use aspen_core::limits::{
-    CLUSTER_MEMBERS_MAX, Limits, QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT,
-    TXN_OPS_MAX_DEFAULT,
+    CLUSTER_MEMBERS_MAX, DISK_RESERVE_BYTES_DEFAULT, DISK_RESERVE_FS_DIVISOR, Limits,
+    QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT, TXN_OPS_MAX_DEFAULT,
 };
 use aspen_storage::StorageBackend;
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -236,6 +236,17 @@ struct RawConfig {
     quota_backend_bytes: Option<u64>,
     #[arg(
         long,
+        env = "ASPEN_DISK_RESERVE_BYTES",
+        value_name = "BYTES",
+        help = format!(
+            "Free space kept on the data dir's filesystem (at most 1/{DISK_RESERVE_FS_DIVISOR} \
+             of it): below it, writes that grow the store fail with NOSPACE; 0: off \
+             [default: {DISK_RESERVE_BYTES_DEFAULT}]"
+        )
+    )]
+    disk_reserve_bytes: Option<u64>,
+    #[arg(
+        long,
         env = "ASPEN_MAX_REQUEST_BYTES",
         value_name = "BYTES",
         help = format!("Largest client request accepted [default: {REQUEST_BYTES_MAX_DEFAULT}]")
@@ -341,6 +352,7 @@ impl RawConfig {
             election_timeout: higher.election_timeout.or(self.election_timeout),
             snapshot_count: higher.snapshot_count.or(self.snapshot_count),
             quota_backend_bytes: higher.quota_backend_bytes.or(self.quota_backend_bytes),
+            disk_reserve_bytes: higher.disk_reserve_bytes.or(self.disk_reserve_bytes),
             max_request_bytes: higher.max_request_bytes.or(self.max_request_bytes),
             max_txn_ops: higher.max_txn_ops.or(self.max_txn_ops),
             listen_metrics_urls: higher.listen_metrics_urls.or(self.listen_metrics_urls),
@@ -514,6 +526,7 @@ impl ClusterBootstrapConfig {
             ("election-timeout", self.election_timeout_ms),
             ("snapshot-count", self.snapshot_count),
             ("quota-backend-bytes", self.limits.quota_backend_bytes),
+            ("disk-reserve-bytes", self.limits.disk_reserve_bytes),
             ("max-request-bytes", self.limits.request_bytes_max),
             ("max-txn-ops", u64::from(self.limits.txn_ops_max)),
             ("auth-token-ttl", self.auth.token_ttl.as_secs()),
@@ -914,6 +927,7 @@ fn resolve_limits(raw: &RawConfig, problems: &mut Vec<String>) -> Limits {
         quota_backend_bytes: raw
             .quota_backend_bytes
             .unwrap_or(QUOTA_BACKEND_BYTES_DEFAULT),
+        disk_reserve_bytes: raw.disk_reserve_bytes.unwrap_or(DISK_RESERVE_BYTES_DEFAULT),
     };
     // Limits' messages begin with the flag's name, without the dashes.
     problems.extend(limits.validate().into_iter().map(|p| format!("--{p}")));
