@@ -248,14 +248,24 @@ impl Node {
             .raft
             .is_initialized()
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+            .map_err(|e| self.raft_stopped_error(e.to_string()))?;
         if initialized {
             return Ok(false);
         }
         match self.inner.raft.initialize(members).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
-            Err(e) => Err(NodeError::Raft(e.to_string())),
+            Err(e) => Err(self.raft_stopped_error(e.to_string())),
+        }
+    }
+
+    /// A Raft call's error, named by the storage failure that stopped Raft if there was one
+    /// (a full disk at start-up, re-applying the log, is reported as such).
+    fn raft_stopped_error(&self, raft_error: String) -> NodeError {
+        match self.inner.store.io_failure() {
+            Some(failure) if failure.disk_full => NodeError::DiskFull(failure.message),
+            Some(failure) => NodeError::Storage(failure.message),
+            None => NodeError::Raft(raft_error),
         }
     }
 
