@@ -156,6 +156,21 @@ pub const WATCH_SYNC_INTERVAL_MS: u64 = 100;
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS: u64 = 10 * 60 * 1000;
 /// Responses queued for one watch stream's gRPC sender.
 pub const WATCH_RESPONSE_QUEUE_MAX: u32 = 16;
+/// Event bytes (keys and values, with previous values) queued for one watch stream: from the
+/// hub's queue until the gRPC layer takes the response. A stream past it (a slow consumer, or
+/// one that never reads) falls behind and catches up from history once it has read, so what
+/// it holds does not grow with the writes it misses. One message larger than this alone (one
+/// revision) still goes, when nothing else of the stream is queued.
+pub const WATCH_STREAM_QUEUE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Event bytes queued across all watch streams of a node: with every watcher copying each
+/// event it receives, fan-out (10,000 watchers of one 1.5 MiB value) is bounded here, not by
+/// the number of streams.
+pub const WATCH_QUEUED_BYTES_MAX: u64 = 128 * 1024 * 1024;
+/// Event bytes one history page holds (whole revisions: a single larger revision is read
+/// whole), as `WATCH_SYNC_BATCH_EVENTS_MAX` bounds its events.
+pub const WATCH_PAGE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// History bytes one catch-up round reads before it delivers; the next round goes on.
+pub const WATCH_SYNC_ROUND_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// The JSON gateway's bound on one request body (or one message of a streamed body), for a
 /// server whose protobuf requests may be `request_bytes_max` long: bytes travel in base64
