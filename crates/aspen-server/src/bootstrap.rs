@@ -25,8 +25,9 @@ pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 /// after a failed write, so the process exits instead of staying up unable to serve; a
 /// supervisor restarts it, and once there is room it serves again with every acknowledged write.
 pub const EXIT_DISK_FULL: u8 = 75;
-/// `aspen`'s exit code when Raft stopped on any other storage failure (an I/O error such as a
-/// failed fsync; sysexits' EX_IOERR). Restarting recovers from what is durable.
+/// `aspen`'s exit code when Raft stopped for any other reason: a storage failure (an I/O error
+/// such as a failed fsync; sysexits' EX_IOERR), or its core ending otherwise (a panic).
+/// Restarting recovers from what is durable.
 pub const EXIT_STORAGE_FAILED: u8 = 74;
 
 /// How often a member checks that the cluster knows its name and client URLs.

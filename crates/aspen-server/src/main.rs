@@ -111,8 +111,10 @@ fn report_fatal(stop: &FatalStop) -> u8 {
             EXIT_DISK_FULL,
             "the data dir's disk is full; free space on its filesystem",
         )
-    } else {
+    } else if stop.io_failure.is_some() {
         (EXIT_STORAGE_FAILED, "storage failed")
+    } else {
+        (EXIT_STORAGE_FAILED, "raft's core ended unexpectedly")
     };
     tracing::error!(cause, raft = %stop.raft_error, code, "raft stopped: {what}; exiting");
     eprintln!(
