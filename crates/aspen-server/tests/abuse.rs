@@ -31,7 +31,7 @@ const RSS_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Far past the bound: the monitor kills the member here.
 const KILL_RSS_BYTES: u64 = 4 * RSS_BYTES_MAX;
 /// Leases granted by default; `ASPEN_ABUSE_LEASES` changes it (`.ci/run`: 100,000, about
-/// five minutes in a debug build on two cores).
+/// four minutes in a debug build on two cores).
 const LEASES_DEFAULT: u64 = 20_000;
 const LEASE_GRANTERS: u64 = 64;
 const LEASE_TTL_SECONDS: i64 = 3_600;

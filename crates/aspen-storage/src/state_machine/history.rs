@@ -72,7 +72,6 @@ impl MvccReader {
         // Where the events of the revision being read start in `events`.
         let mut revision_start: usize = 0;
         let mut page_bytes: u64 = 0;
-        let mut page_bytes_at_revision_start: u64 = 0;
         let window = revs.range::<RevKey>((start, 0)..=(end, u32::MAX))?;
         for (scanned, item) in (0u32..).zip(window) {
             let (position, bytes) = item?;
@@ -89,7 +88,6 @@ impl MvccReader {
                 }
                 revision_of_last = Some(main);
                 revision_start = events.len();
-                page_bytes_at_revision_start = page_bytes;
             }
             let record: RevRecord = decode("kv_revs", bytes.value())?;
             if !range.contains(&record.key) {
@@ -104,7 +102,6 @@ impl MvccReader {
             // page's first: one revision alone may exceed `events_max` or the byte bound.
             let overfull = events.len() > events_max as usize || page_bytes > WATCH_PAGE_BYTES_MAX;
             if overfull && revision_start > 0 {
-                debug_assert!(page_bytes_at_revision_start <= page_bytes);
                 events.truncate(revision_start);
                 through_revision = main - 1;
                 break;
