@@ -144,11 +144,14 @@ pub fn from_node(error: NodeError) -> Status {
         | NodeError::NotLearner
         | NodeError::LearnerNotReady
         | NodeError::NotEnoughStartedMembers => Code::FailedPrecondition,
-        NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Peer(_) => Code::Unavailable,
+        NodeError::Storage(_)
+        | NodeError::DiskFull(_)
+        | NodeError::Raft(_)
+        | NodeError::Peer(_) => Code::Unavailable,
     };
     if matches!(
         error,
-        NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Peer(_)
+        NodeError::Storage(_) | NodeError::DiskFull(_) | NodeError::Raft(_) | NodeError::Peer(_)
     ) {
         tracing::warn!(%error, "request failed");
     }

@@ -21,11 +21,12 @@ use aspen_proto::etcdserverpb::watch_create_request::FilterType;
 use aspen_proto::etcdserverpb::watch_request::RequestUnion;
 use aspen_proto::etcdserverpb::{self as pb, watch_server::Watch};
 use aspen_proto::mvccpb;
-use aspen_watch::{WatchMessage, WatchRequest, WatchStream};
+use aspen_watch::{Held, WatchMessage, WatchRequest, WatchStream};
 use futures_util::Stream;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -91,9 +92,15 @@ impl Watch for WatchService {
             progress_all_pending: false,
         };
         tokio::spawn(session.run(incoming, queue, self.progress_notify_interval));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        // A response's events count against the stream's budget (`Held`) until gRPC takes
+        // the response to encode it; what waits beyond is bounded by HTTP/2 flow control.
+        let responses = ReceiverStream::new(receiver).map(|(response, _held)| response);
+        Ok(Response::new(Box::pin(responses)))
     }
 }
+
+/// A response on its way to gRPC, with the event bytes it holds.
+type Outgoing = (Result<pb::WatchResponse, Status>, Held);
 
 /// What the session remembers of each of its watchers.
 struct WatcherInfo {
@@ -124,7 +131,7 @@ struct Session {
     node: Node,
     credentials: Credentials,
     stream: WatchStream,
-    sender: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    sender: mpsc::Sender<Outgoing>,
     watchers: BTreeMap<i64, WatcherInfo>,
     /// A stream-wide progress request waits until every watcher is synced.
     progress_all_pending: bool,
@@ -181,7 +188,14 @@ impl Session {
     }
 
     async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {
-        self.sender.send(Ok(response)).await.map_err(|_| Closed)
+        self.send_held(response, Held::default()).await
+    }
+
+    async fn send_held(&self, response: pb::WatchResponse, held: Held) -> Result<(), Closed> {
+        self.sender
+            .send((Ok(response), held))
+            .await
+            .map_err(|_| Closed)
     }
 
     async fn on_request(&mut self, request: pb::WatchRequest) -> Result<(), Closed> {
@@ -262,6 +276,7 @@ impl Session {
                 watch_id,
                 revision,
                 events,
+                held,
             } => {
                 let Some(info) = self.watchers.get_mut(&watch_id) else {
                     return Ok(()); // cancelled meanwhile
@@ -276,7 +291,7 @@ impl Session {
                 };
                 let bytes_max = self.node.limits().request_bytes_max;
                 for part in fragments(response, fragment, bytes_max) {
-                    self.send(part).await?;
+                    self.send_held(part, held.clone()).await?;
                 }
                 Ok(())
             }

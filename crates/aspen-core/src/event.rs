@@ -26,6 +26,13 @@ pub struct Event {
 }
 
 impl Event {
+    /// Bytes the event holds (keys and values, with the previous version's), for budgets.
+    pub fn held_bytes(&self) -> u64 {
+        const FIXED_BYTES: u64 = 64;
+        let kv = |kv: &crate::response::KeyValue| (kv.key.len() + kv.value.len()) as u64;
+        FIXED_BYTES + kv(&self.kv) + self.prev_kv.as_ref().map_or(0, kv)
+    }
+
     /// The revision that made this change.
     pub fn revision(&self) -> u64 {
         self.kv.mod_revision

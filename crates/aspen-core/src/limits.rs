@@ -13,6 +13,16 @@ pub const TXN_OPS_MAX_DEFAULT: u32 = 128;
 pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 10 * 1024 * 1024 * 1024;
 /// A hard upper bound on the quota a user may configure: 64 GiB.
 pub const QUOTA_BACKEND_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+/// `--disk-reserve-bytes`' default: writes that grow the store are refused (NOSPACE) while the
+/// data dir's filesystem has less than this free, so deletes, compaction and defragmentation
+/// still find room, and the Raft log never meets a full disk in normal use.
+pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// The reserve never exceeds this fraction (1/N) of the filesystem's size, so a small
+/// filesystem (a test's tmpfs) keeps most of its space usable.
+pub const DISK_RESERVE_FS_DIVISOR: u64 = 8;
+/// How long one measurement of the filesystem's free space is reused by the write path (one
+/// `statvfs` per interval, not per write).
+pub const DISK_FREE_CHECK_INTERVAL_MS: u64 = 10;
 
 /// Deepest Txn nesting accepted. etcd bounds nesting only through the op count; we also bound
 /// depth so that evaluation, which recurses over nesting, never goes deeper than this.
@@ -153,6 +163,21 @@ pub const WATCH_SYNC_INTERVAL_MS: u64 = 100;
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS: u64 = 10 * 60 * 1000;
 /// Responses queued for one watch stream's gRPC sender.
 pub const WATCH_RESPONSE_QUEUE_MAX: u32 = 16;
+/// Event bytes (keys and values, with previous values) queued for one watch stream: from the
+/// hub's queue until the gRPC layer takes the response. A stream past it (a slow consumer, or
+/// one that never reads) falls behind and catches up from history once it has read, so what
+/// it holds does not grow with the writes it misses. One message larger than this alone (one
+/// revision) still goes, when nothing else of the stream is queued.
+pub const WATCH_STREAM_QUEUE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Event bytes queued across all watch streams of a node: with every watcher copying each
+/// event it receives, fan-out (10,000 watchers of one 1.5 MiB value) is bounded here, not by
+/// the number of streams.
+pub const WATCH_QUEUED_BYTES_MAX: u64 = 128 * 1024 * 1024;
+/// Event bytes one history page holds (whole revisions: a single larger revision is read
+/// whole), as `WATCH_SYNC_BATCH_EVENTS_MAX` bounds its events.
+pub const WATCH_PAGE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// History bytes one catch-up round reads before it delivers; the next round goes on.
+pub const WATCH_SYNC_ROUND_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// The JSON gateway's bound on one request body (or one message of a streamed body), for a
 /// server whose protobuf requests may be `request_bytes_max` long: bytes travel in base64
@@ -203,6 +228,9 @@ pub struct Limits {
     pub request_bytes_max: u64,
     pub txn_ops_max: u32,
     pub quota_backend_bytes: u64,
+    /// Free bytes kept on the data dir's filesystem (capped at 1/`DISK_RESERVE_FS_DIVISOR` of
+    /// it); 0 turns the check off.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for Limits {
@@ -211,6 +239,7 @@ impl Default for Limits {
             request_bytes_max: REQUEST_BYTES_MAX_DEFAULT,
             txn_ops_max: TXN_OPS_MAX_DEFAULT,
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
+            disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum NodeError {
     TooManyRequests,
     #[error("storage: {0}")]
     Storage(String),
+    /// A storage operation failed because the filesystem had no room (ENOSPC, EDQUOT).
+    #[error("storage: the disk is full: {0}")]
+    DiskFull(String),
     #[error("raft: {0}")]
     Raft(String),
     #[error("peer: {0}")]
@@ -40,6 +43,9 @@ pub enum NodeError {
 
 impl From<aspen_storage::StorageError> for NodeError {
     fn from(e: aspen_storage::StorageError) -> Self {
+        if e.is_disk_full() {
+            return NodeError::DiskFull(e.to_string());
+        }
         NodeError::Storage(e.to_string())
     }
 }

@@ -17,6 +17,6 @@ pub mod retry;
 pub use error::NodeError;
 pub use forward::{ForwardRequest, ForwardResponse, Forwarder};
 pub use lessor::{LeaseTtl, Lessor};
-pub use node::{AspenRaft, Member, Node, NodeOptions, TestingOptions};
+pub use node::{AspenRaft, FatalStop, Member, Node, NodeOptions, TestingOptions};
 pub use raft_config::RaftTiming;
 pub use retry::Retry;

@@ -26,6 +26,8 @@ pub struct NodeMetrics {
     /// highest revision it compacted at.
     pub auto_compactions: AtomicU64,
     pub auto_compaction_revision: AtomicU64,
+    /// Writes this node refused as the leader because its disk was below the reserve.
+    pub disk_low_refusals: AtomicU64,
 }
 
 /// The stages of a put, in order: the `stage` label of `aspen_put_stage_duration_seconds`.

@@ -37,6 +37,20 @@ pub const FORWARD_ATTEMPTS_MAX: u32 = 3;
 /// How often the leader is looked at to count leader changes for the metrics.
 pub const LEADER_SAMPLE_INTERVAL_MS: u64 = 250;
 
+/// A storage warning is logged for the first refused write and then every this many.
+const DISK_LOW_LOG_EVERY: u64 = 1000;
+
+/// Why Raft stopped on its own ([`Node::fatal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FatalStop {
+    /// The first I/O failure was a full filesystem (ENOSPC, EDQUOT).
+    pub disk_full: bool,
+    /// The first I/O failure of the node's files, if one was seen.
+    pub io_failure: Option<String>,
+    /// openraft's error.
+    pub raft_error: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     pub id: NodeId,
@@ -235,14 +249,24 @@ impl Node {
             .raft
             .is_initialized()
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+            .map_err(|e| self.raft_stopped_error(e.to_string()))?;
         if initialized {
             return Ok(false);
         }
         match self.inner.raft.initialize(members).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
-            Err(e) => Err(NodeError::Raft(e.to_string())),
+            Err(e) => Err(self.raft_stopped_error(e.to_string())),
+        }
+    }
+
+    /// A Raft call's error, named by the storage failure that stopped Raft if there was one
+    /// (a full disk at start-up, re-applying the log, is reported as such).
+    fn raft_stopped_error(&self, raft_error: String) -> NodeError {
+        match self.inner.store.io_failure() {
+            Some(failure) if failure.disk_full => NodeError::DiskFull(failure.message),
+            Some(failure) => NodeError::Storage(failure.message),
+            None => NodeError::Raft(raft_error),
         }
     }
 
@@ -445,6 +469,9 @@ impl Node {
             self.raise_no_space().await?;
             return Err(NodeError::Apply(ApplyError::NoSpace));
         }
+        if command.may_grow_store() {
+            self.refuse_if_disk_low()?;
+        }
         let is_put = matches!(command, Command::Put(_));
         let command = self.inner.lessor.prepare(command, &self.inner.reader)?;
         let clock = self.inner.store.stage_clock();
@@ -461,8 +488,35 @@ impl Node {
                 Err(NodeError::LeaderChanged)
             }
             Err(RaftError::APIError(e)) => Err(NodeError::Raft(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(NodeError::Raft(e.to_string())),
+            // Raft stopped (a storage failure): the server exits; etcd's "server stopped"
+            // sends the client to another member.
+            Err(RaftError::Fatal(e)) => {
+                tracing::warn!(error = %e, "write failed: raft has stopped");
+                Err(NodeError::Stopped)
+            }
         }
+    }
+
+    /// Below the disk reserve (`--disk-reserve-bytes`), writes that grow the store fail with
+    /// etcd's NOSPACE error. Unlike the quota's alarm this is this leader's own, not replicated,
+    /// and it clears by itself once there is room again: nothing to disarm. Deletes,
+    /// compaction and defragmentation still run, to make that room.
+    fn refuse_if_disk_low(&self) -> Result<(), NodeError> {
+        let Some(low) = self.inner.store.disk_low() else {
+            return Ok(());
+        };
+        let metrics = &self.inner.metrics;
+        let refused = metrics.disk_low_refusals.fetch_add(1, Ordering::Relaxed);
+        if refused.is_multiple_of(DISK_LOW_LOG_EVERY) {
+            tracing::warn!(
+                free_bytes = low.free_bytes,
+                reserve_bytes = low.reserve_bytes,
+                refused_so_far = refused + 1,
+                "the data dir's disk is nearly full: refusing writes that grow the store \
+                 (etcdserver: mvcc: database space exceeded) until there is room again"
+            );
+        }
+        Err(NodeError::Apply(ApplyError::NoSpace))
     }
 
     /// The leader's stages of the put at `index`, proposed at `proposed_ns` and answered now.
@@ -832,6 +886,37 @@ impl Node {
                 Node { inner }.lease_tick().await;
             }
         });
+    }
+
+    /// Waits until Raft stops on its own: a storage failure (a full disk, an I/O error) stops
+    /// openraft's core for good, and the databases refuse every write until reopened, so the
+    /// process must restart (the server exits, `aspen-server/src/main.rs`). Never returns
+    /// after a [`Node::shutdown`].
+    pub async fn fatal(&self) -> FatalStop {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let state = metrics.borrow_watched().running_state.clone();
+            match state {
+                Err(openraft::error::Fatal::Stopped) => std::future::pending::<()>().await,
+                Err(error) => return self.fatal_stop(error.to_string()),
+                Ok(()) => {}
+            }
+            if metrics.changed().await.is_err() {
+                // The core's task ended without saying why: a panic.
+                if metrics.borrow_watched().running_state.is_ok() {
+                    return self.fatal_stop("raft core ended".to_string());
+                }
+            }
+        }
+    }
+
+    fn fatal_stop(&self, raft_error: String) -> FatalStop {
+        let failure = self.inner.store.io_failure();
+        FatalStop {
+            disk_full: failure.as_ref().is_some_and(|f| f.disk_full),
+            io_failure: failure.map(|f| f.message),
+            raft_error,
+        }
     }
 
     /// Stops Raft; the storage closes when the last handle is dropped.

@@ -40,6 +40,7 @@ impl NodeError {
             | NodeError::Unhealthy
             | NodeError::TooManyRequests
             | NodeError::Storage(_)
+            | NodeError::DiskFull(_)
             | NodeError::Raft(_)
             | NodeError::Peer(_) => Retry::Unsafe,
         }

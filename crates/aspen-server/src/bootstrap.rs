@@ -20,6 +20,16 @@ use crate::tls::{self, ListenerKind, TlsConfig};
 
 /// How long in-flight requests get to finish after a stop signal.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// `aspen`'s exit code when its data dir's disk filled (ENOSPC, EDQUOT), at start-up or while
+/// serving (sysexits' EX_TEMPFAIL: try again later). Raft and the databases cannot continue
+/// after a failed write, so the process exits instead of staying up unable to serve; a
+/// supervisor restarts it, and once there is room it serves again with every acknowledged write.
+pub const EXIT_DISK_FULL: u8 = 75;
+/// `aspen`'s exit code when Raft stopped for any other reason: a storage failure (an I/O error
+/// such as a failed fsync; sysexits' EX_IOERR), or its core ending otherwise (a panic).
+/// Restarting recovers from what is durable.
+pub const EXIT_STORAGE_FAILED: u8 = 74;
+
 /// How often a member checks that the cluster knows its name and client URLs.
 pub const SELF_PUBLISH_INTERVAL_MS: u64 = 200;
 

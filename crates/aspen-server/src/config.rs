@@ -26,8 +26,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use aspen_core::limits::{
-    CLUSTER_MEMBERS_MAX, Limits, QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT,
-    TXN_OPS_MAX_DEFAULT,
+    CLUSTER_MEMBERS_MAX, DISK_RESERVE_BYTES_DEFAULT, DISK_RESERVE_FS_DIVISOR, Limits,
+    QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT, TXN_OPS_MAX_DEFAULT,
 };
 use aspen_storage::StorageBackend;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
@@ -296,6 +296,17 @@ struct RawConfig {
     quota_backend_bytes: Option<u64>,
     #[arg(
         long,
+        env = "ASPEN_DISK_RESERVE_BYTES",
+        value_name = "BYTES",
+        help = format!(
+            "Free space kept on the data dir's filesystem (at most 1/{DISK_RESERVE_FS_DIVISOR} \
+             of it): below it, writes that grow the store fail with NOSPACE; 0: off \
+             [default: {DISK_RESERVE_BYTES_DEFAULT}]"
+        )
+    )]
+    disk_reserve_bytes: Option<u64>,
+    #[arg(
+        long,
         env = "ASPEN_MAX_REQUEST_BYTES",
         value_name = "BYTES",
         help = format!("Largest client request accepted [default: {REQUEST_BYTES_MAX_DEFAULT}]")
@@ -521,6 +532,7 @@ impl ClusterBootstrapConfig {
             election_timeout: Some(self.election_timeout_ms),
             snapshot_count: Some(self.snapshot_count),
             quota_backend_bytes: Some(self.limits.quota_backend_bytes),
+            disk_reserve_bytes: Some(self.limits.disk_reserve_bytes),
             max_request_bytes: Some(self.limits.request_bytes_max),
             max_txn_ops: Some(self.limits.txn_ops_max),
             listen_metrics_urls: urls(&self.listen_metrics_addrs, &self.tls.metrics_https),
@@ -969,6 +981,7 @@ fn resolve_limits(raw: &RawConfig, problems: &mut Vec<String>) -> Limits {
         quota_backend_bytes: raw
             .quota_backend_bytes
             .unwrap_or(QUOTA_BACKEND_BYTES_DEFAULT),
+        disk_reserve_bytes: raw.disk_reserve_bytes.unwrap_or(DISK_RESERVE_BYTES_DEFAULT),
     };
     // Limits' messages begin with the flag's name, without the dashes.
     problems.extend(limits.validate().into_iter().map(|p| format!("--{p}")));

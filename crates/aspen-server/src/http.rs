@@ -258,6 +258,12 @@ async fn metrics(State(node): State<Node>) -> String {
         "The highest revision this member auto-compacted at (0: none yet).",
         m.auto_compaction_revision.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "aspen_disk_low_refusals_total",
+        "Writes this member refused as the leader (NOSPACE) because its data dir's disk had less free than --disk-reserve-bytes.",
+        m.disk_low_refusals.load(Ordering::Relaxed),
+    );
     render_read_index(m, &mut out);
     render_put_stages(m, &mut out);
     out

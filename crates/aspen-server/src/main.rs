@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use aspen_node::{FatalStop, NodeError};
+use aspen_server::bootstrap::{BootstrapError, EXIT_DISK_FULL, EXIT_STORAGE_FAILED};
 use aspen_server::config::{self, ClusterBootstrapConfig, ConfigErrors, LogFormat, LogOutput};
 
 /// mimalloc instead of glibc malloc: a put allocates in tonic, h2, prost and the storage layer on
@@ -102,6 +104,13 @@ fn init_logging(config: &ClusterBootstrapConfig) -> Result<(), String> {
 async fn run(config: ClusterBootstrapConfig) -> ExitCode {
     let handle = match aspen_server::bootstrap_node(&config).await {
         Ok(handle) => handle,
+        Err(error @ BootstrapError::Node(NodeError::DiskFull(_))) => {
+            eprintln!(
+                "aspen: {error}; free space on the data dir's filesystem: exiting with code \
+                 {EXIT_DISK_FULL} for a supervisor to restart aspen"
+            );
+            return ExitCode::from(EXIT_DISK_FULL);
+        }
         Err(error) => {
             eprintln!("aspen: {error}");
             return ExitCode::FAILURE;
@@ -113,11 +122,43 @@ async fn run(config: ClusterBootstrapConfig) -> ExitCode {
         metrics = ?handle.metrics_addrs,
         "aspen is serving"
     );
-    wait_for_stop_signal().await;
-    tracing::info!("stopping: finishing in-flight requests");
+    let node = handle.node.clone();
+    let fatal = tokio::select! {
+        _ = wait_for_stop_signal() => None,
+        stop = node.fatal() => Some(stop),
+    };
+    let Some(stop) = fatal else {
+        tracing::info!("stopping: finishing in-flight requests");
+        handle.shutdown().await;
+        tracing::info!("stopped");
+        return ExitCode::SUCCESS;
+    };
+    let code = report_fatal(&stop);
     handle.shutdown().await;
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
+    ExitCode::from(code)
+}
+
+/// Says why Raft stopped and picks the exit code: the process cannot serve any more (the
+/// databases refuse writes until reopened), so it exits rather than stay up as a zombie that a
+/// supervisor would never restart.
+fn report_fatal(stop: &FatalStop) -> u8 {
+    let cause = stop.io_failure.as_deref().unwrap_or(&stop.raft_error);
+    let (code, what) = if stop.disk_full {
+        (
+            EXIT_DISK_FULL,
+            "the data dir's disk is full; free space on its filesystem",
+        )
+    } else if stop.io_failure.is_some() {
+        (EXIT_STORAGE_FAILED, "storage failed")
+    } else {
+        (EXIT_STORAGE_FAILED, "raft's core ended unexpectedly")
+    };
+    tracing::error!(cause, raft = %stop.raft_error, code, "raft stopped: {what}; exiting");
+    eprintln!(
+        "aspen: raft stopped: {what} ({cause}); acknowledged writes are durable: exiting with \
+         code {code} for a supervisor to restart aspen"
+    );
+    code
 }
 
 async fn wait_for_stop_signal() {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use aspen_core::limits::{DB_IN_USE_REUSE_MS_MAX, DB_IN_USE_REUSE_PER_WALK, Limits};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use crate::disk::{DiskLow, DiskSpace, IoFailure, IoFailures};
 use crate::durability::StateDurability;
 use crate::error::{Result, StorageError};
 use crate::log_store::LogStore;
@@ -100,6 +101,10 @@ pub(crate) struct Shared {
     pub(crate) stage_clock: StageClock,
     /// The last `dbSizeInUse` measurement (a page walk), reused for a while.
     in_use: InUseGauge,
+    /// The first I/O failure of the databases or snapshot files.
+    io_failures: Arc<IoFailures>,
+    /// The data dir's free space against `--disk-reserve-bytes`.
+    disk: DiskSpace,
 }
 
 /// The last measurement of the state database's bytes in use, and who is measuring.
@@ -160,6 +165,7 @@ struct Databases {
     state_db: Database,
     log_file: Arc<FileGauge>,
     state_file: Arc<FileGauge>,
+    io_failures: Arc<IoFailures>,
 }
 
 impl Databases {
@@ -168,15 +174,25 @@ impl Databases {
         (log_path, log_backend): (&Path, impl redb::StorageBackend),
         (state_path, state_backend): (&Path, impl redb::StorageBackend),
     ) -> Result<Databases> {
-        let (log_db, log_file) =
-            open_database(log_path, log_backend, REDB_LOG_CACHE_BYTES_DEFAULT)?;
-        let (state_db, state_file) =
-            open_database(state_path, state_backend, REDB_CACHE_BYTES_DEFAULT)?;
+        let io_failures = Arc::<IoFailures>::default();
+        let (log_db, log_file) = open_database(
+            log_path,
+            log_backend,
+            REDB_LOG_CACHE_BYTES_DEFAULT,
+            &io_failures,
+        )?;
+        let (state_db, state_file) = open_database(
+            state_path,
+            state_backend,
+            REDB_CACHE_BYTES_DEFAULT,
+            &io_failures,
+        )?;
         Ok(Databases {
             log_db,
             state_db,
             log_file,
             state_file,
+            io_failures,
         })
     }
 }
@@ -222,6 +238,10 @@ impl Store {
         check_format(&databases.log_db, &log_path, Role::Log)?;
         check_format(&databases.state_db, &state_path, Role::State)?;
         let durable_applied = crate::durability::read_applied_index(&databases.state_db)?;
+        let disk_dir = match &backend {
+            StorageBackend::Redb { dir } => Some(dir.clone()),
+            StorageBackend::InMemory => None,
+        };
         let store = Store {
             shared: Arc::new(Shared {
                 log_db: databases.log_db,
@@ -235,6 +255,8 @@ impl Store {
                 fsync_latency: aspen_core::metrics::Histogram::default(),
                 stage_clock: StageClock::default(),
                 in_use: InUseGauge::default(),
+                io_failures: databases.io_failures,
+                disk: DiskSpace::new(disk_dir, limits.disk_reserve_bytes),
             }),
         };
         store
@@ -373,6 +395,26 @@ impl Store {
         Ok(bytes)
     }
 
+    /// The first I/O failure of this store's files (a full disk, EIO): once there is one, the
+    /// databases refuse every write until reopened, and Raft has stopped or is stopping.
+    pub fn io_failure(&self) -> Option<IoFailure> {
+        self.shared.io_failures.first()
+    }
+
+    /// Records a failure met outside the databases (a snapshot file).
+    pub(crate) fn note_failure(&self, error: &StorageError) {
+        if let Some(source) = error.io_source() {
+            self.shared.io_failures.record("snapshot file", source);
+        }
+    }
+
+    /// `Some` while the data dir's filesystem has less free space than the reserve
+    /// (`--disk-reserve-bytes`); writes that grow the store are refused then. Measured at most
+    /// every `DISK_FREE_CHECK_INTERVAL_MS`.
+    pub fn disk_low(&self) -> Option<DiskLow> {
+        self.shared.disk.low()
+    }
+
     /// True when the state database has grown past the configured quota. The node raises etcd's
     /// NOSPACE alarm through Raft when this turns true, so every replica refuses the same writes.
     pub fn quota_exceeded(&self) -> bool {
@@ -451,11 +493,16 @@ fn open_database(
     path: &Path,
     backend: impl redb::StorageBackend,
     cache_bytes: usize,
+    io_failures: &Arc<IoFailures>,
 ) -> Result<(Database, Arc<FileGauge>)> {
-    let (tracked, gauge) = TrackedBackend::new(backend).map_err(|e| StorageError::Open {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let file = path.display().to_string();
+    let (tracked, gauge) =
+        TrackedBackend::new(backend, Arc::clone(io_failures), file).map_err(|e| {
+            StorageError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
     let db = redb::Builder::new()
         .set_cache_size(cache_bytes)
         .create_with_backend(tracked)
@@ -468,6 +515,14 @@ pub(crate) fn open_error(path: &Path, error: redb::DatabaseError) -> StorageErro
         redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
             path: path.to_path_buf(),
         },
+        redb::DatabaseError::Storage(redb::StorageError::Io(source))
+            if crate::disk::is_disk_full(&source) =>
+        {
+            StorageError::NoSpace {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
         other => StorageError::Open {
             path: path.to_path_buf(),
             reason: other.to_string(),

@@ -29,6 +29,29 @@ pub enum StorageError {
     },
     #[error("invariant violated: {0}")]
     Invariant(String),
+    #[error("cannot open {path}: the disk is full: {source}")]
+    NoSpace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    /// The OS error underneath, when there is one.
+    pub fn io_source(&self) -> Option<&std::io::Error> {
+        match self {
+            StorageError::SnapshotIo { source, .. } | StorageError::NoSpace { source, .. } => {
+                Some(source)
+            }
+            StorageError::Redb(redb::Error::Io(source)) => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The filesystem had no room (ENOSPC, EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        self.io_source().is_some_and(crate::disk::is_disk_full)
+    }
 }
 
 macro_rules! from_redb {

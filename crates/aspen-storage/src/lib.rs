@@ -6,6 +6,7 @@
 //! same tests by construction. This crate knows nothing of networks or the client API.
 
 pub mod backend;
+pub mod disk;
 mod durability;
 pub mod error;
 pub mod log_store;

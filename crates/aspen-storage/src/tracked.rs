@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{BackendError, StorageBackend};
 
+use crate::disk::IoFailures;
+
 type BackendIoError = std::io::Error;
 
 /// Sizes of one tracked file, shared between the backend (inside redb) and the store.
@@ -42,17 +44,35 @@ impl FileGauge {
 pub(crate) struct TrackedBackend<B: StorageBackend> {
     inner: B,
     gauge: Arc<FileGauge>,
+    /// Where a failed write, resize or sync is recorded, named by `file`.
+    failures: Arc<IoFailures>,
+    file: String,
 }
 
 impl<B: StorageBackend> TrackedBackend<B> {
-    pub fn new(inner: B) -> Result<(TrackedBackend<B>, Arc<FileGauge>), BackendIoError> {
+    pub fn new(
+        inner: B,
+        failures: Arc<IoFailures>,
+        file: String,
+    ) -> Result<(TrackedBackend<B>, Arc<FileGauge>), BackendIoError> {
         let gauge = Arc::new(FileGauge::default());
         gauge.len_bytes.store(inner.len()?, Ordering::Release);
         let tracked = TrackedBackend {
             inner,
             gauge: Arc::clone(&gauge),
+            failures,
+            file,
         };
         Ok((tracked, gauge))
+    }
+
+    /// Passes `result` through, recording an error as this file's failure.
+    fn noted<T>(&self, verb: &str, result: Result<T, BackendIoError>) -> Result<T, BackendIoError> {
+        if let Err(error) = &result {
+            self.failures
+                .record(&format!("{verb} {}", self.file), error);
+        }
+        result
     }
 }
 
@@ -68,7 +88,7 @@ impl<B: StorageBackend> StorageBackend for TrackedBackend<B> {
     }
 
     fn set_len(&self, len: u64) -> Result<(), BackendIoError> {
-        self.inner.set_len(len)?;
+        self.noted("resizing", self.inner.set_len(len))?;
         self.gauge.len_bytes.store(len, Ordering::Release);
         Ok(())
     }
@@ -77,7 +97,7 @@ impl<B: StorageBackend> StorageBackend for TrackedBackend<B> {
         // Bytes written while the sync runs may or may not be covered: count them as unsynced
         // (subtract what was counted before, never reset to zero).
         let before = self.gauge.unsynced_bytes.load(Ordering::Acquire);
-        self.inner.sync_data()?;
+        self.noted("syncing", self.inner.sync_data())?;
         self.gauge
             .unsynced_bytes
             .fetch_sub(before, Ordering::AcqRel);
@@ -86,7 +106,7 @@ impl<B: StorageBackend> StorageBackend for TrackedBackend<B> {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendIoError> {
-        self.inner.write(offset, data)?;
+        self.noted("writing", self.inner.write(offset, data))?;
         let end = offset.saturating_add(data.len() as u64);
         self.gauge.len_bytes.fetch_max(end, Ordering::AcqRel);
         self.gauge

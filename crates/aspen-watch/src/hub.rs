@@ -19,7 +19,7 @@ use aspen_storage::{MvccReader, StorageError};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc};
 
-use crate::stream::{Created, WatchError, WatchMessage, WatchRequest, WatchStream};
+use crate::stream::{Created, Held, WatchError, WatchMessage, WatchRequest, WatchStream};
 use crate::watcher::{Watcher, WatcherKey};
 
 /// The hub's bounds; tests shrink them to reach full queues and short pages.
@@ -31,6 +31,9 @@ pub struct HubOptions {
     pub sync_batch_events_max: u32,
     pub sync_watchers_max: u32,
     pub sync_interval_ms: u64,
+    pub stream_queue_bytes_max: u64,
+    pub queued_bytes_max: u64,
+    pub sync_round_bytes_max: u64,
 }
 
 impl Default for HubOptions {
@@ -42,6 +45,9 @@ impl Default for HubOptions {
             sync_batch_events_max: limits::WATCH_SYNC_BATCH_EVENTS_MAX,
             sync_watchers_max: limits::WATCH_SYNC_WATCHERS_MAX,
             sync_interval_ms: limits::WATCH_SYNC_INTERVAL_MS,
+            stream_queue_bytes_max: limits::WATCH_STREAM_QUEUE_BYTES_MAX,
+            queued_bytes_max: limits::WATCH_QUEUED_BYTES_MAX,
+            sync_round_bytes_max: limits::WATCH_SYNC_ROUND_BYTES_MAX,
         }
     }
 }
@@ -64,6 +70,8 @@ struct HubInner {
 
 struct StreamEntry {
     queue: mpsc::Sender<WatchMessage>,
+    /// Event bytes of this stream's messages not yet taken by gRPC (`Held`).
+    held_bytes: Arc<AtomicU64>,
     watch_ids: BTreeSet<i64>,
     next_auto_id: i64,
 }
@@ -77,6 +85,10 @@ struct HubState {
     next_stream_id: u64,
     /// Where the last catch-up step stopped, so every lagging watcher gets its turn.
     sync_cursor: Option<WatcherKey>,
+    /// Event bytes of every stream's messages not yet taken by gRPC.
+    held_bytes: Arc<AtomicU64>,
+    stream_bytes_max: u64,
+    hub_bytes_max: u64,
 }
 
 impl WatchHub {
@@ -93,6 +105,9 @@ impl WatchHub {
             streams: HashMap::new(),
             next_stream_id: 1,
             sync_cursor: None,
+            held_bytes: Arc::default(),
+            stream_bytes_max: options.stream_queue_bytes_max,
+            hub_bytes_max: options.queued_bytes_max,
         };
         Ok(WatchHub {
             inner: Arc::new(HubInner {
@@ -132,6 +147,7 @@ impl WatchHub {
         state.next_stream_id += 1;
         let entry = StreamEntry {
             queue: sender,
+            held_bytes: Arc::default(),
             watch_ids: BTreeSet::new(),
             next_auto_id: 0,
         };
@@ -155,6 +171,12 @@ impl WatchHub {
 
     pub fn watcher_count(&self) -> u64 {
         self.inner.watcher_count.load(Ordering::Relaxed)
+    }
+
+    /// Event bytes queued for all streams and not yet taken by gRPC (bounded by
+    /// `queued_bytes_max`, plus one message when nothing else is held).
+    pub fn held_bytes(&self) -> u64 {
+        self.inner.lock().held_bytes.load(Ordering::Acquire)
     }
 
     pub fn unsynced_count(&self) -> u64 {
@@ -223,6 +245,37 @@ enum Sent {
 }
 
 impl HubState {
+    /// Whether `stream_id` may take a message of `bytes` event bytes now: a free slot, and
+    /// room in its budget and the hub's. A message larger than a budget goes only when nothing
+    /// is held against that budget, so one large revision is never stuck for good.
+    fn room_for(&self, stream_id: u64, bytes: u64) -> bool {
+        let Some(stream) = self.streams.get(&stream_id) else {
+            return true;
+        };
+        let fits = |held: u64, max: u64| held == 0 || held.saturating_add(bytes) <= max;
+        stream.queue.capacity() > 0
+            && fits(
+                stream.held_bytes.load(Ordering::Acquire),
+                self.stream_bytes_max,
+            )
+            && fits(self.held_bytes.load(Ordering::Acquire), self.hub_bytes_max)
+    }
+
+    /// Events for a watcher, holding their bytes against the budgets.
+    fn events_message(&self, key: WatcherKey, revision: u64, events: Vec<Event>) -> WatchMessage {
+        let bytes = events.iter().map(Event::held_bytes).sum();
+        let held = match self.streams.get(&key.0) {
+            Some(stream) => Held::take(bytes, &stream.held_bytes, &self.held_bytes),
+            None => Held::default(),
+        };
+        WatchMessage::Events {
+            watch_id: key.1,
+            revision,
+            events,
+            held,
+        }
+    }
+
     fn send(&self, stream_id: u64, message: WatchMessage) -> Sent {
         let Some(stream) = self.streams.get(&stream_id) else {
             return Sent::Closed;
@@ -234,10 +287,15 @@ impl HubState {
         }
     }
 
-    fn has_room(&self, stream_id: u64) -> bool {
-        self.streams
-            .get(&stream_id)
-            .is_some_and(|s| s.queue.capacity() > 0)
+    /// Room for a history page of up to `page_bytes_max`: a free slot, and room for it in
+    /// both budgets, so a page is read only when it can be delivered.
+    fn has_room(&self, stream_id: u64, page_bytes_max: u64) -> bool {
+        self.streams.get(&stream_id).is_some_and(|s| {
+            let fits = |held: u64, max: u64| held == 0 || held + page_bytes_max <= max;
+            s.queue.capacity() > 0
+                && fits(s.held_bytes.load(Ordering::Acquire), self.stream_bytes_max)
+                && fits(self.held_bytes.load(Ordering::Acquire), self.hub_bytes_max)
+        })
     }
 
     fn remove_watcher(&mut self, key: WatcherKey) -> bool {
@@ -364,41 +422,32 @@ impl HubInner {
     fn sync_once(&self) -> u32 {
         let work: Vec<PageWork> = {
             let mut state = self.lock();
-            let quota = self.options.sync_watchers_max as usize;
-            let cursor = state.sync_cursor;
-            let mut turn: Vec<WatcherKey> = match cursor {
-                Some(after) => state
-                    .unsynced
-                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-                    .take(quota)
-                    .copied()
-                    .collect(),
-                None => Vec::new(),
-            };
-            if turn.len() < quota {
-                let wrapped = state.unsynced.iter().take(quota - turn.len());
-                let more: Vec<WatcherKey> =
-                    wrapped.filter(|k| !turn.contains(k)).copied().collect();
-                turn.extend(more);
-            }
-            state.sync_cursor = turn.last().copied();
-            turn.into_iter()
-                .filter_map(|key| plan_page(&mut state, key))
-                .collect()
+            plan_round(&mut state, self.options.sync_watchers_max as usize)
         };
-        let pages: Vec<(PageWork, PageRead)> = work
-            .into_iter()
-            .map(|work| {
-                let read = self.reader.events(
-                    &work.range,
-                    work.next_revision,
-                    work.revision,
-                    self.options.sync_batch_events_max,
-                );
-                (work, read)
-            })
-            .collect();
+        // Pages are read until the round's bytes reach `sync_round_bytes_max`; the watchers
+        // after that wait for the next round, which starts after the last one read.
+        let mut pages: Vec<(PageWork, PageRead)> = Vec::new();
+        let mut round_bytes: u64 = 0;
+        let planned = work.len();
+        for work in work {
+            if round_bytes >= self.options.sync_round_bytes_max {
+                break;
+            }
+            let read = self.reader.events(
+                &work.range,
+                work.next_revision,
+                work.revision,
+                self.options.sync_batch_events_max,
+            );
+            if let Ok(Ok(page)) = &read {
+                round_bytes += page.events.iter().map(Event::held_bytes).sum::<u64>();
+            }
+            pages.push((work, read));
+        }
         let mut state = self.lock();
+        if pages.len() < planned {
+            state.sync_cursor = pages.last().map(|(work, _)| work.key);
+        }
         for (work, read) in pages {
             deliver_page(&mut state, work, read);
         }
@@ -406,6 +455,40 @@ impl HubInner {
         // Unsynced watchers are watchers: at most `watchers_max`, a u32.
         u32::try_from(state.unsynced.len()).unwrap_or(u32::MAX)
     }
+}
+
+/// Under the lock: pages for up to `quota` lagging watchers, taken in turn from where the last
+/// round stopped. Watchers whose stream has no room for a page are passed over (they hold
+/// nothing and cost one lookup), so a reader is not kept waiting behind many that never read.
+fn plan_round(state: &mut HubState, quota: usize) -> Vec<PageWork> {
+    let total = state.unsynced.len();
+    let mut work = Vec::new();
+    let mut visited = 0;
+    let mut cursor = state.sync_cursor;
+    while work.len() < quota && visited < total {
+        let after = match cursor {
+            Some(after) => (std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded),
+            None => (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+        };
+        let chunk: Vec<WatcherKey> = state.unsynced.range(after).take(quota).copied().collect();
+        if chunk.is_empty() {
+            if cursor.is_none() {
+                break;
+            }
+            cursor = None; // wrap around
+            continue;
+        }
+        for key in chunk {
+            visited += 1;
+            cursor = Some(key);
+            work.extend(plan_page(state, key));
+            if work.len() >= quota || visited >= total {
+                break;
+            }
+        }
+    }
+    state.sync_cursor = cursor;
+    work
 }
 
 /// A history page one lagging watcher is owed.
@@ -431,7 +514,7 @@ fn plan_page(state: &mut HubState, key: WatcherKey) -> Option<PageWork> {
         state.mark_synced(key);
         return None;
     }
-    if !state.has_room(key.0) {
+    if !state.has_room(key.0, limits::WATCH_PAGE_BYTES_MAX) {
         return None;
     }
     Some(PageWork {
@@ -485,17 +568,15 @@ fn deliver_page(state: &mut HubState, work: PageWork, read: PageRead) {
         return;
     };
     let events = watcher.select(&page.events);
+    drop(page.events);
     if !events.is_empty() {
         // Only the hub sends, under the lock; the room checked when planning may be gone if
         // another page of the same stream was delivered first: then try again next round.
-        if !state.has_room(key.0) {
+        let bytes = events.iter().map(Event::held_bytes).sum();
+        if !state.room_for(key.0, bytes) {
             return;
         }
-        let message = WatchMessage::Events {
-            watch_id: key.1,
-            revision,
-            events,
-        };
+        let message = state.events_message(key, revision, events);
         match state.send(key.0, message) {
             Sent::Queued => {}
             Sent::Full => unreachable!("a queue with room refused a message"),
@@ -525,27 +606,41 @@ fn deliver(state: &mut HubState, events: &[Event], revision_after: u64) -> bool 
     }
     let mut fallen: Vec<WatcherKey> = Vec::new();
     let mut closed: Vec<u64> = Vec::new();
-    let HubState {
-        watchers, streams, ..
-    } = state;
-    for (key, watcher) in watchers.iter_mut().filter(|(_, w)| w.synced) {
+    let mut delivered: Vec<WatcherKey> = Vec::new();
+    let synced: Vec<WatcherKey> = state
+        .watchers
+        .iter()
+        .filter(|(_, w)| w.synced)
+        .map(|(k, _)| *k)
+        .collect();
+    for key in synced {
+        let Some(watcher) = state.watchers.get(&key) else {
+            continue;
+        };
         let mut indices: Vec<usize> = by_key
             .range::<[u8], _>(watcher.range.bounds())
             .flat_map(|(_, indices)| indices.iter().copied())
             .collect();
         indices.sort_unstable();
-        let selected = watcher.select(indices.iter().map(|&i| &events[i]));
-        if !selected.is_empty() {
-            let message = WatchMessage::Events {
-                watch_id: key.1,
-                revision: revision_after,
-                events: selected,
-            };
-            let sent = streams.get(&key.0).map(|s| s.queue.try_send(message));
+        let wanted: Vec<&Event> = indices
+            .iter()
+            .map(|&i| &events[i])
+            .filter(|e| e.revision() >= watcher.next_revision && watcher.wants(e))
+            .collect();
+        if !wanted.is_empty() {
+            // Measured before anything is copied: a watcher with no room copies nothing.
+            let bytes: u64 = wanted.iter().map(|e| watcher.shaped_bytes(e)).sum();
+            if !state.room_for(key.0, bytes) {
+                fallen.push(key);
+                continue;
+            }
+            let selected = watcher.select(wanted);
+            let message = state.events_message(key, revision_after, selected);
+            let sent = state.streams.get(&key.0).map(|s| s.queue.try_send(message));
             match sent {
                 Some(Ok(())) => {}
                 Some(Err(TrySendError::Full(_))) => {
-                    fallen.push(*key);
+                    fallen.push(key);
                     continue;
                 }
                 Some(Err(TrySendError::Closed(_))) | None => {
@@ -554,7 +649,12 @@ fn deliver(state: &mut HubState, events: &[Event], revision_after: u64) -> bool 
                 }
             }
         }
-        watcher.next_revision = watcher.next_revision.max(revision_after + 1);
+        delivered.push(key);
+    }
+    for key in delivered {
+        if let Some(watcher) = state.watchers.get_mut(&key) {
+            watcher.next_revision = watcher.next_revision.max(revision_after + 1);
+        }
     }
     for stream_id in closed {
         state.close_stream(stream_id);

@@ -1,6 +1,9 @@
 //! A watch stream: the handle one client stream uses to add and cancel watchers, and the
 //! messages the hub queues for it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use aspen_core::Event;
 use aspen_core::keys::KeyRange;
 
@@ -55,6 +58,10 @@ pub enum WatchMessage {
         watch_id: i64,
         revision: u64,
         events: Vec<Event>,
+        /// The events' bytes, counted against the stream's and the hub's budgets until the
+        /// last clone of this is dropped: the session passes it along with the responses it
+        /// makes, so they count until gRPC takes them.
+        held: Held,
     },
     /// Everything up to `revision` has been queued for the watcher (`watch_id == -1`: for
     /// every watcher of the stream).
@@ -108,3 +115,48 @@ impl Drop for WatchStream {
         self.hub.close_stream(self.id);
     }
 }
+
+/// Bytes of queued events, given back to their stream's and the hub's budgets when the last
+/// clone is dropped. Compares equal to any other: it is accounting, not content.
+#[derive(Debug, Clone, Default)]
+pub struct Held(Option<Arc<HeldBytes>>);
+
+#[derive(Debug)]
+struct HeldBytes {
+    bytes: u64,
+    stream: Arc<AtomicU64>,
+    hub: Arc<AtomicU64>,
+}
+
+impl Held {
+    /// Takes `bytes` from both budgets until dropped.
+    pub(crate) fn take(bytes: u64, stream: &Arc<AtomicU64>, hub: &Arc<AtomicU64>) -> Held {
+        stream.fetch_add(bytes, Ordering::AcqRel);
+        hub.fetch_add(bytes, Ordering::AcqRel);
+        Held(Some(Arc::new(HeldBytes {
+            bytes,
+            stream: Arc::clone(stream),
+            hub: Arc::clone(hub),
+        })))
+    }
+
+    /// The bytes held (0 for an empty hold).
+    pub fn bytes(&self) -> u64 {
+        self.0.as_ref().map_or(0, |held| held.bytes)
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.stream.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.hub.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, _: &Held) -> bool {
+        true
+    }
+}
+
+impl Eq for Held {}

@@ -42,6 +42,15 @@ impl Watcher {
         }
     }
 
+    /// Bytes `event` holds as this watcher receives it (`Event::held_bytes` of `shape`).
+    pub fn shaped_bytes(&self, event: &Event) -> u64 {
+        let prev_bytes = match (&event.prev_kv, self.prev_kv) {
+            (Some(prev), false) => (prev.key.len() + prev.value.len()) as u64,
+            _ => 0,
+        };
+        event.held_bytes() - prev_bytes
+    }
+
     /// The events of `page` (in order) this watcher receives, from `next_revision` on.
     pub fn select<'e>(&self, page: impl IntoIterator<Item = &'e Event>) -> Vec<Event> {
         page.into_iter()

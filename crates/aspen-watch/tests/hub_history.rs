@@ -213,6 +213,10 @@ impl World {
             sync_batch_events_max: 2,
             sync_watchers_max: 2,
             sync_interval_ms: 100,
+            // A few events' bytes: slow streams fall behind on bytes as often as on messages.
+            stream_queue_bytes_max: 256,
+            queued_bytes_max: 512,
+            sync_round_bytes_max: 256,
         };
         let hub = WatchHub::new(sm.reader(), options).unwrap();
         let recorder = Arc::new(Recorder {

@@ -150,6 +150,11 @@ impl Process {
         Process { child, log_path }
     }
 
+    /// The process id, for reading `/proc/<pid>`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn sigterm(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");

@@ -3,12 +3,13 @@
 //!
 //! Versions are stored by revision (`kv_revs`), so a revision window is read in order,
 //! directly; each event's previous version comes from the key index. A page holds at most
-//! `events_max` events (plus the rest of the revision that crossed it: a revision is never
-//! split) and looks at most `EVENT_SCAN_RECORDS_MAX` versions, so its time and memory are
+//! `events_max` events and `WATCH_PAGE_BYTES_MAX` bytes (plus the rest of the revision that
+//! crossed them: a revision is never split) and looks at most `EVENT_SCAN_RECORDS_MAX` versions, so its time and memory are
 //! bounded however much history the window holds; a page cut short ends at a revision
 //! boundary and says where (`through_revision`).
 
 use aspen_core::keys::KeyRange;
+use aspen_core::limits::WATCH_PAGE_BYTES_MAX;
 use aspen_core::{ApplyError, Event, EventKind};
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -70,6 +71,7 @@ impl MvccReader {
         let mut revision_of_last: Option<u64> = None;
         // Where the events of the revision being read start in `events`.
         let mut revision_start: usize = 0;
+        let mut page_bytes: u64 = 0;
         let window = revs.range::<RevKey>((start, 0)..=(end, u32::MAX))?;
         for (scanned, item) in (0u32..).zip(window) {
             let (position, bytes) = item?;
@@ -77,7 +79,9 @@ impl MvccReader {
             if revision_of_last != Some(main) {
                 // Stop only between revisions, once the page is full or has looked far enough.
                 if revision_of_last.is_some()
-                    && (events.len() >= events_max as usize || scanned >= EVENT_SCAN_RECORDS_MAX)
+                    && (events.len() >= events_max as usize
+                        || page_bytes >= WATCH_PAGE_BYTES_MAX
+                        || scanned >= EVENT_SCAN_RECORDS_MAX)
                 {
                     through_revision = main - 1;
                     break;
@@ -91,10 +95,13 @@ impl MvccReader {
             }
             let version = record.to_version(main, sub);
             let previous = previous_version(&index, &revs, &record.key, main)?;
-            events.push(event_for(&record.key, previous.as_ref(), &version));
+            let event = event_for(&record.key, previous.as_ref(), &version);
+            page_bytes += event.held_bytes();
+            events.push(event);
             // A revision that would overfill the page goes to the next one, unless it is the
-            // page's first: one revision alone may exceed `events_max`.
-            if events.len() > events_max as usize && revision_start > 0 {
+            // page's first: one revision alone may exceed `events_max` or the byte bound.
+            let overfull = events.len() > events_max as usize || page_bytes > WATCH_PAGE_BYTES_MAX;
+            if overfull && revision_start > 0 {
                 events.truncate(revision_start);
                 through_revision = main - 1;
                 break;

@@ -494,7 +494,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> std::result::Result<(), io::Error> {
-        Ok(self.install(meta, &snapshot)?)
+        self.install(meta, &snapshot).map_err(|error| {
+            self.store.note_failure(&error);
+            error.into()
+        })
     }
 
     async fn get_current_snapshot(
@@ -529,7 +532,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>,
         io::Error,
     > {
-        let (meta, data) = snapshot_io::build(&self.store)?;
+        let (meta, data) = snapshot_io::build(&self.store).inspect_err(|error| {
+            self.store.note_failure(error);
+        })?;
         Ok(Snapshot {
             meta,
             snapshot: data,

@@ -1,0 +1,220 @@
+//! A full disk under the log and the state database: the write fails (its flush callback gets
+//! the error, later writes fail too), the store records the first failure and says the disk was
+//! full, and everything committed before it is intact when the files are opened again. The
+//! disk reserve is off at 0, capped at 1/8 of the filesystem, and not checked in memory (the
+//! process test `aspen-server/tests/disk_full.rs` fills a real tmpfs past it).
+
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aspen_core::limits::Limits;
+use aspen_core::type_config::alias::{Entry, LogId};
+use aspen_core::{Command, PutRequest, TypeConfig};
+use aspen_storage::{StorageBackend, open_storage, open_storage_with_backends};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
+use openraft::{EntryPayload, RaftLogReader};
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend as RedbBackend};
+
+const TERM: u64 = 1;
+const LEADER: u64 = 1;
+const ENTRIES_BEFORE_FULL: u64 = 20;
+const VALUE_BYTES: usize = 4096;
+
+/// redb's file backend, whose writes and resizes fail with ENOSPC while `full` is set.
+#[derive(Debug)]
+struct FillableDisk {
+    inner: FileBackend,
+    full: Arc<AtomicBool>,
+}
+
+impl FillableDisk {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.full.load(Ordering::Acquire) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+impl RedbBackend for FillableDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+fn disk(path: &std::path::Path, full: &Arc<AtomicBool>) -> FillableDisk {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .expect("open file");
+    FillableDisk {
+        inner: FileBackend::new(file).expect("file backend"),
+        full: Arc::clone(full),
+    }
+}
+
+fn log_id(index: u64) -> LogId {
+    openraft::testing::log_id::<TypeConfig>(TERM, LEADER, index)
+}
+
+fn entry(index: u64) -> Entry {
+    openraft::Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Command::Put(PutRequest {
+            key: format!("k{index}").into_bytes(),
+            value: vec![b'v'; VALUE_BYTES],
+            ..Default::default()
+        })),
+    }
+}
+
+/// Appends `index` and waits for its flush callback; returns what the callback got.
+async fn append(log: &mut aspen_storage::LogStore, index: u64) -> Result<(), std::io::Error> {
+    let (tx, rx) = TypeConfig::oneshot();
+    log.append(vec![entry(index)], IOFlushed::signal(tx))
+        .await?;
+    rx.await.expect("callback fired")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_disk_fails_the_write_names_the_cause_and_keeps_what_was_durable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let full = Arc::new(AtomicBool::new(false));
+    let open = |full: &Arc<AtomicBool>| {
+        open_storage_with_backends(
+            dir.path(),
+            Limits::default(),
+            disk(&dir.path().join("log.redb"), full),
+            disk(&dir.path().join("state.redb"), full),
+        )
+        .expect("open")
+    };
+    let (mut log, sm) = open(&full);
+    for index in 1..=ENTRIES_BEFORE_FULL {
+        append(&mut log, index).await.expect("room on the disk");
+    }
+    assert_eq!(sm.store().io_failure(), None);
+
+    full.store(true, Ordering::Release);
+    // Enough to need new pages: the commit fails and the callback says so.
+    let mut failed = None;
+    for index in ENTRIES_BEFORE_FULL + 1..=ENTRIES_BEFORE_FULL + 100 {
+        if let Err(error) = append(&mut log, index).await {
+            failed = Some(error);
+            break;
+        }
+    }
+    let error = failed.expect("a commit on a full disk fails");
+    assert!(error.to_string().contains("No space left"), "{error}");
+    let failure = sm.store().io_failure().expect("the failure is recorded");
+    assert!(failure.disk_full, "{failure:?}");
+    assert!(failure.message.contains("log.redb"), "{failure:?}");
+    // The writer does not carry on after a failed commit, even with room again.
+    full.store(false, Ordering::Release);
+    let next = ENTRIES_BEFORE_FULL + 200;
+    assert!(append(&mut log, next).await.is_err());
+    drop((log, sm));
+
+    // Reopened with room: everything durable before the disk filled is there, in order.
+    let (mut log, sm) = open(&full);
+    assert_eq!(sm.store().io_failure(), None);
+    let entries = log
+        .try_get_log_entries(1..=ENTRIES_BEFORE_FULL)
+        .await
+        .expect("read the log");
+    assert_eq!(entries.len() as u64, ENTRIES_BEFORE_FULL);
+    for (entry, index) in entries.iter().zip(1..) {
+        assert_eq!(entry.log_id, log_id(index));
+    }
+    let state = log.get_log_state().await.expect("log state");
+    let last = state.last_log_id.expect("a last entry").index;
+    assert!(last >= ENTRIES_BEFORE_FULL, "last {last}");
+    // And it takes writes again.
+    append(&mut log, last + 1).await.expect("room again");
+}
+
+#[test]
+fn the_reserve_is_off_at_zero_capped_by_the_filesystem_and_never_checked_in_memory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (free, total) = aspen_storage::disk::filesystem_space(dir.path()).expect("statvfs");
+    assert!(free <= total && total > 0);
+    let open = |reserve: u64| {
+        let backend = StorageBackend::Redb {
+            dir: dir.path().join(format!("node-{reserve}")),
+        };
+        let limits = Limits {
+            disk_reserve_bytes: reserve,
+            ..Default::default()
+        };
+        open_storage(&backend, limits).expect("open").1
+    };
+    // 0: off. A reserve larger than the whole filesystem is capped at 1/8 of it, which is
+    // free here unless the disk is nearly full.
+    assert_eq!(open(0).store().disk_low(), None);
+    let capped = aspen_storage::disk::effective_reserve_bytes(u64::MAX, total);
+    assert_eq!(capped, total / aspen_core::limits::DISK_RESERVE_FS_DIVISOR);
+    if free > capped {
+        assert_eq!(open(u64::MAX).store().disk_low(), None);
+    }
+    // In memory: nothing to check.
+    let limits = Limits {
+        disk_reserve_bytes: u64::MAX,
+        ..Default::default()
+    };
+    let (_, sm) = open_storage(&StorageBackend::InMemory, limits).expect("open");
+    assert_eq!(sm.store().disk_low(), None);
+    assert_eq!(
+        aspen_storage::disk::effective_reserve_bytes(4096, 1 << 40),
+        4096
+    );
+}
