@@ -8,6 +8,7 @@
 pub mod backend;
 mod durability;
 pub mod error;
+pub mod force_new_cluster;
 pub mod log_store;
 pub mod log_writer;
 mod migrate;
