@@ -128,6 +128,9 @@ pub struct ClusterBootstrapConfig {
     /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`: off.
     pub auto_compaction: Option<crate::auto_compaction::AutoCompaction>,
     pub log_level: LogLevel,
+    /// `--force-new-cluster`: start as the only member of the cluster, with all this member's
+    /// data (etcd's unsafe recovery flag; `aspen_storage::force_new_cluster`).
+    pub force_new_cluster: bool,
     /// `--auth-token` (simple or jwt,...), `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: aspen_api::AuthOptions,
     /// The file read, if any; kept so the operator can be told where settings came from.
@@ -316,6 +319,9 @@ struct RawConfig {
         value_name = "DURATION"
     )]
     experimental_auto_compaction_interval: Option<String>,
+    /// Unsafe: restart this member as a one-member cluster with all its data, to recover from a lost majority; remove it after the member has started [default: false]
+    #[arg(long, env = "ASPEN_FORCE_NEW_CLUSTER", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    force_new_cluster: Option<bool>,
     /// TOML file of settings, keys named as the flags [default: none]
     #[arg(long, env = "ASPEN_CONFIG_FILE", value_name = "PATH")]
     #[serde(skip)]
@@ -367,6 +373,7 @@ impl RawConfig {
             experimental_auto_compaction_interval: higher
                 .experimental_auto_compaction_interval
                 .or(self.experimental_auto_compaction_interval),
+            force_new_cluster: higher.force_new_cluster.or(self.force_new_cluster),
             config_file: higher.config_file.or(self.config_file),
         }
     }
@@ -525,6 +532,9 @@ impl ClusterBootstrapConfig {
         }
         for (key, value) in numbers {
             text.push_str(&format!("{key} = {value}\n"));
+        }
+        if self.force_new_cluster {
+            text.push_str("force-new-cluster = true\n");
         }
         text.push_str(&self.tls.to_toml());
         text
@@ -834,6 +844,7 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         tls,
         auto_compaction,
         log_level,
+        force_new_cluster: raw.force_new_cluster.unwrap_or(false),
         auth,
         config_file: None,
         warnings,

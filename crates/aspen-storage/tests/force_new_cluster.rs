@@ -165,7 +165,8 @@ async fn forcing_keeps_every_entry_and_leaves_this_member_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_or_an_empty_store_is_not_forced() {
-    let (mut log, mut sm) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
+    let (mut log, mut sm) =
+        open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
     assert_eq!(
         force_new_cluster(&mut log, &mut sm, ME, info(ME))
             .await
