@@ -1,7 +1,8 @@
 //! Disaster recovery with real processes, as the README's runbook does it:
-//! - a lost majority: three members under write load, SIGKILL of two, then of the survivor,
-//!   which restarts with `--force-new-cluster` as a one-member cluster holding every
-//!   acknowledged write (value and revision), its lease and its auth store; an old member that
+//! - a lost majority: three members under write load, one follower hung (SIGSTOP), then
+//!   SIGKILL of the leader and of the hung follower, then of the surviving follower, which
+//!   restarts with `--force-new-cluster` as a one-member cluster holding every acknowledged
+//!   write (value and revision), the lease and the auth store; an old member that
 //!   comes back with its old data cannot disrupt it; `MemberAdd` plus a member started with
 //!   `--initial-cluster-state existing` grows it back to three, and the new members catch up
 //!   and serve linearizable reads;
