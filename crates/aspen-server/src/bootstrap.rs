@@ -193,7 +193,7 @@ async fn start_node(
 ) -> Result<Node, BootstrapError> {
     let (mut log_store, mut state_machine) =
         aspen_storage::open_storage(&options.backend, options.limits).map_err(NodeError::from)?;
-    let mut alone = false;
+    let mut forced = false;
     if config.force_new_cluster {
         let outcome = force_new_cluster(
             &mut log_store,
@@ -203,7 +203,7 @@ async fn start_node(
         )
         .await
         .map_err(NodeError::from)?;
-        alone = report_forced(options.id, outcome)?;
+        forced = report_forced(options.id, outcome)?;
     }
     let node = Node::start_with_storage(
         options,
@@ -214,8 +214,9 @@ async fn start_node(
         TestingOptions::default(),
     )
     .await?;
-    if alone {
-        // openraft re-applied the log up to the forced entry before `start` returned.
+    if forced {
+        // openraft re-applied the log up to the forced entry, committed, before `start`
+        // returned.
         let applied = node.applied_state()?;
         let voters: Vec<u64> = applied.membership.voter_ids().collect();
         let members = applied.membership.membership().nodes().count();
@@ -228,7 +229,7 @@ async fn start_node(
 }
 
 /// Logs what `--force-new-cluster` did, as loudly as etcd; refuses a member its data dir does
-/// not list. Returns whether this member is now the only member.
+/// not list. Returns whether the membership was rewritten (and committed) just now.
 fn report_forced(member_id: u64, outcome: ForceOutcome) -> Result<bool, BootstrapError> {
     let member = format!("{member_id:x}");
     match outcome {
@@ -247,7 +248,9 @@ fn report_forced(member_id: u64, outcome: ForceOutcome) -> Result<bool, Bootstra
                  changed. Remove the flag: left on, a later restart removes every member \
                  added since"
             );
-            Ok(true)
+            // Committed or not (a crash may have come between the entry and the committed
+            // index), the sole voter commits it once it elects itself.
+            Ok(false)
         }
         ForceOutcome::NotAMember { members } => {
             let members: Vec<String> = members.iter().map(|id| format!("{id:x}")).collect();
