@@ -111,7 +111,7 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     for (i, listener) in peer_listeners.into_iter().enumerate() {
         handle.servers.push(serve::spawn(
             listener,
-            peer_router.clone(),
+            serve::App::Router(peer_router.clone()),
             Protocols::Http2Only,
             Http2Settings::PEER,
             listener_tls.for_listener(ListenerKind::Peer, i, &config.tls),
@@ -119,11 +119,11 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
             "peer",
         ));
     }
-    let client_router = crate::services::client_router(&node, &access, stop_rx.clone()).await;
+    let client_service = crate::services::client_service(&node, &access, stop_rx.clone()).await;
     for (i, listener) in client_listeners.into_iter().enumerate() {
         handle.servers.push(serve::spawn(
             listener,
-            client_router.clone(),
+            serve::App::Client(client_service.clone()),
             Protocols::Http1AndHttp2,
             Http2Settings::CLIENT,
             listener_tls.for_listener(ListenerKind::Client, i, &config.tls),
@@ -135,7 +135,7 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
     for (i, listener) in metrics_listeners.into_iter().enumerate() {
         handle.servers.push(serve::spawn(
             listener,
-            metrics_router.clone(),
+            serve::App::Router(metrics_router.clone()),
             Protocols::Http1AndHttp2,
             Http2Settings::CLIENT,
             listener_tls.for_listener(ListenerKind::Metrics, i, &config.tls),

@@ -5,9 +5,19 @@
 //! environment variables, then the command line. (etcd instead ignores flags and environment
 //! when given a config file; layering is kinder to operators who override one setting.)
 //!
-//! Each source parses into the same all-optional [`RawConfig`], which is what makes precedence a
-//! plain field-by-field "first that is set". The merged result is then checked as a whole and
-//! every problem is reported at once, one line each, so an operator fixes a config in one pass.
+//! The libraries do the work:
+//! - clap parses the command line, and each `ASPEN_*` variable as its flag would be, into the
+//!   all-optional [`RawConfig`]; toml parses the file into the same struct.
+//! - figment layers the sources (file, then each variable, then the command line: the last
+//!   that sets a key wins) and remembers which source set each key, so that a problem with a
+//!   value that did not come from the command line names its source.
+//! - The merged result is checked as a whole ([`resolve`]: defaults, then checks) and every
+//!   problem is reported at once, one line each, so an operator fixes a config in one pass.
+//!
+//! Adding a flag: one field in [`RawConfig`] (its doc comment is the `--help` line, with the
+//! default), one in [`ClusterBootstrapConfig`], its default and checks in [`resolve`], and its
+//! line in [`ClusterBootstrapConfig::to_toml`]. The environment variable and config-file key
+//! come with the field.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -20,8 +30,9 @@ use aspen_core::limits::{
     TXN_OPS_MAX_DEFAULT,
 };
 use aspen_storage::StorageBackend;
-use clap::{CommandFactory, FromArgMatches, Parser};
-use serde::Deserialize;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
 
 pub const NAME_DEFAULT: &str = "default";
 pub const LISTEN_CLIENT_URLS_DEFAULT: &str = "http://127.0.0.1:2379";
@@ -38,8 +49,13 @@ pub const SNAPSHOT_COUNT_DEFAULT: u64 = 100_000;
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Most URLs one flag (or one member of --initial-cluster) may list.
 pub const URLS_PER_FLAG_MAX: u32 = 16;
+/// Most destinations `--log-outputs` may list (each is written every log line).
+pub const LOG_OUTPUTS_MAX: u32 = 16;
 /// Environment variables for flags are this prefix plus the flag, upper-cased, `-` to `_`.
 pub const ENV_PREFIX: &str = "ASPEN_";
+/// The log filter (a tracing `EnvFilter` directive, read by the binary): an `ASPEN_*` variable
+/// that is not a flag's, so not warned about.
+pub const LOG_FILTER_ENV: &str = "ASPEN_LOG";
 /// Where the redb file lives under `--data-dir`, as etcd keeps its data under `member/`.
 /// The storage directory inside `--data-dir`: `log.redb`, `state.redb`, `snapshots/`.
 pub const STORAGE_DIR_IN_DATA_DIR: &str = "member";
@@ -50,39 +66,77 @@ the flag without '--' (e.g. listen-client-urls = \"http://127.0.0.1:2379\"). Pre
 line > environment > config file > default. URLs are http:// or https:// (TLS: --cert-file, \
 --key-file, --auto-tls for clients and metrics; --peer-* for peers).";
 
+/// The name figment records for the command line's layer: problems with values set there are
+/// not annotated, since the flag each problem names is what the operator typed.
+const COMMAND_LINE: &str = "the command line";
+
 /// Whether this node starts a new cluster or joins one that exists (etcd's meaning).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum ClusterState {
+    #[default]
     New,
     Existing,
 }
 
-impl ClusterState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClusterState::New => "new",
-            ClusterState::Existing => "existing",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, ValueEnum)]
 pub enum LogLevel {
     Debug,
+    #[default]
     Info,
     Warn,
     Error,
 }
 
-impl LogLevel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
-        }
-    }
+/// How log lines are written (`--log-format`, or etcd's `--logger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (etcd's capnslog logger).
+    #[default]
+    Text,
+    /// One JSON object per line, with `timestamp`, `level`, `target`, `message` and the
+    /// event's fields (etcd's zap logger writes JSON lines too).
+    Json,
+}
+
+/// etcd 3.4's `--logger`: only which format it implies is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+enum Logger {
+    Zap,
+    #[default]
+    Capnslog,
+}
+
+/// `--storage-backend`; the directory of redb's comes from `--data-dir`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+enum StorageKind {
+    #[default]
+    Redb,
+    Memory,
+}
+
+/// The name of an enum value as flags, variables and the config file spell it.
+pub fn value_name<T: ValueEnum>(value: &T) -> String {
+    value
+        .to_possible_value()
+        .map(|possible| possible.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// One destination of `--log-outputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    /// Appended to; created when missing.
+    File(PathBuf),
+}
+
+/// Opens a `--log-outputs` file as the server writes it: appending, created when missing.
+pub fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// One member of `--initial-cluster`: its name and its peer URLs, in the order given.
@@ -131,6 +185,10 @@ pub struct ClusterBootstrapConfig {
     /// `--force-new-cluster`: start as the only member of the cluster, with all this member's
     /// data (etcd's unsafe recovery flag; `aspen_storage::force_new_cluster`).
     pub force_new_cluster: bool,
+    /// `--log-format`, or what `--logger` implies.
+    pub log_format: LogFormat,
+    /// `--log-outputs`: at least one, none twice; files were opened once to check them.
+    pub log_outputs: Vec<LogOutput>,
     /// `--auth-token` (simple or jwt,...), `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: aspen_api::AuthOptions,
     /// The file read, if any; kept so the operator can be told where settings came from.
@@ -181,7 +239,9 @@ impl std::error::Error for ConfigErrors {}
 ///
 /// Deliberately no clap defaults: a default would hide whether the command line said anything,
 /// and precedence needs to know. Defaults are applied in [`resolve`] and written in the help.
-#[derive(Parser, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+/// Enums and URLs stay strings here and are parsed in [`resolve`] (with clap's `ValueEnum` and
+/// `http::Uri`), so that a wrong one is reported together with every other problem.
+#[derive(Parser, Deserialize, Serialize, Debug, Default, Clone, PartialEq, Eq)]
 #[command(
     name = "aspen",
     version,
@@ -266,6 +326,15 @@ struct RawConfig {
     /// debug, info, warn or error [default: info]
     #[arg(long, env = "ASPEN_LOG_LEVEL", value_name = "LEVEL")]
     log_level: Option<String>,
+    /// "text" or "json" (one JSON object per line) [default: text, or json with --logger zap]
+    #[arg(long, env = "ASPEN_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// etcd's logger: "zap" (JSON lines, as --log-format json) or "capnslog" (text) [default: capnslog]
+    #[arg(long, env = "ASPEN_LOGGER", value_name = "LOGGER")]
+    logger: Option<String>,
+    /// Comma-separated log destinations: "stderr", "stdout" or file paths (appended to); "default" is stderr [default: default]
+    #[arg(long, env = "ASPEN_LOG_OUTPUTS", value_name = "OUTPUTS")]
+    log_outputs: Option<String>,
     /// "redb" (a file under --data-dir) or "memory" (lost on exit; for tests) [default: redb]
     #[arg(long, env = "ASPEN_STORAGE_BACKEND", value_name = "BACKEND")]
     storage_backend: Option<String>,
@@ -328,57 +397,6 @@ struct RawConfig {
     config_file: Option<PathBuf>,
 }
 
-impl RawConfig {
-    /// `self` with every field that `higher` sets taken from `higher`.
-    fn overlay(self, higher: RawConfig) -> RawConfig {
-        RawConfig {
-            name: higher.name.or(self.name),
-            data_dir: higher.data_dir.or(self.data_dir),
-            listen_client_urls: higher.listen_client_urls.or(self.listen_client_urls),
-            advertise_client_urls: higher.advertise_client_urls.or(self.advertise_client_urls),
-            listen_peer_urls: higher.listen_peer_urls.or(self.listen_peer_urls),
-            initial_advertise_peer_urls: higher
-                .initial_advertise_peer_urls
-                .or(self.initial_advertise_peer_urls),
-            initial_cluster: higher.initial_cluster.or(self.initial_cluster),
-            initial_cluster_state: higher.initial_cluster_state.or(self.initial_cluster_state),
-            initial_cluster_token: higher.initial_cluster_token.or(self.initial_cluster_token),
-            heartbeat_interval: higher.heartbeat_interval.or(self.heartbeat_interval),
-            election_timeout: higher.election_timeout.or(self.election_timeout),
-            snapshot_count: higher.snapshot_count.or(self.snapshot_count),
-            quota_backend_bytes: higher.quota_backend_bytes.or(self.quota_backend_bytes),
-            max_request_bytes: higher.max_request_bytes.or(self.max_request_bytes),
-            max_txn_ops: higher.max_txn_ops.or(self.max_txn_ops),
-            listen_metrics_urls: higher.listen_metrics_urls.or(self.listen_metrics_urls),
-            log_level: higher.log_level.or(self.log_level),
-            auth_token: higher.auth_token.or(self.auth_token),
-            auth_token_ttl: higher.auth_token_ttl.or(self.auth_token_ttl),
-            bcrypt_cost: higher.bcrypt_cost.or(self.bcrypt_cost),
-            storage_backend: higher.storage_backend.or(self.storage_backend),
-            cert_file: higher.cert_file.or(self.cert_file),
-            key_file: higher.key_file.or(self.key_file),
-            trusted_ca_file: higher.trusted_ca_file.or(self.trusted_ca_file),
-            client_cert_auth: higher.client_cert_auth.or(self.client_cert_auth),
-            auto_tls: higher.auto_tls.or(self.auto_tls),
-            peer_cert_file: higher.peer_cert_file.or(self.peer_cert_file),
-            peer_key_file: higher.peer_key_file.or(self.peer_key_file),
-            peer_trusted_ca_file: higher.peer_trusted_ca_file.or(self.peer_trusted_ca_file),
-            peer_client_cert_auth: higher.peer_client_cert_auth.or(self.peer_client_cert_auth),
-            peer_auto_tls: higher.peer_auto_tls.or(self.peer_auto_tls),
-            cipher_suites: higher.cipher_suites.or(self.cipher_suites),
-            auto_compaction_mode: higher.auto_compaction_mode.or(self.auto_compaction_mode),
-            auto_compaction_retention: higher
-                .auto_compaction_retention
-                .or(self.auto_compaction_retention),
-            experimental_auto_compaction_interval: higher
-                .experimental_auto_compaction_interval
-                .or(self.experimental_auto_compaction_interval),
-            force_new_cluster: higher.force_new_cluster.or(self.force_new_cluster),
-            config_file: higher.config_file.or(self.config_file),
-        }
-    }
-}
-
 impl ClusterBootstrapConfig {
     /// Reads every source and checks the result. `args` starts with the program name, as
     /// `std::env::args()`; `env` is the process environment (only `ASPEN_*` keys are read), passed
@@ -396,26 +414,42 @@ impl ClusterBootstrapConfig {
     ) -> Result<Self, ConfigErrors> {
         let mut problems = Vec::new();
         let cli = parse_command_line(args, &mut problems)?;
-        let (env_layer, warnings) = parse_environment(env, &mut problems);
+        let (env_layers, warnings) = environment_layers(env, &mut problems);
         let config_file = cli
             .as_ref()
             .and_then(|cli| cli.config_file.clone())
-            .or_else(|| env_layer.config_file.clone());
-        let file_layer = match &config_file {
-            Some(path) => read_config_file(path, &mut problems),
-            None => RawConfig::default(),
-        };
+            .or_else(|| {
+                env_layers
+                    .iter()
+                    .find_map(|layer| layer.raw.config_file.clone())
+            });
+        let file_layer = config_file.as_ref().map(|path| Layer {
+            name: format!("--config-file {}", path.display()),
+            raw: read_config_file(path, &mut problems),
+        });
         // Without every layer parsed, the merged values are unknown and checking them would
         // report problems the operator does not have.
         let Some(cli) = cli.filter(|_| problems.is_empty()) else {
             return Err(ConfigErrors::Invalid(problems));
         };
-        let merged = file_layer.overlay(env_layer).overlay(cli);
-        let mut config = resolve(&merged).map_err(ConfigErrors::Invalid)?;
+        let cli_layer = Layer {
+            name: COMMAND_LINE.to_string(),
+            raw: cli,
+        };
+        let figment = file_layer
+            .into_iter()
+            .chain(env_layers)
+            .chain([cli_layer])
+            .fold(Figment::new(), Figment::merge);
+        let merged: RawConfig = figment.extract().map_err(|errors| {
+            ConfigErrors::Invalid(errors.into_iter().map(|e| e.to_string()).collect())
+        })?;
+        let mut config = resolve(&merged).map_err(|problems| {
+            let annotated = problems.into_iter().map(|p| with_source(p, &figment));
+            ConfigErrors::Invalid(annotated.collect())
+        })?;
         config.config_file = config_file;
-        let mut all_warnings = warnings;
-        all_warnings.append(&mut config.warnings);
-        config.warnings = all_warnings;
+        config.warnings.splice(0..0, warnings);
         Ok(config)
     }
 
@@ -447,9 +481,9 @@ impl ClusterBootstrapConfig {
     }
 
     /// The configuration as a config file: feeding it back through `--config-file` gives the
-    /// same configuration.
+    /// same configuration. Written by toml from the same struct the file is read into.
     pub fn to_toml(&self) -> String {
-        let urls = |addrs: &[SocketAddr], https: &[bool]| -> String {
+        let urls = |addrs: &[SocketAddr], https: &[bool]| -> Option<String> {
             let urls: Vec<String> = addrs
                 .iter()
                 .enumerate()
@@ -458,7 +492,7 @@ impl ClusterBootstrapConfig {
                     format!("{}://{a}", if tls { "https" } else { "http" })
                 })
                 .collect();
-            urls.join(",")
+            Some(urls.join(","))
         };
         let cluster: Vec<String> = self
             .initial_cluster
@@ -466,79 +500,75 @@ impl ClusterBootstrapConfig {
             .flat_map(|m| m.peer_urls.iter().map(move |u| format!("{}={u}", m.name)))
             .collect();
         let storage = match self.storage_backend {
-            StorageBackend::Redb { .. } => "redb",
-            StorageBackend::InMemory => "memory",
+            StorageBackend::Redb { .. } => StorageKind::Redb,
+            StorageBackend::InMemory => StorageKind::Memory,
         };
-        let strings = [
-            ("name", self.name.clone()),
-            ("data-dir", self.data_dir.to_string_lossy().into_owned()),
-            (
-                "listen-client-urls",
-                urls(&self.listen_client_addrs, &self.tls.client_https),
-            ),
-            (
-                "advertise-client-urls",
-                self.advertise_client_urls.join(","),
-            ),
-            (
-                "listen-peer-urls",
-                urls(&self.listen_peer_addrs, &self.tls.peer_https),
-            ),
-            (
-                "initial-advertise-peer-urls",
-                self.initial_advertise_peer_urls.join(","),
-            ),
-            ("initial-cluster", cluster.join(",")),
-            (
-                "initial-cluster-state",
-                self.initial_cluster_state.as_str().to_string(),
-            ),
-            ("initial-cluster-token", self.initial_cluster_token.clone()),
-            (
-                "listen-metrics-urls",
-                urls(&self.listen_metrics_addrs, &self.tls.metrics_https),
-            ),
-            ("log-level", self.log_level.as_str().to_string()),
-            ("storage-backend", storage.to_string()),
-            ("auth-token", self.auth.auth_token.clone()),
-        ];
-        let auto_compaction = self.auto_compaction.map(|policy| policy.to_flags());
-        let auto_compaction = auto_compaction
+        let log_outputs: Vec<String> = self
+            .log_outputs
             .iter()
-            .flat_map(|(mode, retention, interval)| {
-                let mut flags = vec![
-                    ("auto-compaction-mode", mode.to_string()),
-                    ("auto-compaction-retention", retention.clone()),
-                ];
-                if let Some(interval) = interval {
-                    flags.push(("experimental-auto-compaction-interval", interval.clone()));
-                }
-                flags
-            });
-        let strings = strings.into_iter().chain(auto_compaction);
-        let numbers = [
-            ("heartbeat-interval", self.heartbeat_interval_ms),
-            ("election-timeout", self.election_timeout_ms),
-            ("snapshot-count", self.snapshot_count),
-            ("quota-backend-bytes", self.limits.quota_backend_bytes),
-            ("max-request-bytes", self.limits.request_bytes_max),
-            ("max-txn-ops", u64::from(self.limits.txn_ops_max)),
-            ("auth-token-ttl", self.auth.token_ttl.as_secs()),
-            ("bcrypt-cost", u64::from(self.auth.bcrypt_cost)),
-        ];
-        let mut text = String::new();
-        for (key, value) in strings {
-            text.push_str(&format!("{key} = {}\n", toml_basic_string(&value)));
-        }
-        for (key, value) in numbers {
-            text.push_str(&format!("{key} = {value}\n"));
-        }
-        if self.force_new_cluster {
-            text.push_str("force-new-cluster = true\n");
-        }
-        text.push_str(&self.tls.to_toml());
-        text
+            .map(|output| match output {
+                LogOutput::Stderr => "stderr".to_string(),
+                LogOutput::Stdout => "stdout".to_string(),
+                LogOutput::File(path) => path.to_string_lossy().into_owned(),
+            })
+            .collect();
+        let compaction = self.auto_compaction.map(|policy| policy.to_flags());
+        let mut raw = RawConfig {
+            name: Some(self.name.clone()),
+            data_dir: Some(self.data_dir.to_string_lossy().into_owned()),
+            listen_client_urls: urls(&self.listen_client_addrs, &self.tls.client_https),
+            advertise_client_urls: Some(self.advertise_client_urls.join(",")),
+            listen_peer_urls: urls(&self.listen_peer_addrs, &self.tls.peer_https),
+            initial_advertise_peer_urls: Some(self.initial_advertise_peer_urls.join(",")),
+            initial_cluster: Some(cluster.join(",")),
+            initial_cluster_state: Some(value_name(&self.initial_cluster_state)),
+            initial_cluster_token: Some(self.initial_cluster_token.clone()),
+            heartbeat_interval: Some(self.heartbeat_interval_ms),
+            election_timeout: Some(self.election_timeout_ms),
+            snapshot_count: Some(self.snapshot_count),
+            quota_backend_bytes: Some(self.limits.quota_backend_bytes),
+            max_request_bytes: Some(self.limits.request_bytes_max),
+            max_txn_ops: Some(self.limits.txn_ops_max),
+            listen_metrics_urls: urls(&self.listen_metrics_addrs, &self.tls.metrics_https),
+            auth_token: Some(self.auth.auth_token.clone()),
+            auth_token_ttl: Some(self.auth.token_ttl.as_secs()),
+            bcrypt_cost: Some(self.auth.bcrypt_cost),
+            log_level: Some(value_name(&self.log_level)),
+            log_format: Some(value_name(&self.log_format)),
+            log_outputs: Some(log_outputs.join(",")),
+            storage_backend: Some(value_name(&storage)),
+            auto_compaction_mode: compaction.as_ref().map(|c| c.0.to_string()),
+            auto_compaction_retention: compaction.as_ref().map(|c| c.1.clone()),
+            experimental_auto_compaction_interval: compaction.and_then(|c| c.2),
+            // Written only when on: a printed config must not turn it on by itself.
+            force_new_cluster: self.force_new_cluster.then_some(true),
+            ..RawConfig::default()
+        };
+        tls_settings(&self.tls, &mut raw);
+        // Every field is a string, number or boolean: nothing toml cannot write.
+        toml::to_string(&raw).unwrap_or_else(|error| format!("# not printable: {error}\n"))
     }
+}
+
+/// The TLS settings that are set, as the flags that give them.
+fn tls_settings(tls: &crate::tls::TlsConfig, raw: &mut RawConfig) {
+    use crate::tls::CertSource;
+    let path = |p: &PathBuf| Some(p.to_string_lossy().into_owned());
+    let files = |cert: &Option<CertSource>| match cert {
+        Some(CertSource::Files {
+            cert_file,
+            key_file,
+        }) => (path(cert_file), path(key_file), None),
+        Some(CertSource::Auto) => (None, None, Some(true)),
+        None => (None, None, None),
+    };
+    (raw.cert_file, raw.key_file, raw.auto_tls) = files(&tls.client.cert);
+    raw.trusted_ca_file = tls.client.trusted_ca_file.as_ref().and_then(path);
+    raw.client_cert_auth = tls.client.client_cert_auth.then_some(true);
+    (raw.peer_cert_file, raw.peer_key_file, raw.peer_auto_tls) = files(&tls.peer.cert);
+    raw.peer_trusted_ca_file = tls.peer.trusted_ca_file.as_ref().and_then(path);
+    raw.peer_client_cert_auth = tls.peer.client_cert_auth.then_some(true);
+    raw.cipher_suites = (!tls.cipher_suites.is_empty()).then(|| tls.cipher_suites.join(","));
 }
 
 /// The process's arguments, never panicking on ones that are not UTF-8 (they are converted
@@ -567,6 +597,42 @@ pub use aspen_core::ids::{cluster_id, member_id};
 
 // ---------------------------------------------------------------------------------------------
 // Reading the sources.
+
+/// One source's settings as a figment provider, named for problem messages: the settings it
+/// does not give (`None`) are left out, so they do not hide a lower layer's.
+struct Layer {
+    name: String,
+    raw: RawConfig,
+}
+
+impl figment::Provider for Layer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.name.clone())
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut data = figment::providers::Serialized::defaults(&self.raw).data()?;
+        for dict in data.values_mut() {
+            dict.retain(|_, value| !matches!(value, figment::value::Value::Empty(..)));
+        }
+        Ok(data)
+    }
+}
+
+/// A problem about a value set by the environment or the config file says so: "(from
+/// ASPEN_SNAPSHOT_COUNT)". Problems start with the flag they are about, when about one.
+fn with_source(problem: String, figment: &Figment) -> String {
+    let key = problem.strip_prefix("--").and_then(|rest| {
+        rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .next()
+    });
+    match key.and_then(|key| figment.find_metadata(key)) {
+        Some(source) if source.name != COMMAND_LINE => format!("{problem} (from {})", source.name),
+        _ => problem,
+    }
+}
 
 /// Parses the command line. Help and version come back as `Err`; a parse error is recorded in
 /// `problems` and gives `Ok(None)`, so the other sources are still read and reported on.
@@ -609,39 +675,41 @@ fn clap_error_line(error: &clap::Error) -> String {
     first.strip_prefix("error: ").unwrap_or(first).to_string()
 }
 
-/// The `ASPEN_*` layer: each variable is parsed as its flag would be, one at a time, so that a
-/// bad value is reported under the variable's name. Unknown `ASPEN_*` names are warnings (as in
-/// etcd), since other tools may share the prefix.
-fn parse_environment(
+/// The `ASPEN_*` layers, one per variable (in name order), each parsed by clap as its flag
+/// would be, so a value means the same in both places and a bad one is reported under the
+/// variable's name. Unknown `ASPEN_*` names are warnings (as in etcd): other tools may share
+/// the prefix.
+fn environment_layers(
     env: &HashMap<String, String>,
     problems: &mut Vec<String>,
-) -> (RawConfig, Vec<String>) {
+) -> (Vec<Layer>, Vec<String>) {
     let command = RawConfig::command();
-    let mut flag_by_env: BTreeMap<String, String> = BTreeMap::new();
-    for arg in command.get_arguments() {
-        if let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) {
-            flag_by_env.insert(var.to_string_lossy().into_owned(), long.to_string());
-        }
-    }
-    let mut layer = RawConfig::default();
+    let mut layers = Vec::new();
     let mut warnings = Vec::new();
-    let mut vars: Vec<(&String, &String)> = env
+    let vars: BTreeMap<&String, &String> = env
         .iter()
-        .filter(|(key, value)| key.starts_with(ENV_PREFIX) && !value.is_empty())
+        .filter(|(key, value)| {
+            key.starts_with(ENV_PREFIX) && *key != LOG_FILTER_ENV && !value.is_empty()
+        })
         .collect();
-    vars.sort();
     for (var, value) in vars {
-        let Some(long) = flag_by_env.get(var) else {
+        let flag = command
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|name| name == var.as_str()))
+            .and_then(|arg| arg.get_long());
+        let Some(flag) = flag else {
             warnings.push(format!("ignoring unrecognized environment variable {var}"));
             continue;
         };
-        let args = ["aspen".to_string(), format!("--{long}={value}")];
-        match parse_without_env(&args) {
-            Ok(one) => layer = layer.overlay(one),
+        match parse_without_env(&["aspen".to_string(), format!("--{flag}={value}")]) {
+            Ok(raw) => layers.push(Layer {
+                name: var.clone(),
+                raw,
+            }),
             Err(error) => problems.push(format!("{var}: {}", clap_error_line(&error))),
         }
     }
-    (layer, warnings)
+    (layers, warnings)
 }
 
 /// The file layer. Problems are prefixed "--config-file: <path>:".
@@ -654,7 +722,8 @@ fn read_config_file(path: &Path, problems: &mut Vec<String>) -> RawConfig {
             return RawConfig::default();
         }
     };
-    // Keys first, all of them, so that every unknown key is named, with its line.
+    // serde's deny_unknown_fields stops at the first unknown key; every one is named here,
+    // with its line, before the values are read.
     let keys = match toml::from_str::<BTreeMap<toml::Spanned<String>, serde::de::IgnoredAny>>(&text)
     {
         Ok(keys) => keys,
@@ -663,26 +732,33 @@ fn read_config_file(path: &Path, problems: &mut Vec<String>) -> RawConfig {
             return RawConfig::default();
         }
     };
-    let known = flag_names();
+    let command = RawConfig::command();
+    let known: Vec<&str> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| *long != "config-file")
+        .collect();
     let mut unknown: Vec<(usize, String)> = Vec::new();
-    for key in keys.keys() {
+    for key in keys
+        .keys()
+        .filter(|key| !known.contains(&key.get_ref().as_str()))
+    {
         let name = key.get_ref();
-        if name == "config-file" || !known.contains(name) {
-            let hint = unknown_key_hint(name, &known);
-            let (line, _) = line_and_column(&text, key.span().start);
-            unknown.push((
-                key.span().start,
-                format!("line {line}: unknown key '{name}'{hint}"),
-            ));
-        }
+        let dashed = name.replace('_', "-").to_lowercase();
+        let hint = if name == "config-file" {
+            " (a config file cannot name another)".to_string()
+        } else if known.contains(&dashed.as_str()) {
+            format!(" (did you mean '{dashed}'?)")
+        } else {
+            String::new()
+        };
+        let (line, _) = line_and_column(&text, key.span().start);
+        let problem = format!("{prefix}: line {line}: unknown key '{name}'{hint}");
+        unknown.push((key.span().start, problem));
     }
     if !unknown.is_empty() {
         unknown.sort();
-        problems.extend(
-            unknown
-                .into_iter()
-                .map(|(_, line)| format!("{prefix}: {line}")),
-        );
+        problems.extend(unknown.into_iter().map(|(_, problem)| problem));
         return RawConfig::default();
     }
     toml::from_str::<RawConfig>(&text).unwrap_or_else(|error| {
@@ -701,28 +777,6 @@ fn read_bounded(path: &Path) -> Result<String, String> {
         return Err(format!("larger than {CONFIG_FILE_BYTES_MAX} bytes"));
     }
     String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
-}
-
-/// Long names of the settings flags: the keys a config file may use.
-fn flag_names() -> Vec<String> {
-    RawConfig::command()
-        .get_arguments()
-        .filter_map(|arg| arg.get_long())
-        .filter(|long| *long != "config-file")
-        .map(str::to_string)
-        .collect()
-}
-
-fn unknown_key_hint(name: &str, known: &[String]) -> String {
-    if name == "config-file" {
-        return " (a config file cannot name another)".to_string();
-    }
-    let dashed = name.replace('_', "-").to_lowercase();
-    if known.contains(&dashed) {
-        format!(" (did you mean '{dashed}'?)")
-    } else {
-        String::new()
-    }
 }
 
 /// toml's own rendering is several lines with a caret; one line with the position reads
@@ -745,22 +799,6 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     (line, column)
-}
-
-/// A TOML basic string: quotes, backslashes and control characters escaped.
-pub(crate) fn toml_basic_string(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -803,11 +841,24 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         problems.push("--snapshot-count must be greater than 0".to_string());
     }
     let limits = resolve_limits(raw, &mut problems);
-    let initial_cluster_state =
-        parse_cluster_state(raw.initial_cluster_state.as_deref(), &mut problems);
-    let storage_backend =
-        parse_storage_backend(raw.storage_backend.as_deref(), &data_dir, &mut problems);
-    let log_level = parse_log_level(raw.log_level.as_deref(), &mut problems);
+    let initial_cluster_state = parse_enum(
+        "--initial-cluster-state",
+        raw.initial_cluster_state.as_deref(),
+        &mut problems,
+    );
+    let storage_backend = match parse_enum(
+        "--storage-backend",
+        raw.storage_backend.as_deref(),
+        &mut problems,
+    ) {
+        StorageKind::Redb => StorageBackend::Redb {
+            dir: data_dir.join(STORAGE_DIR_IN_DATA_DIR),
+        },
+        StorageKind::Memory => StorageBackend::InMemory,
+    };
+    let log_level = parse_enum("--log-level", raw.log_level.as_deref(), &mut problems);
+    let log_format = resolve_log_format(raw, &mut problems);
+    let log_outputs = parse_log_outputs(raw.log_outputs.as_deref(), &mut problems);
     let mut warnings = Vec::new();
     let tls = resolve_tls(raw, &urls, &initial_cluster, &mut problems, &mut warnings);
     let auto_compaction = crate::auto_compaction::AutoCompaction::parse(
@@ -845,6 +896,8 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         auto_compaction,
         log_level,
         force_new_cluster: raw.force_new_cluster.unwrap_or(false),
+        log_format,
+        log_outputs,
         auth,
         config_file: None,
         warnings,
@@ -962,58 +1015,114 @@ fn check_timing(heartbeat_interval_ms: u64, election_timeout_ms: u64, problems: 
     }
 }
 
-fn parse_cluster_state(value: Option<&str>, problems: &mut Vec<String>) -> ClusterState {
-    match value {
-        None | Some("new") => ClusterState::New,
-        Some("existing") => ClusterState::Existing,
-        Some(other) => {
-            problems.push(format!(
-                "--initial-cluster-state must be 'new' or 'existing', got '{other}'"
-            ));
-            ClusterState::New
-        }
-    }
-}
-
-fn parse_storage_backend(
+/// An enum flag's value, or its default when not given; a wrong one is reported with the
+/// values clap's `ValueEnum` knows.
+fn parse_enum<T: ValueEnum + Default>(
+    flag: &str,
     value: Option<&str>,
-    data_dir: &Path,
     problems: &mut Vec<String>,
-) -> StorageBackend {
-    match value {
-        None | Some("redb") => StorageBackend::Redb {
-            dir: data_dir.join(STORAGE_DIR_IN_DATA_DIR),
-        },
-        Some("memory") => StorageBackend::InMemory,
-        Some(other) => {
-            problems.push(format!(
-                "--storage-backend must be 'redb' or 'memory', got '{other}'"
-            ));
-            StorageBackend::InMemory
-        }
-    }
+) -> T {
+    let Some(text) = value else {
+        return T::default();
+    };
+    T::from_str(text, false).unwrap_or_else(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .map(|variant| format!("'{}'", value_name(variant)))
+            .collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        problems.push(format!("{flag} must be {expected}, got '{text}'"));
+        T::default()
+    })
 }
 
-fn parse_log_level(value: Option<&str>, problems: &mut Vec<String>) -> LogLevel {
-    match value {
-        Some("debug") => LogLevel::Debug,
-        None | Some("info") => LogLevel::Info,
-        Some("warn") => LogLevel::Warn,
-        Some("error") => LogLevel::Error,
-        Some(other) => {
-            problems.push(format!(
-                "--log-level must be 'debug', 'info', 'warn' or 'error', got '{other}'"
-            ));
-            LogLevel::Info
-        }
+// ---------------------------------------------------------------------------------------------
+// Logs.
+
+/// `--log-format`, else what etcd's `--logger` implies (zap writes JSON lines), else text.
+fn resolve_log_format(raw: &RawConfig, problems: &mut Vec<String>) -> LogFormat {
+    let logger = raw
+        .logger
+        .as_deref()
+        .map(|text| parse_enum::<Logger>("--logger", Some(text), problems));
+    let implied = logger.map(|logger| match logger {
+        Logger::Zap => LogFormat::Json,
+        Logger::Capnslog => LogFormat::Text,
+    });
+    let Some(text) = raw.log_format.as_deref() else {
+        return implied.unwrap_or_default();
+    };
+    let format = parse_enum("--log-format", Some(text), problems);
+    if let (Some(logger), Some(implied)) = (logger, implied)
+        && implied != format
+    {
+        problems.push(format!(
+            "--log-format {} conflicts with --logger {}, which writes {}",
+            value_name(&format),
+            value_name(&logger),
+            value_name(&implied)
+        ));
     }
+    format
+}
+
+/// `--log-outputs`, as etcd 3.4's zap logger takes it: "default" (stderr here; etcd means
+/// journald or stderr) alone, or any of "stderr", "stdout" and file paths. Each file is opened
+/// (and created) now, so that one that cannot be written is reported with the other problems.
+fn parse_log_outputs(text: Option<&str>, problems: &mut Vec<String>) -> Vec<LogOutput> {
+    const FLAG: &str = "--log-outputs";
+    let items: Vec<&str> = text
+        .unwrap_or("default")
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .collect();
+    if items.is_empty() {
+        problems.push(format!("{FLAG}: no output given"));
+    }
+    if items.len() > LOG_OUTPUTS_MAX as usize {
+        problems.push(format!(
+            "{FLAG}: {} outputs, at most {LOG_OUTPUTS_MAX} allowed",
+            items.len()
+        ));
+        return Vec::new();
+    }
+    if items.len() > 1 && items.contains(&"default") {
+        // etcd's message.
+        problems.push(format!(
+            "{FLAG}: multi logoutput for \"default\" is not supported yet"
+        ));
+    }
+    let mut outputs = Vec::new();
+    for item in items {
+        let output = match item {
+            "default" | "stderr" => LogOutput::Stderr,
+            "stdout" => LogOutput::Stdout,
+            path => {
+                // etcd's words: open sink "PATH": ...
+                if let Err(error) = open_log_file(Path::new(path)) {
+                    problems.push(format!("{FLAG}: open sink \"{path}\": {error}"));
+                    continue;
+                }
+                LogOutput::File(PathBuf::from(path))
+            }
+        };
+        if outputs.contains(&output) {
+            problems.push(format!("{FLAG}: '{item}' is listed twice"));
+            continue;
+        }
+        outputs.push(output);
+    }
+    outputs
 }
 
 // ---------------------------------------------------------------------------------------------
 // URLs.
 
-/// The URL flags after defaults. `initial_advertise_peer` is `None` when it did not parse, so
-/// that checks against `--initial-cluster` are skipped rather than reported twice.
 struct ResolvedUrls {
     /// Each with whether it is https.
     listen_client: Vec<(SocketAddr, bool)>,
@@ -1148,51 +1257,47 @@ impl HttpUrl {
     }
 }
 
-/// Parses `http://host:port` or `https://host:port` with nothing after the port (etcd
-/// rejects paths too). The error is a message without the flag's name.
+/// Parses `http://host:port` or `https://host:port` with `http::Uri`, then refuses what etcd's
+/// URLs may not have: another scheme, user info, a missing port, or anything after the port.
+/// The error is a message without the flag's name.
 fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
     let malformed = || format!("'{text}' is not an http:// or https:// URL with host and port");
-    let lower = text.to_ascii_lowercase();
-    let (tls, rest) = if lower.starts_with("https://") {
-        (true, &text["https://".len()..])
-    } else if lower.starts_with("http://") {
-        (false, &text["http://".len()..])
-    } else {
-        return Err(malformed());
+    let uri: http::Uri = text.parse().map_err(|_| malformed())?;
+    let tls = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(malformed()),
     };
-    if let Some(index) = rest.find(['/', '?', '#']) {
-        if index > 0 {
-            let scheme = if tls { "https" } else { "http" };
-            return Err(format!(
-                "'{text}' has a path or query; give only {scheme}://host:port"
-            ));
+    let authority = uri.authority().ok_or_else(malformed)?;
+    let after_scheme = text.split_once("://").map_or("", |(_, rest)| rest);
+    if after_scheme.len() > authority.as_str().len() {
+        let scheme = if tls { "https" } else { "http" };
+        return Err(format!(
+            "'{text}' has a path or query; give only {scheme}://host:port"
+        ));
+    }
+    if authority.as_str().contains('@') {
+        return Err(malformed());
+    }
+    let port = authority.port_u16().ok_or_else(malformed)?;
+    let host = authority.host();
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => UrlHost::Ip(IpAddr::V6(v6.parse().map_err(|_| malformed())?)),
+        None if host.parse::<Ipv4Addr>().is_ok() => {
+            UrlHost::Ip(host.parse().map_err(|_| malformed())?)
         }
-        return Err(malformed());
-    }
-    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-        let (inside, after) = bracketed.split_once(']').ok_or_else(malformed)?;
-        let ip: std::net::Ipv6Addr = inside.parse().map_err(|_| malformed())?;
-        let port = after.strip_prefix(':').ok_or_else(malformed)?;
-        (UrlHost::Ip(IpAddr::V6(ip)), port)
-    } else {
-        let (host, port) = rest.rsplit_once(':').ok_or_else(malformed)?;
-        (parse_host(host).ok_or_else(malformed)?, port)
-    };
-    let port: u16 = port.parse().map_err(|_| malformed())?;
-    Ok(HttpUrl { host, port, tls })
-}
-
-fn parse_host(host: &str) -> Option<UrlHost> {
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        return Some(UrlHost::Ip(IpAddr::V4(ip)));
-    }
-    let is_name = !host.is_empty()
-        && host.len() <= 253
-        && host
+        // http::Uri allows characters in names that DNS does not (and user info).
+        None if host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !host.starts_with(['-', '.']);
-    is_name.then(|| UrlHost::Name(host.to_ascii_lowercase()))
+            && !host.starts_with(['-', '.'])
+            && !host.is_empty() =>
+        {
+            UrlHost::Name(host.to_ascii_lowercase())
+        }
+        None => return Err(malformed()),
+    };
+    Ok(HttpUrl { host, port, tls })
 }
 
 /// Splits a comma-separated list, skipping empty items (a trailing comma is harmless), and
@@ -1406,11 +1511,5 @@ mod tests {
         assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
         assert_eq!(line_and_column("ab", 99), (1, 3));
-    }
-
-    #[test]
-    fn toml_strings_are_escaped() {
-        assert_eq!(toml_basic_string(r#"a"b\c"#), r#""a\"b\\c""#);
-        assert_eq!(toml_basic_string("x\ny"), r#""x\u000Ay""#);
     }
 }

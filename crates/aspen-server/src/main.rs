@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use aspen_server::config::{self, ClusterBootstrapConfig, ConfigErrors};
+use aspen_server::config::{self, ClusterBootstrapConfig, ConfigErrors, LogFormat, LogOutput};
 
 /// mimalloc instead of glibc malloc: a put allocates in tonic, h2, prost and the storage layer on
 /// several threads, and glibc's arena locks and free-list work took about 13 % of the server's
@@ -38,7 +38,10 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config);
+    if let Err(problem) = init_logging(&config) {
+        eprintln!("aspen: {problem}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,14 +55,48 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
-fn init_logging(config: &ClusterBootstrapConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ASPEN_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{},openraft=warn", config.log_level.as_str()))
+/// Logs as `--log-level`, `--log-format` and `--log-outputs` say (`ASPEN_LOG`, an
+/// `EnvFilter` directive, overrides the level). Each line goes to every output.
+fn init_logging(config: &ClusterBootstrapConfig) -> Result<(), String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
+    let filter = tracing_subscriber::EnvFilter::try_from_env(config::LOG_FILTER_ENV)
+        .unwrap_or_else(|_| {
+            let level = config::value_name(&config.log_level);
+            tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn"))
+        });
+    let mut writer: Option<BoxMakeWriter> = None;
+    for output in &config.log_outputs {
+        let next = match output {
+            LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
+            LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
+            LogOutput::File(path) => {
+                let file = config::open_log_file(path).map_err(|error| {
+                    format!("--log-outputs: open sink \"{}\": {error}", path.display())
+                })?;
+                BoxMakeWriter::new(std::sync::Arc::new(file))
+            }
+        };
+        writer = Some(match writer {
+            None => next,
+            Some(before) => BoxMakeWriter::new(before.and(next)),
+        });
+    }
+    // Colours only where every output is a terminal: never escape codes in files or pipes.
+    let ansi = config.log_outputs.iter().all(|output| match output {
+        LogOutput::Stderr => std::io::stderr().is_terminal(),
+        LogOutput::Stdout => std::io::stdout().is_terminal(),
+        LogOutput::File(_) => false,
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stderr)))
+        .with_ansi(ansi);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 async fn run(config: ClusterBootstrapConfig) -> ExitCode {

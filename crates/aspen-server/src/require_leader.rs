@@ -25,7 +25,7 @@ use tokio::sync::watch;
 pub const NO_LEADER_CHECKS: u32 = 3;
 
 /// The metadata key and value clientv3 sends.
-const REQUIRE_LEADER_KEY: &str = "hasleader";
+pub const REQUIRE_LEADER_KEY: &str = "hasleader";
 const REQUIRE_LEADER_VALUE: &str = "true";
 
 /// Whether the member has been without a leader long enough to end streams that require

@@ -12,7 +12,8 @@
 //! connection's own task, bounded in time and in how many run at once, so a slow or silent
 //! client never holds up the accept loop; a refused one is logged as etcd logs "rejected
 //! connection"), then hyper's HTTP/2 server (or, where HTTP/1.1 is allowed too, hyper-util's
-//! auto-detecting builder) with an `axum::Router` as the service.
+//! auto-detecting builder) with an [`App`] as the service: a router, or on the client port the
+//! service that sends KV requests straight to the KV service.
 //! A stop signal stops the accept loop at once (the port closes), asks every connection to
 //! finish gracefully (HTTP/2 GOAWAY: in-flight requests complete, no new ones start), and waits
 //! until all have closed; the caller bounds that wait.
@@ -27,12 +28,54 @@ use aspen_tls::ServerTls;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+
+/// What a listener serves: a router (peer and metrics ports), or the client port's service,
+/// which sends KV requests past the router (`services::ClientService`).
+#[derive(Clone)]
+pub enum App {
+    Router(Router),
+    Client(crate::services::ClientService),
+}
+
+impl App {
+    /// This app for one TLS connection whose verified client certificate names `user`: the
+    /// user reaches every request as a `CertificateUser` extension.
+    fn with_certificate_user(self, user: aspen_api::CertificateUser) -> App {
+        match self {
+            App::Router(router) => App::Router(router.layer(axum::Extension(user))),
+            App::Client(client) => App::Client(client.with_certificate_user(user)),
+        }
+    }
+}
+
+impl tower_service::Service<Request<Incoming>> for App {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        // Routers and the client service are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        match self {
+            App::Router(router) => Box::pin(router.call(request)),
+            App::Client(client) => client.call(request),
+        }
+    }
+}
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +116,7 @@ impl Protocols {
 /// `tls`, every connection is a TLS connection (its config must offer `protocols.alpn()`).
 pub fn spawn(
     listener: TcpListener,
-    app: Router,
+    app: App,
     protocols: Protocols,
     settings: Http2Settings,
     tls: Option<ServerTls>,
@@ -151,7 +194,7 @@ fn connection_builder(
 
 /// What one accepted connection is served with.
 struct Connection {
-    app: Router,
+    app: App,
     builder: auto::Builder<TokioExecutor>,
     draining: watch::Receiver<bool>,
     what: &'static str,
@@ -193,7 +236,7 @@ impl Connection {
                     if let Some(name) = common_name {
                         self.app = self
                             .app
-                            .layer(axum::Extension(aspen_api::CertificateUser(name)));
+                            .with_certificate_user(aspen_api::CertificateUser(name));
                     }
                     self.serve(stream).await
                 }

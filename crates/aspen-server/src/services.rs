@@ -4,7 +4,12 @@
 //! (`/v3/...`), `/health`, `/version` and `/metrics`, as etcd's client port serves them.
 //! `serve.rs` serves it. Also the peer port's router.
 
-use aspen_api::{Access, AuthService, ClusterService, KvService, MaintenanceService};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use aspen_api::{
+    Access, AuthService, CertificateUser, ClusterService, KvService, MaintenanceService,
+};
 use aspen_node::Node;
 use aspen_proto::etcdserverpb::auth_server::AuthServer;
 use aspen_proto::etcdserverpb::cluster_server::ClusterServer;
@@ -16,6 +21,8 @@ use aspen_proto::peer::raft_peer_server::RaftPeerServer;
 use aspen_proto::v3electionpb::election_server::ElectionServer;
 use aspen_proto::v3lockpb::lock_server::LockServer;
 use aspen_raft::PeerService;
+use axum::http::{Request, Response};
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -31,13 +38,18 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
 /// unbounded (math.MaxInt32); we keep the same.
 const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
+/// The KV gRPC service with the client port's message limits.
+fn kv_server(node: &Node, access: &Access) -> KvServer<KvService> {
+    KvServer::new(KvService::new(node.clone(), access.clone()))
+        .max_decoding_message_size(client_message_bytes_max(node))
+        .max_encoding_message_size(CLIENT_SEND_BYTES_MAX)
+}
+
 /// The client port's gRPC services, behind the `hasleader` check (`require_leader.rs`). The
 /// health service's overall status follows `http::check_health` until `stop`.
 pub async fn client_routes(node: &Node, access: &Access, stop: watch::Receiver<bool>) -> Routes {
     let bytes_max = client_message_bytes_max(node);
-    let kv = KvServer::new(KvService::new(node.clone(), access.clone()))
-        .max_decoding_message_size(bytes_max)
-        .max_encoding_message_size(CLIENT_SEND_BYTES_MAX);
+    let kv = kv_server(node, access);
     let cluster = ClusterServer::new(ClusterService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone(), access.clone()))
@@ -79,18 +91,86 @@ pub async fn client_routes(node: &Node, access: &Access, stop: watch::Receiver<b
 
 /// Everything the client port answers: gRPC by path, the JSON gateway (which calls the same
 /// gRPC routes in process), and `/health`, `/version`, `/metrics`.
-pub async fn client_router(
+pub async fn client_service(
     node: &Node,
     access: &Access,
     stop: watch::Receiver<bool>,
-) -> axum::Router {
+) -> ClientService {
     let grpc = client_routes(node, access, stop).await;
     let gateway = crate::gateway::router(grpc.clone(), node.limits().request_bytes_max);
-    grpc.into_axum_router()
+    let router = grpc
+        .into_axum_router()
         .merge(crate::http::router(node.clone()))
         .merge(gateway)
         .fallback(crate::serve::not_found)
-        .with_state(())
+        .with_state(());
+    ClientService {
+        kv: kv_server(node, access),
+        router,
+        certificate_user: None,
+    }
+}
+
+/// The path prefix of every KV method (Range, Put, DeleteRange, Txn, Compact).
+const KV_PATH_PREFIX: &str = "/etcdserverpb.KV/";
+
+/// The client port's service. A KV request (what every put and range is) goes straight to the
+/// KV gRPC service: no router, no middleware. Routing and the `hasleader` middleware cost about
+/// 4 % of a put's server CPU (docs/performance.md, "The client port's direct KV route").
+/// Everything else goes through the router: the other gRPC services, the JSON gateway, the
+/// HTTP endpoints, and any request that asks for a leader (`hasleader`), whose check is the
+/// router's middleware.
+#[derive(Clone)]
+pub struct ClientService {
+    kv: KvServer<KvService>,
+    router: axum::Router,
+    /// The verified client certificate's Common Name on a TLS connection (`serve.rs`).
+    certificate_user: Option<CertificateUser>,
+}
+
+impl ClientService {
+    /// This service for one connection whose client certificate names `user`.
+    pub fn with_certificate_user(mut self, user: CertificateUser) -> ClientService {
+        self.certificate_user = Some(user);
+        self
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for ClientService
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError> + Send + 'static,
+{
+    type Response = Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<axum::body::Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both inner services are always ready (tonic's generated servers and axum's router).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if let Some(user) = &self.certificate_user {
+            request.extensions_mut().insert(user.clone());
+        }
+        let direct = request.uri().path().starts_with(KV_PATH_PREFIX)
+            && !request
+                .headers()
+                .contains_key(crate::require_leader::REQUIRE_LEADER_KEY);
+        if direct {
+            let mut kv = self.kv.clone();
+            Box::pin(async move {
+                match kv.call(request).await {
+                    Ok(response) => Ok(response.map(axum::body::Body::new)),
+                    Err(never) => match never {},
+                }
+            })
+        } else {
+            let mut router = self.router.clone();
+            Box::pin(async move { router.call(request).await })
+        }
+    }
 }
 
 /// The peer port's router: Aspen's Raft peer service only.

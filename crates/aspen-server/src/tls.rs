@@ -338,40 +338,6 @@ pub fn build_peer_client(
     .map(Some)
 }
 
-impl TlsConfig {
-    /// The TLS keys of `--print-config`: only those that are set.
-    pub(crate) fn to_toml(&self) -> String {
-        let mut text = String::new();
-        let path = |p: &Path| crate::config::toml_basic_string(&p.to_string_lossy());
-        for (prefix, side) in [("", &self.client), ("peer-", &self.peer)] {
-            match &side.cert {
-                Some(CertSource::Files {
-                    cert_file,
-                    key_file,
-                }) => {
-                    text.push_str(&format!("{prefix}cert-file = {}\n", path(cert_file)));
-                    text.push_str(&format!("{prefix}key-file = {}\n", path(key_file)));
-                }
-                Some(CertSource::Auto) => text.push_str(&format!("{prefix}auto-tls = true\n")),
-                None => {}
-            }
-            if let Some(ca) = &side.trusted_ca_file {
-                text.push_str(&format!("{prefix}trusted-ca-file = {}\n", path(ca)));
-            }
-            if side.client_cert_auth {
-                text.push_str(&format!("{prefix}client-cert-auth = true\n"));
-            }
-        }
-        if !self.cipher_suites.is_empty() {
-            text.push_str(&format!(
-                "cipher-suites = {}\n",
-                crate::config::toml_basic_string(&self.cipher_suites.join(","))
-            ));
-        }
-        text
-    }
-}
-
 /// The hosts of URLs (`https://a:1` -> `a`), for an auto-TLS certificate's names.
 pub fn url_hosts(urls: &[String]) -> Vec<String> {
     let mut hosts: Vec<String> = Vec::new();

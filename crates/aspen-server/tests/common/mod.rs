@@ -109,6 +109,12 @@ pub struct Process {
 }
 
 impl Process {
+    /// A process the test spawned itself (e.g. to keep its stdout), with its stderr in
+    /// `log_path`; killed and reaped when dropped, as those from [`spawn_aspen`].
+    pub fn from_child(child: Child, log_path: PathBuf) -> Process {
+        Process { child, log_path }
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn sigterm(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
