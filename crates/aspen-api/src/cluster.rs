@@ -42,6 +42,12 @@ impl ClusterService {
     /// a follower that forwarded the change lists it too. The change is done either way; if
     /// the barrier fails, the local view is the best answer left.
     async fn members_after_change(&self) -> Vec<pb::Member> {
+        // The leader proposed the change, so its own membership already shows it (and a
+        // one-member cluster that just added a voter has no quorum for a barrier until the new
+        // member starts).
+        if self.node.is_leader() {
+            return member_list(&self.node.members());
+        }
         if let Err(error) = self.node.read_barrier().await {
             tracing::debug!(%error, "member list after a change may lag");
         }

@@ -720,6 +720,8 @@ impl Node {
     async fn change_membership_as_leader(&self, request: ForwardRequest) -> Result<(), NodeError> {
         let members = self.members();
         let find = |id: NodeId| members.iter().find(|m| m.id == id).cloned();
+        // A voter added to a cluster whose only voter is this leader.
+        let mut adds_second_voter = None;
         let change: ChangeMembers<NodeId, NodeInfo> = match request {
             ForwardRequest::AddMember { id, info, learner } => {
                 let clash = members.iter().any(|m| {
@@ -731,6 +733,14 @@ impl Node {
                 if learner {
                     ChangeMembers::AddNodes(BTreeMap::from([(id, info)]))
                 } else {
+                    let voters: Vec<NodeId> = members
+                        .iter()
+                        .filter(|m| !m.is_learner)
+                        .map(|m| m.id)
+                        .collect();
+                    if voters == [self.id()] {
+                        adds_second_voter = Some(id);
+                    }
                     ChangeMembers::AddVoters(BTreeMap::from([(id, info)]))
                 }
             }
@@ -774,10 +784,8 @@ impl Node {
         };
         for _ in 0..FORWARD_ATTEMPTS_MAX {
             match self
-                .inner
-                .raft
-                .change_membership(change.clone(), false)
-                .await
+                .run_membership_change(change.clone(), adds_second_voter)
+                .await?
             {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -796,6 +804,70 @@ impl Node {
             }
         }
         Err(NodeError::Timeout)
+    }
+
+    /// Runs `change` to the end on a task of its own and returns its result: openraft takes a
+    /// voter change in two steps (a joint configuration, then the new one) driven by the caller,
+    /// so a client that went away mid-change would leave the joint configuration behind.
+    ///
+    /// With `adds_second_voter` (a voter added to a cluster whose only voter is this leader) it
+    /// returns once the joint configuration is durable here: etcd counts such a change as
+    /// committed once the old configuration's quorum, this member alone, has it, and lets
+    /// MemberAdd return (its special case for re-growing a one-member cluster, e.g. after
+    /// `--force-new-cluster`). openraft can commit it only once the new member runs, which the
+    /// operator starts after MemberAdd returns; the task finishes the change then.
+    async fn run_membership_change(
+        &self,
+        change: ChangeMembers<NodeId, NodeInfo>,
+        adds_second_voter: Option<NodeId>,
+    ) -> Result<Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>>, NodeError> {
+        let raft = self.inner.raft.clone();
+        let mut task = tokio::spawn(async move { raft.change_membership(change, false).await });
+        type Outcome = Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        >;
+        let joined = |result: Result<Outcome, tokio::task::JoinError>| match result {
+            Ok(outcome) => Ok(outcome.map(|_| ())),
+            Err(error) => Err(NodeError::Raft(format!("membership change task: {error}"))),
+        };
+        let Some(added) = adds_second_voter else {
+            return joined((&mut task).await);
+        };
+        let mut metrics = self.inner.raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(LEADER_WAIT_MS_MAX);
+        loop {
+            if self.joint_config_durable_here(added) {
+                return Ok(Ok(()));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                result = &mut task => return joined(result),
+                changed = tokio::time::timeout(left, metrics.changed()) => match changed {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return Err(NodeError::Stopped),
+                    Err(_) => return Err(NodeError::Timeout),
+                },
+            }
+        }
+    }
+
+    /// Whether this leader's effective membership has `added` as a voter and its own log has
+    /// that membership's entry durably.
+    fn joint_config_durable_here(&self, added: NodeId) -> bool {
+        let metrics = self.raft_metrics();
+        let config = &metrics.membership_config;
+        if !config.membership().voter_ids().any(|id| id == added) {
+            return false;
+        }
+        let flushed_here = metrics
+            .replication
+            .as_ref()
+            .and_then(|progress| progress.get(&self.id()).cloned().flatten());
+        match (config.log_id(), flushed_here) {
+            (Some(entry), Some(flushed)) => flushed.index() >= entry.index(),
+            _ => false,
+        }
     }
 
     /// etcd's isLearnerReady: a learner is promoted only once its replicated log reaches 90% of

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aspen_core::NodeInfo;
-use aspen_node::{ForwardRequest, Node, NodeError, NodeOptions, RaftTiming};
+use aspen_node::{ForwardRequest, Node, NodeError, NodeOptions, RaftTiming, TestingOptions};
 use aspen_raft::{PeerClients, PeerIdentity, PeerNetworkFactory};
+use aspen_storage::force_new_cluster::{ForceOutcome, force_new_cluster};
 use aspen_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,6 +43,8 @@ pub enum BootstrapError {
         what: &'static str,
         source: aspen_tls::TlsError,
     },
+    #[error("--force-new-cluster: {0}")]
+    ForceNewCluster(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         addr: SocketAddr,
@@ -98,12 +101,7 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
         backend: config.storage_backend.clone(),
         limits: config.limits,
     };
-    let node = Node::start(
-        options,
-        PeerNetworkFactory::new(clients.clone()),
-        Arc::new(clients),
-    )
-    .await?;
+    let node = start_node(config, options, clients).await?;
     tracing::info!(member = format!("{member_id:x}"), name = %config.name, "storage open, raft started");
 
     let access = aspen_api::Access::new(&node, config.auth.clone());
@@ -194,6 +192,106 @@ pub async fn bootstrap_node(config: &ClusterBootstrapConfig) -> Result<NodeHandl
         .servers
         .push(spawn_self_publish(node.clone(), info, stop_rx));
     Ok(handle)
+}
+
+/// Opens the member's storage, rewrites it first when `--force-new-cluster` asks, and starts
+/// Raft on it.
+async fn start_node(
+    config: &ClusterBootstrapConfig,
+    options: NodeOptions,
+    clients: PeerClients,
+) -> Result<Node, BootstrapError> {
+    let (mut log_store, mut state_machine) =
+        aspen_storage::open_storage(&options.backend, options.limits).map_err(NodeError::from)?;
+    let mut forced = false;
+    if config.force_new_cluster {
+        let outcome = force_new_cluster(
+            &mut log_store,
+            &mut state_machine,
+            options.id,
+            options.info.clone(),
+        )
+        .await
+        .map_err(NodeError::from)?;
+        forced = report_forced(options.id, outcome)?;
+    }
+    let node = Node::start_with_storage(
+        options,
+        log_store,
+        state_machine,
+        PeerNetworkFactory::new(clients.clone()),
+        Arc::new(clients),
+        TestingOptions::default(),
+    )
+    .await?;
+    if forced {
+        // openraft re-applied the log up to the forced entry, committed, before `start`
+        // returned.
+        let applied = node.applied_state()?;
+        let voters: Vec<u64> = applied.membership.voter_ids().collect();
+        let members = applied.membership.membership().nodes().count();
+        assert!(
+            voters == [node.id()] && members == 1,
+            "a forced member started with voters {voters:?} of {members} members"
+        );
+    }
+    Ok(node)
+}
+
+/// Logs what `--force-new-cluster` did, as loudly as etcd; refuses a member its data dir does
+/// not list. Returns whether the membership was rewritten (and committed) just now.
+fn report_forced(member_id: u64, outcome: ForceOutcome) -> Result<bool, BootstrapError> {
+    let member = format!("{member_id:x}");
+    match outcome {
+        ForceOutcome::NoState => {
+            tracing::warn!(
+                %member,
+                "--force-new-cluster: the data dir holds no cluster state; starting as the \
+                 other flags say"
+            );
+            Ok(false)
+        }
+        ForceOutcome::AlreadyAlone => {
+            tracing::warn!(
+                %member,
+                "--force-new-cluster: this member is already the only member; nothing \
+                 changed. Remove the flag: left on, a later restart removes every member \
+                 added since"
+            );
+            // Committed or not (a crash may have come between the entry and the committed
+            // index), the sole voter commits it once it elects itself.
+            Ok(false)
+        }
+        ForceOutcome::NotAMember { members } => {
+            let members: Vec<String> = members.iter().map(|id| format!("{id:x}")).collect();
+            Err(BootstrapError::ForceNewCluster(format!(
+                "member {member} (from --initial-advertise-peer-urls and \
+                 --initial-cluster-token) is not a member of the cluster in this data dir \
+                 (members {}); start it with the flags it was started with before",
+                members.join(",")
+            )))
+        }
+        ForceOutcome::Forced(forced) => {
+            for removed in &forced.removed {
+                tracing::warn!(
+                    %member,
+                    removed = format!("{removed:x}"),
+                    "--force-new-cluster: removed member from the cluster"
+                );
+            }
+            tracing::warn!(
+                %member,
+                term = forced.term,
+                membership_index = forced.membership_log_id.index,
+                committed_index_before = forced.committed_index_before,
+                uncommitted_entries_kept = forced.uncommitted_entries_kept,
+                "--force-new-cluster: this member is now the only member of its cluster, with \
+                 all its data; add members back with `member add`, and remove the flag before \
+                 the next restart"
+            );
+            Ok(true)
+        }
+    }
 }
 
 async fn bind_all(

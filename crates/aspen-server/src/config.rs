@@ -182,6 +182,9 @@ pub struct ClusterBootstrapConfig {
     /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`: off.
     pub auto_compaction: Option<crate::auto_compaction::AutoCompaction>,
     pub log_level: LogLevel,
+    /// `--force-new-cluster`: start as the only member of the cluster, with all this member's
+    /// data (etcd's unsafe recovery flag; `aspen_storage::force_new_cluster`).
+    pub force_new_cluster: bool,
     /// `--log-format`, or what `--logger` implies.
     pub log_format: LogFormat,
     /// `--log-outputs`: at least one, none twice; files were opened once to check them.
@@ -396,6 +399,9 @@ struct RawConfig {
         value_name = "DURATION"
     )]
     experimental_auto_compaction_interval: Option<String>,
+    /// Unsafe: restart this member as a one-member cluster with all its data, to recover from a lost majority; remove it after the member has started [default: false]
+    #[arg(long, env = "ASPEN_FORCE_NEW_CLUSTER", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    force_new_cluster: Option<bool>,
     /// TOML file of settings, keys named as the flags [default: none]
     #[arg(long, env = "ASPEN_CONFIG_FILE", value_name = "PATH")]
     #[serde(skip)]
@@ -546,6 +552,8 @@ impl ClusterBootstrapConfig {
             auto_compaction_mode: compaction.as_ref().map(|c| c.0.to_string()),
             auto_compaction_retention: compaction.as_ref().map(|c| c.1.clone()),
             experimental_auto_compaction_interval: compaction.and_then(|c| c.2),
+            // Written only when on: a printed config must not turn it on by itself.
+            force_new_cluster: self.force_new_cluster.then_some(true),
             ..RawConfig::default()
         };
         tls_settings(&self.tls, &mut raw);
@@ -899,6 +907,7 @@ fn resolve(raw: &RawConfig) -> Result<ClusterBootstrapConfig, Vec<String>> {
         tls,
         auto_compaction,
         log_level,
+        force_new_cluster: raw.force_new_cluster.unwrap_or(false),
         log_format,
         log_outputs,
         auth,

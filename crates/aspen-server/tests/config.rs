@@ -792,3 +792,23 @@ fn auth_flags_default_to_etcds_and_are_checked() {
         "--bcrypt-cost 3 is out of bcrypt's range 4 to 31",
     );
 }
+
+#[test]
+fn force_new_cluster_comes_from_every_source_and_is_off_by_default() {
+    assert!(!load(&[], &[]).force_new_cluster);
+    assert!(load(&["--force-new-cluster"], &[]).force_new_cluster);
+    assert!(load(&["--force-new-cluster=true"], &[]).force_new_cluster);
+    assert!(load(&[], &[("ASPEN_FORCE_NEW_CLUSTER", "true")]).force_new_cluster);
+    let file = config_file("force-new-cluster = true\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let from_file = load(&["--config-file", path], &[]);
+    assert!(from_file.force_new_cluster);
+    // A flag overrides the file, as every setting.
+    assert!(!load(&["--config-file", path, "--force-new-cluster=false"], &[]).force_new_cluster);
+    // --print-config writes it back only when on.
+    assert!(from_file.to_toml().contains("force-new-cluster = true"));
+    assert!(!load(&[], &[]).to_toml().contains("force-new-cluster"));
+    let help = ClusterBootstrapConfig::command().render_help().to_string();
+    assert!(help.contains("--force-new-cluster"), "{help}");
+    assert!(help.contains("ASPEN_FORCE_NEW_CLUSTER"), "{help}");
+}

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod disk;
 mod durability;
 pub mod error;
+pub mod force_new_cluster;
 pub mod log_store;
 pub mod log_writer;
 mod migrate;

@@ -36,6 +36,11 @@ impl LogStore {
         LogStore { store, writer }
     }
 
+    /// Waits until everything appended or queued so far is durable.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.writer.flush().await
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let db = self.store.log_db();
         let txn = db.begin_read()?;
