@@ -10,6 +10,11 @@
 //!   `etcdctl snapshot save` calls), `aspen snapshot restore` for each member of a new
 //!   cluster, which then serves the same keys, revisions and leases and takes writes.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,11 @@
 //! index), the data is untouched, and what openraft reads at start says so. A second run changes
 //! nothing; a member outside the membership and an empty store are told apart.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use aspen_core::limits::Limits;
