@@ -109,3 +109,24 @@ const _: () = assert!(HEARTBEAT_INTERVAL_MS * 3 < ELECTION_TIMEOUT_MS);
 const _: () = assert!(CLIENTS_MIN > 0 && CLIENTS_MIN <= CLIENTS_MAX);
 const _: () = assert!(NEMESIS_STEP_MS_MIN <= NEMESIS_STEP_MS_MAX);
 const _: () = assert!(WATCHERS_MIN > 0 && WATCHERS_MIN <= WATCHERS_MAX);
+
+/// The sweep runs its seeds in worker processes (re-executions of the same binary), each at
+/// most this many seeds, so that whatever a seed leaves behind in the heap is returned to the
+/// system when its worker exits: the sweep's memory does not grow with the seed count.
+pub const SWEEP_SEEDS_PER_WORKER: u64 = 20;
+/// A worker whose resident memory passes this fails the seed it is running (with its replay
+/// line) and is killed; the sweep goes on with a new worker at the next seed. A seed uses
+/// tens of MiB; a worker that has run `SWEEP_SEEDS_PER_WORKER` seeds, a few hundred.
+pub const SWEEP_WORKER_RSS_MIB_MAX: u64 = 2_048;
+/// Wall-clock budget of one seed in the sweep (a seed takes well under a second, and its
+/// linearizability check at most `CHECK_TIME_BUDGET_MS`): past it the seed fails, with its
+/// replay line, and its worker is killed.
+pub const SWEEP_SEED_WALL_MS_MAX: u64 = 120_000;
+/// How often the sweep samples its worker's memory and time.
+pub const SWEEP_POLL_MS: u64 = 200;
+/// How often the sweep prints a progress line (stderr).
+pub const SWEEP_PROGRESS_MS: u64 = 30_000;
+
+const _: () = assert!(SWEEP_SEEDS_PER_WORKER > 0);
+const _: () = assert!(SWEEP_SEED_WALL_MS_MAX > CHECK_TIME_BUDGET_MS);
+
