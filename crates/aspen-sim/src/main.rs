@@ -26,7 +26,7 @@ use aspen_sim::{EXECUTOR, SeedReport, SimConfig, run_seed};
 const SEEDS_MAX: u64 = 100_000_000;
 
 const USAGE: &str = "usage: aspen-sim (--seed N | --seeds A..B) [--nodes 3|5] \
-[--unsafe-local-reads] [--drop-watch-event] [--fault-ms MS] [--healed-ms MS] [--verbose] \
+[--unsafe-local-reads] [--drop-watch-event] [--split-lease-expiry] [--resume-past-compaction] [--fault-ms MS] [--healed-ms MS] [--verbose] \
 [--seeds-per-worker N] [--worker-rss-mib MIB] [--seed-wall-ms MS]";
 
 /// How the process runs its seeds.
@@ -84,7 +84,7 @@ fn parse_args() -> Result<Args, String> {
             .map_err(|e| format!("{flag}: {e}"))
     };
     while let Some(arg) = args.next() {
-        let mut scenario_value = |value: u64, args: &mut Vec<String>| {
+        let scenario_value = |value: u64, args: &mut Vec<String>| {
             args.push(arg.clone());
             args.push(value.to_string());
             value
@@ -107,6 +107,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--drop-watch-event" => {
                 parsed.template.drop_watch_event = true;
+                parsed.scenario_args.push(arg.clone());
+            }
+            "--split-lease-expiry" => {
+                parsed.template.split_lease_expiry = true;
+                parsed.scenario_args.push(arg.clone());
+            }
+            "--resume-past-compaction" => {
+                parsed.template.resume_past_compaction = true;
                 parsed.scenario_args.push(arg.clone());
             }
             "--fault-ms" => {
