@@ -31,6 +31,7 @@ pub mod limits;
 pub mod net;
 pub mod rng;
 pub mod runner;
+pub mod supervisor;
 pub mod trace;
 pub mod transport;
 pub mod watchers;

@@ -168,3 +168,14 @@ const _: () = assert!(COMPACT_INTERVAL_MS_MIN <= COMPACT_INTERVAL_MS_MAX);
 /// expire before the seed fails: the longest TTL, a leader change (a new leader restarts
 /// every deadline), and the lessor's check interval, with room.
 pub const LEASE_DRAIN_WAIT_MS_MAX: u64 = 20_000;
+
+/// Share of the nemesis's actions that are disk faults (a failing fsync, a full disk, space
+/// freed), in percent.
+pub const DISK_FAULT_ACTIONS_PERCENT: u64 = 10;
+/// The supervisor (a process manager: systemd, Kubernetes) looks at every node this often.
+pub const SUPERVISOR_TICK_MS: u64 = 100;
+/// A node that hit a disk fault (a failed fsync, a refused growth) must have stopped its
+/// Raft within this long, or the seed fails: it would be carrying on as if the write landed.
+pub const DISK_FAULT_STOP_MS_MAX: u64 = 2_000;
+/// How long the supervisor waits before it restarts a node that stopped.
+pub const SUPERVISOR_RESTART_DELAY_MS: u64 = 300;

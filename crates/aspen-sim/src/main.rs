@@ -26,7 +26,7 @@ use aspen_sim::{EXECUTOR, SeedReport, SimConfig, run_seed};
 const SEEDS_MAX: u64 = 100_000_000;
 
 const USAGE: &str = "usage: aspen-sim (--seed N | --seeds A..B) [--nodes 3|5] \
-[--unsafe-local-reads] [--drop-watch-event] [--split-lease-expiry] [--resume-past-compaction] [--fault-ms MS] [--healed-ms MS] [--verbose] \
+[--unsafe-local-reads] [--drop-watch-event] [--split-lease-expiry] [--resume-past-compaction] [--lying-fsync] [--fault-ms MS] [--healed-ms MS] [--verbose] \
 [--seeds-per-worker N] [--worker-rss-mib MIB] [--seed-wall-ms MS]";
 
 /// How the process runs its seeds.
@@ -115,6 +115,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "--resume-past-compaction" => {
                 parsed.template.resume_past_compaction = true;
+                parsed.scenario_args.push(arg.clone());
+            }
+            "--lying-fsync" => {
+                parsed.template.lying_fsync = true;
                 parsed.scenario_args.push(arg.clone());
             }
             "--fault-ms" => {

@@ -39,6 +39,7 @@ use crate::limits::{
 };
 use crate::net::SimNet;
 use crate::rng::SimRng;
+use crate::supervisor::run_supervisor;
 use crate::watchers::{WatchLog, WatcherSetup, run_watcher};
 use crate::workload::{SharedRecorder, run_client};
 
@@ -65,6 +66,9 @@ pub struct SimConfig {
     /// The planted compaction bug: a watcher cancelled as compacted resumes one revision past
     /// the compact revision.
     pub resume_past_compaction: bool,
+    /// The planted disk bug: an fsync the nemesis fails drops its pages but reports success,
+    /// so the node carries on as if they were durable.
+    pub lying_fsync: bool,
     pub fault_phase_ms: u64,
     pub healed_phase_ms: u64,
 }
@@ -78,6 +82,7 @@ impl SimConfig {
             drop_watch_event: false,
             split_lease_expiry: false,
             resume_past_compaction: false,
+            lying_fsync: false,
             fault_phase_ms: FAULT_PHASE_MS,
             healed_phase_ms: HEALED_PHASE_MS,
         }
@@ -110,6 +115,9 @@ impl SimConfig {
         if self.resume_past_compaction {
             command.push_str(" --resume-past-compaction");
         }
+        if self.lying_fsync {
+            command.push_str(" --lying-fsync");
+        }
         if self.fault_phase_ms != FAULT_PHASE_MS {
             command.push_str(&format!(" --fault-ms {}", self.fault_phase_ms));
         }
@@ -140,6 +148,8 @@ pub struct SeedReport {
     pub leases_revoked_with_keys: u64,
     pub lease_revokes_acked: u64,
     pub compactions_acked: u64,
+    /// Nodes the supervisor found stopped after a disk fault (and restarted).
+    pub disk_fault_stops: u64,
     /// Every invariant violation (or harness failure), in words; empty on a pass.
     pub failures: Vec<String>,
     /// Hash of the ordered network deliveries and client results: equal for equal runs.
@@ -173,6 +183,7 @@ impl SeedReport {
             leases_revoked_with_keys: 0,
             lease_revokes_acked: 0,
             compactions_acked: 0,
+            disk_fault_stops: 0,
             failures: Vec::new(),
             trace_hash: 0,
             trace_events: 0,
@@ -198,7 +209,7 @@ impl SeedReport {
         format!(
             "seed {} ({} nodes, snapshot every {}, {} clients, {} watchers, {} lease clients): {} ops ok, {} indeterminate \
              ({} writes), {} watch events ({} watches opened, {} cancelled as compacted), {} leases granted ({} revoked with keys, \
-             {} revokes acked), {} compactions acked, {} restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
+             {} revokes acked), {} compactions acked, {} stops after disk faults, {} restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
              trace {:016x}",
             self.config.seed,
             self.founders,
@@ -216,6 +227,7 @@ impl SeedReport {
             self.leases_revoked_with_keys,
             self.lease_revokes_acked,
             self.compactions_acked,
+            self.disk_fault_stops,
             self.restarts,
             self.net.sent,
             self.net.lost,
@@ -446,6 +458,8 @@ async fn exercise(
         rng.fork(),
         tap.clone(),
     ));
+    let supervisor_stop = Arc::new(AtomicBool::new(false));
+    let supervisor = tokio::spawn(run_supervisor(cluster.clone(), supervisor_stop.clone()));
     let crashed_max = (scenario.founders.len() - 1) / 2;
     let mut nemesis = Nemesis::new(
         cluster.clone(),
@@ -453,6 +467,7 @@ async fn exercise(
         scenario.spares.clone(),
         crashed_max,
     );
+    nemesis.lying_fsync = config.lying_fsync;
     let fault_end_ms = cluster.net().now_ms() + config.fault_phase_ms;
     nemesis.run(fault_end_ms).await;
     nemesis.heal().await;
@@ -481,6 +496,20 @@ async fn exercise(
     }
     let replicas = convergence::wait(cluster).await;
     let watch_logs = stop_watchers(&replicas, watchers, watch_stop, report).await;
+    supervisor_stop.store(true, Ordering::Relaxed);
+    match supervisor.await {
+        Ok(log) => {
+            report.disk_fault_stops = log.stops_after_disk_fault;
+            report.failures.extend(log.failures);
+            if log.failures_more > 0 {
+                report.failures.push(format!(
+                    "supervisor: {} more failures",
+                    log.failures_more
+                ));
+            }
+        }
+        Err(_) => report.failures.push("the supervisor panicked".to_string()),
+    }
     let monitor = match monitor.await {
         Ok(monitor) => monitor,
         Err(_) => {

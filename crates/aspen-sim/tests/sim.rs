@@ -1,6 +1,7 @@
 //! A small fixed set of seeds, run on every `cargo test`: they must pass, a seed must replay
 //! exactly, and the checkers must catch the planted bugs (stale reads, a lost watch event, a
-//! lease expiry that deletes its keys apart, a watcher that resumes past a compaction). Longer sweeps run from the binary
+//! lease expiry that deletes its keys apart, a watcher that resumes past a compaction, a node
+//! that carries on after a failed fsync). Longer sweeps run from the binary
 //! (`cargo run -p aspen-sim --release -- --seeds 0..300`).
 
 use aspen_sim::{SeedReport, SimConfig, run_seed};
@@ -213,6 +214,34 @@ fn the_watch_check_catches_a_resume_past_the_compact_revision() {
             .iter()
             .any(|f| f.starts_with("watch gap: watcher") && f.contains("as compacted")),
         "caught, but not as a watch gap across compaction: {:?}",
+        report.failures
+    );
+}
+
+/// Seeds tried with the planted disk bug (an fsync the nemesis fails reports success, so the
+/// node carries on as if its writes were durable) before the test gives up: only seeds where
+/// the nemesis fails an fsync and the node then syncs can show it.
+const LYING_FSYNC_SEEDS: u64 = 24;
+
+#[test]
+fn the_disk_fault_check_catches_a_node_that_carries_on_after_a_failed_fsync() {
+    let caught = (0..LYING_FSYNC_SEEDS).find_map(|seed| {
+        let config = SimConfig {
+            lying_fsync: true,
+            ..config(seed)
+        };
+        let report = run_seed(&config);
+        (!report.passed()).then_some(report)
+    });
+    let report = caught.unwrap_or_else(|| {
+        panic!("a node carrying on after a failed fsync went unnoticed for seeds 0..{LYING_FSYNC_SEEDS}")
+    });
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.starts_with("supervisor:") && f.contains("carries on")),
+        "caught, but not by the disk-fault check: {:?}",
         report.failures
     );
 }
