@@ -93,9 +93,9 @@ pub async fn run_compactor(
         if let Ok(Ok(response)) = tokio::time::timeout(timeout, node.write(command)).await {
             match response.result {
                 Ok(CommandResult::Compact) => log.acked += 1,
-                other => log
-                    .problems
-                    .push(format!("compactor: compact at {revision} answered {other:?}")),
+                other => log.problems.push(format!(
+                    "compactor: compact at {revision} answered {other:?}"
+                )),
             }
         }
     }

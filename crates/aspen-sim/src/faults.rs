@@ -14,9 +14,9 @@ use aspen_node::ForwardRequest;
 
 use crate::cluster::{Cluster, node_info};
 use crate::limits::{
-    CLOCK_JUMP_MS_MAX, DISK_FAULT_ACTIONS_PERCENT, FORWARD_TIMEOUT_MS, NEMESIS_ACTIONS_MAX, NEMESIS_STEP_MS_MAX,
-    NEMESIS_STEP_MS_MIN, NET_DELAY_MS_MAX, NET_DUPLICATE_PPM_MAX, NET_LOSS_PPM_MAX,
-    NET_SPIKE_PPM_MAX,
+    CLOCK_JUMP_MS_MAX, DISK_FAULT_ACTIONS_PERCENT, FORWARD_TIMEOUT_MS, NEMESIS_ACTIONS_MAX,
+    NEMESIS_STEP_MS_MAX, NEMESIS_STEP_MS_MIN, NET_DELAY_MS_MAX, NET_DUPLICATE_PPM_MAX,
+    NET_LOSS_PPM_MAX, NET_SPIKE_PPM_MAX,
 };
 use crate::net::NetFaults;
 use crate::rng::SimRng;
@@ -197,7 +197,9 @@ impl Nemesis {
         } else {
             let rng = &mut self.rng;
             self.cluster.crash_torn(id, &mut || rng.below(2) == 0);
-            self.note(format!("crash {id} mid-writeback (torn: some unsynced pages kept)"));
+            self.note(format!(
+                "crash {id} mid-writeback (torn: some unsynced pages kept)"
+            ));
         }
     }
 

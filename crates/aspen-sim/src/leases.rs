@@ -8,8 +8,8 @@
 //! with no lease), so that a revocation must spare it. What it was told is recorded for the
 //! lease check (`invariants/leases.rs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aspen_core::{ApplyError, Command, CommandResult, PutRequest};

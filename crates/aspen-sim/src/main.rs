@@ -435,7 +435,9 @@ fn run_sweep(args: &Args) -> ExitCode {
     };
     let mut next = args.seeds.start;
     while next < args.seeds.end {
-        let chunk = next..next.saturating_add(args.seeds_per_worker).min(args.seeds.end);
+        let chunk = next..next
+            .saturating_add(args.seeds_per_worker)
+            .min(args.seeds.end);
         match sweep_with_worker(args, chunk, &mut tally, &mut progress) {
             Ok(after) => {
                 assert!(after > next, "the sweep moves forward");

@@ -34,8 +34,7 @@ use crate::limits::{
     CLIENT_TIMEOUT_MS, CLIENTS_MAX, CLIENTS_MIN, ELECTION_TIMEOUT_MS, FAULT_PHASE_MS,
     FIRST_LEADER_WAIT_MS_MAX, HEALED_PHASE_MS, HEARTBEAT_INTERVAL_MS, LEASE_CLIENTS_MAX,
     LEASE_CLIENTS_MIN, LEASE_DRAIN_WAIT_MS_MAX, MONITOR_INTERVAL_MS, POLL_INTERVAL_MS,
-    SNAPSHOT_COUNT_MAX, SNAPSHOT_COUNT_MIN, WATCH_CATCH_UP_WAIT_MS_MAX, WATCHERS_MAX,
-    WATCHERS_MIN,
+    SNAPSHOT_COUNT_MAX, SNAPSHOT_COUNT_MIN, WATCH_CATCH_UP_WAIT_MS_MAX, WATCHERS_MAX, WATCHERS_MIN,
 };
 use crate::net::SimNet;
 use crate::rng::SimRng;
@@ -482,7 +481,9 @@ async fn exercise(
     for client in lease_clients {
         match client.await {
             Ok(log) => lease_logs.push(log),
-            Err(_) => report.failures.push("a lease client task panicked".to_string()),
+            Err(_) => report
+                .failures
+                .push("a lease client task panicked".to_string()),
         }
     }
     let compact_log = compactor.await.unwrap_or_else(|_| {
@@ -502,10 +503,9 @@ async fn exercise(
             report.disk_fault_stops = log.stops_after_disk_fault;
             report.failures.extend(log.failures);
             if log.failures_more > 0 {
-                report.failures.push(format!(
-                    "supervisor: {} more failures",
-                    log.failures_more
-                ));
+                report
+                    .failures
+                    .push(format!("supervisor: {} more failures", log.failures_more));
             }
         }
         Err(_) => report.failures.push("the supervisor panicked".to_string()),
@@ -631,7 +631,10 @@ fn check_all(
     report.watch_attaches = watch_logs.iter().map(|log| log.attaches).sum();
     report.watch_compacted = watch_logs.iter().map(|log| log.compacted_resumes).sum();
     report.leases_granted = lease_logs.iter().map(|log| log.granted).sum();
-    report.lease_revokes_acked = lease_logs.iter().map(|log| log.acked_revokes.len() as u64).sum();
+    report.lease_revokes_acked = lease_logs
+        .iter()
+        .map(|log| log.acked_revokes.len() as u64)
+        .sum();
     report.compactions_acked = compact_log.acked;
     report.failures.extend(compact_log.problems.iter().cloned());
     for log in &lease_logs {
@@ -661,7 +664,15 @@ fn check_all(
                 .failures
                 .extend(revision::check_final(monitor, revision));
             if let Some((id, node)) = replicas.first() {
-                check_histories(report, (*id, node), revision, &mut tap, &watch_logs, &lease_logs, &compact_log);
+                check_histories(
+                    report,
+                    (*id, node),
+                    revision,
+                    &mut tap,
+                    &watch_logs,
+                    &lease_logs,
+                    &compact_log,
+                );
             }
         }
         Err(problems) => report.failures.extend(problems),
@@ -709,7 +720,9 @@ fn check_histories(
             let ids = table.into_iter().map(|(id, _)| id).collect();
             report.failures.extend(leases::check(tap, &ids, lease_logs));
         }
-        Err(e) => report.failures.push(format!("lease: node {id}: reading leases: {e}")),
+        Err(e) => report
+            .failures
+            .push(format!("lease: node {id}: reading leases: {e}")),
     }
     report.leases_revoked_with_keys = leases::revoked_with_keys(tap);
 }

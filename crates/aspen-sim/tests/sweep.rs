@@ -59,6 +59,9 @@ fn a_seed_past_the_time_budget_fails_with_its_replay_line() {
         stdout.contains("FAILED seed 8: ran past the sweep's time budget of 1 ms"),
         "{stdout}"
     );
-    assert!(stdout.contains("replay: ") && stdout.contains("--seed 8\n"), "{stdout}");
+    assert!(
+        stdout.contains("replay: ") && stdout.contains("--seed 8\n"),
+        "{stdout}"
+    );
     assert!(stdout.ends_with("0 passed, 1 failed\n"), "{stdout}");
 }

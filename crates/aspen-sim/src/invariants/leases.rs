@@ -233,13 +233,17 @@ mod tests {
         ]);
         let failures = check(&split, &BTreeSet::new(), &[]);
         assert!(
-            failures.iter().any(|f| f.contains("revoking lease 7 at revision 4")),
+            failures
+                .iter()
+                .any(|f| f.contains("revoking lease 7 at revision 4")),
             "{failures:?}"
         );
         let orphan = tap(&[put("l1/0/0", 7, 2)]);
         let failures = check(&orphan, &BTreeSet::new(), &[]);
         assert!(
-            failures.iter().any(|f| f.contains("which no longer exists")),
+            failures
+                .iter()
+                .any(|f| f.contains("which no longer exists")),
             "{failures:?}"
         );
         assert!(check(&orphan, &BTreeSet::from([7]), &[]).is_empty());
