@@ -383,6 +383,11 @@ async fn run(config: SimConfig, dir: PathBuf) -> (SeedReport, Option<KvHistory>)
     report.restarts = cluster.restarts();
     report.net = net.stats();
     report.simulated_ms = started.elapsed().as_millis() as u64;
+    // The router holds every running node, and every node holds the router (its transport):
+    // take them off it, or the whole cluster (disks included) outlives the run.
+    for id in cluster.ids() {
+        let _ = net.take_down(id);
+    }
     (report, history)
 }
 
