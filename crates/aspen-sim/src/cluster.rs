@@ -21,8 +21,9 @@ struct Slot {
     /// The incarnation running now, if any.
     running: Option<Node>,
     restarts: u32,
-    /// The disks' `faults_hit` when the running incarnation started.
+    /// The disks' `faults_hit` and `failed_syncs` when the running incarnation started.
     faults_at_start: u64,
+    failed_syncs_at_start: u64,
     /// A start is under way (the nemesis and the supervisor both restart nodes).
     starting: bool,
 }
@@ -68,6 +69,7 @@ impl Cluster {
                     running: None,
                     restarts: 0,
                     faults_at_start: 0,
+                    failed_syncs_at_start: 0,
                     starting: false,
                 };
                 (id, slot)
@@ -113,6 +115,7 @@ impl Cluster {
         let node = started?;
         slot.running = Some(node);
         slot.faults_at_start = slot.disk.faults_hit();
+        slot.failed_syncs_at_start = slot.disk.failed_syncs();
         Ok(())
     }
 
@@ -158,6 +161,17 @@ impl Cluster {
     /// `id`'s disks (they outlive its incarnations).
     pub fn disks(&self, id: NodeId) -> Option<NodeDisks> {
         self.lock().slots.get(&id).map(|slot| slot.disk.clone())
+    }
+
+    /// Failed syncs the running incarnation of `id` has hit.
+    pub fn failed_syncs_hit(&self, id: NodeId) -> u64 {
+        self.lock()
+            .slots
+            .get(&id)
+            .filter(|slot| slot.running.is_some())
+            .map_or(0, |slot| {
+                slot.disk.failed_syncs() - slot.failed_syncs_at_start
+            })
     }
 
     /// Disk faults (failed syncs, refused growths) the running incarnation of `id` has hit.

@@ -139,6 +139,11 @@ impl SimDisk {
         self.lock().syncs
     }
 
+    /// Failed syncs so far, across crashes.
+    pub fn failed_syncs(&self) -> u64 {
+        self.lock().failed_syncs
+    }
+
     /// Failed syncs and refused growths so far, across crashes.
     pub fn faults_hit(&self) -> u64 {
         let state = self.lock();
@@ -172,6 +177,11 @@ impl NodeDisks {
     /// Power loss mid-writeback on both files; returns the unsynced pages that were kept.
     pub fn crash_torn(&self, keep: &mut dyn FnMut() -> bool) -> u64 {
         self.log.crash_torn(keep) + self.state.crash_torn(keep)
+    }
+
+    /// Failed syncs on both files so far.
+    pub fn failed_syncs(&self) -> u64 {
+        self.log.failed_syncs() + self.state.failed_syncs()
     }
 
     /// Failed syncs and refused growths on both files so far.
