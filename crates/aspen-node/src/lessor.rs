@@ -314,12 +314,34 @@ impl Node {
         if expired.is_empty() {
             return;
         }
+        if self.testing().split_lease_expiry_for_testing {
+            self.split_expiry_for_testing(&expired).await;
+        }
         let command = Command::LeaseExpire {
             ids: expired.clone(),
         };
         match self.write_as_leader(command).await {
             Ok(_) => lessor.forget(&expired),
             Err(error) => tracing::warn!(%error, "revoking expired leases; will retry"),
+        }
+    }
+
+    /// The planted bug behind `TestingOptions::split_lease_expiry_for_testing`: deletes the
+    /// first key of each expired lease holding two or more, in a revision of its own.
+    async fn split_expiry_for_testing(&self, expired: &[u64]) {
+        for id in expired {
+            let Ok(keys) = self.reader().lease_keys(*id) else {
+                continue;
+            };
+            if keys.len() < 2 {
+                continue;
+            }
+            let delete = Command::DeleteRange(aspen_core::DeleteRangeRequest {
+                key: keys[0].clone(),
+                range_end: Vec::new(),
+                prev_kv: false,
+            });
+            let _ = self.write_as_leader(delete).await;
         }
     }
 

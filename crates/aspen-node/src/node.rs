@@ -68,6 +68,10 @@ pub struct TestingOptions {
     /// A planted bug for checking the checkers: linearizable reads are served from local
     /// state without the ReadIndex barrier, so a follower or a deposed leader answers stale.
     pub unsafe_local_reads_for_testing: bool,
+    /// A planted bug for checking the simulator's lease check: the lessor deletes one key of
+    /// each expired lease that holds two or more in a revision of its own, before revoking
+    /// the lease (a non-atomic expiry).
+    pub split_lease_expiry_for_testing: bool,
 }
 
 /// A member as the Cluster API shows it.
@@ -357,6 +361,10 @@ impl Node {
 
     pub fn lessor(&self) -> &Lessor {
         &self.inner.lessor
+    }
+
+    pub(crate) fn testing(&self) -> TestingOptions {
+        self.inner.testing
     }
 
     pub fn metrics(&self) -> &Arc<NodeMetrics> {

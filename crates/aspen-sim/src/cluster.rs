@@ -21,6 +21,11 @@ struct Slot {
     /// The incarnation running now, if any.
     running: Option<Node>,
     restarts: u32,
+    /// The disks' `faults_hit` and `failed_syncs` when the running incarnation started.
+    faults_at_start: u64,
+    failed_syncs_at_start: u64,
+    /// A start is under way (the nemesis and the supervisor both restart nodes).
+    starting: bool,
 }
 
 struct ClusterState {
@@ -63,6 +68,9 @@ impl Cluster {
                     info: node_info(id),
                     running: None,
                     restarts: 0,
+                    faults_at_start: 0,
+                    failed_syncs_at_start: 0,
+                    starting: false,
                 };
                 (id, slot)
             })
@@ -89,13 +97,31 @@ impl Cluster {
     }
 
     /// Starts `id` on whatever its disk holds: empty at first, the durable bytes after a crash.
+    /// A node already running or starting is left alone.
     pub async fn start(&self, id: NodeId) -> Result<(), String> {
         let (disk, info) = {
-            let state = self.lock();
-            let slot = state.slots.get(&id).ok_or(format!("no node {id}"))?;
-            assert!(slot.running.is_none(), "node {id} is already running");
+            let mut state = self.lock();
+            let slot = state.slots.get_mut(&id).ok_or(format!("no node {id}"))?;
+            if slot.running.is_some() || slot.starting {
+                return Ok(());
+            }
+            slot.starting = true;
             (slot.disk.clone(), slot.info.clone())
         };
+        let started = self.start_on(id, disk, info).await;
+        let mut state = self.lock();
+        let Some(slot) = state.slots.get_mut(&id) else {
+            unreachable!("slot checked above");
+        };
+        slot.starting = false;
+        let node = started?;
+        slot.running = Some(node);
+        slot.faults_at_start = slot.disk.faults_hit();
+        slot.failed_syncs_at_start = slot.disk.failed_syncs();
+        Ok(())
+    }
+
+    async fn start_on(&self, id: NodeId, disk: NodeDisks, info: NodeInfo) -> Result<Node, String> {
         let incarnation = self.net.begin_incarnation(id);
         let endpoint = SimEndpoint {
             net: self.net.clone(),
@@ -131,23 +157,57 @@ impl Cluster {
         .await
         .map_err(|e| format!("node {id}: start: {e}"))?;
         self.net.set_running(id, incarnation, node.clone());
-        let mut state = self.lock();
-        let Some(slot) = state.slots.get_mut(&id) else {
-            unreachable!("slot checked above");
-        };
-        slot.running = Some(node);
-        Ok(())
+        Ok(node)
+    }
+
+    /// `id`'s disks (they outlive its incarnations).
+    pub fn disks(&self, id: NodeId) -> Option<NodeDisks> {
+        self.lock().slots.get(&id).map(|slot| slot.disk.clone())
+    }
+
+    /// Failed syncs the running incarnation of `id` has hit.
+    pub fn failed_syncs_hit(&self, id: NodeId) -> u64 {
+        self.lock()
+            .slots
+            .get(&id)
+            .filter(|slot| slot.running.is_some())
+            .map_or(0, |slot| {
+                slot.disk.failed_syncs() - slot.failed_syncs_at_start
+            })
+    }
+
+    /// Disk faults (failed syncs, refused growths) the running incarnation of `id` has hit.
+    pub fn disk_faults_hit(&self, id: NodeId) -> u64 {
+        self.lock()
+            .slots
+            .get(&id)
+            .filter(|slot| slot.running.is_some())
+            .map_or(0, |slot| slot.disk.faults_hit() - slot.faults_at_start)
     }
 
     /// Power loss on `id`: off the network at once, its disk back to the synced bytes, and
     /// its Raft told to stop (its storage already fails, so nothing it does lands anywhere).
     pub fn crash(&self, id: NodeId) {
+        self.crash_with(id, None);
+    }
+
+    /// As `crash`, but mid-writeback: each unsynced page is kept or lost as `keep` draws.
+    pub fn crash_torn(&self, id: NodeId, keep: &mut dyn FnMut() -> bool) {
+        self.crash_with(id, Some(keep));
+    }
+
+    fn crash_with(&self, id: NodeId, keep: Option<&mut dyn FnMut() -> bool>) {
         let old = self.net.take_down(id);
         let mut state = self.lock();
         let Some(slot) = state.slots.get_mut(&id) else {
             return;
         };
-        slot.disk.crash();
+        match keep {
+            Some(keep) => {
+                slot.disk.crash_torn(keep);
+            }
+            None => slot.disk.crash(),
+        }
         slot.running = None;
         slot.restarts += 1;
         drop(state);
@@ -174,7 +234,7 @@ impl Cluster {
         self.lock()
             .slots
             .iter()
-            .filter(|(_, slot)| slot.running.is_none())
+            .filter(|(_, slot)| slot.running.is_none() && !slot.starting)
             .map(|(id, _)| *id)
             .collect()
     }

@@ -1,10 +1,17 @@
 //! A simulated disk for one node: redb writes land in volatile `live` bytes, `sync_data`
 //! makes them durable, and a crash throws away everything written since the last sync.
 //!
-//! The crash model is the strict one: every unsynced write is lost, none survives torn or
-//! reordered. redb promises exactly this much (a commit is durable once its sync returns),
-//! and the storage layer adds its own promise on top: a state machine batch committed
-//! without a sync may be lost, but never past the durable log.
+//! Two crash models: the strict one (every unsynced write is lost), and a torn one (each page
+//! written since the last sync independently made it to the platter or not, as a power loss
+//! mid-writeback leaves a file). redb promises that a commit is durable once its sync returns,
+//! and that the file opens at its last durable commit either way; the storage layer adds its
+//! own promise on top: a state machine batch committed without a sync may be lost, but never
+//! past the durable log.
+//!
+//! Faults: an armed sync fails once (EIO), and, as Linux does after a failed fsync, the
+//! pages it should have written are marked clean: a later sync reports success without
+//! writing them, so a program that carries on after a failed fsync loses data. A full disk
+//! refuses to grow the file (ENOSPC) until space is freed.
 //!
 //! A handle from before a crash is detached: every call on it fails, as I/O on a dead
 //! process's file descriptors would, so a crashed node's leftover tasks cannot touch the
@@ -27,6 +34,17 @@ struct DiskState {
     /// Bumped by every crash; handles of an older epoch are detached.
     epoch: u64,
     syncs: u64,
+    /// The next sync fails (once).
+    fail_next_sync: bool,
+    /// The planted bug: the failing sync reports success (its pages are dropped all the
+    /// same), so the node carries on as if it had been made durable.
+    lie_about_failed_sync: bool,
+    /// Syncs that failed, across crashes.
+    failed_syncs: u64,
+    /// While set, the file cannot grow past this many bytes (a full disk).
+    len_bytes_max: Option<u64>,
+    /// Growths refused for want of space, across crashes.
+    refused_growths: u64,
 }
 
 /// One node's disk; survives the node's crashes. Cheap to clone.
@@ -60,11 +78,78 @@ impl SimDisk {
         state.live = state.durable.clone();
         state.dirty_pages.clear();
         state.epoch += 1;
+        // An armed sync failure belonged to the incarnation that ended.
+        state.fail_next_sync = false;
+    }
+
+    /// Power loss mid-writeback: each page written since the last sync is kept or lost at
+    /// random (`keep` draws one bit per page, in page order), then as `crash`.
+    pub fn crash_torn(&self, keep: &mut dyn FnMut() -> bool) -> u64 {
+        let mut state = self.lock();
+        let DiskState {
+            live,
+            durable,
+            dirty_pages,
+            ..
+        } = &mut *state;
+        let mut kept = 0;
+        // The file's length is metadata: keep the longer one, so that a kept page fits.
+        if live.len() > durable.len() {
+            durable.resize(live.len(), 0);
+        }
+        for page in std::mem::take(dirty_pages) {
+            let start = aspen_core::convert::usize_from(page * PAGE_BYTES);
+            if start >= live.len() || !keep() {
+                continue;
+            }
+            let end = (start + aspen_core::convert::usize_from(PAGE_BYTES)).min(live.len());
+            durable[start..end].copy_from_slice(&live[start..end]);
+            kept += 1;
+        }
+        drop(state);
+        self.crash();
+        kept
+    }
+
+    /// The next sync fails with an I/O error; with `lie`, it drops its pages but reports
+    /// success (the planted bug `--lying-fsync`: a node that carries on after a failed fsync).
+    pub fn fail_next_sync(&self, lie: bool) {
+        let mut state = self.lock();
+        state.fail_next_sync = true;
+        state.lie_about_failed_sync = lie;
+    }
+
+    /// The disk is full: the file cannot grow past its current length.
+    pub fn fill(&self) {
+        let mut state = self.lock();
+        state.len_bytes_max = Some(state.live.len() as u64);
+    }
+
+    /// Space is freed: the file may grow again; and no sync failure is armed any more.
+    pub fn free(&self) {
+        let mut state = self.lock();
+        state.len_bytes_max = None;
+        state.fail_next_sync = false;
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.lock().len_bytes_max.is_some()
     }
 
     /// Syncs so far, across crashes.
     pub fn syncs(&self) -> u64 {
         self.lock().syncs
+    }
+
+    /// Failed syncs so far, across crashes.
+    pub fn failed_syncs(&self) -> u64 {
+        self.lock().failed_syncs
+    }
+
+    /// Failed syncs and refused growths so far, across crashes.
+    pub fn faults_hit(&self) -> u64 {
+        let state = self.lock();
+        state.failed_syncs + state.refused_growths
     }
 
     pub fn durable_len_bytes(&self) -> u64 {
@@ -89,6 +174,25 @@ impl NodeDisks {
     pub fn crash(&self) {
         self.log.crash();
         self.state.crash();
+    }
+
+    /// Power loss mid-writeback on both files; returns the unsynced pages that were kept.
+    pub fn crash_torn(&self, keep: &mut dyn FnMut() -> bool) -> u64 {
+        self.log.crash_torn(keep) + self.state.crash_torn(keep)
+    }
+
+    /// Failed syncs on both files so far.
+    pub fn failed_syncs(&self) -> u64 {
+        self.log.failed_syncs() + self.state.failed_syncs()
+    }
+
+    /// Failed syncs and refused growths on both files so far.
+    pub fn faults_hit(&self) -> u64 {
+        self.log.faults_hit() + self.state.faults_hit()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.log.is_full() || self.state.is_full()
     }
 
     /// Syncs so far on both files, across crashes.
@@ -148,6 +252,13 @@ impl redb::StorageBackend for SimDiskBackend {
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
         let mut state = self.lock()?;
+        if state.len_bytes_max.is_some_and(|max| len > max) {
+            state.refused_growths += 1;
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "simulated disk: No space left on device",
+            ));
+        }
         let len = usize::try_from(len).map_err(|_| io::Error::other("length too large"))?;
         state.live.resize(len, 0);
         Ok(())
@@ -155,6 +266,17 @@ impl redb::StorageBackend for SimDiskBackend {
 
     fn sync_data(&self) -> Result<(), io::Error> {
         let mut state = self.lock()?;
+        if state.fail_next_sync {
+            state.fail_next_sync = false;
+            state.failed_syncs += 1;
+            // Linux marks the pages of a failed writeback clean: they are never written.
+            state.dirty_pages.clear();
+            if state.lie_about_failed_sync {
+                state.syncs += 1;
+                return Ok(());
+            }
+            return Err(io::Error::other("simulated disk: fsync failed (EIO)"));
+        }
         let DiskState {
             live,
             durable,
@@ -216,6 +338,50 @@ mod tests {
         assert_eq!(&out, b"synced");
         let mut out = [0u8; 4];
         after.read(PAGE_BYTES * 2, &mut out).unwrap();
+        assert_eq!(out, [0u8; 4]);
+    }
+
+    #[test]
+    fn a_failed_sync_loses_its_pages_for_good_and_a_full_disk_refuses_to_grow() {
+        let disk = SimDisk::new();
+        let backend = disk.attach();
+        backend.set_len(2 * PAGE_BYTES).unwrap();
+        backend.write(0, b"lost").unwrap();
+        disk.fail_next_sync(false);
+        assert!(backend.sync_data().is_err());
+        // A retried sync "succeeds" without writing the pages the failed one dropped.
+        backend.sync_data().unwrap();
+        disk.crash();
+        let after = disk.attach();
+        let mut out = [0u8; 4];
+        after.read(0, &mut out).unwrap();
+        assert_eq!(out, [0u8; 4]);
+        assert_eq!(disk.faults_hit(), 1);
+        disk.fill();
+        let error = after.set_len(3 * PAGE_BYTES).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull);
+        after.set_len(PAGE_BYTES).unwrap();
+        disk.free();
+        after.set_len(3 * PAGE_BYTES).unwrap();
+        assert_eq!(disk.faults_hit(), 2);
+    }
+
+    #[test]
+    fn a_torn_crash_keeps_some_unsynced_pages() {
+        let disk = SimDisk::new();
+        let backend = disk.attach();
+        backend.set_len(2 * PAGE_BYTES).unwrap();
+        backend.sync_data().unwrap();
+        backend.write(0, b"kept").unwrap();
+        backend.write(PAGE_BYTES, b"gone").unwrap();
+        let mut first = true;
+        let kept = disk.crash_torn(&mut || std::mem::replace(&mut first, false));
+        assert_eq!(kept, 1);
+        let after = disk.attach();
+        let mut out = [0u8; 4];
+        after.read(0, &mut out).unwrap();
+        assert_eq!(&out, b"kept");
+        after.read(PAGE_BYTES, &mut out).unwrap();
         assert_eq!(out, [0u8; 4]);
     }
 

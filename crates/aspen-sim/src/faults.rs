@@ -1,8 +1,10 @@
 //! The nemesis: while clients run, it partitions the network (symmetric, asymmetric, or the
 //! leader alone), makes it lossy, slow, reordering and duplicating, crashes and restarts
 //! nodes from their durable bytes, jumps the clock, forces snapshots, and changes the
-//! membership, one action at a time, every choice drawn from its own generator. At the end
-//! it heals everything, so the run can check that the cluster converges.
+//! membership, fails a node's next fsync, fills and frees its disk, crashes a node mid-
+//! writeback (some unsynced pages kept), one action at a time, every choice drawn from its
+//! own generator. At the end it heals everything, so the run can check that the cluster
+//! converges.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,9 +14,9 @@ use aspen_node::ForwardRequest;
 
 use crate::cluster::{Cluster, node_info};
 use crate::limits::{
-    CLOCK_JUMP_MS_MAX, FORWARD_TIMEOUT_MS, NEMESIS_ACTIONS_MAX, NEMESIS_STEP_MS_MAX,
-    NEMESIS_STEP_MS_MIN, NET_DELAY_MS_MAX, NET_DUPLICATE_PPM_MAX, NET_LOSS_PPM_MAX,
-    NET_SPIKE_PPM_MAX,
+    CLOCK_JUMP_MS_MAX, DISK_FAULT_ACTIONS_PERCENT, FORWARD_TIMEOUT_MS, NEMESIS_ACTIONS_MAX,
+    NEMESIS_STEP_MS_MAX, NEMESIS_STEP_MS_MIN, NET_DELAY_MS_MAX, NET_DUPLICATE_PPM_MAX,
+    NET_LOSS_PPM_MAX, NET_SPIKE_PPM_MAX,
 };
 use crate::net::NetFaults;
 use crate::rng::SimRng;
@@ -35,6 +37,8 @@ pub struct Nemesis {
     pub failures: Vec<String>,
     /// Crash at most this many nodes at once, so that a majority can make progress.
     crashed_max: usize,
+    /// The planted disk bug: a failing fsync reports success (`SimDisk::fail_next_sync`).
+    pub lying_fsync: bool,
 }
 
 impl Nemesis {
@@ -47,6 +51,7 @@ impl Nemesis {
             log: Vec::new(),
             failures: Vec::new(),
             crashed_max,
+            lying_fsync: false,
         }
     }
 
@@ -72,6 +77,9 @@ impl Nemesis {
     }
 
     async fn act(&mut self) {
+        if self.rng.below(100) < DISK_FAULT_ACTIONS_PERCENT {
+            return self.disk_fault();
+        }
         match self.rng.below(100) {
             0..12 => self.partition_halves(),
             12..20 => self.partition_one_way(),
@@ -187,12 +195,69 @@ impl Nemesis {
             return;
         }
         let id = *self.rng.pick(&running);
-        self.cluster.crash(id);
-        self.note(format!("crash {id}"));
+        if self.rng.below(2) == 0 {
+            self.cluster.crash(id);
+            self.note(format!("crash {id}"));
+        } else {
+            let rng = &mut self.rng;
+            self.cluster.crash_torn(id, &mut || rng.below(2) == 0);
+            self.note(format!(
+                "crash {id} mid-writeback (torn: some unsynced pages kept)"
+            ));
+        }
+    }
+
+    /// A disk fault on a running node: its next fsync fails, its disk fills up, or every
+    /// full disk gets space back. The supervisor (`supervisor.rs`) checks that a node that hit
+    /// one stops, and restarts it once its disk has room.
+    fn disk_fault(&mut self) {
+        let running: Vec<NodeId> = self.cluster.running().iter().map(|(id, _)| *id).collect();
+        if running.is_empty() {
+            return;
+        }
+        let id = *self.rng.pick(&running);
+        let Some(disks) = self.cluster.disks(id) else {
+            return;
+        };
+        match self.rng.below(3) {
+            0 => {
+                let (disk, file) = if self.rng.below(2) == 0 {
+                    (&disks.log, "log")
+                } else {
+                    (&disks.state, "state")
+                };
+                disk.fail_next_sync(self.lying_fsync);
+                self.note(format!("the next fsync of {id}'s {file} file fails"));
+            }
+            1 => {
+                disks.log.fill();
+                disks.state.fill();
+                self.note(format!("disk full on {id}"));
+            }
+            _ => {
+                self.free_disks();
+                self.note("disk space freed everywhere".to_string());
+            }
+        }
+    }
+
+    fn free_disks(&self) {
+        for id in self.cluster.ids() {
+            if let Some(disks) = self.cluster.disks(id) {
+                disks.log.free();
+                disks.state.free();
+            }
+        }
     }
 
     async fn restart_one(&mut self) {
-        let crashed = self.cluster.crashed();
+        // A node on a full disk stays down until space is freed (its supervisor waits too).
+        let crashed: Vec<NodeId> = self
+            .cluster
+            .crashed()
+            .into_iter()
+            .filter(|id| self.cluster.disks(*id).is_some_and(|d| !d.is_full()))
+            .collect();
         if crashed.is_empty() {
             return;
         }
@@ -292,6 +357,7 @@ impl Nemesis {
     /// Ends every fault: the network is whole and calm, every crashed node restarts.
     pub async fn heal(&mut self) {
         self.cluster.net().set_faults(NetFaults::default());
+        self.free_disks();
         for id in self.cluster.crashed() {
             match self.cluster.start(id).await {
                 Ok(()) => self.note(format!("heal: restart {id}")),

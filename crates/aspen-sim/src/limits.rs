@@ -109,3 +109,73 @@ const _: () = assert!(HEARTBEAT_INTERVAL_MS * 3 < ELECTION_TIMEOUT_MS);
 const _: () = assert!(CLIENTS_MIN > 0 && CLIENTS_MIN <= CLIENTS_MAX);
 const _: () = assert!(NEMESIS_STEP_MS_MIN <= NEMESIS_STEP_MS_MAX);
 const _: () = assert!(WATCHERS_MIN > 0 && WATCHERS_MIN <= WATCHERS_MAX);
+
+/// The sweep runs its seeds in worker processes (re-executions of the same binary), each at
+/// most this many seeds, so that whatever a seed leaves behind in the heap is returned to the
+/// system when its worker exits: the sweep's memory does not grow with the seed count.
+pub const SWEEP_SEEDS_PER_WORKER: u64 = 20;
+/// A worker whose resident memory passes this fails the seed it is running (with its replay
+/// line) and is killed; the sweep goes on with a new worker at the next seed. A seed uses
+/// tens of MiB; a worker that has run `SWEEP_SEEDS_PER_WORKER` seeds, a few hundred.
+pub const SWEEP_WORKER_RSS_MIB_MAX: u64 = 2_048;
+/// Wall-clock budget of one seed in the sweep (a seed takes well under a second, and its
+/// linearizability check at most `CHECK_TIME_BUDGET_MS`): past it the seed fails, with its
+/// replay line, and its worker is killed.
+pub const SWEEP_SEED_WALL_MS_MAX: u64 = 120_000;
+/// How often the sweep samples its worker's memory and time.
+pub const SWEEP_POLL_MS: u64 = 200;
+/// How often the sweep prints a progress line (stderr).
+pub const SWEEP_PROGRESS_MS: u64 = 30_000;
+
+const _: () = assert!(SWEEP_SEEDS_PER_WORKER > 0);
+const _: () = assert!(SWEEP_SEED_WALL_MS_MAX > CHECK_TIME_BUDGET_MS);
+
+/// Lease clients per run, drawn per seed; each grants leases one after another.
+pub const LEASE_CLIENTS_MIN: u64 = 1;
+pub const LEASE_CLIENTS_MAX: u64 = 2;
+/// Leases one lease client grants at most in a run.
+pub const LEASES_PER_CLIENT_MAX: u64 = 64;
+/// TTL drawn per lease, in seconds (the node raises it to its minimum, 2 s with the
+/// simulation's 1 s election timeout): short, so that leases expire during the run.
+pub const LEASE_TTL_SECONDS_MAX: u64 = 4;
+/// Keys attached to one lease: at least two, so that a revocation that deletes them apart
+/// is seen.
+pub const LEASE_KEYS_MIN: u64 = 2;
+pub const LEASE_KEYS_MAX: u64 = 4;
+/// Chance that one of a lease's keys is detached again (put with no lease) before the end:
+/// the revocation must spare it.
+pub const LEASE_DETACH_PPM: u32 = 250_000;
+/// Keep-alives sent per lease at most, every third of its TTL.
+pub const LEASE_KEEP_ALIVES_MAX: u64 = 4;
+/// Chance that a lease is revoked by its client; otherwise it is left to expire.
+pub const LEASE_REVOKE_PPM: u32 = 400_000;
+
+/// The compactor: time between compactions, how far below the head it compacts (in
+/// revisions), and how many compactions one run makes at most.
+pub const COMPACT_INTERVAL_MS_MIN: u64 = 800;
+pub const COMPACT_INTERVAL_MS_MAX: u64 = 3_000;
+pub const COMPACT_BEHIND_HEAD_MAX: u64 = 8;
+pub const COMPACTIONS_MAX: u64 = 64;
+/// When a watcher reconnects, the chance that it first stays away (as a client whose
+/// connection broke), and for how long at most: long enough for a compaction to pass it.
+pub const WATCH_AWAY_PPM: u32 = 500_000;
+pub const WATCH_AWAY_MS_MAX: u64 = 2_500;
+
+const _: () = assert!(LEASE_CLIENTS_MIN > 0 && LEASE_CLIENTS_MIN <= LEASE_CLIENTS_MAX);
+const _: () = assert!(LEASE_KEYS_MIN >= 2 && LEASE_KEYS_MIN <= LEASE_KEYS_MAX);
+const _: () = assert!(COMPACT_INTERVAL_MS_MIN <= COMPACT_INTERVAL_MS_MAX);
+/// After the clients stop, how long every lease left (nobody keeps it alive) may take to
+/// expire before the seed fails: the longest TTL, a leader change (a new leader restarts
+/// every deadline), and the lessor's check interval, with room.
+pub const LEASE_DRAIN_WAIT_MS_MAX: u64 = 20_000;
+
+/// Share of the nemesis's actions that are disk faults (a failing fsync, a full disk, space
+/// freed), in percent.
+pub const DISK_FAULT_ACTIONS_PERCENT: u64 = 10;
+/// The supervisor (a process manager: systemd, Kubernetes) looks at every node this often.
+pub const SUPERVISOR_TICK_MS: u64 = 100;
+/// A node that hit a disk fault (a failed fsync, a refused growth) must have stopped its
+/// Raft within this long, or the seed fails: it would be carrying on as if the write landed.
+pub const DISK_FAULT_STOP_MS_MAX: u64 = 2_000;
+/// How long the supervisor waits before it restarts a node that stopped.
+pub const SUPERVISOR_RESTART_DELAY_MS: u64 = 300;

@@ -25,16 +25,20 @@ use aspen_node::{RaftTiming, TestingOptions};
 use tokio::time::Instant;
 
 use crate::cluster::Cluster;
+use crate::compactor::{CompactLog, SharedTap, lock_tap, run_compactor};
 use crate::faults::Nemesis;
-use crate::invariants::{convergence, durability, linearizable, revision, watch};
+use crate::history::HistoryTap;
+use crate::invariants::{convergence, durability, leases, linearizable, revision, watch};
+use crate::leases::{LeaseLog, run_lease_client};
 use crate::limits::{
     CLIENT_TIMEOUT_MS, CLIENTS_MAX, CLIENTS_MIN, ELECTION_TIMEOUT_MS, FAULT_PHASE_MS,
-    FIRST_LEADER_WAIT_MS_MAX, HEALED_PHASE_MS, HEARTBEAT_INTERVAL_MS, MONITOR_INTERVAL_MS,
-    POLL_INTERVAL_MS, SNAPSHOT_COUNT_MAX, SNAPSHOT_COUNT_MIN, WATCH_CATCH_UP_WAIT_MS_MAX,
-    WATCHERS_MAX, WATCHERS_MIN,
+    FIRST_LEADER_WAIT_MS_MAX, HEALED_PHASE_MS, HEARTBEAT_INTERVAL_MS, LEASE_CLIENTS_MAX,
+    LEASE_CLIENTS_MIN, LEASE_DRAIN_WAIT_MS_MAX, MONITOR_INTERVAL_MS, POLL_INTERVAL_MS,
+    SNAPSHOT_COUNT_MAX, SNAPSHOT_COUNT_MIN, WATCH_CATCH_UP_WAIT_MS_MAX, WATCHERS_MAX, WATCHERS_MIN,
 };
 use crate::net::SimNet;
 use crate::rng::SimRng;
+use crate::supervisor::run_supervisor;
 use crate::watchers::{WatchLog, WatcherSetup, run_watcher};
 use crate::workload::{SharedRecorder, run_client};
 
@@ -55,6 +59,15 @@ pub struct SimConfig {
     pub unsafe_local_reads: bool,
     /// The planted watch bug: watcher 1 loses one event from its stream.
     pub drop_watch_event: bool,
+    /// The planted lease bug (in the node's lessor): an expiry deletes one attached key in a
+    /// revision of its own before revoking the lease.
+    pub split_lease_expiry: bool,
+    /// The planted compaction bug: a watcher cancelled as compacted resumes one revision past
+    /// the compact revision.
+    pub resume_past_compaction: bool,
+    /// The planted disk bug: an fsync the nemesis fails drops its pages but reports success,
+    /// so the node carries on as if they were durable.
+    pub lying_fsync: bool,
     pub fault_phase_ms: u64,
     pub healed_phase_ms: u64,
 }
@@ -66,6 +79,9 @@ impl SimConfig {
             nodes: None,
             unsafe_local_reads: false,
             drop_watch_event: false,
+            split_lease_expiry: false,
+            resume_past_compaction: false,
+            lying_fsync: false,
             fault_phase_ms: FAULT_PHASE_MS,
             healed_phase_ms: HEALED_PHASE_MS,
         }
@@ -92,6 +108,15 @@ impl SimConfig {
         if self.drop_watch_event {
             command.push_str(" --drop-watch-event");
         }
+        if self.split_lease_expiry {
+            command.push_str(" --split-lease-expiry");
+        }
+        if self.resume_past_compaction {
+            command.push_str(" --resume-past-compaction");
+        }
+        if self.lying_fsync {
+            command.push_str(" --lying-fsync");
+        }
         if self.fault_phase_ms != FAULT_PHASE_MS {
             command.push_str(&format!(" --fault-ms {}", self.fault_phase_ms));
         }
@@ -114,6 +139,16 @@ pub struct SeedReport {
     pub watch_events: u64,
     /// Watches the watchers opened, over all of them (the first ones and every resume).
     pub watch_attaches: u64,
+    /// Watches the hubs cancelled as compacted (each followed by a resume).
+    pub watch_compacted: u64,
+    pub lease_clients: u64,
+    pub leases_granted: u64,
+    /// Leases whose attached keys the history shows deleted (by revocation or expiry).
+    pub leases_revoked_with_keys: u64,
+    pub lease_revokes_acked: u64,
+    pub compactions_acked: u64,
+    /// Nodes the supervisor found stopped after a disk fault (and restarted).
+    pub disk_fault_stops: u64,
     /// Every invariant violation (or harness failure), in words; empty on a pass.
     pub failures: Vec<String>,
     /// Hash of the ordered network deliveries and client results: equal for equal runs.
@@ -141,6 +176,13 @@ impl SeedReport {
             watchers: 0,
             watch_events: 0,
             watch_attaches: 0,
+            watch_compacted: 0,
+            lease_clients: 0,
+            leases_granted: 0,
+            leases_revoked_with_keys: 0,
+            lease_revokes_acked: 0,
+            compactions_acked: 0,
+            disk_fault_stops: 0,
             failures: Vec::new(),
             trace_hash: 0,
             trace_events: 0,
@@ -164,19 +206,27 @@ impl SeedReport {
     /// One line for a seed sweep.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} ({} nodes, snapshot every {}, {} clients, {} watchers): {} ops ok, {} indeterminate \
-             ({} writes), {} watch events ({} watches opened), {} restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
+            "seed {} ({} nodes, snapshot every {}, {} clients, {} watchers, {} lease clients): {} ops ok, {} indeterminate \
+             ({} writes), {} watch events ({} watches opened, {} cancelled as compacted), {} leases granted ({} revoked with keys, \
+             {} revokes acked), {} compactions acked, {} stops after disk faults, {} restarts, {} msgs ({} lost, {} dup, {} snapshots delivered), {} simulated ms, \
              trace {:016x}",
             self.config.seed,
             self.founders,
             self.snapshot_count,
             self.clients,
             self.watchers,
+            self.lease_clients,
             self.ops_completed,
             self.ops_indeterminate,
             self.writes_indeterminate,
             self.watch_events,
             self.watch_attaches,
+            self.watch_compacted,
+            self.leases_granted,
+            self.leases_revoked_with_keys,
+            self.lease_revokes_acked,
+            self.compactions_acked,
+            self.disk_fault_stops,
             self.restarts,
             self.net.sent,
             self.net.lost,
@@ -195,6 +245,7 @@ struct Scenario {
     snapshot_count: u64,
     clients: u64,
     watchers: u64,
+    lease_clients: u64,
 }
 
 fn draw_scenario(config: &SimConfig, rng: &mut SimRng) -> Scenario {
@@ -208,6 +259,7 @@ fn draw_scenario(config: &SimConfig, rng: &mut SimRng) -> Scenario {
         snapshot_count: rng.between(SNAPSHOT_COUNT_MIN, SNAPSHOT_COUNT_MAX),
         clients: rng.between(CLIENTS_MIN, CLIENTS_MAX),
         watchers: rng.between(WATCHERS_MIN, WATCHERS_MAX),
+        lease_clients: rng.between(LEASE_CLIENTS_MIN, LEASE_CLIENTS_MAX),
     }
 }
 
@@ -305,6 +357,7 @@ async fn run(config: SimConfig, dir: PathBuf) -> (SeedReport, Option<KvHistory>)
     };
     let testing = TestingOptions {
         unsafe_local_reads_for_testing: config.unsafe_local_reads,
+        split_lease_expiry_for_testing: config.split_lease_expiry,
     };
     let all: Vec<NodeId> = scenario
         .founders
@@ -318,6 +371,7 @@ async fn run(config: SimConfig, dir: PathBuf) -> (SeedReport, Option<KvHistory>)
         snapshot_count: scenario.snapshot_count,
         clients: scenario.clients,
         watchers: scenario.watchers,
+        lease_clients: scenario.lease_clients,
         ..SeedReport::new(&config)
     };
     let mut history = None;
@@ -333,6 +387,11 @@ async fn run(config: SimConfig, dir: PathBuf) -> (SeedReport, Option<KvHistory>)
     report.restarts = cluster.restarts();
     report.net = net.stats();
     report.simulated_ms = aspen_core::convert::millis(started.elapsed());
+    // The router holds every running node, and every node holds the router (its transport):
+    // take them off it, or the whole cluster (disks included) outlives the run.
+    for id in cluster.ids() {
+        let _ = net.take_down(id);
+    }
     (report, history)
 }
 
@@ -391,9 +450,24 @@ async fn exercise(
             stop: watch_stop.clone(),
             covered: covered.clone(),
             drop_one_event: config.drop_watch_event && watcher_id == 1,
+            resume_past_compaction: config.resume_past_compaction,
         };
         watchers.push((covered, tokio::spawn(run_watcher(setup))));
     }
+    let mut lease_clients = Vec::new();
+    for client_id in 1..=scenario.lease_clients {
+        let task = run_lease_client(client_id, cluster.clone(), stop.clone(), rng.fork());
+        lease_clients.push(tokio::spawn(task));
+    }
+    let tap: SharedTap = Arc::new(std::sync::Mutex::new(HistoryTap::new()));
+    let compactor = tokio::spawn(run_compactor(
+        cluster.clone(),
+        stop.clone(),
+        rng.fork(),
+        tap.clone(),
+    ));
+    let supervisor_stop = Arc::new(AtomicBool::new(false));
+    let supervisor = tokio::spawn(run_supervisor(cluster.clone(), supervisor_stop.clone()));
     let crashed_max = (scenario.founders.len() - 1) / 2;
     let mut nemesis = Nemesis::new(
         cluster.clone(),
@@ -401,6 +475,7 @@ async fn exercise(
         scenario.spares.clone(),
         crashed_max,
     );
+    nemesis.lying_fsync = config.lying_fsync;
     let fault_end_ms = cluster.net().now_ms() + config.fault_phase_ms;
     nemesis.run(fault_end_ms).await;
     nemesis.heal().await;
@@ -411,8 +486,39 @@ async fn exercise(
             report.failures.push("a client task panicked".to_string());
         }
     }
+    let mut lease_logs = Vec::new();
+    for client in lease_clients {
+        match client.await {
+            Ok(log) => lease_logs.push(log),
+            Err(_) => report
+                .failures
+                .push("a lease client task panicked".to_string()),
+        }
+    }
+    let compact_log = compactor.await.unwrap_or_else(|_| {
+        report.failures.push("the compactor panicked".to_string());
+        CompactLog::default()
+    });
+    // Every lease left is one nobody keeps alive: each must expire (bounded), and none may
+    // write while the replicas are compared.
+    if let Err(e) = drain_leases(cluster).await {
+        report.failures.push(e);
+    }
     let replicas = convergence::wait(cluster).await;
     let watch_logs = stop_watchers(&replicas, watchers, watch_stop, report).await;
+    supervisor_stop.store(true, Ordering::Relaxed);
+    match supervisor.await {
+        Ok(log) => {
+            report.disk_fault_stops = log.stops_after_disk_fault;
+            report.failures.extend(log.failures);
+            if log.failures_more > 0 {
+                report
+                    .failures
+                    .push(format!("supervisor: {} more failures", log.failures_more));
+            }
+        }
+        Err(_) => report.failures.push("the supervisor panicked".to_string()),
+    }
     let monitor = match monitor.await {
         Ok(monitor) => monitor,
         Err(_) => {
@@ -424,7 +530,41 @@ async fn exercise(
     };
     report.nemesis_log = std::mem::take(&mut nemesis.log);
     report.failures.extend(nemesis.failures.iter().cloned());
-    check_all(report, &recorder, &monitor, replicas, &watch_logs)
+    let checked = Checked {
+        watch_logs,
+        lease_logs,
+        compact_log,
+        tap: std::mem::take(&mut *lock_tap(&tap)),
+    };
+    check_all(report, &recorder, &monitor, replicas, checked)
+}
+
+/// Waits (bounded) until no lease is left: the lease clients have stopped, so every lease
+/// left must expire on the leader's lessor.
+async fn drain_leases(cluster: &Cluster) -> Result<(), String> {
+    let mut left = 0;
+    for _ in 0..LEASE_DRAIN_WAIT_MS_MAX / POLL_INTERVAL_MS {
+        if let Some((_, leader)) = cluster.leader() {
+            match leader.reader().leases() {
+                Ok(leases) if leases.is_empty() => return Ok(()),
+                Ok(leases) => left = leases.len(),
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+    Err(format!(
+        "lease: {left} leases nobody keeps alive were still there {LEASE_DRAIN_WAIT_MS_MAX} ms \
+         after the clients stopped (expiry never came)"
+    ))
+}
+
+/// What the run's observers recorded, for the checks.
+struct Checked {
+    watch_logs: Vec<WatchLog>,
+    lease_logs: Vec<LeaseLog>,
+    compact_log: CompactLog,
+    tap: HistoryTap,
 }
 
 /// Gives the watchers (bounded) time to cover the converged revision, then stops them and
@@ -488,10 +628,27 @@ fn check_all(
     recorder: &SharedRecorder,
     monitor: &revision::RevisionMonitor,
     replicas: Result<Vec<(NodeId, aspen_node::Node)>, String>,
-    watch_logs: &[WatchLog],
+    checked: Checked,
 ) -> KvHistory {
+    let Checked {
+        watch_logs,
+        lease_logs,
+        compact_log,
+        mut tap,
+    } = checked;
     report.watch_events = watch_logs.iter().map(|log| log.received).sum();
     report.watch_attaches = watch_logs.iter().map(|log| log.attaches).sum();
+    report.watch_compacted = watch_logs.iter().map(|log| log.compacted_resumes).sum();
+    report.leases_granted = lease_logs.iter().map(|log| log.granted).sum();
+    report.lease_revokes_acked = lease_logs
+        .iter()
+        .map(|log| log.acked_revokes.len() as u64)
+        .sum();
+    report.compactions_acked = compact_log.acked;
+    report.failures.extend(compact_log.problems.iter().cloned());
+    for log in &lease_logs {
+        report.failures.extend(log.unexpected.iter().cloned());
+    }
     let recorded = recorder.take();
     report.ops_completed = recorded.completed;
     report.ops_indeterminate = recorded.indeterminate;
@@ -516,15 +673,65 @@ fn check_all(
                 .failures
                 .extend(revision::check_final(monitor, revision));
             if let Some((id, node)) = replicas.first() {
-                report
-                    .failures
-                    .extend(watch::check((*id, node), revision, watch_logs));
+                check_histories(
+                    report,
+                    (*id, node),
+                    revision,
+                    &mut tap,
+                    &watch_logs,
+                    &lease_logs,
+                    &compact_log,
+                );
             }
         }
         Err(problems) => report.failures.extend(problems),
     }
     report
         .failures
-        .extend(durability::check(&replicas, &recorded.acked));
+        .extend(durability::check(&replicas, &recorded.acked, &tap));
     recorded.history
+}
+
+/// Completes the history from a converged replica, then checks the watchers and the leases
+/// against it.
+fn check_histories(
+    report: &mut SeedReport,
+    (id, node): (NodeId, &aspen_node::Node),
+    revision: u64,
+    tap: &mut HistoryTap,
+    watch_logs: &[WatchLog],
+    lease_logs: &[LeaseLog],
+    compact_log: &CompactLog,
+) {
+    if let Err(e) = tap.capture(node, revision) {
+        report.failures.push(format!(
+            "history: reading node {id} from revision {} to {revision}: {e}",
+            tap.through + 1
+        ));
+        return;
+    }
+    let state = match node.reader().applied_state() {
+        Ok(state) => state,
+        Err(e) => {
+            report.failures.push(format!("history: node {id}: {e}"));
+            return;
+        }
+    };
+    report.failures.extend(watch::check(
+        tap,
+        revision,
+        &compact_log.requested,
+        state.compact_revision,
+        watch_logs,
+    ));
+    match node.reader().leases() {
+        Ok(table) => {
+            let ids = table.into_iter().map(|(id, _)| id).collect();
+            report.failures.extend(leases::check(tap, &ids, lease_logs));
+        }
+        Err(e) => report
+            .failures
+            .push(format!("lease: node {id}: reading leases: {e}")),
+    }
+    report.leases_revoked_with_keys = leases::revoked_with_keys(tap);
 }

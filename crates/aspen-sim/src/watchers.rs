@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::limits::{
-    POLL_INTERVAL_MS, WATCH_DROPPED_EVENT_INDEX, WATCH_EVENTS_RECORDED_MAX, WATCH_SWITCH_PPM,
-    WATCH_TICK_MS, WATCH_VIOLATIONS_MAX,
+    POLL_INTERVAL_MS, WATCH_AWAY_MS_MAX, WATCH_AWAY_PPM, WATCH_DROPPED_EVENT_INDEX,
+    WATCH_EVENTS_RECORDED_MAX, WATCH_SWITCH_PPM, WATCH_TICK_MS, WATCH_VIOLATIONS_MAX,
 };
 use crate::rng::SimRng;
 use crate::trace::hash_bytes;
@@ -132,6 +132,12 @@ pub struct WatchLog {
     pub received: u64,
     /// Watches opened (the first and every resume).
     pub attaches: u64,
+    /// Watches the hub cancelled as compacted (each followed by a resume).
+    pub compacted_resumes: u64,
+    /// The revisions its watches started at (up to `WATCH_EVENTS_RECORDED_MAX` of them): a
+    /// watch that starts exactly at a compact revision gets no delete at that revision
+    /// (compaction drops a tombstone at the compact revision, as etcd's does).
+    pub start_revisions: BTreeSet<u64>,
     /// The event the planted bug (`--drop-watch-event`) threw away.
     pub dropped_on_purpose: Option<SeenEvent>,
     /// For the ordering check: the last revision received and the keys received at it.
@@ -204,6 +210,9 @@ pub struct WatcherSetup {
     pub covered: Arc<AtomicU64>,
     /// The planted bug: this watcher loses one event.
     pub drop_one_event: bool,
+    /// The planted compaction bug: cancelled as compacted, this watcher resumes one revision
+    /// past the compact revision (as if the compact revision itself were gone).
+    pub resume_past_compaction: bool,
 }
 
 /// Why a watch ended.
@@ -228,6 +237,12 @@ pub async fn run_watcher(mut setup: WatcherSetup) -> WatchLog {
                 setup.cluster.net().record(&[6, id, node_id, next], || {
                     format!("watcher {id} leaves node {node_id} ({why}), resumes at {next}")
                 });
+                // A client whose connection broke may stay away a while: long enough, now
+                // and then, for a compaction to pass the revision it resumes at.
+                if why == "reconnect" && setup.rng.chance_ppm(WATCH_AWAY_PPM) {
+                    let away_ms = setup.rng.below(WATCH_AWAY_MS_MAX + 1);
+                    tokio::time::sleep(Duration::from_millis(away_ms)).await;
+                }
             }
         }
     }
@@ -282,6 +297,9 @@ async fn follow(
         }
     };
     log.attaches += 1;
+    if log.start_revisions.len() < WATCH_EVENTS_RECORDED_MAX {
+        log.start_revisions.insert(start_revision);
+    }
     setup
         .cluster
         .net()
@@ -345,13 +363,16 @@ async fn follow(
                 // History below `compact_revision` is gone: resume there, as etcd's client
                 // does, and tell the check which revisions it cannot expect.
                 let from = log.next_revision();
-                if compact_revision > from {
+                // The planted bug resumes past the compact revision, skipping its events.
+                let resume_at = compact_revision + u64::from(setup.resume_past_compaction);
+                if resume_at > from {
                     log.compacted.push(CompactedGap {
                         from,
-                        to: compact_revision - 1,
+                        to: resume_at - 1,
                     });
-                    log.covered_through = compact_revision - 1;
+                    log.covered_through = resume_at - 1;
                 }
+                log.compacted_resumes += 1;
                 setup.covered.store(log.covered_through, Ordering::Relaxed);
                 return Ended::Resume("compacted");
             }

@@ -1,5 +1,7 @@
 //! A small fixed set of seeds, run on every `cargo test`: they must pass, a seed must replay
-//! exactly, and the checkers must catch the planted bugs (stale reads, a lost watch event). Longer sweeps run from the binary
+//! exactly, and the checkers must catch the planted bugs (stale reads, a lost watch event, a
+//! lease expiry that deletes its keys apart, a watcher that resumes past a compaction, a node
+//! that carries on after a failed fsync). Longer sweeps run from the binary
 //! (`cargo run -p aspen-sim --release -- --seeds 0..300`).
 
 #![allow(
@@ -50,6 +52,16 @@ fn fixed_seeds_pass_on_three_and_five_nodes() {
         assert!(
             report.watchers > 0 && report.watch_events > 0,
             "seed {seed}: the watchers saw nothing: {}",
+            report.summary()
+        );
+        assert!(
+            report.leases_granted > 0 && report.leases_revoked_with_keys > 0,
+            "seed {seed}: no lease was granted, or none revoked with its keys: {}",
+            report.summary()
+        );
+        assert!(
+            report.compactions_acked > 0,
+            "seed {seed}: nothing was compacted: {}",
             report.summary()
         );
     }
@@ -144,6 +156,97 @@ fn the_watch_check_catches_a_lost_event() {
             .iter()
             .all(|f| f.starts_with("watch gap") || f.starts_with("watch: watcher 1:")),
         "the lost event made other checks fail too: {:?}",
+        report.failures
+    );
+}
+
+/// Seeds tried with the planted lease bug (an expiry deletes one of its lease's keys in a
+/// revision of its own) before the test gives up on the lease check.
+const SPLIT_LEASE_EXPIRY_SEEDS: u64 = 8;
+
+#[test]
+fn the_lease_check_catches_an_expiry_that_deletes_its_keys_apart() {
+    let caught = (0..SPLIT_LEASE_EXPIRY_SEEDS).find_map(|seed| {
+        let config = SimConfig {
+            split_lease_expiry: true,
+            ..config(seed)
+        };
+        let report = run_seed(&config);
+        (!report.passed()).then_some(report)
+    });
+    let report = caught.unwrap_or_else(|| {
+        panic!("a split lease expiry went unnoticed for seeds 0..{SPLIT_LEASE_EXPIRY_SEEDS}")
+    });
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.starts_with("lease: revoking lease") && f.contains("were attached to it")),
+        "caught, but not by the lease check: {:?}",
+        report.failures
+    );
+}
+
+/// Seeds tried with the planted compaction bug (a watcher cancelled as compacted resumes one
+/// revision past the compact revision) before the test gives up: only seeds where a watcher
+/// comes back below a compaction can show it.
+const RESUME_PAST_COMPACTION_SEEDS: u64 = 24;
+
+#[test]
+fn the_watch_check_catches_a_resume_past_the_compact_revision() {
+    let caught = (0..RESUME_PAST_COMPACTION_SEEDS).find_map(|seed| {
+        let config = SimConfig {
+            resume_past_compaction: true,
+            ..config(seed)
+        };
+        let report = run_seed(&config);
+        (!report.passed()).then_some(report)
+    });
+    let report = caught.unwrap_or_else(|| {
+        panic!(
+            "a watcher resuming past a compaction went unnoticed for seeds \
+             0..{RESUME_PAST_COMPACTION_SEEDS}"
+        )
+    });
+    assert!(
+        report.watch_compacted > 0,
+        "failed without a compacted watch: {:?}",
+        report.failures
+    );
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.starts_with("watch gap: watcher") && f.contains("as compacted")),
+        "caught, but not as a watch gap across compaction: {:?}",
+        report.failures
+    );
+}
+
+/// Seeds tried with the planted disk bug (an fsync the nemesis fails reports success, so the
+/// node carries on as if its writes were durable) before the test gives up: only seeds where
+/// the nemesis fails an fsync and the node then syncs can show it.
+const LYING_FSYNC_SEEDS: u64 = 24;
+
+#[test]
+fn the_disk_fault_check_catches_a_node_that_carries_on_after_a_failed_fsync() {
+    let caught = (0..LYING_FSYNC_SEEDS).find_map(|seed| {
+        let config = SimConfig {
+            lying_fsync: true,
+            ..config(seed)
+        };
+        let report = run_seed(&config);
+        (!report.passed()).then_some(report)
+    });
+    let report = caught.unwrap_or_else(|| {
+        panic!("a node carrying on after a failed fsync went unnoticed for seeds 0..{LYING_FSYNC_SEEDS}")
+    });
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.starts_with("supervisor:") && f.contains("carries on")),
+        "caught, but not by the disk-fault check: {:?}",
         report.failures
     );
 }

@@ -1,15 +1,48 @@
 //! No acknowledged write is lost: every mutation a client was told succeeded is, on every
-//! converged replica, in the MVCC history at exactly the revision the client was told.
+//! converged replica, in the MVCC history at exactly the revision the client was told. A
+//! write below a replica's compaction point can no longer be read there: it is checked in the
+//! history captured before the compaction (`history.rs`), from committed state.
 
 use aspen_core::RangeRequest;
 use aspen_node::Node;
 
+use crate::history::{Change, HistoryTap};
 use crate::workload::{AckedWrite, Effect};
 
-pub fn check(replicas: &[(u64, Node)], acked: &[AckedWrite]) -> Vec<String> {
+pub fn check(replicas: &[(u64, Node)], acked: &[AckedWrite], tap: &HistoryTap) -> Vec<String> {
     let mut violations = Vec::new();
+    for write in acked {
+        let in_tap = tap.events.get(&write.revision).is_some_and(|events| {
+            events.iter().any(|event| {
+                event.key == write.key
+                    && match (&write.effect, &event.change) {
+                        (Effect::Put(value), Change::Put { value: found, .. }) => found == value,
+                        (Effect::Deleted, Change::Delete) => true,
+                        _ => false,
+                    }
+            })
+        });
+        if write.revision <= tap.through && !in_tap {
+            violations.push(format!(
+                "history: acknowledged {} on {:?} at revision {} ({}) is not in the history \
+                 captured through revision {}",
+                describe(&write.effect),
+                String::from_utf8_lossy(&write.key),
+                write.revision,
+                write.op,
+                tap.through
+            ));
+        }
+    }
     for (id, node) in replicas {
+        let compacted_below = node
+            .reader()
+            .applied_state()
+            .map_or(0, |state| state.compact_revision);
         for write in acked {
+            if write.revision < compacted_below {
+                continue;
+            }
             if let Err(problem) = check_one(node, write) {
                 violations.push(format!(
                     "node {id}: acknowledged {} on {:?} at revision {} ({}): {problem}",

@@ -3,6 +3,7 @@
 
 pub mod convergence;
 pub mod durability;
+pub mod leases;
 pub mod linearizable;
 pub mod revision;
 pub mod watch;

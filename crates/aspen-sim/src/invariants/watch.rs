@@ -8,20 +8,18 @@
 //!     revision and version, every delete, at its revision, nothing more;
 //! (c) it covered the converged revision within `WATCH_CATCH_UP_WAIT_MS_MAX` of convergence.
 //!
-//! The history is rebuilt from a converged replica without the watch code's history reader
-//! (`MvccReader::events`, which the hub's catch-up uses): the range is read at every revision
-//! with `MvccReader::range`, and each revision's events are the keys whose `mod_revision` is
-//! that revision (puts) and the keys present one revision earlier and absent now (deletes).
-//! A revision that deletes and re-creates one key would read as a put only; the workload never
-//! does both to one key in one revision.
+//! (d) it skipped, as compacted, only revisions below a compaction the compactor asked for
+//!     and the replica applied: a span cancelled as compacted ends right below a compact
+//!     revision (the hub says where history starts, and the watcher resumes exactly there).
+//!
+//! The history is the one `history.rs` rebuilds (without the hub's history reader), captured
+//! before each compaction and completed from a converged replica, so revisions below the
+//! compaction point are checked too.
 
 use std::collections::BTreeMap;
 
-use aspen_core::response::KeyValue;
-use aspen_core::{NodeId, RangeRequest};
-use aspen_node::Node;
-
-use crate::limits::{CONVERGE_KEYS_MAX, WATCH_CATCH_UP_WAIT_MS_MAX};
+use crate::history::{self, HistoryTap};
+use crate::limits::WATCH_CATCH_UP_WAIT_MS_MAX;
 use crate::watchers::{Change, SeenEvent, WATCHED_KEY, WATCHED_RANGE_END, WatchLog};
 
 /// Differences reported per watcher, in words; the rest are counted.
@@ -29,14 +27,22 @@ const DIFFERENCES_REPORTED_MAX: usize = 8;
 
 /// Each revision's events in the watched range, from `base + 1` on.
 struct History {
-    /// Events at or below this revision are not checked: history below the compaction point
-    /// is gone (this simulation never compacts, so it is 1, the empty store's revision).
+    /// Events at or below this revision are not checked (1, the empty store's revision: the
+    /// tap holds the history below every compaction).
     base: u64,
     events: BTreeMap<u64, Vec<SeenEvent>>,
 }
 
-/// Checks every watcher against the history of `replica`, converged at `final_revision`.
-pub fn check(replica: (NodeId, &Node), final_revision: u64, logs: &[WatchLog]) -> Vec<String> {
+/// Checks every watcher against the history in `tap` (captured through the converged
+/// `final_revision`); `compactions` are the revisions the compactor asked to compact at, and
+/// `compact_revision` the converged replica's.
+pub fn check(
+    tap: &HistoryTap,
+    final_revision: u64,
+    compactions: &[u64],
+    compact_revision: u64,
+    logs: &[WatchLog],
+) -> Vec<String> {
     let mut failures = Vec::new();
     for log in logs {
         let id = log.watcher_id;
@@ -65,24 +71,38 @@ pub fn check(replica: (NodeId, &Node), final_revision: u64, logs: &[WatchLog]) -
             ));
         }
     }
-    let (node_id, node) = replica;
-    let history = match history(node, final_revision) {
-        Ok(history) => history,
-        Err(e) => {
-            failures.push(format!(
-                "watch: reading the history of node {node_id} up to revision {final_revision}: {e}"
-            ));
-            return failures;
-        }
-    };
     for log in logs {
-        failures.extend(compare(log, &history, final_revision));
+        for gap in &log.compacted {
+            let resumed_at = gap.to + 1;
+            if !compactions.contains(&resumed_at) || resumed_at > compact_revision {
+                failures.push(format!(
+                    "watch gap: watcher {} skipped revisions {}..={} as compacted, but no \
+                     compaction at {resumed_at} was applied ({} compactions asked; the \
+                     replica is compacted at {compact_revision})",
+                    log.watcher_id,
+                    gap.from,
+                    gap.to,
+                    compactions.len()
+                ));
+            }
+        }
+    }
+    let history = from_tap(tap);
+    for log in logs {
+        failures.extend(compare(log, &history, final_revision, compactions));
     }
     failures
 }
 
-/// (b) for one watcher.
-fn compare(log: &WatchLog, history: &History, final_revision: u64) -> Vec<String> {
+/// (b) for one watcher. A watch that started exactly at a compact revision is not owed the
+/// deletes at that revision: compaction drops a tombstone at the compact revision (as etcd's
+/// does, `keyIndex.compact`), so the hub's catch-up cannot find them.
+fn compare(
+    log: &WatchLog,
+    history: &History,
+    final_revision: u64,
+    compactions: &[u64],
+) -> Vec<String> {
     let id = log.watcher_id;
     let first = log.start_revision.max(history.base + 1);
     let last = log
@@ -127,7 +147,15 @@ fn compare(log: &WatchLog, history: &History, final_revision: u64) -> Vec<String
         if expected == got {
             continue;
         }
-        for event in expected.iter().filter(|e| !got.contains(e)) {
+        let tombstone_compacted = |event: &SeenEvent| {
+            event.change == Change::Delete
+                && log.start_revisions.contains(&event.revision)
+                && compactions.contains(&event.revision)
+        };
+        for event in expected
+            .iter()
+            .filter(|e| !got.contains(e) && !tombstone_compacted(e))
+        {
             differences.push(format!(
                 "watch gap: watcher {id} never received {event} {span}"
             ));
@@ -146,71 +174,36 @@ fn compare(log: &WatchLog, history: &History, final_revision: u64) -> Vec<String
     failures
 }
 
-fn history(node: &Node, final_revision: u64) -> Result<History, String> {
-    let compact_revision = node
-        .reader()
-        .applied_state()
-        .map_err(|e| e.to_string())?
-        .compact_revision;
-    let base = compact_revision.max(1);
-    let mut events = BTreeMap::new();
-    let mut previous = image(node, base)?;
-    for revision in base + 1..=final_revision {
-        let current = image(node, revision)?;
-        let mut at: Vec<SeenEvent> = current
-            .values()
-            .filter(|kv| kv.mod_revision == revision)
-            .map(|kv| SeenEvent {
-                revision,
-                key: kv.key.clone(),
-                change: Change::Put {
-                    value: kv.value.clone(),
-                    create_revision: kv.create_revision,
-                    version: kv.version,
-                },
-            })
-            .collect();
-        at.extend(
-            previous
-                .keys()
-                .filter(|key| !current.contains_key(*key))
-                .map(|key| SeenEvent {
-                    revision,
-                    key: key.clone(),
-                    change: Change::Delete,
-                }),
-        );
-        if !at.is_empty() {
-            events.insert(revision, at);
-        }
-        previous = current;
-    }
-    Ok(History { base, events })
-}
-
-/// The watched range as it was at `revision`.
-fn image(node: &Node, revision: u64) -> Result<BTreeMap<Vec<u8>, KeyValue>, String> {
-    let request = RangeRequest {
-        key: WATCHED_KEY.to_vec(),
-        range_end: WATCHED_RANGE_END.to_vec(),
-        revision,
-        limit: CONVERGE_KEYS_MAX,
-        serializable: true,
-        ..RangeRequest::default()
-    };
-    let (result, _) = node
-        .reader()
-        .range(&request)
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("at revision {revision}: {e}"))?;
-    if result.more {
-        return Err(format!("more than {CONVERGE_KEYS_MAX} keys"));
-    }
-    Ok(result
-        .kvs
+/// The watched range's events, as the watchers see them (no lease).
+fn from_tap(tap: &HistoryTap) -> History {
+    let events = tap
+        .in_range(WATCHED_KEY, WATCHED_RANGE_END)
         .into_iter()
-        .map(|kv| (kv.key.clone(), kv))
-        .collect())
+        .map(|(revision, events)| {
+            let seen = events
+                .into_iter()
+                .map(|event| SeenEvent {
+                    revision,
+                    key: event.key,
+                    change: match event.change {
+                        history::Change::Put {
+                            value,
+                            create_revision,
+                            version,
+                            ..
+                        } => Change::Put {
+                            value,
+                            create_revision,
+                            version,
+                        },
+                        history::Change::Delete => Change::Delete,
+                    },
+                })
+                .collect();
+            (revision, seen)
+        })
+        .collect();
+    History { base: 1, events }
 }
 
 #[cfg(test)]
@@ -255,13 +248,13 @@ mod tests {
     fn equal_streams_pass_and_gaps_and_extras_fail() {
         let all = [put("k1", 2), put("k2", 3), put("k1", 4)];
         let history = history(&all);
-        assert!(compare(&log(&all, 4), &history, 4).is_empty());
+        assert!(compare(&log(&all, 4), &history, 4, &[]).is_empty());
         // Covering less is (b)'s business only for what was covered.
-        assert!(compare(&log(&all[..2], 3), &history, 4).is_empty());
-        let gap = compare(&log(&[all[0].clone(), all[2].clone()], 4), &history, 4);
+        assert!(compare(&log(&all[..2], 3), &history, 4, &[]).is_empty());
+        let gap = compare(&log(&[all[0].clone(), all[2].clone()], 4), &history, 4, &[]);
         assert_eq!(gap.len(), 1, "{gap:?}");
         assert!(gap[0].starts_with("watch gap: watcher 1 never received put k2"));
-        let extra = compare(&log(&[all[0].clone(), put("k3", 3)], 3), &history, 4);
+        let extra = compare(&log(&[all[0].clone(), put("k3", 3)], 3), &history, 4, &[]);
         assert_eq!(extra.len(), 2, "{extra:?}");
         assert!(extra.iter().any(|f| f.contains("not in the history")));
     }
@@ -272,6 +265,6 @@ mod tests {
         let history = history(&all);
         let mut skipped = log(&[all[0].clone(), all[2].clone()], 4);
         skipped.compacted.push(CompactedGap { from: 3, to: 3 });
-        assert!(compare(&skipped, &history, 4).is_empty());
+        assert!(compare(&skipped, &history, 4, &[]).is_empty());
     }
 }
