@@ -10,7 +10,9 @@
 //!   and takes new ones.
 //!
 //! The tmpfs is mounted by the test (root, or CAP_SYS_ADMIN). Where mounting is not permitted
-//! the tests fail, unless `ASPEN_SKIP_TMPFS_TESTS=1`, which skips them with a loud message.
+//! the tests are skipped with a loud message, unless `ASPEN_REQUIRE_TMPFS=1` (set by
+//! `.ci/run`, which runs as root), which makes them fail: as `ASPEN_REQUIRE_ETCD` for the tests
+//! that need etcd.
 
 #![allow(
     clippy::expect_used,
@@ -54,8 +56,8 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// None (after a loud message) when mounting is not permitted and
-    /// `ASPEN_SKIP_TMPFS_TESTS=1`; a failure when it is not permitted otherwise.
+    /// None (after a loud message) when mounting is not permitted; a failure then if
+    /// `ASPEN_REQUIRE_TMPFS=1`.
     fn mount(test: &str) -> Option<Tmpfs> {
         let dir = tempfile::Builder::new()
             .prefix("aspen-tmpfs-")
@@ -73,15 +75,16 @@ impl Tmpfs {
             Err(error) => format!("cannot run mount: {error}"),
         };
         assert!(
-            std::env::var("ASPEN_SKIP_TMPFS_TESTS").as_deref() == Ok("1"),
-            "{test}: cannot mount a tmpfs ({error}). This test needs root (or CAP_SYS_ADMIN) \
-             to make a small filesystem; set ASPEN_SKIP_TMPFS_TESTS=1 to skip it"
+            std::env::var("ASPEN_REQUIRE_TMPFS").as_deref() != Ok("1"),
+            "{test}: cannot mount a tmpfs ({error}) and ASPEN_REQUIRE_TMPFS=1. This test needs \
+             root (or CAP_SYS_ADMIN) to make a small filesystem"
         );
         // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
         let _ = writeln!(
             std::io::stderr(),
-            "\n######## SKIPPED {test}: cannot mount a tmpfs ({error}) and \
-             ASPEN_SKIP_TMPFS_TESTS=1; this test did NOT run. ########\n"
+            "\n######## SKIPPED {test}: cannot mount a tmpfs ({error}): \
+             it needs root (or CAP_SYS_ADMIN); this test did NOT run (ASPEN_REQUIRE_TMPFS=1 \
+             makes this a failure). ########\n"
         );
         None
     }
