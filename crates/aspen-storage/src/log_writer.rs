@@ -68,6 +68,8 @@ pub const LOG_COMMITS_PER_COMMITTED_WRITE: u64 = 64;
 struct WriterState {
     /// The newest committed index openraft saved that no commit has written yet.
     committed_held: Option<Option<LogId>>,
+    /// The newest committed index openraft saved, written or held.
+    committed_newest: Option<Option<LogId>>,
     /// Rounds since the committed index was last written.
     rounds_since_committed: u64,
 }
@@ -78,6 +80,7 @@ impl WriterState {
     fn committed_to_write(&mut self, saved: Option<Option<LogId>>) -> Option<Option<LogId>> {
         if saved.is_some() {
             self.committed_held = saved;
+            self.committed_newest = saved;
         }
         self.rounds_since_committed += 1;
         if self.rounds_since_committed < LOG_COMMITS_PER_COMMITTED_WRITE {
@@ -131,21 +134,31 @@ pub(crate) struct WriterShared {
     /// The committed index openraft saved last in this process, written or not
     /// (`WriterState` writes it with every `LOG_COMMITS_PER_COMMITTED_WRITE`th commit).
     committed_saved: Mutex<Option<Option<LogId>>>,
+    /// The newest committed index whose entries are all durable: the newest one the writer
+    /// had seen when a round's commit succeeded (openraft saves a committed index only after
+    /// appending what it covers, and rounds take the queue in order, so that round or an
+    /// earlier one wrote those entries). What the close writes; `committed_saved` may name
+    /// entries still queued, and a committed index past the durable log stops a restart
+    /// (openraft re-applies up to it from the log).
+    committed_durable_safe: Mutex<Option<Option<LogId>>>,
     /// Taken by the writer task when it starts (on the first write).
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
 }
 
 impl Drop for WriterShared {
-    /// At close the committed index saved last is written, durably, so a clean restart
-    /// re-applies all of it at start-up (`WriterState` writes it only every
-    /// `LOG_COMMITS_PER_COMMITTED_WRITE`th round). Best effort, as the state database's own
+    /// At close the newest committed index whose entries are durable
+    /// (`committed_durable_safe`) is written, durably, so a clean restart re-applies all of it
+    /// at start-up (`WriterState` writes it only every `LOG_COMMITS_PER_COMMITTED_WRITE`th
+    /// round). Never one past the durable log: openraft would fail to start, looking for
+    /// entries to re-apply that are not there (the simulator's seeds 10798 and 10897, when
+    /// the close wrote the index saved last). Best effort, as the state database's own
     /// durable commit at close: after a failure, or under a simulated crash whose disk
     /// refuses writes, the older value on disk stays, which is harmless.
     fn drop(&mut self) {
         if self.failed.load(Ordering::Acquire) {
             return;
         }
-        let Some(committed) = *lock(&self.committed_saved) else {
+        let Some(committed) = *lock(&self.committed_durable_safe) else {
             return;
         };
         if let Err(error) = write_committed_durably(&self.store, committed) {
@@ -210,6 +223,7 @@ impl LogWriter {
                 )))),
                 room_bytes: Arc::new(Semaphore::new(usize_from(LOG_WRITER_QUEUE_BYTES_MAX))),
                 committed_saved: Mutex::new(None),
+                committed_durable_safe: Mutex::new(None),
                 receiver: Mutex::new(Some(receiver)),
             }),
             sender,
@@ -418,6 +432,9 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
             } else {
                 commit(&shared.store, &entries, committed)
             };
+            if result.is_ok() && state.committed_newest.is_some() {
+                *lock(&shared.committed_durable_safe) = state.committed_newest;
+            }
             if let (Ok(()), Some(first), Some(last)) = (&result, entries.first(), entries.last()) {
                 let clock = shared.store.stage_clock();
                 clock.reached(Stage::Durable, first.log_id.index, last.log_id.index);
