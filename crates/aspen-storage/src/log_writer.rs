@@ -12,8 +12,9 @@
 //!   durability, then removes those entries from `pending` and calls their callbacks, in order;
 //! - `save_committed` is queued too and rides along with every
 //!   `LOG_COMMITS_PER_COMMITTED_WRITE`th round of the writer, so most log commits touch the log
-//!   table alone and a round with only a committed index commits nothing (it was never fsynced on its own; `read_committed`
-//!   answers the value saved last in this process);
+//!   table alone and a round with only a committed index commits nothing (it was never fsynced
+//!   on its own; `read_committed` answers the value saved last in this process; the close
+//!   writes the newest one whose entries are durable);
 //! - vote, truncate and purge first wait until everything queued before them is durable, then
 //!   write as before, so the order of log operations on disk is the order openraft issued them.
 //!
