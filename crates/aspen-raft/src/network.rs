@@ -278,6 +278,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let identity = self.identity.clone();
         Box::pin(async move {
             let mut client = client.map_err(unreachable::<RPCError<TypeConfig>>)?;
+            // openraft sleeps out its backoff (after an `Unreachable` peer) inside the request
+            // stream, when the next request is taken. tonic takes the first one only after the
+            // connection is up, so a peer that refuses connections was retried with no pause
+            // at all (thousands of attempts a second). Taking the first request before
+            // connecting puts every attempt behind the backoff.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures_util::stream::empty()) as BoxStream<'s, _>);
+            };
+            let input = futures_util::stream::iter([first]).chain(input);
             // Each batch split to fit a peer message; the replies joined back, one a batch.
             let counts = crate::split::PartCounts::default();
             let outgoing =
@@ -506,6 +516,43 @@ mod tests {
         let read = server.join().expect("server thread");
         assert!(read > 24, "the request reached the peer ({read} bytes)");
         assert_eq!(error.retry(), Retry::Unsafe, "{error}");
+    }
+
+    /// openraft's replication backoff sleeps inside the request stream, when a request is
+    /// taken: a stream to a peer that refuses connections must take its first request before
+    /// it fails, or the leader retries that peer with no pause at all.
+    #[tokio::test]
+    async fn a_stream_to_an_unreachable_peer_takes_its_first_request_before_failing() {
+        let clients = PeerClients::new(
+            aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT,
+            std::sync::Arc::new(crate::PeerIdentity::new(1)),
+            None,
+        );
+        let mut factory = PeerNetworkFactory::new(clients);
+        let mut network = factory.new_client(2, &member_at(closed_port())).await;
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = taken.clone();
+        let input = futures_util::stream::iter([AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        }])
+        .inspect(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let result = network
+            .stream_append(input, RPCOption::new(Duration::from_millis(500)))
+            .await;
+        let Err(error) = result else {
+            panic!("nothing listens, yet the stream opened");
+        };
+        assert!(matches!(error, RPCError::Unreachable(_)), "{error}");
+        assert_eq!(
+            taken.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the first request was not taken before the connection failed"
+        );
     }
 
     /// The text of a connect failure without the error itself is not taken for one.
