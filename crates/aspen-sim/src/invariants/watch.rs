@@ -247,6 +247,24 @@ mod tests {
         assert!(extra.iter().any(|f| f.contains("not in the history")));
     }
 
+    /// Seed 17150: a watch that starts (or resumes) at a compact revision is owed the
+    /// deletes at it; compaction keeps their tombstones.
+    #[test]
+    fn a_delete_at_the_compact_revision_a_watch_starts_at_is_owed() {
+        let delete = SeenEvent {
+            revision: 3,
+            key: b"k1".to_vec(),
+            change: Change::Delete,
+        };
+        let all = [put("k1", 2), delete, put("k2", 4)];
+        let history = history(&all);
+        let mut from_the_compact_revision = log(&[all[2].clone()], 4);
+        from_the_compact_revision.start_revision = 3;
+        let gap = compare(&from_the_compact_revision, &history, 4);
+        assert_eq!(gap.len(), 1, "{gap:?}");
+        assert!(gap[0].starts_with("watch gap: watcher 1 never received delete k1 at revision 3"));
+    }
+
     #[test]
     fn a_compacted_span_is_not_expected() {
         let all = [put("k1", 2), put("k2", 3), put("k1", 4)];
