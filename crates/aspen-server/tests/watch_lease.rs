@@ -481,6 +481,40 @@ async fn watch_replays_from_start_revision_and_reports_compaction() {
     server.shutdown().await;
 }
 
+/// A watch from exactly the compaction revision gets that revision's delete: compaction keeps
+/// a tombstone at the compaction revision, as etcd does since 3.4.34 / 3.5.15 (etcd issue
+/// 18089; the simulator's seed 17150 lost such a delete across a snapshot install).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_the_compaction_revision_gets_the_delete_at_it() {
+    let server = Server::start(1).await;
+    let channel = server.channel(0).await;
+    let mut kv = KvClient::new(channel.clone());
+    put(&mut kv, "t", "1").await;
+    let deleted = delete(&mut kv, "t").await;
+    let after = put(&mut kv, "t", "2").await;
+    kv.compact(CompactionRequest {
+        revision: deleted,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    let mut stream = Watcher::open(channel).await;
+    stream
+        .create(WatchCreateRequest {
+            start_revision: deleted,
+            ..watch_key("t")
+        })
+        .await;
+    assert_eq!(
+        stream.events(2).await,
+        vec![
+            delete_event("t", deleted, None),
+            put_event("t", "2", after, None)
+        ]
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watchers_share_one_stream() {
     const WATCHERS: usize = 50;

@@ -134,10 +134,6 @@ pub struct WatchLog {
     pub attaches: u64,
     /// Watches the hub cancelled as compacted (each followed by a resume).
     pub compacted_resumes: u64,
-    /// The revisions its watches started at (up to `WATCH_EVENTS_RECORDED_MAX` of them): a
-    /// watch that starts exactly at a compact revision gets no delete at that revision
-    /// (compaction drops a tombstone at the compact revision, as etcd's does).
-    pub start_revisions: BTreeSet<u64>,
     /// The event the planted bug (`--drop-watch-event`) threw away.
     pub dropped_on_purpose: Option<SeenEvent>,
     /// For the ordering check: the last revision received and the keys received at it.
@@ -297,9 +293,6 @@ async fn follow(
         }
     };
     log.attaches += 1;
-    if log.start_revisions.len() < WATCH_EVENTS_RECORDED_MAX {
-        log.start_revisions.insert(start_revision);
-    }
     setup
         .cluster
         .net()

@@ -6,9 +6,15 @@
 //! each step its own short write transaction (`StateMachine::compact_step`), so a compaction
 //! of millions of revisions never holds the apply path for long. A version at or below the
 //! compaction revision is unreadable when the key has a newer version also at or below it, or
-//! when it is a tombstone (nothing older survives it). What is physically left does not change
-//! any read, nor HashKV, which hashes the logical content (`hash.rs`), so replicas may compact
-//! at their own pace.
+//! when it is a tombstone below the compaction revision (nothing older survives it).
+//!
+//! A tombstone *at* the compaction revision stays: a watch may start (or a lagging watcher
+//! resume its catch-up) at the compaction revision, and is owed that revision's deletes. etcd
+//! dropped it until 3.4.34 / 3.5.15 (etcd issue 18089: "Watch dropping an event when
+//! compacting on delete"), and keeps it since, as the Compact API says: only superseded
+//! versions *below* the compaction revision are removed. The next compaction, at a higher
+//! revision, removes it. What is physically left does not change any read, nor HashKV, which
+//! hashes the logical content (`hash.rs`), so replicas may compact at their own pace.
 
 use redb::ReadableTable;
 
@@ -62,9 +68,7 @@ pub(crate) fn compact_step(
     };
     let mut removed: u64 = 0;
     for ((main, sub), key, is_tombstone) in &looked_at {
-        let superseded =
-            is_tombstone_or_superseded(tables, key, *main, *is_tombstone, compact_revision)?;
-        if superseded {
+        if compaction_removes(tables, key, *main, *is_tombstone, compact_revision)? {
             let index_entry = tables.index.remove((key.as_slice(), *main))?;
             if let Some(entry) = index_entry {
                 let entry: IndexRecord = decode("kv_index", entry.value())?;
@@ -81,7 +85,11 @@ pub(crate) fn compact_step(
     })
 }
 
-fn is_tombstone_or_superseded(
+/// Whether compaction at `compact_revision` removes `key`'s version at `main`: a tombstone
+/// below the compaction revision, or a version a newer one at or below it supersedes. The
+/// version at the compaction revision itself always stays, a tombstone too (see the module
+/// doc).
+fn compaction_removes(
     tables: &WriteTables<'_>,
     key: &[u8],
     main: u64,
@@ -89,11 +97,11 @@ fn is_tombstone_or_superseded(
     compact_revision: u64,
 ) -> Result<bool> {
     assert!(main <= compact_revision);
-    if is_tombstone {
-        return Ok(true);
-    }
     if main == compact_revision {
         return Ok(false);
+    }
+    if is_tombstone {
+        return Ok(true);
     }
     let newer = tables
         .index
@@ -101,4 +109,139 @@ fn is_tombstone_or_superseded(
         .next()
         .transpose()?;
     Ok(newer.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use aspen_core::limits::Limits;
+    use aspen_core::type_config::alias::Entry;
+    use aspen_core::{Command, DeleteRangeRequest, PutRequest, TypeConfig};
+    use openraft::EntryPayload;
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+    use crate::schema;
+    use crate::{StateMachine, StorageBackend, open_storage};
+
+    fn apply(sm: &StateMachine, index: &mut u64, command: Command) {
+        *index += 1;
+        let entry: Entry = openraft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, *index),
+            payload: EntryPayload::Normal(command),
+        };
+        let response = sm.apply_entries(&[entry]).expect("apply");
+        assert!(response[0].result.is_ok(), "{response:?}");
+    }
+
+    fn put(key: &[u8]) -> Command {
+        Command::Put(PutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn compact(sm: &StateMachine, index: &mut u64, revision: u64) {
+        apply(
+            sm,
+            index,
+            Command::Compact {
+                revision,
+                physical: true,
+            },
+        );
+        sm.compact_until_done().expect("compact");
+    }
+
+    /// The versions `kv_revs` holds, by (revision, sub-revision).
+    fn stored(sm: &StateMachine) -> Vec<(u64, u32)> {
+        let db = sm.store().state_db();
+        let txn = db.begin_read().expect("read");
+        let revs = txn.open_table(schema::KV_REVS).expect("kv_revs");
+        let index = txn.open_table(schema::KV_INDEX).expect("kv_index");
+        let positions: Vec<(u64, u32)> = revs
+            .iter()
+            .expect("iter")
+            .map(|item| item.expect("item").0.value())
+            .collect();
+        assert_eq!(index.len().expect("len"), positions.len() as u64);
+        positions
+    }
+
+    fn delete(key: &[u8]) -> Command {
+        Command::DeleteRange(DeleteRangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })
+    }
+
+    /// Revisions 2 to 6: put a, put b, delete a, delete b, put c; then a compaction at 5.
+    fn compacted_at_5() -> (StateMachine, u64) {
+        let (_log, sm) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
+        let mut index = 0;
+        for command in [put(b"a"), put(b"b"), delete(b"a"), delete(b"b"), put(b"c")] {
+            apply(&sm, &mut index, command);
+        }
+        compact(&sm, &mut index, 5);
+        (sm, index)
+    }
+
+    /// A tombstone at the compaction revision stays (a watch from there is owed the delete;
+    /// simulator seed 17150), one below it goes, and so does the kept one at the next
+    /// compaction.
+    #[test]
+    fn a_tombstone_at_the_compaction_revision_stays_until_the_next_compaction() {
+        let (sm, mut index) = compacted_at_5();
+        // a's put and tombstone (below 5) and b's put (superseded) are gone; b's tombstone at
+        // the compaction revision stays, and the history reader still finds it there.
+        assert_eq!(stored(&sm), vec![(5, 0), (6, 0)]);
+        let events = sm
+            .reader()
+            .events(&aspen_core::keys::KeyRange::new(b"a", b"z"), 5, 6, 10)
+            .expect("read")
+            .expect("not compacted");
+        let positions: Vec<(u64, aspen_core::EventKind)> = events
+            .events
+            .iter()
+            .map(|e| (e.revision(), e.kind))
+            .collect();
+        assert_eq!(
+            positions,
+            vec![
+                (5, aspen_core::EventKind::Delete),
+                (6, aspen_core::EventKind::Put)
+            ]
+        );
+
+        apply(&sm, &mut index, put(b"d")); // 7
+        compact(&sm, &mut index, 7);
+        assert_eq!(stored(&sm), vec![(6, 0), (7, 0)]);
+    }
+
+    /// HashKV leaves the kept tombstone out: a replica that holds it and one that compacted
+    /// before this rule (and so removed it) agree.
+    #[test]
+    fn hash_kv_is_the_same_with_or_without_the_kept_tombstone() {
+        let (kept, _) = compacted_at_5();
+        let (removed, _) = compacted_at_5();
+        {
+            let db = removed.store().state_db();
+            let txn = db.begin_write().expect("write");
+            {
+                let mut revs = txn.open_table(schema::KV_REVS).expect("kv_revs");
+                let mut index = txn.open_table(schema::KV_INDEX).expect("kv_index");
+                assert!(revs.remove((5, 0)).expect("remove").is_some());
+                assert!(
+                    index
+                        .remove((b"b".as_slice(), 5))
+                        .expect("remove")
+                        .is_some()
+                );
+            }
+            txn.commit().expect("commit");
+        }
+        assert_eq!(stored(&kept), vec![(5, 0), (6, 0)]);
+        assert_eq!(stored(&removed), vec![(6, 0)]);
+        let hash = |sm: &StateMachine| sm.reader().hash_kv(6).expect("hash").expect("in range");
+        assert_eq!(hash(&kept), hash(&removed));
+    }
 }

@@ -51,10 +51,11 @@ pub(crate) fn hash_revision(
 
 impl MvccReader {
     /// Hashes every version (values, tombstones and all metadata) with
-    /// `mod_revision <= revision` (0: the current revision) that compaction keeps, in
-    /// (key, revision) order, as of one read transaction. Versions that compaction removes are
-    /// left out whether or not this replica has removed them yet, so replicas agree while they
-    /// compact at their own pace. Reads the whole index: run it off the async executor.
+    /// `mod_revision <= revision` (0: the current revision) that compaction keeps, less a
+    /// tombstone at the compaction revision (see `hash_versions`), in (key, revision) order,
+    /// as of one read transaction. Versions that compaction removes are left out whether or
+    /// not this replica has removed them yet, so replicas agree while they compact at their
+    /// own pace. Reads the whole index: run it off the async executor.
     pub fn hash_kv(&self, revision: u64) -> Result<HashOutcome> {
         let db = self.store.state_db();
         let txn = db.begin_read()?;
@@ -76,7 +77,10 @@ impl MvccReader {
 }
 
 /// Walks the index key by key. Of a key's versions at or below the compaction revision only
-/// the newest survives compaction, and only if it is not a tombstone; every newer one does.
+/// the newest is hashed, and only if it is not a tombstone; every newer one is. A tombstone
+/// at the compaction revision survives compaction (for watchers, `compact.rs`) but is not
+/// hashed: compaction before that fix removed it, so hashing it would make the hash depend on
+/// which version of compaction a replica ran (etcd's `keep` leaves it out of HashKV too).
 fn hash_versions<I, R>(index: &I, revs: &R, at_revision: u64, compact_revision: u64) -> Result<u32>
 where
     I: ReadableTable<IndexKey, &'static [u8]>,

@@ -133,11 +133,13 @@ pub(super) fn for_each_kept_version(
             )));
         };
         if main <= state.compact_revision {
-            // The same rule as compaction and HashKV: at or below the compaction revision only
-            // a key's newest version there survives, and not a tombstone.
+            // The same rule as compaction (`compact.rs`): at or below the compaction revision
+            // only a key's newest version there survives, and a tombstone only at the
+            // compaction revision itself (a watch starting there is owed its deletes).
             let newest_at_compaction =
                 entry_at(&index, &record.key, state.compact_revision)?.map_or(0, |(m, _)| m);
-            if version.is_tombstone() || newest_at_compaction != main {
+            let dropped_tombstone = version.is_tombstone() && main < state.compact_revision;
+            if dropped_tombstone || newest_at_compaction != main {
                 continue;
             }
         }
