@@ -37,4 +37,4 @@ pub mod transport;
 pub mod watchers;
 pub mod workload;
 
-pub use runner::{EXECUTOR, SeedReport, SimConfig, run_seed};
+pub use runner::{EXECUTOR, SeedReport, SimConfig, run_script, run_seed};

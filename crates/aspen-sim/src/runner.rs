@@ -295,6 +295,15 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     report
 }
 
+/// Runs a scripted scenario (a test's own sequence of faults, not a drawn one) on the same
+/// simulated executor a seed runs on, with openraft's random draws seeded from `seed`.
+pub fn run_script<F: Future>(seed: u64, script: F) -> F::Output {
+    aspen_core::runtime::seed_thread_rng(seed ^ 0x5EED_0FA5_BE4A_1700);
+    let output = block_on_simulated(seed, script);
+    aspen_core::runtime::unseed_thread_rng();
+    output
+}
+
 /// One seed's run for a madsim runtime the caller built and entered (madsim's own
 /// determinism check, `Runtime::check_determinism`, runs it twice and compares every random
 /// draw). Seeds openraft's generator on this thread; checks everything but linearizability.

@@ -20,7 +20,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::backend::Store;
 use crate::error::{Result, decode};
-use crate::log_writer::{LogWriter, WriteOp};
+use crate::log_writer::{LogWriter, WriteOp, commit_failed};
 use crate::schema::{META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
 
 /// Log storage; also serves as its own reader (clones share the database and the writer).
@@ -69,7 +69,24 @@ impl LogStore {
 
     /// The entries in `range`, durable or not: those still waiting for the writer come from
     /// its pending set, the ones before them from the database. At most `LOG_READ_ENTRIES_MAX`.
+    ///
+    /// Fails once a log commit has failed. The failed commit's entries left the pending set
+    /// and never reached the database, so a read would come back short, and openraft applies
+    /// committed entries by reading them back: it takes a short read as the whole range,
+    /// applies what it got and reports the rest applied too, so its metrics' `last_applied`
+    /// runs ahead of the state machine and linearizable reads, which wait for it, serve stale
+    /// state (the simulator's seeds 15023 and 10920). An error instead stops the apply and Raft.
     fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>> {
+        let entries = self.read_entries_unchecked(range)?;
+        // Checked after the read: the writer marks a failure before it drops the failed
+        // commit's entries from the pending set, so a read that missed them sees it here.
+        if self.writer.has_failed() {
+            return Err(commit_failed());
+        }
+        Ok(entries)
+    }
+
+    fn read_entries_unchecked(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>> {
         // Pending first, database second. Pending entries run to the end of the log, so every
         // entry below the first of them is durable; and one the writer commits in between is
         // in the database read, which starts after the commit, so none is missed.
@@ -187,6 +204,48 @@ impl RaftLogReader<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> std::result::Result<Option<Vote>, std::io::Error> {
         Ok(self.read_meta::<Vote>(META_VOTE)?)
+    }
+
+    /// openraft's apply path: every entry of `range` the log holds, read `LOG_READ_ENTRIES_MAX`
+    /// at a time. The default reads once, and one read stops at `LOG_READ_ENTRIES_MAX`:
+    /// openraft would report the rest of a longer range applied without applying it.
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl futures_util::Stream<Item = std::result::Result<Entry, std::io::Error>> + OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        let (start, end) = owned_bounds(&range);
+        let first = match start {
+            Bound::Included(index) => Some(index),
+            Bound::Excluded(index) => index.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let reader = self.clone();
+        let chunks = futures_util::stream::unfold(first, move |next| {
+            let reader = reader.clone();
+            async move {
+                let from = next?;
+                let chunk = reader.read_entries((Bound::Included(from), end));
+                let (items, next) = match chunk {
+                    Err(error) => (vec![Err(std::io::Error::from(error))], None),
+                    Ok(entries) => {
+                        // A full chunk may have more behind it; a shorter one is the end.
+                        let next = if entries.len() as u64 >= LOG_READ_ENTRIES_MAX {
+                            entries
+                                .last()
+                                .and_then(|entry| entry.log_id.index.checked_add(1))
+                        } else {
+                            None
+                        };
+                        (entries.into_iter().map(Ok).collect::<Vec<_>>(), next)
+                    }
+                };
+                Some((futures_util::stream::iter(items), next))
+            }
+        });
+        futures_util::StreamExt::flatten(chunks)
     }
 }
 

@@ -16,7 +16,10 @@
 //!   on its own; `read_committed` answers the value saved last in this process; the close
 //!   writes the newest one whose entries are durable);
 //! - vote, truncate and purge first wait until everything queued before them is durable, then
-//!   write as before, so the order of log operations on disk is the order openraft issued them.
+//!   write as before, so the order of log operations on disk is the order openraft issued them;
+//! - after a failed commit every later write and every read fails (`LogStore::read_entries`):
+//!   the failed commit's entries are in neither `pending` nor the database, and a short read
+//!   on openraft's apply path would be reported applied.
 //!
 //! The queue is bounded (`LOG_WRITER_QUEUE_ENTRIES_MAX` entries and
 //! `LOG_WRITER_QUEUE_BYTES_MAX` encoded bytes, appended but not yet durable): `append` first
@@ -127,7 +130,8 @@ pub(crate) struct WriterShared {
     /// The last `seq` the writer has finished (made durable, or failed).
     finished_seq: watch::Sender<u64>,
     /// Set after a failed commit: the log is no longer trustworthy in memory, so every later
-    /// write fails too (openraft stops the node on a storage error).
+    /// write and read fails too (openraft stops the node on a storage error). Set before the
+    /// failed commit's entries leave `pending`.
     failed: AtomicBool,
     /// Queue room, in entries and in encoded bytes, not held by an uncommitted append.
     room_entries: Arc<Semaphore>,
@@ -198,7 +202,7 @@ pub(crate) struct LogWriter {
     sender: mpsc::UnboundedSender<Queued>,
 }
 
-fn commit_failed() -> StorageError {
+pub(crate) fn commit_failed() -> StorageError {
     StorageError::Invariant("an earlier log commit failed".to_string())
 }
 
@@ -242,6 +246,13 @@ impl LogWriter {
             .take(limit)
             .map(|(_, entry)| Entry::clone(entry))
             .collect()
+    }
+
+    /// True once a commit has failed: from then on the log in memory is not trustworthy (the
+    /// failed commit's entries are gone from `pending` and were never written), so every read
+    /// and write fails.
+    pub fn has_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
     }
 
     /// The committed index saved last in this process, if any (the database may hold an older
@@ -440,6 +451,14 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
                 let clock = shared.store.stage_clock();
                 clock.reached(Stage::Durable, first.log_id.index, last.log_id.index);
             }
+            // A failed commit's entries are in neither `pending` nor the database once they
+            // leave `pending`: mark the failure first, so that no read finds them missing
+            // without also finding the failure (`LogStore::read_entries` checks it after
+            // reading). A short read on openraft's apply path is reported applied.
+            if let Err(error) = &result {
+                tracing::error!(%error, "log commit failed");
+                shared.failed.store(true, Ordering::Release);
+            }
             let mut pending = lock(&shared.pending);
             for entry in &entries {
                 let index = entry.log_id.index;
@@ -452,10 +471,6 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
             // The entries are durable (or failed) and gone from `pending`: their room is free
             // before their callbacks fire, so the next append can queue at once.
             drop(rooms);
-            if let Err(error) = &result {
-                tracing::error!(%error, "log commit failed");
-                shared.failed.store(true, Ordering::Release);
-            }
             shared.finished_seq.send_replace(last_seq);
             result
         }
