@@ -635,11 +635,11 @@ impl Node {
     /// openraft's metrics say it applied. They agree on a healthy node (an apply batch commits
     /// before openraft hears of it); openraft reports a range applied even when the log read
     /// behind the apply came back short, and a read served then would be stale (the
-    /// simulator's seeds 15023 and 10920, whose cause `LogStore::read_entries` now stops). An
-    /// error here costs one read transaction and turns any such gap into a refused read.
+    /// simulator's seeds 15023 and 10920, whose cause `LogStore::read_entries` now stops). The
+    /// check reads the store's in-memory mirror of its applied index (set after each commit)
+    /// and turns any such gap into a refused read.
     fn ensure_state_machine_applied(&self, index: u64) -> Result<(), NodeError> {
-        let state = self.inner.reader.applied_state()?;
-        let applied = state.last_applied.as_ref().map_or(0, |id| id.index);
+        let applied = self.inner.reader.store().applied_index();
         if applied < index {
             tracing::error!(
                 applied,

@@ -12,7 +12,7 @@
 //! [`Store`] handle is shared by the log store, the state machine and readers.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,10 @@ pub(crate) struct Shared {
     state_file: Arc<FileGauge>,
     /// What of the state database is durable, and when to make more of it so.
     pub(crate) durability: StateDurability,
+    /// The last applied log index as the state database's last committed transaction wrote
+    /// it (a mirror of `sm_meta`'s, set after each commit, never before), so a read can check
+    /// the state machine holds its read index without a transaction of its own.
+    applied_index: AtomicU64,
     pub(crate) backend: StorageBackend,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) limits: Limits,
@@ -249,6 +253,7 @@ impl Store {
                 log_file: databases.log_file,
                 state_file: databases.state_file,
                 durability: StateDurability::new(durable_applied),
+                applied_index: AtomicU64::new(durable_applied),
                 backend,
                 snapshots,
                 limits,
@@ -264,6 +269,17 @@ impl Store {
             .snapshots
             .remove_unreferenced(&store.current_snapshot_file()?)?;
         Ok(store)
+    }
+
+    /// The last applied log index of the state database's last committed transaction.
+    pub fn applied_index(&self) -> u64 {
+        self.shared.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Called after a state-database transaction that moved the applied index has committed
+    /// (never before: a reader that sees `index` must find its writes).
+    pub(crate) fn record_applied(&self, index: u64) {
+        self.shared.applied_index.store(index, Ordering::Release);
     }
 
     /// The log database. Only the log store and its writer write to it.

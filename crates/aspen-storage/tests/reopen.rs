@@ -161,6 +161,8 @@ async fn write_everything(backend: &StorageBackend) -> Observed {
         .await
         .expect("save committed");
     apply(&mut sm, first_entries()).await;
+    // The in-memory mirror that linearizable reads check follows each apply.
+    assert_eq!(sm.store().applied_index(), 10);
 
     let snapshot = sm
         .get_snapshot_builder()
@@ -231,6 +233,8 @@ async fn everything_survives_reopen() {
 
     let (last_applied, stored_membership) = sm.applied_state().await.expect("applied");
     assert_eq!(last_applied, Some(log_id(10)));
+    // The in-memory mirror that linearizable reads check starts from the file.
+    assert_eq!(sm.store().applied_index(), 10);
     assert_eq!(
         stored_membership,
         StoredMembership::new(Some(log_id(1)), membership())

@@ -254,6 +254,16 @@ fn assert_same_reads(expected: &Expected, target: &StateMachine, what: &str) {
         expected.applied,
         "{what}: applied state"
     );
+    // The in-memory mirror that linearizable reads check follows the install.
+    assert_eq!(
+        target.store().applied_index(),
+        expected
+            .applied
+            .last_applied
+            .as_ref()
+            .map_or(0, |id| id.index),
+        "{what}: the store's applied index"
+    );
 }
 
 /// Revoking each lease on both stores deletes the same keys at the same revision.

@@ -250,6 +250,7 @@ pub(crate) fn import(
     txn.commit()?;
     let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
     store.shared.durability.record_durable(applied_index);
+    store.record_applied(applied_index);
     Ok(())
 }
 

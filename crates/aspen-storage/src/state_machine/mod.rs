@@ -180,6 +180,8 @@ impl StateMachine {
         write_applied(&txn, &state)?;
         txn.commit()?;
         drop(db);
+        self.store
+            .record_applied(state.last_applied.as_ref().map_or(0, |id| id.index));
         if auth_effects.changed {
             self.auth.replace(auth_state);
         }
@@ -226,6 +228,8 @@ impl StateMachine {
             len_bytes: data.len_bytes(),
         };
         snapshot_io::install(&self.store, meta, &data, &record)?;
+        self.store
+            .record_applied(meta.last_log_id.as_ref().map_or(0, |id| id.index));
         {
             let db = self.store.state_db();
             let txn = db.begin_read()?;
