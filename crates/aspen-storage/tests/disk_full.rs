@@ -9,7 +9,8 @@
     reason = "a test: a failed expect is a failed test"
 )]
 
-use std::ops::Bound;
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,90 +18,18 @@ use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::{Entry, LogId};
 use aspen_core::{Command, PutRequest, TypeConfig};
 use aspen_storage::{StorageBackend, open_storage, open_storage_with_backends};
+use common::FaultyDisk;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, RaftLogReader};
-use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend as RedbBackend};
 
 const TERM: u64 = 1;
 const LEADER: u64 = 1;
 const ENTRIES_BEFORE_FULL: u64 = 20;
 const VALUE_BYTES: usize = 4096;
 
-/// redb's file backend, whose writes and resizes fail with ENOSPC while `full` is set.
-#[derive(Debug)]
-struct FillableDisk {
-    inner: FileBackend,
-    full: Arc<AtomicBool>,
-}
-
-impl FillableDisk {
-    fn check(&self) -> Result<(), std::io::Error> {
-        if self.full.load(Ordering::Acquire) {
-            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
-        }
-        Ok(())
-    }
-}
-
-impl RedbBackend for FillableDisk {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.inner.close()
-    }
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.lock_range(start, end)
-    }
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.lock_shared_range(start, end)
-    }
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.query_lock_range(start, end)
-    }
-}
-
-fn disk(path: &std::path::Path, full: &Arc<AtomicBool>) -> FillableDisk {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .expect("open file");
-    FillableDisk {
-        inner: FileBackend::new(file).expect("file backend"),
-        full: Arc::clone(full),
-    }
+fn disk(path: &std::path::Path, full: &Arc<AtomicBool>) -> FaultyDisk {
+    FaultyDisk::open(path, full, &Arc::new(AtomicBool::new(false)))
 }
 
 fn log_id(index: u64) -> LogId {

@@ -15,9 +15,12 @@
     reason = "a test: a failed expect is a failed test"
 )]
 
-use std::ops::Bound;
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::FaultyDisk;
 
 use aspen_core::TypeConfig;
 use aspen_core::limits::{LOG_READ_ENTRIES_MAX, Limits};
@@ -27,75 +30,9 @@ use futures_util::StreamExt;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, RaftLogReader};
-use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend as RedbBackend};
 
 const TERM: u64 = 1;
 const LEADER: u64 = 1;
-
-/// redb's file backend whose next `sync_data` fails with EIO once `fail_next_sync` is set.
-#[derive(Debug)]
-struct FlakyFsync {
-    inner: FileBackend,
-    fail_next_sync: Arc<AtomicBool>,
-}
-
-impl RedbBackend for FlakyFsync {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        if self.fail_next_sync.swap(false, Ordering::AcqRel) {
-            return Err(std::io::Error::from_raw_os_error(5)); // EIO
-        }
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.inner.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.inner.close()
-    }
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.lock_range(start, end)
-    }
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.lock_shared_range(start, end)
-    }
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.query_lock_range(start, end)
-    }
-}
-
-fn file_backend(path: &std::path::Path) -> FileBackend {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .expect("open file");
-    FileBackend::new(file).expect("file backend")
-}
 
 fn log_id(index: u64) -> LogId {
     openraft::testing::log_id::<TypeConfig>(TERM, LEADER, index)
@@ -138,14 +75,12 @@ async fn stream_indexes(log: &mut LogStore, first: u64, end: u64) -> Result<Vec<
 async fn entries_of_a_failed_log_commit_are_never_read_as_absent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fail_next_sync = Arc::new(AtomicBool::new(false));
+    let never = Arc::new(AtomicBool::new(false));
     let (mut log, _sm) = open_storage_with_backends(
         dir.path(),
         Limits::default(),
-        FlakyFsync {
-            inner: file_backend(&dir.path().join("log.redb")),
-            fail_next_sync: Arc::clone(&fail_next_sync),
-        },
-        file_backend(&dir.path().join("state.redb")),
+        FaultyDisk::open(&dir.path().join("log.redb"), &never, &fail_next_sync),
+        FaultyDisk::open(&dir.path().join("state.redb"), &never, &never),
     )
     .expect("open");
     append(&mut log, 1, 29)
