@@ -278,10 +278,14 @@ async fn raft_stopping_on_a_full_disk_exits_75_and_a_restart_serves_every_acknow
     let runs = fill(&cluster).await;
     for run in &runs {
         // The put that met the full disk gets etcd's "server stopped"; the others find the
-        // process stopping or gone.
+        // process stopping or gone: a put sent as the exiting server's HTTP/2 GOAWAY crosses
+        // it fails in the client's transport (tonic reports it as Internal, "h2 protocol
+        // error" with the GOAWAY as its source), never processed.
         let code = run.first_error.code();
+        let crossed_goaway = code == Code::Internal
+            && format!("{:?}", run.first_error).contains("GoAway(b\"\", NO_ERROR, Remote)");
         assert!(
-            matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled),
+            matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled) || crossed_goaway,
             "a write on a full disk failed with {:?}",
             run.first_error
         );
