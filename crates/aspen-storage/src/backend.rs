@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     /// it (a mirror of `sm_meta`'s, set after each commit, never before), so a read can check
     /// the state machine holds its read index without a transaction of its own.
     applied_index: AtomicU64,
+    /// The key index's entries not yet in `kv_index` (`state_machine/overlay.rs`).
+    pub(crate) index_overlay: crate::state_machine::overlay::IndexOverlay,
     pub(crate) backend: StorageBackend,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) limits: Limits,
@@ -128,7 +130,7 @@ impl Drop for Shared {
             .state_db
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(error) = crate::durability::commit_durable(&db) {
+        if let Err(error) = crate::durability::commit_durable(&db, &self.index_overlay) {
             tracing::debug!(%error, "state database not made durable at close");
         }
     }
@@ -242,6 +244,7 @@ impl Store {
         check_format(&databases.log_db, &log_path, Role::Log)?;
         check_format(&databases.state_db, &state_path, Role::State)?;
         let durable_applied = crate::durability::read_applied_index(&databases.state_db)?;
+        let index_overlay = crate::state_machine::overlay::load(&databases.state_db)?;
         let disk_dir = match &backend {
             StorageBackend::Redb { dir } => Some(dir.clone()),
             StorageBackend::InMemory => None,
@@ -254,6 +257,7 @@ impl Store {
                 state_file: databases.state_file,
                 durability: StateDurability::new(durable_applied),
                 applied_index: AtomicU64::new(durable_applied),
+                index_overlay,
                 backend,
                 snapshots,
                 limits,
@@ -441,7 +445,7 @@ impl Store {
     /// database); returns the applied index that is now durable.
     pub fn make_state_durable(&self) -> Result<u64> {
         let db = self.state_db();
-        let index = crate::durability::commit_durable(&db)?;
+        let index = crate::durability::commit_durable(&db, &self.shared.index_overlay)?;
         self.shared.durability.record_durable(index);
         Ok(index)
     }

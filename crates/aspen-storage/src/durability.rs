@@ -98,14 +98,25 @@ impl StateDurability {
     }
 }
 
-/// Commits an empty durable transaction on the state database: every earlier non-durable
-/// commit becomes durable with it. Returns the applied index it made durable.
-pub(crate) fn commit_durable(db: &Database) -> Result<u64> {
+/// Commits a durable transaction on the state database that flushes the key index's overlay
+/// (`state_machine/overlay.rs`): every earlier non-durable commit becomes durable with it, and
+/// a restart rebuilds nothing. Returns the applied index it made durable.
+pub(crate) fn commit_durable(
+    db: &Database,
+    overlay: &crate::state_machine::overlay::IndexOverlay,
+) -> Result<u64> {
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate)?;
-    let index = applied_index_in(&crate::state_machine::read_applied_write(&txn)?);
-    txn.commit()?;
-    Ok(index)
+    let state = crate::state_machine::read_applied_write(&txn)?;
+    let result = crate::state_machine::overlay::flush_into(&txn, overlay, state.revision)
+        .and_then(|_| Ok(txn.commit()?));
+    match result {
+        Ok(()) => {
+            overlay.finish_flush(state.revision);
+            Ok(applied_index_in(&state))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The applied index the state database holds (after a restart, all of it is durable).

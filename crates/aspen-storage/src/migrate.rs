@@ -168,14 +168,21 @@ fn turn_into_state_file(old: &Database) -> Result<()> {
             let (table_key, bytes) = item?;
             let (key, _) = table_key.value();
             let version: StoredVersion = decode("kv_history", bytes.value())?;
-            write_version(&mut index, &mut revs, key, &version, &mut buffer)?;
+            write_version(&mut index, None, &mut revs, key, &version, &mut buffer)?;
             converted += 1;
         }
         let latest = txn.open_table(V1_KV_LATEST)?;
         for item in latest.iter()? {
             let (key, bytes) = item?;
             let version: StoredVersion = decode("kv_latest", bytes.value())?;
-            write_version(&mut index, &mut revs, key.value(), &version, &mut buffer)?;
+            write_version(
+                &mut index,
+                None,
+                &mut revs,
+                key.value(),
+                &version,
+                &mut buffer,
+            )?;
             converted += 1;
         }
     }

@@ -34,6 +34,10 @@ pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta"
 pub const SM_APPLIED: &str = "applied";
 pub const SM_SNAPSHOT: &str = "snapshot";
 pub const SM_COMPACTED_TO: &str = "compacted_to";
+/// `index_flushed` -> u64: `KV_INDEX` holds every index entry at or below this revision; the
+/// newer ones are in memory (`state_machine/overlay.rs`) or rebuilt from `KV_REVS` on open.
+/// Absent in a database written before it existed: its index is complete.
+pub const SM_INDEX_FLUSHED: &str = "index_flushed";
 /// `auth` -> `AuthMeta` (auth enabled, auth revision); absent: disabled, revision 0.
 pub const SM_AUTH: &str = "auth";
 

@@ -16,7 +16,8 @@ use redb::ReadableTable;
 use aspen_core::auth::{AuthChanges, AuthCommand, AuthState};
 
 use super::auth::{BatchAuthEffects, TokenEffect};
-use super::mvcc;
+use super::mvcc::{self, Index, OverlayView};
+use super::overlay::IndexOverlay;
 use super::range::{self, read_revision};
 use super::records::{AppliedState, LeaseRecord, StoredVersion};
 use super::tables::WriteTables;
@@ -40,6 +41,8 @@ pub(crate) type Outcome = std::result::Result<CommandResult, ApplyError>;
 
 pub(crate) struct Applier<'a, 't> {
     pub tables: &'a mut WriteTables<'t>,
+    /// Where this batch's index entries go (`overlay.rs`); with `tables.index`, the key index.
+    pub overlay: &'a IndexOverlay,
     pub state: &'a mut AppliedState,
     pub buffer: Vec<u8>,
     /// The batch's events, recorded only while someone watches (see `events.rs`).
@@ -206,16 +209,15 @@ impl<'a, 't> Applier<'a, 't> {
         Ok(outcome)
     }
 
+    /// The key index as this batch has it: `kv_index` and the overlay.
+    pub(crate) fn index(&self) -> Index<'_, redb::Table<'t, mvcc::IndexKey, &'static [u8]>> {
+        Index::new(&self.tables.index, OverlayView::Live(self.overlay))
+    }
+
     /// `key`'s current version; its value is read only if `with_value` (it lives apart from
     /// the index).
     pub(crate) fn latest(&self, key: &[u8], with_value: bool) -> Result<Option<StoredVersion>> {
-        mvcc::version_at(
-            &self.tables.index,
-            &self.tables.revs,
-            key,
-            u64::MAX,
-            with_value,
-        )
+        mvcc::version_at(&self.index(), &self.tables.revs, key, u64::MAX, with_value)
     }
 
     /// etcd's checks before a put: the lease exists, and a key exists to take its value or
@@ -275,6 +277,7 @@ impl<'a, 't> Applier<'a, 't> {
         }
         mvcc::write_version(
             &mut self.tables.index,
+            Some(self.overlay),
             &mut self.tables.revs,
             &put.key,
             &new,
@@ -309,7 +312,7 @@ impl<'a, 't> Applier<'a, 't> {
         loop {
             let mut victims: Vec<(Vec<u8>, StoredVersion)> = Vec::new();
             mvcc::for_each_visible(
-                &self.tables.index,
+                &self.index(),
                 &self.tables.revs,
                 &chunk_range,
                 u64::MAX,
@@ -354,6 +357,7 @@ impl<'a, 't> Applier<'a, 't> {
         self.record_delete(key, current, rev.main, sub_revision);
         mvcc::write_version(
             &mut self.tables.index,
+            Some(self.overlay),
             &mut self.tables.revs,
             key,
             &StoredVersion::tombstone(rev.main, sub_revision),
@@ -388,7 +392,7 @@ impl<'a, 't> Applier<'a, 't> {
             at
         };
         Ok(Ok(range::range(
-            &self.tables.index,
+            &self.index(),
             &self.tables.revs,
             request,
             at,

@@ -27,11 +27,10 @@ use aspen_etcd_snapshot::layout::{
     META_SCHEDULED_COMPACT,
 };
 use aspen_etcd_snapshot::{EtcdSnapshot, KeyValue, Lease, Revision, Summary};
+use redb::ReadableTable;
 use redb::Table;
-use redb::{ReadableDatabase, ReadableTable};
 
 use super::mvcc::IndexRecord;
-use super::read_applied;
 use super::records::{AppliedState, LeaseRecord, StoredVersion};
 use super::snapshot_io::{IndexRun, for_each_kept_version};
 use super::write_applied;
@@ -247,7 +246,10 @@ pub(crate) fn import(
         // its compaction revision that Aspen's compactor removes.
         table.remove(schema::SM_COMPACTED_TO)?;
     }
+    // The index written above is the whole index: nothing of it is in the overlay.
+    super::overlay::write_flushed(&txn, summary.revision)?;
     txn.commit()?;
+    store.shared.index_overlay.reset(summary.revision);
     let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
     store.shared.durability.record_durable(applied_index);
     store.record_applied(applied_index);
@@ -314,8 +316,8 @@ pub fn export_etcd_snapshot(store: &Store) -> Result<SnapshotExport> {
     let bytes_max = store.limits().quota_backend_bytes.saturating_mul(2);
     let mut sink = store.shared.snapshots.new_export_sink(bytes_max)?;
     let db = store.state_db();
-    let txn = db.begin_read()?;
-    let state = read_applied(&txn)?;
+    let view = super::read_view(store, &db, None)?;
+    let (txn, state) = (&view.txn, &view.state);
     let mut writer = BoltWriter::new(&mut sink)?;
     let mut buckets: Vec<(&[u8], BucketValue)> = Vec::with_capacity(BUCKETS.len());
     let mut encoded = Vec::with_capacity(4096);
@@ -325,7 +327,7 @@ pub fn export_etcd_snapshot(store: &Store) -> Result<SnapshotExport> {
         let mut tree = writer.begin_bucket();
         match name {
             BUCKET_KEY => {
-                for_each_kept_version(&txn, &state, |key, version, _| {
+                for_each_kept_version(&view, |key, version, _| {
                     let (revision_key, kv) = etcd_version(key, version);
                     kv.encode_into(&mut encoded);
                     writer.put(&mut tree, &revision_key, &encoded)?;

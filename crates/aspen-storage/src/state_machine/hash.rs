@@ -3,12 +3,14 @@
 //! with a fixed encoding that does not depend on the storage codec or on the table layout.
 
 use aspen_core::ApplyError;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
-use super::mvcc::{IndexKey, IndexRecord, RevKey, load_record};
+use aspen_core::keys::KeyRange;
+
+use super::MvccReader;
+use super::mvcc::{IndexRecord, IndexSource, RevKey, load_record};
 use super::records::StoredVersion;
-use super::{MvccReader, read_applied};
-use crate::error::{Result, decode};
+use crate::error::Result;
 use crate::schema;
 
 /// Written first, as etcd writes its key bucket's name first: a hash of nothing is not zero.
@@ -58,15 +60,15 @@ impl MvccReader {
     /// own pace. Reads the whole index: run it off the async executor.
     pub fn hash_kv(&self, revision: u64) -> Result<HashOutcome> {
         let db = self.store.state_db();
-        let txn = db.begin_read()?;
-        let state = read_applied(&txn)?;
+        let view = super::read_view(&self.store, &db, None)?;
+        let state = &view.state;
         let at = match hash_revision(revision, state.revision, state.compact_revision) {
             Ok(at) => at,
             Err(e) => return Ok(Err(e)),
         };
-        let index = txn.open_table(schema::KV_INDEX)?;
-        let revs = txn.open_table(schema::KV_REVS)?;
-        let hash = hash_versions(&index, &revs, at, state.compact_revision)?;
+        let index = view.txn.open_table(schema::KV_INDEX)?;
+        let revs = view.txn.open_table(schema::KV_REVS)?;
+        let hash = hash_versions(&view.index(&index), &revs, at, state.compact_revision)?;
         Ok(Ok(KvHash {
             hash,
             compact_revision: state.compact_revision,
@@ -81,9 +83,9 @@ impl MvccReader {
 /// at the compaction revision survives compaction (for watchers, `compact.rs`) but is not
 /// hashed: compaction before that fix removed it, so hashing it would make the hash depend on
 /// which version of compaction a replica ran (etcd's `keep` leaves it out of HashKV too).
-fn hash_versions<I, R>(index: &I, revs: &R, at_revision: u64, compact_revision: u64) -> Result<u32>
+fn hash_versions<X, R>(index: &X, revs: &R, at_revision: u64, compact_revision: u64) -> Result<u32>
 where
-    I: ReadableTable<IndexKey, &'static [u8]>,
+    X: IndexSource,
     R: ReadableTable<RevKey, &'static [u8]>,
 {
     let mut hasher = crc32fast::Hasher::new();
@@ -91,23 +93,25 @@ where
     // The newest version at or below the compaction revision of the key being walked.
     let mut survivor: Option<(Vec<u8>, u64, IndexRecord)> = None;
     let mut key_of_walk: Option<Vec<u8>> = None;
-    for item in index.iter()? {
-        let (table_key, bytes) = item?;
-        let (key, main) = table_key.value();
+    let every_key = KeyRange::Interval {
+        start: Vec::new(),
+        end: None,
+    };
+    index.for_each_entry(&every_key, &mut |key, main, record| {
         if key_of_walk.as_deref() != Some(key) {
             flush_survivor(&mut hasher, revs, &mut survivor, at_revision)?;
             key_of_walk = Some(key.to_vec());
         }
-        let record: IndexRecord = decode("kv_index", bytes.value())?;
         if main <= compact_revision {
             survivor = Some((key.to_vec(), main, record));
-            continue;
+            return Ok(true);
         }
         flush_survivor(&mut hasher, revs, &mut survivor, at_revision)?;
         if main <= at_revision {
             hash_entry(&mut hasher, revs, key, main, record)?;
         }
-    }
+        Ok(true)
+    })?;
     flush_survivor(&mut hasher, revs, &mut survivor, at_revision)?;
     Ok(hasher.finalize())
 }

@@ -11,11 +11,11 @@
 use aspen_core::keys::KeyRange;
 use aspen_core::limits::WATCH_PAGE_BYTES_MAX;
 use aspen_core::{ApplyError, Event, EventKind};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
+use super::MvccReader;
 use super::mvcc::{self, RevKey, RevRecord};
 use super::records::StoredVersion;
-use super::{MvccReader, read_applied};
 use crate::error::{Result, decode};
 use crate::schema;
 
@@ -50,8 +50,9 @@ impl MvccReader {
         assert!(events_max > 0, "an event page must hold at least one event");
         let start = start_revision.max(1);
         let db = self.store.state_db();
-        let txn = db.begin_read()?;
-        let state = read_applied(&txn)?;
+        let view = super::read_view(&self.store, &db, Some(range))?;
+        let txn = &view.txn;
+        let state = &view.state;
         if start < state.compact_revision {
             return Ok(Err(ApplyError::Compacted {
                 compact_revision: state.compact_revision,
@@ -64,7 +65,8 @@ impl MvccReader {
                 through_revision: end.max(start - 1),
             }));
         }
-        let index = txn.open_table(schema::KV_INDEX)?;
+        let index_table = txn.open_table(schema::KV_INDEX)?;
+        let index = view.index(&index_table);
         let revs = txn.open_table(schema::KV_REVS)?;
         let mut events: Vec<Event> = Vec::new();
         let mut through_revision = end;
@@ -117,14 +119,14 @@ impl MvccReader {
 
 /// `key`'s version just before revision `main`, with its value (none if absent, deleted, or
 /// compacted away).
-fn previous_version<I, R>(
-    index: &I,
+fn previous_version<X, R>(
+    index: &X,
     revs: &R,
     key: &[u8],
     main: u64,
 ) -> Result<Option<StoredVersion>>
 where
-    I: ReadableTable<mvcc::IndexKey, &'static [u8]>,
+    X: mvcc::IndexSource,
     R: ReadableTable<RevKey, &'static [u8]>,
 {
     if main == 0 {

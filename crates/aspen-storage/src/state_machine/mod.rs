@@ -16,6 +16,7 @@ mod hash;
 mod history;
 mod lease_read;
 pub(crate) mod mvcc;
+pub(crate) mod overlay;
 pub(crate) mod range;
 pub mod records;
 mod snapshot_io;
@@ -46,6 +47,15 @@ use crate::error::{Result, StorageError, decode};
 use crate::schema::{self, SM_APPLIED, SM_META};
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotRecord};
 use crate::stage_clock::Stage;
+
+/// What one apply batch returns besides its commit: responses, events, the auth store's
+/// changes.
+type AppliedBatch = (
+    Vec<ApplyResponse>,
+    Option<Vec<aspen_core::Event>>,
+    std::sync::Arc<aspen_core::auth::AuthState>,
+    auth::BatchAuthEffects,
+);
 
 /// Entries applied per write transaction at most; a longer stream commits in several batches.
 const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
@@ -114,6 +124,7 @@ impl StateMachine {
     /// Applies a batch in one write transaction; returns one response per entry.
     pub fn apply_entries(&self, entries: &[Entry]) -> Result<Vec<ApplyResponse>> {
         let shared = &self.store.shared;
+        let overlay = &shared.index_overlay;
         let batch_entries = entries.len() as u64;
         let durable = shared
             .durability
@@ -129,57 +140,30 @@ impl StateMachine {
         let mut state = read_applied_write(&txn)?;
         let revision_before = state.revision;
         let compact_revision_before = state.compact_revision;
-        let events;
-        let auth_state;
-        let auth_effects;
-        let mut responses = Vec::with_capacity(entries.len());
-        {
-            let mut tables = tables::WriteTables::open(&txn)?;
-            let mut applier = apply::Applier {
-                tables: &mut tables,
-                state: &mut state,
-                buffer: Vec::with_capacity(256),
-                events: self.events.wants_events().then(Vec::new),
-                auth: self.auth.current(),
-                auth_changes: Default::default(),
-                auth_effects: Default::default(),
-                log_index: 0,
-            };
-            for entry in entries {
-                let index_before = applier.state.last_applied.as_ref().map(|id| id.index);
-                assert!(
-                    index_before.is_none_or(|i| i < entry.log_id.index),
-                    "applying an entry twice or out of order"
-                );
-                applier.log_index = entry.log_id.index;
-                let response = match &entry.payload {
-                    EntryPayload::Normal(command) => applier.apply(command)?,
-                    EntryPayload::Membership(membership) => {
-                        applier.state.membership =
-                            StoredMembership::new(Some(entry.log_id), membership.clone());
-                        ApplyResponse {
-                            revision: applier.state.revision,
-                            result: Ok(CommandResult::Empty),
-                        }
-                    }
-                    EntryPayload::Blank => ApplyResponse {
-                        revision: applier.state.revision,
-                        result: Ok(CommandResult::Empty),
-                    },
-                };
-                applier.state.last_applied = Some(entry.log_id);
-                responses.push(response);
+        let applied = self.apply_in(&txn, entries, &mut state);
+        // A durable commit always flushes the overlay, so a restart after it rebuilds nothing;
+        // a full overlay is flushed whatever the cadence says.
+        let flush = durable || overlay.active_len() >= overlay::OVERLAY_ENTRIES_MAX;
+        let committed = applied.and_then(|batch| {
+            if flush {
+                overlay::flush_into(&txn, overlay, state.revision)?;
             }
-            events = applier.events.take();
-            if applier.auth_effects.changed {
-                auth::persist(&txn, &applier.auth, &applier.auth_changes)?;
+            write_applied(&txn, &state)?;
+            txn.commit()?;
+            Ok(batch)
+        });
+        let (responses, events, auth_state, auth_effects) = match committed {
+            Ok(batch) => batch,
+            Err(error) => {
+                // The batch never happened: its index entries go (redb dropped the rest).
+                overlay.discard_above(revision_before);
+                return Err(error);
             }
-            auth_state = applier.auth;
-            auth_effects = applier.auth_effects;
-        }
-        write_applied(&txn, &state)?;
-        txn.commit()?;
+        };
         drop(db);
+        if flush {
+            overlay.finish_flush(state.revision);
+        }
         self.store
             .record_applied(state.last_applied.as_ref().map_or(0, |id| id.index));
         if auth_effects.changed {
@@ -205,6 +189,59 @@ impl StateMachine {
             clock.reached(Stage::Applied, first.log_id.index, last.log_id.index);
         }
         Ok(responses)
+    }
+
+    /// Applies `entries` in `txn` (index entries into the overlay); returns the responses, the
+    /// events and the auth store's changes.
+    fn apply_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        entries: &[Entry],
+        state: &mut AppliedState,
+    ) -> Result<AppliedBatch> {
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut tables = tables::WriteTables::open(txn)?;
+        let mut applier = apply::Applier {
+            tables: &mut tables,
+            overlay: &self.store.shared.index_overlay,
+            state,
+            buffer: Vec::with_capacity(256),
+            events: self.events.wants_events().then(Vec::new),
+            auth: self.auth.current(),
+            auth_changes: Default::default(),
+            auth_effects: Default::default(),
+            log_index: 0,
+        };
+        for entry in entries {
+            let index_before = applier.state.last_applied.as_ref().map(|id| id.index);
+            assert!(
+                index_before.is_none_or(|i| i < entry.log_id.index),
+                "applying an entry twice or out of order"
+            );
+            applier.log_index = entry.log_id.index;
+            let response = match &entry.payload {
+                EntryPayload::Normal(command) => applier.apply(command)?,
+                EntryPayload::Membership(membership) => {
+                    applier.state.membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
+                    ApplyResponse {
+                        revision: applier.state.revision,
+                        result: Ok(CommandResult::Empty),
+                    }
+                }
+                EntryPayload::Blank => ApplyResponse {
+                    revision: applier.state.revision,
+                    result: Ok(CommandResult::Empty),
+                },
+            };
+            applier.state.last_applied = Some(entry.log_id);
+            responses.push(response);
+        }
+        let events = applier.events.take();
+        if applier.auth_effects.changed {
+            auth::persist(txn, &applier.auth, &applier.auth_changes)?;
+        }
+        Ok((responses, events, applier.auth, applier.auth_effects))
     }
 
     fn read_snapshot_record(&self) -> Result<Option<SnapshotRecord>> {
@@ -318,6 +355,14 @@ impl StateMachine {
             txn.abort()?;
             return Ok(false);
         };
+        // Compaction reads and removes `kv_index` entries at or below the compaction revision:
+        // those still in the overlay are flushed first, in this transaction.
+        let flushed = overlay::read_flushed(&txn.open_table(SM_META)?, state.revision)?;
+        let flush = flushed < state.compact_revision;
+        let overlay = &self.store.shared.index_overlay;
+        if flush {
+            overlay::flush_into(&txn, overlay, state.revision)?;
+        }
         let step = {
             let mut tables = tables::WriteTables::open(&txn)?;
             compact::compact_step(&mut tables, state.compact_revision, from, records_max)?
@@ -333,6 +378,9 @@ impl StateMachine {
         )?;
         txn.commit()?;
         drop(db);
+        if flush {
+            overlay.finish_flush(state.revision);
+        }
         self.store.shared.durability.record_not_durable(0);
         if step.done {
             self.compacted.send_replace(state.compact_revision);
@@ -407,6 +455,59 @@ pub(crate) fn read_applied(txn: &redb::ReadTransaction) -> Result<AppliedState> 
     Ok(state)
 }
 
+/// A read transaction, its applied state, and the overlay entries its `kv_index` lacks.
+pub(crate) struct ReadView {
+    pub txn: redb::ReadTransaction,
+    pub state: AppliedState,
+    pub overlay: Vec<overlay::CopiedEntry>,
+}
+
+/// Attempts at a consistent [`ReadView`]; each retry means two flushes finished between a
+/// transaction's start and its copy of the overlay, which are microseconds apart.
+const READ_VIEW_ATTEMPTS_MAX: u32 = 16;
+
+impl ReadView {
+    /// The key index as of this view's transaction.
+    pub fn index<'a, I>(&'a self, table: &'a I) -> mvcc::Index<'a, I> {
+        mvcc::Index::new(table, mvcc::OverlayView::Copied(&self.overlay))
+    }
+}
+
+/// Opens a [`ReadView`] of `db` (the store's state database) holding the overlay entries of
+/// `range` (every key if None) that its transaction needs (`overlay.rs`).
+pub(crate) fn read_view(
+    store: &Store,
+    db: &redb::Database,
+    range: Option<&aspen_core::keys::KeyRange>,
+) -> Result<ReadView> {
+    for _ in 0..READ_VIEW_ATTEMPTS_MAX {
+        let txn = db.begin_read()?;
+        let (state, flushed) = {
+            let meta = txn.open_table(SM_META)?;
+            let state: AppliedState = match meta.get(SM_APPLIED)? {
+                Some(bytes) => decode("sm_meta", bytes.value())?,
+                None => AppliedState::default(),
+            };
+            let flushed = overlay::read_flushed(&meta, state.revision)?;
+            (state, flushed)
+        };
+        if let Some(entries) = store
+            .shared
+            .index_overlay
+            .copy(range, flushed, state.revision)
+        {
+            return Ok(ReadView {
+                txn,
+                state,
+                overlay: entries,
+            });
+        }
+    }
+    Err(StorageError::Invariant(
+        "the key index kept moving under a read".to_string(),
+    ))
+}
+
 /// Reads from the state machine's committed state, concurrently with applies.
 #[derive(Clone, Debug)]
 pub struct MvccReader {
@@ -420,16 +521,17 @@ impl MvccReader {
     /// Serves a Range; on success also returns the store revision the read saw.
     pub fn range(&self, request: &RangeRequest) -> Result<ReadOutcome> {
         let db = self.store.state_db();
-        let txn = db.begin_read()?;
-        let state = read_applied(&txn)?;
+        let key_range = aspen_core::keys::KeyRange::new(&request.key, &request.range_end);
+        let view = read_view(&self.store, &db, Some(&key_range))?;
+        let state = &view.state;
         let at =
             match range::read_revision(request.revision, state.revision, state.compact_revision) {
                 Ok(at) => at,
                 Err(e) => return Ok(Err(e)),
             };
-        let index = txn.open_table(schema::KV_INDEX)?;
-        let revs = txn.open_table(schema::KV_REVS)?;
-        let result = range::range(&index, &revs, request, at)?;
+        let index = view.txn.open_table(schema::KV_INDEX)?;
+        let revs = view.txn.open_table(schema::KV_REVS)?;
+        let result = range::range(&view.index(&index), &revs, request, at)?;
         Ok(Ok((result, state.revision)))
     }
 

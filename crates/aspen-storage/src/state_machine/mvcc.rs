@@ -11,6 +11,7 @@ use aspen_core::keys::KeyRange;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use super::overlay::{CopiedEntry, IndexOverlay};
 use super::records::StoredVersion;
 use crate::error::{Result, StorageError, decode};
 
@@ -97,19 +98,27 @@ impl RevRecord {
     }
 }
 
-/// Writes `version` of `key`: its index entry and its record.
+/// Writes `version` of `key`: its index entry (into `overlay` when given, else into `kv_index`)
+/// and its record.
 pub(crate) fn write_version(
     index: &mut redb::Table<'_, IndexKey, &'static [u8]>,
+    overlay: Option<&IndexOverlay>,
     revs: &mut redb::Table<'_, RevKey, &'static [u8]>,
     key: &[u8],
     version: &StoredVersion,
     buffer: &mut Vec<u8>,
 ) -> Result<()> {
-    buffer.clear();
-    aspen_core::codec::encode_into(&IndexRecord::of(version), buffer);
-    let replaced = match index.insert((key, version.mod_revision), buffer.as_slice())? {
-        Some(previous) => Some(decode::<IndexRecord>("kv_index", previous.value())?),
-        None => None,
+    let record = IndexRecord::of(version);
+    let replaced = match overlay {
+        Some(overlay) => overlay.insert(key, version.mod_revision, record),
+        None => {
+            buffer.clear();
+            aspen_core::codec::encode_into(&record, buffer);
+            match index.insert((key, version.mod_revision), buffer.as_slice())? {
+                Some(previous) => Some(decode::<IndexRecord>("kv_index", previous.value())?),
+                None => None,
+            }
+        }
     };
     // The API refuses a Txn that writes one key twice (etcd's "duplicate key"); should a
     // command still do it, the last write at the revision wins, as it did in `kv_latest`.
@@ -180,8 +189,8 @@ where
     Ok(iter)
 }
 
-/// `key`'s newest index entry at or below `at_revision` (tombstones included).
-pub(crate) fn entry_at<I>(
+/// `key`'s newest `kv_index` entry at or below `at_revision` (tombstones included).
+pub(crate) fn table_entry_at<I>(
     index: &I,
     key: &[u8],
     at_revision: u64,
@@ -200,6 +209,113 @@ where
     }
 }
 
+/// Where index entries are read from: `kv_index`, with the entries the overlay holds that are
+/// not in it yet (`overlay.rs`).
+pub(crate) trait IndexSource {
+    /// `key`'s newest entry at or below `at_revision` (tombstones included).
+    fn entry_at(&self, key: &[u8], at_revision: u64) -> Result<Option<IndexEntry>>;
+
+    /// Every entry of `range` in (key, revision) order; `visit` returns false to stop.
+    fn for_each_entry(
+        &self,
+        range: &KeyRange,
+        visit: &mut dyn FnMut(&[u8], u64, IndexRecord) -> Result<bool>,
+    ) -> Result<()>;
+}
+
+/// Which overlay entries an [`Index`] adds to its table.
+pub(crate) enum OverlayView<'a> {
+    /// The writer's: the live overlay, every entry (only the writer changes it).
+    Live(&'a IndexOverlay),
+    /// A reader's copy (`IndexOverlay::copy`), sorted by (key, revision).
+    Copied(&'a [CopiedEntry]),
+}
+
+/// `kv_index` (a read or write transaction's table) with an overlay view.
+pub(crate) struct Index<'a, I> {
+    pub table: &'a I,
+    pub overlay: OverlayView<'a>,
+}
+
+impl<'a, I> Index<'a, I> {
+    pub fn new(table: &'a I, overlay: OverlayView<'a>) -> Index<'a, I> {
+        Index { table, overlay }
+    }
+}
+
+impl<I> IndexSource for Index<'_, I>
+where
+    I: ReadableTable<IndexKey, &'static [u8]>,
+{
+    fn entry_at(&self, key: &[u8], at_revision: u64) -> Result<Option<IndexEntry>> {
+        let from_table = table_entry_at(self.table, key, at_revision)?;
+        let from_overlay = match &self.overlay {
+            OverlayView::Live(overlay) => overlay.entry_at(key, at_revision),
+            OverlayView::Copied(entries) => copied_entry_at(entries, key, at_revision),
+        };
+        Ok(match (from_table, from_overlay) {
+            (Some(t), Some(o)) => Some(if o.0 >= t.0 { o } else { t }),
+            (t, o) => t.or(o),
+        })
+    }
+
+    fn for_each_entry(
+        &self,
+        range: &KeyRange,
+        visit: &mut dyn FnMut(&[u8], u64, IndexRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let live_copy;
+        let extra: Vec<&CopiedEntry> = match &self.overlay {
+            OverlayView::Live(overlay) => {
+                live_copy = overlay.copy_unchecked(Some(range), 0, u64::MAX);
+                live_copy.iter().collect()
+            }
+            OverlayView::Copied(entries) => entries
+                .iter()
+                .filter(|(key, _, _)| range.contains(key))
+                .collect(),
+        };
+        let mut extra = extra.into_iter().peekable();
+        for item in index_range(self.table, range)? {
+            let (table_key, bytes) = item?;
+            let (key, main) = table_key.value();
+            while let Some((extra_key, extra_main, extra_record)) = extra.peek() {
+                match (extra_key.as_slice(), *extra_main).cmp(&(key, main)) {
+                    std::cmp::Ordering::Less => {
+                        if !visit(extra_key, *extra_main, *extra_record)? {
+                            return Ok(());
+                        }
+                        extra.next();
+                    }
+                    // The same entry in both (flushed, not yet dropped): the table's is visited.
+                    std::cmp::Ordering::Equal => {
+                        extra.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            if !visit(key, main, decode("kv_index", bytes.value())?)? {
+                return Ok(());
+            }
+        }
+        for (key, main, record) in extra {
+            if !visit(key, *main, *record)? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `key`'s newest copied entry at or below `at_revision`.
+fn copied_entry_at(entries: &[CopiedEntry], key: &[u8], at_revision: u64) -> Option<IndexEntry> {
+    // The first position past (key, at_revision); the entry before it, if `key`'s, is the one.
+    let past = entries.partition_point(|(k, main, _)| (k.as_slice(), *main) <= (key, at_revision));
+    let (k, main, record) = entries.get(past.checked_sub(1)?)?;
+    (k.as_slice() == key).then_some((*main, *record))
+}
+
 /// The record at (main, sub); an index entry without one is corruption.
 pub(crate) fn load_record<R>(revs: &R, main: u64, sub: u32) -> Result<RevRecord>
 where
@@ -215,18 +331,18 @@ where
 
 /// `key`'s live version at `at_revision` (none if absent or deleted there); the value is read
 /// only if `with_value`.
-pub(crate) fn version_at<I, R>(
-    index: &I,
+pub(crate) fn version_at<X, R>(
+    index: &X,
     revs: &R,
     key: &[u8],
     at_revision: u64,
     with_value: bool,
 ) -> Result<Option<StoredVersion>>
 where
-    I: ReadableTable<IndexKey, &'static [u8]>,
+    X: IndexSource + ?Sized,
     R: ReadableTable<RevKey, &'static [u8]>,
 {
-    let Some((main, record)) = entry_at(index, key, at_revision)? else {
+    let Some((main, record)) = index.entry_at(key, at_revision)? else {
         return Ok(None);
     };
     if record.is_tombstone() {
@@ -242,8 +358,8 @@ where
 
 /// Calls `visit` for each key in `range` with its live version at `at_revision`, in key order
 /// (values read only if `with_value`). `visit` returns false to stop early.
-pub(crate) fn for_each_visible<I, R>(
-    index: &I,
+pub(crate) fn for_each_visible<X, R>(
+    index: &X,
     revs: &R,
     range: &KeyRange,
     at_revision: u64,
@@ -251,7 +367,7 @@ pub(crate) fn for_each_visible<I, R>(
     mut visit: impl FnMut(&[u8], StoredVersion) -> Result<bool>,
 ) -> Result<()>
 where
-    I: ReadableTable<IndexKey, &'static [u8]>,
+    X: IndexSource + ?Sized,
     R: ReadableTable<RevKey, &'static [u8]>,
 {
     if range.is_empty() {
@@ -266,24 +382,25 @@ where
     // Walk (key, revision) in order; a key's visible entry is its last one at or below
     // `at_revision`, known once the walk moves past the key.
     let mut current: Option<(Vec<u8>, Option<IndexEntry>)> = None;
-    for item in index_range(index, range)? {
-        let (table_key, bytes) = item?;
-        let (key, main) = table_key.value();
+    let mut stopped = false;
+    index.for_each_entry(range, &mut |key, main, record| {
         if current.as_ref().is_none_or(|(k, _)| k.as_slice() != key) {
             if let Some((done_key, Some(entry))) = current.take()
                 && !emit(revs, &done_key, entry, with_value, &mut visit)?
             {
-                return Ok(());
+                stopped = true;
+                return Ok(false);
             }
             current = Some((key.to_vec(), None));
         }
         if main <= at_revision
             && let Some((_, visible)) = current.as_mut()
         {
-            *visible = Some((main, decode("kv_index", bytes.value())?));
+            *visible = Some((main, record));
         }
-    }
-    if let Some((done_key, Some(entry))) = current.take() {
+        Ok(true)
+    })?;
+    if !stopped && let Some((done_key, Some(entry))) = current.take() {
         emit(revs, &done_key, entry, with_value, &mut visit)?;
     }
     Ok(())

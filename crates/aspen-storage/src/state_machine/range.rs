@@ -11,7 +11,7 @@ use aspen_core::response::RangeResult;
 use aspen_core::{ApplyError, KeyValue, RangeRequest, SortOrder, SortTarget};
 use redb::ReadableTable;
 
-use super::mvcc::{IndexKey, RevKey, for_each_visible, load_record};
+use super::mvcc::{IndexSource, RevKey, for_each_visible, load_record};
 use super::records::StoredVersion;
 use crate::error::Result;
 
@@ -34,14 +34,14 @@ pub(crate) fn read_revision(
 }
 
 /// Serves one Range request at `at_revision` (already checked by [`read_revision`]).
-pub(crate) fn range<I, R>(
-    index: &I,
+pub(crate) fn range<X, R>(
+    index: &X,
     revs: &R,
     request: &RangeRequest,
     at_revision: u64,
 ) -> Result<RangeResult>
 where
-    I: ReadableTable<IndexKey, &'static [u8]>,
+    X: IndexSource,
     R: ReadableTable<RevKey, &'static [u8]>,
 {
     let key_range = KeyRange::new(&request.key, &request.range_end);

@@ -5,12 +5,12 @@ use std::io::BufReader;
 use aspen_core::limits::SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES;
 
 use aspen_core::type_config::alias::SnapshotMeta;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
-use super::mvcc::{IndexRecord, RevRecord, entry_at, write_record};
+use super::mvcc::{IndexRecord, IndexSource, RevRecord, write_record};
 use super::records::AppliedState;
 use super::records::StoredVersion;
-use super::{read_applied, read_applied_write, write_applied};
+use super::{read_applied_write, write_applied};
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
 use crate::schema::{self, SM_META, SM_SNAPSHOT};
@@ -55,8 +55,9 @@ pub fn export_snapshot(store: &Store) -> Result<SnapshotExport> {
 /// trailer; returns the meta describing that state.
 fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
     let db = store.state_db();
-    let txn = db.begin_read()?;
-    let state = read_applied(&txn)?;
+    let view = super::read_view(store, &db, None)?;
+    let txn = &view.txn;
+    let state = &view.state;
     let mut buffer = Vec::with_capacity(4096);
     let mut frames: u64 = 0;
     sink.write_raw(SNAPSHOT_MAGIC)?;
@@ -67,7 +68,7 @@ fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
     };
     sink.write_frame(&header, &mut buffer)?;
     frames += 1;
-    frames += write_versions(&txn, &state, sink, &mut buffer)?;
+    frames += write_versions(&view, sink, &mut buffer)?;
     for item in txn.open_table(schema::LEASES)?.iter()? {
         let (id, bytes) = item?;
         let frame = Frame::Lease {
@@ -77,7 +78,7 @@ fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
         sink.write_frame(&frame, &mut buffer)?;
         frames += 1;
     }
-    frames += write_auth(&txn, sink, &mut buffer)?;
+    frames += write_auth(txn, sink, &mut buffer)?;
     sink.write_frame(&Frame::End { frames }, &mut buffer)?;
     sink.write_trailer()?;
     Ok(SnapshotMeta {
@@ -90,13 +91,12 @@ fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
 /// an install appends them in order too): a key's newest version as `Latest` (unless it is a
 /// tombstone), the others as `History`. Returns the frame count.
 fn write_versions(
-    txn: &redb::ReadTransaction,
-    state: &AppliedState,
+    view: &super::ReadView,
     sink: &mut SnapshotSink,
     buffer: &mut Vec<u8>,
 ) -> Result<u64> {
     let mut frames: u64 = 0;
-    for_each_kept_version(txn, state, |key, version, newest_live| {
+    for_each_kept_version(view, |key, version, newest_live| {
         let frame = if newest_live {
             Frame::Latest { key, version }
         } else {
@@ -116,18 +116,19 @@ fn write_versions(
 /// Calls `visit(key, version, newest_live)` for every version compaction keeps, in revision
 /// order; `newest_live` marks a key's newest version when it is not a tombstone.
 pub(super) fn for_each_kept_version(
-    txn: &redb::ReadTransaction,
-    state: &AppliedState,
+    view: &super::ReadView,
     mut visit: impl FnMut(Vec<u8>, StoredVersion, bool) -> Result<()>,
 ) -> Result<()> {
-    let index = txn.open_table(schema::KV_INDEX)?;
+    let (txn, state) = (&view.txn, &view.state);
+    let index_table = txn.open_table(schema::KV_INDEX)?;
+    let index = view.index(&index_table);
     let revs = txn.open_table(schema::KV_REVS)?;
     for item in revs.iter()? {
         let (position, bytes) = item?;
         let (main, sub) = position.value();
         let record: RevRecord = decode("kv_revs", bytes.value())?;
         let version = record.to_version(main, sub);
-        let Some((newest, _)) = entry_at(&index, &record.key, u64::MAX)? else {
+        let Some((newest, _)) = index.entry_at(&record.key, u64::MAX)? else {
             return Err(StorageError::Invariant(format!(
                 "kv_revs holds {main}.{sub}, which kv_index does not name"
             )));
@@ -136,8 +137,9 @@ pub(super) fn for_each_kept_version(
             // The same rule as compaction (`compact.rs`): at or below the compaction revision
             // only a key's newest version there survives, and a tombstone only at the
             // compaction revision itself (a watch starting there is owed its deletes).
-            let newest_at_compaction =
-                entry_at(&index, &record.key, state.compact_revision)?.map_or(0, |(m, _)| m);
+            let newest_at_compaction = index
+                .entry_at(&record.key, state.compact_revision)?
+                .map_or(0, |(m, _)| m);
             let dropped_tombstone = version.is_tombstone() && main < state.compact_revision;
             if dropped_tombstone || newest_at_compaction != main {
                 continue;
@@ -379,8 +381,11 @@ pub(crate) fn install(
             }
         }
     }
+    // The index written above is the whole index: nothing of it is in the overlay.
+    super::overlay::write_flushed(&txn, revision)?;
     // Immediate: the log is purged behind this snapshot, so it must survive a crash.
     txn.commit()?;
+    store.shared.index_overlay.reset(revision);
     let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
     store.shared.durability.record_durable(applied_index);
     Ok(())

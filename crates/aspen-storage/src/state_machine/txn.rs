@@ -162,7 +162,7 @@ impl<'a, 't> Applier<'a, 't> {
         let mut holds = true;
         let with_value = matches!(compare.target, CompareTarget::Value(_));
         super::mvcc::for_each_visible(
-            &self.tables.index,
+            &self.index(),
             &self.tables.revs,
             &range,
             u64::MAX,

@@ -1,0 +1,435 @@
+//! The key index's recent entries, in memory: applies write `kv_index` entries here instead of
+//! into redb, and a flush writes them into `kv_index` in key order on the state database's
+//! durability cadence (etcd keeps its whole key index in memory; this keeps only what is not
+//! yet in `kv_index`).
+//!
+//! Why: a put's index entry lands at a random place in `kv_index`, so every apply batch copied
+//! (copy-on-write) one leaf page per put, and committed them. Gathered here and flushed every
+//! `STATE_DURABLE_INTERVAL_MS` or so, each leaf is copied once per flush however many puts hit
+//! it, and an apply batch's own commit dirties only the right edge of `kv_revs` and the meta.
+//!
+//! The contract between the overlay and the database (`sm_meta`'s `index_flushed`, "f"):
+//!
+//! - In every committed state, `kv_index` holds every index entry at a revision <= f. It may
+//!   hold some above f too (a batch that outgrows the overlay writes the rest into `kv_index`).
+//! - The overlay holds every index entry above `floor` that it was given. Entries leave it only
+//!   when a flush that wrote them into `kv_index` has committed, and then only one flush later
+//!   (`retired`), so a read that began just before a flush still finds them.
+//! - A reader takes a read transaction, reads its f and revision R, and copies the overlay's
+//!   entries in (f, R] (`copy`). If `floor > f` the entries it needs may be gone: it starts
+//!   again with a newer transaction. The union of both is the index as of its transaction.
+//! - Only the holder of the state database's write transaction changes the overlay's entries
+//!   (the apply, the compactor, an install), so a writer reads it without copying.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use aspen_core::keys::KeyRange;
+use redb::ReadableTable;
+
+use super::mvcc::{IndexRecord, RevKey, RevRecord};
+use crate::error::{Result, decode};
+use crate::schema;
+
+/// Entries the overlay holds before a batch flushes it whatever the durability cadence says;
+/// past it, a batch writes its further entries into `kv_index` directly. ~100 bytes each.
+pub(crate) const OVERLAY_ENTRIES_MAX: usize = 65_536;
+
+pub(crate) type OverlayKey = (Vec<u8>, u64);
+type Entries = BTreeMap<OverlayKey, IndexRecord>;
+
+/// One copied entry: (key, main revision, record).
+pub(crate) type CopiedEntry = (Vec<u8>, u64, IndexRecord);
+
+#[derive(Debug, Default)]
+pub(crate) struct IndexOverlay {
+    layers: RwLock<Layers>,
+}
+
+#[derive(Debug, Default)]
+struct Layers {
+    /// Every entry above this revision that the overlay was given is still in one of the maps.
+    floor: u64,
+    /// The f of the last finished flush: `floor` once the next flush finishes.
+    last_flushed: u64,
+    /// Entries given since the last flush began.
+    active: Entries,
+    /// Entries a flush is writing into `kv_index` (its transaction has not committed yet).
+    flushing: Arc<Entries>,
+    /// Entries the last finished flush wrote, kept one flush longer for readers (see above).
+    retired: Arc<Entries>,
+}
+
+impl Layers {
+    fn maps(&self) -> [&Entries; 3] {
+        [&self.active, &self.flushing, &self.retired]
+    }
+
+    /// `key`'s newest entry at or below `at_most` and above `above`, in any map.
+    fn entry_at(&self, key: &[u8], above: u64, at_most: u64) -> Option<(u64, IndexRecord)> {
+        if at_most <= above {
+            return None;
+        }
+        let bounds = (
+            Bound::Excluded((key.to_vec(), above)),
+            Bound::Included((key.to_vec(), at_most)),
+        );
+        self.maps()
+            .into_iter()
+            .filter_map(|map| {
+                map.range::<OverlayKey, _>(bounds.clone())
+                    .next_back()
+                    .map(|((_, main), record)| (*main, *record))
+            })
+            .max_by_key(|(main, _)| *main)
+    }
+}
+
+impl Layers {
+    fn copy(&self, range: Option<&KeyRange>, above: u64, at_most: u64) -> Vec<CopiedEntry> {
+        let mut copied: Vec<CopiedEntry> = Vec::new();
+        if at_most <= above || range.is_some_and(KeyRange::is_empty) {
+            return copied;
+        }
+        if let Some(KeyRange::Single(key)) = range {
+            // Every entry of the key in the window (a Txn's reads of one key walk them all).
+            let bounds = (
+                Bound::Excluded((key.clone(), above)),
+                Bound::Included((key.clone(), at_most)),
+            );
+            for map in self.maps() {
+                for ((k, main), record) in map.range::<OverlayKey, _>(bounds.clone()) {
+                    copied.push((k.clone(), *main, *record));
+                }
+            }
+        } else {
+            let bounds: (Bound<OverlayKey>, Bound<OverlayKey>) = match range {
+                None | Some(KeyRange::Single(_)) => (Bound::Unbounded, Bound::Unbounded),
+                Some(KeyRange::Interval { start, end }) => (
+                    Bound::Included((start.clone(), 0)),
+                    match end {
+                        Some(end) => Bound::Excluded((end.clone(), 0)),
+                        None => Bound::Unbounded,
+                    },
+                ),
+            };
+            for map in self.maps() {
+                for ((key, main), record) in map.range::<OverlayKey, _>(bounds.clone()) {
+                    if *main > above && *main <= at_most {
+                        copied.push((key.clone(), *main, *record));
+                    }
+                }
+            }
+        }
+        copied.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        copied.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        copied
+    }
+}
+
+impl IndexOverlay {
+    /// An empty overlay for a database whose `kv_index` is complete up to `flushed`.
+    pub fn new(flushed: u64) -> IndexOverlay {
+        IndexOverlay {
+            layers: RwLock::new(Layers {
+                floor: flushed,
+                last_flushed: flushed,
+                ..Layers::default()
+            }),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Layers> {
+        // A panic while holding the lock leaves the maps whole (each change is one call).
+        self.layers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Layers> {
+        self.layers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Entries waiting for a flush (the active ones).
+    pub fn active_len(&self) -> usize {
+        self.read().active.len()
+    }
+
+    /// Adds an entry (writer only); returns the entry it replaced at the same position.
+    pub fn insert(&self, key: &[u8], main: u64, record: IndexRecord) -> Option<IndexRecord> {
+        let mut layers = self.write();
+        assert!(
+            main > layers.floor,
+            "index entry at or below the flushed revision"
+        );
+        layers.active.insert((key.to_vec(), main), record)
+    }
+
+    /// The writer's view: `key`'s newest entry at or below `at_most` in the overlay.
+    pub fn entry_at(&self, key: &[u8], at_most: u64) -> Option<(u64, IndexRecord)> {
+        self.read().entry_at(key, 0, at_most)
+    }
+
+    /// A reader's copy of the entries in `range` (every key if None) at revisions in
+    /// `(above, at_most]`, sorted by (key, revision); None if some of them may be gone
+    /// (`floor > above`): read again from a newer transaction.
+    pub fn copy(
+        &self,
+        range: Option<&KeyRange>,
+        above: u64,
+        at_most: u64,
+    ) -> Option<Vec<CopiedEntry>> {
+        let layers = self.read();
+        if layers.floor > above {
+            return None;
+        }
+        Some(layers.copy(range, above, at_most))
+    }
+
+    /// The writer's copy: as [`IndexOverlay::copy`] without the floor check (the writer's
+    /// transaction holds everything a finished flush dropped).
+    pub fn copy_unchecked(
+        &self,
+        range: Option<&KeyRange>,
+        above: u64,
+        at_most: u64,
+    ) -> Vec<CopiedEntry> {
+        self.read().copy(range, above, at_most)
+    }
+
+    /// Starts a flush (writer only, inside its write transaction): the active entries move to
+    /// `flushing`, still visible, and are returned for writing into `kv_index`.
+    pub fn begin_flush(&self) -> Arc<Entries> {
+        let mut layers = self.write();
+        let active = std::mem::take(&mut layers.active);
+        if layers.flushing.is_empty() {
+            layers.flushing = Arc::new(active);
+        } else {
+            // An earlier flush did not commit: its entries are flushed again with these.
+            let mut merged = (*layers.flushing).clone();
+            merged.extend(active);
+            layers.flushing = Arc::new(merged);
+        }
+        Arc::clone(&layers.flushing)
+    }
+
+    /// The flush's transaction committed with `index_flushed = flushed`.
+    pub fn finish_flush(&self, flushed: u64) {
+        let mut layers = self.write();
+        assert!(
+            flushed >= layers.last_flushed,
+            "flushed revision moved back"
+        );
+        let flushing = std::mem::take(&mut layers.flushing);
+        let old_retired = std::mem::replace(&mut layers.retired, flushing);
+        layers.floor = layers.last_flushed;
+        layers.last_flushed = flushed;
+        drop(layers);
+        drop(old_retired);
+    }
+
+    /// A writer's transaction that added entries above `committed_revision` did not commit:
+    /// those entries never happened. A flush it began is retried by the next one.
+    pub fn discard_above(&self, committed_revision: u64) {
+        let mut layers = self.write();
+        layers
+            .active
+            .retain(|(_, main), _| *main <= committed_revision);
+        if layers
+            .flushing
+            .keys()
+            .any(|(_, main)| *main > committed_revision)
+        {
+            let mut kept = (*layers.flushing).clone();
+            kept.retain(|(_, main), _| *main <= committed_revision);
+            layers.flushing = Arc::new(kept);
+        }
+    }
+
+    /// The whole index was replaced (snapshot install, import) and is complete up to
+    /// `flushed`: everything here is dropped, and readers of older transactions start again.
+    pub fn reset(&self, flushed: u64) {
+        let mut layers = self.write();
+        let floor = flushed.max(layers.last_flushed);
+        let old = std::mem::replace(
+            &mut *layers,
+            Layers {
+                floor,
+                last_flushed: flushed,
+                ..Layers::default()
+            },
+        );
+        drop(layers);
+        drop(old);
+    }
+}
+
+/// `sm_meta`'s `index_flushed` (f): `kv_index` holds every entry at or below it. A database
+/// written before the overlay existed has none, and its `kv_index` is complete: f is its
+/// revision then.
+pub(crate) fn read_flushed(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    revision: u64,
+) -> Result<u64> {
+    match table.get(schema::SM_INDEX_FLUSHED)? {
+        Some(bytes) => decode("sm_meta", bytes.value()),
+        None => Ok(revision),
+    }
+}
+
+pub(crate) fn write_flushed(txn: &redb::WriteTransaction, flushed: u64) -> Result<()> {
+    let mut table = txn.open_table(schema::SM_META)?;
+    table.insert(
+        schema::SM_INDEX_FLUSHED,
+        aspen_core::codec::encode(&flushed).as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Writes the overlay's active entries into `kv_index` in `txn` and records f = `revision`
+/// (the store revision `txn` commits: every entry at or below it is in the overlay or the
+/// table). Call [`IndexOverlay::finish_flush`] once `txn` has committed.
+pub(crate) fn flush_into(
+    txn: &redb::WriteTransaction,
+    overlay: &IndexOverlay,
+    revision: u64,
+) -> Result<usize> {
+    let entries = overlay.begin_flush();
+    {
+        let mut index = txn.open_table(schema::KV_INDEX)?;
+        let mut buffer = Vec::with_capacity(64);
+        for ((key, main), record) in entries.iter() {
+            assert!(*main <= revision, "flushing an entry above the revision");
+            buffer.clear();
+            aspen_core::codec::encode_into(record, &mut buffer);
+            index.insert((key.as_slice(), *main), buffer.as_slice())?;
+        }
+    }
+    write_flushed(txn, revision)?;
+    Ok(entries.len())
+}
+
+/// The overlay for a state database just opened: its f, and the entries above f rebuilt from
+/// `kv_revs` (every record carries what its index entry holds). After a clean close or a
+/// durable commit f is the revision and nothing is rebuilt; after a crash, at most what was
+/// applied since the last flush. Records f if the database had none.
+pub(crate) fn load(db: &redb::Database) -> Result<IndexOverlay> {
+    use redb::ReadableDatabase;
+    let (flushed, revision, recorded) = {
+        let txn = db.begin_read()?;
+        let state = super::read_applied(&txn)?;
+        let meta = txn.open_table(schema::SM_META)?;
+        let recorded = meta.get(schema::SM_INDEX_FLUSHED)?.is_some();
+        (
+            read_flushed(&meta, state.revision)?,
+            state.revision,
+            recorded,
+        )
+    };
+    if !recorded {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        write_flushed(&txn, flushed)?;
+        txn.commit()?;
+    }
+    assert!(flushed <= revision, "index flushed past the store revision");
+    let overlay = IndexOverlay::new(flushed);
+    if flushed < revision {
+        let txn = db.begin_read()?;
+        let revs = txn.open_table(schema::KV_REVS)?;
+        let mut rebuilt: u64 = 0;
+        for item in revs.range::<RevKey>((flushed + 1, 0)..)? {
+            let (position, bytes) = item?;
+            let (main, sub) = position.value();
+            let record: RevRecord = decode("kv_revs", bytes.value())?;
+            let entry = IndexRecord {
+                sub_revision: sub,
+                create_revision: record.create_revision,
+                version: record.version,
+                lease: record.lease,
+            };
+            overlay.insert(&record.key, main, entry);
+            rebuilt += 1;
+        }
+        tracing::debug!(flushed, revision, rebuilt, "key index overlay rebuilt");
+    }
+    Ok(overlay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: u64) -> IndexRecord {
+        IndexRecord {
+            sub_revision: 0,
+            create_revision: 1,
+            version,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn a_reader_sees_entries_above_its_flushed_revision_up_to_its_revision() {
+        let overlay = IndexOverlay::new(1);
+        overlay.insert(b"a", 2, record(1));
+        overlay.insert(b"a", 3, record(2));
+        overlay.insert(b"b", 4, record(1));
+        let copied = overlay.copy(None, 1, 3).expect("floor 1");
+        assert_eq!(
+            copied,
+            vec![(b"a".to_vec(), 2, record(1)), (b"a".to_vec(), 3, record(2))]
+        );
+        assert_eq!(overlay.entry_at(b"a", u64::MAX), Some((3, record(2))));
+        assert_eq!(overlay.entry_at(b"a", 2), Some((2, record(1))));
+        assert_eq!(overlay.entry_at(b"b", 3), None);
+        let single = overlay
+            .copy(Some(&KeyRange::Single(b"a".to_vec())), 1, 4)
+            .expect("floor 1");
+        assert_eq!(
+            single,
+            vec![(b"a".to_vec(), 2, record(1)), (b"a".to_vec(), 3, record(2))]
+        );
+    }
+
+    #[test]
+    fn flushed_entries_stay_one_flush_longer_then_readers_start_again() {
+        let overlay = IndexOverlay::new(0);
+        overlay.insert(b"a", 1, record(1));
+        let flushing = overlay.begin_flush();
+        assert_eq!(flushing.len(), 1);
+        // While the flush is uncommitted, and after it, a reader of the old state finds it.
+        assert_eq!(overlay.copy(None, 0, 1).expect("floor 0").len(), 1);
+        overlay.finish_flush(1);
+        assert_eq!(overlay.copy(None, 0, 1).expect("floor 0").len(), 1);
+        overlay.insert(b"a", 2, record(2));
+        overlay.begin_flush();
+        overlay.finish_flush(2);
+        // Two flushes later, a reader whose transaction predates both must start again.
+        assert!(overlay.copy(None, 0, 2).is_none());
+        // One whose transaction saw the first flush finds the second's entries.
+        assert_eq!(
+            overlay.copy(None, 1, 2).expect("floor 1"),
+            vec![(b"a".to_vec(), 2, record(2))]
+        );
+    }
+
+    #[test]
+    fn an_uncommitted_batch_is_discarded_and_an_uncommitted_flush_is_retried() {
+        let overlay = IndexOverlay::new(0);
+        overlay.insert(b"a", 1, record(1));
+        overlay.begin_flush();
+        overlay.insert(b"b", 2, record(1));
+        overlay.discard_above(1);
+        assert_eq!(overlay.active_len(), 0);
+        overlay.insert(b"c", 2, record(1));
+        let again = overlay.begin_flush();
+        assert_eq!(again.len(), 2, "the failed flush's entry and the new one");
+        overlay.reset(5);
+        assert!(overlay.copy(None, 2, 5).is_none());
+        assert_eq!(overlay.copy(None, 5, 9).expect("floor 5"), Vec::new());
+    }
+}
