@@ -248,15 +248,16 @@ where
     I: ReadableTable<IndexKey, &'static [u8]>,
 {
     fn entry_at(&self, key: &[u8], at_revision: u64) -> Result<Option<IndexEntry>> {
-        let from_table = table_entry_at(self.table, key, at_revision)?;
+        // The overlay holds the entries above the flushed revision and `kv_index` those at or
+        // below it (`overlay.rs`): one found in the overlay is the newest.
         let from_overlay = match &self.overlay {
             OverlayView::Live(overlay) => overlay.entry_at(key, at_revision),
             OverlayView::Copied(entries) => copied_entry_at(entries, key, at_revision),
         };
-        Ok(match (from_table, from_overlay) {
-            (Some(t), Some(o)) => Some(if o.0 >= t.0 { o } else { t }),
-            (t, o) => t.or(o),
-        })
+        match from_overlay {
+            Some(entry) => Ok(Some(entry)),
+            None => table_entry_at(self.table, key, at_revision),
+        }
     }
 
     fn for_each_entry(

@@ -36,8 +36,10 @@ use crate::schema;
 /// past it, a batch writes its further entries into `kv_index` directly. ~100 bytes each.
 pub(crate) const OVERLAY_ENTRIES_MAX: usize = 65_536;
 
-pub(crate) type OverlayKey = (Vec<u8>, u64);
-type Entries = BTreeMap<OverlayKey, IndexRecord>;
+/// A key's entries in one map, oldest first (revisions only grow while a map is active).
+type Versions = Vec<(u64, IndexRecord)>;
+/// Entries by key: a lookup borrows the key, nothing is allocated.
+type Entries = BTreeMap<Vec<u8>, Versions>;
 
 /// One copied entry: (key, main revision, record).
 pub(crate) type CopiedEntry = (Vec<u8>, u64, IndexRecord);
@@ -53,69 +55,76 @@ struct Layers {
     floor: u64,
     /// The f of the last finished flush: `floor` once the next flush finishes.
     last_flushed: u64,
-    /// Entries given since the last flush began.
+    /// Entries given since the last flush began, and how many.
     active: Entries,
+    active_len: usize,
     /// Entries a flush is writing into `kv_index` (its transaction has not committed yet).
     flushing: Arc<Entries>,
     /// Entries the last finished flush wrote, kept one flush longer for readers (see above).
+    /// The writer never needs them: its transaction holds them in `kv_index`.
     retired: Arc<Entries>,
 }
 
-impl Layers {
-    fn maps(&self) -> [&Entries; 3] {
-        [&self.active, &self.flushing, &self.retired]
-    }
+/// Which maps a lookup consults.
+#[derive(Clone, Copy)]
+enum Who {
+    Writer,
+    Reader,
+}
 
-    /// `key`'s newest entry at or below `at_most` and above `above`, in any map.
-    fn entry_at(&self, key: &[u8], above: u64, at_most: u64) -> Option<(u64, IndexRecord)> {
-        if at_most <= above {
-            return None;
-        }
-        let bounds = (
-            Bound::Excluded((key.to_vec(), above)),
-            Bound::Included((key.to_vec(), at_most)),
-        );
-        self.maps()
-            .into_iter()
-            .filter_map(|map| {
-                map.range::<OverlayKey, _>(bounds.clone())
-                    .next_back()
-                    .map(|((_, main), record)| (*main, *record))
-            })
-            .max_by_key(|(main, _)| *main)
-    }
+/// The newest of `versions` in `(above, at_most]`.
+fn newest_in(versions: &Versions, above: u64, at_most: u64) -> Option<(u64, IndexRecord)> {
+    let past = versions.partition_point(|(main, _)| *main <= at_most);
+    let (main, record) = versions.get(past.checked_sub(1)?)?;
+    (*main > above).then_some((*main, *record))
 }
 
 impl Layers {
-    fn copy(&self, range: Option<&KeyRange>, above: u64, at_most: u64) -> Vec<CopiedEntry> {
+    fn maps(&self, who: Who) -> impl Iterator<Item = &Entries> {
+        let retired = match who {
+            Who::Writer => None,
+            Who::Reader => Some(&*self.retired),
+        };
+        [Some(&self.active), Some(&*self.flushing), retired]
+            .into_iter()
+            .flatten()
+            .filter(|map| !map.is_empty())
+    }
+
+    /// `key`'s newest entry in `(above, at_most]`, in any map `who` consults.
+    fn entry_at(
+        &self,
+        who: Who,
+        key: &[u8],
+        above: u64,
+        at_most: u64,
+    ) -> Option<(u64, IndexRecord)> {
+        if at_most <= above {
+            return None;
+        }
+        self.maps(who)
+            .filter_map(|map| newest_in(map.get(key)?, above, at_most))
+            .max_by_key(|(main, _)| *main)
+    }
+
+    fn copy(
+        &self,
+        who: Who,
+        range: Option<&KeyRange>,
+        above: u64,
+        at_most: u64,
+    ) -> Vec<CopiedEntry> {
         let mut copied: Vec<CopiedEntry> = Vec::new();
         if at_most <= above || range.is_some_and(KeyRange::is_empty) {
             return copied;
         }
-        if let Some(KeyRange::Single(key)) = range {
-            // Every entry of the key in the window (a Txn's reads of one key walk them all).
-            let bounds = (
-                Bound::Excluded((key.clone(), above)),
-                Bound::Included((key.clone(), at_most)),
-            );
-            for map in self.maps() {
-                for ((k, main), record) in map.range::<OverlayKey, _>(bounds.clone()) {
-                    copied.push((k.clone(), *main, *record));
-                }
-            }
-        } else {
-            let bounds: (Bound<OverlayKey>, Bound<OverlayKey>) = match range {
-                None | Some(KeyRange::Single(_)) => (Bound::Unbounded, Bound::Unbounded),
-                Some(KeyRange::Interval { start, end }) => (
-                    Bound::Included((start.clone(), 0)),
-                    match end {
-                        Some(end) => Bound::Excluded((end.clone(), 0)),
-                        None => Bound::Unbounded,
-                    },
-                ),
-            };
-            for map in self.maps() {
-                for ((key, main), record) in map.range::<OverlayKey, _>(bounds.clone()) {
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match range {
+            None => (Bound::Unbounded, Bound::Unbounded),
+            Some(range) => range.bounds(),
+        };
+        for map in self.maps(who) {
+            for (key, versions) in map.range::<[u8], _>(bounds) {
+                for (main, record) in versions {
                     if *main > above && *main <= at_most {
                         copied.push((key.clone(), *main, *record));
                     }
@@ -155,7 +164,7 @@ impl IndexOverlay {
 
     /// Entries waiting for a flush (the active ones).
     pub fn active_len(&self) -> usize {
-        self.read().active.len()
+        self.read().active_len
     }
 
     /// Adds an entry (writer only); returns the entry it replaced at the same position.
@@ -165,12 +174,29 @@ impl IndexOverlay {
             main > layers.floor,
             "index entry at or below the flushed revision"
         );
-        layers.active.insert((key.to_vec(), main), record)
+        let layers = &mut *layers;
+        let versions = match layers.active.get_mut(key) {
+            Some(versions) => versions,
+            None => layers.active.entry(key.to_vec()).or_default(),
+        };
+        match versions.last_mut() {
+            Some((last, replaced)) if *last == main => Some(std::mem::replace(replaced, record)),
+            last => {
+                assert!(
+                    last.is_none_or(|(last, _)| *last < main),
+                    "index entries out of revision order"
+                );
+                versions.push((main, record));
+                layers.active_len += 1;
+                None
+            }
+        }
     }
 
-    /// The writer's view: `key`'s newest entry at or below `at_most` in the overlay.
+    /// The writer's view: `key`'s newest entry at or below `at_most` in the overlay (none
+    /// means `kv_index` has the newest, if any).
     pub fn entry_at(&self, key: &[u8], at_most: u64) -> Option<(u64, IndexRecord)> {
-        self.read().entry_at(key, 0, at_most)
+        self.read().entry_at(Who::Writer, key, 0, at_most)
     }
 
     /// A reader's copy of the entries in `range` (every key if None) at revisions in
@@ -186,18 +212,18 @@ impl IndexOverlay {
         if layers.floor > above {
             return None;
         }
-        Some(layers.copy(range, above, at_most))
+        Some(layers.copy(Who::Reader, range, above, at_most))
     }
 
-    /// The writer's copy: as [`IndexOverlay::copy`] without the floor check (the writer's
-    /// transaction holds everything a finished flush dropped).
+    /// The writer's copy: as [`IndexOverlay::copy`] without the floor check and without the
+    /// retired entries (the writer's transaction holds them, and all a finished flush dropped).
     pub fn copy_unchecked(
         &self,
         range: Option<&KeyRange>,
         above: u64,
         at_most: u64,
     ) -> Vec<CopiedEntry> {
-        self.read().copy(range, above, at_most)
+        self.read().copy(Who::Writer, range, above, at_most)
     }
 
     /// Starts a flush (writer only, inside its write transaction): the active entries move to
@@ -205,12 +231,16 @@ impl IndexOverlay {
     pub fn begin_flush(&self) -> Arc<Entries> {
         let mut layers = self.write();
         let active = std::mem::take(&mut layers.active);
+        layers.active_len = 0;
         if layers.flushing.is_empty() {
             layers.flushing = Arc::new(active);
         } else {
-            // An earlier flush did not commit: its entries are flushed again with these.
+            // An earlier flush did not commit: its entries are flushed again with these (newer
+            // revisions, so each key's list stays in order).
             let mut merged = (*layers.flushing).clone();
-            merged.extend(active);
+            for (key, versions) in active {
+                merged.entry(key).or_default().extend(versions);
+            }
             layers.flushing = Arc::new(merged);
         }
         Arc::clone(&layers.flushing)
@@ -235,17 +265,23 @@ impl IndexOverlay {
     /// those entries never happened. A flush it began is retried by the next one.
     pub fn discard_above(&self, committed_revision: u64) {
         let mut layers = self.write();
-        layers
-            .active
-            .retain(|(_, main), _| *main <= committed_revision);
-        if layers
-            .flushing
-            .keys()
-            .any(|(_, main)| *main > committed_revision)
-        {
-            let mut kept = (*layers.flushing).clone();
-            kept.retain(|(_, main), _| *main <= committed_revision);
-            layers.flushing = Arc::new(kept);
+        let kept = |map: &mut Entries| {
+            map.retain(|_, versions| {
+                versions.retain(|(main, _)| *main <= committed_revision);
+                !versions.is_empty()
+            });
+            map.values().map(Vec::len).sum::<usize>()
+        };
+        layers.active_len = kept(&mut layers.active);
+        let newer_flushing = layers.flushing.values().any(|versions| {
+            versions
+                .last()
+                .is_some_and(|(main, _)| *main > committed_revision)
+        });
+        if newer_flushing {
+            let mut flushing = (*layers.flushing).clone();
+            kept(&mut flushing);
+            layers.flushing = Arc::new(flushing);
         }
     }
 
@@ -301,15 +337,17 @@ pub(crate) fn flush_into(
     {
         let mut index = txn.open_table(schema::KV_INDEX)?;
         let mut buffer = Vec::with_capacity(64);
-        for ((key, main), record) in entries.iter() {
-            assert!(*main <= revision, "flushing an entry above the revision");
-            buffer.clear();
-            aspen_core::codec::encode_into(record, &mut buffer);
-            index.insert((key.as_slice(), *main), buffer.as_slice())?;
+        for (key, versions) in entries.iter() {
+            for (main, record) in versions {
+                assert!(*main <= revision, "flushing an entry above the revision");
+                buffer.clear();
+                aspen_core::codec::encode_into(record, &mut buffer);
+                index.insert((key.as_slice(), *main), buffer.as_slice())?;
+            }
         }
     }
     write_flushed(txn, revision)?;
-    Ok(entries.len())
+    Ok(entries.values().map(Vec::len).sum())
 }
 
 /// The overlay for a state database just opened: its f, and the entries above f rebuilt from
