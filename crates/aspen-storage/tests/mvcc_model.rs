@@ -1070,7 +1070,7 @@ fn run_batches(
             .map_err(|e| TestCaseError::fail(format!("storage error compacting: {e}")))?;
         // Now and then the key index's in-memory overlay is flushed into `kv_index`, as the
         // durability cadence does: reads must not tell flushed entries from unflushed ones.
-        if next_index % 3 == 0 {
+        if next_index.is_multiple_of(3) {
             sm.store()
                 .make_state_durable()
                 .map_err(|e| TestCaseError::fail(format!("storage error flushing: {e}")))?;

@@ -322,7 +322,7 @@ pub fn export_etcd_snapshot(store: &Store) -> Result<SnapshotExport> {
     let mut buckets: Vec<(&[u8], BucketValue)> = Vec::with_capacity(BUCKETS.len());
     let mut encoded = Vec::with_capacity(4096);
     // Bounded by Aspen's auth limits; the state machine holds the same in memory.
-    let auth = super::auth::load_read(&txn)?;
+    let auth = super::auth::load_read(txn)?;
     for name in BUCKETS {
         let mut tree = writer.begin_bucket();
         match name {

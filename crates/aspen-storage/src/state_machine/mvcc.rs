@@ -209,6 +209,10 @@ where
     }
 }
 
+/// What [`IndexSource::for_each_entry`] calls with each entry: (key, main revision, record);
+/// false stops the walk.
+pub(crate) type EntryVisitor<'v> = dyn FnMut(&[u8], u64, IndexRecord) -> Result<bool> + 'v;
+
 /// Where index entries are read from: `kv_index`, with the entries the overlay holds that are
 /// not in it yet (`overlay.rs`).
 pub(crate) trait IndexSource {
@@ -216,11 +220,7 @@ pub(crate) trait IndexSource {
     fn entry_at(&self, key: &[u8], at_revision: u64) -> Result<Option<IndexEntry>>;
 
     /// Every entry of `range` in (key, revision) order; `visit` returns false to stop.
-    fn for_each_entry(
-        &self,
-        range: &KeyRange,
-        visit: &mut dyn FnMut(&[u8], u64, IndexRecord) -> Result<bool>,
-    ) -> Result<()>;
+    fn for_each_entry(&self, range: &KeyRange, visit: &mut EntryVisitor<'_>) -> Result<()>;
 }
 
 /// Which overlay entries an [`Index`] adds to its table.
@@ -260,11 +260,7 @@ where
         }
     }
 
-    fn for_each_entry(
-        &self,
-        range: &KeyRange,
-        visit: &mut dyn FnMut(&[u8], u64, IndexRecord) -> Result<bool>,
-    ) -> Result<()> {
+    fn for_each_entry(&self, range: &KeyRange, visit: &mut EntryVisitor<'_>) -> Result<()> {
         let live_copy;
         let extra: Vec<&CopiedEntry> = match &self.overlay {
             OverlayView::Live(overlay) => {
