@@ -143,7 +143,7 @@ impl StateMachine {
         let applied = self.apply_in(&txn, entries, &mut state);
         // A durable commit always flushes the overlay, so a restart after it rebuilds nothing;
         // a full overlay is flushed whatever the cadence says.
-        let flush = durable || overlay.active_len() >= overlay::OVERLAY_ENTRIES_MAX;
+        let flush = durable || overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
         let committed = applied.and_then(|batch| {
             if flush {
                 overlay::flush_into(&txn, overlay, state.revision)?;
