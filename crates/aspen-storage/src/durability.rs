@@ -108,15 +108,10 @@ pub(crate) fn commit_durable(
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate)?;
     let state = crate::state_machine::read_applied_write(&txn)?;
-    let result = crate::state_machine::overlay::flush_into(&txn, overlay, state.revision)
-        .and_then(|_| Ok(txn.commit()?));
-    match result {
-        Ok(()) => {
-            overlay.finish_flush(state.revision);
-            Ok(applied_index_in(&state))
-        }
-        Err(error) => Err(error),
-    }
+    let flushing = crate::state_machine::overlay::flush_into(&txn, overlay, state.revision)?;
+    txn.commit()?;
+    flushing.finish(state.revision);
+    Ok(applied_index_in(&state))
 }
 
 /// The applied index the state database holds (after a restart, all of it is durable).

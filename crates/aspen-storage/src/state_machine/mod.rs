@@ -145,15 +145,16 @@ impl StateMachine {
         // a full overlay is flushed whatever the cadence says.
         let flush = durable || overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
         let committed = applied.and_then(|batch| {
-            if flush {
-                overlay::flush_into(&txn, overlay, state.revision)?;
-            }
+            let flushing = match flush {
+                true => Some(overlay::flush_into(&txn, overlay, state.revision)?),
+                false => None,
+            };
             write_applied(&txn, &state)?;
             txn.commit()?;
-            Ok(batch)
+            Ok((batch, flushing))
         });
-        let (responses, events, auth_state, auth_effects) = match committed {
-            Ok(batch) => batch,
+        let ((responses, events, auth_state, auth_effects), flushing) = match committed {
+            Ok(done) => done,
             Err(error) => {
                 // The batch never happened: its index entries go (redb dropped the rest).
                 overlay.discard_above(revision_before);
@@ -161,8 +162,8 @@ impl StateMachine {
             }
         };
         drop(db);
-        if flush {
-            overlay.finish_flush(state.revision);
+        if let Some(flushing) = flushing {
+            flushing.finish(state.revision);
         }
         self.store
             .record_applied(state.last_applied.as_ref().map_or(0, |id| id.index));
@@ -358,11 +359,11 @@ impl StateMachine {
         // Compaction reads and removes `kv_index` entries at or below the compaction revision:
         // those still in the overlay are flushed first, in this transaction.
         let flushed = overlay::read_flushed(&txn.open_table(SM_META)?, state.revision)?;
-        let flush = flushed < state.compact_revision;
         let overlay = &self.store.shared.index_overlay;
-        if flush {
-            overlay::flush_into(&txn, overlay, state.revision)?;
-        }
+        let flushing = match flushed < state.compact_revision {
+            true => Some(overlay::flush_into(&txn, overlay, state.revision)?),
+            false => None,
+        };
         let step = {
             let mut tables = tables::WriteTables::open(&txn)?;
             compact::compact_step(&mut tables, state.compact_revision, from, records_max)?
@@ -378,8 +379,8 @@ impl StateMachine {
         )?;
         txn.commit()?;
         drop(db);
-        if flush {
-            overlay.finish_flush(state.revision);
+        if let Some(flushing) = flushing {
+            flushing.finish(state.revision);
         }
         self.store.shared.durability.record_not_durable(0);
         if step.done {

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use aspen_core::keys::KeyRange;
 use redb::ReadableTable;
@@ -53,6 +53,43 @@ pub(crate) type CopiedEntry = (Vec<u8>, u64, IndexRecord);
 #[derive(Debug, Default)]
 pub(crate) struct IndexOverlay {
     layers: RwLock<Layers>,
+    /// Held by a flush from its start to its end (commit and `Flush::finish`, or drop), and by
+    /// `reset`. Writers take it inside their write transaction, whose lock a flush's commit
+    /// releases before the flush ends: without it, another writer's flush (or an install)
+    /// could start, commit and end in between, and the two ends would drop each other's
+    /// entries from memory while readers still needed them.
+    serial: Mutex<()>,
+}
+
+/// A flush in progress (see [`IndexOverlay::begin_flush`]); no other starts until it ends.
+/// Dropped without [`Flush::finish`] (its transaction did not commit), its entries stay in
+/// memory and the next flush writes them again.
+pub(crate) struct Flush<'o> {
+    overlay: &'o IndexOverlay,
+    entries: Arc<Entries>,
+    _serial: MutexGuard<'o, ()>,
+}
+
+impl Flush<'_> {
+    /// The entries to write into `kv_index`, by key, each key's revisions in order.
+    pub fn entries(&self) -> &Entries {
+        &self.entries
+    }
+
+    /// The flush's transaction committed with `index_flushed = flushed`.
+    pub fn finish(self, flushed: u64) {
+        let mut layers = self.overlay.write();
+        assert!(
+            flushed >= layers.last_flushed,
+            "flushed revision moved back"
+        );
+        let flushing = std::mem::take(&mut layers.flushing);
+        let old_retired = std::mem::replace(&mut layers.retired, flushing);
+        layers.floor = layers.last_flushed;
+        layers.last_flushed = flushed;
+        drop(layers);
+        drop(old_retired);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +189,7 @@ impl IndexOverlay {
                 last_flushed: flushed,
                 ..Layers::default()
             }),
+            serial: Mutex::new(()),
         }
     }
 
@@ -232,9 +270,11 @@ impl IndexOverlay {
         self.read().copy(Who::Writer, range, above, at_most)
     }
 
-    /// Starts a flush (writer only, inside its write transaction): the active entries move to
-    /// `flushing`, still visible, and are returned for writing into `kv_index`.
-    pub fn begin_flush(&self) -> Arc<Entries> {
+    /// Starts a flush (writer only, inside its write transaction; waits for one in progress
+    /// to end): the active entries move to `flushing`, still visible, and are handed out for
+    /// writing into `kv_index`.
+    pub fn begin_flush(&self) -> Flush<'_> {
+        let serial = self.serial();
         let mut layers = self.write();
         let active = std::mem::take(&mut layers.active);
         layers.active_len = 0;
@@ -249,22 +289,17 @@ impl IndexOverlay {
             }
             layers.flushing = Arc::new(merged);
         }
-        Arc::clone(&layers.flushing)
+        Flush {
+            overlay: self,
+            entries: Arc::clone(&layers.flushing),
+            _serial: serial,
+        }
     }
 
-    /// The flush's transaction committed with `index_flushed = flushed`.
-    pub fn finish_flush(&self, flushed: u64) {
-        let mut layers = self.write();
-        assert!(
-            flushed >= layers.last_flushed,
-            "flushed revision moved back"
-        );
-        let flushing = std::mem::take(&mut layers.flushing);
-        let old_retired = std::mem::replace(&mut layers.retired, flushing);
-        layers.floor = layers.last_flushed;
-        layers.last_flushed = flushed;
-        drop(layers);
-        drop(old_retired);
+    fn serial(&self) -> MutexGuard<'_, ()> {
+        self.serial
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A writer's transaction that added entries above `committed_revision` did not commit:
@@ -294,6 +329,7 @@ impl IndexOverlay {
     /// The whole index was replaced (snapshot install, import) and is complete up to
     /// `flushed`: everything here is dropped, and readers of older transactions start again.
     pub fn reset(&self, flushed: u64) {
+        let _serial = self.serial();
         let mut layers = self.write();
         let floor = flushed.max(layers.last_flushed);
         let old = std::mem::replace(
@@ -333,17 +369,18 @@ pub(crate) fn write_flushed(txn: &redb::WriteTransaction, flushed: u64) -> Resul
 
 /// Writes the overlay's active entries into `kv_index` in `txn` and records f = `revision`
 /// (the store revision `txn` commits: every entry at or below it is in the overlay or the
-/// table). Call [`IndexOverlay::finish_flush`] once `txn` has committed.
-pub(crate) fn flush_into(
+/// table). Once `txn` has committed, call [`Flush::finish`] with `revision`; until then no
+/// other flush starts.
+pub(crate) fn flush_into<'o>(
     txn: &redb::WriteTransaction,
-    overlay: &IndexOverlay,
+    overlay: &'o IndexOverlay,
     revision: u64,
-) -> Result<usize> {
-    let entries = overlay.begin_flush();
+) -> Result<Flush<'o>> {
+    let flush = overlay.begin_flush();
     {
         let mut index = txn.open_table(schema::KV_INDEX)?;
         let mut buffer = Vec::with_capacity(64);
-        for (key, versions) in entries.iter() {
+        for (key, versions) in flush.entries() {
             for (main, record) in versions {
                 assert!(*main <= revision, "flushing an entry above the revision");
                 buffer.clear();
@@ -353,7 +390,7 @@ pub(crate) fn flush_into(
         }
     }
     write_flushed(txn, revision)?;
-    Ok(entries.values().map(Vec::len).sum())
+    Ok(flush)
 }
 
 /// The overlay for a state database just opened: its f, and the entries above f rebuilt from
@@ -444,14 +481,13 @@ mod tests {
         let overlay = IndexOverlay::new(0);
         overlay.insert(b"a", 1, record(1));
         let flushing = overlay.begin_flush();
-        assert_eq!(flushing.len(), 1);
+        assert_eq!(flushing.entries().len(), 1);
         // While the flush is uncommitted, and after it, a reader of the old state finds it.
         assert_eq!(overlay.copy(None, 0, 1).expect("floor 0").len(), 1);
-        overlay.finish_flush(1);
+        flushing.finish(1);
         assert_eq!(overlay.copy(None, 0, 1).expect("floor 0").len(), 1);
         overlay.insert(b"a", 2, record(2));
-        overlay.begin_flush();
-        overlay.finish_flush(2);
+        overlay.begin_flush().finish(2);
         // Two flushes later, a reader whose transaction predates both must start again.
         assert!(overlay.copy(None, 0, 2).is_none());
         // One whose transaction saw the first flush finds the second's entries.
@@ -462,16 +498,53 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_waits_for_the_one_in_progress_to_end() {
+        // The compactor's flush has committed but not ended when an apply's flush starts: the
+        // second must wait, or its end and the first's would drop each other's entries.
+        let overlay = Arc::new(IndexOverlay::new(0));
+        overlay.insert(b"a", 1, record(1));
+        let first = overlay.begin_flush();
+        let second_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let second = {
+            let (overlay, done) = (Arc::clone(&overlay), Arc::clone(&second_done));
+            std::thread::spawn(move || {
+                overlay.begin_flush().finish(2);
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !second_done.load(std::sync::atomic::Ordering::SeqCst),
+            "a second flush ran while the first was in progress"
+        );
+        first.finish(1);
+        second.join().expect("second flush");
+        // A reader whose transaction saw the first flush still finds the entry it needs.
+        assert_eq!(overlay.copy(None, 1, 2).expect("floor 1"), Vec::new());
+        assert_eq!(
+            overlay.copy(None, 0, 1),
+            None,
+            "two flushes ended: a reader from before both starts again"
+        );
+    }
+
+    #[test]
     fn an_uncommitted_batch_is_discarded_and_an_uncommitted_flush_is_retried() {
         let overlay = IndexOverlay::new(0);
         overlay.insert(b"a", 1, record(1));
-        overlay.begin_flush();
+        // A flush whose transaction does not commit: dropped unfinished.
+        drop(overlay.begin_flush());
         overlay.insert(b"b", 2, record(1));
         overlay.discard_above(1);
         assert_eq!(overlay.active_len(), 0);
         overlay.insert(b"c", 2, record(1));
         let again = overlay.begin_flush();
-        assert_eq!(again.len(), 2, "the failed flush's entry and the new one");
+        assert_eq!(
+            again.entries().len(),
+            2,
+            "the failed flush's entry and the new one"
+        );
+        drop(again);
         overlay.reset(5);
         assert!(overlay.copy(None, 2, 5).is_none());
         assert_eq!(overlay.copy(None, 5, 9).expect("floor 5"), Vec::new());
