@@ -432,13 +432,16 @@ fn read_compact_progress(
     }
 }
 
+/// `sm_meta`'s `applied`, from an open `sm_meta` table (default before the first apply).
+fn applied_in(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<AppliedState> {
+    match table.get(SM_APPLIED)? {
+        Some(bytes) => decode("sm_meta", bytes.value()),
+        None => Ok(AppliedState::default()),
+    }
+}
+
 pub(crate) fn read_applied_write(txn: &redb::WriteTransaction) -> Result<AppliedState> {
-    let table = txn.open_table(SM_META)?;
-    let state = match table.get(SM_APPLIED)? {
-        Some(bytes) => decode("sm_meta", bytes.value())?,
-        None => AppliedState::default(),
-    };
-    Ok(state)
+    applied_in(&txn.open_table(SM_META)?)
 }
 
 pub(crate) fn write_applied(txn: &redb::WriteTransaction, state: &AppliedState) -> Result<()> {
@@ -448,12 +451,7 @@ pub(crate) fn write_applied(txn: &redb::WriteTransaction, state: &AppliedState) 
 }
 
 pub(crate) fn read_applied(txn: &redb::ReadTransaction) -> Result<AppliedState> {
-    let table = txn.open_table(SM_META)?;
-    let state = match table.get(SM_APPLIED)? {
-        Some(bytes) => decode("sm_meta", bytes.value())?,
-        None => AppliedState::default(),
-    };
-    Ok(state)
+    applied_in(&txn.open_table(SM_META)?)
 }
 
 /// A read transaction, its applied state, and the overlay entries its `kv_index` lacks.
@@ -485,10 +483,7 @@ pub(crate) fn read_view(
         let txn = db.begin_read()?;
         let (state, flushed) = {
             let meta = txn.open_table(SM_META)?;
-            let state: AppliedState = match meta.get(SM_APPLIED)? {
-                Some(bytes) => decode("sm_meta", bytes.value())?,
-                None => AppliedState::default(),
-            };
+            let state = applied_in(&meta)?;
             let flushed = overlay::read_flushed(&meta, state.revision)?;
             (state, flushed)
         };
