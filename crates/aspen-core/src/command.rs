@@ -206,6 +206,45 @@ impl Command {
     }
 }
 
+impl Command {
+    /// True when this command's reply is a few dozen bytes whatever the store holds: a put or
+    /// delete without `prev_kv`, or a txn made only of those (no range, at any depth). A
+    /// follower gathers such writes into one forwarded batch (`aspen-node`'s
+    /// `forward_batch`); a reply that may carry values or key ranges goes alone, so no batch's
+    /// reply can outgrow a peer message.
+    pub fn reply_is_small(&self) -> bool {
+        match self {
+            Command::Put(put) => !put.prev_kv,
+            Command::DeleteRange(delete) => !delete.prev_kv,
+            Command::Txn(txn) => txn_reply_is_small(txn, 0),
+            Command::Authorized { command, .. } => command.reply_is_small(),
+            // Small replies too, but rare, or (a physical compaction) slow to answer: a batch
+            // answers when its slowest write does.
+            Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. }
+            | Command::Alarm { .. }
+            | Command::Auth(_) => false,
+        }
+    }
+}
+
+fn txn_reply_is_small(txn: &TxnRequest, depth: u32) -> bool {
+    if depth >= crate::limits::TXN_NESTING_DEPTH_MAX {
+        return false;
+    }
+    txn.success
+        .iter()
+        .chain(txn.failure.iter())
+        .all(|op| match op {
+            RequestOp::Put(put) => !put.prev_kv,
+            RequestOp::DeleteRange(delete) => !delete.prev_kv,
+            RequestOp::Txn(inner) => txn_reply_is_small(inner, depth + 1),
+            RequestOp::Range(_) => false,
+        })
+}
+
 /// Nesting is bounded by `TXN_NESTING_DEPTH_MAX`; a deeper txn counts as writing, so it is
 /// refused under NOSPACE and later rejected by validation.
 fn txn_has_put(txn: &TxnRequest, depth: u32) -> bool {

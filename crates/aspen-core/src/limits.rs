@@ -198,6 +198,19 @@ pub const READ_INDEX_WAITERS_MAX: u32 = 65_536;
 /// stuck round cannot hold back every later read.
 pub const READ_INDEX_ROUND_MS_MAX: u64 = 15_000;
 
+/// Writes a follower gathers into one batch forwarded to the leader (`aspen-node`'s
+/// `forward_batch`), and the command bytes one batch carries at most (a larger write still
+/// goes, alone). Both far inside a peer message (`peer_message_bytes_max`, 16 MiB or more).
+pub const FORWARD_WRITE_BATCH_WRITES_MAX: u32 = 256;
+pub const FORWARD_WRITE_BATCH_BYTES_MAX: u64 = 1024 * 1024;
+/// Batches one follower has in flight to the leader at once. While all are out, new writes
+/// queue and leave together in the next; below it, a write leaves at once, so a lone write
+/// waits for nothing.
+pub const FORWARD_WRITE_BATCHES_IN_FLIGHT_MAX: u32 = 4;
+/// Writes that may wait in a follower's forwarding queue; one more is refused with "too many
+/// requests" rather than queued without bound.
+pub const FORWARD_WRITE_WAITERS_MAX: u32 = 65_536;
+
 /// Users the auth store holds at most. etcd has no bound; the whole store is kept in memory
 /// for permission checks, so it has one here.
 pub const AUTH_USERS_MAX: u32 = 10_000;

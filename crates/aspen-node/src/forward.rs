@@ -10,6 +10,9 @@ use crate::error::NodeError;
 pub enum ForwardRequest {
     /// Propose a command; the leader answers once it is applied.
     Write(Command),
+    /// Propose each command, concurrently; the leader answers with one result per command,
+    /// in order, once each is applied or failed (a follower's batch, `forward_batch.rs`).
+    Writes(Vec<Command>),
     /// Confirm leadership with a quorum and return the log index a linearizable read must
     /// wait for (ReadIndex).
     ReadIndex,
@@ -46,6 +49,7 @@ pub enum ForwardRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardResponse {
     Write(ApplyResponse),
+    Writes(Vec<Result<ApplyResponse, NodeError>>),
     ReadIndex(u64),
     Done,
     ClusterId(u64),

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod forward;
+pub mod forward_batch;
 pub mod lessor;
 pub mod metrics;
 pub mod node;

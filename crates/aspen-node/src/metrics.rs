@@ -18,6 +18,8 @@ pub struct NodeMetrics {
     pub read_index_leader: Arc<ReadIndexMetrics>,
     /// ReadIndex rounds this node forwarded to the leader as a follower.
     pub read_index_forwarded: Arc<ReadIndexMetrics>,
+    /// Write batches this node forwarded to the leader as a follower, and their writes.
+    pub forward_write_batches: Arc<crate::forward_batch::WriteBatchMetrics>,
     /// Client gRPC requests by method, indexed as `CLIENT_METHODS`.
     pub client: [MethodMetrics; CLIENT_METHODS.len()],
     /// Where a put's time goes, stage by stage.

@@ -8,19 +8,20 @@ use std::time::{Duration, Instant};
 
 use aspen_core::command::{AlarmAction, AlarmType};
 use aspen_core::convert::{micros, millis};
-use aspen_core::limits::{COMPACT_STEP_PAUSE_MS, Limits};
+use aspen_core::limits::{COMPACT_STEP_PAUSE_MS, FORWARD_WRITE_BATCH_WRITES_MAX, Limits};
 use aspen_core::response::RangeResult;
 use aspen_core::{ApplyError, ApplyResponse, Command, NodeId, NodeInfo, RangeRequest, TypeConfig};
 use aspen_storage::state_machine::AppliedState;
 use aspen_storage::{MvccReader, StateMachine, StorageBackend, Store};
 use aspen_watch::{HubOptions, WatchHub};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, join_all};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, RaftNetworkFactory, ReadPolicy, ServerState};
 
 use crate::error::NodeError;
 use crate::forward::{ForwardRequest, ForwardResponse, Forwarder};
+use crate::forward_batch::{BatchResult, WriteBatchSink, WriteBatcher};
 use crate::lessor::Lessor;
 use crate::metrics::NodeMetrics;
 use crate::raft_config::RaftTiming;
@@ -107,6 +108,8 @@ struct NodeInner {
     leader_reads: ReadBatcher,
     /// Linearizable reads while another node leads: one forwarded ReadIndex per round.
     forwarded_reads: ReadBatcher,
+    /// Writes while another node leads, gathered into batches for it.
+    forwarded_writes: WriteBatcher,
     testing: TestingOptions,
     /// Starts as derived from this member's configuration; see `adopt_cluster_id_from_leader`.
     cluster_id: std::sync::atomic::AtomicU64,
@@ -146,6 +149,29 @@ impl ReadIndexSource for ForwardedReadIndex {
             }
             match node.forward_to(leader, ForwardRequest::ReadIndex).await? {
                 ForwardResponse::ReadIndex(index) => Ok(index),
+                other => Err(NodeError::Peer(format!(
+                    "unexpected forward response {other:?}"
+                ))),
+            }
+        })
+    }
+}
+
+/// Where a follower's write batches go: one `ForwardRequest::Writes` to `leader`.
+struct ForwardedWrites(Weak<NodeInner>);
+
+impl WriteBatchSink for ForwardedWrites {
+    fn send(&self, leader: NodeId, commands: Vec<Command>) -> BoxFuture<'static, BatchResult> {
+        let weak = self.0.clone();
+        Box::pin(async move {
+            let node = Node {
+                inner: weak.upgrade().ok_or(NodeError::Stopped)?,
+            };
+            match node
+                .forward_to(leader, ForwardRequest::Writes(commands))
+                .await?
+            {
+                ForwardResponse::Writes(results) => Ok(results),
                 other => Err(NodeError::Peer(format!(
                     "unexpected forward response {other:?}"
                 ))),
@@ -230,6 +256,10 @@ impl Node {
                 forwarded_reads: ReadBatcher::new(
                     ForwardedReadIndex(weak.clone()),
                     metrics.read_index_forwarded.clone(),
+                ),
+                forwarded_writes: WriteBatcher::new(
+                    ForwardedWrites(weak.clone()),
+                    metrics.forward_write_batches.clone(),
                 ),
                 metrics,
                 hub,
@@ -459,7 +489,7 @@ impl Node {
                         self.write_as_leader(command.clone()).await?,
                     ))
                 },
-                |leader| self.forward_to(leader, ForwardRequest::Write(command.clone())),
+                |leader| self.forward_write(leader, &command),
             )
             .await?;
         match answer {
@@ -468,6 +498,21 @@ impl Node {
                 "unexpected forward response {other:?}"
             ))),
         }
+    }
+
+    /// A write handed to `leader`: in a batch with other writes waiting, when its reply is
+    /// small (`forward_batch.rs`), else alone.
+    async fn forward_write(
+        &self,
+        leader: NodeId,
+        command: &Command,
+    ) -> Result<ForwardResponse, NodeError> {
+        if command.reply_is_small() {
+            let forwarded = self.inner.forwarded_writes.forward(leader, command.clone());
+            return forwarded.await.map(ForwardResponse::Write);
+        }
+        self.forward_to(leader, ForwardRequest::Write(command.clone()))
+            .await
     }
 
     /// The leader's side of a write: quota check, then Raft.
@@ -682,10 +727,14 @@ impl Node {
         request: ForwardRequest,
     ) -> Result<ForwardResponse, NodeError> {
         let info = self.member_info(leader).ok_or(NodeError::NoLeader)?;
+        let proposals = match &request {
+            ForwardRequest::Writes(commands) => commands.len() as u64,
+            _ => 1,
+        };
         self.inner
             .metrics
             .proposals_forwarded
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(proposals, Ordering::Relaxed);
         self.inner.forwarder.forward(leader, info, request).await
     }
 
@@ -706,6 +755,16 @@ impl Node {
         match request {
             ForwardRequest::Write(command) => {
                 Ok(ForwardResponse::Write(self.write_as_leader(command).await?))
+            }
+            ForwardRequest::Writes(commands) => {
+                if commands.len() > FORWARD_WRITE_BATCH_WRITES_MAX as usize {
+                    return Err(NodeError::Peer(format!(
+                        "a batch of {} forwarded writes, more than {FORWARD_WRITE_BATCH_WRITES_MAX}",
+                        commands.len()
+                    )));
+                }
+                let writes = commands.into_iter().map(|c| self.write_as_leader(c));
+                Ok(ForwardResponse::Writes(join_all(writes).await))
             }
             // Joins the leader's next round, with its own reads and other followers'.
             ForwardRequest::ReadIndex => Ok(ForwardResponse::ReadIndex(
@@ -807,6 +866,7 @@ impl Node {
                 return Ok(());
             }
             ForwardRequest::Write(_)
+            | ForwardRequest::Writes(_)
             | ForwardRequest::ReadIndex
             | ForwardRequest::ClusterId
             | ForwardRequest::LeaseKeepAlive { .. }

@@ -165,8 +165,20 @@ async fn metrics(State(node): State<Node>) -> String {
     counter(
         &mut out,
         "aspen_proposals_forwarded_total",
-        "Requests forwarded to the leader.",
+        "Requests forwarded to the leader (each write of a batch counted).",
         m.proposals_forwarded.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "aspen_forward_write_batches_total",
+        "Batches of writes this member forwarded to the leader as a follower.",
+        m.forward_write_batches.batches.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "aspen_forward_write_batched_total",
+        "Writes this member forwarded to the leader in batches.",
+        m.forward_write_batches.writes.load(Ordering::Relaxed),
     );
     gauge(
         &mut out,

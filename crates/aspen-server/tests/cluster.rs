@@ -979,3 +979,93 @@ async fn lagging_or_cut_off_follower_never_serves_stale_reads() {
         Some(u64::from(after))
     );
 }
+
+/// Concurrent writers through one follower in the batched-forwarding test.
+const BATCH_TEST_WRITERS: usize = 32;
+/// Puts per writer, each to its own key.
+const BATCH_TEST_PUTS_PER_WRITER: usize = 20;
+
+/// Issue 11: a follower gathers concurrent writes into batches forwarded to the leader. Every
+/// acknowledged write is in the store, and each reply belongs to its own write: its revision
+/// is the key's mod revision read back from the leader. Puts with `prev_kv` (not batched: their
+/// reply carries a value) run beside them and get their previous values. The follower's
+/// metrics show fewer batches than batched writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_batches_forwarded_writes_and_answers_each() {
+    let _turn = TURNS.take().await;
+    let mut cluster = Cluster::new(3, Backend::Redb, None);
+    let all = [0, 1, 2];
+    cluster.start_all();
+    let leader = cluster.wait_leader(&all).await;
+    let follower = all.into_iter().find(|&i| i != leader).expect("a follower");
+    // Through the follower first, so the forwarding path is known to work before the load.
+    put_retry(&cluster.kv(follower), "fwd/warm", "0", "the follower").await;
+
+    let mut writers = Vec::new();
+    for writer in 0..BATCH_TEST_WRITERS {
+        let kv = cluster.kv(follower);
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..BATCH_TEST_PUTS_PER_WRITER {
+                let key = format!("fwd/{writer:02}/{n:02}");
+                let with_prev = writer == 0;
+                let request = PutRequest {
+                    key: if with_prev {
+                        b"fwd/prev".to_vec()
+                    } else {
+                        key.clone().into_bytes()
+                    },
+                    value: format!("{writer}-{n}").into_bytes(),
+                    prev_kv: with_prev,
+                    ..Default::default()
+                };
+                let reply =
+                    kv.clone().put(request).await.unwrap_or_else(|status| {
+                        panic!("put {key} through the follower: {status}")
+                    });
+                let reply = reply.into_inner();
+                let revision = reply.header.expect("header").revision;
+                if with_prev {
+                    let expected = n.checked_sub(1).map(|p| format!("0-{p}").into_bytes());
+                    assert_eq!(
+                        reply.prev_kv.map(|kv| kv.value),
+                        expected,
+                        "prev_kv of put {n}"
+                    );
+                } else {
+                    acknowledged.push((key, revision));
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert_eq!(
+        acknowledged.len(),
+        (BATCH_TEST_WRITERS - 1) * BATCH_TEST_PUTS_PER_WRITER
+    );
+    let kv = cluster.kv(leader);
+    for (key, revision) in &acknowledged {
+        let request = RangeRequest {
+            key: key.clone().into_bytes(),
+            ..Default::default()
+        };
+        let reply = kv.clone().range(request).await.expect("range").into_inner();
+        let stored = reply.kvs.first().unwrap_or_else(|| panic!("{key} lost"));
+        assert_eq!(
+            stored.mod_revision, *revision,
+            "{key}: the reply's revision is not its write's"
+        );
+    }
+    let text = cluster.metrics(follower).await.expect("metrics");
+    let batches = common::gauge(&text, "aspen_forward_write_batches_total").expect("batches");
+    let batched = common::gauge(&text, "aspen_forward_write_batched_total").expect("batched");
+    eprintln!("member {follower}: {batched} forwarded writes in {batches} batches");
+    assert!(
+        batched >= acknowledged.len() as u64 && batches < batched,
+        "{batched} writes in {batches} batches: not batched"
+    );
+}
