@@ -18,6 +18,10 @@ pub struct NodeMetrics {
     pub read_index_leader: Arc<ReadIndexMetrics>,
     /// ReadIndex rounds this node forwarded to the leader as a follower.
     pub read_index_forwarded: Arc<ReadIndexMetrics>,
+    /// Append streams peers opened to this node, and the appends (heartbeats included) that
+    /// came over them.
+    pub peer_append_streams: AtomicU64,
+    pub peer_append_messages: AtomicU64,
     /// Write batches this node forwarded to the leader as a follower, and their writes.
     pub forward_write_batches: Arc<crate::forward_batch::WriteBatchMetrics>,
     /// Client gRPC requests by method, indexed as `CLIENT_METHODS`.

@@ -15,8 +15,8 @@ use aspen_node::{ForwardRequest, Forwarder, NodeError};
 use aspen_proto::peer::raft_peer_client::RaftPeerClient;
 use aspen_proto::peer::{RaftMessage, SnapshotChunk};
 use aspen_storage::SnapshotData;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use openraft::base::BoxStream;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
@@ -150,6 +150,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             target,
             client: self.clients.client(target, node),
             identity: self.clients.identity.clone(),
+            heartbeat_pipe: None,
         }
     }
 }
@@ -158,6 +159,19 @@ pub struct PeerNetwork {
     target: NodeId,
     client: Result<RaftPeerClient<Channel>, String>,
     identity: Arc<PeerIdentity>,
+    /// One long-lived append stream for single empty appends: openraft's heartbeat worker
+    /// (which also confirms leadership for every ReadIndex round) sends each heartbeat as a
+    /// stream of one request, and opening a stream per heartbeat cost each side a new HTTP/2
+    /// stream, a server task and openraft's per-stream pipeline. Present only between calls
+    /// that ended well; see [`PeerNetwork::single_empty_append`].
+    heartbeat_pipe: Option<HeartbeatPipe>,
+}
+
+/// The client end of a long-lived `append_stream` call: one request in, one reply out, in
+/// turn.
+struct HeartbeatPipe {
+    requests: tokio::sync::mpsc::Sender<RaftMessage>,
+    replies: tonic::Streaming<RaftMessage>,
 }
 
 /// A request to `target`, stamped with who sends it and the cluster it belongs to.
@@ -203,6 +217,68 @@ impl PeerNetwork {
 }
 
 impl PeerNetwork {
+    /// Sends one append with no entries over the heartbeat pipe, opening it first if there is
+    /// none, and returns its reply. The pipe is taken out for the call and put back only when
+    /// the reply came and was a success: a call dropped halfway (openraft's heartbeat timeout)
+    /// drops the pipe with it, so no later call can read an earlier call's reply, and the
+    /// follower ends its side of the stream after any error reply, so that pipe is not kept
+    /// either.
+    async fn single_empty_append(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+        assert!(
+            request.entries.is_empty(),
+            "only empty appends use the pipe"
+        );
+        let target = self.target;
+        let mut pipe = match self.heartbeat_pipe.take() {
+            Some(pipe) => pipe,
+            None => self.open_heartbeat_pipe().await?,
+        };
+        let message = RaftMessage {
+            data: codec::encode(&request),
+        };
+        if pipe.requests.send(message).await.is_err() {
+            return Err(unreachable(format!(
+                "peer {target}: heartbeat stream closed"
+            )));
+        }
+        let reply = match pipe.replies.message().await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                return Err(unreachable(format!(
+                    "peer {target}: heartbeat stream ended"
+                )));
+            }
+            Err(status) => return Err(status_to_rpc_error(target, status)),
+        };
+        let reply: StreamAppendReply = codec::decode(&reply.data)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        let result = reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        if result.is_ok() {
+            self.heartbeat_pipe = Some(pipe);
+        }
+        Ok(result)
+    }
+
+    async fn open_heartbeat_pipe(&self) -> Result<HeartbeatPipe, RPCError<TypeConfig>> {
+        let mut client = self.client().map_err(unreachable::<RPCError<TypeConfig>>)?;
+        // One request waits at most: the pipe carries one call at a time.
+        let (requests, receiver) = tokio::sync::mpsc::channel(1);
+        let outgoing = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|message| (message, receiver))
+        });
+        let response = client
+            .append_stream(stamped(&self.identity, self.target, outgoing))
+            .await
+            .map_err(|status| status_to_rpc_error(self.target, status))?;
+        Ok(HeartbeatPipe {
+            requests,
+            replies: response.into_inner(),
+        })
+    }
+
     /// Vote and pre-vote share one RPC; the call says which.
     async fn call_vote(
         &self,
@@ -277,7 +353,6 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let client = self.client();
         let identity = self.identity.clone();
         Box::pin(async move {
-            let mut client = client.map_err(unreachable::<RPCError<TypeConfig>>)?;
             // openraft sleeps out its backoff (after an `Unreachable` peer) inside the request
             // stream, when the next request is taken. tonic takes the first one only after the
             // connection is up, so a peer that refuses connections was retried with no pause
@@ -287,7 +362,23 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures_util::stream::empty()) as BoxStream<'s, _>);
             };
-            let input = futures_util::stream::iter([first]).chain(input);
+            // A stream that ends after one empty append is a heartbeat: it goes over the
+            // long-lived pipe. Anything else (replication) gets its own stream, as before.
+            let second = if first.entries.is_empty() {
+                match input.next().now_or_never() {
+                    Some(None) => {
+                        let result = self.single_empty_append(first).await;
+                        let reply = futures_util::stream::once(std::future::ready(result));
+                        return Ok(Box::pin(reply) as BoxStream<'s, _>);
+                    }
+                    second => second.flatten(),
+                }
+            } else {
+                None
+            };
+            let head = std::iter::once(first).chain(second);
+            let mut client = client.map_err(unreachable::<RPCError<TypeConfig>>)?;
+            let input = futures_util::stream::iter(head).chain(input);
             // Each batch split to fit a peer message; the replies joined back, one a batch.
             let counts = crate::split::PartCounts::default();
             let outgoing =

@@ -13,6 +13,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tonic::{Request, Response, Status, Streaming};
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::identity::PeerIdentity;
 use crate::wire::{
@@ -85,10 +86,15 @@ impl RaftPeer for PeerService {
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         self.check_sender(request.metadata())?;
+        let metrics = self.node.metrics().clone();
+        metrics.peer_append_streams.fetch_add(1, Ordering::Relaxed);
         let node = self.node.clone();
         let requests = request
             .into_inner()
-            .inspect(move |_| node.note_leader_contact())
+            .inspect(move |_| {
+                metrics.peer_append_messages.fetch_add(1, Ordering::Relaxed);
+                node.note_leader_contact();
+            })
             .map(|item| {
                 item.ok()
                     .and_then(|m| codec::decode::<AppendCall>(&m.data).ok())

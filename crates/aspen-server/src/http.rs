@@ -170,6 +170,18 @@ async fn metrics(State(node): State<Node>) -> String {
     );
     counter(
         &mut out,
+        "aspen_peer_append_streams_total",
+        "Append streams peers opened to this member (replication, and one per heartbeat pipe).",
+        m.peer_append_streams.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "aspen_peer_append_messages_total",
+        "Appends received over those streams, heartbeats included.",
+        m.peer_append_messages.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "aspen_forward_write_batches_total",
         "Batches of writes this member forwarded to the leader as a follower.",
         m.forward_write_batches.batches.load(Ordering::Relaxed),

@@ -1069,3 +1069,42 @@ async fn follower_batches_forwarded_writes_and_answers_each() {
         "{batched} writes in {batches} batches: not batched"
     );
 }
+
+/// Linearizable reads through the leader in the heartbeat-pipe test: each ReadIndex round
+/// sends every follower a heartbeat.
+const PIPE_TEST_READS: u32 = 300;
+
+/// Issue 11: openraft sends each heartbeat (and so each ReadIndex round's leadership
+/// confirmation) as an append stream of one request. The peer client keeps one long-lived
+/// stream for them instead of opening one per heartbeat: after hundreds of rounds, each
+/// follower has accepted few streams and many appends over them, and every read was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_share_one_stream_per_follower() {
+    let _turn = TURNS.take().await;
+    let mut cluster = Cluster::new(3, Backend::Redb, None);
+    let all = [0, 1, 2];
+    cluster.start_all();
+    let leader = cluster.wait_leader(&all).await;
+    put_retry(&cluster.kv(leader), "pipe/key", "1", "the leader").await;
+    let kv = cluster.kv(leader);
+    for n in 0..PIPE_TEST_READS {
+        let value = read_counter(&kv, "pipe/key", false)
+            .await
+            .unwrap_or_else(|status| panic!("linearizable read {n}: {status}"));
+        assert_eq!(value, 1);
+    }
+    for follower in all.into_iter().filter(|&i| i != leader) {
+        let text = cluster.metrics(follower).await.expect("metrics");
+        let streams = common::gauge(&text, "aspen_peer_append_streams_total").expect("streams");
+        let appends = common::gauge(&text, "aspen_peer_append_messages_total").expect("appends");
+        eprintln!("member {follower}: {appends} appends over {streams} streams");
+        assert!(
+            appends >= u64::from(PIPE_TEST_READS) / 2,
+            "member {follower}: {appends} appends for {PIPE_TEST_READS} ReadIndex rounds"
+        );
+        assert!(
+            streams * 10 < appends,
+            "member {follower}: {appends} appends over {streams} streams: a stream per heartbeat"
+        );
+    }
+}
