@@ -367,8 +367,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             let second = if first.entries.is_empty() {
                 match input.next().now_or_never() {
                     Some(None) => {
-                        let result = self.single_empty_append(first).await;
-                        let reply = futures_util::stream::once(std::future::ready(result));
+                        // A failure is the call's, as when a one-request stream fails to open.
+                        let result = self.single_empty_append(first).await?;
+                        let reply = futures_util::stream::once(std::future::ready(Ok(result)));
                         return Ok(Box::pin(reply) as BoxStream<'s, _>);
                     }
                     second => second.flatten(),
@@ -612,38 +613,43 @@ mod tests {
     /// openraft's replication backoff sleeps inside the request stream, when a request is
     /// taken: a stream to a peer that refuses connections must take its first request before
     /// it fails, or the leader retries that peer with no pause at all.
+    /// Both ways a stream leaves: a lone empty append (a heartbeat, over the heartbeat pipe)
+    /// and a stream of several (replication, a stream of its own).
     #[tokio::test]
     async fn a_stream_to_an_unreachable_peer_takes_its_first_request_before_failing() {
-        let clients = PeerClients::new(
-            aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT,
-            std::sync::Arc::new(crate::PeerIdentity::new(1)),
-            None,
-        );
-        let mut factory = PeerNetworkFactory::new(clients);
-        let mut network = factory.new_client(2, &member_at(closed_port())).await;
-        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = taken.clone();
-        let input = futures_util::stream::iter([AppendEntriesRequest::<TypeConfig> {
-            vote: Vote::new(1, 1),
-            prev_log_id: None,
-            leader_commit: None,
-            entries: Vec::new(),
-        }])
-        .inspect(move |_| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        });
-        let result = network
-            .stream_append(input, RPCOption::new(Duration::from_millis(500)))
-            .await;
-        let Err(error) = result else {
-            panic!("nothing listens, yet the stream opened");
-        };
-        assert!(matches!(error, RPCError::Unreachable(_)), "{error}");
-        assert_eq!(
-            taken.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "the first request was not taken before the connection failed"
-        );
+        for requests in [1, 2] {
+            let clients = PeerClients::new(
+                aspen_core::limits::REQUEST_BYTES_MAX_DEFAULT,
+                std::sync::Arc::new(crate::PeerIdentity::new(1)),
+                None,
+            );
+            let mut factory = PeerNetworkFactory::new(clients);
+            let mut network = factory.new_client(2, &member_at(closed_port())).await;
+            let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = taken.clone();
+            let request = AppendEntriesRequest::<TypeConfig> {
+                vote: Vote::new(1, 1),
+                prev_log_id: None,
+                leader_commit: None,
+                entries: Vec::new(),
+            };
+            let input = futures_util::stream::iter(vec![request; requests]).inspect(move |_| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            let error = match network
+                .stream_append(input, RPCOption::new(Duration::from_millis(500)))
+                .await
+            {
+                Err(error) => error,
+                Ok(_) => panic!("nothing listens, yet the stream of {requests} opened"),
+            };
+            assert!(matches!(error, RPCError::Unreachable(_)), "{error}");
+            assert!(
+                taken.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+                "the first request was not taken before the connection failed"
+            );
+            assert!(network.heartbeat_pipe.is_none(), "a failed pipe was kept");
+        }
     }
 
     /// The text of a connect failure without the error itself is not taken for one.
