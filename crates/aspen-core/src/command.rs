@@ -204,9 +204,7 @@ impl Command {
             | Command::Auth(_) => false,
         }
     }
-}
 
-impl Command {
     /// True when this command's reply is a few dozen bytes whatever the store holds: a put or
     /// delete without `prev_kv`, or a txn made only of those (no range, at any depth). A
     /// follower gathers such writes into one forwarded batch (`aspen-node`'s

@@ -203,9 +203,9 @@ pub const READ_INDEX_ROUND_MS_MAX: u64 = 15_000;
 /// goes, alone). Both far inside a peer message (`peer_message_bytes_max`, 16 MiB or more).
 pub const FORWARD_WRITE_BATCH_WRITES_MAX: u32 = 256;
 pub const FORWARD_WRITE_BATCH_BYTES_MAX: u64 = 1024 * 1024;
-/// Batches one follower has in flight to the leader at once. While all are out, new writes
-/// queue and leave together in the next; below it, a write leaves at once, so a lone write
-/// waits for nothing.
+/// Batches one follower has in flight to the leader at once. Below it, a batch still leaves
+/// only when none is out or when it is at least as large as all those out (`forward_batch`'s
+/// rule); at it, new writes queue until a batch completes.
 pub const FORWARD_WRITE_BATCHES_IN_FLIGHT_MAX: u32 = 4;
 /// Writes that may wait in a follower's forwarding queue; one more is refused with "too many
 /// requests" rather than queued without bound.

@@ -253,9 +253,7 @@ impl PeerNetwork {
             }
             Err(status) => return Err(status_to_rpc_error(target, status)),
         };
-        let reply: StreamAppendReply = codec::decode(&reply.data)
-            .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
-        let result = reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        let result = decode_stream_reply(&reply)?;
         if result.is_ok() {
             self.heartbeat_pipe = Some(pipe);
         }
@@ -288,6 +286,15 @@ impl PeerNetwork {
         let reply: VoteReply = self.call_unary(PeerMethod::Vote, &call, option).await?;
         reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
     }
+}
+
+/// One reply of an append stream: the follower's answer, or its error as a network error.
+fn decode_stream_reply(
+    message: &RaftMessage,
+) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+    let reply: StreamAppendReply = codec::decode(&message.data)
+        .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+    reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
 }
 
 enum PeerMethod {
@@ -392,9 +399,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 .map_err(|status| status_to_rpc_error(target, status))?;
             let replies = response.into_inner().map(move |item| {
                 let message = item.map_err(|status| status_to_rpc_error(target, status))?;
-                let reply: StreamAppendReply = codec::decode(&message.data)
-                    .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
-                reply.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+                decode_stream_reply(&message)
             });
             let replies = crate::split::join_replies(Box::pin(replies), counts);
             let replies: BoxStream<'s, _> = Box::pin(replies);

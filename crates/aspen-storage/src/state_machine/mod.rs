@@ -145,9 +145,10 @@ impl StateMachine {
         // a full overlay is flushed whatever the cadence says.
         let flush = durable || overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
         let committed = applied.and_then(|batch| {
-            let flushing = match flush {
-                true => Some(overlay::flush_into(&txn, overlay, state.revision)?),
-                false => None,
+            let flushing = if flush {
+                Some(overlay::flush_into(&txn, overlay, state.revision)?)
+            } else {
+                None
             };
             write_applied(&txn, &state)?;
             txn.commit()?;
@@ -360,9 +361,10 @@ impl StateMachine {
         // those still in the overlay are flushed first, in this transaction.
         let flushed = overlay::read_flushed(&txn.open_table(SM_META)?, state.revision)?;
         let overlay = &self.store.shared.index_overlay;
-        let flushing = match flushed < state.compact_revision {
-            true => Some(overlay::flush_into(&txn, overlay, state.revision)?),
-            false => None,
+        let flushing = if flushed < state.compact_revision {
+            Some(overlay::flush_into(&txn, overlay, state.revision)?)
+        } else {
+            None
         };
         let step = {
             let mut tables = tables::WriteTables::open(&txn)?;
