@@ -133,6 +133,7 @@ impl Cluster {
             &dir,
             Limits::default(),
             disk.log.attach(),
+            disk.journal.attach(),
             disk.state.attach(),
         )
         .map_err(|e| format!("node {id}: opening storage: {e}"))?;

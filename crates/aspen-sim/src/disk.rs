@@ -162,6 +162,9 @@ impl SimDisk {
 #[derive(Debug, Clone, Default)]
 pub struct NodeDisks {
     pub log: SimDisk,
+    /// The log database's journal: its durable commits sync here, the log file itself only at
+    /// checkpoints (`aspen_storage::journal`).
+    pub journal: SimDisk,
     pub state: SimDisk,
 }
 
@@ -170,38 +173,41 @@ impl NodeDisks {
         NodeDisks::default()
     }
 
-    /// Power loss on both files.
+    /// Power loss on all three files.
     pub fn crash(&self) {
         self.log.crash();
+        self.journal.crash();
         self.state.crash();
     }
 
-    /// Power loss mid-writeback on both files; returns the unsynced pages that were kept.
+    /// Power loss mid-writeback on all three files; returns the unsynced pages that were kept.
     pub fn crash_torn(&self, keep: &mut dyn FnMut() -> bool) -> u64 {
-        self.log.crash_torn(keep) + self.state.crash_torn(keep)
+        self.log.crash_torn(keep) + self.journal.crash_torn(keep) + self.state.crash_torn(keep)
     }
 
-    /// Failed syncs on both files so far.
+    /// Failed syncs on all three files so far.
     pub fn failed_syncs(&self) -> u64 {
-        self.log.failed_syncs() + self.state.failed_syncs()
+        self.log.failed_syncs() + self.journal.failed_syncs() + self.state.failed_syncs()
     }
 
-    /// Failed syncs and refused growths on both files so far.
+    /// Failed syncs and refused growths on all three files so far.
     pub fn faults_hit(&self) -> u64 {
-        self.log.faults_hit() + self.state.faults_hit()
+        self.log.faults_hit() + self.journal.faults_hit() + self.state.faults_hit()
     }
 
     pub fn is_full(&self) -> bool {
-        self.log.is_full() || self.state.is_full()
+        self.log.is_full() || self.journal.is_full() || self.state.is_full()
     }
 
-    /// Syncs so far on both files, across crashes.
+    /// Syncs so far on all three files, across crashes.
     pub fn syncs(&self) -> u64 {
-        self.log.syncs() + self.state.syncs()
+        self.log.syncs() + self.journal.syncs() + self.state.syncs()
     }
 
     pub fn durable_len_bytes(&self) -> u64 {
-        self.log.durable_len_bytes() + self.state.durable_len_bytes()
+        self.log.durable_len_bytes()
+            + self.journal.durable_len_bytes()
+            + self.state.durable_len_bytes()
     }
 }
 

@@ -221,16 +221,17 @@ impl Nemesis {
         };
         match self.rng.below(3) {
             0 => {
-                let (disk, file) = if self.rng.below(2) == 0 {
-                    (&disks.log, "log")
-                } else {
-                    (&disks.state, "state")
+                let (disk, file) = match self.rng.below(3) {
+                    0 => (&disks.journal, "log journal"),
+                    1 => (&disks.log, "log"),
+                    _ => (&disks.state, "state"),
                 };
                 disk.fail_next_sync(self.lying_fsync);
                 self.note(format!("the next fsync of {id}'s {file} file fails"));
             }
             1 => {
                 disks.log.fill();
+                disks.journal.fill();
                 disks.state.fill();
                 self.note(format!("disk full on {id}"));
             }
@@ -245,6 +246,7 @@ impl Nemesis {
         for id in self.cluster.ids() {
             if let Some(disks) = self.cluster.disks(id) {
                 disks.log.free();
+                disks.journal.free();
                 disks.state.free();
             }
         }

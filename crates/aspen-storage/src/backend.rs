@@ -22,6 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use crate::disk::{DiskLow, DiskSpace, IoFailure, IoFailures};
 use crate::durability::StateDurability;
 use crate::error::{Result, StorageError};
+use crate::journal::JournaledBackend;
 use crate::log_store::LogStore;
 use crate::schema;
 use crate::snapshot::SnapshotStore;
@@ -37,6 +38,8 @@ pub const REDB_LOG_CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
 
 /// File names inside a redb backend's directory.
 pub const LOG_FILE_NAME: &str = "log.redb";
+/// The log database's journal (`journal.rs`): its durable commits are records here.
+pub const LOG_JOURNAL_FILE_NAME: &str = "log.journal";
 pub const STATE_FILE_NAME: &str = "state.redb";
 pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
 
@@ -144,18 +147,19 @@ pub fn open_storage(backend: &StorageBackend, limits: Limits) -> Result<(LogStor
 
 /// As [`open_storage`] with `StorageBackend::Redb { dir }`, but the databases' bytes go through
 /// caller-built redb backends (normally wrapping `redb::backends::FileBackend`, or a simulated
-/// disk). For benchmarks, simulation and fault injection: a backend that counts `sync_data`
-/// calls measures fsyncs per commit. `dir` still names the databases in errors and holds the
-/// snapshot directory.
+/// disk): the log database's file, its journal's, and the state database's. For benchmarks,
+/// simulation and fault injection: a backend that counts `sync_data` calls measures fsyncs per
+/// commit. `dir` still names the databases in errors and holds the snapshot directory.
 pub fn open_storage_with_backends(
     dir: &Path,
     limits: Limits,
     log_backend: impl redb::StorageBackend,
+    log_journal_backend: impl redb::StorageBackend,
     state_backend: impl redb::StorageBackend,
 ) -> Result<(LogStore, StateMachine)> {
     check_limits(&limits)?;
     let databases = Databases::open(
-        (&dir.join(LOG_FILE_NAME), log_backend),
+        (&dir.join(LOG_FILE_NAME), log_backend, log_journal_backend),
         (&dir.join(STATE_FILE_NAME), state_backend),
     )?;
     let snapshots = SnapshotStore::open_dir(&dir.join(SNAPSHOT_DIR_NAME))?;
@@ -176,14 +180,25 @@ struct Databases {
 
 impl Databases {
     /// Opens the log and the state database on their backends (`path` names each in errors).
+    /// The log database's syncs go to its journal (`journal.rs`), replayed here first.
     fn open(
-        (log_path, log_backend): (&Path, impl redb::StorageBackend),
+        (log_path, log_backend, journal_backend): (
+            &Path,
+            impl redb::StorageBackend,
+            impl redb::StorageBackend,
+        ),
         (state_path, state_backend): (&Path, impl redb::StorageBackend),
     ) -> Result<Databases> {
         let io_failures = Arc::<IoFailures>::default();
+        let journaled = JournaledBackend::open(log_backend, journal_backend).map_err(|e| {
+            StorageError::Open {
+                path: log_path.to_path_buf(),
+                reason: format!("replaying its journal: {e}"),
+            }
+        })?;
         let (log_db, log_file) = open_database(
             log_path,
-            log_backend,
+            journaled,
             REDB_LOG_CACHE_BYTES_DEFAULT,
             &io_failures,
         )?;
@@ -211,9 +226,14 @@ impl Store {
                 create_dir(dir)?;
                 crate::migrate::migrate_v1_if_present(dir)?;
                 let log_path = dir.join(LOG_FILE_NAME);
+                let journal_path = dir.join(LOG_JOURNAL_FILE_NAME);
                 let state_path = dir.join(STATE_FILE_NAME);
                 let databases = Databases::open(
-                    (&log_path, file_backend(&log_path)?),
+                    (
+                        &log_path,
+                        file_backend(&log_path)?,
+                        file_backend(&journal_path)?,
+                    ),
                     (&state_path, file_backend(&state_path)?),
                 )?;
                 let snapshots = SnapshotStore::open_dir(&dir.join(SNAPSHOT_DIR_NAME))?;
@@ -222,7 +242,11 @@ impl Store {
             StorageBackend::InMemory => {
                 let memory = PathBuf::from("<memory>");
                 let databases = Databases::open(
-                    (&memory, redb::backends::InMemoryBackend::new()),
+                    (
+                        &memory,
+                        redb::backends::InMemoryBackend::new(),
+                        redb::backends::InMemoryBackend::new(),
+                    ),
                     (&memory, redb::backends::InMemoryBackend::new()),
                 )?;
                 (databases, SnapshotStore::memory())

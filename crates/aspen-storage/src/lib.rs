@@ -10,6 +10,7 @@ pub mod disk;
 mod durability;
 pub mod error;
 pub mod force_new_cluster;
+pub mod journal;
 pub mod log_store;
 pub mod log_writer;
 mod migrate;
@@ -21,8 +22,8 @@ pub mod state_machine;
 mod tracked;
 
 pub use backend::{
-    LOG_FILE_NAME, SNAPSHOT_DIR_NAME, STATE_FILE_NAME, StorageBackend, Store, open_storage,
-    open_storage_with_backends,
+    LOG_FILE_NAME, LOG_JOURNAL_FILE_NAME, SNAPSHOT_DIR_NAME, STATE_FILE_NAME, StorageBackend,
+    Store, open_storage, open_storage_with_backends,
 };
 pub use error::StorageError;
 pub use log_store::LogStore;

@@ -80,6 +80,8 @@ async fn entries_of_a_failed_log_commit_are_never_read_as_absent() {
         dir.path(),
         Limits::default(),
         FaultyDisk::open(&dir.path().join("log.redb"), &never, &fail_next_sync),
+        // A log commit's sync is its journal's.
+        FaultyDisk::open(&dir.path().join("log.journal"), &never, &fail_next_sync),
         FaultyDisk::open(&dir.path().join("state.redb"), &never, &never),
     )
     .expect("open");
