@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use aspen_core::limits::Limits;
 use aspen_core::{NodeId, NodeInfo};
 use aspen_node::{Node, NodeOptions, RaftTiming, TestingOptions};
-use aspen_storage::StorageBackend;
+use aspen_storage::{LogJournal, StorageBackend};
 use openraft::ServerState;
 
 use crate::disk::NodeDisks;
@@ -133,7 +133,8 @@ impl Cluster {
             &dir,
             Limits::default(),
             disk.log.attach(),
-            disk.journal.attach(),
+            // Small, so that runs checkpoint often (every few dozen commits).
+            LogJournal::new(disk.journal.attach()).with_bytes(crate::limits::LOG_JOURNAL_BYTES),
             disk.state.attach(),
         )
         .map_err(|e| format!("node {id}: opening storage: {e}"))?;

@@ -179,3 +179,7 @@ pub const SUPERVISOR_TICK_MS: u64 = 100;
 pub const DISK_FAULT_STOP_MS_MAX: u64 = 2_000;
 /// How long the supervisor waits before it restarts a node that stopped.
 pub const SUPERVISOR_RESTART_DELAY_MS: u64 = 300;
+
+/// Each node's log journal (`aspen_storage::journal`): far smaller than a real node's 8 MiB, so
+/// that runs checkpoint every few dozen commits and crashes land on both sides of a checkpoint.
+pub const LOG_JOURNAL_BYTES: u64 = 256 * 1024;

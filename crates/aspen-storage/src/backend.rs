@@ -22,7 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use crate::disk::{DiskLow, DiskSpace, IoFailure, IoFailures};
 use crate::durability::StateDurability;
 use crate::error::{Result, StorageError};
-use crate::journal::JournaledBackend;
+use crate::journal::{JournaledBackend, LogJournal};
 use crate::log_store::LogStore;
 use crate::schema;
 use crate::snapshot::SnapshotStore;
@@ -147,19 +147,19 @@ pub fn open_storage(backend: &StorageBackend, limits: Limits) -> Result<(LogStor
 
 /// As [`open_storage`] with `StorageBackend::Redb { dir }`, but the databases' bytes go through
 /// caller-built redb backends (normally wrapping `redb::backends::FileBackend`, or a simulated
-/// disk): the log database's file, its journal's, and the state database's. For benchmarks,
+/// disk): the log database's file, its journal's (`journal.rs`), and the state database's. For benchmarks,
 /// simulation and fault injection: a backend that counts `sync_data` calls measures fsyncs per
 /// commit. `dir` still names the databases in errors and holds the snapshot directory.
 pub fn open_storage_with_backends(
     dir: &Path,
     limits: Limits,
     log_backend: impl redb::StorageBackend,
-    log_journal_backend: impl redb::StorageBackend,
+    log_journal: LogJournal<impl redb::StorageBackend>,
     state_backend: impl redb::StorageBackend,
 ) -> Result<(LogStore, StateMachine)> {
     check_limits(&limits)?;
     let databases = Databases::open(
-        (&dir.join(LOG_FILE_NAME), log_backend, log_journal_backend),
+        (&dir.join(LOG_FILE_NAME), log_backend, log_journal),
         (&dir.join(STATE_FILE_NAME), state_backend),
     )?;
     let snapshots = SnapshotStore::open_dir(&dir.join(SNAPSHOT_DIR_NAME))?;
@@ -182,20 +182,19 @@ impl Databases {
     /// Opens the log and the state database on their backends (`path` names each in errors).
     /// The log database's syncs go to its journal (`journal.rs`), replayed here first.
     fn open(
-        (log_path, log_backend, journal_backend): (
+        (log_path, log_backend, journal): (
             &Path,
             impl redb::StorageBackend,
-            impl redb::StorageBackend,
+            LogJournal<impl redb::StorageBackend>,
         ),
         (state_path, state_backend): (&Path, impl redb::StorageBackend),
     ) -> Result<Databases> {
         let io_failures = Arc::<IoFailures>::default();
-        let journaled = JournaledBackend::open(log_backend, journal_backend).map_err(|e| {
-            StorageError::Open {
+        let journaled =
+            JournaledBackend::open(log_backend, journal).map_err(|e| StorageError::Open {
                 path: log_path.to_path_buf(),
                 reason: format!("replaying its journal: {e}"),
-            }
-        })?;
+            })?;
         let (log_db, log_file) = open_database(
             log_path,
             journaled,
@@ -232,7 +231,7 @@ impl Store {
                     (
                         &log_path,
                         file_backend(&log_path)?,
-                        file_backend(&journal_path)?,
+                        LogJournal::new(file_backend(&journal_path)?),
                     ),
                     (&state_path, file_backend(&state_path)?),
                 )?;
@@ -245,7 +244,7 @@ impl Store {
                     (
                         &memory,
                         redb::backends::InMemoryBackend::new(),
-                        redb::backends::InMemoryBackend::new(),
+                        LogJournal::new(redb::backends::InMemoryBackend::new()),
                     ),
                     (&memory, redb::backends::InMemoryBackend::new()),
                 )?;

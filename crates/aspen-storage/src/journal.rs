@@ -22,8 +22,10 @@
 //!
 //! Record layout (little-endian), each starting on a [`BLOCK_BYTES`] boundary:
 //! `magic u32, crc32 u32, generation u64, sequence u64, payload_bytes u32, ops u32`, then the
-//! payload: per op `kind u8` and either `offset u64, bytes u32, data` (a write) or `len u64`
-//! (a resize). The crc covers everything after itself up to the payload's end.
+//! payload: per op `kind u8` and either `offset u64, bytes u32, stored u32, data` (a write of
+//! `bytes` bytes whose first `stored` are in `data` and the rest are zeroes: redb writes whole
+//! pages, mostly empty in a small database) or `len u64` (a resize). The crc covers everything
+//! after itself up to the payload's end.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -34,12 +36,16 @@ use redb::{BackendError, StorageBackend};
 
 type BackendIoError = std::io::Error;
 
-/// The journal file's length. A record that does not fit in what is left makes a checkpoint.
+/// The journal file's length by default. A record that does not fit in what is left makes a
+/// checkpoint. (The simulator uses a far smaller one, so that its runs checkpoint often.)
 pub const JOURNAL_BYTES: u64 = 8 * 1024 * 1024;
+/// The smallest journal [`LogJournal::with_bytes`] accepts.
+pub const JOURNAL_BYTES_MIN: u64 = 16 * BLOCK_BYTES;
 /// Records start on block boundaries, so a torn write never reaches an earlier record's block.
 pub const BLOCK_BYTES: u64 = 4096;
-/// Writes since the last sync are copied up to this size; past it, the next sync is a
-/// checkpoint (and the copy is dropped), so memory stays bounded whatever a commit writes.
+/// Writes since the last sync are copied up to this size (or a quarter of the journal, if that
+/// is less); past it, the next sync is a checkpoint (and the copy is dropped), so memory stays
+/// bounded whatever a commit writes.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Zeroes written at a time while the journal file is first filled.
 const FILL_CHUNK_BYTES: usize = 1024 * 1024;
@@ -48,17 +54,48 @@ const RECORD_MAGIC: u32 = 0x4a4e_5041; // "APNJ" little-endian: Aspen journal
 const RECORD_HEADER_BYTES: usize = 32;
 const OP_WRITE: u8 = 1;
 const OP_SET_LEN: u8 = 2;
-const OP_WRITE_HEADER_BYTES: usize = 1 + 8 + 4;
+const OP_WRITE_HEADER_BYTES: usize = 1 + 8 + 4 + 4;
 const OP_SET_LEN_BYTES: usize = 1 + 8;
 
 const _: () = assert!(JOURNAL_BYTES.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!((RECORD_PAYLOAD_BYTES_MAX as u64) < JOURNAL_BYTES);
 const _: () = assert!(RECORD_HEADER_BYTES as u64 <= BLOCK_BYTES);
 
+/// The journal's backend and its length.
+#[derive(Debug)]
+pub struct LogJournal<J: StorageBackend> {
+    backend: J,
+    bytes: u64,
+}
+
+impl<J: StorageBackend> LogJournal<J> {
+    /// A journal of [`JOURNAL_BYTES`] on `backend`.
+    pub fn new(backend: J) -> LogJournal<J> {
+        LogJournal {
+            backend,
+            bytes: JOURNAL_BYTES,
+        }
+    }
+
+    /// `bytes` (a multiple of [`BLOCK_BYTES`], at least [`JOURNAL_BYTES_MIN`]) instead.
+    pub fn with_bytes(self, bytes: u64) -> LogJournal<J> {
+        assert!(bytes >= JOURNAL_BYTES_MIN, "journal of {bytes} bytes");
+        assert!(
+            bytes.is_multiple_of(BLOCK_BYTES),
+            "journal of {bytes} bytes"
+        );
+        LogJournal { bytes, ..self }
+    }
+}
+
 /// A main redb backend whose syncs go to a journal backend (module docs).
 pub struct JournaledBackend<M: StorageBackend, J: StorageBackend> {
     main: M,
     journal: J,
+    /// The journal's length: records go below it.
+    journal_bytes: u64,
+    /// Writes since the last sync are copied up to this many bytes.
+    payload_bytes_max: usize,
     state: Mutex<JournalState>,
 }
 
@@ -103,13 +140,17 @@ impl<M: StorageBackend, J: StorageBackend> JournaledBackend<M, J> {
     /// Replays `journal` into `main` and syncs it, then returns the pair ready for redb. A new
     /// or short journal file is then filled with zeroes to [`JOURNAL_BYTES`], so its later
     /// syncs write data only (no block allocation).
-    pub fn open(main: M, journal: J) -> Result<JournaledBackend<M, J>, BackendIoError> {
+    pub fn open(main: M, journal: LogJournal<J>) -> Result<JournaledBackend<M, J>, BackendIoError> {
+        let LogJournal {
+            backend: journal,
+            bytes: journal_bytes,
+        } = journal;
         let replay = replay(&main, &journal)?;
         if replay.records > 0 {
             main.sync_data()?;
         }
-        if journal.len()? < JOURNAL_BYTES {
-            fill_with_zeroes(&journal)?;
+        if journal.len()? < journal_bytes {
+            fill_with_zeroes(&journal, journal_bytes)?;
         }
         let generation = fresh_generation(replay.generation);
         start_generation(&journal, generation)?;
@@ -126,9 +167,13 @@ impl<M: StorageBackend, J: StorageBackend> JournaledBackend<M, J> {
                 ..JournalStats::default()
             },
         };
+        let payload_bytes_max = RECORD_PAYLOAD_BYTES_MAX
+            .min(usize::try_from(journal_bytes / 4).unwrap_or(RECORD_PAYLOAD_BYTES_MAX));
         Ok(JournaledBackend {
             main,
             journal,
+            journal_bytes,
+            payload_bytes_max,
             state: Mutex::new(state),
         })
     }
@@ -176,11 +221,16 @@ fn start_generation(journal: &impl StorageBackend, generation: u64) -> Result<()
     journal.sync_data()
 }
 
-fn record_op(state: &mut JournalState, op_bytes: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+fn record_op(
+    state: &mut JournalState,
+    payload_bytes_max: usize,
+    op_bytes: usize,
+    encode: impl FnOnce(&mut Vec<u8>),
+) {
     if state.overflowed {
         return;
     }
-    if state.pending.len().saturating_add(op_bytes) > RECORD_PAYLOAD_BYTES_MAX {
+    if state.pending.len().saturating_add(op_bytes) > payload_bytes_max {
         state.overflowed = true;
         state.pending = Vec::new();
         state.pending_ops = 0;
@@ -204,10 +254,15 @@ impl<M: StorageBackend, J: StorageBackend> StorageBackend for JournaledBackend<M
     fn set_len(&self, len: u64) -> Result<(), BackendIoError> {
         let mut state = self.lock();
         self.main.set_len(len)?;
-        record_op(&mut state, OP_SET_LEN_BYTES, |out| {
-            out.push(OP_SET_LEN);
-            out.extend_from_slice(&len.to_le_bytes());
-        });
+        record_op(
+            &mut state,
+            self.payload_bytes_max,
+            OP_SET_LEN_BYTES,
+            |out| {
+                out.push(OP_SET_LEN);
+                out.extend_from_slice(&len.to_le_bytes());
+            },
+        );
         Ok(())
     }
 
@@ -217,12 +272,15 @@ impl<M: StorageBackend, J: StorageBackend> StorageBackend for JournaledBackend<M
         // A write too large for one op is never copied (record_op overflows), so the next sync
         // checkpoints.
         let data_bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let op_bytes = OP_WRITE_HEADER_BYTES.saturating_add(data.len());
-        record_op(&mut state, op_bytes, |out| {
+        let stored = data.len() - data.iter().rev().take_while(|byte| **byte == 0).count();
+        let stored_bytes = u32::try_from(stored).unwrap_or(u32::MAX);
+        let op_bytes = OP_WRITE_HEADER_BYTES.saturating_add(stored);
+        record_op(&mut state, self.payload_bytes_max, op_bytes, |out| {
             out.push(OP_WRITE);
             out.extend_from_slice(&offset.to_le_bytes());
             out.extend_from_slice(&data_bytes.to_le_bytes());
-            out.extend_from_slice(data);
+            out.extend_from_slice(&stored_bytes.to_le_bytes());
+            out.extend_from_slice(&data[..stored]);
         });
         Ok(())
     }
@@ -238,7 +296,7 @@ impl<M: StorageBackend, J: StorageBackend> StorageBackend for JournaledBackend<M
             return Ok(());
         }
         let record_bytes = block_round_up(RECORD_HEADER_BYTES as u64 + state.pending.len() as u64);
-        let fits = state.write_offset_bytes + record_bytes <= JOURNAL_BYTES;
+        let fits = state.write_offset_bytes + record_bytes <= self.journal_bytes;
         if state.overflowed || !fits {
             return self.checkpoint(&mut state);
         }
@@ -262,7 +320,7 @@ impl<M: StorageBackend, J: StorageBackend> StorageBackend for JournaledBackend<M
         state.pending.clear();
         state.pending_ops = 0;
         state.stats.records += 1;
-        assert!(state.write_offset_bytes <= JOURNAL_BYTES);
+        assert!(state.write_offset_bytes <= self.journal_bytes);
         Ok(())
     }
 
@@ -339,12 +397,12 @@ fn encode_record(
     record
 }
 
-fn fill_with_zeroes(journal: &impl StorageBackend) -> Result<(), BackendIoError> {
-    journal.set_len(JOURNAL_BYTES)?;
+fn fill_with_zeroes(journal: &impl StorageBackend, bytes: u64) -> Result<(), BackendIoError> {
+    journal.set_len(bytes)?;
     let zeroes = vec![0u8; FILL_CHUNK_BYTES];
     let mut offset = 0u64;
-    while offset < JOURNAL_BYTES {
-        let chunk = (JOURNAL_BYTES - offset).min(FILL_CHUNK_BYTES as u64);
+    while offset < bytes {
+        let chunk = (bytes - offset).min(FILL_CHUNK_BYTES as u64);
         journal.write(offset, &zeroes[..usize::try_from(chunk).unwrap_or(0)])?;
         offset += chunk;
     }
@@ -399,7 +457,15 @@ fn replay(
         };
         for op in decoded {
             match op {
-                Op::Write { offset, data } => main.write(offset, data)?,
+                Op::Write {
+                    offset,
+                    bytes,
+                    stored,
+                } => {
+                    let mut data = stored.to_vec();
+                    data.resize(bytes, 0);
+                    main.write(offset, &data)?;
+                }
                 Op::SetLen { len } => main.set_len(len)?,
             }
         }
@@ -414,8 +480,15 @@ fn replay(
 }
 
 enum Op<'a> {
-    Write { offset: u64, data: &'a [u8] },
-    SetLen { len: u64 },
+    /// `bytes` bytes at `offset`: `stored`, then zeroes.
+    Write {
+        offset: u64,
+        bytes: usize,
+        stored: &'a [u8],
+    },
+    SetLen {
+        len: u64,
+    },
 }
 
 /// The payload's ops, or None if it does not hold exactly `ops` well-formed ones.
@@ -432,10 +505,18 @@ fn decode_ops(payload: &[u8], ops: u32) -> Option<Vec<Op<'_>>> {
         match kind {
             OP_WRITE => {
                 let offset = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
-                let bytes = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
-                let (data, tail) = rest.split_at_checked(bytes as usize)?;
+                let bytes = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
+                let stored = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
+                if stored > bytes {
+                    return None;
+                }
+                let (stored, tail) = rest.split_at_checked(stored)?;
                 rest = tail;
-                decoded.push(Op::Write { offset, data });
+                decoded.push(Op::Write {
+                    offset,
+                    bytes,
+                    stored,
+                });
             }
             OP_SET_LEN => {
                 let len = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
@@ -577,7 +658,8 @@ mod tests {
 
     impl Disks {
         fn open(&self) -> JournaledBackend<CrashHandle, CrashHandle> {
-            JournaledBackend::open(self.main.attach(), self.journal.attach()).expect("open")
+            JournaledBackend::open(self.main.attach(), LogJournal::new(self.journal.attach()))
+                .expect("open")
         }
 
         fn crash(&self) {
@@ -734,5 +816,35 @@ mod tests {
         let stats = backend.stats();
         assert_eq!(stats.checkpoints, 1, "{stats:?}");
         assert_eq!(stats.records, records_to_fill + 1, "{stats:?}");
+    }
+
+    #[test]
+    fn a_pages_trailing_zeroes_are_not_stored_but_are_replayed() {
+        let disks = Disks::default();
+        {
+            let backend = disks.open();
+            backend.write(0, &[0xffu8; 4096]).expect("write");
+            let big = vec![7u8; RECORD_PAYLOAD_BYTES_MAX + 1];
+            backend.write(4096, &big).expect("write");
+            backend.sync_data().expect("sync"); // a checkpoint: 0xff is durable in main
+            let mut page = vec![0u8; 4096];
+            page[..2].copy_from_slice(b"ab");
+            backend.write(0, &page).expect("write");
+            backend.sync_data().expect("sync"); // a record holding 2 of the page's bytes
+            let block = usize::try_from(BLOCK_BYTES).expect("block");
+            let record = disks.journal.platter().durable[block..2 * block].to_vec();
+            let payload_bytes = u32::from_le_bytes(record[24..28].try_into().expect("4"));
+            assert_eq!(payload_bytes as usize, OP_WRITE_HEADER_BYTES + 2);
+        }
+        disks.crash();
+        assert_eq!(
+            disks.main_bytes(0, 3),
+            [0xff, 0xff, 0xff],
+            "lost with the crash"
+        );
+        let _backend = disks.open();
+        let mut expected = vec![0u8; 4096];
+        expected[..2].copy_from_slice(b"ab");
+        assert_eq!(disks.main_bytes(0, 4096), expected);
     }
 }

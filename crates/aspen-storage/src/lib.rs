@@ -26,6 +26,7 @@ pub use backend::{
     Store, open_storage, open_storage_with_backends,
 };
 pub use error::StorageError;
+pub use journal::LogJournal;
 pub use log_store::LogStore;
 pub use migrate::{V1_FILE_NAME, V1_SNAPSHOT_DIR_NAME};
 pub use snapshot::{SnapshotData, SnapshotReceiver};

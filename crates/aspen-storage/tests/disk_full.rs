@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::{Entry, LogId};
 use aspen_core::{Command, PutRequest, TypeConfig};
-use aspen_storage::{StorageBackend, open_storage, open_storage_with_backends};
+use aspen_storage::{LogJournal, StorageBackend, open_storage, open_storage_with_backends};
 use common::FaultyDisk;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
@@ -65,10 +65,10 @@ async fn a_full_disk_fails_the_write_names_the_cause_and_keeps_what_was_durable(
             Limits::default(),
             disk(&dir.path().join("log.redb"), full),
             // The journal is filled when created, so overwriting it needs no new space.
-            disk(
+            LogJournal::new(disk(
                 &dir.path().join("log.journal"),
                 &Arc::new(AtomicBool::new(false)),
-            ),
+            )),
             disk(&dir.path().join("state.redb"), full),
         )
         .expect("open")

@@ -25,7 +25,9 @@ use common::FaultyDisk;
 use aspen_core::TypeConfig;
 use aspen_core::limits::{LOG_READ_ENTRIES_MAX, Limits};
 use aspen_core::type_config::alias::{Entry, LogId};
-use aspen_storage::{LogStore, StorageBackend, open_storage, open_storage_with_backends};
+use aspen_storage::{
+    LogJournal, LogStore, StorageBackend, open_storage, open_storage_with_backends,
+};
 use futures_util::StreamExt;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
@@ -81,7 +83,11 @@ async fn entries_of_a_failed_log_commit_are_never_read_as_absent() {
         Limits::default(),
         FaultyDisk::open(&dir.path().join("log.redb"), &never, &fail_next_sync),
         // A log commit's sync is its journal's.
-        FaultyDisk::open(&dir.path().join("log.journal"), &never, &fail_next_sync),
+        LogJournal::new(FaultyDisk::open(
+            &dir.path().join("log.journal"),
+            &never,
+            &fail_next_sync,
+        )),
         FaultyDisk::open(&dir.path().join("state.redb"), &never, &never),
     )
     .expect("open");
