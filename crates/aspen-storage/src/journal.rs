@@ -148,6 +148,7 @@ impl<M: StorageBackend, J: StorageBackend> JournaledBackend<M, J> {
         let replay = replay(&main, &journal)?;
         if replay.records > 0 {
             main.sync_data()?;
+            tracing::debug!(records = replay.records, "log journal replayed");
         }
         if journal.len()? < journal_bytes {
             fill_with_zeroes(&journal, journal_bytes)?;
