@@ -222,6 +222,19 @@ async fn metrics(State(node): State<Node>) -> String {
         "Durable commits (fsyncs) of the Raft log database.",
         node.store().log_syncs(),
     );
+    let journal = node.store().log_journal_stats();
+    counter(
+        &mut out,
+        "aspen_log_journal_records_total",
+        "Durable log commits written as one record into the log's journal.",
+        journal.records,
+    );
+    counter(
+        &mut out,
+        "aspen_log_journal_checkpoints_total",
+        "Durable log commits that synced the log database's file instead (the journal was full, or the commit too large for a record).",
+        journal.checkpoints,
+    );
     let _ = writeln!(
         out,
         "# HELP aspen_proposal_duration_seconds Client proposal latency.\n# TYPE aspen_proposal_duration_seconds histogram"

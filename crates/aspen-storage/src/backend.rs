@@ -22,7 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use crate::disk::{DiskLow, DiskSpace, IoFailure, IoFailures};
 use crate::durability::StateDurability;
 use crate::error::{Result, StorageError};
-use crate::journal::{JournaledBackend, LogJournal};
+use crate::journal::{JournalGauge, JournaledBackend, LogJournal};
 use crate::log_store::LogStore;
 use crate::schema;
 use crate::snapshot::SnapshotStore;
@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     /// needs the database to itself.
     state_db: RwLock<Database>,
     log_file: Arc<FileGauge>,
+    /// The log database's journal: its records and checkpoints.
+    log_journal: Arc<JournalGauge>,
     state_file: Arc<FileGauge>,
     /// What of the state database is durable, and when to make more of it so.
     pub(crate) durability: StateDurability,
@@ -174,6 +176,7 @@ struct Databases {
     log_db: Database,
     state_db: Database,
     log_file: Arc<FileGauge>,
+    log_journal: Arc<JournalGauge>,
     state_file: Arc<FileGauge>,
     io_failures: Arc<IoFailures>,
 }
@@ -195,6 +198,7 @@ impl Databases {
                 path: log_path.to_path_buf(),
                 reason: format!("replaying its journal: {e}"),
             })?;
+        let log_journal = journaled.gauge();
         let (log_db, log_file) = open_database(
             log_path,
             journaled,
@@ -211,6 +215,7 @@ impl Databases {
             log_db,
             state_db,
             log_file,
+            log_journal,
             state_file,
             io_failures,
         })
@@ -277,6 +282,7 @@ impl Store {
                 log_db: databases.log_db,
                 state_db: RwLock::new(databases.state_db),
                 log_file: databases.log_file,
+                log_journal: databases.log_journal,
                 state_file: databases.state_file,
                 durability: StateDurability::new(durable_applied),
                 applied_index: AtomicU64::new(durable_applied),
@@ -365,6 +371,11 @@ impl Store {
     }
 
     /// Durable commits of the log database so far.
+    /// What the log's journal did since the store was opened (`journal.rs`).
+    pub fn log_journal_stats(&self) -> crate::journal::JournalStats {
+        self.shared.log_journal.stats()
+    }
+
     pub fn log_syncs(&self) -> u64 {
         self.shared.log_file.syncs()
     }

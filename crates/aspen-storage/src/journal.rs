@@ -30,7 +30,8 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{BackendError, StorageBackend};
 
@@ -97,6 +98,7 @@ pub struct JournaledBackend<M: StorageBackend, J: StorageBackend> {
     /// Writes since the last sync are copied up to this many bytes.
     payload_bytes_max: usize,
     state: Mutex<JournalState>,
+    gauge: Arc<JournalGauge>,
 }
 
 #[derive(Debug)]
@@ -113,10 +115,27 @@ struct JournalState {
     /// A journal write or sync failed. What it held may not be durable and the main file was
     /// not synced, so no later sync may report success (as Linux's fsync after a failure).
     failed: bool,
-    stats: JournalStats,
 }
 
-/// Counters for tests and benchmarks.
+/// The journal's counters, shared with the store for `/metrics`.
+#[derive(Debug, Default)]
+pub struct JournalGauge {
+    replayed_records: AtomicU64,
+    records: AtomicU64,
+    checkpoints: AtomicU64,
+}
+
+impl JournalGauge {
+    pub fn stats(&self) -> JournalStats {
+        JournalStats {
+            replayed_records: self.replayed_records.load(Ordering::Acquire),
+            records: self.records.load(Ordering::Acquire),
+            checkpoints: self.checkpoints.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// What the journal has done since it was opened.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct JournalStats {
     /// Records replayed into the main file when it was opened.
@@ -163,11 +182,11 @@ impl<M: StorageBackend, J: StorageBackend> JournaledBackend<M, J> {
             next_sequence: 1,
             write_offset_bytes: BLOCK_BYTES,
             failed: false,
-            stats: JournalStats {
-                replayed_records: replay.records,
-                ..JournalStats::default()
-            },
         };
+        let gauge = Arc::new(JournalGauge::default());
+        gauge
+            .replayed_records
+            .store(replay.records, Ordering::Release);
         let payload_bytes_max = RECORD_PAYLOAD_BYTES_MAX
             .min(usize::try_from(journal_bytes / 4).unwrap_or(RECORD_PAYLOAD_BYTES_MAX));
         Ok(JournaledBackend {
@@ -176,11 +195,17 @@ impl<M: StorageBackend, J: StorageBackend> JournaledBackend<M, J> {
             journal_bytes,
             payload_bytes_max,
             state: Mutex::new(state),
+            gauge,
         })
     }
 
     pub fn stats(&self) -> JournalStats {
-        self.lock().stats
+        self.gauge.stats()
+    }
+
+    /// The counters, readable after redb owns the backend.
+    pub fn gauge(&self) -> Arc<JournalGauge> {
+        Arc::clone(&self.gauge)
     }
 
     fn lock(&self) -> MutexGuard<'_, JournalState> {
@@ -209,7 +234,7 @@ impl<M: StorageBackend, J: StorageBackend> JournaledBackend<M, J> {
         state.generation = generation;
         state.next_sequence = 1;
         state.write_offset_bytes = BLOCK_BYTES;
-        state.stats.checkpoints += 1;
+        self.gauge.checkpoints.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 }
@@ -320,7 +345,7 @@ impl<M: StorageBackend, J: StorageBackend> StorageBackend for JournaledBackend<M
         state.next_sequence += 1;
         state.pending.clear();
         state.pending_ops = 0;
-        state.stats.records += 1;
+        self.gauge.records.fetch_add(1, Ordering::AcqRel);
         assert!(state.write_offset_bytes <= self.journal_bytes);
         Ok(())
     }
@@ -547,8 +572,6 @@ mod tests {
         clippy::expect_used,
         reason = "a test: a failed expect is a failed test"
     )]
-
-    use std::sync::Arc;
 
     use redb::{Database, ReadableDatabase, TableDefinition};
 
