@@ -75,7 +75,11 @@ impl Target {
                 let store_dir = dir.join(name);
                 let len =
                     |file: &str| std::fs::metadata(store_dir.join(file)).map_or(0, |m| m.len());
-                Some(len(aspen_storage::LOG_FILE_NAME) + len(aspen_storage::STATE_FILE_NAME))
+                Some(
+                    len(aspen_storage::LOG_FILE_NAME)
+                        + len(aspen_storage::LOG_JOURNAL_FILE_NAME)
+                        + len(aspen_storage::STATE_FILE_NAME),
+                )
             }
             Target::Memory => None,
         }

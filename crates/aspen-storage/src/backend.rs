@@ -193,11 +193,19 @@ impl Databases {
         (state_path, state_backend): (&Path, impl redb::StorageBackend),
     ) -> Result<Databases> {
         let io_failures = Arc::<IoFailures>::default();
-        let journaled =
-            JournaledBackend::open(log_backend, journal).map_err(|e| StorageError::Open {
-                path: log_path.to_path_buf(),
-                reason: format!("replaying its journal: {e}"),
-            })?;
+        let journaled = JournaledBackend::open(log_backend, journal).map_err(|source| {
+            if crate::disk::is_disk_full(&source) {
+                StorageError::NoSpace {
+                    path: log_path.to_path_buf(),
+                    source,
+                }
+            } else {
+                StorageError::Open {
+                    path: log_path.to_path_buf(),
+                    reason: format!("opening its journal ({LOG_JOURNAL_FILE_NAME}): {source}"),
+                }
+            }
+        })?;
         let log_journal = journaled.gauge();
         let (log_db, log_file) = open_database(
             log_path,
