@@ -404,7 +404,8 @@ fn encode_record(
     payload: &[u8],
     record_bytes: u64,
 ) -> Vec<u8> {
-    let payload_bytes = u32::try_from(payload.len()).expect("payload bounded by the record max");
+    assert!(payload.len() <= RECORD_PAYLOAD_BYTES_MAX);
+    let payload_bytes = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut record = Vec::with_capacity(usize::try_from(record_bytes).unwrap_or(0));
     record.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     record.extend_from_slice(&[0; 4]); // the crc, below
@@ -416,10 +417,7 @@ fn encode_record(
     record.extend_from_slice(payload);
     let crc = crc32fast::hash(&record[8..]);
     record[4..8].copy_from_slice(&crc.to_le_bytes());
-    record.resize(
-        usize::try_from(record_bytes).expect("record fits in memory"),
-        0,
-    );
+    record.resize(aspen_core::convert::usize_from(record_bytes), 0);
     record
 }
 
@@ -454,8 +452,16 @@ fn replay(
     let mut header = [0u8; RECORD_HEADER_BYTES];
     while offset + BLOCK_BYTES <= journal_bytes {
         journal.read(offset, &mut header)?;
-        let field = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
-        let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        let field = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&header[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        let word = |at: usize| {
+            let mut bytes = [0u8; 4];
+            bytes.copy_from_slice(&header[at..at + 4]);
+            u32::from_le_bytes(bytes)
+        };
         if word(0) != RECORD_MAGIC {
             break;
         }
