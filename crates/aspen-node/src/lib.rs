@@ -14,6 +14,7 @@ pub mod node;
 pub mod raft_config;
 pub mod read_batch;
 pub mod retry;
+pub mod snapshot_schedule;
 
 pub use error::NodeError;
 pub use forward::{ForwardRequest, ForwardResponse, Forwarder};

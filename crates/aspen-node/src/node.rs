@@ -270,6 +270,7 @@ impl Node {
         node.spawn_background_tasks();
         node.spawn_lease_task();
         node.spawn_compactor();
+        node.spawn_snapshot_scheduler();
         Ok(node)
     }
 
@@ -1003,6 +1004,60 @@ impl Node {
                     inner.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
                 }
                 last_leader = leader;
+            }
+        });
+    }
+
+    /// Builds a snapshot whenever `snapshot_schedule::snapshot_due` says so (openraft's own
+    /// policy is `Never`, `raft_config.rs`). Holds the node weakly.
+    fn spawn_snapshot_scheduler(&self) {
+        use crate::snapshot_schedule::{
+            ENTRY_BYTES_ASSUMED, SNAPSHOT_CHECK_INTERVAL_MS, SNAPSHOT_RETRIGGER_MS, snapshot_due,
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let snapshot_count = self.inner.options.timing.snapshot_count;
+        tokio::spawn(async move {
+            // The snapshot index a build was last triggered behind, and when.
+            let mut triggered: Option<(u64, Instant)> = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(SNAPSHOT_CHECK_INTERVAL_MS)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let (applied, snapshot) = {
+                    let receiver = inner.raft.metrics();
+                    let metrics = receiver.borrow_watched();
+                    (
+                        metrics.last_applied.as_ref().map_or(0, |id| id.index),
+                        metrics.snapshot.as_ref().map_or(0, |id| id.index),
+                    )
+                };
+                let retrigger = Duration::from_millis(SNAPSHOT_RETRIGGER_MS);
+                if triggered.is_some_and(|(at, when)| at == snapshot && when.elapsed() < retrigger)
+                {
+                    continue;
+                }
+                let entries_since = applied.saturating_sub(snapshot);
+                if entries_since < snapshot_count {
+                    continue;
+                }
+                let snapshot_bytes = match inner.store.current_snapshot_bytes() {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        tracing::debug!(%error, "snapshot schedule: reading the snapshot's size");
+                        continue;
+                    }
+                };
+                let entry_bytes = inner
+                    .store
+                    .log_entry_bytes_mean()
+                    .unwrap_or(ENTRY_BYTES_ASSUMED)
+                    .max(1);
+                if !snapshot_due(entries_since, snapshot_count, entry_bytes, snapshot_bytes) {
+                    continue;
+                }
+                if let Err(error) = inner.raft.trigger().snapshot().await {
+                    tracing::debug!(%error, "snapshot schedule: trigger refused");
+                }
+                triggered = Some((snapshot, Instant::now()));
             }
         });
     }

@@ -108,6 +108,9 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Durations of durable log commits (each one fsync), in microseconds.
     pub(crate) fsync_latency: aspen_core::metrics::Histogram,
+    /// Log entries, and their encoded bytes, made durable since the store was opened.
+    log_appended_entries: AtomicU64,
+    log_appended_bytes: AtomicU64,
     /// When recent log indices were appended, made durable, committed and applied here.
     pub(crate) stage_clock: StageClock,
     /// The last `dbSizeInUse` measurement (a page walk), reused for a while.
@@ -299,6 +302,8 @@ impl Store {
                 snapshots,
                 limits,
                 fsync_latency: aspen_core::metrics::Histogram::default(),
+                log_appended_entries: AtomicU64::new(0),
+                log_appended_bytes: AtomicU64::new(0),
                 stage_clock: StageClock::default(),
                 in_use: InUseGauge::default(),
                 io_failures: databases.io_failures,
@@ -517,15 +522,43 @@ impl Store {
     }
 
     fn current_snapshot_file(&self) -> Result<Option<String>> {
+        Ok(self
+            .current_snapshot_record()?
+            .and_then(|record| record.file_name))
+    }
+
+    fn current_snapshot_record(&self) -> Result<Option<crate::snapshot::SnapshotRecord>> {
         let db = self.state_db();
         let txn = db.begin_read()?;
         let table = txn.open_table(schema::SM_META)?;
         let Some(bytes) = table.get(schema::SM_SNAPSHOT)? else {
             return Ok(None);
         };
-        let record: crate::snapshot::SnapshotRecord =
-            crate::error::decode("sm_meta", bytes.value())?;
-        Ok(record.file_name)
+        Ok(Some(crate::error::decode("sm_meta", bytes.value())?))
+    }
+
+    /// The current snapshot's size in bytes (0 without one): one read transaction.
+    pub fn current_snapshot_bytes(&self) -> Result<u64> {
+        Ok(self
+            .current_snapshot_record()?
+            .map_or(0, |record| record.len_bytes))
+    }
+
+    /// The mean encoded size of the log entries this process made durable, if it made any.
+    pub fn log_entry_bytes_mean(&self) -> Option<u64> {
+        let entries = self.shared.log_appended_entries.load(Ordering::Acquire);
+        let bytes = self.shared.log_appended_bytes.load(Ordering::Acquire);
+        (entries > 0).then(|| bytes / entries)
+    }
+
+    /// Called by the log writer after a commit made `entries` entries of `bytes` durable.
+    pub(crate) fn record_log_appended(&self, entries: u64, bytes: u64) {
+        self.shared
+            .log_appended_entries
+            .fetch_add(entries, Ordering::AcqRel);
+        self.shared
+            .log_appended_bytes
+            .fetch_add(bytes, Ordering::AcqRel);
     }
 }
 

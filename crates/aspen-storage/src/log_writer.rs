@@ -498,6 +498,7 @@ fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>
         redb::Durability::Immediate
     };
     txn.set_durability(durability)?;
+    let mut appended_bytes: u64 = 0;
     if !entries.is_empty() {
         let mut table = txn.open_table(RAFT_LOG)?;
         let mut expected_index = table.last()?.map(|(index, _)| index.value() + 1);
@@ -511,6 +512,7 @@ fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>
             }
             buffer.clear();
             codec::encode_into(entry.as_ref(), &mut buffer);
+            appended_bytes += buffer.len() as u64;
             table.insert(entry.log_id.index, buffer.as_slice())?;
             expected_index = Some(entry.log_id.index + 1);
         }
@@ -524,6 +526,7 @@ fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>
     if !entries.is_empty() {
         let elapsed_us = micros(started.elapsed());
         store.shared.fsync_latency.observe_us(elapsed_us);
+        store.record_log_appended(entries.len() as u64, appended_bytes);
     }
     Ok(())
 }
