@@ -101,9 +101,9 @@ async fn scenario(dir: std::path::PathBuf) -> Outcome {
         put(&leader_node, &format!("after-{n}")).await;
     }
     let latest = format!("after-{WRITES_WHILE_AWAY}");
-    // Its next log fsync fails, and the network heals.
+    // Its next log fsync fails (a log commit syncs the log's journal), and the network heals.
     let disks = cluster.disks(follower).expect("disks");
-    disks.log.fail_next_sync(false);
+    disks.journal.fail_next_sync(false);
     net.set_faults(NetFaults::default());
 
     // Reads on the follower until its Raft stops (the failed commit stops it) or time is up:
