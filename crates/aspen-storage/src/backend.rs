@@ -152,9 +152,10 @@ pub fn open_storage(backend: &StorageBackend, limits: Limits) -> Result<(LogStor
 
 /// As [`open_storage`] with `StorageBackend::Redb { dir }`, but the databases' bytes go through
 /// caller-built redb backends (normally wrapping `redb::backends::FileBackend`, or a simulated
-/// disk): the log database's file, its journal's (`journal.rs`), and the state database's. For benchmarks,
-/// simulation and fault injection: a backend that counts `sync_data` calls measures fsyncs per
-/// commit. `dir` still names the databases in errors and holds the snapshot directory.
+/// disk): the log database's file, its journal's (`journal.rs`), and the state database's.
+/// For benchmarks, simulation and fault injection: a backend that counts `sync_data` calls
+/// measures fsyncs per commit. `dir` still names the databases in errors and holds the snapshot
+/// directory.
 pub fn open_storage_with_backends(
     dir: &Path,
     limits: Limits,
@@ -383,12 +384,12 @@ impl Store {
         self.shared.state_file.unsynced_bytes()
     }
 
-    /// Durable commits of the log database so far.
     /// What the log's journal did since the store was opened (`journal.rs`).
     pub fn log_journal_stats(&self) -> crate::journal::JournalStats {
         self.shared.log_journal.stats()
     }
 
+    /// Durable commits of the log database so far.
     pub fn log_syncs(&self) -> u64 {
         self.shared.log_file.syncs()
     }
