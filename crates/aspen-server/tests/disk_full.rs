@@ -34,7 +34,9 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// The filesystem's size: big enough for a member to start, small enough to fill in seconds.
-const TMPFS_BYTES: u64 = 32 * 1024 * 1024;
+/// 40 MiB: 32 MiB for the member and the filler, as before the log's journal, plus the 8 MiB
+/// journal file a member creates at once (`aspen_storage::journal::JOURNAL_BYTES`).
+const TMPFS_BYTES: u64 = 40 * 1024 * 1024;
 /// "Other data" on the same disk, deleted to free space.
 const FILLER_BYTES: usize = 8 * 1024 * 1024;
 /// Each put's value; the log and the state database each hold a copy.
