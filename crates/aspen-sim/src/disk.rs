@@ -157,8 +157,8 @@ impl SimDisk {
     }
 }
 
-/// A node's two files, the log database and the state database, each on its own simulated
-/// disk; a power loss hits both at once. Cheap to clone.
+/// A node's three files, the log database, its journal and the state database, each on its own
+/// simulated disk; a power loss hits all at once. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct NodeDisks {
     pub log: SimDisk,
@@ -173,41 +173,55 @@ impl NodeDisks {
         NodeDisks::default()
     }
 
+    /// The three disks, always in this order (a torn crash draws for them in it).
+    fn each(&self) -> [&SimDisk; 3] {
+        [&self.log, &self.journal, &self.state]
+    }
+
     /// Power loss on all three files.
     pub fn crash(&self) {
-        self.log.crash();
-        self.journal.crash();
-        self.state.crash();
+        self.each().iter().for_each(|disk| disk.crash());
     }
 
     /// Power loss mid-writeback on all three files; returns the unsynced pages that were kept.
     pub fn crash_torn(&self, keep: &mut dyn FnMut() -> bool) -> u64 {
-        self.log.crash_torn(keep) + self.journal.crash_torn(keep) + self.state.crash_torn(keep)
+        self.each().iter().map(|disk| disk.crash_torn(keep)).sum()
     }
 
     /// Failed syncs on all three files so far.
     pub fn failed_syncs(&self) -> u64 {
-        self.log.failed_syncs() + self.journal.failed_syncs() + self.state.failed_syncs()
+        self.each().iter().map(|disk| disk.failed_syncs()).sum()
     }
 
     /// Failed syncs and refused growths on all three files so far.
     pub fn faults_hit(&self) -> u64 {
-        self.log.faults_hit() + self.journal.faults_hit() + self.state.faults_hit()
+        self.each().iter().map(|disk| disk.faults_hit()).sum()
     }
 
     pub fn is_full(&self) -> bool {
-        self.log.is_full() || self.journal.is_full() || self.state.is_full()
+        self.each().iter().any(|disk| disk.is_full())
     }
 
     /// Syncs so far on all three files, across crashes.
     pub fn syncs(&self) -> u64 {
-        self.log.syncs() + self.journal.syncs() + self.state.syncs()
+        self.each().iter().map(|disk| disk.syncs()).sum()
     }
 
     pub fn durable_len_bytes(&self) -> u64 {
-        self.log.durable_len_bytes()
-            + self.journal.durable_len_bytes()
-            + self.state.durable_len_bytes()
+        self.each()
+            .iter()
+            .map(|disk| disk.durable_len_bytes())
+            .sum()
+    }
+
+    /// A full disk under all three files.
+    pub fn fill(&self) {
+        self.each().iter().for_each(|disk| disk.fill());
+    }
+
+    /// Space back under all three files.
+    pub fn free(&self) {
+        self.each().iter().for_each(|disk| disk.free());
     }
 }
 

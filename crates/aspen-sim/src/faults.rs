@@ -230,9 +230,7 @@ impl Nemesis {
                 self.note(format!("the next fsync of {id}'s {file} file fails"));
             }
             1 => {
-                disks.log.fill();
-                disks.journal.fill();
-                disks.state.fill();
+                disks.fill();
                 self.note(format!("disk full on {id}"));
             }
             _ => {
@@ -245,9 +243,7 @@ impl Nemesis {
     fn free_disks(&self) {
         for id in self.cluster.ids() {
             if let Some(disks) = self.cluster.disks(id) {
-                disks.log.free();
-                disks.journal.free();
-                disks.state.free();
+                disks.free();
             }
         }
     }

@@ -261,7 +261,8 @@ impl Store {
                     (
                         &memory,
                         redb::backends::InMemoryBackend::new(),
-                        LogJournal::new(redb::backends::InMemoryBackend::new()),
+                        LogJournal::new(redb::backends::InMemoryBackend::new())
+                            .with_bytes(crate::journal::JOURNAL_BYTES_IN_MEMORY),
                     ),
                     (&memory, redb::backends::InMemoryBackend::new()),
                 )?;
