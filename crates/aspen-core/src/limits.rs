@@ -99,13 +99,16 @@ pub const STATE_DIRTY_ENTRIES_MAX: u64 = 25_000;
 /// what a restart re-applies from the log, and the pages a crash can lose.
 pub const STATE_DIRTY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
-/// Versions one physical compaction step looks at, in one short write transaction; a
-/// compaction with more work takes several steps, each consistent. etcd's batch is 1,000; a
-/// step here holds applies for its whole length (about 5 ms at 1,000 on the development VM,
-/// put p99 4x during a compaction of 1M revisions), so steps are smaller...
-pub const COMPACT_STEP_VERSIONS_MAX: u32 = 250;
-/// ...and this far apart, so writes interleave (etcd's `compactionSleepInterval` is 10 ms).
-pub const COMPACT_STEP_PAUSE_MS: u64 = 5;
+/// Versions one physical compaction step looks at; a compaction with more work takes several
+/// steps, each consistent. A step finds what to remove in a read transaction, then holds
+/// applies only while it removes that and commits: at 100 versions about 0.6 ms on the
+/// development VM (plan 0.2 ms). etcd's batch is 1,000, but at 250 (1.2 ms held) a lone
+/// writer's put p99 doubled while a compaction of 500,000 revisions ran; at 100 it stayed
+/// within 1.1x (docs/performance.md, session 10)...
+pub const COMPACT_STEP_VERSIONS_MAX: u32 = 100;
+/// ...and this far apart, so writes interleave (etcd's `compactionSleepInterval` is 10 ms); a
+/// compaction then uses about a third of one core.
+pub const COMPACT_STEP_PAUSE_MS: u64 = 2;
 
 /// Keys a DeleteRange (or a lease revoke) finds and deletes per chunk: it holds one chunk's
 /// keys, and their values when a watcher or `prev_kv` needs them, at a time, never the whole

@@ -69,17 +69,27 @@ impl Target {
         }
     }
 
-    fn file_bytes(&self, name: &str) -> Option<u64> {
+    /// The store's three files: their lengths, and the bytes the filesystem allocated to
+    /// them (`st_blocks`; redb grows a file by doubling it with `set_len`, and the part never
+    /// written holds no blocks).
+    fn file_bytes(&self, name: &str) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
         match self {
             Target::Redb { dir } => {
                 let store_dir = dir.join(name);
-                let len =
-                    |file: &str| std::fs::metadata(store_dir.join(file)).map_or(0, |m| m.len());
-                Some(
-                    len(aspen_storage::LOG_FILE_NAME)
-                        + len(aspen_storage::LOG_JOURNAL_FILE_NAME)
-                        + len(aspen_storage::STATE_FILE_NAME),
-                )
+                let mut length = 0;
+                let mut allocated = 0;
+                for file in [
+                    aspen_storage::LOG_FILE_NAME,
+                    aspen_storage::LOG_JOURNAL_FILE_NAME,
+                    aspen_storage::STATE_FILE_NAME,
+                ] {
+                    if let Ok(meta) = std::fs::metadata(store_dir.join(file)) {
+                        length += meta.len();
+                        allocated += meta.blocks() * 512;
+                    }
+                }
+                Some((length, allocated))
             }
             Target::Memory => None,
         }
@@ -132,7 +142,8 @@ struct Report {
     snapshot_bytes: u64,
     snapshot_build_mib_per_s: f64,
     snapshot_install_mib_per_s: f64,
-    file_bytes: Option<u64>,
+    /// Length, and bytes allocated on disk.
+    file_bytes: Option<(u64, u64)>,
     db_size_bytes: u64,
     db_size_in_use_bytes: u64,
 }
@@ -521,15 +532,24 @@ fn print_table(keys: u64, targets: &[Target], reports: &[Report]) {
     }));
     rows.push(row("raw key+value bytes", &|_| raw_bytes.to_string()));
     rows.push(row("file bytes", &|r| {
-        r.file_bytes.map_or("-".into(), |b| b.to_string())
+        r.file_bytes.map_or("-".into(), |(b, _)| b.to_string())
     }));
     rows.push(row("file bytes/key", &|r| {
-        r.file_bytes
-            .map_or("-".into(), |b| format!("{:.1}", b as f64 / keys as f64))
+        r.file_bytes.map_or("-".into(), |(b, _)| {
+            format!("{:.1}", b as f64 / keys as f64)
+        })
     }));
     rows.push(row("file/raw ratio", &|r| {
-        r.file_bytes.map_or("-".into(), |b| {
+        r.file_bytes.map_or("-".into(), |(b, _)| {
             format!("{:.2}", b as f64 / raw_bytes as f64)
+        })
+    }));
+    rows.push(row("file bytes allocated on disk", &|r| {
+        r.file_bytes.map_or("-".into(), |(_, a)| a.to_string())
+    }));
+    rows.push(row("allocated/raw ratio", &|r| {
+        r.file_bytes.map_or("-".into(), |(_, a)| {
+            format!("{:.2}", a as f64 / raw_bytes as f64)
         })
     }));
     rows.push(row("db_size_bytes", &|r| r.db_size_bytes.to_string()));

@@ -115,6 +115,10 @@ pub(crate) struct Shared {
     pub(crate) stage_clock: StageClock,
     /// The last `dbSizeInUse` measurement (a page walk), reused for a while.
     in_use: InUseGauge,
+    /// Held by a compaction step from its plan to its removals, and by a snapshot install or
+    /// an etcd import for their whole length, so that no install falls between a step's two
+    /// transactions (`state_machine/compact.rs`).
+    compaction_gate: std::sync::Mutex<()>,
     /// The first I/O failure of the databases or snapshot files.
     io_failures: Arc<IoFailures>,
     /// The data dir's free space against `--disk-reserve-bytes`.
@@ -308,6 +312,7 @@ impl Store {
                 log_appended_bytes: AtomicU64::new(0),
                 stage_clock: StageClock::default(),
                 in_use: InUseGauge::default(),
+                compaction_gate: std::sync::Mutex::new(()),
                 io_failures: databases.io_failures,
                 disk: DiskSpace::new(disk_dir, limits.disk_reserve_bytes),
             }),
@@ -497,6 +502,15 @@ impl Store {
         let index = crate::durability::commit_durable(&db, &self.shared.index_overlay)?;
         self.shared.durability.record_durable(index);
         Ok(index)
+    }
+
+    /// The compaction gate (see `Shared::compaction_gate`); nothing inside it panics while
+    /// holding data that the lock guards, so a poisoned gate is taken as is.
+    pub(crate) fn compaction_gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared
+            .compaction_gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Reclaims free space (etcd's defragment): redb's compaction of the state database, with

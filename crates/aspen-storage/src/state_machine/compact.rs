@@ -2,9 +2,11 @@
 //! revision can see, in bounded steps off the apply path.
 //!
 //! Applying `Compact { revision }` only raises the compaction revision: from then on, reads
-//! below it fail. The versions it makes unreadable are removed afterwards, a step at a time,
-//! each step its own short write transaction (`StateMachine::compact_step`), so a compaction
-//! of millions of revisions never holds the apply path for long. A version at or below the
+//! below it fail. The versions it makes unreadable are removed afterwards, a step at a time
+//! (`StateMachine::compact_step`): a step finds up to a bounded number of them in a read
+//! transaction ([`plan_step`]), while applies go on, then removes them in a short write
+//! transaction ([`remove_planned`]), so a compaction of millions of revisions never holds the
+//! apply path for long. A version at or below the
 //! compaction revision is unreadable when the key has a newer version also at or below it, or
 //! when it is a tombstone below the compaction revision (nothing older survives it).
 //!
@@ -18,37 +20,44 @@
 
 use redb::ReadableTable;
 
-use super::mvcc::{IndexRecord, RevKey, RevRecordView};
+use super::mvcc::{IndexKey, IndexRecord, RevKey, RevRecordView};
 use super::tables::WriteTables;
 use crate::error::{Result, decode};
 
-/// What one step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CompactStep {
+/// What one step will remove, found in a read transaction: the write transaction that removes
+/// it holds applies only for the removals (see `StateMachine::compact_step_bounded`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CompactPlan {
+    /// The unreadable versions found: position in `kv_revs` and key.
+    pub removals: Vec<(RevKey, Vec<u8>)>,
     /// Where the next step starts in `kv_revs`.
     pub next: RevKey,
-    /// Versions removed.
-    pub removed: u64,
     /// True when everything at or below the compaction revision has been looked at.
     pub done: bool,
 }
 
-/// Looks at up to `records_max` versions of `kv_revs` from `from`, at or below
-/// `compact_revision`, and removes the unreadable ones.
-pub(crate) fn compact_step(
-    tables: &mut WriteTables<'_>,
+/// Looks at up to `records_max` versions of `revs` from `from`, at or below
+/// `compact_revision`, and lists the unreadable ones. Nothing but compaction changes a
+/// version at or below the compaction revision, nor `index`'s entries there (once the overlay
+/// has flushed them), so a plan made in a read transaction still holds when its write
+/// transaction runs, as long as no other compaction step or snapshot install ran between.
+pub(crate) fn plan_step(
+    revs: &impl ReadableTable<RevKey, &'static [u8]>,
+    index: &impl ReadableTable<IndexKey, &'static [u8]>,
     compact_revision: u64,
     from: RevKey,
     records_max: u32,
-) -> Result<CompactStep> {
+) -> Result<CompactPlan> {
     assert!(records_max > 0);
-    let mut looked_at: Vec<(RevKey, Vec<u8>, bool)> = Vec::new();
-    for item in tables
-        .revs
+    let mut looked_at: u32 = 0;
+    let mut last: Option<RevKey> = None;
+    let mut removals = Vec::new();
+    for item in revs
         .range::<RevKey>(from..=(compact_revision, u32::MAX))?
         .take(records_max as usize)
     {
         let (position, bytes) = item?;
+        let position = position.value();
         let record: RevRecordView<'_> =
             aspen_core::codec::decode_borrowed(bytes.value()).map_err(|source| {
                 crate::error::StorageError::Codec {
@@ -56,33 +65,48 @@ pub(crate) fn compact_step(
                     source,
                 }
             })?;
-        looked_at.push((position.value(), record.key.to_vec(), record.version == 0));
+        looked_at += 1;
+        last = Some(position);
+        if compaction_removes(
+            index,
+            record.key,
+            position.0,
+            record.version == 0,
+            compact_revision,
+        )? {
+            removals.push((position, record.key.to_vec()));
+        }
     }
-    let done = (looked_at.len() as u64) < u64::from(records_max);
-    let next = match looked_at.last() {
-        Some(((main, sub), _, _)) => match sub.checked_add(1) {
-            Some(next_sub) => (*main, next_sub),
+    assert!(looked_at <= records_max);
+    assert!(removals.len() as u64 <= u64::from(looked_at));
+    let next = match last {
+        Some((main, sub)) => match sub.checked_add(1) {
+            Some(next_sub) => (main, next_sub),
             None => (main + 1, 0),
         },
         None => from,
     };
-    let mut removed: u64 = 0;
-    for ((main, sub), key, is_tombstone) in &looked_at {
-        if compaction_removes(tables, key, *main, *is_tombstone, compact_revision)? {
-            let index_entry = tables.index.remove((key.as_slice(), *main))?;
-            if let Some(entry) = index_entry {
-                let entry: IndexRecord = decode("kv_index", entry.value())?;
-                assert_eq!(entry.sub_revision, *sub, "kv_index and kv_revs disagree");
-            }
-            tables.revs.remove((*main, *sub))?;
-            removed += 1;
-        }
-    }
-    Ok(CompactStep {
+    Ok(CompactPlan {
+        removals,
         next,
-        removed,
-        done,
+        done: looked_at < records_max,
     })
+}
+
+/// Removes what `plan` found from `kv_revs` and `kv_index`; returns how many versions.
+pub(crate) fn remove_planned(tables: &mut WriteTables<'_>, plan: &CompactPlan) -> Result<u64> {
+    let mut removed: u64 = 0;
+    for ((main, sub), key) in &plan.removals {
+        let index_entry = tables.index.remove((key.as_slice(), *main))?;
+        if let Some(entry) = index_entry {
+            let entry: IndexRecord = decode("kv_index", entry.value())?;
+            assert_eq!(entry.sub_revision, *sub, "kv_index and kv_revs disagree");
+        }
+        let version = tables.revs.remove((*main, *sub))?;
+        assert!(version.is_some(), "a planned removal is not in kv_revs");
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Whether compaction at `compact_revision` removes `key`'s version at `main`: a tombstone
@@ -90,7 +114,7 @@ pub(crate) fn compact_step(
 /// version at the compaction revision itself always stays, a tombstone too (see the module
 /// doc).
 fn compaction_removes(
-    tables: &WriteTables<'_>,
+    index: &impl ReadableTable<IndexKey, &'static [u8]>,
     key: &[u8],
     main: u64,
     is_tombstone: bool,
@@ -103,8 +127,7 @@ fn compaction_removes(
     if is_tombstone {
         return Ok(true);
     }
-    let newer = tables
-        .index
+    let newer = index
         .range::<(&[u8], u64)>((key, main + 1)..=(key, compact_revision))?
         .next()
         .transpose()?;

@@ -258,6 +258,8 @@ impl StateMachine {
 
     /// Replaces the whole state machine with the snapshot's contents, durably.
     pub fn install(&self, meta: &SnapshotMeta, data: &SnapshotData) -> Result<()> {
+        // No compaction step plans on the tables this replaces and removes from the new ones.
+        let _gate = self.store.compaction_gate();
         let bytes_max = self.store.limits().quota_backend_bytes.saturating_mul(2);
         let (data, file_name) = self.store.shared.snapshots.adopt(data, bytes_max)?;
         let previous = self.read_snapshot_record()?;
@@ -298,6 +300,7 @@ impl StateMachine {
         summary: &aspen_etcd_snapshot::Summary,
         meta: &SnapshotMeta,
     ) -> Result<()> {
+        let _gate = self.store.compaction_gate();
         etcd_io::import(&self.store, snapshot, summary, meta)?;
         {
             let db = self.store.state_db();
@@ -327,12 +330,11 @@ impl StateMachine {
         let txn = db.begin_read()?;
         let state = read_applied(&txn)?;
         let progress = read_compact_progress(&txn.open_table(SM_META)?)?;
-        Ok(state.compact_revision > 0
-            && progress.is_none_or(|p| p.compact_revision != state.compact_revision || !p.done))
+        Ok(compact_from(&state, progress).is_some())
     }
 
     /// One step of physical compaction (see `compact.rs`): looks at up to
-    /// `COMPACT_STEP_VERSIONS_MAX` versions in one short write transaction. Returns true while
+    /// `COMPACT_STEP_VERSIONS_MAX` versions and removes the unreadable ones. Returns true while
     /// more steps are needed.
     pub fn compact_step(&self) -> Result<bool> {
         self.compact_step_bounded(aspen_core::limits::COMPACT_STEP_VERSIONS_MAX)
@@ -340,40 +342,59 @@ impl StateMachine {
 
     /// [`StateMachine::compact_step`] looking at up to `records_max` versions (tests use tiny
     /// steps to interleave compaction with everything else).
+    ///
+    /// A step finds what it removes in a read transaction, so applies go on meanwhile, and
+    /// holds the write lock only to remove it. What it found stays true until then: only
+    /// compaction changes versions at or below the compaction revision, and the compaction
+    /// gate keeps snapshot installs (and other steps) out between the two transactions. A
+    /// `Compact` that applied in between makes the step start over.
     pub fn compact_step_bounded(&self, records_max: u32) -> Result<bool> {
+        let _gate = self.store.compaction_gate();
         let db = self.store.state_db();
+        let (compact_revision, from, plan) = {
+            let txn = db.begin_read()?;
+            let state = read_applied(&txn)?;
+            let meta = txn.open_table(SM_META)?;
+            let Some(from) = compact_from(&state, read_compact_progress(&meta)?) else {
+                return Ok(false);
+            };
+            // The plan reads `kv_index` at or below the compaction revision: entries still in
+            // the overlay are flushed first.
+            if overlay::read_flushed(&meta, state.revision)? < state.compact_revision {
+                drop(meta);
+                drop(txn);
+                drop(db);
+                self.flush_index_for_compaction()?;
+                return Ok(true);
+            }
+            let plan = compact::plan_step(
+                &txn.open_table(schema::KV_REVS)?,
+                &txn.open_table(schema::KV_INDEX)?,
+                state.compact_revision,
+                from,
+                records_max,
+            )?;
+            (state.compact_revision, from, plan)
+        };
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
         let state = read_applied_write(&txn)?;
         let progress = read_compact_progress(&txn.open_table(SM_META)?)?;
-        // A new compaction revision walks from the start: versions that survived the last one
-        // may be superseded now.
-        let from = match progress {
-            _ if state.compact_revision == 0 => None,
-            Some(p) if p.compact_revision == state.compact_revision => (!p.done).then_some(p.next),
-            _ => Some((0, 0)),
-        };
-        let Some(from) = from else {
+        if state.compact_revision != compact_revision
+            || compact_from(&state, progress) != Some(from)
+        {
+            // A newer `Compact` applied since the plan: start over at its revision.
             txn.abort()?;
-            return Ok(false);
-        };
-        // Compaction reads and removes `kv_index` entries at or below the compaction revision:
-        // those still in the overlay are flushed first, in this transaction.
-        let flushed = overlay::read_flushed(&txn.open_table(SM_META)?, state.revision)?;
-        let overlay = &self.store.shared.index_overlay;
-        let flushing = if flushed < state.compact_revision {
-            Some(overlay::flush_into(&txn, overlay, state.revision)?)
-        } else {
-            None
-        };
-        let step = {
+            return Ok(true);
+        }
+        let removed = {
             let mut tables = tables::WriteTables::open(&txn)?;
-            compact::compact_step(&mut tables, state.compact_revision, from, records_max)?
+            compact::remove_planned(&mut tables, &plan)?
         };
         let progress = CompactProgress {
-            compact_revision: state.compact_revision,
-            next: step.next,
-            done: step.done,
+            compact_revision,
+            next: plan.next,
+            done: plan.done,
         };
         txn.open_table(SM_META)?.insert(
             schema::SM_COMPACTED_TO,
@@ -381,22 +402,39 @@ impl StateMachine {
         )?;
         txn.commit()?;
         drop(db);
-        if let Some(flushing) = flushing {
-            flushing.finish(state.revision);
-        }
         self.store.shared.durability.record_not_durable(0);
-        if step.done {
-            self.compacted.send_replace(state.compact_revision);
+        if plan.done {
+            self.compacted.send_replace(compact_revision);
         }
-        if step.removed > 0 || step.done {
+        if removed > 0 || plan.done {
             tracing::debug!(
-                compact_revision = state.compact_revision,
-                removed = step.removed,
-                done = step.done,
+                compact_revision,
+                removed,
+                done = plan.done,
                 "compaction step"
             );
         }
-        Ok(!step.done)
+        Ok(!plan.done)
+    }
+
+    /// Writes the overlay's index entries into `kv_index` (a compaction is about to read
+    /// them there), if they are not there yet.
+    fn flush_index_for_compaction(&self) -> Result<()> {
+        let db = self.store.state_db();
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        let state = read_applied_write(&txn)?;
+        let flushed = overlay::read_flushed(&txn.open_table(SM_META)?, state.revision)?;
+        if flushed >= state.compact_revision {
+            txn.abort()?;
+            return Ok(());
+        }
+        let flushing = overlay::flush_into(&txn, &self.store.shared.index_overlay, state.revision)?;
+        txn.commit()?;
+        drop(db);
+        flushing.finish(state.revision);
+        self.store.shared.durability.record_not_durable(0);
+        Ok(())
     }
 
     /// Runs compaction steps until none is pending (tests and tools; the node runs steps from
@@ -422,6 +460,17 @@ impl StateMachine {
             .await
             .map_err(|_| StorageError::Invariant("state machine closed".to_string()))?;
         Ok(())
+    }
+}
+
+/// Where the next compaction step starts in `kv_revs`, or None when none is pending. A new
+/// compaction revision walks from the start: versions that survived the last one may be
+/// superseded now.
+fn compact_from(state: &AppliedState, progress: Option<CompactProgress>) -> Option<mvcc::RevKey> {
+    match progress {
+        _ if state.compact_revision == 0 => None,
+        Some(p) if p.compact_revision == state.compact_revision => (!p.done).then_some(p.next),
+        _ => Some((0, 0)),
     }
 }
 
