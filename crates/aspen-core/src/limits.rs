@@ -101,14 +101,19 @@ pub const STATE_DIRTY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Versions one physical compaction step looks at; a compaction with more work takes several
 /// steps, each consistent. A step finds what to remove in a read transaction, then holds
-/// applies only while it removes that and commits: at 100 versions about 0.6 ms on the
-/// development VM (plan 0.2 ms). etcd's batch is 1,000, but at 250 (1.2 ms held) a lone
-/// writer's put p99 doubled while a compaction of 500,000 revisions ran; at 100 it stayed
-/// within 1.1x (docs/performance.md, session 10)...
+/// applies only while it removes that and commits (about 0.6 ms at 100 versions on a 300,000-key
+/// store on the development VM). etcd's batch is 1,000; here, at 250 (1.2 ms held), a lone
+/// writer's put p99 doubled while a compaction of 500,000 revisions ran, at 100 it stayed
+/// within 1.1-1.3x (docs/performance.md, session 10)...
 pub const COMPACT_STEP_VERSIONS_MAX: u32 = 100;
-/// ...and this far apart, so writes interleave (etcd's `compactionSleepInterval` is 10 ms); a
-/// compaction then uses about a third of one core.
+/// ...and at least this far apart, so writes interleave (etcd's `compactionSleepInterval` is
+/// 10 ms)...
 pub const COMPACT_STEP_PAUSE_MS: u64 = 2;
+/// ...and at least this many times the step's own duration. On a 1M-key store a step of 100
+/// takes about 2 ms (its index lookups miss redb's cache), and with 2 ms pauses compaction took
+/// half a core: put p99 2.4x during it. Three times the step bounds it to a quarter of a core
+/// (p99 0.6x of a noisy "before" in the same A/B) for a compaction about twice as long.
+pub const COMPACT_STEP_PAUSE_PER_STEP_TIME: u32 = 3;
 
 /// Keys a DeleteRange (or a lease revoke) finds and deletes per chunk: it holds one chunk's
 /// keys, and their values when a watcher or `prev_kv` needs them, at a time, never the whole

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use aspen_core::command::{AlarmAction, AlarmType};
 use aspen_core::convert::{micros, millis};
-use aspen_core::limits::{COMPACT_STEP_PAUSE_MS, FORWARD_WRITE_BATCH_WRITES_MAX, Limits};
+use aspen_core::limits::{
+    COMPACT_STEP_PAUSE_MS, COMPACT_STEP_PAUSE_PER_STEP_TIME, FORWARD_WRITE_BATCH_WRITES_MAX, Limits,
+};
 use aspen_core::response::RangeResult;
 use aspen_core::{ApplyError, ApplyResponse, Command, NodeId, NodeInfo, RangeRequest, TypeConfig};
 use aspen_storage::state_machine::AppliedState;
@@ -1063,10 +1065,10 @@ impl Node {
     }
 
     /// Physical compaction: after a `Compact` applies (and at start, for one a restart
-    /// interrupted), removes the versions it made unreadable, one bounded step (one short
-    /// write transaction) at a time off the async workers, pausing `COMPACT_STEP_PAUSE_MS`
-    /// between steps so applies interleave, as etcd does. Holds the node weakly: a stopped
-    /// node's storage closes.
+    /// interrupted), removes the versions it made unreadable, one bounded step (a read
+    /// transaction, then one short write transaction) at a time off the async workers,
+    /// pausing between steps (`compaction_pause`) so applies interleave, as etcd does. Holds
+    /// the node weakly: a stopped node's storage closes.
     fn spawn_compactor(&self) {
         let weak = Arc::downgrade(&self.inner);
         let wake = Arc::clone(self.inner.state_machine.compaction_notify());
@@ -1076,10 +1078,10 @@ impl Node {
                     let Some(inner) = weak.upgrade() else { return };
                     let state_machine = inner.state_machine.clone();
                     drop(inner);
+                    let step_started = Instant::now();
                     match run_blocking(move || state_machine.compact_step()).await {
                         Ok(Ok(true)) => {
-                            let pause = Duration::from_millis(COMPACT_STEP_PAUSE_MS);
-                            tokio::time::sleep(pause).await;
+                            tokio::time::sleep(compaction_pause(step_started.elapsed())).await;
                         }
                         Ok(Ok(false)) => break,
                         Ok(Err(error)) => {
@@ -1157,6 +1159,14 @@ impl Node {
     }
 }
 
+/// The pause after a compaction step that took `step`: at least `COMPACT_STEP_PAUSE_MS`, and
+/// `COMPACT_STEP_PAUSE_PER_STEP_TIME` times the step itself, so compaction takes at most about
+/// a quarter of one core however costly its steps are on a large store.
+fn compaction_pause(step: Duration) -> Duration {
+    let floor = Duration::from_millis(COMPACT_STEP_PAUSE_MS);
+    floor.max(step.saturating_mul(COMPACT_STEP_PAUSE_PER_STEP_TIME))
+}
+
 /// Runs blocking storage work off the async workers (tokio's blocking pool) on a
 /// multi-threaded runtime; inline on a current-thread one (tests, the paused-clock simulator),
 /// where another thread would make the interleaving depend on the OS scheduler.
@@ -1181,4 +1191,24 @@ where
     T: Send + 'static,
 {
     Ok(work())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compaction_pause_is_the_floor_or_three_times_the_step() {
+        let floor = Duration::from_millis(COMPACT_STEP_PAUSE_MS);
+        assert_eq!(compaction_pause(Duration::ZERO), floor);
+        assert_eq!(compaction_pause(floor / 4), floor);
+        let step = Duration::from_millis(2);
+        assert_eq!(
+            compaction_pause(step),
+            step * COMPACT_STEP_PAUSE_PER_STEP_TIME
+        );
+        // Never more than a quarter of the time spent stepping.
+        let cycle = step + compaction_pause(step);
+        assert!(step * 4 <= cycle, "{step:?} of {cycle:?}");
+    }
 }
