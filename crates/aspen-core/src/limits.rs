@@ -109,10 +109,11 @@ pub const COMPACT_STEP_VERSIONS_MAX: u32 = 100;
 /// ...and at least this far apart, so writes interleave (etcd's `compactionSleepInterval` is
 /// 10 ms)...
 pub const COMPACT_STEP_PAUSE_MS: u64 = 2;
-/// ...and at least this many times the step's own duration. On a 1M-key store a step of 100
-/// takes about 2 ms (its index lookups miss redb's cache), and with 2 ms pauses compaction took
-/// half a core: put p99 2.4x during it. Three times the step bounds it to a quarter of a core
-/// (p99 0.6x of a noisy "before" in the same A/B) for a compaction about twice as long.
+/// ...and at least this many times the step's own duration. On a 1M-key store a step costs
+/// more (its index lookups miss redb's cache), and with 2 ms pauses a lone writer's put p99 was
+/// 2.4x during a compaction. Three times the step bounds compaction to about a quarter of a
+/// core: p99 1.2-2.3x in A/B runs on that store, for a compaction 1.25x as long (1.6x at 300k
+/// keys).
 pub const COMPACT_STEP_PAUSE_PER_STEP_TIME: u32 = 3;
 
 /// Keys a DeleteRange (or a lease revoke) finds and deletes per chunk: it holds one chunk's
