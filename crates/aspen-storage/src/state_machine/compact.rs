@@ -93,9 +93,8 @@ pub(crate) fn plan_step(
     })
 }
 
-/// Removes what `plan` found from `kv_revs` and `kv_index`; returns how many versions.
-pub(crate) fn remove_planned(tables: &mut WriteTables<'_>, plan: &CompactPlan) -> Result<u64> {
-    let mut removed: u64 = 0;
+/// Removes what `plan` found from `kv_revs` and `kv_index`.
+pub(crate) fn remove_planned(tables: &mut WriteTables<'_>, plan: &CompactPlan) -> Result<()> {
     for ((main, sub), key) in &plan.removals {
         let index_entry = tables.index.remove((key.as_slice(), *main))?;
         if let Some(entry) = index_entry {
@@ -104,9 +103,8 @@ pub(crate) fn remove_planned(tables: &mut WriteTables<'_>, plan: &CompactPlan) -
         }
         let version = tables.revs.remove((*main, *sub))?;
         assert!(version.is_some(), "a planned removal is not in kv_revs");
-        removed += 1;
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// Whether compaction at `compact_revision` removes `key`'s version at `main`: a tombstone

@@ -387,10 +387,11 @@ impl StateMachine {
             txn.abort()?;
             return Ok(true);
         }
-        let removed = {
+        {
             let mut tables = tables::WriteTables::open(&txn)?;
-            compact::remove_planned(&mut tables, &plan)?
-        };
+            compact::remove_planned(&mut tables, &plan)?;
+        }
+        let removed = plan.removals.len();
         let progress = CompactProgress {
             compact_revision,
             next: plan.next,
