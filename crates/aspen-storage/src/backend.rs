@@ -1,8 +1,9 @@
 //! Opening storage: two redb databases per node, the Raft log and the state machine, on files
 //! in a directory or in memory.
 //!
-//! The two are durable on their own schedules. The log database commits durably once per
-//! group-commit batch (`log_writer`). The state database commits each apply batch without an
+//! The two are durable on their own schedules. The log is durable once per group-commit batch
+//! (`log_writer`), as one record of its journal (`journal.rs`); the log database itself takes
+//! each batch without an fsync and is synced at the journal's checkpoints. The state database commits each apply batch without an
 //! fsync and durably on a cadence (`durability`), so applies and log commits never wait for
 //! each other's write lock, and a log commit writes only log pages. The rule that ties them:
 //! the log is never purged past the applied index the state database has made durable, so a
@@ -22,7 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use crate::disk::{DiskLow, DiskSpace, IoFailure, IoFailures};
 use crate::durability::StateDurability;
 use crate::error::{Result, StorageError};
-use crate::journal::{JournalGauge, JournaledBackend, LogJournal};
+use crate::journal::{Journal, JournalGauge, LogJournal};
 use crate::log_store::LogStore;
 use crate::schema;
 use crate::snapshot::SnapshotStore;
@@ -38,7 +39,7 @@ pub const REDB_LOG_CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
 
 /// File names inside a redb backend's directory.
 pub const LOG_FILE_NAME: &str = "log.redb";
-/// The log database's journal (`journal.rs`): its durable commits are records here.
+/// The log's journal (`journal.rs`): each durable log commit is a record here.
 pub const LOG_JOURNAL_FILE_NAME: &str = "log.journal";
 pub const STATE_FILE_NAME: &str = "state.redb";
 pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
@@ -92,8 +93,12 @@ pub(crate) struct Shared {
     /// needs the database to itself.
     state_db: RwLock<Database>,
     log_file: Arc<FileGauge>,
-    /// The log database's journal: its records and checkpoints.
-    log_journal: Arc<JournalGauge>,
+    /// The log's journal (`journal.rs`), used by the log writer one round at a time.
+    log_journal: Mutex<Journal>,
+    /// Its records and checkpoints, readable without its lock.
+    log_journal_gauge: Arc<JournalGauge>,
+    /// The journal file's syncs.
+    log_journal_file: Arc<FileGauge>,
     state_file: Arc<FileGauge>,
     /// What of the state database is durable, and when to make more of it so.
     pub(crate) durability: StateDurability,
@@ -184,14 +189,16 @@ struct Databases {
     log_db: Database,
     state_db: Database,
     log_file: Arc<FileGauge>,
-    log_journal: Arc<JournalGauge>,
+    log_journal: Journal,
+    log_journal_file: Arc<FileGauge>,
     state_file: Arc<FileGauge>,
     io_failures: Arc<IoFailures>,
 }
 
 impl Databases {
-    /// Opens the log and the state database on their backends (`path` names each in errors).
-    /// The log database's syncs go to its journal (`journal.rs`), replayed here first.
+    /// Opens the log and the state database on their backends (`path` names each in errors),
+    /// and the log's journal (`journal.rs`), whose records are replayed into the log database.
+    /// A page journal left by an older build's crash is replayed first (`page_journal.rs`).
     fn open(
         (log_path, log_backend, journal): (
             &Path,
@@ -201,7 +208,7 @@ impl Databases {
         (state_path, state_backend): (&Path, impl redb::StorageBackend),
     ) -> Result<Databases> {
         let io_failures = Arc::<IoFailures>::default();
-        let journaled = JournaledBackend::open(log_backend, journal).map_err(|source| {
+        let journal_error = |source: std::io::Error| {
             if crate::disk::is_disk_full(&source) {
                 StorageError::NoSpace {
                     path: log_path.to_path_buf(),
@@ -213,14 +220,34 @@ impl Databases {
                     reason: format!("opening its journal ({LOG_JOURNAL_FILE_NAME}): {source}"),
                 }
             }
-        })?;
-        let log_journal = journaled.gauge();
+        };
+        let (journal_backend, journal_bytes) = journal.into_parts();
+        crate::page_journal::replay_if_present(&log_backend, &journal_backend)
+            .map_err(journal_error)?;
         let (log_db, log_file) = open_database(
             log_path,
-            journaled,
+            log_backend,
             REDB_LOG_CACHE_BYTES_DEFAULT,
             &io_failures,
         )?;
+        // Before the journal writes into it: a foreign file is refused untouched.
+        check_format(&log_db, log_path, Role::Log)?;
+        let journal_name = log_path.with_file_name(LOG_JOURNAL_FILE_NAME);
+        let (journal_file, log_journal_file) = TrackedBackend::new(
+            journal_backend,
+            Arc::clone(&io_failures),
+            journal_name.display().to_string(),
+        )
+        .map_err(journal_error)?;
+        let log_journal =
+            Journal::open(Box::new(journal_file), journal_bytes, &log_db).map_err(|error| {
+                match error.io_source() {
+                    Some(source) => {
+                        journal_error(std::io::Error::new(source.kind(), source.to_string()))
+                    }
+                    None => error,
+                }
+            })?;
         let (state_db, state_file) = open_database(
             state_path,
             state_backend,
@@ -232,6 +259,7 @@ impl Databases {
             state_db,
             log_file,
             log_journal,
+            log_journal_file,
             state_file,
             io_failures,
         })
@@ -282,11 +310,10 @@ impl Store {
         backend: StorageBackend,
         limits: Limits,
     ) -> Result<Store> {
-        let (log_path, state_path) = match &backend {
-            StorageBackend::Redb { dir } => (dir.join(LOG_FILE_NAME), dir.join(STATE_FILE_NAME)),
-            StorageBackend::InMemory => (PathBuf::from("<memory log>"), PathBuf::from("<memory>")),
+        let state_path = match &backend {
+            StorageBackend::Redb { dir } => dir.join(STATE_FILE_NAME),
+            StorageBackend::InMemory => PathBuf::from("<memory>"),
         };
-        check_format(&databases.log_db, &log_path, Role::Log)?;
         check_format(&databases.state_db, &state_path, Role::State)?;
         let durable_applied = crate::durability::read_applied_index(&databases.state_db)?;
         let index_overlay = crate::state_machine::overlay::load(&databases.state_db)?;
@@ -299,7 +326,9 @@ impl Store {
                 log_db: databases.log_db,
                 state_db: RwLock::new(databases.state_db),
                 log_file: databases.log_file,
-                log_journal: databases.log_journal,
+                log_journal_gauge: databases.log_journal.gauge(),
+                log_journal: Mutex::new(databases.log_journal),
+                log_journal_file: databases.log_journal_file,
                 state_file: databases.state_file,
                 durability: StateDurability::new(durable_applied),
                 applied_index: AtomicU64::new(durable_applied),
@@ -392,12 +421,26 @@ impl Store {
 
     /// What the log's journal did since the store was opened (`journal.rs`).
     pub fn log_journal_stats(&self) -> crate::journal::JournalStats {
-        self.shared.log_journal.stats()
+        self.shared.log_journal_gauge.stats()
     }
 
-    /// Durable commits of the log database so far.
+    /// Syncs of the log so far: its journal's (one per durable round) and the log database's
+    /// (one per checkpoint).
     pub fn log_syncs(&self) -> u64 {
-        self.shared.log_file.syncs()
+        self.shared.log_file.syncs() + self.shared.log_journal_file.syncs()
+    }
+
+    /// Bytes written to the log database since its last sync.
+    pub(crate) fn log_unsynced_bytes(&self) -> u64 {
+        self.shared.log_file.unsynced_bytes()
+    }
+
+    /// The log's journal, for one round of the log writer.
+    pub(crate) fn log_journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.shared
+            .log_journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The last log index whose effects the state database holds durably.

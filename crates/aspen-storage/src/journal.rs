@@ -1,43 +1,63 @@
-//! The log database's journal: a redb backend that makes each durable commit one sequential
-//! write and one `fdatasync`.
+//! The log's journal (`log.journal`): a durable log commit is one record appended to a
+//! preallocated file and one `fdatasync`. The log database (`log.redb`) takes the same
+//! operations right after, in a transaction that does not sync, and is synced only at
+//! checkpoints.
 //!
-//! A durable redb commit writes its pages where they live (for the log database: the header
-//! and about seven pages scattered over the file), then syncs. On a disk where each scattered
-//! page is its own I/O, that costs up to twice a one-write sync (`docs/performance.md`; how
-//! much depends on the disk: 284 against 137 µs on this project's VM once, 173 against 135 µs
-//! another day). Here every
-//! write still goes to the main file at once (so reads see it), but without a sync. A copy of
-//! each write since the last sync is kept in memory; `sync_data` appends that copy to the
-//! journal file as one checksummed record and syncs the journal only.
+//! Why: a durable redb commit of even a one-entry append writes about eight pages (leaf,
+//! branches, table tree, system tables, header) and runs redb's commit machinery (checksums,
+//! the freed-page bookkeeping) before its sync. A lone put measured that at 287 µs against a
+//! 115-123 µs `fdatasync` (`docs/performance.md`, session 10). Here the sync waits for one
+//! sequential write of the operations themselves, and the redb commit runs after the round's
+//! callbacks have fired, off the put's path.
 //!
-//! The journal is a fixed-size file. When a record does not fit (or the writes since the last
-//! sync outgrew [`RECORD_PAYLOAD_BYTES_MAX`]), the sync is a *checkpoint* instead: the main file
-//! is synced, which makes every write so far durable, and the journal starts over: an empty
-//! record of a new generation is written and synced at offset 0. Replay follows one generation
-//! from offset 0, so no record older than the main file's last sync is ever replayed over it.
-//! Opening, and closing, start a new generation the same way.
+//! **A round.** The log writer (`log_writer.rs`) puts one round's operations into a [`Record`]
+//! in the order openraft issued them: appended entries (encoded as `raft_log` stores them), a
+//! truncation, a purge, a vote, and the newest committed index. [`Journal::commit`] appends it
+//! and syncs. Then the round's callbacks fire, and [`apply_record`] applies the same payload to
+//! `log.redb`: what the database takes is what the journal made durable. Until then the entries
+//! stay in the writer's pending set, readable.
 //!
-//! On open, the records of the generation that starts at offset 0 are replayed into the main
-//! file in order, up to the first torn or foreign one, and the main file is synced. That leaves
-//! it as it was at its last durable commit (plus, possibly, writes redb made after it and never
-//! synced, which redb's own recovery already expects), so redb opens it as usual.
+//! **Generations.** `log.redb` keeps, in `raft_meta`, the generation of the records it may lack
+//! (`journal_generation`). A **checkpoint** is one durable transaction of `log.redb` that also
+//! sets a new generation; the journal then writes that generation's records from offset 0. So
+//! no record older than `log.redb`'s durable state is ever replayed over it, and there is no
+//! window between the sync and the switch: they are one commit. A checkpoint runs when a record
+//! would not fit in what is left of the journal, when `log.redb` holds
+//! [`LOG_DB_UNSYNCED_BYTES_MAX`] bytes written since its last sync, after a replay, and at close.
+//! A round too large for one record ([`RECORD_PAYLOAD_BYTES_MAX`], or a quarter of the journal)
+//! is committed straight into `log.redb` as a checkpoint.
 //!
-//! Record layout (little-endian), each starting on a [`BLOCK_BYTES`] boundary:
-//! `magic u32, crc32 u32, generation u64, sequence u64, payload_bytes u32, ops u32`, then the
-//! payload: per op `kind u8` and either `offset u64, bytes u32, stored u32, data` (a write of
-//! `bytes` bytes whose first `stored` are in `data` and the rest are zeroes: redb writes whole
-//! pages, mostly empty in a small database) or `len u64` (a resize). The crc covers everything
-//! after itself up to the payload's end.
+//! **Replay.** On open, the records of `log.redb`'s generation are read from offset 0 in
+//! sequence (1, 2, …) up to the first torn, foreign or out-of-sequence one, applied to
+//! `log.redb` in order, and checkpointed. redb's own recovery leaves `log.redb` at its last
+//! durable commit, which is the last checkpoint, so the records start exactly where it ends.
+//!
+//! Record layout (little-endian), each starting on a [`BLOCK_BYTES`] boundary so that a torn
+//! write never reaches an earlier record's block: `magic u32, crc32 u32, generation u64,
+//! sequence u64, payload_bytes u32, ops u32`, then per op `kind u8, index u64, bytes u32, data`.
+//! The crc covers everything after itself up to the payload's end. The ops:
+//!
+//! | kind | index | data |
+//! |---|---|---|
+//! | 1 append | the entry's index | the entry, as `raft_log` stores it |
+//! | 2 truncate | the first index removed (and every one after it) | none |
+//! | 3 purge | the last index removed (and every one before it) | `Option<LogId>`, the purge point |
+//! | 4 vote | 0 | `Vote` |
+//! | 5 committed | 0 | `Option<LogId>` |
 
-use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::ops::Bound;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::{BackendError, StorageBackend};
+use aspen_core::codec;
+use aspen_core::convert::usize_from;
+use aspen_core::type_config::alias::{Entry, LogId, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
-type BackendIoError = std::io::Error;
+use crate::error::{Result, StorageError};
+use crate::schema::{
+    META_COMMITTED, META_JOURNAL_GENERATION, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META,
+};
 
 /// The journal file's length by default. A record that does not fit in what is left makes a
 /// checkpoint. (The simulator uses a far smaller one, so that its runs checkpoint often.)
@@ -49,25 +69,33 @@ pub const JOURNAL_BYTES_IN_MEMORY: u64 = 256 * 1024;
 pub const JOURNAL_BYTES_MIN: u64 = 16 * BLOCK_BYTES;
 /// Records start on block boundaries, so a torn write never reaches an earlier record's block.
 pub const BLOCK_BYTES: u64 = 4096;
-/// Writes since the last sync are copied up to this size (or a quarter of the journal, if that
-/// is less); past it, the next sync is a checkpoint (and the copy is dropped), so memory stays
-/// bounded whatever a commit writes.
+/// A round whose payload is larger than this (or than a quarter of the journal) is committed
+/// straight into `log.redb` instead, as a checkpoint.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Bytes `log.redb` may hold written since its last sync (its non-durable commits) before the
+/// next round checkpoints. redb reuses the pages a transaction frees only after a durable
+/// commit, so this also bounds how far the file grows between checkpoints.
+pub const LOG_DB_UNSYNCED_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Zeroes written at a time while the journal file is first filled.
 const FILL_CHUNK_BYTES: usize = 1024 * 1024;
 
-const RECORD_MAGIC: u32 = 0x4a4e_5041; // "APNJ" little-endian: Aspen journal
-const RECORD_HEADER_BYTES: usize = 32;
-const OP_WRITE: u8 = 1;
-const OP_SET_LEN: u8 = 2;
-const OP_WRITE_HEADER_BYTES: usize = 1 + 8 + 4 + 4;
-const OP_SET_LEN_BYTES: usize = 1 + 8;
+/// "APNL" little-endian: Aspen's journal of log operations. (The page journal before it used
+/// "APNJ", `page_journal.rs`.)
+const RECORD_MAGIC: u32 = 0x4c4e_5041;
+pub(crate) const RECORD_HEADER_BYTES: usize = 32;
+const OP_HEADER_BYTES: usize = 1 + 8 + 4;
+const OP_APPEND: u8 = 1;
+const OP_TRUNCATE: u8 = 2;
+const OP_PURGE: u8 = 3;
+const OP_VOTE: u8 = 4;
+const OP_COMMITTED: u8 = 5;
 
 const _: () = assert!(JOURNAL_BYTES.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!((RECORD_PAYLOAD_BYTES_MAX as u64) < JOURNAL_BYTES);
 const _: () = assert!(RECORD_HEADER_BYTES as u64 <= BLOCK_BYTES);
+const _: () = assert!(crate::page_journal::PAGE_RECORD_MAGIC != RECORD_MAGIC);
 
-/// The journal's backend and its length.
+/// The journal's backend and its length, as a caller hands them to the store.
 #[derive(Debug)]
 pub struct LogJournal<J: StorageBackend> {
     backend: J,
@@ -92,34 +120,10 @@ impl<J: StorageBackend> LogJournal<J> {
         );
         LogJournal { bytes, ..self }
     }
-}
 
-/// A main redb backend whose syncs go to a journal backend (module docs).
-pub struct JournaledBackend<M: StorageBackend, J: StorageBackend> {
-    main: M,
-    journal: J,
-    /// The journal's length: records go below it.
-    journal_bytes: u64,
-    /// Writes since the last sync are copied up to this many bytes.
-    payload_bytes_max: usize,
-    state: Mutex<JournalState>,
-    gauge: Arc<JournalGauge>,
-}
-
-#[derive(Debug)]
-struct JournalState {
-    /// Encoded ops since the last sync, in the order they reached the main file.
-    pending: Vec<u8>,
-    pending_ops: u32,
-    /// The writes since the last sync outgrew the copy: the next sync checkpoints.
-    overflowed: bool,
-    generation: u64,
-    next_sequence: u64,
-    /// Where the next record goes in the journal.
-    write_offset_bytes: u64,
-    /// A journal write or sync failed. What it held may not be durable and the main file was
-    /// not synced, so no later sync may report success (as Linux's fsync after a failure).
-    failed: bool,
+    pub(crate) fn into_parts(self) -> (J, u64) {
+        (self.backend, self.bytes)
+    }
 }
 
 /// The journal's counters, shared with the store for `/metrics`.
@@ -143,263 +147,427 @@ impl JournalGauge {
 /// What the journal has done since it was opened.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct JournalStats {
-    /// Records replayed into the main file when it was opened.
+    /// Records applied to `log.redb` when it was opened.
     pub replayed_records: u64,
-    /// Syncs that appended a record.
+    /// Durable log commits written as one record.
     pub records: u64,
-    /// Syncs that synced the main file instead.
+    /// Durable commits of `log.redb` itself (each starts a new generation).
     pub checkpoints: u64,
 }
 
-/// By hand: the pending copy (up to 2 MiB of page bytes) is left out.
-impl<M: StorageBackend, J: StorageBackend> fmt::Debug for JournaledBackend<M, J> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JournaledBackend")
-            .field("main", &self.main)
-            .field("journal", &self.journal)
+/// One writer round's operations, encoded as a record's payload, in the order they were added.
+#[derive(Debug, Default)]
+pub(crate) struct Record {
+    payload: Vec<u8>,
+    ops: u32,
+    /// Where the last committed op's data is in `payload`.
+    committed: Option<(usize, usize)>,
+    appended_entries: u64,
+    appended_bytes: u64,
+}
+
+impl Record {
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    pub fn append(&mut self, entry: &Entry) {
+        let data_start = self.start_op(OP_APPEND, entry.log_id.index);
+        codec::encode_into(entry, &mut self.payload);
+        let bytes = self.finish_op(data_start);
+        self.appended_entries += 1;
+        self.appended_bytes += bytes as u64;
+    }
+
+    /// Removes every entry at `from` and after.
+    pub fn truncate(&mut self, from: u64) {
+        let data_start = self.start_op(OP_TRUNCATE, from);
+        self.finish_op(data_start);
+    }
+
+    /// Removes every entry up to `upto` and records it as the purge point.
+    pub fn purge(&mut self, upto: &LogId) {
+        let data_start = self.start_op(OP_PURGE, upto.index);
+        codec::encode_into(&Some(*upto), &mut self.payload);
+        self.finish_op(data_start);
+    }
+
+    pub fn vote(&mut self, vote: &Vote) {
+        let data_start = self.start_op(OP_VOTE, 0);
+        codec::encode_into(vote, &mut self.payload);
+        self.finish_op(data_start);
+    }
+
+    pub fn committed(&mut self, committed: &Option<LogId>) {
+        let data_start = self.start_op(OP_COMMITTED, 0);
+        codec::encode_into(committed, &mut self.payload);
+        let bytes = self.finish_op(data_start);
+        self.committed = Some((data_start, data_start + bytes));
+    }
+
+    /// The encoded committed index of the record's last committed op, if it has one.
+    pub fn committed_bytes(&self) -> Option<&[u8]> {
+        self.committed.map(|(start, end)| &self.payload[start..end])
+    }
+
+    /// Entries appended, and their encoded bytes.
+    pub fn appended(&self) -> (u64, u64) {
+        (self.appended_entries, self.appended_bytes)
+    }
+
+    fn start_op(&mut self, kind: u8, index: u64) -> usize {
+        self.payload.push(kind);
+        self.payload.extend_from_slice(&index.to_le_bytes());
+        self.payload.extend_from_slice(&[0; 4]); // the data's length, set by finish_op
+        self.payload.len()
+    }
+
+    fn finish_op(&mut self, data_start: usize) -> usize {
+        let bytes = self.payload.len() - data_start;
+        let bytes_u32 = u32::try_from(bytes).expect("a log op's data over 4 GiB");
+        self.payload[data_start - 4..data_start].copy_from_slice(&bytes_u32.to_le_bytes());
+        self.ops += 1;
+        bytes
+    }
+
+    fn decode(&self) -> Vec<LogOp<'_>> {
+        decode_ops(&self.payload, self.ops).expect("a record this process encoded decodes")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogOp<'a> {
+    Append { index: u64, entry: &'a [u8] },
+    Truncate { from: u64 },
+    Purge { upto: u64, purged: &'a [u8] },
+    Vote(&'a [u8]),
+    Committed(&'a [u8]),
+}
+
+/// The payload's ops, or None if it does not hold exactly `ops` well-formed ones.
+fn decode_ops(payload: &[u8], ops: u32) -> Option<Vec<LogOp<'_>>> {
+    let mut decoded = Vec::with_capacity(usize::try_from(ops).unwrap_or(0).min(4096));
+    let mut rest = payload;
+    for _ in 0..ops {
+        let (header, tail) = rest.split_at_checked(OP_HEADER_BYTES)?;
+        let kind = header[0];
+        let index = u64::from_le_bytes(header[1..9].try_into().ok()?);
+        let bytes = u32::from_le_bytes(header[9..13].try_into().ok()?);
+        let (data, tail) = tail.split_at_checked(usize::try_from(bytes).ok()?)?;
+        rest = tail;
+        decoded.push(match kind {
+            OP_APPEND => LogOp::Append { index, entry: data },
+            OP_TRUNCATE if data.is_empty() => LogOp::Truncate { from: index },
+            OP_PURGE => LogOp::Purge {
+                upto: index,
+                purged: data,
+            },
+            OP_VOTE => LogOp::Vote(data),
+            OP_COMMITTED => LogOp::Committed(data),
+            _ => return None,
+        });
+    }
+    rest.is_empty().then_some(decoded)
+}
+
+/// Applies `ops` to `txn` in order. Returns the last committed op's data: the committed index is
+/// written into `raft_meta` by checkpoints only (every record carries the newest one).
+fn apply_ops<'a>(txn: &redb::WriteTransaction, ops: &[LogOp<'a>]) -> Result<Option<&'a [u8]>> {
+    let mut committed = None;
+    let mut log = None;
+    let mut meta = None;
+    // The index the next append must have, once known (None: an empty log, anything goes).
+    let mut expected: Option<Option<u64>> = None;
+    for op in ops {
+        match *op {
+            LogOp::Append { index, entry } => {
+                let table = match &mut log {
+                    Some(table) => table,
+                    None => log.insert(txn.open_table(RAFT_LOG)?),
+                };
+                let next = match expected {
+                    Some(next) => next,
+                    None => table.last()?.map(|(last, _)| last.value() + 1),
+                };
+                if let Some(next) = next {
+                    assert_eq!(index, next, "append would leave a hole in the log");
+                }
+                table.insert(index, entry)?;
+                expected = Some(Some(index + 1));
+            }
+            LogOp::Truncate { from } => {
+                let table = match &mut log {
+                    Some(table) => table,
+                    None => log.insert(txn.open_table(RAFT_LOG)?),
+                };
+                table.retain_in::<u64, _>(from.., |_, _| false)?;
+                expected = None;
+            }
+            LogOp::Purge { upto, purged } => {
+                let table = match &mut log {
+                    Some(table) => table,
+                    None => log.insert(txn.open_table(RAFT_LOG)?),
+                };
+                table.retain_in::<u64, _>(..=upto, |_, _| false)?;
+                expected = None;
+                let table = match &mut meta {
+                    Some(table) => table,
+                    None => meta.insert(txn.open_table(RAFT_META)?),
+                };
+                table.insert(META_LAST_PURGED, purged)?;
+            }
+            LogOp::Vote(vote) => {
+                let table = match &mut meta {
+                    Some(table) => table,
+                    None => meta.insert(txn.open_table(RAFT_META)?),
+                };
+                table.insert(META_VOTE, vote)?;
+            }
+            LogOp::Committed(bytes) => committed = Some(bytes),
+        }
+    }
+    Ok(committed)
+}
+
+/// Applies a record the journal made durable to `log.redb`, without a sync.
+pub(crate) fn apply_record(db: &Database, record: &Record) -> Result<()> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::None)?;
+    apply_ops(&txn, &record.decode())?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// How a round became durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durable {
+    /// As a journal record: the ops still have to be applied to `log.redb` ([`apply_record`]).
+    Journaled,
+    /// Committed straight into `log.redb` (too large for a record): nothing left to do.
+    InDatabase,
+}
+
+/// The journal as the log writer uses it. One at a time: the store keeps it behind a mutex.
+pub(crate) struct Journal {
+    file: Box<dyn StorageBackend>,
+    bytes: u64,
+    /// Rounds with a larger payload go straight into `log.redb`.
+    payload_bytes_max: usize,
+    generation: u64,
+    /// The next record's sequence number in this generation (1 for the first).
+    next_sequence: u64,
+    /// Where the next record goes.
+    write_offset_bytes: u64,
+    /// A journal write, a sync or a checkpoint failed: what it held may not be durable, so no
+    /// later commit may report success (as Linux's fsync after a failure).
+    failed: bool,
+    gauge: Arc<JournalGauge>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("bytes", &self.bytes)
+            .field("generation", &self.generation)
+            .field("next_sequence", &self.next_sequence)
+            .field("write_offset_bytes", &self.write_offset_bytes)
+            .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
 }
 
-impl<M: StorageBackend, J: StorageBackend> JournaledBackend<M, J> {
-    /// Replays `journal` into `main` and syncs it, then returns the pair ready for redb. A new
-    /// or short journal file is then filled with zeroes to its length (`LogJournal`), so its
-    /// later syncs write data only (no block allocation).
-    pub fn open(main: M, journal: LogJournal<J>) -> Result<JournaledBackend<M, J>, BackendIoError> {
-        let LogJournal {
-            backend: journal,
-            bytes: journal_bytes,
-        } = journal;
-        let replay = replay(&main, &journal)?;
-        if replay.records > 0 {
-            main.sync_data()?;
-            tracing::debug!(records = replay.records, "log journal replayed");
+fn io_error(error: std::io::Error) -> StorageError {
+    StorageError::Redb(redb::Error::Io(error))
+}
+
+impl Journal {
+    /// Opens the journal of `db` (`log.redb`): fills a new or short file with zeroes to its
+    /// length (so that later syncs allocate no blocks), replays the records of `db`'s
+    /// generation into it, and checkpoints if it replayed any (or `db` is new).
+    pub fn open(file: Box<dyn StorageBackend>, bytes: u64, db: &Database) -> Result<Journal> {
+        assert!(bytes >= JOURNAL_BYTES_MIN && bytes.is_multiple_of(BLOCK_BYTES));
+        if file.len().map_err(io_error)? < bytes {
+            fill_with_zeroes(file.as_ref(), bytes).map_err(io_error)?;
         }
-        if journal.len()? < journal_bytes {
-            fill_with_zeroes(&journal, journal_bytes)?;
-        }
-        let generation = fresh_generation(replay.generation);
-        start_generation(&journal, generation)?;
-        let state = JournalState {
-            pending: Vec::new(),
-            pending_ops: 0,
-            overflowed: false,
-            generation,
-            next_sequence: 1,
-            write_offset_bytes: BLOCK_BYTES,
-            failed: false,
-        };
-        let gauge = Arc::new(JournalGauge::default());
-        gauge
-            .replayed_records
-            .store(replay.records, Ordering::Release);
-        let payload_bytes_max = RECORD_PAYLOAD_BYTES_MAX
-            .min(usize::try_from(journal_bytes / 4).unwrap_or(RECORD_PAYLOAD_BYTES_MAX));
-        Ok(JournaledBackend {
-            main,
-            journal,
-            journal_bytes,
+        let stored = read_generation(db)?;
+        let payload_bytes_max =
+            RECORD_PAYLOAD_BYTES_MAX.min(usize::try_from(bytes / 4).unwrap_or(usize::MAX));
+        let mut journal = Journal {
+            file,
+            bytes,
             payload_bytes_max,
-            state: Mutex::new(state),
-            gauge,
-        })
+            generation: stored.unwrap_or(0),
+            next_sequence: 1,
+            write_offset_bytes: 0,
+            failed: false,
+            gauge: Arc::new(JournalGauge::default()),
+        };
+        // A database without a generation has never checkpointed: no record can be its.
+        let replay = match stored {
+            Some(generation) => read_records(journal.file.as_ref(), bytes, generation)?,
+            None => Vec::new(),
+        };
+        if stored.is_none() || !replay.is_empty() {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::Immediate)?;
+            let mut committed = None;
+            for (payload, ops) in &replay {
+                let decoded = decode_ops(payload, *ops).ok_or_else(|| {
+                    StorageError::Invariant(
+                        "log.journal: a record with a valid checksum does not decode".to_string(),
+                    )
+                })?;
+                committed = apply_ops(&txn, &decoded)?.map(<[u8]>::to_vec).or(committed);
+            }
+            journal.checkpoint_in(&txn, committed.as_deref())?;
+            txn.commit()?;
+            journal.checkpointed();
+            if !replay.is_empty() {
+                tracing::info!(records = replay.len(), "log.journal replayed into log.redb");
+            }
+        }
+        journal
+            .gauge
+            .replayed_records
+            .store(replay.len() as u64, Ordering::Release);
+        Ok(journal)
     }
 
-    pub fn stats(&self) -> JournalStats {
-        self.gauge.stats()
-    }
-
-    /// The counters, readable after redb owns the backend.
+    /// The counters, readable without the journal's lock.
     pub fn gauge(&self) -> Arc<JournalGauge> {
         Arc::clone(&self.gauge)
     }
 
-    fn lock(&self) -> MutexGuard<'_, JournalState> {
-        // The state is plain data updated in whole steps; a panic mid-update cannot leave a
-        // half-written record in `pending` that a later sync would trust (the crc is computed
-        // at sync time over what is there), so reading through a poisoned lock is sound.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Makes every write so far durable by syncing the main file, then starts a new generation
-    /// with an empty record at the journal's start (synced), so no record of the old one is
-    /// ever replayed over what the main file now holds. Any failure poisons the journal.
-    fn checkpoint(&self, state: &mut JournalState) -> Result<(), BackendIoError> {
-        state.pending.clear();
-        state.pending_ops = 0;
-        state.overflowed = false;
-        let generation = state.generation.wrapping_add(1);
-        let started = self
-            .main
-            .sync_data()
-            .and_then(|()| start_generation(&self.journal, generation));
-        if let Err(error) = started {
-            state.failed = true;
-            return Err(error);
-        }
-        state.generation = generation;
-        state.next_sequence = 1;
-        state.write_offset_bytes = BLOCK_BYTES;
-        self.gauge.checkpoints.fetch_add(1, Ordering::AcqRel);
-        Ok(())
-    }
-}
-
-/// Writes generation `generation`'s first record, one without ops, at the journal's start and
-/// syncs it: from then on replay stops wherever this generation's records end.
-fn start_generation(journal: &impl StorageBackend, generation: u64) -> Result<(), BackendIoError> {
-    let record = encode_record(generation, 0, 0, &[], BLOCK_BYTES);
-    journal.write(0, &record)?;
-    journal.sync_data()
-}
-
-fn record_op(
-    state: &mut JournalState,
-    payload_bytes_max: usize,
-    op_bytes: usize,
-    encode: impl FnOnce(&mut Vec<u8>),
-) {
-    if state.overflowed {
-        return;
-    }
-    if state.pending.len().saturating_add(op_bytes) > payload_bytes_max {
-        state.overflowed = true;
-        state.pending = Vec::new();
-        state.pending_ops = 0;
-        return;
-    }
-    let before = state.pending.len();
-    encode(&mut state.pending);
-    assert_eq!(state.pending.len() - before, op_bytes);
-    state.pending_ops += 1;
-}
-
-impl<M: StorageBackend, J: StorageBackend> StorageBackend for JournaledBackend<M, J> {
-    fn len(&self) -> Result<u64, BackendIoError> {
-        self.main.len()
-    }
-
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendIoError> {
-        self.main.read(offset, out)
-    }
-
-    fn set_len(&self, len: u64) -> Result<(), BackendIoError> {
-        let mut state = self.lock();
-        self.main.set_len(len)?;
-        record_op(
-            &mut state,
-            self.payload_bytes_max,
-            OP_SET_LEN_BYTES,
-            |out| {
-                out.push(OP_SET_LEN);
-                out.extend_from_slice(&len.to_le_bytes());
-            },
-        );
-        Ok(())
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendIoError> {
-        let mut state = self.lock();
-        self.main.write(offset, data)?;
-        // A write too large for one op is never copied (record_op overflows), so the next sync
-        // checkpoints.
-        let data_bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let stored = data.len() - data.iter().rev().take_while(|byte| **byte == 0).count();
-        let stored_bytes = u32::try_from(stored).unwrap_or(u32::MAX);
-        let op_bytes = OP_WRITE_HEADER_BYTES.saturating_add(stored);
-        record_op(&mut state, self.payload_bytes_max, op_bytes, |out| {
-            out.push(OP_WRITE);
-            out.extend_from_slice(&offset.to_le_bytes());
-            out.extend_from_slice(&data_bytes.to_le_bytes());
-            out.extend_from_slice(&stored_bytes.to_le_bytes());
-            out.extend_from_slice(&data[..stored]);
-        });
-        Ok(())
-    }
-
-    fn sync_data(&self) -> Result<(), BackendIoError> {
-        let mut state = self.lock();
-        if state.failed {
-            return Err(BackendIoError::other(
-                "an earlier journal write or sync failed; nothing written since is durable",
+    /// Makes `record` durable: as one journal record and one sync (after a checkpoint when it
+    /// does not fit, or `log.redb` holds `db_unsynced_bytes` past the bound), or straight into
+    /// `db` as a checkpoint when it is too large for a record. Every earlier record must be
+    /// applied to `db` already. `committed_durable` is the newest committed index an earlier
+    /// record carried, which a checkpoint writes into `db`.
+    pub fn commit(
+        &mut self,
+        db: &Database,
+        record: &Record,
+        committed_durable: Option<&[u8]>,
+        db_unsynced_bytes: u64,
+    ) -> Result<Durable> {
+        assert!(!record.is_empty());
+        if self.failed {
+            return Err(StorageError::Invariant(
+                "an earlier log.journal write, sync or checkpoint failed".to_string(),
             ));
         }
-        if state.pending_ops == 0 && !state.overflowed {
-            return Ok(());
+        if record.payload.len() > self.payload_bytes_max {
+            let committed = record.committed_bytes().or(committed_durable);
+            self.checkpoint_with(db, Some(record), committed)?;
+            return Ok(Durable::InDatabase);
         }
-        let record_bytes = block_round_up(RECORD_HEADER_BYTES as u64 + state.pending.len() as u64);
-        let fits = state.write_offset_bytes + record_bytes <= self.journal_bytes;
-        if state.overflowed || !fits {
-            return self.checkpoint(&mut state);
+        let record_bytes = block_round_up(RECORD_HEADER_BYTES as u64 + record.payload.len() as u64);
+        let fits = self.write_offset_bytes + record_bytes <= self.bytes;
+        if !fits || db_unsynced_bytes >= LOG_DB_UNSYNCED_BYTES_MAX {
+            self.checkpoint_with(db, None, committed_durable)?;
         }
-        let record = encode_record(
-            state.generation,
-            state.next_sequence,
-            state.pending_ops,
-            &state.pending,
+        assert!(self.write_offset_bytes + record_bytes <= self.bytes);
+        let encoded = encode_record(
+            self.generation,
+            self.next_sequence,
+            record.ops,
+            &record.payload,
             record_bytes,
         );
         let written = self
-            .journal
-            .write(state.write_offset_bytes, &record)
-            .and_then(|()| self.journal.sync_data());
+            .file
+            .write(self.write_offset_bytes, &encoded)
+            .and_then(|()| self.file.sync_data());
         if let Err(error) = written {
-            state.failed = true;
-            return Err(error);
+            self.failed = true;
+            return Err(io_error(error));
         }
-        state.write_offset_bytes += record_bytes;
-        state.next_sequence += 1;
-        state.pending.clear();
-        state.pending_ops = 0;
+        self.write_offset_bytes += record_bytes;
+        self.next_sequence += 1;
         self.gauge.records.fetch_add(1, Ordering::AcqRel);
-        assert!(state.write_offset_bytes <= self.journal_bytes);
+        Ok(Durable::Journaled)
+    }
+
+    /// A checkpoint: every record so far is in `db` (applied by the writer), so one durable
+    /// commit of `db` holding `committed` and a new generation retires them all.
+    pub fn checkpoint(&mut self, db: &Database, committed: Option<&[u8]>) -> Result<()> {
+        if self.failed {
+            return Err(StorageError::Invariant(
+                "an earlier log.journal write, sync or checkpoint failed".to_string(),
+            ));
+        }
+        self.checkpoint_with(db, None, committed)
+    }
+
+    fn checkpoint_with(
+        &mut self,
+        db: &Database,
+        record: Option<&Record>,
+        committed: Option<&[u8]>,
+    ) -> Result<()> {
+        let result = (|| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::Immediate)?;
+            if let Some(record) = record {
+                apply_ops(&txn, &record.decode())?;
+            }
+            self.checkpoint_in(&txn, committed)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.checkpointed();
+                Ok(())
+            }
+            Err(error) => {
+                self.failed = true;
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes a new generation (and `committed`) into a checkpoint's transaction.
+    fn checkpoint_in(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        committed: Option<&[u8]>,
+    ) -> Result<()> {
+        let next = fresh_generation(self.generation);
+        let mut meta = txn.open_table(RAFT_META)?;
+        meta.insert(META_JOURNAL_GENERATION, next.to_le_bytes().as_slice())?;
+        if let Some(committed) = committed {
+            meta.insert(META_COMMITTED, committed)?;
+        }
+        self.generation = next;
         Ok(())
     }
 
-    fn close(&self) -> Result<(), BackendIoError> {
-        // redb syncs before it closes a database it wrote; a checkpoint here leaves the main file
-        // complete on its own, so the journal holds nothing a reader of the main file needs.
-        let mut state = self.lock();
-        let checkpointed = if state.failed {
-            Ok(())
-        } else {
-            self.checkpoint(&mut state)
-        };
-        let closed_main = self.main.close();
-        let closed_journal = self.journal.close();
-        checkpointed.and(closed_main).and(closed_journal)
-    }
-
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.main.try_lock_range(start, end)
-    }
-
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, BackendError> {
-        self.main.try_lock_shared_range(start, end)
-    }
-
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.main.lock_range(start, end)
-    }
-
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.main.lock_shared_range(start, end)
-    }
-
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.main.unlock_range(start, end)
-    }
-
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.main.query_lock_range(start, end)
+    /// After a checkpoint's commit: the new generation's records go from offset 0.
+    fn checkpointed(&mut self) {
+        self.next_sequence = 1;
+        self.write_offset_bytes = 0;
+        self.gauge.checkpoints.fetch_add(1, Ordering::AcqRel);
     }
 }
 
-fn block_round_up(bytes: u64) -> u64 {
+fn read_generation(db: &Database) -> Result<Option<u64>> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(RAFT_META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let Some(value) = table.get(META_JOURNAL_GENERATION)? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = value.value().try_into().map_err(|_| {
+        StorageError::Invariant("raft_meta: journal_generation is not 8 bytes".to_string())
+    })?;
+    Ok(Some(u64::from_le_bytes(bytes)))
+}
+
+pub(crate) fn block_round_up(bytes: u64) -> u64 {
     bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
 }
 
@@ -410,9 +578,8 @@ fn encode_record(
     payload: &[u8],
     record_bytes: u64,
 ) -> Vec<u8> {
-    assert!(payload.len() <= RECORD_PAYLOAD_BYTES_MAX);
-    let payload_bytes = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut record = Vec::with_capacity(usize::try_from(record_bytes).unwrap_or(0));
+    let payload_bytes = u32::try_from(payload.len()).expect("a record's payload over 4 GiB");
+    let mut record = Vec::with_capacity(usize_from(record_bytes));
     record.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     record.extend_from_slice(&[0; 4]); // the crc, below
     record.extend_from_slice(&generation.to_le_bytes());
@@ -423,159 +590,73 @@ fn encode_record(
     record.extend_from_slice(payload);
     let crc = crc32fast::hash(&record[8..]);
     record[4..8].copy_from_slice(&crc.to_le_bytes());
-    record.resize(aspen_core::convert::usize_from(record_bytes), 0);
+    record.resize(usize_from(record_bytes), 0);
     record
 }
 
-fn fill_with_zeroes(journal: &impl StorageBackend, bytes: u64) -> Result<(), BackendIoError> {
-    journal.set_len(bytes)?;
-    let zeroes = vec![0u8; FILL_CHUNK_BYTES];
+/// The payloads (and op counts) of `generation`'s records from offset 0, in sequence, up to
+/// the first that is torn, of another generation or out of sequence.
+fn read_records(
+    file: &dyn StorageBackend,
+    file_bytes: u64,
+    generation: u64,
+) -> Result<Vec<(Vec<u8>, u32)>> {
+    let mut records = Vec::new();
     let mut offset = 0u64;
-    while offset < bytes {
-        let chunk = (bytes - offset).min(FILL_CHUNK_BYTES as u64);
-        journal.write(offset, &zeroes[..usize::try_from(chunk).unwrap_or(0)])?;
-        offset += chunk;
-    }
-    journal.sync_data()
-}
-
-struct Replay {
-    records: u64,
-    /// The replayed generation, if any record was valid.
-    generation: Option<u64>,
-}
-
-/// Applies, in order, the records of the generation that starts at the journal's offset 0,
-/// stopping at the first record that is torn, of another generation or out of sequence.
-fn replay(
-    main: &impl StorageBackend,
-    journal: &impl StorageBackend,
-) -> Result<Replay, BackendIoError> {
-    let journal_bytes = journal.len()?;
-    let mut offset = 0u64;
-    let mut generation = None;
-    let mut records = 0u64;
     let mut header = [0u8; RECORD_HEADER_BYTES];
-    while offset + BLOCK_BYTES <= journal_bytes {
-        journal.read(offset, &mut header)?;
-        let field = |at: usize| {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(&header[at..at + 8]);
-            u64::from_le_bytes(bytes)
-        };
+    while offset + BLOCK_BYTES <= file_bytes {
+        file.read(offset, &mut header).map_err(io_error)?;
         let word = |at: usize| {
-            let mut bytes = [0u8; 4];
-            bytes.copy_from_slice(&header[at..at + 4]);
-            u32::from_le_bytes(bytes)
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
         };
-        if word(0) != RECORD_MAGIC {
+        let long = |at: usize| u64::from(word(at)) | (u64::from(word(at + 4)) << 32);
+        let expected_sequence = records.len() as u64 + 1;
+        if word(0) != RECORD_MAGIC || long(8) != generation || long(16) != expected_sequence {
             break;
         }
-        let (record_generation, sequence) = (field(8), field(16));
         let (payload_bytes, ops) = (word(24), word(28));
-        if generation.is_some_and(|g| g != record_generation) || sequence != records {
-            break;
-        }
         let record_bytes = block_round_up(RECORD_HEADER_BYTES as u64 + u64::from(payload_bytes));
-        if payload_bytes as usize > RECORD_PAYLOAD_BYTES_MAX
-            || offset + record_bytes > journal_bytes
-        {
+        if payload_bytes as usize > RECORD_PAYLOAD_BYTES_MAX || offset + record_bytes > file_bytes {
             break;
         }
         let mut payload = vec![0u8; payload_bytes as usize];
-        journal.read(offset + RECORD_HEADER_BYTES as u64, &mut payload)?;
+        file.read(offset + RECORD_HEADER_BYTES as u64, &mut payload)
+            .map_err(io_error)?;
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&header[8..]);
         hasher.update(&payload);
         if hasher.finalize() != word(4) {
             break;
         }
-        let Some(decoded) = decode_ops(&payload, ops) else {
-            break;
-        };
-        for op in decoded {
-            match op {
-                Op::Write {
-                    offset,
-                    bytes,
-                    stored,
-                } => {
-                    let mut data = stored.to_vec();
-                    data.resize(bytes, 0);
-                    main.write(offset, &data)?;
-                }
-                Op::SetLen { len } => main.set_len(len)?,
-            }
-        }
-        generation = Some(record_generation);
-        records += 1;
+        records.push((payload, ops));
         offset += record_bytes;
     }
-    Ok(Replay {
-        records,
-        generation,
-    })
+    Ok(records)
 }
 
-enum Op<'a> {
-    /// `bytes` bytes at `offset`: `stored`, then zeroes.
-    Write {
-        offset: u64,
-        bytes: usize,
-        stored: &'a [u8],
-    },
-    SetLen {
-        len: u64,
-    },
-}
-
-/// The payload's ops, or None if it does not hold exactly `ops` well-formed ones.
-fn decode_ops(payload: &[u8], ops: u32) -> Option<Vec<Op<'_>>> {
-    let mut decoded = Vec::new();
-    let mut rest = payload;
-    let take = |rest: &mut &[u8], n: usize| -> Option<Vec<u8>> {
-        let (head, tail) = rest.split_at_checked(n)?;
-        *rest = tail;
-        Some(head.to_vec())
-    };
-    for _ in 0..ops {
-        let kind = *take(&mut rest, 1)?.first()?;
-        match kind {
-            OP_WRITE => {
-                let offset = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
-                let bytes = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
-                let stored = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
-                if stored > bytes {
-                    return None;
-                }
-                let (stored, tail) = rest.split_at_checked(stored)?;
-                rest = tail;
-                decoded.push(Op::Write {
-                    offset,
-                    bytes,
-                    stored,
-                });
-            }
-            OP_SET_LEN => {
-                let len = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
-                decoded.push(Op::SetLen { len });
-            }
-            _ => return None,
-        }
+fn fill_with_zeroes(file: &dyn StorageBackend, bytes: u64) -> std::io::Result<()> {
+    file.set_len(bytes)?;
+    let zeroes = vec![0u8; FILL_CHUNK_BYTES];
+    let mut offset = 0u64;
+    while offset < bytes {
+        let chunk = (bytes - offset).min(FILL_CHUNK_BYTES as u64);
+        file.write(offset, &zeroes[..usize_from(chunk)])?;
+        offset += chunk;
     }
-    rest.is_empty().then_some(decoded)
+    file.sync_data()
 }
 
-/// A generation number unlike `replayed` (and, with overwhelming odds, unlike any stale record
-/// still further into the journal): records of the new generation are written from offset 0.
-fn fresh_generation(replayed: Option<u64>) -> u64 {
+/// A generation number unlike `previous` (and, with overwhelming odds, unlike any stale record
+/// still further into the journal).
+fn fresh_generation(previous: u64) -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(replayed.unwrap_or(0));
-    let mut generation = hasher.finish();
-    if Some(generation) == replayed {
-        generation = generation.wrapping_add(1);
+    hasher.write_u64(previous);
+    let generation = hasher.finish();
+    if generation == previous {
+        generation.wrapping_add(1)
+    } else {
+        generation
     }
-    generation
 }
 
 #[cfg(test)]
@@ -585,9 +666,13 @@ mod tests {
         reason = "a test: a failed expect is a failed test"
     )]
 
-    use redb::{Database, ReadableDatabase, TableDefinition};
+    use std::sync::{Mutex, MutexGuard};
+
+    use aspen_core::TypeConfig;
 
     use super::*;
+
+    type IoResult<T> = std::result::Result<T, std::io::Error>;
 
     /// A disk that loses every write since its last sync when it crashes. Handles from before
     /// a crash are detached: their calls fail, as a dead process's would.
@@ -596,8 +681,6 @@ mod tests {
         live: Vec<u8>,
         durable: Vec<u8>,
         epoch: u64,
-        syncs: u64,
-        fail_next_sync: bool,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -626,57 +709,48 @@ mod tests {
             platter.live = platter.durable.clone();
             platter.epoch += 1;
         }
-
-        fn syncs(&self) -> u64 {
-            self.platter().syncs
-        }
     }
 
     impl CrashHandle {
-        fn platter(&self) -> Result<MutexGuard<'_, Platter>, BackendIoError> {
+        fn platter(&self) -> IoResult<MutexGuard<'_, Platter>> {
             let platter = self.disk.platter();
             if platter.epoch != self.epoch {
-                return Err(BackendIoError::other("detached by a crash"));
+                return Err(std::io::Error::other("detached by a crash"));
             }
             Ok(platter)
         }
     }
 
     impl StorageBackend for CrashHandle {
-        fn len(&self) -> Result<u64, BackendIoError> {
+        fn len(&self) -> IoResult<u64> {
             Ok(self.platter()?.live.len() as u64)
         }
 
-        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendIoError> {
+        fn read(&self, offset: u64, out: &mut [u8]) -> IoResult<()> {
             let platter = self.platter()?;
-            let start = usize::try_from(offset).expect("offset");
+            let start = usize_from(offset);
             let source = platter
                 .live
                 .get(start..start + out.len())
-                .ok_or_else(|| BackendIoError::other("read past the end"))?;
+                .ok_or_else(|| std::io::Error::other("read past the end"))?;
             out.copy_from_slice(source);
             Ok(())
         }
 
-        fn set_len(&self, len: u64) -> Result<(), BackendIoError> {
-            let len = usize::try_from(len).expect("len");
-            self.platter()?.live.resize(len, 0);
+        fn set_len(&self, len: u64) -> IoResult<()> {
+            self.platter()?.live.resize(usize_from(len), 0);
             Ok(())
         }
 
-        fn sync_data(&self) -> Result<(), BackendIoError> {
+        fn sync_data(&self) -> IoResult<()> {
             let mut platter = self.platter()?;
-            if std::mem::take(&mut platter.fail_next_sync) {
-                return Err(BackendIoError::other("injected EIO"));
-            }
             platter.durable = platter.live.clone();
-            platter.syncs += 1;
             Ok(())
         }
 
-        fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendIoError> {
+        fn write(&self, offset: u64, data: &[u8]) -> IoResult<()> {
             let mut platter = self.platter()?;
-            let start = usize::try_from(offset).expect("offset");
+            let start = usize_from(offset);
             let end = start + data.len();
             if platter.live.len() < end {
                 platter.live.resize(end, 0);
@@ -688,199 +762,205 @@ mod tests {
 
     #[derive(Debug, Clone, Default)]
     struct Disks {
-        main: CrashDisk,
+        db: CrashDisk,
         journal: CrashDisk,
     }
 
     impl Disks {
-        fn open(&self) -> JournaledBackend<CrashHandle, CrashHandle> {
-            JournaledBackend::open(self.main.attach(), LogJournal::new(self.journal.attach()))
-                .expect("open")
+        fn open(&self, journal_bytes: u64) -> (Database, Journal) {
+            let db = Database::builder()
+                .create_with_backend(self.db.attach())
+                .expect("open log.redb");
+            let journal = Journal::open(Box::new(self.journal.attach()), journal_bytes, &db)
+                .expect("open the journal");
+            (db, journal)
         }
 
         fn crash(&self) {
-            self.main.crash();
+            self.db.crash();
             self.journal.crash();
         }
+    }
 
-        fn main_bytes(&self, offset: usize, len: usize) -> Vec<u8> {
-            self.main.platter().live[offset..offset + len].to_vec()
+    fn entry(index: u64, value_bytes: usize) -> Entry {
+        openraft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: openraft::EntryPayload::Normal(aspen_core::Command::Put(
+                aspen_core::PutRequest {
+                    key: format!("k{index}").into_bytes(),
+                    value: vec![b'v'; value_bytes],
+                    ..Default::default()
+                },
+            )),
         }
     }
 
-    const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
-
-    fn value(i: u64, bytes: usize) -> Vec<u8> {
-        let mut value = i.to_le_bytes().to_vec();
-        value.resize(bytes, u8::try_from(i % 251).expect("byte"));
-        value
+    /// One writer round as the log writer runs it: durable first, then into `log.redb`.
+    fn round(db: &Database, journal: &mut Journal, record: &Record) -> Durable {
+        let unsynced = 0;
+        let durable = journal.commit(db, record, None, unsynced).expect("commit");
+        if durable == Durable::Journaled {
+            apply_record(db, record).expect("apply");
+        }
+        durable
     }
 
-    #[test]
-    fn a_crash_keeps_every_durable_redb_commit_and_loses_the_main_files_unsynced_writes() {
-        let disks = Disks::default();
-        let commits = 400u64;
-        let stats = {
-            let backend = disks.open();
-            let db = Database::builder()
-                .create_with_backend(backend)
-                .expect("create");
-            for i in 0..commits {
-                // Mostly small commits (journal records); every 97th one is larger than a
-                // record may be (a checkpoint); together they wrap the journal several times.
-                let bytes = if i % 97 == 50 {
-                    3 * 1024 * 1024
-                } else {
-                    20_000
-                };
-                let txn = db.begin_write().expect("begin");
-                txn.open_table(TABLE)
-                    .expect("table")
-                    .insert(i, value(i, bytes).as_slice())
-                    .expect("insert");
-                txn.commit().expect("commit");
-            }
-            let main_syncs = disks.main.syncs();
-            disks.crash();
-            // The crash came before redb could close: the main file was synced only at
-            // checkpoints, so what the last ones left is all the platter kept of it.
-            assert!(main_syncs < commits / 4, "main synced {main_syncs} times");
-            drop(db);
-            main_syncs
-        };
-        let db = Database::builder()
-            .create_with_backend(disks.open())
-            .expect("reopen after the crash");
+    fn appends(indexes: std::ops::RangeInclusive<u64>, value_bytes: usize) -> Record {
+        let mut record = Record::default();
+        for index in indexes {
+            record.append(&entry(index, value_bytes));
+        }
+        record
+    }
+
+    fn log_indexes(db: &Database) -> Vec<u64> {
         let txn = db.begin_read().expect("read");
-        let table = txn.open_table(TABLE).expect("table");
-        for i in 0..commits {
-            let bytes = if i % 97 == 50 {
-                3 * 1024 * 1024
-            } else {
-                20_000
-            };
-            let found = table.get(i).expect("get").map(|v| v.value().to_vec());
-            assert_eq!(found, Some(value(i, bytes)), "commit {i} lost");
-        }
-        assert!(stats > 0);
+        let table = txn.open_table(RAFT_LOG).expect("raft_log");
+        table
+            .iter()
+            .expect("iter")
+            .map(|item| item.expect("item").0.value())
+            .collect()
+    }
+
+    fn meta(db: &Database, key: &str) -> Option<Vec<u8>> {
+        let txn = db.begin_read().expect("read");
+        let table = txn.open_table(RAFT_META).expect("raft_meta");
+        table.get(key).expect("get").map(|v| v.value().to_vec())
     }
 
     #[test]
-    fn replay_restores_synced_writes_and_stops_at_a_torn_record() {
+    fn a_crash_loses_nothing_a_record_made_durable() {
         let disks = Disks::default();
         {
-            let backend = disks.open();
-            backend.set_len(8192).expect("set_len");
-            backend.write(0, b"first").expect("write");
-            backend.sync_data().expect("sync");
-            backend.write(4096, b"second").expect("write");
-            backend.sync_data().expect("sync");
-            backend.write(0, b"third").expect("write");
-            backend.sync_data().expect("sync");
-            backend.write(0, b"never").expect("write"); // not synced: lost
-            assert_eq!(backend.stats().records, 3);
-            assert_eq!(disks.main.syncs(), 0, "records only, no checkpoint yet");
+            let (db, mut journal) = disks.open(JOURNAL_BYTES);
+            for index in 1..=50 {
+                let mut record = appends(index..=index, 100);
+                record.committed(&Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)));
+                assert_eq!(round(&db, &mut journal, &record), Durable::Journaled);
+            }
+            // log.redb took every record without a sync: a crash takes them all from it.
+            disks.crash();
         }
-        disks.crash();
-        // Tear the third record (the one that wrote "third"): its last payload byte.
-        {
-            let mut journal = disks.journal.platter();
-            let third = usize::try_from(3 * BLOCK_BYTES).expect("offset");
-            let payload_end = third + RECORD_HEADER_BYTES + OP_WRITE_HEADER_BYTES + 5;
-            journal.durable[payload_end - 1] ^= 0xff;
-            journal.live = journal.durable.clone();
-        }
-        let backend = disks.open();
+        let (db, journal) = disks.open(JOURNAL_BYTES);
+        assert_eq!(journal.gauge().stats().replayed_records, 50);
+        assert_eq!(log_indexes(&db), (1..=50).collect::<Vec<_>>());
         assert_eq!(
-            backend.stats().replayed_records,
-            3,
-            "the empty first record and two"
+            meta(&db, META_COMMITTED),
+            Some(codec::encode(&Some(
+                openraft::testing::log_id::<TypeConfig>(1, 1, 50)
+            )))
         );
-        assert_eq!(disks.main_bytes(0, 5), b"first");
-        assert_eq!(disks.main_bytes(4096, 6), b"second");
+        drop((db, journal));
+        // The replay checkpointed: a second crash finds nothing to replay and loses nothing.
+        disks.crash();
+        let (db, journal) = disks.open(JOURNAL_BYTES);
+        assert_eq!(journal.gauge().stats().replayed_records, 0);
+        assert_eq!(log_indexes(&db), (1..=50).collect::<Vec<_>>());
     }
 
     #[test]
-    fn after_a_checkpoint_no_older_record_is_replayed_over_the_main_file() {
+    fn replay_stops_at_a_torn_record() {
         let disks = Disks::default();
         {
-            let backend = disks.open();
-            backend.set_len(8192).expect("set_len");
-            backend.write(0, b"old").expect("write");
-            backend.sync_data().expect("sync"); // a record
-            backend.write(0, b"new").expect("write");
-            let big = vec![7u8; RECORD_PAYLOAD_BYTES_MAX + 1];
-            backend.write(8192, &big).expect("write");
-            backend.sync_data().expect("sync"); // too large for a record: a checkpoint
-            assert_eq!(backend.stats().checkpoints, 1);
+            let (db, mut journal) = disks.open(JOURNAL_BYTES);
+            for index in 1..=3 {
+                round(&db, &mut journal, &appends(index..=index, 100));
+            }
+            disks.crash();
         }
-        disks.crash();
-        let backend = disks.open();
+        // Tear the second record: one flipped payload byte fails its crc.
+        {
+            let mut platter = disks.journal.platter();
+            let at = usize_from(BLOCK_BYTES) + RECORD_HEADER_BYTES + 3;
+            platter.durable[at] ^= 0xff;
+            platter.live = platter.durable.clone();
+        }
+        let (db, journal) = disks.open(JOURNAL_BYTES);
+        assert_eq!(journal.gauge().stats().replayed_records, 1);
+        assert_eq!(log_indexes(&db), vec![1]);
+    }
+
+    #[test]
+    fn checkpoints_retire_records_and_a_crash_after_many_keeps_everything() {
+        let disks = Disks::default();
+        let journal_bytes = JOURNAL_BYTES_MIN;
+        let last = 200;
+        {
+            let (db, mut journal) = disks.open(journal_bytes);
+            for index in 1..=last {
+                round(&db, &mut journal, &appends(index..=index, 300));
+            }
+            // A truncation and a vote, then appends at the truncated index.
+            let mut record = Record::default();
+            record.truncate(last - 9);
+            record.vote(&Vote::new(2, 2));
+            round(&db, &mut journal, &record);
+            round(&db, &mut journal, &appends(last - 9..=last - 5, 10));
+            // A purge.
+            let mut record = Record::default();
+            record.purge(&openraft::testing::log_id::<TypeConfig>(1, 1, 100));
+            round(&db, &mut journal, &record);
+            // One record per block: 16 blocks hold 16 records, so these checkpointed often.
+            assert!(journal.gauge().stats().checkpoints >= last / 16);
+            disks.crash();
+        }
+        let (db, _journal) = disks.open(journal_bytes);
         assert_eq!(
-            backend.stats().replayed_records,
-            1,
-            "only the new generation's start"
+            log_indexes(&db),
+            (101..=last - 5).collect::<Vec<_>>(),
+            "purged to 100, truncated after {} and appended to {}",
+            last - 10,
+            last - 5
         );
-        assert_eq!(disks.main_bytes(0, 3), b"new");
-        assert_eq!(disks.main_bytes(8192, 1), [7]);
+        assert_eq!(meta(&db, META_VOTE), Some(codec::encode(&Vote::new(2, 2))));
+        assert_eq!(
+            meta(&db, META_LAST_PURGED),
+            Some(codec::encode(&Some(
+                openraft::testing::log_id::<TypeConfig>(1, 1, 100)
+            )))
+        );
     }
 
     #[test]
-    fn a_failed_journal_sync_fails_every_later_sync() {
+    fn a_round_too_large_for_a_record_goes_straight_into_the_database() {
         let disks = Disks::default();
-        let backend = disks.open();
-        backend.write(0, b"a").expect("write");
-        disks.journal.platter().fail_next_sync = true;
-        assert!(backend.sync_data().is_err());
-        backend.write(0, b"b").expect("write");
-        let error = backend.sync_data().expect_err("poisoned");
-        assert!(error.to_string().contains("earlier journal"), "{error}");
-    }
-
-    #[test]
-    fn a_full_journal_checkpoints_and_starts_over() {
-        let disks = Disks::default();
-        let backend = disks.open();
-        backend.set_len(4096).expect("set_len");
-        let page = vec![1u8; 4096];
-        // Each record is two blocks (a header and a page do not fit in one).
-        let records_to_fill = JOURNAL_BYTES / (2 * BLOCK_BYTES);
-        for _ in 0..records_to_fill + 2 {
-            backend.write(0, &page).expect("write");
-            backend.sync_data().expect("sync");
+        let journal_bytes = JOURNAL_BYTES_MIN;
+        {
+            let (db, mut journal) = disks.open(journal_bytes);
+            let checkpoints = journal.gauge().stats().checkpoints;
+            // 40 KiB of entries against a 64 KiB journal (records at most a quarter of it).
+            let durable = round(&db, &mut journal, &appends(1..=10, 4096));
+            assert_eq!(durable, Durable::InDatabase);
+            assert_eq!(journal.gauge().stats().checkpoints, checkpoints + 1);
+            assert_eq!(
+                round(&db, &mut journal, &appends(11..=11, 10)),
+                Durable::Journaled
+            );
+            disks.crash();
         }
-        let stats = backend.stats();
-        assert_eq!(stats.checkpoints, 1, "{stats:?}");
-        assert_eq!(stats.records, records_to_fill + 1, "{stats:?}");
+        let (db, _journal) = disks.open(journal_bytes);
+        assert_eq!(log_indexes(&db), (1..=11).collect::<Vec<_>>());
     }
 
     #[test]
-    fn a_pages_trailing_zeroes_are_not_stored_but_are_replayed() {
+    fn records_of_an_older_generation_are_never_replayed() {
         let disks = Disks::default();
         {
-            let backend = disks.open();
-            backend.write(0, &[0xffu8; 4096]).expect("write");
-            let big = vec![7u8; RECORD_PAYLOAD_BYTES_MAX + 1];
-            backend.write(4096, &big).expect("write");
-            backend.sync_data().expect("sync"); // a checkpoint: 0xff is durable in main
-            let mut page = vec![0u8; 4096];
-            page[..2].copy_from_slice(b"ab");
-            backend.write(0, &page).expect("write");
-            backend.sync_data().expect("sync"); // a record holding 2 of the page's bytes
-            let block = usize::try_from(BLOCK_BYTES).expect("block");
-            let record = disks.journal.platter().durable[block..2 * block].to_vec();
-            let payload_bytes = u32::from_le_bytes(record[24..28].try_into().expect("4"));
-            assert_eq!(payload_bytes as usize, OP_WRITE_HEADER_BYTES + 2);
+            let (db, mut journal) = disks.open(JOURNAL_BYTES);
+            // The old generation: records 1 and 2 at offsets 0 and one block.
+            round(&db, &mut journal, &appends(1..=5, 100));
+            round(&db, &mut journal, &appends(6..=6, 100));
+            journal.checkpoint(&db, None).expect("checkpoint");
+            // The new generation's record 1 overwrites offset 0; the old record 2 stays
+            // behind it with the next sequence number.
+            let mut record = Record::default();
+            record.truncate(3);
+            round(&db, &mut journal, &record);
+            disks.crash();
         }
-        disks.crash();
-        assert_eq!(
-            disks.main_bytes(0, 3),
-            [0xff, 0xff, 0xff],
-            "lost with the crash"
-        );
-        let _backend = disks.open();
-        let mut expected = vec![0u8; 4096];
-        expected[..2].copy_from_slice(b"ab");
-        assert_eq!(disks.main_bytes(0, 4096), expected);
+        let (db, journal) = disks.open(JOURNAL_BYTES);
+        assert_eq!(journal.gauge().stats().replayed_records, 1);
+        assert_eq!(log_indexes(&db), vec![1, 2]);
     }
 }

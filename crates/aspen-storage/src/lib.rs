@@ -14,6 +14,7 @@ pub mod journal;
 pub mod log_store;
 pub mod log_writer;
 mod migrate;
+mod page_journal;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;

@@ -1,16 +1,16 @@
 //! The Raft log, vote, committed index and purge point, in the log database (`log.redb`).
 //!
-//! Appends go through the group-commit writer (`log_writer`): `append` returns as soon as its
-//! entries are readable, and one redb transaction with immediate durability (one fsync) makes
-//! everything queued since the previous commit durable. openraft batches concurrent client
+//! Every write goes through the group-commit writer (`log_writer`): `append` returns as soon as
+//! its entries are readable, and one journal record and one fsync (`journal.rs`) make
+//! everything queued since the previous round durable. openraft batches concurrent client
 //! writes into one append, and the writer batches appends that arrive during an fsync. A flush
-//! callback fires only after the commit holding its entries returns.
+//! callback fires only after the record holding its entries is durable. Vote, truncate and
+//! purge are ops of the writer too, after everything queued before them.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 use aspen_core::TypeConfig;
-use aspen_core::codec;
 use aspen_core::convert::usize_from;
 use aspen_core::limits::LOG_READ_ENTRIES_MAX;
 use aspen_core::type_config::alias::{Entry, LogId, Vote};
@@ -20,7 +20,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::backend::Store;
 use crate::error::{Result, decode};
-use crate::log_writer::{LogWriter, WriteOp, commit_failed};
+use crate::log_writer::{LogWriter, MetaOp, WriteOp};
 use crate::schema::{META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
 
 /// Log storage; also serves as its own reader (clones share the database and the writer).
@@ -55,18 +55,6 @@ impl LogStore {
         }
     }
 
-    fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        let db = self.store.log_db();
-        let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
-        {
-            let mut table = txn.open_table(RAFT_META)?;
-            table.insert(key, codec::encode(value).as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
     /// The entries in `range`, durable or not: those still waiting for the writer come from
     /// its pending set, the ones before them from the database. At most `LOG_READ_ENTRIES_MAX`.
     ///
@@ -81,7 +69,7 @@ impl LogStore {
         // Checked after the read: the writer marks a failure before it drops the failed
         // commit's entries from the pending set, so a read that missed them sees it here.
         if self.writer.has_failed() {
-            return Err(commit_failed());
+            return Err(self.writer.failed_error());
         }
         Ok(entries)
     }
@@ -165,28 +153,6 @@ impl LogStore {
             }
             None => Ok(None),
         }
-    }
-
-    /// Removes entries with index `>= from` (truncate) or `<= upto` (purge) and records the purge
-    /// point, in one durable transaction.
-    fn remove_entries(
-        &self,
-        range: (Bound<u64>, Bound<u64>),
-        purged: Option<&LogId>,
-    ) -> Result<()> {
-        let db = self.store.log_db();
-        let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
-        {
-            let mut table = txn.open_table(RAFT_LOG)?;
-            table.retain_in::<u64, _>(range, |_, _| false)?;
-            if let Some(log_id) = purged {
-                let mut meta = txn.open_table(RAFT_META)?;
-                meta.insert(META_LAST_PURGED, codec::encode(&Some(*log_id)).as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
     }
 }
 
@@ -274,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> std::result::Result<(), std::io::Error> {
         self.writer.flush().await?;
-        Ok(self.write_meta(META_VOTE, vote)?)
+        Ok(self.writer.meta(MetaOp::Vote(*vote)).await?)
     }
 
     async fn save_committed(
@@ -328,12 +294,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         last_log_id: Option<LogId>,
     ) -> std::result::Result<(), std::io::Error> {
+        // Everything queued first is done, so `pending` holds nothing the truncation removes
+        // and the appends after it find the log's end where it leaves it.
         self.writer.flush().await?;
-        let from = match last_log_id {
-            Some(id) => Bound::Excluded(id.index),
-            None => Bound::Unbounded,
-        };
-        Ok(self.remove_entries((from, Bound::Unbounded), None)?)
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        Ok(self.writer.meta(MetaOp::Truncate { from }).await?)
     }
 
     async fn purge(&mut self, log_id: LogId) -> std::result::Result<(), std::io::Error> {
@@ -361,9 +326,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 log_id.index
             );
         }
-        Ok(self.remove_entries(
-            (Bound::Unbounded, Bound::Included(log_id.index)),
-            Some(&log_id),
-        )?)
+        Ok(self.writer.meta(MetaOp::Purge(log_id)).await?)
     }
 }

@@ -1,5 +1,5 @@
 //! Group commit for the Raft log: `append` returns at once, and one writer makes everything
-//! queued since its last commit durable in one redb transaction (one fsync).
+//! queued since its last round durable with one journal record and one fsync (`journal.rs`).
 //!
 //! openraft's contract for `RaftLogStorage::append` is "return as soon as the entries are
 //! readable, call the callback once they are on disk", and its core awaits `append` before it
@@ -8,24 +8,26 @@
 //!
 //! - `append` puts the entries in `pending` (readable at once, see `LogStore::read_entries`)
 //!   and queues them for the writer;
-//! - the writer takes everything queued, writes it in one transaction with immediate
-//!   durability, then removes those entries from `pending` and calls their callbacks, in order;
-//! - `save_committed` is queued too and rides along with every
-//!   `LOG_COMMITS_PER_COMMITTED_WRITE`th round of the writer, so most log commits touch the log
-//!   table alone and a round with only a committed index commits nothing (it was never fsynced
-//!   on its own; `read_committed` answers the value saved last in this process; the close
-//!   writes the newest one whose entries are durable);
-//! - vote, truncate and purge first wait until everything queued before them is durable, then
-//!   write as before, so the order of log operations on disk is the order openraft issued them;
-//! - after a failed commit every later write and every read fails (`LogStore::read_entries`):
-//!   the failed commit's entries are in neither `pending` nor the database, and a short read
+//! - the writer takes everything queued and encodes it, in order, as one journal record
+//!   (`journal::Record`), appends that and syncs; then it fires the appends' callbacks, applies
+//!   the same record to `log.redb` without a sync (`journal::apply_record`), removes those
+//!   entries from `pending`, and completes the round's vote, truncate and purge;
+//! - `save_committed` is queued too: the newest committed index rides in the next record that
+//!   holds anything else, and is written into `log.redb` at checkpoints (a round with only a
+//!   committed index writes nothing: it was never fsynced on its own; `read_committed` answers
+//!   the value saved last in this process);
+//! - vote, truncate and purge first wait until everything queued before them is done, then go
+//!   through the writer as ops of their own and wait for their round, so the order of log
+//!   operations in the journal, and in `log.redb`, is the order openraft issued them;
+//! - after a failed round every later write and every read fails (`LogStore::read_entries`):
+//!   the failed round's entries may be in neither `pending` nor the database, and a short read
 //!   on openraft's apply path would be reported applied.
 //!
 //! The queue is bounded (`LOG_WRITER_QUEUE_ENTRIES_MAX` entries and
 //! `LOG_WRITER_QUEUE_BYTES_MAX` encoded bytes, appended but not yet durable): `append` first
 //! waits for room, so openraft slows to the disk's pace instead of the queue growing without
-//! bound. The wait is an await, never a blocked thread, and it lasts until the commit in
-//! progress finishes (one fsync): that commit frees its entries' room before its callbacks
+//! bound. The wait is an await, never a blocked thread, and it lasts until the round in
+//! progress is durable (one fsync): the round frees its entries' room before its callbacks
 //! fire. An append larger than the whole bound waits for an empty queue and then goes alone.
 //!
 //! On a multi-threaded tokio runtime (the server) the writer is its own thread, so an fsync
@@ -41,58 +43,27 @@ use aspen_core::TypeConfig;
 use aspen_core::codec;
 use aspen_core::convert::{micros, usize_from};
 use aspen_core::limits::{LOG_WRITER_QUEUE_BYTES_MAX, LOG_WRITER_QUEUE_ENTRIES_MAX};
-use aspen_core::type_config::alias::{Entry, LogId};
+use aspen_core::type_config::alias::{Entry, LogId, Vote};
 use openraft::storage::IOFlushed;
-use redb::ReadableTable;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::backend::Store;
 use crate::error::{Result, StorageError};
-use crate::schema::{META_COMMITTED, RAFT_LOG, RAFT_META};
+use crate::journal::{Durable, Record, apply_record};
 use crate::stage_clock::Stage;
 
 // The byte room is taken as a u32 (tokio's semaphore).
 const _: () = assert!(LOG_WRITER_QUEUE_BYTES_MAX <= u32::MAX as u64);
 
-/// Queued operations one commit takes at most; bounds the transaction and the time until the
-/// first of them is acknowledged.
+/// Queued operations one round takes at most; bounds the record and the time until the first
+/// of them is acknowledged.
 pub const LOG_COMMIT_OPS_MAX: usize = 4096;
-
-/// Writer rounds between two that write openraft's committed index. Writing it touches a
-/// second table (its leaf and the table tree's entry) in a commit that otherwise writes only
-/// the log, and a round that has nothing else to write would be a transaction of its own, whose
-/// dirty pages the next durable commit writes and syncs. So it rides along with every 64th
-/// round. A committed index that lags on disk is harmless: openraft re-applies up to it at
-/// start-up and finds the rest committed again after an election (the stock
-/// `save_committed` writes nothing at all).
-pub const LOG_COMMITS_PER_COMMITTED_WRITE: u64 = 64;
 
 /// What the writer carries from one round to the next.
 #[derive(Default)]
 struct WriterState {
-    /// The newest committed index openraft saved that no commit has written yet.
+    /// The newest committed index openraft saved that no record has carried yet.
     committed_held: Option<Option<LogId>>,
-    /// The newest committed index openraft saved, written or held.
-    committed_newest: Option<Option<LogId>>,
-    /// Rounds since the committed index was last written.
-    rounds_since_committed: u64,
-}
-
-impl WriterState {
-    /// The committed index this round writes, if any: the newest one held, every
-    /// `LOG_COMMITS_PER_COMMITTED_WRITE`th round.
-    fn committed_to_write(&mut self, saved: Option<Option<LogId>>) -> Option<Option<LogId>> {
-        if saved.is_some() {
-            self.committed_held = saved;
-            self.committed_newest = saved;
-        }
-        self.rounds_since_committed += 1;
-        if self.rounds_since_committed < LOG_COMMITS_PER_COMMITTED_WRITE {
-            return None;
-        }
-        self.rounds_since_committed = 0;
-        self.committed_held.take()
-    }
 }
 
 pub(crate) enum WriteOp {
@@ -101,8 +72,25 @@ pub(crate) enum WriteOp {
         entries: Vec<Arc<Entry>>,
         callback: IOFlushed<TypeConfig>,
     },
-    /// openraft's committed index; durable with the next log commit.
+    /// openraft's committed index; durable with the next record that holds anything else.
     Committed(Option<LogId>),
+    /// A vote, truncation or purge; `done` reports it durable and in `log.redb`.
+    Meta {
+        op: MetaOp,
+        done: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// The log operations other than appends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MetaOp {
+    Vote(Vote),
+    /// Removes every entry at this index and after.
+    Truncate {
+        from: u64,
+    },
+    /// Removes every entry up to this one, which becomes the purge point.
+    Purge(LogId),
 }
 
 struct Queued {
@@ -133,55 +121,44 @@ pub(crate) struct WriterShared {
     /// write and read fails too (openraft stops the node on a storage error). Set before the
     /// failed commit's entries leave `pending`.
     failed: AtomicBool,
+    /// The first failed round's error, for the errors after it.
+    failure: Mutex<Option<String>>,
     /// Queue room, in entries and in encoded bytes, not held by an uncommitted append.
     room_entries: Arc<Semaphore>,
     room_bytes: Arc<Semaphore>,
-    /// The committed index openraft saved last in this process, written or not
-    /// (`WriterState` writes it with every `LOG_COMMITS_PER_COMMITTED_WRITE`th commit).
+    /// The committed index openraft saved last in this process, carried by a record or not
+    /// (`WriterState` holds it until a round has something else to write).
     committed_saved: Mutex<Option<Option<LogId>>>,
-    /// The newest committed index whose entries are all durable: the newest one the writer
-    /// had seen when a round's commit succeeded (openraft saves a committed index only after
-    /// appending what it covers, and rounds take the queue in order, so that round or an
-    /// earlier one wrote those entries). What the close writes; `committed_saved` may name
-    /// entries still queued, and a committed index past the durable log stops a restart
-    /// (openraft re-applies up to it from the log).
-    committed_durable_safe: Mutex<Option<Option<LogId>>>,
+    /// The newest committed index whose entries are all durable, encoded: what a checkpoint
+    /// writes into `log.redb`. openraft saves a committed index only after appending what it
+    /// covers, and rounds take the queue in order, so once a round that took it is durable, so
+    /// are they; `committed_saved` may name entries still queued, and a committed index past
+    /// the durable log stops a restart (openraft re-applies up to it from the log: the
+    /// simulator's seeds 10798 and 10897).
+    committed_durable: Mutex<Option<Vec<u8>>>,
     /// Taken by the writer task when it starts (on the first write).
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
 }
 
 impl Drop for WriterShared {
-    /// At close the newest committed index whose entries are durable
-    /// (`committed_durable_safe`) is written, durably, so a clean restart re-applies all of it
-    /// at start-up (`WriterState` writes it only every `LOG_COMMITS_PER_COMMITTED_WRITE`th
-    /// round). Never one past the durable log: openraft would fail to start, looking for
-    /// entries to re-apply that are not there (the simulator's seeds 10798 and 10897, when
-    /// the close wrote the index saved last). Best effort, as the state database's own
-    /// durable commit at close: after a failure, or under a simulated crash whose disk
-    /// refuses writes, the older value on disk stays, which is harmless.
+    /// At close the journal checkpoints (`journal.rs`): `log.redb` becomes durable with every
+    /// record applied and the newest durable committed index, so a clean restart replays
+    /// nothing and re-applies everything committed at start-up. Best effort, as the state
+    /// database's own durable commit at close: after a failure, or under a simulated crash
+    /// whose disk refuses writes, the journal's records stay and the next open replays them.
     fn drop(&mut self) {
         if self.failed.load(Ordering::Acquire) {
             return;
         }
-        let Some(committed) = *lock(&self.committed_durable_safe) else {
-            return;
-        };
-        if let Err(error) = write_committed_durably(&self.store, committed) {
-            tracing::debug!(%error, "committed index not written at close");
+        let committed = lock(&self.committed_durable).clone();
+        let checkpointed = self
+            .store
+            .log_journal()
+            .checkpoint(self.store.log_db(), committed.as_deref());
+        if let Err(error) = checkpointed {
+            tracing::debug!(%error, "log journal not checkpointed at close");
         }
     }
-}
-
-fn write_committed_durably(store: &Store, committed: Option<LogId>) -> Result<()> {
-    let db = store.log_db();
-    let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::Immediate)?;
-    {
-        let mut table = txn.open_table(RAFT_META)?;
-        table.insert(META_COMMITTED, codec::encode(&committed).as_slice())?;
-    }
-    txn.commit()?;
-    Ok(())
 }
 
 impl std::fmt::Debug for WriterShared {
@@ -199,11 +176,60 @@ impl std::fmt::Debug for WriterShared {
 #[derive(Debug, Clone)]
 pub(crate) struct LogWriter {
     shared: Arc<WriterShared>,
-    sender: mpsc::UnboundedSender<Queued>,
+    queue: Arc<WriterQueue>,
 }
 
-pub(crate) fn commit_failed() -> StorageError {
-    StorageError::Invariant("an earlier log commit failed".to_string())
+/// The writer's queue and, on a multi-threaded runtime, its thread. When the last log store
+/// clone drops it, the queue closes and the drop waits for the thread to finish its round and
+/// exit: a round applies its record to `log.redb` after its callbacks, and a store dropped
+/// after its last callback must find the databases closed (reopening them would fail, locked).
+struct WriterQueue {
+    sender: Option<mpsc::UnboundedSender<Queued>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for WriterQueue {
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(thread) = thread
+            && thread.thread().id() != std::thread::current().id()
+            && thread.join().is_err()
+        {
+            tracing::error!("the log writer thread panicked");
+        }
+    }
+}
+
+impl std::fmt::Debug for WriterQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterQueue").finish_non_exhaustive()
+    }
+}
+
+/// `error` again, for another waiter: an I/O error keeps its kind (a full disk stays one).
+fn same_error(error: &StorageError) -> StorageError {
+    match error.io_source() {
+        Some(source) => StorageError::Redb(redb::Error::Io(std::io::Error::new(
+            source.kind(),
+            source.to_string(),
+        ))),
+        None => StorageError::Invariant(format!("log commit failed: {error}")),
+    }
+}
+
+impl WriterShared {
+    /// The error every write and read returns after a failed round, naming its cause.
+    fn failed_error(&self) -> StorageError {
+        let cause = lock(&self.failure)
+            .clone()
+            .unwrap_or_else(|| "unknown".to_string());
+        StorageError::Invariant(format!("an earlier log commit failed: {cause}"))
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -223,15 +249,19 @@ impl LogWriter {
                 submitted_seq: AtomicU64::new(0),
                 finished_seq,
                 failed: AtomicBool::new(false),
+                failure: Mutex::new(None),
                 room_entries: Arc::new(Semaphore::new(usize_from(u64::from(
                     LOG_WRITER_QUEUE_ENTRIES_MAX,
                 )))),
                 room_bytes: Arc::new(Semaphore::new(usize_from(LOG_WRITER_QUEUE_BYTES_MAX))),
                 committed_saved: Mutex::new(None),
-                committed_durable_safe: Mutex::new(None),
+                committed_durable: Mutex::new(None),
                 receiver: Mutex::new(Some(receiver)),
             }),
-            sender,
+            queue: Arc::new(WriterQueue {
+                sender: Some(sender),
+                thread: Mutex::new(None),
+            }),
         }
     }
 
@@ -255,6 +285,11 @@ impl LogWriter {
         self.shared.failed.load(Ordering::Acquire)
     }
 
+    /// The error for a read or write after a failed round.
+    pub fn failed_error(&self) -> StorageError {
+        self.shared.failed_error()
+    }
+
     /// The committed index saved last in this process, if any (the database may hold an older
     /// one).
     pub fn committed_saved(&self) -> Option<Option<LogId>> {
@@ -273,7 +308,7 @@ impl LogWriter {
     /// wait is harmless.
     pub async fn reserve(&self, entries: &[Arc<Entry>]) -> Result<QueueRoom> {
         if self.shared.failed.load(Ordering::Acquire) {
-            return Err(commit_failed());
+            return Err(self.shared.failed_error());
         }
         let count = u32::try_from(entries.len())
             .unwrap_or(u32::MAX)
@@ -299,7 +334,7 @@ impl LogWriter {
     /// room from [`LogWriter::reserve`], which its commit gives back.
     pub fn submit(&self, op: WriteOp, room: Option<QueueRoom>) -> Result<()> {
         if self.shared.failed.load(Ordering::Acquire) {
-            let error = commit_failed();
+            let error = self.shared.failed_error();
             if let WriteOp::Append { callback, .. } = op {
                 callback.io_completed(Err(std::io::Error::other(error.to_string())));
             }
@@ -323,12 +358,27 @@ impl LogWriter {
             }
         }
         let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        self.sender
+        let sender = self
+            .queue
+            .sender
+            .as_ref()
+            .expect("the queue's sender lives until its drop");
+        sender
             .send(Queued { seq, op, room })
             .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))
     }
 
-    /// Waits until everything submitted so far is durable (or has failed).
+    /// Runs `op` through the writer after everything queued before it, and waits until it is
+    /// durable and in `log.redb`.
+    pub async fn meta(&self, op: MetaOp) -> Result<()> {
+        let (done, finished) = oneshot::channel();
+        self.submit(WriteOp::Meta { op, done }, None)?;
+        finished
+            .await
+            .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))?
+    }
+
+    /// Waits until everything submitted so far is durable and in `log.redb` (or has failed).
     pub async fn flush(&self) -> Result<()> {
         let target = self.shared.submitted_seq.load(Ordering::Acquire);
         if target > 0 {
@@ -339,7 +389,7 @@ impl LogWriter {
                 .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))?;
         }
         if self.shared.failed.load(Ordering::Acquire) {
-            return Err(commit_failed());
+            return Err(self.shared.failed_error());
         }
         Ok(())
     }
@@ -357,9 +407,13 @@ impl LogWriter {
             let spawned = std::thread::Builder::new()
                 .name("aspen-log-writer".to_string())
                 .spawn(move || run_writer_thread(shared, receiver));
-            if let Err(error) = spawned {
-                tracing::error!(%error, "cannot start the log writer thread");
-                self.shared.failed.store(true, Ordering::Release);
+            match spawned {
+                Ok(thread) => *lock(&self.queue.thread) = Some(thread),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the log writer thread");
+                    *lock(&self.shared.failure) = Some(format!("cannot start its thread: {error}"));
+                    self.shared.failed.store(true, Ordering::Release);
+                }
             }
         } else {
             tokio::spawn(run_writer_task(shared, receiver));
@@ -410,16 +464,19 @@ fn take_batch(first: Queued, receiver: &mut mpsc::UnboundedReceiver<Queued>) -> 
     batch
 }
 
-/// Commits `batch` in one transaction, then reports: pending entries dropped, the finished
-/// sequence number published, callbacks fired in order. The shared state (and with it the
-/// database) is held only until the callbacks: whoever drops the store after its last
-/// callback finds the database closed.
+/// One round: `batch` as one journal record (`journal.rs`), then the reports in this order:
+/// queue room freed and the appends' callbacks fired once the record is durable; the record
+/// applied to `log.redb`; the entries dropped from `pending`, the finished sequence number
+/// published, the vote, truncate and purge ops completed. The shared state (and with it the
+/// database) is held only until then: whoever drops the store after its last callback finds
+/// the database closed.
 fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut WriterState) {
     assert!(!batch.is_empty());
     let last_seq = batch.last().map_or(0, |q| q.seq);
+    let mut record = Record::default();
     let mut entries = Vec::new();
-    let mut committed = None;
     let mut callbacks = Vec::new();
+    let mut dones = Vec::new();
     let mut rooms = Vec::new();
     for queued in batch {
         rooms.extend(queued.room);
@@ -428,137 +485,116 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
                 entries: more,
                 callback,
             } => {
+                for entry in &more {
+                    record.append(entry);
+                }
                 entries.extend(more);
                 callbacks.push(callback);
             }
-            WriteOp::Committed(id) => committed = Some(id),
+            WriteOp::Committed(id) => state.committed_held = Some(id),
+            WriteOp::Meta { op, done } => {
+                match op {
+                    MetaOp::Vote(vote) => record.vote(&vote),
+                    MetaOp::Truncate { from } => record.truncate(from),
+                    MetaOp::Purge(upto) => record.purge(&upto),
+                }
+                dones.push(done);
+            }
         }
     }
-    let committed = state.committed_to_write(committed);
-    let result = match shared.upgrade() {
+    // The committed index rides along with anything else, after what it covers.
+    if !record.is_empty()
+        && let Some(committed) = state.committed_held.take()
+    {
+        record.committed(&committed);
+    }
+    let Some(shared) = shared.upgrade() else {
         // The store is gone: nothing queued can be made durable; the callbacks are dropped.
-        None => return,
-        Some(shared) => {
-            let result = if shared.failed.load(Ordering::Acquire) {
-                Err(commit_failed())
-            } else {
-                commit(&shared.store, &entries, committed)
-            };
-            if result.is_ok() && state.committed_newest.is_some() {
-                *lock(&shared.committed_durable_safe) = state.committed_newest;
-            }
-            if let (Ok(()), Some(first), Some(last)) = (&result, entries.first(), entries.last()) {
-                let clock = shared.store.stage_clock();
-                clock.reached(Stage::Durable, first.log_id.index, last.log_id.index);
-            }
-            // A failed commit's entries are in neither `pending` nor the database once they
-            // leave `pending`: mark the failure first, so that no read finds them missing
-            // without also finding the failure (`LogStore::read_entries` checks it after
-            // reading). A short read on openraft's apply path is reported applied.
-            if let Err(error) = &result {
-                tracing::error!(%error, "log commit failed");
-                shared.failed.store(true, Ordering::Release);
-            }
-            let mut pending = lock(&shared.pending);
-            for entry in &entries {
-                let index = entry.log_id.index;
-                // A truncation and a new append may have put another entry at this index.
-                if pending.get(&index).is_some_and(|p| Arc::ptr_eq(p, entry)) {
-                    pending.remove(&index);
-                }
-            }
-            drop(pending);
-            // The entries are durable (or failed) and gone from `pending`: their room is free
-            // before their callbacks fire, so the next append can queue at once.
-            drop(rooms);
-            shared.finished_seq.send_replace(last_seq);
-            result
-        }
+        return;
     };
+    let store = &shared.store;
+    let durable = if shared.failed.load(Ordering::Acquire) {
+        Err(shared.failed_error())
+    } else if record.is_empty() {
+        Ok(Durable::InDatabase)
+    } else {
+        let started = std::time::Instant::now();
+        let committed_durable = lock(&shared.committed_durable).clone();
+        let durable = store.log_journal().commit(
+            store.log_db(),
+            &record,
+            committed_durable.as_deref(),
+            store.log_unsynced_bytes(),
+        );
+        if durable.is_ok() {
+            let (appended, bytes) = record.appended();
+            if appended > 0 {
+                store
+                    .shared
+                    .fsync_latency
+                    .observe_us(micros(started.elapsed()));
+                store.record_log_appended(appended, bytes);
+            }
+        }
+        durable
+    };
+    // Every op queued before the newest committed index is durable now, so a checkpoint may
+    // write it, carried by this record or still held for the next one.
+    if durable.is_ok() {
+        let newest = match (record.committed_bytes(), &state.committed_held) {
+            (Some(carried), _) => Some(carried.to_vec()),
+            (None, Some(held)) => Some(codec::encode(held)),
+            (None, None) => None,
+        };
+        if newest.is_some() {
+            *lock(&shared.committed_durable) = newest;
+        }
+    }
+    if let (Ok(_), Some(first), Some(last)) = (&durable, entries.first(), entries.last()) {
+        store
+            .stage_clock()
+            .reached(Stage::Durable, first.log_id.index, last.log_id.index);
+    }
+    // Durable (or failed): their room is free before their callbacks fire, so the next append
+    // can queue at once; the entries stay readable in `pending` until `log.redb` has them.
+    drop(rooms);
     for callback in callbacks {
-        let outcome = match &result {
-            Ok(()) => Ok(()),
+        let outcome = match &durable {
+            Ok(_) => Ok(()),
             Err(error) => Err(std::io::Error::other(error.to_string())),
         };
         callback.io_completed(outcome);
     }
-}
-
-/// One redb transaction: `entries` appended, the committed index updated; immediately
-/// durable (one fsync) when it appends anything.
-fn commit(store: &Store, entries: &[Arc<Entry>], committed: Option<Option<LogId>>) -> Result<()> {
-    if entries.is_empty() && committed.is_none() {
-        return Ok(());
-    }
-    let db = store.log_db();
-    let mut txn = db.begin_write()?;
-    let durability = if entries.is_empty() {
-        redb::Durability::None
-    } else {
-        redb::Durability::Immediate
+    let result = match durable {
+        Ok(Durable::Journaled) => apply_record(store.log_db(), &record),
+        Ok(Durable::InDatabase) => Ok(()),
+        Err(error) => Err(error),
     };
-    txn.set_durability(durability)?;
-    let mut appended_bytes: u64 = 0;
-    if !entries.is_empty() {
-        let mut table = txn.open_table(RAFT_LOG)?;
-        let mut expected_index = table.last()?.map(|(index, _)| index.value() + 1);
-        let mut buffer = Vec::with_capacity(512);
-        for entry in entries {
-            if let Some(expected) = expected_index {
-                assert_eq!(
-                    entry.log_id.index, expected,
-                    "append would leave a hole in the log"
-                );
-            }
-            buffer.clear();
-            codec::encode_into(entry.as_ref(), &mut buffer);
-            appended_bytes += buffer.len() as u64;
-            table.insert(entry.log_id.index, buffer.as_slice())?;
-            expected_index = Some(entry.log_id.index + 1);
+    // A failed round's entries may be in neither `pending` nor the database once they leave
+    // `pending`: mark the failure first, so that no read finds them missing without also
+    // finding the failure (`LogStore::read_entries` checks it after reading). A short read on
+    // openraft's apply path is reported applied.
+    if let Err(error) = &result {
+        tracing::error!(%error, "log commit failed");
+        lock(&shared.failure).get_or_insert_with(|| error.to_string());
+        shared.failed.store(true, Ordering::Release);
+    }
+    let mut pending = lock(&shared.pending);
+    for entry in &entries {
+        let index = entry.log_id.index;
+        // A truncation and a new append may have put another entry at this index.
+        if pending.get(&index).is_some_and(|p| Arc::ptr_eq(p, entry)) {
+            pending.remove(&index);
         }
     }
-    if let Some(committed) = committed {
-        let mut table = txn.open_table(RAFT_META)?;
-        table.insert(META_COMMITTED, codec::encode(&committed).as_slice())?;
-    }
-    let started = std::time::Instant::now();
-    txn.commit()?;
-    if !entries.is_empty() {
-        let elapsed_us = micros(started.elapsed());
-        store.shared.fsync_latency.observe_us(elapsed_us);
-        store.record_log_appended(entries.len() as u64, appended_bytes);
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(index: u64) -> Option<LogId> {
-        Some(openraft::testing::log_id::<TypeConfig>(1, 1, index))
-    }
-
-    #[test]
-    fn the_committed_index_rides_with_every_64th_round() {
-        let mut state = WriterState::default();
-        // Rounds 1..63 hold it back, keeping only the newest.
-        for round in 1..LOG_COMMITS_PER_COMMITTED_WRITE {
-            assert_eq!(state.committed_to_write(Some(id(round))), None);
-        }
-        // The 64th writes the newest held one.
-        assert_eq!(
-            state.committed_to_write(None),
-            Some(id(LOG_COMMITS_PER_COMMITTED_WRITE - 1))
-        );
-        // Nothing is held now: the next 64th round writes nothing.
-        for _ in 0..LOG_COMMITS_PER_COMMITTED_WRITE {
-            assert_eq!(state.committed_to_write(None), None);
-        }
-        // openraft's "no committed index" is a value too.
-        for _ in 1..LOG_COMMITS_PER_COMMITTED_WRITE {
-            assert_eq!(state.committed_to_write(Some(None)), None);
-        }
-        assert_eq!(state.committed_to_write(None), Some(None));
+    drop(pending);
+    shared.finished_seq.send_replace(last_seq);
+    for done in dones {
+        let outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(error) => Err(same_error(error)),
+        };
+        // The waiter may have gone (its future dropped): nothing to tell.
+        let _ = done.send(outcome);
     }
 }

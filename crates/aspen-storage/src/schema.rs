@@ -19,11 +19,14 @@ pub const ROLE_STATE: u64 = 2;
 /// Raft log: index -> `Entry`.
 pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft log metadata: `vote` -> `Vote`, `committed` -> `Option<LogId>`,
-/// `last_purged` -> `Option<LogId>`.
+/// `last_purged` -> `Option<LogId>`, `journal_generation` -> u64 (8 bytes, little-endian): the
+/// generation of `log.journal`'s records this file may lack (`journal.rs`); absent in a file
+/// that has never checkpointed.
 pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 pub const META_VOTE: &str = "vote";
 pub const META_COMMITTED: &str = "committed";
 pub const META_LAST_PURGED: &str = "last_purged";
+pub const META_JOURNAL_GENERATION: &str = "journal_generation";
 
 /// State machine metadata, always written in the same transaction as the data it describes:
 /// `applied` -> `AppliedState` (last-applied log id, membership, revisions, alarms),
