@@ -219,20 +219,20 @@ async fn metrics(State(node): State<Node>) -> String {
     counter(
         &mut out,
         "aspen_log_db_syncs_total",
-        "Durable commits (fsyncs) of the Raft log database.",
+        "Fsyncs of the Raft log: its journal's and the log database's.",
         node.store().log_syncs(),
     );
     let journal = node.store().log_journal_stats();
     counter(
         &mut out,
         "aspen_log_journal_records_total",
-        "Durable log commits written as one record into the log's journal.",
+        "Durable rounds of the log writer, each one record and one fsync of the log's journal.",
         journal.records,
     );
     counter(
         &mut out,
         "aspen_log_journal_checkpoints_total",
-        "Durable log commits that synced the log database's file instead (the journal was full, or the commit too large for a record).",
+        "Checkpoints: durable commits of the log database that retire the journal's records (the journal was full, the log database held 64 MiB unsynced, a round too large for a record, open after a replay, or close).",
         journal.checkpoints,
     );
     let _ = writeln!(

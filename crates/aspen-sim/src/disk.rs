@@ -162,8 +162,8 @@ impl SimDisk {
 #[derive(Debug, Clone, Default)]
 pub struct NodeDisks {
     pub log: SimDisk,
-    /// The log database's journal: its durable commits sync here, the log file itself only at
-    /// checkpoints (`aspen_storage::journal`).
+    /// The log's journal: each durable round of the log writer is a record synced here, the
+    /// log database's file only at checkpoints (`aspen_storage::journal`).
     pub journal: SimDisk,
     pub state: SimDisk,
 }

@@ -181,5 +181,5 @@ pub const DISK_FAULT_STOP_MS_MAX: u64 = 2_000;
 pub const SUPERVISOR_RESTART_DELAY_MS: u64 = 300;
 
 /// Each node's log journal (`aspen_storage::journal`): far smaller than a real node's 8 MiB, so
-/// that runs checkpoint every few dozen commits and crashes land on both sides of a checkpoint.
+/// that runs checkpoint every few dozen rounds and crashes land on both sides of a checkpoint.
 pub const LOG_JOURNAL_BYTES: u64 = 256 * 1024;
