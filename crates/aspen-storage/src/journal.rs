@@ -329,19 +329,11 @@ fn apply_ops<'a>(txn: &redb::WriteTransaction, ops: &[LogOp<'a>]) -> Result<Opti
     Ok(committed)
 }
 
-/// Applies a record the journal made durable to `log.redb`, without a sync.
-pub(crate) fn apply_record(db: &Database, record: &Record) -> Result<()> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::None)?;
-    apply_ops(&txn, &record.decode())?;
-    txn.commit()?;
-    Ok(())
-}
-
 /// How a round became durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Durable {
-    /// As a journal record: the ops still have to be applied to `log.redb` ([`apply_record`]).
+    /// As a journal record, kept among the unapplied ones until `log.redb` takes it
+    /// ([`Journal::apply_unapplied`], or a checkpoint).
     Journaled,
     /// Committed straight into `log.redb` (too large for a record): nothing left to do.
     InDatabase,
@@ -361,6 +353,11 @@ pub(crate) struct Journal {
     /// A journal write, a sync or a checkpoint failed: what it held may not be durable, so no
     /// later commit may report success (as Linux's fsync after a failure).
     failed: bool,
+    /// Records made durable here that `log.redb` has not taken yet, in order: applied together
+    /// by [`Journal::apply_unapplied`], or by the next checkpoint.
+    unapplied: Vec<Record>,
+    /// Their payload bytes.
+    unapplied_bytes: usize,
     gauge: Arc<JournalGauge>,
 }
 
@@ -400,6 +397,8 @@ impl Journal {
             next_sequence: 1,
             write_offset_bytes: 0,
             failed: false,
+            unapplied: Vec::new(),
+            unapplied_bytes: 0,
             gauge: Arc::new(JournalGauge::default()),
         };
         // A database without a generation has never checkpointed: no record can be its.
@@ -439,14 +438,14 @@ impl Journal {
     }
 
     /// Makes `record` durable: as one journal record and one sync (after a checkpoint when it
-    /// does not fit, or `log.redb` holds `db_unsynced_bytes` past the bound), or straight into
-    /// `db` as a checkpoint when it is too large for a record. Every earlier record must be
-    /// applied to `db` already. `committed_durable` is the newest committed index an earlier
-    /// record carried, which a checkpoint writes into `db`.
+    /// does not fit, or `log.redb` holds `db_unsynced_bytes` past the bound), then keeps it
+    /// among the unapplied records; or, too large for a record, straight into `db` as a
+    /// checkpoint. A checkpoint applies the unapplied records first. `committed_durable` is the
+    /// newest committed index whose entries are durable, which a checkpoint writes into `db`.
     pub fn commit(
         &mut self,
         db: &Database,
-        record: &Record,
+        record: Record,
         committed_durable: Option<&[u8]>,
         db_unsynced_bytes: u64,
     ) -> Result<Durable> {
@@ -458,7 +457,8 @@ impl Journal {
         }
         if record.payload.len() > self.payload_bytes_max {
             let committed = record.committed_bytes().or(committed_durable);
-            self.checkpoint_with(db, Some(record), committed)?;
+            let committed = committed.map(<[u8]>::to_vec);
+            self.checkpoint_with(db, Some(&record), committed.as_deref())?;
             return Ok(Durable::InDatabase);
         }
         let record_bytes = block_round_up(RECORD_HEADER_BYTES as u64 + record.payload.len() as u64);
@@ -485,7 +485,47 @@ impl Journal {
         self.write_offset_bytes += record_bytes;
         self.next_sequence += 1;
         self.gauge.records.fetch_add(1, Ordering::AcqRel);
+        self.unapplied_bytes += record.payload.len();
+        self.unapplied.push(record);
         Ok(Durable::Journaled)
+    }
+
+    /// Payload bytes of the records `log.redb` has not taken yet.
+    pub fn unapplied_bytes(&self) -> usize {
+        self.unapplied_bytes
+    }
+
+    /// True when `log.redb` holds every record made durable so far.
+    pub fn all_applied(&self) -> bool {
+        self.unapplied.is_empty()
+    }
+
+    /// Applies the unapplied records to `db` in one transaction without a sync.
+    pub fn apply_unapplied(&mut self, db: &Database) -> Result<()> {
+        if self.unapplied.is_empty() {
+            return Ok(());
+        }
+        let applied = (|| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::None)?;
+            for record in &self.unapplied {
+                apply_ops(&txn, &record.decode())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        match applied {
+            Ok(()) => {
+                self.unapplied.clear();
+                self.unapplied_bytes = 0;
+                Ok(())
+            }
+            Err(error) => {
+                // `db` lacks records a checkpoint would declare durable: no more of either.
+                self.failed = true;
+                Err(error)
+            }
+        }
     }
 
     /// A checkpoint: every record so far is in `db` (applied by the writer), so one durable
@@ -508,6 +548,9 @@ impl Journal {
         let result = (|| {
             let mut txn = db.begin_write()?;
             txn.set_durability(redb::Durability::Immediate)?;
+            for unapplied in &self.unapplied {
+                apply_ops(&txn, &unapplied.decode())?;
+            }
             if let Some(record) = record {
                 apply_ops(&txn, &record.decode())?;
             }
@@ -517,6 +560,8 @@ impl Journal {
         })();
         match result {
             Ok(()) => {
+                self.unapplied.clear();
+                self.unapplied_bytes = 0;
                 self.checkpointed();
                 Ok(())
             }
@@ -796,12 +841,10 @@ mod tests {
     }
 
     /// One writer round as the log writer runs it: durable first, then into `log.redb`.
-    fn round(db: &Database, journal: &mut Journal, record: &Record) -> Durable {
+    fn round(db: &Database, journal: &mut Journal, record: Record) -> Durable {
         let unsynced = 0;
         let durable = journal.commit(db, record, None, unsynced).expect("commit");
-        if durable == Durable::Journaled {
-            apply_record(db, record).expect("apply");
-        }
+        journal.apply_unapplied(db).expect("apply");
         durable
     }
 
@@ -837,7 +880,7 @@ mod tests {
             for index in 1..=50 {
                 let mut record = appends(index..=index, 100);
                 record.committed(&Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)));
-                assert_eq!(round(&db, &mut journal, &record), Durable::Journaled);
+                assert_eq!(round(&db, &mut journal, record), Durable::Journaled);
             }
             // log.redb took every record without a sync: a crash takes them all from it.
             disks.crash();
@@ -865,7 +908,7 @@ mod tests {
         {
             let (db, mut journal) = disks.open(JOURNAL_BYTES);
             for index in 1..=3 {
-                round(&db, &mut journal, &appends(index..=index, 100));
+                round(&db, &mut journal, appends(index..=index, 100));
             }
             disks.crash();
         }
@@ -889,18 +932,18 @@ mod tests {
         {
             let (db, mut journal) = disks.open(journal_bytes);
             for index in 1..=last {
-                round(&db, &mut journal, &appends(index..=index, 300));
+                round(&db, &mut journal, appends(index..=index, 300));
             }
             // A truncation and a vote, then appends at the truncated index.
             let mut record = Record::default();
             record.truncate(last - 9);
             record.vote(&Vote::new(2, 2));
-            round(&db, &mut journal, &record);
-            round(&db, &mut journal, &appends(last - 9..=last - 5, 10));
+            round(&db, &mut journal, record);
+            round(&db, &mut journal, appends(last - 9..=last - 5, 10));
             // A purge.
             let mut record = Record::default();
             record.purge(&openraft::testing::log_id::<TypeConfig>(1, 1, 100));
-            round(&db, &mut journal, &record);
+            round(&db, &mut journal, record);
             // One record per block: 16 blocks hold 16 records, so these checkpointed often.
             assert!(journal.gauge().stats().checkpoints >= last / 16);
             disks.crash();
@@ -930,11 +973,11 @@ mod tests {
             let (db, mut journal) = disks.open(journal_bytes);
             let checkpoints = journal.gauge().stats().checkpoints;
             // 40 KiB of entries against a 64 KiB journal (records at most a quarter of it).
-            let durable = round(&db, &mut journal, &appends(1..=10, 4096));
+            let durable = round(&db, &mut journal, appends(1..=10, 4096));
             assert_eq!(durable, Durable::InDatabase);
             assert_eq!(journal.gauge().stats().checkpoints, checkpoints + 1);
             assert_eq!(
-                round(&db, &mut journal, &appends(11..=11, 10)),
+                round(&db, &mut journal, appends(11..=11, 10)),
                 Durable::Journaled
             );
             disks.crash();
@@ -949,18 +992,50 @@ mod tests {
         {
             let (db, mut journal) = disks.open(JOURNAL_BYTES);
             // The old generation: records 1 and 2 at offsets 0 and one block.
-            round(&db, &mut journal, &appends(1..=5, 100));
-            round(&db, &mut journal, &appends(6..=6, 100));
+            round(&db, &mut journal, appends(1..=5, 100));
+            round(&db, &mut journal, appends(6..=6, 100));
             journal.checkpoint(&db, None).expect("checkpoint");
             // The new generation's record 1 overwrites offset 0; the old record 2 stays
             // behind it with the next sequence number.
             let mut record = Record::default();
             record.truncate(3);
-            round(&db, &mut journal, &record);
+            round(&db, &mut journal, record);
             disks.crash();
         }
         let (db, journal) = disks.open(JOURNAL_BYTES);
         assert_eq!(journal.gauge().stats().replayed_records, 1);
         assert_eq!(log_indexes(&db), vec![1, 2]);
+    }
+
+    #[test]
+    fn records_left_unapplied_reach_the_database_at_the_next_checkpoint_or_apply() {
+        let disks = Disks::default();
+        let journal_bytes = JOURNAL_BYTES_MIN;
+        {
+            let (db, mut journal) = disks.open(journal_bytes);
+            // Twenty rounds without applying: the journal (16 blocks) fills, and the
+            // checkpoint that makes room applies the records it holds first.
+            for index in 1..=20 {
+                journal
+                    .commit(&db, appends(index..=index, 100), None, 0)
+                    .expect("commit");
+            }
+            assert!(!journal.all_applied());
+            assert_eq!(log_indexes(&db), (1..=16).collect::<Vec<_>>());
+            journal.apply_unapplied(&db).expect("apply");
+            assert!(journal.all_applied());
+            assert_eq!(journal.unapplied_bytes(), 0);
+            assert_eq!(log_indexes(&db), (1..=20).collect::<Vec<_>>());
+            // Three more left unapplied, then a crash: replay brings them back.
+            for index in 21..=23 {
+                journal
+                    .commit(&db, appends(index..=index, 100), None, 0)
+                    .expect("commit");
+            }
+            disks.crash();
+        }
+        let (db, journal) = disks.open(journal_bytes);
+        assert_eq!(log_indexes(&db), (1..=23).collect::<Vec<_>>());
+        assert!(journal.all_applied());
     }
 }

@@ -9,9 +9,10 @@
 //! - `append` puts the entries in `pending` (readable at once, see `LogStore::read_entries`)
 //!   and queues them for the writer;
 //! - the writer takes everything queued and encodes it, in order, as one journal record
-//!   (`journal::Record`), appends that and syncs; then it fires the appends' callbacks, applies
-//!   the same record to `log.redb` without a sync (`journal::apply_record`), removes those
-//!   entries from `pending`, and completes the round's vote, truncate and purge;
+//!   (`journal::Record`), appends that and syncs; then it fires the appends' callbacks. The
+//!   records go into `log.redb` later, many in one transaction without a sync
+//!   (`Journal::apply_unapplied`, `LOG_APPLY_DEFER_BYTES_MAX`), or at once for a round with a
+//!   flush, vote, truncate or purge; only then do their entries leave `pending`;
 //! - `save_committed` is queued too: the newest committed index rides in the next record that
 //!   holds anything else, and is written into `log.redb` at checkpoints (a round with only a
 //!   committed index writes nothing: it was never fsynced on its own; `read_committed` answers
@@ -49,7 +50,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::backend::Store;
 use crate::error::{Result, StorageError};
-use crate::journal::{Durable, Record, apply_record};
+use crate::journal::Record;
 use crate::stage_clock::Stage;
 
 // The byte room is taken as a u32 (tokio's semaphore).
@@ -59,11 +60,20 @@ const _: () = assert!(LOG_WRITER_QUEUE_BYTES_MAX <= u32::MAX as u64);
 /// of them is acknowledged.
 pub const LOG_COMMIT_OPS_MAX: usize = 4096;
 
+/// Records `log.redb` may lack, in payload bytes, before a round applies them (one transaction
+/// for many rounds: a lone put's round otherwise spends as much CPU on its redb commit as on
+/// its journal write). Until then their entries stay in `pending`, read from memory.
+pub const LOG_APPLY_DEFER_BYTES_MAX: usize = 1024 * 1024;
+/// The same bound in entries.
+pub const LOG_APPLY_DEFER_ENTRIES_MAX: usize = 1024;
+
 /// What the writer carries from one round to the next.
 #[derive(Default)]
 struct WriterState {
     /// The newest committed index openraft saved that no record has carried yet.
     committed_held: Option<Option<LogId>>,
+    /// Entries durable in the journal that `log.redb` has not taken yet (still in `pending`).
+    unapplied: Vec<Arc<Entry>>,
 }
 
 pub(crate) enum WriteOp {
@@ -79,6 +89,9 @@ pub(crate) enum WriteOp {
         op: MetaOp,
         done: oneshot::Sender<Result<()>>,
     },
+    /// Nothing to write: the round that takes it applies every durable record to `log.redb`
+    /// (`LogWriter::flush` waits for it).
+    Flush,
 }
 
 /// The log operations other than appends.
@@ -380,14 +393,13 @@ impl LogWriter {
 
     /// Waits until everything submitted so far is durable and in `log.redb` (or has failed).
     pub async fn flush(&self) -> Result<()> {
+        self.submit(WriteOp::Flush, None)?;
         let target = self.shared.submitted_seq.load(Ordering::Acquire);
-        if target > 0 {
-            let mut finished = self.shared.finished_seq.subscribe();
-            finished
-                .wait_for(|done| *done >= target)
-                .await
-                .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))?;
-        }
+        let mut finished = self.shared.finished_seq.subscribe();
+        finished
+            .wait_for(|done| *done >= target)
+            .await
+            .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))?;
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(self.shared.failed_error());
         }
@@ -465,11 +477,12 @@ fn take_batch(first: Queued, receiver: &mut mpsc::UnboundedReceiver<Queued>) -> 
 }
 
 /// One round: `batch` as one journal record (`journal.rs`), then the reports in this order:
-/// queue room freed and the appends' callbacks fired once the record is durable; the record
-/// applied to `log.redb`; the entries dropped from `pending`, the finished sequence number
-/// published, the vote, truncate and purge ops completed. The shared state (and with it the
-/// database) is held only until then: whoever drops the store after its last callback finds
-/// the database closed.
+/// queue room freed and the appends' callbacks fired once the record is durable; then, if the
+/// round has a flush, vote, truncate or purge, or the records `log.redb` lacks have reached
+/// `LOG_APPLY_DEFER_BYTES_MAX` / `LOG_APPLY_DEFER_ENTRIES_MAX`, those records applied to
+/// `log.redb` in one transaction, their entries dropped from `pending`, the finished sequence
+/// number published and the vote, truncate and purge ops completed. The shared state (and
+/// with it the database) is held only until then.
 fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut WriterState) {
     assert!(!batch.is_empty());
     let last_seq = batch.last().map_or(0, |q| q.seq);
@@ -478,6 +491,7 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
     let mut callbacks = Vec::new();
     let mut dones = Vec::new();
     let mut rooms = Vec::new();
+    let mut apply_now = false;
     for queued in batch {
         rooms.extend(queued.room);
         match queued.op {
@@ -499,7 +513,9 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
                     MetaOp::Purge(upto) => record.purge(&upto),
                 }
                 dones.push(done);
+                apply_now = true;
             }
+            WriteOp::Flush => apply_now = true,
         }
     }
     // The committed index rides along with anything else, after what it covers.
@@ -513,36 +529,35 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
         return;
     };
     let store = &shared.store;
-    let durable = if shared.failed.load(Ordering::Acquire) {
-        Err(shared.failed_error())
+    let (durable, carried) = if shared.failed.load(Ordering::Acquire) {
+        (Err(shared.failed_error()), None)
     } else if record.is_empty() {
-        Ok(Durable::InDatabase)
+        (Ok(()), None)
     } else {
         let started = std::time::Instant::now();
         let committed_durable = lock(&shared.committed_durable).clone();
+        let (appended, bytes) = record.appended();
+        let carried = record.committed_bytes().map(<[u8]>::to_vec);
         let durable = store.log_journal().commit(
             store.log_db(),
-            &record,
+            record,
             committed_durable.as_deref(),
             store.log_unsynced_bytes(),
         );
-        if durable.is_ok() {
-            let (appended, bytes) = record.appended();
-            if appended > 0 {
-                store
-                    .shared
-                    .fsync_latency
-                    .observe_us(micros(started.elapsed()));
-                store.record_log_appended(appended, bytes);
-            }
+        if durable.is_ok() && appended > 0 {
+            store
+                .shared
+                .fsync_latency
+                .observe_us(micros(started.elapsed()));
+            store.record_log_appended(appended, bytes);
         }
-        durable
+        (durable.map(|_| ()), carried)
     };
     // Every op queued before the newest committed index is durable now, so a checkpoint may
     // write it, carried by this record or still held for the next one.
     if durable.is_ok() {
-        let newest = match (record.committed_bytes(), &state.committed_held) {
-            (Some(carried), _) => Some(carried.to_vec()),
+        let newest = match (carried, &state.committed_held) {
+            (Some(carried), _) => Some(carried),
             (None, Some(held)) => Some(codec::encode(held)),
             (None, None) => None,
         };
@@ -550,7 +565,7 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
             *lock(&shared.committed_durable) = newest;
         }
     }
-    if let (Ok(_), Some(first), Some(last)) = (&durable, entries.first(), entries.last()) {
+    if let (Ok(()), Some(first), Some(last)) = (&durable, entries.first(), entries.last()) {
         store
             .stage_clock()
             .reached(Stage::Durable, first.log_id.index, last.log_id.index);
@@ -560,16 +575,24 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
     drop(rooms);
     for callback in callbacks {
         let outcome = match &durable {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(error) => Err(std::io::Error::other(error.to_string())),
         };
         callback.io_completed(outcome);
     }
-    let result = match durable {
-        Ok(Durable::Journaled) => apply_record(store.log_db(), &record),
-        Ok(Durable::InDatabase) => Ok(()),
-        Err(error) => Err(error),
-    };
+    // Into `log.redb` when a waiter needs it there, or when enough has piled up; a checkpoint
+    // (in this round's commit) may have applied everything already.
+    state.unapplied.extend(entries);
+    let result = durable.and_then(|()| {
+        let mut journal = store.log_journal();
+        if apply_now
+            || journal.unapplied_bytes() >= LOG_APPLY_DEFER_BYTES_MAX
+            || state.unapplied.len() >= LOG_APPLY_DEFER_ENTRIES_MAX
+        {
+            journal.apply_unapplied(store.log_db())?;
+        }
+        Ok(())
+    });
     // A failed round's entries may be in neither `pending` nor the database once they leave
     // `pending`: mark the failure first, so that no read finds them missing without also
     // finding the failure (`LogStore::read_entries` checks it after reading). A short read on
@@ -579,11 +602,21 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
         lock(&shared.failure).get_or_insert_with(|| error.to_string());
         shared.failed.store(true, Ordering::Release);
     }
+    let all_applied = result.is_err() || store.log_journal().all_applied();
+    if !all_applied {
+        // The ops are durable; `log.redb` takes them with a later round, and `flush` waits
+        // for that round (nothing before `last_seq` is done until then).
+        assert!(
+            dones.is_empty(),
+            "a vote, truncate or purge round applies at once"
+        );
+        return;
+    }
     let mut pending = lock(&shared.pending);
-    for entry in &entries {
+    for entry in state.unapplied.drain(..) {
         let index = entry.log_id.index;
         // A truncation and a new append may have put another entry at this index.
-        if pending.get(&index).is_some_and(|p| Arc::ptr_eq(p, entry)) {
+        if pending.get(&index).is_some_and(|p| Arc::ptr_eq(p, &entry)) {
             pending.remove(&index);
         }
     }

@@ -85,7 +85,8 @@ async fn a_full_disk_fails_the_write_names_the_cause_and_keeps_what_was_durable(
     // callback reports that, with its cause.
     let mut failed = None;
     let mut acknowledged = ENTRIES_BEFORE_FULL;
-    for index in ENTRIES_BEFORE_FULL + 1..=ENTRIES_BEFORE_FULL + 100 {
+    // (`log.redb` takes the journal's records a megabyte at a time: 4 MiB of values is enough.)
+    for index in ENTRIES_BEFORE_FULL + 1..=ENTRIES_BEFORE_FULL + 1000 {
         if let Err(error) = append(&mut log, index).await {
             failed = Some(error);
             break;
@@ -99,7 +100,7 @@ async fn a_full_disk_fails_the_write_names_the_cause_and_keeps_what_was_durable(
     assert!(failure.message.contains("log.redb"), "{failure:?}");
     // The writer does not carry on after a failed commit, even with room again.
     full.store(false, Ordering::Release);
-    let next = ENTRIES_BEFORE_FULL + 200;
+    let next = ENTRIES_BEFORE_FULL + 2000;
     assert!(append(&mut log, next).await.is_err());
     drop((log, sm));
 
