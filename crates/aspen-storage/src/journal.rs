@@ -224,14 +224,25 @@ impl Record {
 
     fn finish_op(&mut self, data_start: usize) -> usize {
         let bytes = self.payload.len() - data_start;
-        let bytes_u32 = u32::try_from(bytes).expect("a log op's data over 4 GiB");
+        // An op's data is one entry, vote or log id: far below 4 GiB (entries are bounded by
+        // the request and peer message limits).
+        assert!(
+            bytes <= u32::MAX as usize,
+            "a log op's data of {bytes} bytes"
+        );
+        let bytes_u32 = u32::try_from(bytes).unwrap_or(u32::MAX);
         self.payload[data_start - 4..data_start].copy_from_slice(&bytes_u32.to_le_bytes());
         self.ops += 1;
         bytes
     }
 
     fn decode(&self) -> Vec<LogOp<'_>> {
-        decode_ops(&self.payload, self.ops).expect("a record this process encoded decodes")
+        let decoded = decode_ops(&self.payload, self.ops);
+        assert!(
+            decoded.is_some(),
+            "a record this process encoded does not decode"
+        );
+        decoded.unwrap_or_default()
     }
 }
 
@@ -623,7 +634,9 @@ fn encode_record(
     payload: &[u8],
     record_bytes: u64,
 ) -> Vec<u8> {
-    let payload_bytes = u32::try_from(payload.len()).expect("a record's payload over 4 GiB");
+    // Records hold at most RECORD_PAYLOAD_BYTES_MAX (larger rounds go straight to log.redb).
+    assert!(payload.len() <= RECORD_PAYLOAD_BYTES_MAX);
+    let payload_bytes = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut record = Vec::with_capacity(usize_from(record_bytes));
     record.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     record.extend_from_slice(&[0; 4]); // the crc, below

@@ -371,11 +371,10 @@ impl LogWriter {
             }
         }
         let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        let sender = self
-            .queue
-            .sender
-            .as_ref()
-            .expect("the queue's sender lives until its drop");
+        // The sender is taken only by the queue's drop, after the last handle is gone.
+        let Some(sender) = self.queue.sender.as_ref() else {
+            return Err(StorageError::Invariant("log writer stopped".to_string()));
+        };
         sender
             .send(Queued { seq, op, room })
             .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))

@@ -47,7 +47,7 @@ pub(crate) fn replay_if_present(
     }
     let replayed = replay(main, journal)?;
     main.sync_data()?;
-    journal.write(0, &[0u8; BLOCK_BYTES as usize])?;
+    journal.write(0, &vec![0u8; aspen_core::convert::usize_from(BLOCK_BYTES)])?;
     journal.sync_data()?;
     if replayed.records > 0 {
         tracing::info!(
