@@ -232,7 +232,7 @@ async fn metrics(State(node): State<Node>) -> String {
     counter(
         &mut out,
         "aspen_log_journal_checkpoints_total",
-        "Checkpoints: durable commits of the log database that retire the journal's records (the journal was full, the log database held 64 MiB unsynced, a round too large for a record, open after a replay, or close).",
+        "Checkpoints: durable commits of the log database that retire the journal's records (the journal was full, the log database held 4 MiB unsynced, a round too large for a record, open after a replay, or close).",
         journal.checkpoints,
     );
     let _ = writeln!(

@@ -34,11 +34,15 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// The filesystem's size: big enough for a member to start, small enough to fill in seconds.
-/// 40 MiB: 32 MiB for the member and the filler, as before the log's journal, plus the 8 MiB
-/// journal file a member creates at once (`aspen_storage::journal::JOURNAL_BYTES`).
-const TMPFS_BYTES: u64 = 40 * 1024 * 1024;
-/// "Other data" on the same disk, deleted to free space.
-const FILLER_BYTES: usize = 8 * 1024 * 1024;
+/// 48 MiB: 32 MiB for the member, as before the log's journal, the 8 MiB journal file a member
+/// creates at once (`aspen_storage::journal::JOURNAL_BYTES`), and the filler below.
+const TMPFS_BYTES: u64 = 48 * 1024 * 1024;
+/// "Other data" on the same disk, deleted to free space. Writes are acknowledged once their
+/// journal record is durable, and `log.redb` takes them afterwards, so a member whose disk
+/// filled may hold acknowledged entries only in its journal; the restart after freeing writes
+/// them into `log.redb` (up to `LOG_DB_UNSYNCED_BYTES_MAX` plus a deferred megabyte) and must
+/// still leave more free than the disk reserve (an eighth of the filesystem) for new writes.
+const FILLER_BYTES: usize = 16 * 1024 * 1024;
 /// Each put's value; the log and the state database each hold a copy.
 const VALUE_BYTES: usize = 100 * 1024;
 /// Concurrent writers: the disk fills under load, not one put at a time.
