@@ -1014,7 +1014,7 @@ impl Node {
     /// policy is `Never`, `raft_config.rs`). Holds the node weakly.
     fn spawn_snapshot_scheduler(&self) {
         use crate::snapshot_schedule::{
-            ENTRY_BYTES_ASSUMED, SNAPSHOT_CHECK_INTERVAL_MS, SNAPSHOT_RETRIGGER_MS, snapshot_due,
+            SNAPSHOT_CHECK_INTERVAL_MS, SNAPSHOT_RETRIGGER_MS, snapshot_due,
         };
         let weak = Arc::downgrade(&self.inner);
         let snapshot_count = self.inner.options.timing.snapshot_count;
@@ -1037,23 +1037,7 @@ impl Node {
                 {
                     continue;
                 }
-                let entries_since = applied.saturating_sub(snapshot);
-                if entries_since < snapshot_count {
-                    continue;
-                }
-                let snapshot_bytes = match inner.store.current_snapshot_bytes() {
-                    Ok(bytes) => bytes,
-                    Err(error) => {
-                        tracing::debug!(%error, "snapshot schedule: reading the snapshot's size");
-                        continue;
-                    }
-                };
-                let entry_bytes = inner
-                    .store
-                    .log_entry_bytes_mean()
-                    .unwrap_or(ENTRY_BYTES_ASSUMED)
-                    .max(1);
-                if !snapshot_due(entries_since, snapshot_count, entry_bytes, snapshot_bytes) {
+                if !snapshot_due(applied.saturating_sub(snapshot), snapshot_count) {
                     continue;
                 }
                 if let Err(error) = inner.raft.trigger().snapshot().await {

@@ -461,12 +461,19 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let mut client = self
             .client()
             .map_err(unreachable::<StreamingError<TypeConfig>>)?;
+        // A snapshot point's data is written now (the whole state, as of the view the
+        // snapshot holds), on a blocking thread: Raft's workers and applies go on meanwhile.
+        let deferred = snapshot.snapshot;
+        let data = tokio::task::spawn_blocking(move || deferred.materialized())
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?;
         let header = SnapshotHeader {
             vote,
             meta: snapshot.meta.clone(),
-            len_bytes: snapshot.snapshot.len_bytes(),
+            len_bytes: data.len_bytes(),
         };
-        let chunks = snapshot_chunks(codec::encode(&header), snapshot.snapshot);
+        let chunks = snapshot_chunks(codec::encode(&header), data);
         let mut call = stamped(&self.identity, self.target, tokio_stream::iter(chunks));
         call.set_timeout(option.hard_ttl().max(Duration::from_secs(60)));
         let send = client.install_snapshot(call);

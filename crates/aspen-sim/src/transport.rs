@@ -175,6 +175,10 @@ impl RaftNetworkV2<TypeConfig> for SimRaftClient {
 }
 
 fn read_snapshot(data: &SnapshotData) -> Result<Vec<u8>, StreamingError<TypeConfig>> {
+    // A snapshot point's data is written now, on the simulator's one thread (deterministic).
+    let data = data
+        .materialized()
+        .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?;
     let len_bytes = data.len_bytes();
     if len_bytes > SNAPSHOT_BYTES_MAX {
         return Err(StreamingError::Network(NetworkError::from_string(format!(

@@ -113,9 +113,6 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Durations of durable log commits (each one fsync), in microseconds.
     pub(crate) fsync_latency: aspen_core::metrics::Histogram,
-    /// Log entries, and their encoded bytes, made durable since the store was opened.
-    log_appended_entries: AtomicU64,
-    log_appended_bytes: AtomicU64,
     /// When recent log indices were appended, made durable, committed and applied here.
     pub(crate) stage_clock: StageClock,
     /// The last `dbSizeInUse` measurement (a page walk), reused for a while.
@@ -337,8 +334,6 @@ impl Store {
                 snapshots,
                 limits,
                 fsync_latency: aspen_core::metrics::Histogram::default(),
-                log_appended_entries: AtomicU64::new(0),
-                log_appended_bytes: AtomicU64::new(0),
                 stage_clock: StageClock::default(),
                 in_use: InUseGauge::default(),
                 compaction_gate: std::sync::Mutex::new(()),
@@ -594,30 +589,6 @@ impl Store {
             return Ok(None);
         };
         Ok(Some(crate::error::decode("sm_meta", bytes.value())?))
-    }
-
-    /// The current snapshot's size in bytes (0 without one): one read transaction.
-    pub fn current_snapshot_bytes(&self) -> Result<u64> {
-        Ok(self
-            .current_snapshot_record()?
-            .map_or(0, |record| record.len_bytes))
-    }
-
-    /// The mean encoded size of the log entries this process made durable, if it made any.
-    pub fn log_entry_bytes_mean(&self) -> Option<u64> {
-        let entries = self.shared.log_appended_entries.load(Ordering::Acquire);
-        let bytes = self.shared.log_appended_bytes.load(Ordering::Acquire);
-        (entries > 0).then(|| bytes / entries)
-    }
-
-    /// Called by the log writer after a commit made `entries` entries of `bytes` durable.
-    pub(crate) fn record_log_appended(&self, entries: u64, bytes: u64) {
-        self.shared
-            .log_appended_entries
-            .fetch_add(entries, Ordering::AcqRel);
-        self.shared
-            .log_appended_bytes
-            .fetch_add(bytes, Ordering::AcqRel);
     }
 }
 

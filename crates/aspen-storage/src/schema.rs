@@ -30,12 +30,15 @@ pub const META_JOURNAL_GENERATION: &str = "journal_generation";
 
 /// State machine metadata, always written in the same transaction as the data it describes:
 /// `applied` -> `AppliedState` (last-applied log id, membership, revisions, alarms),
-/// `snapshot` -> `SnapshotRecord` (the current snapshot's meta and where its data is),
+/// `snapshot` -> `SnapshotRecord` (the newest written snapshot's meta and where its data is),
+/// `snapshot_point` -> `SnapshotMeta` (the newest snapshot point: the state database itself,
+/// made durable at that meta; `state_machine/snapshot_io.rs`; absent before the first),
 /// `compacted_to` -> `(u64, u32)`: this replica's physical compaction has removed what it
 /// should from `KV_REVS` below that position (local progress, not replicated state).
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 pub const SM_APPLIED: &str = "applied";
 pub const SM_SNAPSHOT: &str = "snapshot";
+pub const SM_SNAPSHOT_POINT: &str = "snapshot_point";
 pub const SM_COMPACTED_TO: &str = "compacted_to";
 /// `index_flushed` -> u64: `KV_INDEX` holds every index entry at or below this revision; the
 /// newer ones are in memory (`state_machine/overlay.rs`) or rebuilt from `KV_REVS` on open.

@@ -38,10 +38,17 @@ pub(crate) struct SnapshotRecord {
     pub len_bytes: u64,
 }
 
-/// A complete snapshot, readable from the start any number of times.
+/// A complete snapshot, readable from the start any number of times, or one not written yet
+/// ([`SnapshotData::materialized`] writes it).
 #[derive(Clone)]
 pub struct SnapshotData {
     body: Body,
+}
+
+/// Writes a snapshot that so far is only a pinned view of the state machine
+/// (`state_machine/snapshot_io.rs` `Deferred`), once, the first time it is needed.
+pub(crate) trait Materialize: Send + Sync {
+    fn materialize(&self) -> Result<SnapshotData>;
 }
 
 #[derive(Clone)]
@@ -52,6 +59,13 @@ enum Body {
         len_bytes: u64,
     },
     Memory(Arc<Vec<u8>>),
+    /// Not written yet: a view of the state at the snapshot's meta.
+    Deferred(Arc<dyn Materialize>),
+    /// The data of a snapshot point (`snapshot_io::record_point`) as the builder returns it:
+    /// openraft keeps only its meta, and the data comes from `get_current_snapshot`.
+    Unavailable {
+        applied_index: u64,
+    },
 }
 
 impl std::fmt::Debug for SnapshotData {
@@ -61,6 +75,10 @@ impl std::fmt::Debug for SnapshotData {
                 path, len_bytes, ..
             } => write!(f, "SnapshotData({}, {len_bytes} bytes)", path.display()),
             Body::Memory(bytes) => write!(f, "SnapshotData(memory, {} bytes)", bytes.len()),
+            Body::Deferred(_) => write!(f, "SnapshotData(deferred)"),
+            Body::Unavailable { applied_index } => {
+                write!(f, "SnapshotData(point at {applied_index}, no data)")
+            }
         }
     }
 }
@@ -90,15 +108,61 @@ impl SnapshotData {
         })
     }
 
+    pub(crate) fn deferred(materialize: Arc<dyn Materialize>) -> SnapshotData {
+        SnapshotData {
+            body: Body::Deferred(materialize),
+        }
+    }
+
+    pub(crate) fn unavailable(applied_index: u64) -> SnapshotData {
+        SnapshotData {
+            body: Body::Unavailable { applied_index },
+        }
+    }
+
+    /// This snapshot with its data written: itself if it already is, else a file (or bytes,
+    /// on the in-memory backend) written now from the view it holds, and recorded as the
+    /// current snapshot. Blocks for as long as writing the whole state takes: call it off the
+    /// async workers.
+    pub fn materialized(&self) -> Result<SnapshotData> {
+        match &self.body {
+            Body::File { .. } | Body::Memory(_) => Ok(self.clone()),
+            Body::Deferred(materialize) => {
+                let data = materialize.materialize()?;
+                assert!(data.is_written());
+                Ok(data)
+            }
+            Body::Unavailable { applied_index } => Err(StorageError::Snapshot(format!(
+                "the snapshot at applied index {applied_index} is a point without data; \
+                 get_current_snapshot returns data for it"
+            ))),
+        }
+    }
+
+    /// Whether the data is written ([`SnapshotData::len_bytes`] and [`SnapshotData::reader`]
+    /// need it to be).
+    pub fn is_written(&self) -> bool {
+        matches!(&self.body, Body::File { .. } | Body::Memory(_))
+    }
+
+    /// The data's length. The data must be written ([`SnapshotData::materialized`]).
     pub fn len_bytes(&self) -> u64 {
         match &self.body {
             Body::File { len_bytes, .. } => *len_bytes,
             Body::Memory(bytes) => bytes.len() as u64,
+            Body::Deferred(_) | Body::Unavailable { .. } => {
+                panic!("the length of a snapshot not written yet: call materialized() first")
+            }
         }
     }
 
-    /// A reader from the first byte; chunks for the network are read from it.
+    /// A reader from the first byte; chunks for the network are read from it. The data must
+    /// be written ([`SnapshotData::materialized`]).
     pub fn reader(&self) -> SnapshotReader {
+        assert!(
+            self.is_written(),
+            "reading a snapshot not written yet: call materialized() first"
+        );
         SnapshotReader {
             body: self.body.clone(),
             offset_bytes: 0,
@@ -108,7 +172,7 @@ impl SnapshotData {
     fn file_path(&self) -> Option<&Path> {
         match &self.body {
             Body::File { path, .. } => Some(path),
-            Body::Memory(_) => None,
+            Body::Memory(_) | Body::Deferred(_) | Body::Unavailable { .. } => None,
         }
     }
 }
@@ -140,6 +204,9 @@ impl Read for SnapshotReader {
                 let n = out.len().min(bytes.len() - start);
                 out[..n].copy_from_slice(&bytes[start..start + n]);
                 n
+            }
+            Body::Deferred(_) | Body::Unavailable { .. } => {
+                unreachable!("SnapshotData::reader takes written data only")
             }
         };
         self.offset_bytes += read as u64;
@@ -319,6 +386,7 @@ impl SnapshotStore {
         data: &SnapshotData,
         bytes_max: u64,
     ) -> Result<(SnapshotData, Option<String>)> {
+        let data = &data.materialized()?;
         if let (SnapshotStore::Dir(dir), Some(path)) = (self, data.file_path())
             && path.parent() == Some(dir.as_path())
         {
@@ -347,6 +415,14 @@ impl SnapshotStore {
     pub fn set_memory_current(&self, data: &SnapshotData) {
         if let (SnapshotStore::Memory(current), Body::Memory(bytes)) = (self, &data.body) {
             *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes.clone());
+        }
+    }
+
+    /// Drops the current in-memory snapshot (memory backend only): a snapshot point replaced
+    /// its record.
+    pub fn clear_memory_current(&self) {
+        if let SnapshotStore::Memory(current) = self {
+            *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 }

@@ -15,7 +15,7 @@ use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::{Entry, SnapshotMeta};
 use aspen_core::{ApplyError, ApplyResponse, Command, CommandResult, PutRequest, TypeConfig};
 use aspen_storage::{StateMachine, StorageBackend, open_storage};
-use openraft::{EntryPayload, RaftSnapshotBuilder};
+use openraft::EntryPayload;
 
 struct Applier {
     sm: StateMachine,
@@ -165,12 +165,7 @@ async fn auth_applies_persists_and_travels_in_snapshots() {
     assert_eq!(*sm.auth_state(), *state);
 
     // A snapshot carries the auth store to another replica.
-    let mut builder = {
-        use openraft::storage::RaftStateMachine;
-        let mut sm = sm.clone();
-        sm.get_snapshot_builder().await
-    };
-    let snapshot = builder.build_snapshot().await.expect("build");
+    let snapshot = sm.snapshot_written().expect("snapshot");
     let (_log2, target) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
     target
         .install(&snapshot.meta, &snapshot.snapshot)
@@ -181,12 +176,7 @@ async fn auth_applies_persists_and_travels_in_snapshots() {
     let (_log3, empty) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
     let mut empty_applier = Applier::new(empty.clone(), 1);
     assert!(empty_applier.apply(put("k")).result.is_ok());
-    let mut builder = {
-        use openraft::storage::RaftStateMachine;
-        let mut empty = empty.clone();
-        empty.get_snapshot_builder().await
-    };
-    let plain = builder.build_snapshot().await.expect("build");
+    let plain = empty.snapshot_written().expect("snapshot");
     let meta: SnapshotMeta = plain.meta.clone();
     sm.install(&meta, &plain.snapshot)
         .expect("install over auth");

@@ -679,9 +679,10 @@ async fn verify_snapshot(sm: &mut StateMachine, db_path: &Path, purged: u64, app
         assert_eq!(snapshot_files, 0, "snapshot files left without a snapshot");
         return;
     };
-    assert_eq!(
-        snapshot_files, 1,
-        "exactly the current snapshot file remains"
+    // A snapshot point has no file; a written snapshot (none here: nothing sends one) has one.
+    assert!(
+        snapshot_files <= 1,
+        "{snapshot_files} snapshot files: at most the current written one remains"
     );
     let covered = index_of(&snapshot.meta.last_log_id);
     // A snapshot covers the purged log, except when a kill fell between a recovery's purge to
@@ -695,11 +696,16 @@ async fn verify_snapshot(sm: &mut StateMachine, db_path: &Path, purged: u64, app
         covered <= applied,
         "snapshot at {covered} beyond applied {applied}"
     );
-    aspen_storage::snapshot::verify(&snapshot.snapshot).expect("snapshot reads back whole");
+    // What a leader does for a follower: write the point's data now, from the state it holds.
+    let data = snapshot
+        .snapshot
+        .materialized()
+        .expect("write the snapshot's data");
+    aspen_storage::snapshot::verify(&data).expect("snapshot reads back whole");
     let (_log, fresh) =
         open_storage(&StorageBackend::InMemory, Limits::default()).expect("fresh store");
     fresh
-        .install(&snapshot.meta, &snapshot.snapshot)
+        .install(&snapshot.meta, &data)
         .expect("install snapshot");
     let state = fresh.reader().applied_state().expect("installed state");
     assert_eq!(state.last_applied, snapshot.meta.last_log_id);

@@ -123,7 +123,9 @@ async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) {
     sm.apply(stream).await.expect("apply");
 }
 
+/// The snapshot's bytes, written first if it is a point's deferred data.
 fn read_all(data: &SnapshotData) -> Vec<u8> {
+    let data = data.materialized().expect("snapshot data written");
     let mut bytes = Vec::new();
     data.reader()
         .read_to_end(&mut bytes)
@@ -175,6 +177,14 @@ async fn write_everything(backend: &StorageBackend) -> Observed {
         snapshot.meta.last_membership,
         StoredMembership::new(Some(log_id(1)), membership())
     );
+    // The build recorded a point; its data is written when read, here as a leader would.
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("read current snapshot")
+        .expect("a snapshot exists");
+    assert_eq!(current.meta, snapshot.meta);
+    let snapshot_bytes = read_all(&current.snapshot);
 
     // Two more entries, committed but not yet applied when the store closes.
     let tail = vec![
@@ -197,7 +207,7 @@ async fn write_everything(backend: &StorageBackend) -> Observed {
         .collect();
     Observed {
         vote,
-        snapshot_bytes: read_all(&snapshot.snapshot),
+        snapshot_bytes,
         snapshot_meta: snapshot.meta,
         reads,
         revision: state.revision,

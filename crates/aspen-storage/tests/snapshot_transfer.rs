@@ -322,7 +322,7 @@ fn receive(target: &StateMachine, bytes: &[u8]) -> Result<SnapshotData, StorageE
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_installs_on_redb_and_memory_and_survives_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_source_log, mut source) =
+    let (_source_log, source) =
         open_storage(&redb_backend(dir.path(), "source.redb"), Limits::default())
             .expect("open source");
     let built = build_source(&source);
@@ -349,12 +349,7 @@ async fn snapshot_installs_on_redb_and_memory_and_survives_restart() {
         built.current_revision,
         1 + 20_000 + 200 + 4_000 + 2_858 + 1 + 1_429
     );
-    let snapshot = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snapshot = source.snapshot_written().expect("snapshot");
     assert_eq!(
         snapshot.meta.last_log_id,
         Some(openraft::testing::log_id::<TypeConfig>(
@@ -519,7 +514,7 @@ fn corrupt_or_truncated_snapshots_are_refused_and_change_nothing() {
 async fn a_snapshot_damaged_on_disk_fails_to_install_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let source_path = dir.path().join("source.redb");
-    let (_source_log, mut source) = open_storage(
+    let (_source_log, source) = open_storage(
         &StorageBackend::Redb {
             dir: source_path.clone(),
         },
@@ -527,12 +522,7 @@ async fn a_snapshot_damaged_on_disk_fails_to_install_cleanly() {
     )
     .expect("open source");
     small_history(&source, 24);
-    let snapshot = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snapshot = source.snapshot_written().expect("snapshot");
     let file = snapshot_file(&source_path);
     let pristine = std::fs::read(&file).expect("read snapshot file");
     assert_eq!(pristine, snapshot_bytes(&snapshot.snapshot));
@@ -629,13 +619,7 @@ fn small_history(sm: &StateMachine, keys: u64) -> Built {
 }
 
 async fn build_snapshot(sm: &StateMachine) -> (SnapshotMeta, Vec<u8>) {
-    let snapshot = sm
-        .clone()
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snapshot = sm.snapshot_written().expect("snapshot");
     (snapshot.meta, snapshot_bytes(&snapshot.snapshot))
 }
 

@@ -20,8 +20,7 @@ use aspen_core::type_config::alias::Entry;
 use aspen_core::{Command, DeleteRangeRequest, Event, EventKind, PutRequest, TypeConfig};
 use aspen_storage::{StateMachine, StorageBackend, open_storage};
 use aspen_watch::{HubOptions, WatchHub, WatchMessage, WatchRequest};
-use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, RaftSnapshotBuilder};
+use openraft::EntryPayload;
 use tokio::sync::mpsc;
 
 /// A state machine fed consecutive log entries.
@@ -208,14 +207,7 @@ async fn snapshot_install_case(physical_first: bool) {
     }
     assert_eq!(compact_revision, 4);
     leader.apply(vec![put("k3", "c3s117"), delete("k4")]);
-    let snapshot = leader
-        .sm
-        .clone()
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snapshot = leader.sm.snapshot_written().expect("snapshot");
 
     // The follower installs it: its hub is reset to the snapshot's revision and the watcher,
     // owed 4 onwards, is served from history from the compaction revision on.

@@ -256,6 +256,24 @@ impl StateMachine {
         }
     }
 
+    /// Records a snapshot point and writes its data now (what a leader does when a follower
+    /// needs the state): for tests and tools. Raft records points only
+    /// ([`RaftSnapshotBuilder::build_snapshot`]) and writes data on demand.
+    pub fn snapshot_written(
+        &self,
+    ) -> Result<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>> {
+        snapshot_io::record_point(&self.store)?;
+        let Some((meta, data)) = snapshot_io::current(&self.store)? else {
+            return Err(StorageError::Invariant(
+                "no current snapshot right after recording a point".to_string(),
+            ));
+        };
+        Ok(Snapshot {
+            meta,
+            snapshot: data.materialized()?,
+        })
+    }
+
     /// Replaces the whole state machine with the snapshot's contents, durably.
     pub fn install(&self, meta: &SnapshotMeta, data: &SnapshotData) -> Result<()> {
         // No compaction step plans on the tables this replaces and removes from the new ones.
@@ -292,7 +310,7 @@ impl StateMachine {
 
 impl StateMachine {
     /// Fills this (empty) state machine from an etcd snapshot, as applied at `meta`'s log
-    /// position, then builds an Aspen snapshot of it (what a member sends a new member). The
+    /// position, then records a snapshot point there (what a member sends a new member). The
     /// caller has walked the whole file (`summary`) before anything was written.
     pub fn import_etcd(
         &self,
@@ -309,7 +327,7 @@ impl StateMachine {
                 .replace(std::sync::Arc::new(auth::load_read(&txn)?));
         }
         self.events.reset(self.reader().applied_state()?.revision);
-        snapshot_io::build(&self.store)?;
+        snapshot_io::record_point(&self.store)?;
         Ok(())
     }
 }
@@ -660,18 +678,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Option<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>>,
         io::Error,
     > {
-        let Some(record) = self.read_snapshot_record()? else {
-            return Ok(None);
-        };
-        let data = self.store.shared.snapshots.open(&record)?;
-        Ok(Some(Snapshot {
-            meta: record.meta,
-            snapshot: data,
-        }))
+        let current = snapshot_io::current(&self.store).inspect_err(|error| {
+            self.store.note_failure(error);
+        })?;
+        Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
 
-/// Builds a snapshot from a consistent read view while applies go on.
+/// Records a snapshot point (`snapshot_io::record_point`): one durable commit, no copy of the
+/// state. The data is written when a follower needs it (`get_current_snapshot`).
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     store: Store,
@@ -686,12 +701,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>,
         io::Error,
     > {
-        let (meta, data) = snapshot_io::build(&self.store).inspect_err(|error| {
+        let meta = snapshot_io::record_point(&self.store).inspect_err(|error| {
             self.store.note_failure(error);
         })?;
+        let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
         Ok(Snapshot {
             meta,
-            snapshot: data,
+            snapshot: SnapshotData::unavailable(applied_index),
         })
     }
 }

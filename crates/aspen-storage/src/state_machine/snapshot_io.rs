@@ -5,7 +5,7 @@ use std::io::BufReader;
 use aspen_core::limits::SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES;
 
 use aspen_core::type_config::alias::SnapshotMeta;
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::mvcc::{IndexRecord, IndexSource, RevRecord, write_record};
 use super::records::AppliedState;
@@ -13,20 +13,153 @@ use super::records::StoredVersion;
 use super::{read_applied_write, write_applied};
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
-use crate::schema::{self, SM_META, SM_SNAPSHOT};
+use crate::schema::{self, SM_META, SM_SNAPSHOT, SM_SNAPSHOT_POINT};
 use crate::snapshot::{
-    Frame, FrameReader, SNAPSHOT_MAGIC, SnapshotData, SnapshotExport, SnapshotRecord, SnapshotSink,
+    Frame, FrameReader, Materialize, SNAPSHOT_MAGIC, SnapshotData, SnapshotExport, SnapshotRecord,
+    SnapshotSink,
 };
 
-/// Streams the state machine, as of one read transaction, into a new snapshot and makes it
-/// the current one (unless a newer one was installed meanwhile).
-pub(crate) fn build(store: &Store) -> Result<(SnapshotMeta, SnapshotData)> {
-    let bytes_max = store.limits().quota_backend_bytes.saturating_mul(2);
-    let mut sink = store.shared.snapshots.new_sink(bytes_max)?;
-    let meta = write_state(store, &mut sink)?;
+/// Records a **snapshot point** at the applied state: one durable commit of the state database
+/// (the key index's overlay flushed with it) that writes the point's meta, and drops the
+/// record (and file) of an older written snapshot. Nothing of the state is copied: the state
+/// database itself is the snapshot, as etcd's bbolt file is. Its data is written only when
+/// someone reads it ([`current`]: a leader sending it to a follower).
+///
+/// Returns the point's meta. Raft may purge the log up to it: the commit made the state
+/// machine durable at least that far.
+pub(crate) fn record_point(store: &Store) -> Result<SnapshotMeta> {
+    let db = store.state_db();
+    // Durable (redb's default): it makes every earlier apply durable too.
+    let txn = db.begin_write()?;
+    let state = read_applied_write(&txn)?;
+    let flushing = super::overlay::flush_into(&txn, &store.shared.index_overlay, state.revision)?;
+    let meta = SnapshotMeta {
+        last_log_id: state.last_applied,
+        last_membership: state.membership.clone(),
+    };
+    let replaced = {
+        let mut table = txn.open_table(SM_META)?;
+        let record: Option<SnapshotRecord> = match table.get(SM_SNAPSHOT)? {
+            Some(bytes) => Some(decode("sm_meta", bytes.value())?),
+            None => None,
+        };
+        table.insert(
+            SM_SNAPSHOT_POINT,
+            aspen_core::codec::encode(&meta).as_slice(),
+        )?;
+        match record {
+            Some(record) if record.meta.last_log_id <= meta.last_log_id => {
+                table.remove(SM_SNAPSHOT)?;
+                Some(record.file_name)
+            }
+            _ => None,
+        }
+    };
+    txn.commit()?;
+    drop(db);
+    flushing.finish(state.revision);
+    let applied_index = state.last_applied.as_ref().map_or(0, |id| id.index);
+    store.shared.durability.record_durable(applied_index);
+    if let Some(file_name) = replaced {
+        store.shared.snapshots.clear_memory_current();
+        store
+            .shared
+            .snapshots
+            .remove_replaced(file_name.as_deref(), None)?;
+    }
+    Ok(meta)
+}
+
+/// The current snapshot: the written one if it is at least as new as the snapshot point,
+/// else a deferred one of the state as it is now (one read transaction, pinned until the
+/// data is written or dropped), whose meta is at or past the point. None before either exists.
+///
+/// openraft reads this at start (only the meta: nothing is written then) and to send a
+/// follower the state (`SnapshotData::materialized` writes it then, off the state machine
+/// worker, and records it as the current written snapshot).
+pub(crate) fn current(store: &Store) -> Result<Option<(SnapshotMeta, SnapshotData)>> {
+    let db = store.state_db();
+    let (record, point) = {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(SM_META)?;
+        let record: Option<SnapshotRecord> = match table.get(SM_SNAPSHOT)? {
+            Some(bytes) => Some(decode("sm_meta", bytes.value())?),
+            None => None,
+        };
+        let point: Option<SnapshotMeta> = match table.get(SM_SNAPSHOT_POINT)? {
+            Some(bytes) => Some(decode("sm_meta", bytes.value())?),
+            None => None,
+        };
+        (record, point)
+    };
+    let written_is_current = match (&record, &point) {
+        (Some(record), Some(point)) => point.last_log_id <= record.meta.last_log_id,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if let (true, Some(record)) = (written_is_current, record) {
+        let data = store.shared.snapshots.open(&record)?;
+        return Ok(Some((record.meta, data)));
+    }
+    let Some(point) = point else {
+        return Ok(None);
+    };
+    let view = super::read_view(store, &db, None)?;
+    drop(db);
+    let meta = SnapshotMeta {
+        last_log_id: view.state.last_applied,
+        last_membership: view.state.membership.clone(),
+    };
+    // Applies only move forward, and an install that moves them back removes the point.
+    assert!(meta.last_log_id >= point.last_log_id);
+    let deferred = Deferred {
+        store: store.clone(),
+        meta: meta.clone(),
+        slot: std::sync::Mutex::new(Slot::View(Box::new(view))),
+    };
+    Ok(Some((
+        meta,
+        SnapshotData::deferred(std::sync::Arc::new(deferred)),
+    )))
+}
+
+/// A snapshot of the state one read view holds, written the first time it is read.
+struct Deferred {
+    store: Store,
+    meta: SnapshotMeta,
+    slot: std::sync::Mutex<Slot>,
+}
+
+enum Slot {
+    /// Not written yet (a failed write leaves the view for another try).
+    View(Box<super::ReadView>),
+    /// Written; the view is released.
+    Written(SnapshotData),
+}
+
+impl Materialize for Deferred {
+    fn materialize(&self) -> Result<SnapshotData> {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let view = match &*slot {
+            Slot::Written(data) => return Ok(data.clone()),
+            Slot::View(view) => view,
+        };
+        let bytes_max = self.store.limits().quota_backend_bytes.saturating_mul(2);
+        let mut sink = self.store.shared.snapshots.new_sink(bytes_max)?;
+        let meta = write_view(view, &mut sink)?;
+        assert_eq!(meta, self.meta, "a deferred snapshot's view moved");
+        let data = record_written(&self.store, meta, sink)?;
+        *slot = Slot::Written(data.clone());
+        Ok(data)
+    }
+}
+
+/// Finishes a written snapshot (synced, under its final name) and makes it the current one
+/// unless a newer one was recorded meanwhile.
+fn record_written(store: &Store, meta: SnapshotMeta, sink: SnapshotSink) -> Result<SnapshotData> {
     let (data, file_name) = sink.finish()?;
     let record = SnapshotRecord {
-        meta: meta.clone(),
+        meta,
         file_name,
         len_bytes: data.len_bytes(),
     };
@@ -37,25 +170,27 @@ pub(crate) fn build(store: &Store) -> Result<(SnapshotMeta, SnapshotData)> {
             .snapshots
             .remove_replaced(replaced.as_deref(), record.file_name.as_deref())?;
     }
-    Ok((meta, data))
+    Ok(data)
 }
 
 /// A point-in-time copy of the state machine in the snapshot format, for a client (etcd's
-/// Snapshot RPC). Unlike [`build`] it never becomes Raft's current snapshot and is not synced;
-/// its file, if any, is deleted when the export is dropped.
+/// Snapshot RPC). Unlike a Raft snapshot it is never recorded and not synced; its file, if
+/// any, is deleted when the export is dropped.
 pub fn export_snapshot(store: &Store) -> Result<SnapshotExport> {
     let bytes_max = store.limits().quota_backend_bytes.saturating_mul(2);
     let mut sink = store.shared.snapshots.new_export_sink(bytes_max)?;
-    let meta = write_state(store, &mut sink)?;
+    let view = {
+        let db = store.state_db();
+        super::read_view(store, &db, None)?
+    };
+    let meta = write_view(&view, &mut sink)?;
     let data = sink.finish_export()?;
     Ok(SnapshotExport::new(meta, data))
 }
 
-/// Writes every state machine table, as of one read transaction, as snapshot frames with the
+/// Writes every state machine table, as of one read view, as snapshot frames with the
 /// trailer; returns the meta describing that state.
-fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
-    let db = store.state_db();
-    let view = super::read_view(store, &db, None)?;
+fn write_view(view: &super::ReadView, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
     let txn = &view.txn;
     let state = &view.state;
     let mut buffer = Vec::with_capacity(4096);
@@ -68,7 +203,7 @@ fn write_state(store: &Store, sink: &mut SnapshotSink) -> Result<SnapshotMeta> {
     };
     sink.write_frame(&header, &mut buffer)?;
     frames += 1;
-    frames += write_versions(&view, sink, &mut buffer)?;
+    frames += write_versions(view, sink, &mut buffer)?;
     for item in txn.open_table(schema::LEASES)?.iter()? {
         let (id, bytes) = item?;
         let frame = Frame::Lease {
@@ -369,6 +504,8 @@ pub(crate) fn install(
     {
         let mut table = txn.open_table(SM_META)?;
         table.insert(SM_SNAPSHOT, aspen_core::codec::encode(record).as_slice())?;
+        // The installed snapshot replaces the state a point described.
+        table.remove(SM_SNAPSHOT_POINT)?;
         // The installed versions are compacted as the source had them: no progress carries.
         table.remove(schema::SM_COMPACTED_TO)?;
         // A snapshot from before auth existed has no auth frames: auth disabled, no users.
