@@ -42,7 +42,7 @@ impl RaftTiming {
             replication_lag_threshold: self.snapshot_count.max(LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES)
                 * 2,
             // Snapshots are triggered by the node (`snapshot_schedule.rs`): every
-            // `snapshot_count` entries, and on a large store less often.
+            // `snapshot_count` entries.
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES.min(self.snapshot_count),
             purge_batch_size: 256.min(self.snapshot_count.max(1)),

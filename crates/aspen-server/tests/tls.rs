@@ -25,6 +25,9 @@ use aspen_proto::etcdserverpb::kv_client::KvClient;
 use aspen_tls::rustls;
 use aspen_tls::{CertificateAuthority, LeafOptions};
 use common::{Backend, Cluster, free_port, poll, spawn_aspen};
+
+/// `member list` attempts, 200 ms apart, until every member's client URL is published.
+const MEMBER_LIST_ATTEMPTS: u32 = 50;
 use tonic::transport::Endpoint;
 
 /// etcdctl's own deadlines, short: a refused connection should fail fast.
@@ -102,8 +105,23 @@ async fn a_tls_cluster_serves_etcdctl_with_client_certificates_and_refuses_the_r
     let (ok, out, err) = run_etcdctl(&with_cert(&["get", "greeting"]));
     assert!(ok, "etcdctl get over TLS: {err}");
     assert_eq!(out.trim(), "greeting\nhello");
-    let (ok, out, err) = run_etcdctl(&with_cert(&["member", "list"]));
-    assert!(ok, "etcdctl member list: {err}");
+    // Each member publishes its own client URLs as it starts (a membership change of its
+    // own), so a list right after the cluster formed may not show them all yet.
+    let mut listed = None;
+    for _ in 0..MEMBER_LIST_ATTEMPTS {
+        let (ok, out, err) = run_etcdctl(&with_cert(&["member", "list"]));
+        assert!(ok, "etcdctl member list: {err}");
+        let published = cluster
+            .members
+            .iter()
+            .all(|member| out.contains(&member.client_url()));
+        listed = Some(out);
+        if published {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = listed.expect("at least one member list");
     for member in &cluster.members {
         assert!(out.contains(&member.peer_url()), "{out}");
         assert!(out.contains(&member.client_url()), "{out}");

@@ -1,4 +1,5 @@
-//! Building a snapshot from a read view, and installing one in a single write transaction.
+//! Snapshot points (Raft's snapshots: one durable commit, no copy), snapshot data written from a
+//! pinned read view when a follower needs it, and installing one in a single write transaction.
 
 use std::io::BufReader;
 
