@@ -278,6 +278,13 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:").unwrap_or(0)))
 }
 
+fn wall_budget_reason(args: &Args) -> String {
+    format!(
+        "ran past the sweep's time budget of {} ms (--seed-wall-ms)",
+        args.seed_wall_ms_max
+    )
+}
+
 fn fail_seed(args: &Args, tally: &mut Tally, seed: u64, why: &str) {
     tally.failed += 1;
     println!("FAILED seed {seed}: {why}");
@@ -320,7 +327,14 @@ fn sweep_with_worker(
                     running = Some((seed, Instant::now()));
                 } else if let Some(seed) = line.strip_prefix("@pass ") {
                     let seed: u64 = seed.parse().map_err(|_| format!("worker said {line:?}"))?;
-                    tally.passed += 1;
+                    // A seed that finished past its budget between two polls fails as one
+                    // still running would (the watch below only sees running seeds).
+                    let budget = Duration::from_millis(args.seed_wall_ms_max);
+                    if running.is_some_and(|(_, since)| since.elapsed() > budget) {
+                        fail_seed(args, tally, seed, &wall_budget_reason(args));
+                    } else {
+                        tally.passed += 1;
+                    }
                     running = None;
                     next = seed + 1;
                 } else if let Some(rest) = line.strip_prefix("@fail ") {
@@ -353,10 +367,7 @@ fn sweep_with_worker(
             && since.elapsed() > Duration::from_millis(args.seed_wall_ms_max)
             && killed_for.is_none()
         {
-            killed_for = Some(format!(
-                "ran past the sweep's time budget of {} ms (--seed-wall-ms)",
-                args.seed_wall_ms_max
-            ));
+            killed_for = Some(wall_budget_reason(args));
         }
         if killed_for.is_some() {
             let _ = child.kill();
