@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::Entry;
 use aspen_core::{Command, PutRequest, RangeRequest, TypeConfig};
-use aspen_storage::{StateMachine, StorageBackend, open_storage};
+use aspen_storage::{SnapshotData, StateMachine, StorageBackend, open_storage};
 use openraft::storage::RaftStateMachine;
+use openraft::type_config::alias::SnapshotOf;
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 fn put_entry(index: u64, key: &str, value: &str) -> Entry {
@@ -34,6 +35,13 @@ fn apply_puts(sm: &StateMachine, from: u64, to: u64) {
         .map(|i| put_entry(i, &format!("key/{i:05}"), &format!("v{i}")))
         .collect();
     sm.apply_entries(&entries).expect("apply");
+}
+
+/// A redb backend in `node/` under `dir`.
+fn node_backend(dir: &Path) -> StorageBackend {
+    StorageBackend::Redb {
+        dir: dir.join("node"),
+    }
 }
 
 fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
@@ -56,6 +64,23 @@ fn key_count(sm: &StateMachine) -> u64 {
     result.count
 }
 
+/// Raft's snapshot build: records a point; returns what the builder returns.
+async fn point(sm: &mut StateMachine) -> SnapshotOf<TypeConfig, SnapshotData> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build")
+}
+
+/// What openraft reads as the current snapshot (one must exist).
+async fn current_snapshot(sm: &mut StateMachine) -> SnapshotOf<TypeConfig, SnapshotData> {
+    sm.get_current_snapshot()
+        .await
+        .expect("current")
+        .expect("a snapshot exists")
+}
+
 fn applied_index(sm: &StateMachine) -> u64 {
     let state = sm.reader().applied_state().expect("applied state");
     state.last_applied.map_or(0, |id| id.index)
@@ -64,19 +89,12 @@ fn applied_index(sm: &StateMachine) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_point_writes_nothing_until_a_follower_needs_the_data() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = StorageBackend::Redb {
-        dir: dir.path().join("node"),
-    };
+    let backend = node_backend(dir.path());
     let (_log, mut sm) = open_storage(&backend, Limits::default()).expect("open");
     apply_puts(&sm, 1, 501);
 
     // Building records a point at the applied index, durably, and copies nothing.
-    let built = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let built = point(&mut sm).await;
     assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(500));
     assert_eq!(sm.store().state_durable_applied_index(), 500);
     assert!(snapshot_files(dir.path().join("node").as_path()).is_empty());
@@ -93,11 +111,7 @@ async fn a_point_writes_nothing_until_a_follower_needs_the_data() {
     // More applies: the current snapshot is the state now (a view pinned at this call), at or
     // past the point; still nothing is written.
     apply_puts(&sm, 501, 601);
-    let current = sm
-        .get_current_snapshot()
-        .await
-        .expect("current")
-        .expect("a snapshot exists");
+    let current = current_snapshot(&mut sm).await;
     assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(600));
     assert!(!current.snapshot.is_written());
     assert!(snapshot_files(dir.path().join("node").as_path()).is_empty());
@@ -116,22 +130,13 @@ async fn a_point_writes_nothing_until_a_follower_needs_the_data() {
 
     // The written snapshot is now the current one (it is newer than the point), so a second
     // follower gets the same file without another write.
-    let again = sm
-        .get_current_snapshot()
-        .await
-        .expect("current")
-        .expect("a snapshot exists");
+    let again = current_snapshot(&mut sm).await;
     assert_eq!(again.meta, current.meta);
     assert!(again.snapshot.is_written());
     assert_eq!(snapshot_files(dir.path().join("node").as_path()).len(), 1);
 
     // The next point replaces it and removes its file.
-    let next = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let next = point(&mut sm).await;
     assert_eq!(next.meta.last_log_id.map(|id| id.index), Some(700));
     assert!(snapshot_files(dir.path().join("node").as_path()).is_empty());
 }
@@ -139,17 +144,11 @@ async fn a_point_writes_nothing_until_a_follower_needs_the_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_point_survives_a_restart_and_the_restart_writes_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = StorageBackend::Redb {
-        dir: dir.path().join("node"),
-    };
+    let backend = node_backend(dir.path());
     {
         let (_log, mut sm) = open_storage(&backend, Limits::default()).expect("open");
         apply_puts(&sm, 1, 301);
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        point(&mut sm).await;
         // Applied after the point, not durable: a restart may lose these applies (Raft
         // re-applies them from the log), never the point.
         apply_puts(&sm, 301, 351);
@@ -162,11 +161,7 @@ async fn a_point_survives_a_restart_and_the_restart_writes_nothing() {
     );
     // What openraft reads at start: a snapshot at the state the file holds, at or past the
     // point, and no data written for it.
-    let current = sm
-        .get_current_snapshot()
-        .await
-        .expect("current")
-        .expect("the point survived");
+    let current = current_snapshot(&mut sm).await;
     assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(durable));
     assert!(!current.snapshot.is_written());
     drop(current);
@@ -186,30 +181,17 @@ async fn an_install_replaces_the_point() {
     let (_log2, mut target) =
         open_storage(&StorageBackend::InMemory, Limits::default()).expect("open target");
     apply_puts(&target, 1, 51);
-    target
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("target point");
+    point(&mut target).await;
     target
         .install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
         .await
         .expect("install");
-    let current = target
-        .get_current_snapshot()
-        .await
-        .expect("current")
-        .expect("the installed snapshot");
+    let current = current_snapshot(&mut target).await;
     assert_eq!(current.meta, snapshot.meta);
     assert!(current.snapshot.is_written());
     assert_eq!(applied_index(&target), 100);
     assert_eq!(key_count(&target), 100);
     // The source's written snapshot stays its current one until its next point.
-    let source_current = source
-        .get_current_snapshot()
-        .await
-        .expect("source current")
-        .expect("a snapshot exists");
+    let source_current = current_snapshot(&mut source).await;
     assert_eq!(source_current.meta, snapshot.meta);
 }
