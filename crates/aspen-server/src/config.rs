@@ -285,7 +285,7 @@ struct RawConfig {
     /// Time without a leader before an election, in milliseconds; at least 5 heartbeats [default: 1000]
     #[arg(long, env = "ASPEN_ELECTION_TIMEOUT", value_name = "MS")]
     election_timeout: Option<u64>,
-    /// Applied entries between snapshots, at least; on a large store also until the log since the last is a quarter of its size [default: 100000]
+    /// Applied entries between snapshots, as etcd's (a snapshot is one durable commit of the state; its data is written only for a follower that needs it) [default: 100000]
     #[arg(long, env = "ASPEN_SNAPSHOT_COUNT", value_name = "ENTRIES")]
     snapshot_count: Option<u64>,
     #[arg(
