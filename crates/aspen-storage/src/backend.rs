@@ -581,14 +581,14 @@ impl Store {
             .and_then(|record| record.file_name))
     }
 
-    fn current_snapshot_record(&self) -> Result<Option<crate::snapshot::SnapshotRecord>> {
+    /// The written snapshot's record (`sm_meta` `snapshot`), if there is one.
+    pub(crate) fn current_snapshot_record(
+        &self,
+    ) -> Result<Option<crate::snapshot::SnapshotRecord>> {
         let db = self.state_db();
         let txn = db.begin_read()?;
         let table = txn.open_table(schema::SM_META)?;
-        let Some(bytes) = table.get(schema::SM_SNAPSHOT)? else {
-            return Ok(None);
-        };
-        Ok(Some(crate::error::decode("sm_meta", bytes.value())?))
+        crate::error::decode_found("sm_meta", table.get(schema::SM_SNAPSHOT)?)
     }
 }
 

@@ -79,6 +79,14 @@ impl From<StorageError> for std::io::Error {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// Decodes a value `table.get(..)` may have found, naming the table if it is corrupt.
+pub(crate) fn decode_found<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    found: Option<redb::AccessGuard<'_, &'static [u8]>>,
+) -> Result<Option<T>> {
+    found.map(|bytes| decode(table, bytes.value())).transpose()
+}
+
 /// Decodes a value read from `table`, naming the table if it is corrupt.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     table: &'static str,

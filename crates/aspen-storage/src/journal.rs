@@ -165,7 +165,6 @@ pub(crate) struct Record {
     /// Where the last committed op's data is in `payload`.
     committed: Option<(usize, usize)>,
     appended_entries: u64,
-    appended_bytes: u64,
 }
 
 impl Record {
@@ -176,9 +175,8 @@ impl Record {
     pub fn append(&mut self, entry: &Entry) {
         let data_start = self.start_op(OP_APPEND, entry.log_id.index);
         codec::encode_into(entry, &mut self.payload);
-        let bytes = self.finish_op(data_start);
+        self.finish_op(data_start);
         self.appended_entries += 1;
-        self.appended_bytes += bytes as u64;
     }
 
     /// Removes every entry at `from` and after.
@@ -212,9 +210,9 @@ impl Record {
         self.committed.map(|(start, end)| &self.payload[start..end])
     }
 
-    /// Entries appended, and their encoded bytes.
-    pub fn appended(&self) -> (u64, u64) {
-        (self.appended_entries, self.appended_bytes)
+    /// Entries appended.
+    pub fn appended_entries(&self) -> u64 {
+        self.appended_entries
     }
 
     fn start_op(&mut self, kind: u8, index: u64) -> usize {

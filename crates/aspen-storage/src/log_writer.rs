@@ -535,7 +535,7 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
     } else {
         let started = std::time::Instant::now();
         let committed_durable = lock(&shared.committed_durable).clone();
-        let (appended, _bytes) = record.appended();
+        let appended = record.appended_entries();
         let carried = record.committed_bytes().map(<[u8]>::to_vec);
         let durable = store.log_journal().commit(
             store.log_db(),

@@ -246,16 +246,6 @@ impl StateMachine {
         Ok((responses, events, applier.auth, applier.auth_effects))
     }
 
-    fn read_snapshot_record(&self) -> Result<Option<SnapshotRecord>> {
-        let db = self.store.state_db();
-        let txn = db.begin_read()?;
-        let table = txn.open_table(SM_META)?;
-        match table.get(schema::SM_SNAPSHOT)? {
-            Some(bytes) => Ok(Some(decode("sm_meta", bytes.value())?)),
-            None => Ok(None),
-        }
-    }
-
     /// Records a snapshot point and writes its data now (what a leader does when a follower
     /// needs the state): for tests and tools. Raft records points only
     /// ([`RaftSnapshotBuilder::build_snapshot`]) and writes data on demand.
@@ -280,7 +270,7 @@ impl StateMachine {
         let _gate = self.store.compaction_gate();
         let bytes_max = self.store.limits().quota_backend_bytes.saturating_mul(2);
         let (data, file_name) = self.store.shared.snapshots.adopt(data, bytes_max)?;
-        let previous = self.read_snapshot_record()?;
+        let previous = self.store.current_snapshot_record()?;
         let record = SnapshotRecord {
             meta: meta.clone(),
             file_name,

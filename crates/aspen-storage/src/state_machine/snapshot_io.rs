@@ -13,7 +13,7 @@ use super::records::AppliedState;
 use super::records::StoredVersion;
 use super::{read_applied_write, write_applied};
 use crate::backend::Store;
-use crate::error::{Result, StorageError, decode};
+use crate::error::{Result, StorageError, decode, decode_found};
 use crate::schema::{self, SM_META, SM_SNAPSHOT, SM_SNAPSHOT_POINT};
 use crate::snapshot::{
     Frame, FrameReader, Materialize, SNAPSHOT_MAGIC, SnapshotData, SnapshotExport, SnapshotRecord,
@@ -40,10 +40,7 @@ pub(crate) fn record_point(store: &Store) -> Result<SnapshotMeta> {
     };
     let replaced = {
         let mut table = txn.open_table(SM_META)?;
-        let record: Option<SnapshotRecord> = match table.get(SM_SNAPSHOT)? {
-            Some(bytes) => Some(decode("sm_meta", bytes.value())?),
-            None => None,
-        };
+        let record: Option<SnapshotRecord> = decode_found("sm_meta", table.get(SM_SNAPSHOT)?)?;
         table.insert(
             SM_SNAPSHOT_POINT,
             aspen_core::codec::encode(&meta).as_slice(),
@@ -83,14 +80,8 @@ pub(crate) fn current(store: &Store) -> Result<Option<(SnapshotMeta, SnapshotDat
     let (record, point) = {
         let txn = db.begin_read()?;
         let table = txn.open_table(SM_META)?;
-        let record: Option<SnapshotRecord> = match table.get(SM_SNAPSHOT)? {
-            Some(bytes) => Some(decode("sm_meta", bytes.value())?),
-            None => None,
-        };
-        let point: Option<SnapshotMeta> = match table.get(SM_SNAPSHOT_POINT)? {
-            Some(bytes) => Some(decode("sm_meta", bytes.value())?),
-            None => None,
-        };
+        let record: Option<SnapshotRecord> = decode_found("sm_meta", table.get(SM_SNAPSHOT)?)?;
+        let point: Option<SnapshotMeta> = decode_found("sm_meta", table.get(SM_SNAPSHOT_POINT)?)?;
         (record, point)
     };
     let written_is_current = match (&record, &point) {
@@ -375,10 +366,7 @@ fn set_current_if_newer(store: &Store, record: &SnapshotRecord) -> Result<Curren
     let txn = db.begin_write()?;
     let replaced = {
         let mut table = txn.open_table(SM_META)?;
-        let existing: Option<SnapshotRecord> = match table.get(SM_SNAPSHOT)? {
-            Some(bytes) => Some(decode("sm_meta", bytes.value())?),
-            None => None,
-        };
+        let existing: Option<SnapshotRecord> = decode_found("sm_meta", table.get(SM_SNAPSHOT)?)?;
         if let Some(existing) = &existing
             && existing.meta.last_log_id > record.meta.last_log_id
         {
