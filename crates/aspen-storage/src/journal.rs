@@ -210,6 +210,16 @@ impl Record {
         self.committed.map(|(start, end)| &self.payload[start..end])
     }
 
+    /// The payload bytes of a record holding `entries` appends of `entries_bytes` encoded bytes
+    /// in all, and a committed index: what [`Journal::commits_without_checkpoint`] is asked.
+    pub fn payload_bytes_for(entries: usize, entries_bytes: usize) -> usize {
+        /// A committed index's encoding (an optional log id) is well under this.
+        const COMMITTED_BYTES_MAX: usize = 64;
+        entries_bytes
+            .saturating_add(entries.saturating_mul(OP_HEADER_BYTES))
+            .saturating_add(OP_HEADER_BYTES + COMMITTED_BYTES_MAX)
+    }
+
     /// Entries appended.
     pub fn appended_entries(&self) -> u64 {
         self.appended_entries
@@ -499,6 +509,19 @@ impl Journal {
         self.unapplied_bytes += record.payload.len();
         self.unapplied.push(record);
         Ok(Durable::Journaled)
+    }
+
+    /// True when [`Journal::commit`] would take a record of up to `payload_bytes` with one
+    /// write and one sync: it fits behind the last record, and `log.redb` (with
+    /// `db_unsynced_bytes` unsynced) needs no checkpoint first.
+    pub fn commits_without_checkpoint(&self, payload_bytes: usize, db_unsynced_bytes: u64) -> bool {
+        let record_bytes = block_round_up(
+            RECORD_HEADER_BYTES as u64 + u64::try_from(payload_bytes).unwrap_or(u64::MAX),
+        );
+        !self.failed
+            && payload_bytes <= self.payload_bytes_max
+            && self.write_offset_bytes + record_bytes <= self.bytes
+            && db_unsynced_bytes < LOG_DB_UNSYNCED_BYTES_MAX
     }
 
     /// Payload bytes of the records `log.redb` has not taken yet.

@@ -36,6 +36,14 @@ impl LogStore {
         LogStore { store, writer }
     }
 
+    /// Whether an append may be made durable on the caller's own thread when the log writer
+    /// is idle (on by default: a lone write then waits for one sync, without waking the
+    /// writer's thread and being woken by it). Off, every append goes through the writer's
+    /// queue; tests use it to hold the log's durability back behind other work.
+    pub fn set_appends_inline(&self, inline: bool) {
+        self.writer.set_rounds_inline(inline);
+    }
+
     /// Waits until everything appended or queued so far is durable.
     pub(crate) async fn flush(&self) -> Result<()> {
         self.writer.flush().await

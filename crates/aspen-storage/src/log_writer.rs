@@ -67,6 +67,23 @@ pub const LOG_APPLY_DEFER_BYTES_MAX: usize = 1024 * 1024;
 /// The same bound in entries.
 pub const LOG_APPLY_DEFER_ENTRIES_MAX: usize = 1024;
 
+/// Who runs a round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// The writer thread (or task), with what it took from the queue.
+    Writer,
+    /// The submitter, with its own op (`LogWriter::try_inline`).
+    Inline,
+}
+
+/// What `LogWriter::try_inline` did with an op.
+enum Inline {
+    /// It ran the op's round; `apply_due`: the round left its apply to `log.redb` undone.
+    Done { apply_due: bool },
+    /// The op goes to the writer's queue.
+    Declined(Queued),
+}
+
 /// What the writer carries from one round to the next.
 #[derive(Default)]
 struct WriterState {
@@ -117,7 +134,14 @@ struct Queued {
 /// Room in the bounded queue, given back when dropped.
 pub(crate) struct QueueRoom {
     _entries: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
+}
+
+impl QueueRoom {
+    /// The encoded bytes of the append holding it (capped at the queue's bound).
+    fn bytes(&self) -> usize {
+        self.bytes.num_permits()
+    }
 }
 
 /// The state shared by a log store's clones and its writer.
@@ -151,6 +175,13 @@ pub(crate) struct WriterShared {
     committed_durable: Mutex<Option<Vec<u8>>>,
     /// Taken by the writer task when it starts (on the first write).
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    /// Held through a round, by the writer or by a submitter running one inline
+    /// (`LogWriter::try_inline`), with what rounds carry from one to the next.
+    round: Mutex<WriterState>,
+    /// Ops sent to the writer's queue that no round has taken yet.
+    queued: AtomicU64,
+    /// Light rounds may run on the submitter's thread when the writer is idle (`try_inline`).
+    rounds_inline: AtomicBool,
 }
 
 impl Drop for WriterShared {
@@ -270,12 +301,21 @@ impl LogWriter {
                 committed_saved: Mutex::new(None),
                 committed_durable: Mutex::new(None),
                 receiver: Mutex::new(Some(receiver)),
+                round: Mutex::new(WriterState::default()),
+                queued: AtomicU64::new(0),
+                rounds_inline: AtomicBool::new(true),
             }),
             queue: Arc::new(WriterQueue {
                 sender: Some(sender),
                 thread: Mutex::new(None),
             }),
         }
+    }
+
+    /// Whether light rounds may run inline (`try_inline`; on by default). Off, every op goes
+    /// through the writer's queue.
+    pub fn set_rounds_inline(&self, inline: bool) {
+        self.shared.rounds_inline.store(inline, Ordering::Release);
     }
 
     /// Entries appended but not yet durable in `range`, at most `limit`.
@@ -339,7 +379,7 @@ impl LogWriter {
         let bytes_room = take_room(&self.shared.room_bytes, bytes).await?;
         Ok(QueueRoom {
             _entries: entries_room,
-            _bytes: bytes_room,
+            bytes: bytes_room,
         })
     }
 
@@ -371,13 +411,70 @@ impl LogWriter {
             }
         }
         let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        match self.try_inline(Queued { seq, op, room }) {
+            Inline::Done { apply_due: false } => Ok(()),
+            Inline::Done { apply_due: true } => self.enqueue(WriteOp::Flush, None),
+            Inline::Declined(queued) => self.send(queued),
+        }
+    }
+
+    /// Queues `op` behind everything submitted before it.
+    fn enqueue(&self, op: WriteOp, room: Option<QueueRoom>) -> Result<()> {
+        let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.send(Queued { seq, op, room })
+    }
+
+    fn send(&self, queued: Queued) -> Result<()> {
+        // Counted before it is sent, so that no inline round can pass it (`try_inline`).
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
         // The sender is taken only by the queue's drop, after the last handle is gone.
         let Some(sender) = self.queue.sender.as_ref() else {
             return Err(StorageError::Invariant("log writer stopped".to_string()));
         };
         sender
-            .send(Queued { seq, op, room })
+            .send(queued)
             .map_err(|_| StorageError::Invariant("log writer stopped".to_string()))
+    }
+
+    /// Runs `queued` as a round of its own on the caller's thread when the writer is idle
+    /// (no round running, nothing queued) and the round is light: an append whose record the
+    /// journal takes with one write and one sync (no checkpoint first), or a committed index
+    /// (no write at all). The caller (openraft's core, the only submitter) then waits for that
+    /// sync instead of waking the writer thread and being woken by it: on this VM each such
+    /// hand-off to a sleeping thread cost a lone put tens of microseconds. The round's apply to
+    /// `log.redb`, when due, is left to the writer (`Inline::Done::apply_due`).
+    fn try_inline(&self, queued: Queued) -> Inline {
+        if !self.shared.rounds_inline.load(Ordering::Acquire) {
+            return Inline::Declined(queued);
+        }
+        let light = match (&queued.op, &queued.room) {
+            (WriteOp::Append { entries, .. }, Some(room)) => {
+                let payload_bytes =
+                    crate::journal::Record::payload_bytes_for(entries.len(), room.bytes());
+                let store = &self.shared.store;
+                let unsynced_bytes = store.log_unsynced_bytes();
+                store
+                    .log_journal()
+                    .commits_without_checkpoint(payload_bytes, unsynced_bytes)
+            }
+            (WriteOp::Committed(_), _) => true,
+            _ => false,
+        };
+        if !light {
+            return Inline::Declined(queued);
+        }
+        let mut state = match self.shared.round.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::WouldBlock) => return Inline::Declined(queued),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        };
+        // Every op submitted before this one was queued (and counted) before this one got its
+        // seq; none is left, and no round runs: this one is next.
+        if self.shared.queued.load(Ordering::Acquire) != 0 {
+            return Inline::Declined(queued);
+        }
+        let apply_due = run_round(&self.shared, vec![queued], &mut state, Round::Inline);
+        Inline::Done { apply_due }
     }
 
     /// Runs `op` through the writer after everything queued before it, and waits until it is
@@ -445,10 +542,8 @@ async fn take_room(room: &Arc<Semaphore>, permits: u32) -> Result<OwnedSemaphore
 }
 
 fn run_writer_thread(shared: Weak<WriterShared>, mut receiver: mpsc::UnboundedReceiver<Queued>) {
-    let mut state = WriterState::default();
     while let Some(first) = receiver.blocking_recv() {
-        let batch = take_batch(first, &mut receiver);
-        write_batch(&shared, batch, &mut state);
+        writer_round(&shared, first, &mut receiver);
     }
 }
 
@@ -456,11 +551,27 @@ async fn run_writer_task(
     shared: Weak<WriterShared>,
     mut receiver: mpsc::UnboundedReceiver<Queued>,
 ) {
-    let mut state = WriterState::default();
     while let Some(first) = receiver.recv().await {
-        let batch = take_batch(first, &mut receiver);
-        write_batch(&shared, batch, &mut state);
+        writer_round(&shared, first, &mut receiver);
     }
+}
+
+/// The writer's round: `first` and whatever else is queued, taken under the round lock.
+fn writer_round(
+    shared: &Weak<WriterShared>,
+    first: Queued,
+    receiver: &mut mpsc::UnboundedReceiver<Queued>,
+) {
+    let Some(shared) = shared.upgrade() else {
+        // The store is gone: nothing queued can be made durable; the callbacks are dropped.
+        return;
+    };
+    let mut state = lock(&shared.round);
+    let batch = take_batch(first, receiver);
+    let taken = batch.len() as u64;
+    let before = shared.queued.fetch_sub(taken, Ordering::AcqRel);
+    assert!(before >= taken, "the writer took more ops than were queued");
+    run_round(&shared, batch, &mut state, Round::Writer);
 }
 
 /// `first` and whatever else is queued, up to `LOG_COMMIT_OPS_MAX`, in order.
@@ -482,7 +593,15 @@ fn take_batch(first: Queued, receiver: &mut mpsc::UnboundedReceiver<Queued>) -> 
 /// `log.redb` in one transaction, their entries dropped from `pending`, the finished sequence
 /// number published and the vote, truncate and purge ops completed. The shared state (and
 /// with it the database) is held only until then.
-fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut WriterState) {
+///
+/// An inline round (`LogWriter::try_inline`) stops after the callbacks when the apply is due
+/// and returns true: the caller queues a flush for the writer to do it.
+fn run_round(
+    shared: &WriterShared,
+    batch: Vec<Queued>,
+    state: &mut WriterState,
+    round: Round,
+) -> bool {
     assert!(!batch.is_empty());
     let last_seq = batch.last().map_or(0, |q| q.seq);
     let mut record = Record::default();
@@ -523,10 +642,6 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
     {
         record.committed(&committed);
     }
-    let Some(shared) = shared.upgrade() else {
-        // The store is gone: nothing queued can be made durable; the callbacks are dropped.
-        return;
-    };
     let store = &shared.store;
     let (durable, carried) = if shared.failed.load(Ordering::Acquire) {
         (Err(shared.failed_error()), None)
@@ -581,13 +696,17 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
     // Into `log.redb` when a waiter needs it there, or when enough has piled up; a checkpoint
     // (in this round's commit) may have applied everything already.
     state.unapplied.extend(entries);
+    let mut apply_due = false;
     let result = durable.and_then(|()| {
         let mut journal = store.log_journal();
         if apply_now
             || journal.unapplied_bytes() >= LOG_APPLY_DEFER_BYTES_MAX
             || state.unapplied.len() >= LOG_APPLY_DEFER_ENTRIES_MAX
         {
-            journal.apply_unapplied(store.log_db())?;
+            match round {
+                Round::Writer => journal.apply_unapplied(store.log_db())?,
+                Round::Inline => apply_due = true,
+            }
         }
         Ok(())
     });
@@ -608,7 +727,7 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
             dones.is_empty(),
             "a vote, truncate or purge round applies at once"
         );
-        return;
+        return apply_due;
     }
     let mut pending = lock(&shared.pending);
     for entry in state.unapplied.drain(..) {
@@ -628,4 +747,5 @@ fn write_batch(shared: &Weak<WriterShared>, batch: Vec<Queued>, state: &mut Writ
         // The waiter may have gone (its future dropped): nothing to tell.
         let _ = done.send(outcome);
     }
+    false
 }

@@ -244,6 +244,8 @@ async fn child_main(path: PathBuf, seed: u64, follower: bool) {
     let mut plan = Plan::new(seed);
     let backend = StorageBackend::Redb { dir: path };
     let (mut log, mut sm) = open_storage(&backend, Limits::default()).expect("child: open");
+    // A follower's append must wait in the writer's queue (below), not commit inline.
+    log.set_appends_inline(!follower);
     let next_batch = child_recover(&mut plan, &mut log, &mut sm).await;
     if !report(&format!("READY {next_batch}")) {
         return;

@@ -75,6 +75,19 @@ async fn stream_indexes(log: &mut LogStore, first: u64, end: u64) -> Result<Vec<
 
 #[tokio::test(flavor = "current_thread")]
 async fn entries_of_a_failed_log_commit_are_never_read_as_absent() {
+    failed_commit_then_reads(false).await;
+}
+
+/// The same fault on an append made durable inline (the writer idle): the append's callback
+/// reports the failure before `append` returns, and every read after it fails.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_inline_log_commit_fails_every_later_read() {
+    failed_commit_then_reads(true).await;
+}
+
+/// `inline`: appends may be made durable on the caller's thread; off, each waits in the
+/// writer's queue, so its entries are readable before its commit fails.
+async fn failed_commit_then_reads(inline: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let fail_next_sync = Arc::new(AtomicBool::new(false));
     let never = Arc::new(AtomicBool::new(false));
@@ -91,6 +104,7 @@ async fn entries_of_a_failed_log_commit_are_never_read_as_absent() {
         FaultyDisk::open(&dir.path().join("state.redb"), &never, &never),
     )
     .expect("open");
+    log.set_appends_inline(inline);
     append(&mut log, 1, 29)
         .await
         .await
@@ -99,12 +113,14 @@ async fn entries_of_a_failed_log_commit_are_never_read_as_absent() {
     // The follower catching up: 30..=45 arrive in one append, and their commit's fsync fails.
     fail_next_sync.store(true, Ordering::Release);
     let flushed = append(&mut log, 30, 45).await;
-    // Readable as soon as `append` returns (openraft applies committed entries before they
-    // are durable)...
-    assert_eq!(
-        stream_indexes(&mut log, 30, 43).await,
-        Ok((30..43).collect())
-    );
+    if !inline {
+        // Readable as soon as `append` returns (openraft applies committed entries before
+        // they are durable)...
+        assert_eq!(
+            stream_indexes(&mut log, 30, 43).await,
+            Ok((30..43).collect())
+        );
+    }
     let error = flushed.await.expect_err("the commit's fsync failed");
     assert!(error.to_string().contains("I/O error"), "{error}");
 

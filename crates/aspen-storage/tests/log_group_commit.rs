@@ -1,6 +1,8 @@
 //! The log writer's group commit: appends are readable as soon as `append` returns, appends
 //! queued during one commit share the next one, callbacks fire only once their entries are
-//! durable, and vote, truncate and purge wait for what was queued before them.
+//! durable, and vote, truncate and purge wait for what was queued before them. Most tests turn
+//! inline appends off (`LogStore::set_appends_inline`) to test the queue; the last ones test
+//! the inline rounds.
 
 #![allow(
     clippy::expect_used,
@@ -11,6 +13,8 @@ use aspen_core::limits::Limits;
 use aspen_core::type_config::alias::{Entry, LogId, Vote};
 use aspen_core::{Command, PutRequest, TypeConfig};
 use aspen_storage::{StorageBackend, open_storage};
+use std::future::Future;
+
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, RaftLogReader};
@@ -43,6 +47,7 @@ async fn appends_queued_together_share_one_durable_commit() {
         dir: dir.path().join("node.redb"),
     };
     let (mut log, sm) = open_storage(&backend, Limits::default()).expect("open");
+    log.set_appends_inline(false); // the writer's queue is what this tests
     let commits_before = sm.store().fsync_latency().count();
 
     let mut flushed = Vec::new();
@@ -94,6 +99,7 @@ async fn truncate_and_vote_wait_for_queued_appends() {
     };
     {
         let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
+        log.set_appends_inline(false); // the writer's queue is what this tests
         let mut flushed = Vec::new();
         for index in 1..=20 {
             let (tx, rx) = TypeConfig::oneshot();
@@ -174,6 +180,7 @@ async fn a_full_queue_makes_append_wait_for_the_writer() {
         dir: dir.path().join("node.redb"),
     };
     let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
+    log.set_appends_inline(false); // the writer's queue is what this tests
     let batch = u64::from(LOG_WRITER_QUEUE_ENTRIES_MAX) / 4;
     let mut flushed = Vec::new();
     // The writer task cannot run until this test awaits something that is pending.
@@ -220,6 +227,7 @@ async fn a_queue_full_of_bytes_makes_append_wait() {
         dir: dir.path().join("node.redb"),
     };
     let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
+    log.set_appends_inline(false); // the writer's queue is what this tests
     let value_bytes = 1024 * 1024;
     let fits = LOG_WRITER_QUEUE_BYTES_MAX / (value_bytes as u64 + 64);
     let mut flushed = Vec::new();
@@ -267,6 +275,7 @@ async fn a_close_never_writes_a_committed_index_past_the_durable_log() {
     };
     {
         let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
+        log.set_appends_inline(false); // the writer's queue is what this tests
         let (tx, rx) = TypeConfig::oneshot();
         log.append((1..=5).map(entry), IOFlushed::signal(tx))
             .await
@@ -297,5 +306,55 @@ async fn a_close_never_writes_a_committed_index_past_the_durable_log() {
     assert_eq!(
         committed, 5,
         "the committed index whose entries were durable"
+    );
+}
+
+/// With the writer idle, an append is made durable on the caller's thread: its callback has
+/// fired when `append` returns, with one journal sync, and its entries read back from memory
+/// or the database alike. An append that finds an op queued ahead of it waits in the queue.
+#[tokio::test(flavor = "current_thread")]
+async fn an_append_to_an_idle_writer_is_durable_when_it_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = StorageBackend::Redb {
+        dir: dir.path().join("node.redb"),
+    };
+    let (mut log, sm) = open_storage(&backend, Limits::default()).expect("open");
+    let syncs_before = sm.store().fsync_latency().count();
+    for index in 1..=3 {
+        let (tx, mut rx) = TypeConfig::oneshot();
+        log.append(vec![entry(index)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.try_recv()
+            .expect("the callback fired before append returned")
+            .expect("durable");
+        assert_eq!(sm.store().fsync_latency().count(), syncs_before + index);
+    }
+    // A vote goes through the queue. Polled once, it is queued; the writer (a task on this
+    // thread) cannot run before this test awaits, so the next append finds it there and
+    // queues behind it instead of passing it.
+    let mut vote_log = log.clone();
+    let vote_value = Vote::new(2, LEADER);
+    let mut vote = Box::pin(vote_log.save_vote(&vote_value));
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(vote.as_mut().poll(&mut context).is_pending());
+    let (tx, mut rx) = TypeConfig::oneshot();
+    log.append(vec![entry(4)], IOFlushed::signal(tx))
+        .await
+        .expect("append");
+    assert!(
+        rx.try_recv().is_err(),
+        "an append passed an op queued before it"
+    );
+    rx.await.expect("callback fired").expect("durable");
+    vote.await.expect("vote durable");
+    let all = log.try_get_log_entries(1..=4).await.expect("read");
+    assert_eq!(
+        all.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        log.read_vote().await.expect("vote"),
+        Some(Vote::new(2, LEADER))
     );
 }
