@@ -108,6 +108,10 @@ pub(crate) struct Shared {
     applied_index: AtomicU64,
     /// The key index's entries not yet in `kv_index` (`state_machine/overlay.rs`).
     pub(crate) index_overlay: crate::state_machine::overlay::IndexOverlay,
+    /// `sm_meta`'s applied state as the last committed apply batch wrote it, so the next batch
+    /// need not read and decode it again. Taken by a batch, put back after its commit; emptied
+    /// by an install or an import, which write it themselves (`StateMachine::apply_entries`).
+    pub(crate) applied_state: Mutex<Option<crate::state_machine::AppliedState>>,
     pub(crate) backend: StorageBackend,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) limits: Limits,
@@ -330,6 +334,7 @@ impl Store {
                 durability: StateDurability::new(durable_applied),
                 applied_index: AtomicU64::new(durable_applied),
                 index_overlay,
+                applied_state: Mutex::new(None),
                 backend,
                 snapshots,
                 limits,

@@ -137,7 +137,13 @@ impl StateMachine {
             redb::Durability::None
         };
         txn.set_durability(durability)?;
-        let mut state = read_applied_write(&txn)?;
+        let mut state = match self.take_applied_state() {
+            Some(cached) => {
+                debug_assert_eq!(Some(&cached), read_applied_write(&txn).ok().as_ref());
+                cached
+            }
+            None => read_applied_write(&txn)?,
+        };
         let revision_before = state.revision;
         let compact_revision_before = state.compact_revision;
         let applied = self.apply_in(&txn, entries, &mut state);
@@ -190,7 +196,22 @@ impl StateMachine {
             let clock = self.store.stage_clock();
             clock.reached(Stage::Applied, first.log_id.index, last.log_id.index);
         }
+        *self.applied_state_slot() = Some(state);
         Ok(responses)
+    }
+
+    /// The applied state the last committed batch wrote, if no install or import came since
+    /// (`Shared::applied_state`).
+    fn take_applied_state(&self) -> Option<AppliedState> {
+        self.applied_state_slot().take()
+    }
+
+    fn applied_state_slot(&self) -> std::sync::MutexGuard<'_, Option<AppliedState>> {
+        self.store
+            .shared
+            .applied_state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies `entries` in `txn` (index entries into the overlay); returns the responses, the
@@ -271,6 +292,7 @@ impl StateMachine {
         let bytes_max = self.store.limits().quota_backend_bytes.saturating_mul(2);
         let (data, file_name) = self.store.shared.snapshots.adopt(data, bytes_max)?;
         let previous = self.store.current_snapshot_record()?;
+        self.take_applied_state();
         let record = SnapshotRecord {
             meta: meta.clone(),
             file_name,
@@ -309,6 +331,7 @@ impl StateMachine {
         meta: &SnapshotMeta,
     ) -> Result<()> {
         let _gate = self.store.compaction_gate();
+        self.take_applied_state();
         etcd_io::import(&self.store, snapshot, summary, meta)?;
         {
             let db = self.store.state_db();
