@@ -38,14 +38,19 @@ fn entry(index: u64) -> Entry {
     }
 }
 
+/// The redb backend in `dir`.
+fn backend_in(dir: &tempfile::TempDir) -> StorageBackend {
+    StorageBackend::Redb {
+        dir: dir.path().join("node.redb"),
+    }
+}
+
 /// On a current-thread runtime the writer cannot run until the test awaits, so 100 appends in
 /// a row are all queued when it first runs: they must share one durable commit.
 #[tokio::test(flavor = "current_thread")]
 async fn appends_queued_together_share_one_durable_commit() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = StorageBackend::Redb {
-        dir: dir.path().join("node.redb"),
-    };
+    let backend = backend_in(&dir);
     let (mut log, sm) = open_storage(&backend, Limits::default()).expect("open");
     log.set_appends_inline(false); // the writer's queue is what this tests
     let commits_before = sm.store().fsync_latency().count();
@@ -94,9 +99,7 @@ async fn appends_queued_together_share_one_durable_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_and_vote_wait_for_queued_appends() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = StorageBackend::Redb {
-        dir: dir.path().join("node.redb"),
-    };
+    let backend = backend_in(&dir);
     {
         let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
         log.set_appends_inline(false); // the writer's queue is what this tests
@@ -176,9 +179,7 @@ async fn a_full_queue_makes_append_wait_for_the_writer() {
     use aspen_core::limits::LOG_WRITER_QUEUE_ENTRIES_MAX;
     use futures_util::FutureExt;
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = StorageBackend::Redb {
-        dir: dir.path().join("node.redb"),
-    };
+    let backend = backend_in(&dir);
     let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
     log.set_appends_inline(false); // the writer's queue is what this tests
     let batch = u64::from(LOG_WRITER_QUEUE_ENTRIES_MAX) / 4;
@@ -223,9 +224,7 @@ async fn a_queue_full_of_bytes_makes_append_wait() {
     use aspen_core::limits::LOG_WRITER_QUEUE_BYTES_MAX;
     use futures_util::FutureExt;
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = StorageBackend::Redb {
-        dir: dir.path().join("node.redb"),
-    };
+    let backend = backend_in(&dir);
     let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
     log.set_appends_inline(false); // the writer's queue is what this tests
     let value_bytes = 1024 * 1024;
@@ -315,9 +314,7 @@ async fn a_close_never_writes_a_committed_index_past_the_durable_log() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_append_to_an_idle_writer_is_durable_when_it_returns() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = StorageBackend::Redb {
-        dir: dir.path().join("node.redb"),
-    };
+    let backend = backend_in(&dir);
     let (mut log, sm) = open_storage(&backend, Limits::default()).expect("open");
     let syncs_before = sm.store().fsync_latency().count();
     for index in 1..=3 {
