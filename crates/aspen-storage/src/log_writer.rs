@@ -410,7 +410,7 @@ impl LogWriter {
                 pending.insert(entry.log_id.index, Arc::clone(entry));
             }
         }
-        let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let seq = self.next_seq();
         match self.try_inline(Queued { seq, op, room }) {
             Inline::Done { apply_due: false } => Ok(()),
             Inline::Done { apply_due: true } => self.enqueue(WriteOp::Flush, None),
@@ -418,9 +418,14 @@ impl LogWriter {
         }
     }
 
+    /// The next op's sequence number (1, 2, 3, … in submission order).
+    fn next_seq(&self) -> u64 {
+        self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Queues `op` behind everything submitted before it.
     fn enqueue(&self, op: WriteOp, room: Option<QueueRoom>) -> Result<()> {
-        let seq = self.shared.submitted_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let seq = self.next_seq();
         self.send(Queued { seq, op, room })
     }
 
