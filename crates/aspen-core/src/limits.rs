@@ -98,6 +98,13 @@ pub const STATE_DIRTY_ENTRIES_MAX: u64 = 25_000;
 /// ...or the batch that brings the command bytes applied since then to this many. These bound
 /// what a restart re-applies from the log, and the pages a crash can lose.
 pub const STATE_DIRTY_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// The apply path leaves its write transaction open after a batch ("parked", see
+/// aspen-storage's `parked.rs`) until this many entries are in it... (each read of the state
+/// database commits it first, so this bounds only a run of batches with no read between:
+/// the memory their dirty pages hold, and the pause of the commit that ends the run)
+pub const STATE_PARKED_ENTRIES_MAX: u64 = 256;
+/// ...or this long after its first batch began.
+pub const STATE_PARKED_MS_MAX: u64 = 10;
 
 /// Versions one physical compaction step looks at; a compaction with more work takes several
 /// steps, each consistent. A step finds what to remove in a read transaction, then holds

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use aspen_core::limits::{DB_IN_USE_REUSE_MS_MAX, DB_IN_USE_REUSE_PER_WALK, Limits};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableTable};
 
 use crate::disk::{DiskLow, DiskSpace, IoFailure, IoFailures};
 use crate::durability::StateDurability;
@@ -112,6 +112,10 @@ pub(crate) struct Shared {
     /// need not read and decode it again. Taken by a batch, put back after its commit; emptied
     /// by an install or an import, which write it themselves (`StateMachine::apply_entries`).
     pub(crate) applied_state: Mutex<Option<crate::state_machine::AppliedState>>,
+    /// The state database's writer role, and the apply path's transaction parked between
+    /// batches (`parked.rs`). Every write and read of the state database goes through it
+    /// ([`Store::begin_state_write`], [`Store::begin_state_read`]).
+    pub(crate) writer: crate::parked::WriterSlot,
     pub(crate) backend: StorageBackend,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) limits: Limits,
@@ -140,6 +144,53 @@ struct InUseGauge {
     measuring: AtomicBool,
 }
 
+impl Shared {
+    /// A read transaction of the state database that sees every batch applied before the call:
+    /// answered batches the apply path left uncommitted (`parked.rs`) are committed first.
+    pub(crate) fn begin_state_read(&self, db: &Database) -> Result<redb::ReadTransaction> {
+        use redb::ReadableDatabase;
+        self
+            .writer
+            .commit_answered(|parked| self.commit_parked(parked))?;
+        Ok(db.begin_read()?)
+    }
+
+    /// The state database's writer role and a write transaction of the caller's own (redb's
+    /// default durability, `Immediate`), once any parked batches are committed (`parked.rs`).
+    pub(crate) fn begin_state_write(
+        &self,
+        db: &Database,
+    ) -> Result<crate::parked::StateWrite<'_>> {
+        let mut claim = self.writer.claim()?;
+        if let Some(parked) = claim.take_parked() {
+            if let Err(error) = self.commit_parked(parked) {
+                claim.lost(format!("committing parked batches: {error}"));
+                return Err(error);
+            }
+            claim.committed();
+        }
+        let txn = db.begin_write()?;
+        Ok(crate::parked::StateWrite::new(txn, claim))
+    }
+
+    /// Commits a parked transaction (its durability as the apply path set it), with the applied
+    /// state of its last batch.
+    pub(crate) fn commit_parked(&self, parked: crate::parked::Parked) -> Result<()> {
+        let state = self
+            .applied_state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StorageError::Invariant("parked batches without their applied state".into())
+            })?;
+        crate::state_machine::write_applied(&parked.txn, &state)?;
+        parked.txn.commit()?;
+        Ok(())
+    }
+
+}
+
 impl Drop for Shared {
     /// At shutdown the state database is made durable, so a clean restart re-applies nothing.
     /// After a crash of the disk underneath (the simulator's), this fails and changes nothing.
@@ -148,7 +199,7 @@ impl Drop for Shared {
             .state_db
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(error) = crate::durability::commit_durable(&db, &self.index_overlay) {
+        if let Err(error) = crate::durability::commit_durable(self, &db) {
             tracing::debug!(%error, "state database not made durable at close");
         }
     }
@@ -335,6 +386,7 @@ impl Store {
                 applied_index: AtomicU64::new(durable_applied),
                 index_overlay,
                 applied_state: Mutex::new(None),
+                writer: crate::parked::WriterSlot::default(),
                 backend,
                 snapshots,
                 limits,
@@ -377,6 +429,26 @@ impl Store {
             .state_db
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether apply batches that were answered are not committed to the state database yet
+    /// (the apply path's parked transaction, `parked.rs`); the next read commits them. For
+    /// tests and diagnostics.
+    pub fn state_batches_uncommitted(&self) -> bool {
+        self.shared.writer.uncommitted()
+    }
+
+    /// See [`Shared::begin_state_read`].
+    pub(crate) fn begin_state_read(&self, db: &Database) -> Result<redb::ReadTransaction> {
+        self.shared.begin_state_read(db)
+    }
+
+    /// See [`Shared::begin_state_write`].
+    pub(crate) fn begin_state_write(
+        &self,
+        db: &Database,
+    ) -> Result<crate::parked::StateWrite<'_>> {
+        self.shared.begin_state_write(db)
     }
 
     pub fn backend(&self) -> &StorageBackend {
@@ -492,7 +564,7 @@ impl Store {
     fn walk_db_size_in_use_bytes(&self) -> Result<u64> {
         use redb::ReadableTableMetadata;
         let db = self.state_db();
-        let txn = db.begin_read()?;
+        let txn = self.begin_state_read(&db)?;
         let mut bytes: u64 = 0;
         macro_rules! add_table {
             ($($table:expr),*) => {$(
@@ -542,7 +614,7 @@ impl Store {
     /// database); returns the applied index that is now durable.
     pub fn make_state_durable(&self) -> Result<u64> {
         let db = self.state_db();
-        let index = crate::durability::commit_durable(&db, &self.shared.index_overlay)?;
+        let index = crate::durability::commit_durable(&self.shared, &db)?;
         self.shared.durability.record_durable(index);
         Ok(index)
     }
@@ -565,6 +637,11 @@ impl Store {
                 .state_db
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // No claim is held while the lock is ours (claims are taken under `state_db()`), so
+            // this commits any parked batches without waiting: compact() needs no write open.
+            self.shared
+                .writer
+                .commit_answered(|parked| self.shared.commit_parked(parked))?;
             // compact() returns false when there was nothing more to do; loop a bounded number
             // of times because each pass can free pages for the next.
             const DEFRAGMENT_PASSES_MAX: u32 = 8;
@@ -591,7 +668,7 @@ impl Store {
         &self,
     ) -> Result<Option<crate::snapshot::SnapshotRecord>> {
         let db = self.state_db();
-        let txn = db.begin_read()?;
+        let txn = self.begin_state_read(&db)?;
         let table = txn.open_table(schema::SM_META)?;
         crate::error::decode_found("sm_meta", table.get(schema::SM_SNAPSHOT)?)
     }

@@ -101,11 +101,9 @@ impl StateDurability {
 /// Commits a durable transaction on the state database that flushes the key index's overlay
 /// (`state_machine/overlay.rs`): every earlier non-durable commit becomes durable with it, and
 /// a restart rebuilds nothing. Returns the applied index it made durable.
-pub(crate) fn commit_durable(
-    db: &Database,
-    overlay: &crate::state_machine::overlay::IndexOverlay,
-) -> Result<u64> {
-    let mut txn = db.begin_write()?;
+pub(crate) fn commit_durable(shared: &crate::backend::Shared, db: &Database) -> Result<u64> {
+    let overlay = &shared.index_overlay;
+    let mut txn = shared.begin_state_write(db)?;
     txn.set_durability(redb::Durability::Immediate)?;
     let state = crate::state_machine::read_applied_write(&txn)?;
     let flushing = crate::state_machine::overlay::flush_into(&txn, overlay, state.revision)?;

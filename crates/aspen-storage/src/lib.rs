@@ -15,6 +15,7 @@ pub mod log_store;
 pub mod log_writer;
 mod migrate;
 mod page_journal;
+mod parked;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;

@@ -138,7 +138,7 @@ mod tests {
     use aspen_core::type_config::alias::Entry;
     use aspen_core::{Command, DeleteRangeRequest, PutRequest, TypeConfig};
     use openraft::EntryPayload;
-    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+    use redb::{ReadableTable, ReadableTableMetadata};
 
     use crate::schema;
     use crate::{StateMachine, StorageBackend, open_storage};
@@ -176,7 +176,7 @@ mod tests {
     /// The versions `kv_revs` holds, by (revision, sub-revision).
     fn stored(sm: &StateMachine) -> Vec<(u64, u32)> {
         let db = sm.store().state_db();
-        let txn = db.begin_read().expect("read");
+        let txn = sm.store().begin_state_read(&db).expect("read");
         let revs = txn.open_table(schema::KV_REVS).expect("kv_revs");
         let index = txn.open_table(schema::KV_INDEX).expect("kv_index");
         let positions: Vec<(u64, u32)> = revs
@@ -246,7 +246,7 @@ mod tests {
         let (removed, _) = compacted_at_5();
         {
             let db = removed.store().state_db();
-            let txn = db.begin_write().expect("write");
+            let txn = removed.store().begin_state_write(&db).expect("write");
             {
                 let mut revs = txn.open_table(schema::KV_REVS).expect("kv_revs");
                 let mut index = txn.open_table(schema::KV_INDEX).expect("kv_index");

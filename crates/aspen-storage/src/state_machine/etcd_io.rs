@@ -205,7 +205,7 @@ pub(crate) fn import(
     }
     check_auth(snapshot, summary)?;
     let db = store.state_db();
-    let txn = db.begin_write()?;
+    let txn = store.begin_state_write(&db)?;
     {
         let mut tables = super::tables::WriteTables::open(&txn)?;
         let mut encoded = Vec::with_capacity(4096);

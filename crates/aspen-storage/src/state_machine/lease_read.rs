@@ -1,6 +1,6 @@
 //! Reading leases and the keys attached to them, for the lessor and the Lease API.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::MvccReader;
 use super::records::LeaseRecord;
@@ -11,7 +11,7 @@ impl MvccReader {
     /// The lease `id`, if granted and not yet revoked.
     pub fn lease(&self, id: u64) -> Result<Option<LeaseRecord>> {
         let db = self.store.state_db();
-        let txn = db.begin_read()?;
+        let txn = self.store.begin_state_read(&db)?;
         let table = txn.open_table(schema::LEASES)?;
         match table.get(id)? {
             Some(bytes) => Ok(Some(decode("leases", bytes.value())?)),
@@ -22,7 +22,7 @@ impl MvccReader {
     /// Every lease, by id.
     pub fn leases(&self) -> Result<Vec<(u64, LeaseRecord)>> {
         let db = self.store.state_db();
-        let txn = db.begin_read()?;
+        let txn = self.store.begin_state_read(&db)?;
         let table = txn.open_table(schema::LEASES)?;
         let mut leases = Vec::new();
         for item in table.iter()? {
@@ -35,7 +35,7 @@ impl MvccReader {
     /// The keys attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: u64) -> Result<Vec<Vec<u8>>> {
         let db = self.store.state_db();
-        let txn = db.begin_read()?;
+        let txn = self.store.begin_state_read(&db)?;
         let table = txn.open_table(schema::LEASE_KEYS)?;
         let mut keys = Vec::new();
         let upper = id.checked_add(1);

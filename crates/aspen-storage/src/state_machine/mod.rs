@@ -25,13 +25,14 @@ mod txn;
 
 use std::io;
 
+use aspen_core::limits::{STATE_PARKED_ENTRIES_MAX, STATE_PARKED_MS_MAX};
 use aspen_core::response::RangeResult;
 use aspen_core::type_config::alias::{Entry, LogId, SnapshotMeta, StoredMembership};
 use aspen_core::{ApplyError, ApplyResponse, CommandResult, RangeRequest, TypeConfig};
 use futures_util::StreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 pub use auth::AuthSink;
 pub use etcd_io::export_etcd_snapshot;
@@ -78,7 +79,7 @@ impl StateMachine {
         let auth = std::sync::Arc::<auth::AuthHook>::default();
         {
             let db = store.state_db();
-            let txn = db.begin_read()?;
+            let txn = store.begin_state_read(&db)?;
             auth.replace(std::sync::Arc::new(auth::load_read(&txn)?));
         }
         Ok(StateMachine {
@@ -121,7 +122,10 @@ impl StateMachine {
         ))
     }
 
-    /// Applies a batch in one write transaction; returns one response per entry.
+    /// Applies a batch in one write transaction; returns one response per entry. The
+    /// transaction may be one that earlier batches left open, and this batch may leave it open
+    /// for the next (`parked.rs`): readers commit it first, so they see this batch once it
+    /// returns.
     pub fn apply_entries(&self, entries: &[Entry]) -> Result<Vec<ApplyResponse>> {
         let shared = &self.store.shared;
         let overlay = &shared.index_overlay;
@@ -130,48 +134,94 @@ impl StateMachine {
             .durability
             .batch_is_due(batch_entries, self.store.state_unsynced_bytes());
         let db = self.store.state_db();
-        let mut txn = db.begin_write()?;
+        let mut claim = shared.writer.claim()?;
+        let mut parked = claim.take_parked();
+        if let Some(waited_for) = parked.take_if(|_| claim.reader_waiting()) {
+            // A reader is waiting for the parked batches: they commit before this one.
+            if let Err(error) = shared.commit_parked(waited_for) {
+                claim.lost(format!("committing parked batches: {error}"));
+                return Err(error);
+            }
+            claim.committed();
+        }
+        let (mut txn, parked_entries, begun_at, parked_revision) = match parked {
+            Some(parked) => (
+                parked.txn,
+                parked.entries,
+                parked.begun_at,
+                Some(parked.revision_before),
+            ),
+            None => (db.begin_write()?, 0, tokio::time::Instant::now(), None),
+        };
         let durability = if durable {
             redb::Durability::Immediate
         } else {
             redb::Durability::None
         };
         txn.set_durability(durability)?;
-        let mut state = match self.take_applied_state() {
+        let cached = self.take_applied_state();
+        assert!(
+            parked_revision.is_none() || cached.is_some(),
+            "parked batches without their applied state"
+        );
+        let mut state = match cached {
             Some(cached) => {
-                debug_assert_eq!(Some(&cached), read_applied_write(&txn).ok().as_ref());
+                debug_assert!(
+                    parked_revision.is_some()
+                        || Some(&cached) == read_applied_write(&txn).ok().as_ref()
+                );
                 cached
             }
             None => read_applied_write(&txn)?,
         };
         let revision_before = state.revision;
+        // What the database's readers see now: the overlay goes back to it if this fails.
+        let committed_revision = parked_revision.unwrap_or(revision_before);
         let compact_revision_before = state.compact_revision;
         let applied = self.apply_in(&txn, entries, &mut state);
         // A durable commit always flushes the overlay, so a restart after it rebuilds nothing;
         // a full overlay is flushed whatever the cadence says.
         let flush = durable || overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
-        let committed = applied.and_then(|batch| {
-            let flushing = if flush {
-                Some(overlay::flush_into(&txn, overlay, state.revision)?)
-            } else {
-                None
-            };
-            write_applied(&txn, &state)?;
-            txn.commit()?;
-            Ok((batch, flushing))
-        });
-        let ((responses, events, auth_state, auth_effects), flushing) = match committed {
-            Ok(done) => done,
+        let open_entries = parked_entries + batch_entries;
+        let park = !flush
+            && open_entries < STATE_PARKED_ENTRIES_MAX
+            && begun_at.elapsed() < std::time::Duration::from_millis(STATE_PARKED_MS_MAX);
+        let (batch, flushing, to_park) = match applied {
+            Ok(batch) if park => (
+                batch,
+                None,
+                Some(crate::parked::Parked {
+                    txn,
+                    entries: open_entries,
+                    begun_at,
+                    revision_before: committed_revision,
+                }),
+            ),
+            Ok(batch) => match commit_batch(txn, overlay, &state, flush) {
+                Ok(flushing) => (batch, flushing, None),
+                Err(error) => {
+                    return Err(self.batch_failed(error, &claim, committed_revision, parked_entries));
+                }
+            },
             Err(error) => {
-                // The batch never happened: its index entries go (redb dropped the rest).
-                overlay.discard_above(revision_before);
-                return Err(error);
+                drop(txn);
+                return Err(self.batch_failed(error, &claim, committed_revision, parked_entries));
             }
         };
-        drop(db);
+        let (responses, events, auth_state, auth_effects) = batch;
         if let Some(flushing) = flushing {
             flushing.finish(state.revision);
         }
+        // Before the claim goes: a reader that commits a parked transaction writes this state.
+        *self.applied_state_slot() = Some(state.clone());
+        match to_park {
+            Some(parked) => claim.park(parked),
+            None => {
+                claim.committed();
+                drop(claim);
+            }
+        }
+        drop(db);
         self.store
             .record_applied(state.last_applied.as_ref().map_or(0, |id| id.index));
         if auth_effects.changed {
@@ -196,14 +246,49 @@ impl StateMachine {
             let clock = self.store.stage_clock();
             clock.reached(Stage::Applied, first.log_id.index, last.log_id.index);
         }
-        *self.applied_state_slot() = Some(state);
         Ok(responses)
+    }
+
+    /// A batch failed before its commit, or in it: redb dropped the transaction, so its index
+    /// entries go (and those of batches parked in it, which were answered: the store fails).
+    fn batch_failed(
+        &self,
+        error: StorageError,
+        claim: &crate::parked::Claim<'_>,
+        committed_revision: u64,
+        parked_entries: u64,
+    ) -> StorageError {
+        self.store
+            .shared
+            .index_overlay
+            .discard_above(committed_revision);
+        if parked_entries > 0 {
+            claim.lost(format!(
+                "an apply batch failed in a transaction holding {parked_entries} answered \
+                 entries: {error}"
+            ));
+        }
+        error
     }
 
     /// The applied state the last committed batch wrote, if no install or import came since
     /// (`Shared::applied_state`).
     fn take_applied_state(&self) -> Option<AppliedState> {
         self.applied_state_slot().take()
+    }
+
+    /// Before an install or an import writes the applied state itself: commits any parked
+    /// batches (with the cached state they need) and empties the cache.
+    fn forget_applied_state(&self) -> Result<()> {
+        let shared = &self.store.shared;
+        {
+            let _db = self.store.state_db();
+            shared
+                .writer
+                .commit_answered(|parked| shared.commit_parked(parked))?;
+        }
+        self.take_applied_state();
+        Ok(())
     }
 
     fn applied_state_slot(&self) -> std::sync::MutexGuard<'_, Option<AppliedState>> {
@@ -292,7 +377,7 @@ impl StateMachine {
         let bytes_max = self.store.limits().quota_backend_bytes.saturating_mul(2);
         let (data, file_name) = self.store.shared.snapshots.adopt(data, bytes_max)?;
         let previous = self.store.current_snapshot_record()?;
-        self.take_applied_state();
+        self.forget_applied_state()?;
         let record = SnapshotRecord {
             meta: meta.clone(),
             file_name,
@@ -303,7 +388,7 @@ impl StateMachine {
             .record_applied(meta.last_log_id.as_ref().map_or(0, |id| id.index));
         {
             let db = self.store.state_db();
-            let txn = db.begin_read()?;
+            let txn = self.store.begin_state_read(&db)?;
             self.auth
                 .replace(std::sync::Arc::new(auth::load_read(&txn)?));
         }
@@ -331,11 +416,11 @@ impl StateMachine {
         meta: &SnapshotMeta,
     ) -> Result<()> {
         let _gate = self.store.compaction_gate();
-        self.take_applied_state();
+        self.forget_applied_state()?;
         etcd_io::import(&self.store, snapshot, summary, meta)?;
         {
             let db = self.store.state_db();
-            let txn = db.begin_read()?;
+            let txn = self.store.begin_state_read(&db)?;
             self.auth
                 .replace(std::sync::Arc::new(auth::load_read(&txn)?));
         }
@@ -358,7 +443,7 @@ impl StateMachine {
     /// True when the compaction revision has versions left to remove (physically).
     pub fn compaction_pending(&self) -> Result<bool> {
         let db = self.store.state_db();
-        let txn = db.begin_read()?;
+        let txn = self.store.begin_state_read(&db)?;
         let state = read_applied(&txn)?;
         let progress = read_compact_progress(&txn.open_table(SM_META)?)?;
         Ok(compact_from(&state, progress).is_some())
@@ -383,7 +468,7 @@ impl StateMachine {
         let _gate = self.store.compaction_gate();
         let db = self.store.state_db();
         let (compact_revision, from, plan) = {
-            let txn = db.begin_read()?;
+            let txn = self.store.begin_state_read(&db)?;
             let state = read_applied(&txn)?;
             let meta = txn.open_table(SM_META)?;
             let Some(from) = compact_from(&state, read_compact_progress(&meta)?) else {
@@ -407,7 +492,7 @@ impl StateMachine {
             )?;
             (state.compact_revision, from, plan)
         };
-        let mut txn = db.begin_write()?;
+        let mut txn = self.store.begin_state_write(&db)?;
         txn.set_durability(redb::Durability::None)?;
         let state = read_applied_write(&txn)?;
         let progress = read_compact_progress(&txn.open_table(SM_META)?)?;
@@ -453,7 +538,7 @@ impl StateMachine {
     /// them there), if they are not there yet.
     fn flush_index_for_compaction(&self) -> Result<()> {
         let db = self.store.state_db();
-        let mut txn = db.begin_write()?;
+        let mut txn = self.store.begin_state_write(&db)?;
         txn.set_durability(redb::Durability::None)?;
         let state = read_applied_write(&txn)?;
         let flushed = overlay::read_flushed(&txn.open_table(SM_META)?, state.revision)?;
@@ -498,6 +583,24 @@ impl StateMachine {
 /// Where the next compaction step starts in `kv_revs`, or None when none is pending. A new
 /// compaction revision walks from the start: versions that survived the last one may be
 /// superseded now.
+/// Commits an apply batch's transaction: the overlay flushed into it if `flush`, then the
+/// applied state. Returns the flush to finish.
+fn commit_batch<'o>(
+    txn: redb::WriteTransaction,
+    overlay: &'o overlay::IndexOverlay,
+    state: &AppliedState,
+    flush: bool,
+) -> Result<Option<overlay::Flush<'o>>> {
+    let flushing = if flush {
+        Some(overlay::flush_into(&txn, overlay, state.revision)?)
+    } else {
+        None
+    };
+    write_applied(&txn, state)?;
+    txn.commit()?;
+    Ok(flushing)
+}
+
 fn compact_from(state: &AppliedState, progress: Option<CompactProgress>) -> Option<mvcc::RevKey> {
     match progress {
         _ if state.compact_revision == 0 => None,
@@ -563,7 +666,7 @@ pub(crate) fn read_view(
     range: Option<&aspen_core::keys::KeyRange>,
 ) -> Result<ReadView> {
     for _ in 0..READ_VIEW_ATTEMPTS_MAX {
-        let txn = db.begin_read()?;
+        let txn = store.begin_state_read(db)?;
         let (state, flushed) = {
             let meta = txn.open_table(SM_META)?;
             let state = applied_in(&meta)?;
@@ -616,7 +719,7 @@ impl MvccReader {
 
     pub fn applied_state(&self) -> Result<AppliedState> {
         let db = self.store.state_db();
-        let txn = db.begin_read()?;
+        let txn = self.store.begin_state_read(&db)?;
         read_applied(&txn)
     }
 

@@ -6,7 +6,7 @@ use std::io::BufReader;
 use aspen_core::limits::SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES;
 
 use aspen_core::type_config::alias::SnapshotMeta;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::mvcc::{IndexRecord, IndexSource, RevRecord, write_record};
 use super::records::AppliedState;
@@ -31,7 +31,7 @@ use crate::snapshot::{
 pub(crate) fn record_point(store: &Store) -> Result<SnapshotMeta> {
     let db = store.state_db();
     // Durable (redb's default): it makes every earlier apply durable too.
-    let txn = db.begin_write()?;
+    let txn = store.begin_state_write(&db)?;
     let state = read_applied_write(&txn)?;
     let flushing = super::overlay::flush_into(&txn, &store.shared.index_overlay, state.revision)?;
     let meta = SnapshotMeta {
@@ -78,7 +78,7 @@ pub(crate) fn record_point(store: &Store) -> Result<SnapshotMeta> {
 pub(crate) fn current(store: &Store) -> Result<Option<(SnapshotMeta, SnapshotData)>> {
     let db = store.state_db();
     let (record, point) = {
-        let txn = db.begin_read()?;
+        let txn = store.begin_state_read(&db)?;
         let table = txn.open_table(SM_META)?;
         let record: Option<SnapshotRecord> = decode_found("sm_meta", table.get(SM_SNAPSHOT)?)?;
         let point: Option<SnapshotMeta> = decode_found("sm_meta", table.get(SM_SNAPSHOT_POINT)?)?;
@@ -363,7 +363,7 @@ enum CurrentUpdate {
 /// Durably records `record` as the current snapshot unless the current one is newer.
 fn set_current_if_newer(store: &Store, record: &SnapshotRecord) -> Result<CurrentUpdate> {
     let db = store.state_db();
-    let txn = db.begin_write()?;
+    let txn = store.begin_state_write(&db)?;
     let replaced = {
         let mut table = txn.open_table(SM_META)?;
         let existing: Option<SnapshotRecord> = decode_found("sm_meta", table.get(SM_SNAPSHOT)?)?;
@@ -395,7 +395,7 @@ pub(crate) fn install(
     let mut reader = FrameReader::new(BufReader::with_capacity(256 * 1024, data.reader()))?;
     let mut buffer = Vec::with_capacity(4096);
     let db = store.state_db();
-    let txn = db.begin_write()?;
+    let txn = store.begin_state_write(&db)?;
     txn.delete_table(schema::KV_INDEX)?;
     txn.delete_table(schema::KV_REVS)?;
     txn.delete_table(schema::LEASES)?;
