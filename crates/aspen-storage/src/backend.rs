@@ -149,18 +149,14 @@ impl Shared {
     /// answered batches the apply path left uncommitted (`parked.rs`) are committed first.
     pub(crate) fn begin_state_read(&self, db: &Database) -> Result<redb::ReadTransaction> {
         use redb::ReadableDatabase;
-        self
-            .writer
+        self.writer
             .commit_answered(|parked| self.commit_parked(parked))?;
         Ok(db.begin_read()?)
     }
 
     /// The state database's writer role and a write transaction of the caller's own (redb's
     /// default durability, `Immediate`), once any parked batches are committed (`parked.rs`).
-    pub(crate) fn begin_state_write(
-        &self,
-        db: &Database,
-    ) -> Result<crate::parked::StateWrite<'_>> {
+    pub(crate) fn begin_state_write(&self, db: &Database) -> Result<crate::parked::StateWrite<'_>> {
         let mut claim = self.writer.claim()?;
         if let Some(parked) = claim.take_parked() {
             if let Err(error) = self.commit_parked(parked) {
@@ -188,7 +184,6 @@ impl Shared {
         parked.txn.commit()?;
         Ok(())
     }
-
 }
 
 impl Drop for Shared {
@@ -444,10 +439,7 @@ impl Store {
     }
 
     /// See [`Shared::begin_state_write`].
-    pub(crate) fn begin_state_write(
-        &self,
-        db: &Database,
-    ) -> Result<crate::parked::StateWrite<'_>> {
+    pub(crate) fn begin_state_write(&self, db: &Database) -> Result<crate::parked::StateWrite<'_>> {
         self.shared.begin_state_write(db)
     }
 

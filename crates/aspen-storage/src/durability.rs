@@ -1,6 +1,7 @@
 //! When the state database commits durably.
 //!
-//! Apply batches commit with `Durability::None`: the Raft log is the durable record, and after a
+//! Apply batches commit with `Durability::None` (or stay uncommitted for a while in the apply
+//! path's parked transaction, `parked.rs`): the Raft log is the durable record, and after a
 //! crash openraft re-applies the committed log from the state machine's last durable applied
 //! index (`get_initial_state` in openraft's `storage/helper.rs`). A batch is committed durably
 //! instead when one of these bounds is reached, checked at each apply (nothing runs on a timer):

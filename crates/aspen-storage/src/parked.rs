@@ -50,8 +50,9 @@ pub(crate) struct Parked {
 enum Slot {
     /// No writer, nothing parked.
     Free,
-    /// No writer; this transaction holds answered batches.
-    Parked(Parked),
+    /// No writer; this transaction holds answered batches (boxed: a redb transaction is large,
+    /// and the slot is mostly `Free` or `Claimed`).
+    Parked(Box<Parked>),
     /// A writer on this thread holds the writer role (and redb's write lock, or is taking it).
     Claimed(ThreadId),
 }
@@ -126,11 +127,17 @@ impl<'s> Claim<'s> {
     /// Leaves `parked` open for the next batch and gives up the writer role.
     pub fn park(mut self, parked: Parked) {
         assert!(parked.entries > 0, "parking a transaction with no entries");
-        assert!(self.parked.is_none(), "parking over a transaction not taken");
+        assert!(
+            self.parked.is_none(),
+            "parking over a transaction not taken"
+        );
         let mut slot = self.owner.lock_slot();
-        assert!(matches!(*slot, Slot::Claimed(_)), "parking without the claim");
+        assert!(
+            matches!(*slot, Slot::Claimed(_)),
+            "parking without the claim"
+        );
         self.owner.uncommitted.store(true, Ordering::Release);
-        *slot = Slot::Parked(parked);
+        *slot = Slot::Parked(Box::new(parked));
         self.released = true;
         drop(slot);
         self.owner.changed.notify_all();
@@ -172,7 +179,7 @@ impl WriterSlot {
                 Slot::Parked(parked) => {
                     return Ok(Claim {
                         owner: self,
-                        parked: Some(parked),
+                        parked: Some(*parked),
                         released: false,
                     });
                 }
@@ -207,7 +214,7 @@ impl WriterSlot {
             match std::mem::replace(&mut *slot, Slot::Claimed(me)) {
                 Slot::Parked(parked) => {
                     drop(slot);
-                    let result = commit(parked);
+                    let result = commit(*parked);
                     match &result {
                         Ok(()) => {
                             self.uncommitted.store(false, Ordering::Release);

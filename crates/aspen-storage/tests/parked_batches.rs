@@ -70,7 +70,10 @@ fn a_lone_batch_is_parked_and_the_next_read_sees_it() {
             "a one-entry batch commits nothing ({backend:?})"
         );
         assert_eq!(read_revision(&sm), Ok(2), "the read sees the answered put");
-        assert!(!sm.store().state_batches_uncommitted(), "the read committed it");
+        assert!(
+            !sm.store().state_batches_uncommitted(),
+            "the read committed it"
+        );
     }
 }
 
@@ -114,10 +117,7 @@ fn a_read_sees_every_batch_answered_before_it_began() {
             answered.store(index, Ordering::Release);
         }
         done.store(true, Ordering::Release);
-        let reads: u64 = readers
-            .into_iter()
-            .map(|r| r.join().expect("reader"))
-            .sum();
+        let reads: u64 = readers.into_iter().map(|r| r.join().expect("reader")).sum();
         assert!(reads > 0, "the readers ran");
         assert!(
             parked_seen.load(Ordering::Relaxed) > 0,

@@ -200,7 +200,12 @@ impl StateMachine {
             Ok(batch) => match commit_batch(txn, overlay, &state, flush) {
                 Ok(flushing) => (batch, flushing, None),
                 Err(error) => {
-                    return Err(self.batch_failed(error, &claim, committed_revision, parked_entries));
+                    return Err(self.batch_failed(
+                        error,
+                        &claim,
+                        committed_revision,
+                        parked_entries,
+                    ));
                 }
             },
             Err(error) => {
