@@ -236,6 +236,7 @@ impl Node {
             .timing
             .to_openraft(&options.cluster_name)
             .map_err(NodeError::Raft)?;
+        let log_switch = log_store.clone();
         let raft = AspenRaft::new(options.id, config, network, log_store, state_machine)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -270,6 +271,7 @@ impl Node {
             }),
         };
         node.spawn_background_tasks();
+        node.spawn_log_inline_switch(log_switch);
         node.spawn_lease_task();
         node.spawn_compactor();
         node.spawn_snapshot_scheduler();
@@ -1006,6 +1008,32 @@ impl Node {
                     inner.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
                 }
                 last_leader = leader;
+            }
+        });
+    }
+
+    /// Keeps the log's inline rounds (`LogStore::set_appends_inline`) on except while this
+    /// node leads other voters. openraft's core hands a leader's new entries to its log before
+    /// it hands them to replication (`leader_append_entries`: the `AppendEntries` command, then
+    /// the `Replicate` ones), so an inline round there holds replication back by the whole
+    /// `fdatasync`; queued, the sync runs on the log writer's thread during the followers'
+    /// round trip, as etcd's leader syncs its WAL while it sends. A single voter, a follower
+    /// and a learner keep them: there the sync is on the path anyway. Driven by openraft's
+    /// server metrics (state and membership), which change only with them; ends when Raft
+    /// stops.
+    fn spawn_log_inline_switch(&self, log_store: aspen_storage::LogStore) {
+        let mut server = self.inner.raft.server_metrics();
+        tokio::spawn(async move {
+            loop {
+                let leads_others = {
+                    let metrics = server.borrow_watched();
+                    metrics.state == ServerState::Leader
+                        && metrics.membership_config.membership().voter_ids().count() > 1
+                };
+                log_store.set_appends_inline(!leads_others);
+                if server.changed().await.is_err() {
+                    return;
+                }
             }
         });
     }
