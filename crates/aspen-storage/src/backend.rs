@@ -102,15 +102,17 @@ pub(crate) struct Shared {
     state_file: Arc<FileGauge>,
     /// What of the state database is durable, and when to make more of it so.
     pub(crate) durability: StateDurability,
-    /// The last applied log index as the state database's last committed transaction wrote
-    /// it (a mirror of `sm_meta`'s, set after each commit, never before), so a read can check
-    /// the state machine holds its read index without a transaction of its own.
+    /// The last applied log index, set after each apply batch has committed or been parked
+    /// (never before: a read transaction begun after it, through `begin_state_read`, finds the
+    /// batch's writes), so a read can check the state machine holds its read index without a
+    /// transaction of its own.
     applied_index: AtomicU64,
     /// The key index's entries not yet in `kv_index` (`state_machine/overlay.rs`).
     pub(crate) index_overlay: crate::state_machine::overlay::IndexOverlay,
-    /// `sm_meta`'s applied state as the last committed apply batch wrote it, so the next batch
-    /// need not read and decode it again. Taken by a batch, put back after its commit; emptied
-    /// by an install or an import, which write it themselves (`StateMachine::apply_entries`).
+    /// The applied state after the last apply batch (committed, or parked: `parked.rs`), so the
+    /// next batch need not read and decode it again, and a commit of parked batches can write
+    /// it. Taken by a batch, put back after its commit or park; emptied by an install or an
+    /// import, which write it themselves (`StateMachine::apply_entries`).
     pub(crate) applied_state: Mutex<Option<crate::state_machine::AppliedState>>,
     /// The state database's writer role, and the apply path's transaction parked between
     /// batches (`parked.rs`). Every write and read of the state database goes through it
@@ -159,14 +161,29 @@ impl Shared {
     pub(crate) fn begin_state_write(&self, db: &Database) -> Result<crate::parked::StateWrite<'_>> {
         let mut claim = self.writer.claim()?;
         if let Some(parked) = claim.take_parked() {
-            if let Err(error) = self.commit_parked(parked) {
-                claim.lost(format!("committing parked batches: {error}"));
-                return Err(error);
-            }
-            claim.committed();
+            self.commit_claimed(&claim, parked)?;
         }
         let txn = db.begin_write()?;
         Ok(crate::parked::StateWrite::new(txn, claim))
+    }
+
+    /// Commits `parked`, which `claim` took: no answered batch is left uncommitted after it,
+    /// or, if the commit fails, they are lost and the slot turns failed.
+    pub(crate) fn commit_claimed(
+        &self,
+        claim: &crate::parked::Claim<'_>,
+        parked: crate::parked::Parked,
+    ) -> Result<()> {
+        match self.commit_parked(parked) {
+            Ok(()) => {
+                claim.committed();
+                Ok(())
+            }
+            Err(error) => {
+                claim.lost(format!("committing parked batches: {error}"));
+                Err(error)
+            }
+        }
     }
 
     /// Commits a parked transaction (its durability as the apply path set it), with the applied
@@ -406,7 +423,8 @@ impl Store {
     }
 
     /// Called after a state-database transaction that moved the applied index has committed
-    /// (never before: a reader that sees `index` must find its writes).
+    /// or been parked (never before: a reader that sees `index` must find its writes, and
+    /// `begin_state_read` commits parked ones first).
     pub(crate) fn record_applied(&self, index: u64) {
         self.shared.applied_index.store(index, Ordering::Release);
     }

@@ -69,6 +69,8 @@ pub(crate) struct WriterSlot {
     wanted: AtomicBool,
     /// Why answered batches were lost, once they were (see the module docs).
     failed: Mutex<Option<String>>,
+    /// Whether `failed` holds a reason: every read checks this, not the lock.
+    has_failed: AtomicBool,
 }
 
 impl Default for WriterSlot {
@@ -79,6 +81,7 @@ impl Default for WriterSlot {
             uncommitted: AtomicBool::new(false),
             wanted: AtomicBool::new(false),
             failed: Mutex::new(None),
+            has_failed: AtomicBool::new(false),
         }
     }
 }
@@ -258,6 +261,9 @@ impl WriterSlot {
 
     /// An error once answered batches were lost.
     pub fn check(&self) -> Result<()> {
+        if !self.has_failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*self.lock_failed() {
             Some(reason) => Err(StorageError::Invariant(format!(
                 "the state machine lost answered batches and must be restarted: {reason}"
@@ -272,6 +278,7 @@ impl WriterSlot {
             if failed.is_none() {
                 *failed = Some(reason);
             }
+            self.has_failed.store(true, Ordering::Release);
         }
         // Waiters re-check and see the failure.
         let _slot = self.lock_slot();

@@ -138,11 +138,7 @@ impl StateMachine {
         let mut parked = claim.take_parked();
         if let Some(waited_for) = parked.take_if(|_| claim.reader_waiting()) {
             // A reader is waiting for the parked batches: they commit before this one.
-            if let Err(error) = shared.commit_parked(waited_for) {
-                claim.lost(format!("committing parked batches: {error}"));
-                return Err(error);
-            }
-            claim.committed();
+            shared.commit_claimed(&claim, waited_for)?;
         }
         let (mut txn, parked_entries, begun_at, parked_revision) = match parked {
             Some(parked) => (
