@@ -17,6 +17,20 @@ use clap::Parser;
 
 use crate::error::{CliError, EXIT_OK, EXIT_USAGE};
 
+/// Worker threads for `command`: one, except for a benchmark of several clients, which gets
+/// one per client up to the machine's cores. A second idle worker costs a lone request
+/// a wake of that worker on every hand-off between tasks: on a 2-core machine it added about
+/// 40 µs to a lone put's round trip and took CPU from the server being measured
+/// (docs/performance.md, session 15).
+fn runtime_workers(command: &cli::Command) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let wanted = match command {
+        cli::Command::Bench(bench) => usize::try_from(bench.clients).unwrap_or(usize::MAX),
+        _ => 1,
+    };
+    wanted.clamp(1, cores.max(1))
+}
+
 /// Parses `args`, runs the command, prints any error as one line, and returns the exit code.
 pub fn main_with_args(args: Vec<std::ffi::OsString>) -> u8 {
     let cli = match cli::Cli::try_parse_from(args) {
@@ -31,6 +45,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> u8 {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(runtime_workers(&cli.command))
         .enable_all()
         .build()
     {
