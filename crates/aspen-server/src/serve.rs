@@ -346,3 +346,162 @@ pub async fn not_found(request: Request<Body>) -> Result<Response<Body>, Infalli
     };
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+    /// The server's end of a connection: counts the writes that carried bytes and, as a
+    /// `TcpStream` does, says it takes vectored writes.
+    struct CountingIo {
+        inner: DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingIo {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingIo {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(bytes)) = written
+                && bytes > 0
+            {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            written
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            // One write per call, as one `writev` would be: the first buffer with bytes.
+            let first = bufs
+                .iter()
+                .find(|buf| !buf.is_empty())
+                .map_or(&[][..], |buf| &**buf);
+            self.poll_write(cx, first)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// What a unary gRPC response's body is: one DATA frame, then trailers.
+    struct DataThenTrailers {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    }
+
+    impl http_body::Body for DataThenTrailers {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            if let Some(data) = self.data.take() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+            }
+            if let Some(trailers) = self.trailers.take() {
+                return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+            }
+            Poll::Ready(None)
+        }
+    }
+
+    const PAYLOAD_BYTES: usize = 300;
+
+    async fn unary_response() -> Response<Body> {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        Response::new(Body::new(DataThenTrailers {
+            data: Some(Bytes::from(vec![7u8; PAYLOAD_BYTES])),
+            trailers: Some(trailers),
+        }))
+    }
+
+    /// h2 chains a DATA payload over 256 bytes as its own buffer when the stream takes
+    /// vectored writes, and takes no further frame until that buffer is written: the trailers
+    /// then need a second write. Served by `Connection::serve`, a response of 300 bytes and
+    /// trailers is one write (without `Unvectored` this test sees two).
+    #[tokio::test]
+    async fn a_unary_response_and_its_trailers_leave_in_one_write() {
+        let router = Router::new().route("/unary", axum::routing::post(unary_response));
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let (_stop, draining) = watch::channel(false);
+        let connection = Connection {
+            app: App::Router(router),
+            builder: connection_builder(Protocols::Http2Only, Http2Settings::CLIENT),
+            draining,
+            what: "test",
+        };
+        tokio::spawn(connection.serve(CountingIo {
+            inner: server_io,
+            writes: writes.clone(),
+        }));
+        let (mut sender, client_connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(client_connection);
+        let rounds = 4;
+        for round in 0..rounds {
+            let before = writes.load(Ordering::SeqCst);
+            let request = Request::post("http://test/unary")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            let collected = response.into_body().collect().await.expect("body");
+            let trailers = collected.trailers().cloned().expect("trailers");
+            assert_eq!(
+                trailers.get("grpc-status").map(|v| v.as_bytes()),
+                Some(&b"0"[..])
+            );
+            assert_eq!(collected.to_bytes().len(), PAYLOAD_BYTES);
+            let response_writes = writes.load(Ordering::SeqCst) - before;
+            // The first round also carries the connection's SETTINGS frames.
+            if round > 0 {
+                assert_eq!(
+                    response_writes, 1,
+                    "round {round}: the response took {response_writes} writes"
+                );
+            }
+        }
+    }
+}
