@@ -5,6 +5,7 @@
 //! Payloads are Aspen's versioned codec inside an opaque protobuf envelope
 //! (`aspen_peer.proto`), so the Raft types never leak into the wire schema.
 
+mod forward_stream;
 pub mod identity;
 pub mod network;
 pub mod service;

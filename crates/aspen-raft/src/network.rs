@@ -27,6 +27,7 @@ use openraft::raft::{
 use openraft::type_config::alias::SnapshotOf;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::forward_stream::{ForwardPipes, Outcome};
 use crate::identity::PeerIdentity;
 use crate::wire::{
     self, AppendReply, SnapshotHeader, SnapshotReply, StreamAppendReply, TransferLeaderReply,
@@ -42,6 +43,8 @@ pub struct PeerClients {
     identity: Arc<PeerIdentity>,
     /// For https:// peer URLs: the peer CA and this member's peer certificate.
     tls: Option<aspen_tls::ClientTls>,
+    /// Forwarded requests go on one long-lived stream per leader (`forward_stream.rs`).
+    forward_pipes: Arc<ForwardPipes>,
 }
 
 impl PeerClients {
@@ -55,15 +58,20 @@ impl PeerClients {
             message_bytes_max: wire::peer_message_bytes_max(request_bytes_max),
             identity,
             tls,
+            forward_pipes: Arc::default(),
         }
     }
 
-    fn client(&self, target: NodeId, node: &NodeInfo) -> Result<RaftPeerClient<Channel>, String> {
-        let url = node
-            .peer_urls
+    /// The peer URL requests to `target` go to (its first).
+    fn peer_url(target: NodeId, node: &NodeInfo) -> Result<String, String> {
+        node.peer_urls
             .first()
-            .ok_or_else(|| format!("member {target} has no peer URL"))?
-            .clone();
+            .cloned()
+            .ok_or_else(|| format!("member {target} has no peer URL"))
+    }
+
+    fn client(&self, target: NodeId, node: &NodeInfo) -> Result<RaftPeerClient<Channel>, String> {
+        let url = Self::peer_url(target, node)?;
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(&(target, url.clone())) {
             Some(channel) => channel.clone(),
@@ -101,33 +109,56 @@ impl Forwarder for PeerClients {
     ) -> BoxFuture<'static, ForwardResult> {
         let client = self.client(target, &node);
         let identity = self.identity.clone();
+        let pipes = Arc::clone(&self.forward_pipes);
+        let key = Self::peer_url(target, &node).map(|url| (target, url));
         Box::pin(async move {
-            let mut client = client.map_err(NodeError::Peer)?;
-            let message = RaftMessage {
-                data: codec::encode(&request),
-            };
-            let mut call = stamped(&identity, target, message);
-            call.set_timeout(Duration::from_millis(wire::FORWARD_TIMEOUT_MS));
-            let reply = client
-                .forward(call)
-                .await
-                .map_err(|status| match status.code() {
-                    // Only a request that never left this node may be retried elsewhere: a
-                    // forwarded write the leader received and then lost its connection over
-                    // may have been applied, and sending it again would apply it twice.
-                    tonic::Code::Unavailable if never_sent(&status) => NodeError::NoLeader,
-                    tonic::Code::Unavailable => NodeError::Peer(format!(
-                        "connection to the leader lost, outcome unknown: {}",
-                        status.message()
-                    )),
-                    tonic::Code::DeadlineExceeded => NodeError::Timeout,
-                    _ => NodeError::Peer(status.message().to_string()),
-                })?;
-            let reply: wire::ForwardReply = codec::decode(&reply.into_inner().data)
-                .map_err(|e| NodeError::Peer(e.to_string()))?;
-            reply
+            let client = client.map_err(NodeError::Peer)?;
+            let key = key.map_err(NodeError::Peer)?;
+            if !pipes.unary_only(&key) {
+                let stamp = |metadata: &mut tonic::metadata::MetadataMap| {
+                    identity.stamp(metadata, target);
+                };
+                match pipes.call(key, client.clone(), stamp, &request).await {
+                    Outcome::Reply(reply) => return reply,
+                    Outcome::Failed(error) => return Err(error),
+                    Outcome::Unsupported => {}
+                }
+            }
+            forward_unary(client, &identity, target, request).await
         })
     }
+}
+
+/// One forwarded request as its own `Forward` call (to a leader without `ForwardStream`).
+async fn forward_unary(
+    mut client: RaftPeerClient<Channel>,
+    identity: &PeerIdentity,
+    target: NodeId,
+    request: ForwardRequest,
+) -> ForwardResult {
+    let message = RaftMessage {
+        data: codec::encode(&request),
+    };
+    let mut call = stamped(identity, target, message);
+    call.set_timeout(Duration::from_millis(wire::FORWARD_TIMEOUT_MS));
+    let reply = client
+        .forward(call)
+        .await
+        .map_err(|status| match status.code() {
+            // Only a request that never left this node may be retried elsewhere: a
+            // forwarded write the leader received and then lost its connection over
+            // may have been applied, and sending it again would apply it twice.
+            tonic::Code::Unavailable if never_sent(&status) => NodeError::NoLeader,
+            tonic::Code::Unavailable => NodeError::Peer(format!(
+                "connection to the leader lost, outcome unknown: {}",
+                status.message()
+            )),
+            tonic::Code::DeadlineExceeded => NodeError::Timeout,
+            _ => NodeError::Peer(status.message().to_string()),
+        })?;
+    let reply: wire::ForwardReply =
+        codec::decode(&reply.into_inner().data).map_err(|e| NodeError::Peer(e.to_string()))?;
+    reply
 }
 
 /// Creates one [`PeerNetwork`] per replication target.
@@ -531,7 +562,7 @@ fn snapshot_chunks(
 /// True when tonic failed before sending: the connection could not be made. Decided by the
 /// error's type (tonic wraps every failure to connect in `ConnectError`, and keeps it as the
 /// status's source), never by its text.
-fn never_sent(status: &tonic::Status) -> bool {
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
         if error.downcast_ref::<tonic::ConnectError>().is_some() {

@@ -17,8 +17,9 @@ use std::sync::atomic::Ordering;
 
 use crate::identity::PeerIdentity;
 use crate::wire::{
-    AppendCall, AppendReply, ForwardCall, ForwardReply, SnapshotHeader, SnapshotReply,
-    TransferLeaderCall, TransferLeaderReply, VoteCall, VoteReply,
+    AppendCall, AppendReply, FORWARD_STREAM_CALLS_IN_FLIGHT_MAX, ForwardCall, ForwardReply,
+    ForwardStreamCall, ForwardStreamReply, SnapshotHeader, SnapshotReply, TransferLeaderCall,
+    TransferLeaderReply, VoteCall, VoteReply,
 };
 
 #[derive(Clone)]
@@ -75,9 +76,48 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status
 type AppendStreamReplies =
     Pin<Box<dyn futures_util::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
 
+type ForwardStreamReplies =
+    Pin<Box<dyn futures_util::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     type AppendStreamStream = AppendStreamReplies;
+    type ForwardStreamStream = ForwardStreamReplies;
+
+    /// A follower's forwarded requests on one stream: each is handled as `forward` handles
+    /// one (at most `FORWARD_STREAM_CALLS_IN_FLIGHT_MAX` at once) and answered with its id as
+    /// soon as it completes, in any order. A request that does not decode ends the stream;
+    /// the follower then fails every call still waiting on it.
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        self.check_sender(request.metadata())?;
+        let node = self.node.clone();
+        let calls = request
+            .into_inner()
+            .map(|item| {
+                item.ok()
+                    .and_then(|m| codec::decode::<ForwardStreamCall>(&m.data).ok())
+            })
+            .take_while(|decoded| futures_util::future::ready(decoded.is_some()))
+            .filter_map(futures_util::future::ready);
+        let replies = calls
+            .map(move |call| {
+                let node = node.clone();
+                async move {
+                    let reply: ForwardReply = node.handle_forward(call.request).await;
+                    ForwardStreamReply { id: call.id, reply }
+                }
+            })
+            .buffer_unordered(FORWARD_STREAM_CALLS_IN_FLIGHT_MAX)
+            .map(|reply| {
+                Ok(RaftMessage {
+                    data: codec::encode(&reply),
+                })
+            });
+        Ok(Response::new(Box::pin(replies)))
+    }
 
     /// Pipelined replication: openraft processes the requests in order as they arrive and
     /// answers each; a request that does not decode ends the stream.

@@ -20,6 +20,12 @@ pub fn peer_message_bytes_max(request_bytes_max: u64) -> usize {
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Deadline for a forwarded client request (it may wait for a commit and an apply).
 pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
+/// Calls of one forward stream the leader works on at once; further calls wait in the
+/// stream (HTTP/2 flow control holds the follower back). A follower has at most
+/// `FORWARD_WRITE_BATCHES_IN_FLIGHT_MAX` write batches out, plus reads and lease calls.
+pub const FORWARD_STREAM_CALLS_IN_FLIGHT_MAX: usize = 256;
+/// Calls a follower queues for its forward stream before a sender waits.
+pub const FORWARD_STREAM_QUEUE_CALLS_MAX: usize = 256;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VoteCall {
@@ -36,6 +42,21 @@ pub type TransferLeaderCall = TransferLeaderRequest<TypeConfig>;
 pub type TransferLeaderReply = Result<TransferLeaderResponse<TypeConfig>, String>;
 pub type ForwardCall = ForwardRequest;
 pub type ForwardReply = Result<ForwardResponse, NodeError>;
+
+/// One request on a forward stream: the follower's id for it (unique on the stream) and the
+/// request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardStreamCall {
+    pub id: u64,
+    pub request: ForwardCall,
+}
+
+/// The leader's answer to the stream call with the same id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardStreamReply {
+    pub id: u64,
+    pub reply: ForwardReply,
+}
 
 /// The first chunk of a snapshot transfer carries this in `meta`.
 #[derive(Debug, Serialize, Deserialize)]
