@@ -12,5 +12,6 @@ pub mod restore;
 pub mod serve;
 pub mod services;
 pub mod tls;
+mod unary_body;
 
 pub use bootstrap::{NodeHandle, bootstrap_node};
