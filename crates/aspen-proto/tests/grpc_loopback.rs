@@ -102,6 +102,14 @@ type EchoStream =
 #[tonic::async_trait]
 impl RaftPeer for TestPeer {
     type AppendStreamStream = EchoStream;
+    type ForwardStreamStream = EchoStream;
+
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        Ok(Response::new(Box::pin(req.into_inner())))
+    }
 
     async fn append_stream(
         &self,
@@ -235,6 +243,14 @@ async fn serve_and_call_over_tcp() {
     ]);
     let installed = peer.install_snapshot(chunks).await.unwrap().into_inner();
     assert_eq!(installed.data, b"Mabcd");
+    let calls = tokio_stream::iter(vec![
+        RaftMessage { data: vec![4] },
+        RaftMessage { data: vec![5] },
+    ]);
+    let mut replies = peer.forward_stream(calls).await.unwrap().into_inner();
+    assert_eq!(replies.message().await.unwrap().unwrap().data, [4]);
+    assert_eq!(replies.message().await.unwrap().unwrap().data, [5]);
+    assert!(replies.message().await.unwrap().is_none());
 
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
