@@ -137,6 +137,8 @@ struct Report {
     apply_puts_per_s: f64,
     /// The same keys and batches straight into redb in Aspen's layout, no Aspen code.
     raw_layout_puts_per_s: Option<f64>,
+    /// The same with etcd's split: versions into redb by revision, the key index in memory.
+    raw_memory_index_puts_per_s: Option<f64>,
     apply_with_flush_puts_per_s: f64,
     apply_fsyncs: Option<u64>,
     snapshot_bytes: u64,
@@ -214,6 +216,14 @@ async fn bench_backend(target: &Target, keys: u64) -> BenchResult<Report> {
             target.name()
         );
         report.raw_layout_puts_per_s = Some(bench_raw_layout(&dir.join("raw-layout.redb"), keys)?);
+        eprintln!(
+            "[{}] raw redb inserts by revision, key index in memory, {keys} keys",
+            target.name()
+        );
+        report.raw_memory_index_puts_per_s = Some(bench_raw_memory_index(
+            &dir.join("raw-memory-index.redb"),
+            keys,
+        )?);
     }
 
     eprintln!("[{}] apply {keys} puts", target.name());
@@ -334,6 +344,50 @@ fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
     let txn = db.begin_write()?;
     txn.commit()?;
     let seconds = started.elapsed().as_secs_f64();
+    drop(db);
+    std::fs::remove_file(path)?;
+    Ok(keys as f64 / seconds)
+}
+
+/// What an in-memory key index (etcd's `treeIndex`) would allow: the same keys, values and
+/// batches as [`bench_raw_layout`], each version inserted into redb by revision only, and the
+/// key's revisions looked up and extended in a `BTreeMap` (nothing persists the index here: a
+/// real one would need checkpoints, whose cost is not in this figure). Returns puts/s.
+fn bench_raw_memory_index(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
+    const REVS: redb::TableDefinition<(u64, u32), &[u8]> = redb::TableDefinition::new("revs");
+    let db = redb::Builder::new()
+        .set_cache_size(aspen_storage::backend::REDB_CACHE_BYTES_DEFAULT)
+        .create(path)?;
+    let value = vec![b'v'; usize_from(VALUE_BYTES)];
+    let mut record = Vec::with_capacity(usize_from(VALUE_BYTES) + 64);
+    let mut index: std::collections::BTreeMap<[u8; usize_from(KEY_BYTES)], Vec<u64>> =
+        std::collections::BTreeMap::new();
+    let started = Instant::now();
+    let mut revision: u64 = 1;
+    while revision <= keys {
+        let last = (revision + APPLY_BATCH_ENTRIES - 1).min(keys);
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut revs = txn.open_table(REVS)?;
+            for i in revision..=last {
+                let key = key_of(i);
+                let revisions = index.entry(key).or_default();
+                std::hint::black_box(revisions.last());
+                revisions.push(i + 1);
+                record.clear();
+                record.extend_from_slice(&key);
+                record.extend_from_slice(&value);
+                revs.insert((i + 1, 0), record.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        revision = last + 1;
+    }
+    let txn = db.begin_write()?;
+    txn.commit()?;
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(index.len(), usize_from(keys), "one index entry per key");
     drop(db);
     std::fs::remove_file(path)?;
     Ok(keys as f64 / seconds)
@@ -524,6 +578,10 @@ fn print_table(keys: u64, targets: &[Target], reports: &[Report]) {
     }));
     rows.push(row("raw redb, same layout and batches: puts/s", &|r| {
         r.raw_layout_puts_per_s
+            .map_or("-".into(), |v| format!("{v:.0}"))
+    }));
+    rows.push(row("raw redb by revision, index in memory: puts/s", &|r| {
+        r.raw_memory_index_puts_per_s
             .map_or("-".into(), |v| format!("{v:.0}"))
     }));
     rows.push(row("apply / raw redb", &|r| {
