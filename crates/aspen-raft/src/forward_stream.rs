@@ -151,7 +151,7 @@ impl ForwardPipes {
         if pipe.requests.send(message).await.is_err() {
             // The stream's request side is gone: this request never left.
             pipe.shared.forget(id);
-            self.drop_pipe(&key, &pipe);
+            self.drop_shared(&key, &pipe.shared);
             return Outcome::Failed(NodeError::NoLeader);
         }
         let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
@@ -204,11 +204,7 @@ impl ForwardPipes {
         pipe
     }
 
-    /// Removes `pipe` from the map if it is still the one there.
-    fn drop_pipe(&self, key: &PipeKey, pipe: &Pipe) {
-        self.drop_shared(key, &pipe.shared);
-    }
-
+    /// Removes the pipe with `shared` from the map if it is still the one there.
     fn drop_shared(&self, key: &PipeKey, shared: &Arc<Shared>) {
         let mut pipes = locked(&self.pipes);
         if pipes

@@ -73,16 +73,14 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status
     }))
 }
 
-type AppendStreamReplies =
-    Pin<Box<dyn futures_util::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
-
-type ForwardStreamReplies =
+/// The replies of a streaming peer call (append stream, forward stream).
+type PeerReplies =
     Pin<Box<dyn futures_util::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    type AppendStreamStream = AppendStreamReplies;
-    type ForwardStreamStream = ForwardStreamReplies;
+    type AppendStreamStream = PeerReplies;
+    type ForwardStreamStream = PeerReplies;
 
     /// A follower's forwarded requests on one stream: each is handled as `forward` handles
     /// one (at most `FORWARD_STREAM_CALLS_IN_FLIGHT_MAX` at once) and answered with its id as

@@ -300,44 +300,25 @@ async fn bench_append(
     Ok((batch_size, entries_done as f64 / seconds, fsyncs))
 }
 
-/// The floor under apply: the same keys, values and batches inserted straight into a redb
-/// file in the state database's layout (per put: the key's newest `kv_index` entry looked up,
-/// one index entry and one `kv_revs` record inserted), non-durable batch commits and one
-/// durable commit at the end. Returns puts/s.
-fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
-    use redb::ReadableTable;
-    const INDEX: redb::TableDefinition<(&[u8], u64), &[u8]> = redb::TableDefinition::new("index");
-    const REVS: redb::TableDefinition<(u64, u32), &[u8]> = redb::TableDefinition::new("revs");
+/// Runs `keys` puts straight into a fresh redb file at `path`, in the apply's batches with
+/// non-durable commits and one durable commit at the end. `batch(txn, revisions)` does one
+/// batch's puts: the put at revision `r` writes `key_of(r - 1)` (see [`raw_record`]).
+/// Returns puts/s.
+fn raw_puts(
+    path: &std::path::Path,
+    keys: u64,
+    mut batch: impl FnMut(&redb::WriteTransaction, std::ops::RangeInclusive<u64>) -> BenchResult<()>,
+) -> BenchResult<f64> {
     let db = redb::Builder::new()
         .set_cache_size(aspen_storage::backend::REDB_CACHE_BYTES_DEFAULT)
         .create(path)?;
-    let value = vec![b'v'; usize_from(VALUE_BYTES)];
-    let mut record = Vec::with_capacity(usize_from(VALUE_BYTES) + 64);
-    let meta = [0u8; 12];
     let started = Instant::now();
     let mut revision: u64 = 1;
     while revision <= keys {
         let last = (revision + APPLY_BATCH_ENTRIES - 1).min(keys);
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
-        {
-            let mut index = txn.open_table(INDEX)?;
-            let mut revs = txn.open_table(REVS)?;
-            for i in revision..=last {
-                let key = key_of(i);
-                let previous = index
-                    .range::<(&[u8], u64)>((&key[..], 0)..=(&key[..], u64::MAX))?
-                    .next_back()
-                    .transpose()?
-                    .map(|(k, _)| k.value().1);
-                std::hint::black_box(previous);
-                index.insert((&key[..], i + 1), &meta[..])?;
-                record.clear();
-                record.extend_from_slice(&key);
-                record.extend_from_slice(&value);
-                revs.insert((i + 1, 0), record.as_slice())?;
-            }
-        }
+        batch(&txn, revision + 1..=last + 1)?;
         txn.commit()?;
         revision = last + 1;
     }
@@ -349,48 +330,64 @@ fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
     Ok(keys as f64 / seconds)
 }
 
+/// The key of the put at `revision` and, into `record`, that key followed by the value.
+fn raw_record(revision: u64, record: &mut Vec<u8>) -> [u8; usize_from(KEY_BYTES)] {
+    let key = key_of(revision - 1);
+    record.clear();
+    record.extend_from_slice(&key);
+    record.resize(key.len() + usize_from(VALUE_BYTES), b'v');
+    key
+}
+
+const RAW_REVS: redb::TableDefinition<(u64, u32), &[u8]> = redb::TableDefinition::new("revs");
+
+/// The floor under apply: the same keys, values and batches inserted straight into a redb
+/// file in the state database's layout (per put: the key's newest `kv_index` entry looked up,
+/// one index entry and one `kv_revs` record inserted). Returns puts/s.
+fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
+    use redb::ReadableTable;
+    const INDEX: redb::TableDefinition<(&[u8], u64), &[u8]> = redb::TableDefinition::new("index");
+    let meta = [0u8; 12];
+    let mut record = Vec::with_capacity(usize_from(VALUE_BYTES) + 64);
+    raw_puts(path, keys, |txn, revisions| {
+        let mut index = txn.open_table(INDEX)?;
+        let mut revs = txn.open_table(RAW_REVS)?;
+        for revision in revisions {
+            let key = raw_record(revision, &mut record);
+            let previous = index
+                .range::<(&[u8], u64)>((&key[..], 0)..=(&key[..], u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map(|(k, _)| k.value().1);
+            std::hint::black_box(previous);
+            index.insert((&key[..], revision), &meta[..])?;
+            revs.insert((revision, 0), record.as_slice())?;
+        }
+        Ok(())
+    })
+}
+
 /// What an in-memory key index (etcd's `treeIndex`) would allow: the same keys, values and
 /// batches as [`bench_raw_layout`], each version inserted into redb by revision only, and the
 /// key's revisions looked up and extended in a `BTreeMap` (nothing persists the index here: a
 /// real one would need checkpoints, whose cost is not in this figure). Returns puts/s.
 fn bench_raw_memory_index(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
-    const REVS: redb::TableDefinition<(u64, u32), &[u8]> = redb::TableDefinition::new("revs");
-    let db = redb::Builder::new()
-        .set_cache_size(aspen_storage::backend::REDB_CACHE_BYTES_DEFAULT)
-        .create(path)?;
-    let value = vec![b'v'; usize_from(VALUE_BYTES)];
-    let mut record = Vec::with_capacity(usize_from(VALUE_BYTES) + 64);
     let mut index: std::collections::BTreeMap<[u8; usize_from(KEY_BYTES)], Vec<u64>> =
         std::collections::BTreeMap::new();
-    let started = Instant::now();
-    let mut revision: u64 = 1;
-    while revision <= keys {
-        let last = (revision + APPLY_BATCH_ENTRIES - 1).min(keys);
-        let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        {
-            let mut revs = txn.open_table(REVS)?;
-            for i in revision..=last {
-                let key = key_of(i);
-                let revisions = index.entry(key).or_default();
-                std::hint::black_box(revisions.last());
-                revisions.push(i + 1);
-                record.clear();
-                record.extend_from_slice(&key);
-                record.extend_from_slice(&value);
-                revs.insert((i + 1, 0), record.as_slice())?;
-            }
+    let mut record = Vec::with_capacity(usize_from(VALUE_BYTES) + 64);
+    let puts_per_s = raw_puts(path, keys, |txn, revisions| {
+        let mut revs = txn.open_table(RAW_REVS)?;
+        for revision in revisions {
+            let key = raw_record(revision, &mut record);
+            let versions = index.entry(key).or_default();
+            std::hint::black_box(versions.last());
+            versions.push(revision);
+            revs.insert((revision, 0), record.as_slice())?;
         }
-        txn.commit()?;
-        revision = last + 1;
-    }
-    let txn = db.begin_write()?;
-    txn.commit()?;
-    let seconds = started.elapsed().as_secs_f64();
+        Ok(())
+    })?;
     assert_eq!(index.len(), usize_from(keys), "one index entry per key");
-    drop(db);
-    std::fs::remove_file(path)?;
-    Ok(keys as f64 / seconds)
+    Ok(puts_per_s)
 }
 
 /// Appends one entry at a time and waits for its flush callback (one durable commit each),
