@@ -148,6 +148,34 @@ fn a_durable_commit_covers_parked_batches() {
     assert_eq!(read_revision(&sm), Ok(4));
 }
 
+/// A batch that the durability cadence makes durable commits at once with an fsync: it is
+/// never left open (parked), where the next batch would commit it without one
+/// after the node had recorded it durable (and so let the log be purged past it).
+#[test]
+fn a_batch_due_for_durability_is_never_parked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = StorageBackend::Redb {
+        dir: dir.path().to_path_buf(),
+    };
+    let (_log, sm) = open_storage(&backend, Limits::default()).expect("open");
+    for index in 1..=2 {
+        sm.apply_entries(&[put_entry(index)]).expect("apply");
+        assert!(sm.store().state_batches_uncommitted(), "a lone batch parks");
+        assert!(read_revision(&sm).is_ok(), "a read commits it");
+    }
+    // The cadence's time bound passes: the next batch is due.
+    std::thread::sleep(std::time::Duration::from_millis(
+        aspen_core::limits::STATE_DURABLE_INTERVAL_MS + 50,
+    ));
+    let syncs_before = sm.store().state_syncs();
+    sm.apply_entries(&[put_entry(3)]).expect("apply");
+    assert!(
+        !sm.store().state_batches_uncommitted(),
+        "the durable batch committed"
+    );
+    assert!(sm.store().state_syncs() > syncs_before, "with an fsync");
+}
+
 /// A batch that fails in a transaction holding parked batches (the disk is full when it
 /// needs a page) takes them with it: they were answered, so every later read and apply fails,
 /// even once the disk has room again, rather than serving a state without them. openraft

@@ -216,8 +216,28 @@ impl<'a, 't> Applier<'a, 't> {
 
     /// `key`'s current version; its value is read only if `with_value` (it lives apart from
     /// the index).
+    /// The newest entry comes from memory once it is loaded (`latest.rs`), else from the index.
     pub(crate) fn latest(&self, key: &[u8], with_value: bool) -> Result<Option<StoredVersion>> {
-        mvcc::version_at(&self.index(), &self.tables.revs, key, u64::MAX, with_value)
+        let Some(known) = self.overlay.latest_entry(key) else {
+            return mvcc::version_at(&self.index(), &self.tables.revs, key, u64::MAX, with_value);
+        };
+        let found = match known {
+            Some((main, record)) if !record.is_tombstone() => {
+                let value = if with_value {
+                    mvcc::load_record(&self.tables.revs, main, record.sub_revision)?.value
+                } else {
+                    Vec::new()
+                };
+                Some(record.to_version(main, value))
+            }
+            _ => None,
+        };
+        debug_assert_eq!(
+            found,
+            mvcc::version_at(&self.index(), &self.tables.revs, key, u64::MAX, with_value)?,
+            "the in-memory newest entry and the index disagree"
+        );
+        Ok(found)
     }
 
     /// etcd's checks before a put: the lease exists, and a key exists to take its value or

@@ -14,6 +14,7 @@ mod etcd_io;
 mod events;
 mod hash;
 mod history;
+mod latest;
 mod lease_read;
 pub(crate) mod mvcc;
 pub(crate) mod overlay;
@@ -175,11 +176,14 @@ impl StateMachine {
         let committed_revision = parked_revision.unwrap_or(revision_before);
         let compact_revision_before = state.compact_revision;
         let applied = self.apply_in(&txn, entries, &mut state);
-        // A durable commit always flushes the overlay, so a restart after it rebuilds nothing;
-        // a full overlay is flushed whatever the cadence says.
-        let flush = durable || overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
+        // The overlay is flushed once full, on its own schedule: a durable commit need not
+        // carry it, since a restart rebuilds the entries above the flushed revision from
+        // `kv_revs` (at most `OVERLAY_FLUSH_ENTRIES`). A durable batch is never parked: the
+        // durability it was given must be the one it commits with.
+        let flush = overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
         let open_entries = parked_entries + batch_entries;
         let park = !flush
+            && !durable
             && open_entries < STATE_PARKED_ENTRIES_MAX
             && begun_at.elapsed() < std::time::Duration::from_millis(STATE_PARKED_MS_MAX);
         let (batch, flushing, to_park) = match applied {
@@ -310,6 +314,7 @@ impl StateMachine {
     ) -> Result<AppliedBatch> {
         let mut responses = Vec::with_capacity(entries.len());
         let mut tables = tables::WriteTables::open(txn)?;
+        latest::load_next_chunk(&tables.index, &self.store.shared.index_overlay)?;
         let mut applier = apply::Applier {
             tables: &mut tables,
             overlay: &self.store.shared.index_overlay,
@@ -507,6 +512,9 @@ impl StateMachine {
         {
             let mut tables = tables::WriteTables::open(&txn)?;
             compact::remove_planned(&mut tables, &plan)?;
+        }
+        for ((main, _), key) in &plan.removals {
+            self.store.shared.index_overlay.latest_removed(key, *main);
         }
         let removed = plan.removals.len();
         let progress = CompactProgress {

@@ -4,10 +4,10 @@
 //! yet in `kv_index`).
 //!
 //! Why: a put's index entry lands at a random place in `kv_index`, so every apply batch copied
-//! (copy-on-write) one leaf page per put, and committed them. Gathered here and flushed every
-//! `STATE_DURABLE_INTERVAL_MS` or so, each leaf is copied once per flush however many puts hit
-//! it, and an apply batch's own commit dirties only the right edge of `kv_revs` and the meta.
-//! A flush also runs once `OVERLAY_FLUSH_ENTRIES` are waiting, which bounds its pause.
+//! (copy-on-write) one leaf page per put, and committed them. Gathered here and flushed once
+//! `OVERLAY_FLUSH_ENTRIES` are waiting (and at snapshot points, before compaction and at a
+//! clean close), each leaf is copied once per flush however many puts hit it, and an apply
+//! batch's own commit dirties only the right edge of `kv_revs` and the meta.
 //!
 //! The contract between the overlay and the database (`sm_meta`'s `index_flushed`, "f"):
 //!
@@ -30,17 +30,21 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use aspen_core::keys::KeyRange;
 use redb::ReadableTable;
 
+use super::latest::{Latest, LatestEntry};
 use super::mvcc::{IndexRecord, RevKey, RevRecord};
 use crate::error::{Result, decode};
 use crate::schema;
 
-/// Entries the overlay holds before a batch flushes it whatever the durability cadence says
-/// (~100 bytes each). It bounds the work of one flush, which holds applies while it writes:
-/// one-node puts at 256 clients, flushing only on the durable cadence (~15,000 entries per
-/// flush) against at 8,192 entries: 34.1-34.5 vs 34.6-35.6 µs of server CPU per put, p99
-/// 38-40 vs 31-34 ms; at 4,096, 36.0-36.3 µs and 30 ms. One batch's own entries are never
-/// split: a batch that grows past it flushes at its end.
-pub(crate) const OVERLAY_FLUSH_ENTRIES: usize = 8192;
+/// Entries the overlay holds before a batch flushes them (~100 bytes each; the writer's lookups
+/// do not read them, `latest.rs`). A flush writes each entry into `kv_index` at a random place,
+/// so the fewer flushes, the fewer leaf pages copied per entry: at 1M keys, `storage_bench`'s
+/// apply went from 60-80k puts/s flushing every 8,192 entries and on each durable commit, to
+/// 110k at 65,536 and no flush on durable commits (with the in-memory newest entries). It also
+/// bounds what a restart after a crash rebuilds from `kv_revs` (at most this many entries), and
+/// the pause of one flush. Snapshot points, compaction and `make_state_durable` (a clean close)
+/// flush whatever is waiting. One batch's own entries are never split: a batch that grows past
+/// it flushes at its end.
+pub(crate) const OVERLAY_FLUSH_ENTRIES: usize = 65_536;
 
 /// A key's entries in one map, oldest first (revisions only grow while a map is active).
 type Versions = Vec<(u64, IndexRecord)>;
@@ -106,6 +110,8 @@ struct Layers {
     /// Entries the last finished flush wrote, kept one flush longer for readers (see above).
     /// The writer never needs them: its transaction holds them in `kv_index`.
     retired: Arc<Entries>,
+    /// Every key's newest entry, for the writer's lookups (`latest.rs`).
+    latest: Latest,
 }
 
 /// Which maps a lookup consults.
@@ -223,7 +229,7 @@ impl IndexOverlay {
             Some(versions) => versions,
             None => layers.active.entry(key.to_vec()).or_default(),
         };
-        match versions.last_mut() {
+        let replaced = match versions.last_mut() {
             Some((last, replaced)) if *last == main => Some(std::mem::replace(replaced, record)),
             last => {
                 assert!(
@@ -234,7 +240,31 @@ impl IndexOverlay {
                 layers.active_len += 1;
                 None
             }
-        }
+        };
+        layers.latest.record(key, main, record);
+        replaced
+    }
+
+    /// The writer's lookup of `key`'s newest entry in memory: `Some(None)` if it has none,
+    /// None if that is not known yet (read the index).
+    pub fn latest_entry(&self, key: &[u8]) -> Option<Option<LatestEntry>> {
+        self.read().latest.get(key)
+    }
+
+    /// Where the in-memory newest entries still need loading from (writer only; None once
+    /// complete).
+    pub fn latest_load_from(&self) -> Option<Vec<u8>> {
+        self.read().latest.load_from().map(<[u8]>::to_vec)
+    }
+
+    /// One loaded chunk of newest entries (writer only; `Latest::load_chunk`).
+    pub fn latest_load_chunk(&self, entries: Vec<(Vec<u8>, LatestEntry)>, next: Option<Vec<u8>>) {
+        self.write().latest.load_chunk(entries, next);
+    }
+
+    /// Compaction removed `key`'s version at `main` (writer only).
+    pub fn latest_removed(&self, key: &[u8], main: u64) {
+        self.write().latest.forget_tombstone(key, main);
     }
 
     /// The writer's view: `key`'s newest entry at or below `at_most` in the overlay (none
@@ -306,6 +336,8 @@ impl IndexOverlay {
     /// those entries never happened. A flush it began is retried by the next one.
     pub fn discard_above(&self, committed_revision: u64) {
         let mut layers = self.write();
+        // The newest entries it recorded may be gone, and what they replaced is not kept.
+        layers.latest.restart_load();
         let kept = |map: &mut Entries| {
             map.retain(|_, versions| {
                 versions.retain(|(main, _)| *main <= committed_revision);
@@ -394,9 +426,9 @@ pub(crate) fn flush_into<'o>(
 }
 
 /// The overlay for a state database just opened: its f, and the entries above f rebuilt from
-/// `kv_revs` (every record carries what its index entry holds). After a clean close or a
-/// durable commit f is the revision and nothing is rebuilt; after a crash, at most what was
-/// applied since the last flush. Records f if the database had none.
+/// `kv_revs` (every record carries what its index entry holds). After a clean close f is the
+/// revision and nothing is rebuilt; after a crash, what was applied since the last flush (at
+/// most about `OVERLAY_FLUSH_ENTRIES`). Records f if the database had none.
 pub(crate) fn load(db: &redb::Database) -> Result<IndexOverlay> {
     use redb::ReadableDatabase;
     let (flushed, revision, recorded) = {

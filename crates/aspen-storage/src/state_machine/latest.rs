@@ -1,0 +1,374 @@
+//! Every key's newest index entry, in memory: what an apply looks up for each key it writes
+//! (its create revision, version, lease and where its value is), without descending `kv_index`.
+//!
+//! Why: at 1M keys a put's lookup of its key in `kv_index` (a redb B-tree descent, most often
+//! finding nothing for a new key) took 22% of an apply's time, and the overlay's maps another
+//! 10% (`docs/performance.md`, session 17). etcd keeps its whole key index in memory; this
+//! keeps the newest entry of each key, which is all a write needs.
+//!
+//! How it stays exact:
+//! - Only the holder of the state database's write transaction changes it, in the same calls
+//!   that give the overlay its entries (`IndexOverlay::insert`), so an entry here is always the
+//!   newest the writer has written for its key.
+//! - After an open it is filled from `kv_index` and the overlay by the writer itself, a chunk
+//!   of keys per apply batch, in key order (`load_chunk`), from inside its write transaction:
+//!   what it reads is the index as the writer has it. Keys below `loaded_to` are complete; a
+//!   key above it that is not in the map is unknown, and the caller reads the index instead.
+//! - A batch whose transaction does not commit, an install and an import change the index
+//!   under it: it is emptied and loaded again (`restart_load`).
+//! - Compaction removes a key whose newest entry is a tombstone at or below the compaction
+//!   revision; a tombstone here reads as "no such key" either way, and the compactor drops it
+//!   (`forget_tombstone`) so a store whose keys come and go does not grow this map.
+
+use std::collections::HashMap;
+
+use aspen_core::keys::KeyRange;
+use redb::ReadableTable;
+
+use super::mvcc::{Index, IndexKey, IndexRecord, IndexSource, OverlayView};
+use super::overlay::IndexOverlay;
+use crate::error::Result;
+
+/// Keys an apply batch loads into the map while it is loading: at 1M keys, about 60 batches
+/// after an open, each a few milliseconds longer.
+/// (Tests: a few keys, so that small stores load over many batches.)
+pub(crate) const LATEST_LOAD_CHUNK_KEYS: usize = if cfg!(test) { 3 } else { 16_384 };
+
+/// A key's newest entry: its main revision and record (`version == 0`: a tombstone).
+pub(crate) type LatestEntry = (u64, IndexRecord);
+
+#[derive(Debug)]
+pub(crate) struct Latest {
+    map: HashMap<Vec<u8>, LatestEntry, foldhash::fast::RandomState>,
+    /// Keys below this are all in the map (those that exist); None: every key is.
+    loaded_to: Option<Vec<u8>>,
+}
+
+impl Default for Latest {
+    fn default() -> Latest {
+        Latest::loading()
+    }
+}
+
+impl Latest {
+    /// An empty map that knows nothing yet: the first batch starts loading it.
+    pub fn loading() -> Latest {
+        Latest {
+            map: HashMap::default(),
+            loaded_to: Some(Vec::new()),
+        }
+    }
+
+    /// An empty map that is complete (a store without keys).
+    #[cfg(test)]
+    pub fn complete() -> Latest {
+        Latest {
+            map: HashMap::default(),
+            loaded_to: None,
+        }
+    }
+
+    /// The key the next chunk starts at, or None once loaded.
+    pub fn load_from(&self) -> Option<&[u8]> {
+        self.loaded_to.as_deref()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// `key`'s newest entry: `Some(None)` if it has none (never written, or compacted away),
+    /// None if the map does not know yet.
+    pub fn get(&self, key: &[u8]) -> Option<Option<LatestEntry>> {
+        if let Some(entry) = self.map.get(key) {
+            return Some(Some(*entry));
+        }
+        match &self.loaded_to {
+            None => Some(None),
+            Some(loaded_to) if key < loaded_to.as_slice() => Some(None),
+            Some(_) => None,
+        }
+    }
+
+    /// The writer wrote `key`'s entry at `main` (newer than any it had).
+    pub fn record(&mut self, key: &[u8], main: u64, record: IndexRecord) {
+        match self.map.get_mut(key) {
+            Some(entry) => {
+                assert!(entry.0 <= main, "the newest entry moved back");
+                *entry = (main, record);
+            }
+            None => {
+                self.map.insert(key.to_vec(), (main, record));
+            }
+        }
+    }
+
+    /// One loaded chunk: each key's newest entry as the writer's index has it (`entries`, in
+    /// key order), and the key the next chunk starts at (None: the index has no more keys).
+    pub fn load_chunk(&mut self, entries: Vec<(Vec<u8>, LatestEntry)>, next: Option<Vec<u8>>) {
+        let from = self
+            .loaded_to
+            .clone()
+            .expect("a chunk loaded into a complete map");
+        for (key, entry) in entries {
+            assert!(key >= from, "a chunk below the loaded keys");
+            assert!(
+                next.as_ref().is_none_or(|next| key < *next),
+                "a chunk past its end"
+            );
+            // The writer's index is the truth: an entry recorded earlier for this key is in it.
+            self.map.insert(key, entry);
+        }
+        assert!(
+            next.as_ref().is_none_or(|next| *next > from),
+            "a chunk that did not advance"
+        );
+        self.loaded_to = next;
+    }
+
+    /// The index changed under the map (a batch that did not commit, an install, an import):
+    /// it forgets everything and loads again.
+    pub fn restart_load(&mut self) {
+        *self = Latest::loading();
+    }
+
+    /// Compaction removed `key`, whose newest entry was the tombstone at `main`.
+    pub fn forget_tombstone(&mut self, key: &[u8], main: u64) {
+        if let Some((newest, record)) = self.map.get(key)
+            && *newest == main
+        {
+            assert!(record.is_tombstone(), "compaction removed a live key");
+            self.map.remove(key);
+        }
+    }
+}
+
+/// Loads the next chunk of newest entries, if the map is still loading, from the writer's
+/// index (`table`, its write transaction's `kv_index`, and the live overlay): up to
+/// `LATEST_LOAD_CHUNK_KEYS` keys of `kv_index` and the overlay's keys among them.
+pub(crate) fn load_next_chunk<I>(table: &I, overlay: &IndexOverlay) -> Result<()>
+where
+    I: ReadableTable<IndexKey, &'static [u8]>,
+{
+    let Some(from) = overlay.latest_load_from() else {
+        return Ok(());
+    };
+    // The chunk ends before `kv_index`'s (LATEST_LOAD_CHUNK_KEYS + 1)th key from `from`.
+    let mut end: Option<Vec<u8>> = None;
+    let mut keys: usize = 0;
+    let mut previous: Vec<u8> = Vec::new();
+    for item in table.range::<(&[u8], u64)>((from.as_slice(), 0)..)? {
+        let (table_key, _) = item?;
+        let key = table_key.value().0;
+        if keys > 0 && key == previous.as_slice() {
+            continue;
+        }
+        if keys == LATEST_LOAD_CHUNK_KEYS {
+            end = Some(key.to_vec());
+            break;
+        }
+        previous.clear();
+        previous.extend_from_slice(key);
+        keys += 1;
+    }
+    let range = KeyRange::Interval {
+        start: from,
+        end: end.clone(),
+    };
+    let mut entries: Vec<(Vec<u8>, LatestEntry)> = Vec::with_capacity(keys);
+    Index::new(table, OverlayView::Live(overlay)).for_each_entry(
+        &range,
+        &mut |key, main, record| {
+            match entries.last_mut() {
+                Some((last, newest)) if last.as_slice() == key => *newest = (main, record),
+                _ => entries.push((key.to_vec(), (main, record))),
+            }
+            Ok(true)
+        },
+    )?;
+    // A key whose newest entry is a tombstone reads as absent without one.
+    entries.retain(|(_, (_, record))| !record.is_tombstone());
+    overlay.latest_load_chunk(entries, end);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: u64) -> IndexRecord {
+        IndexRecord {
+            sub_revision: 0,
+            create_revision: 1,
+            version,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn a_key_not_yet_loaded_is_unknown_and_one_below_the_loaded_keys_is_absent() {
+        let mut latest = Latest::loading();
+        assert_eq!(latest.get(b"a"), None);
+        latest.record(b"m", 5, record(2));
+        assert_eq!(latest.get(b"m"), Some(Some((5, record(2)))));
+        latest.load_chunk(
+            vec![
+                (b"b".to_vec(), (2, record(1))),
+                (b"m".to_vec(), (5, record(2))),
+            ],
+            Some(b"n".to_vec()),
+        );
+        assert_eq!(
+            latest.get(b"a"),
+            Some(None),
+            "below the loaded keys: absent"
+        );
+        assert_eq!(latest.get(b"b"), Some(Some((2, record(1)))));
+        assert_eq!(latest.get(b"z"), None, "not loaded yet");
+        latest.record(b"z", 6, record(1));
+        assert_eq!(latest.get(b"z"), Some(Some((6, record(1)))));
+        latest.load_chunk(vec![(b"z".to_vec(), (6, record(1)))], None);
+        assert_eq!(latest.load_from(), None);
+        assert_eq!(latest.get(b"y"), Some(None));
+        assert_eq!(latest.len(), 3);
+    }
+
+    #[test]
+    fn a_restarted_load_forgets_and_a_compacted_tombstone_goes() {
+        let mut latest = Latest::complete();
+        latest.record(b"a", 3, record(1));
+        latest.record(b"a", 4, record(0));
+        latest.forget_tombstone(b"a", 3);
+        assert_eq!(latest.get(b"a"), Some(Some((4, record(0)))), "not that one");
+        latest.forget_tombstone(b"a", 4);
+        assert_eq!(latest.get(b"a"), Some(None));
+        latest.record(b"b", 5, record(1));
+        latest.restart_load();
+        assert_eq!(latest.get(b"b"), None);
+        assert_eq!(latest.len(), 0);
+    }
+
+    /// Writes after an open, one per batch while the map loads three keys a batch, hit keys
+    /// behind and ahead of the loaded ones, deleted keys and compacted ones. Every lookup is
+    /// checked against the index (`Applier::latest`'s debug assertion); the versions read back
+    /// are checked here.
+    #[test]
+    fn writes_during_and_after_the_load_see_each_key_as_the_index_has_it() {
+        use aspen_core::limits::Limits;
+        use aspen_core::type_config::alias::Entry;
+        use aspen_core::{Command, DeleteRangeRequest, PutRequest, RangeRequest, TypeConfig};
+
+        use crate::{StateMachine, StorageBackend, open_storage};
+
+        fn apply(sm: &StateMachine, index: &mut u64, command: Command) {
+            *index += 1;
+            let entry: Entry = openraft::Entry {
+                log_id: openraft::testing::log_id::<TypeConfig>(1, 1, *index),
+                payload: openraft::EntryPayload::Normal(command),
+            };
+            let response = sm.apply_entries(&[entry]).expect("apply");
+            assert!(response[0].result.is_ok(), "{response:?}");
+        }
+        fn put(key: &str) -> Command {
+            Command::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+        }
+        fn delete(key: &str) -> Command {
+            Command::DeleteRange(DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
+        }
+        /// (version, create revision) of `key`, None if absent.
+        fn read(sm: &StateMachine, key: &str) -> Option<(u64, u64)> {
+            let request = RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            };
+            let (result, _) = sm.reader().range(&request).expect("read").expect("ok");
+            result
+                .kvs
+                .first()
+                .map(|kv| (kv.version, kv.create_revision))
+        }
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = StorageBackend::Redb {
+            dir: dir.path().to_path_buf(),
+        };
+        let mut index = 0;
+        {
+            let (_log, sm) = open_storage(&backend, Limits::default()).expect("open");
+            for n in 0..20 {
+                apply(&sm, &mut index, put(&format!("k{n:02}")));
+            }
+            apply(&sm, &mut index, put("k03")); // version 2
+            apply(&sm, &mut index, put("k17")); // version 2
+            apply(&sm, &mut index, delete("k05"));
+            apply(&sm, &mut index, delete("k18"));
+            sm.store().make_state_durable().expect("durable");
+        }
+        let (_log, sm) = open_storage(&backend, Limits::default()).expect("reopen");
+        assert_eq!(
+            sm.store().shared.index_overlay.latest_load_from(),
+            Some(Vec::new())
+        );
+        // Ahead of the loaded keys, then behind them, new, deleted and deleted again.
+        apply(&sm, &mut index, put("k17"));
+        assert_eq!(read(&sm, "k17"), Some((3, 19)));
+        apply(&sm, &mut index, put("k18"));
+        assert_eq!(
+            read(&sm, "k18"),
+            Some((1, 27)),
+            "a deleted key starts again"
+        );
+        apply(&sm, &mut index, put("k00"));
+        assert_eq!(read(&sm, "k00"), Some((2, 2)));
+        apply(&sm, &mut index, put("k05"));
+        assert_eq!(read(&sm, "k05"), Some((1, 29)));
+        apply(&sm, &mut index, delete("k03"));
+        apply(&sm, &mut index, put("k03"));
+        assert_eq!(read(&sm, "k03"), Some((1, 31)));
+        apply(&sm, &mut index, put("a-new-key"));
+        for n in 0..20 {
+            apply(&sm, &mut index, put(&format!("k{n:02}")));
+        }
+        assert_eq!(
+            sm.store().shared.index_overlay.latest_load_from(),
+            None,
+            "loaded after enough batches"
+        );
+        assert_eq!(read(&sm, "k17"), Some((4, 19)));
+        // A compaction removes a deleted key's tombstone; putting the key again starts it anew.
+        apply(&sm, &mut index, delete("k10"));
+        let deleted_at = index + 1; // the store revision is the log index + 1 here
+        apply(&sm, &mut index, put("z"));
+        apply(
+            &sm,
+            &mut index,
+            Command::Compact {
+                revision: deleted_at + 1,
+                physical: true,
+            },
+        );
+        sm.compact_until_done().expect("compact");
+        apply(&sm, &mut index, put("k10"));
+        assert_eq!(
+            read(&sm, "k10"),
+            Some((1, deleted_at + 2)),
+            "after z; Compact takes no revision"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "moved back")]
+    fn an_older_entry_is_refused() {
+        let mut latest = Latest::complete();
+        latest.record(b"a", 3, record(1));
+        latest.record(b"a", 2, record(1));
+    }
+}
