@@ -107,10 +107,11 @@ impl Latest {
     /// One loaded chunk: each key's newest entry as the writer's index has it (`entries`, in
     /// key order), and the key the next chunk starts at (None: the index has no more keys).
     pub fn load_chunk(&mut self, entries: Vec<(Vec<u8>, LatestEntry)>, next: Option<Vec<u8>>) {
-        let from = self
-            .loaded_to
-            .clone()
-            .expect("a chunk loaded into a complete map");
+        assert!(
+            self.loaded_to.is_some(),
+            "a chunk loaded into a complete map"
+        );
+        let from = self.loaded_to.clone().unwrap_or_default();
         for (key, entry) in entries {
             assert!(key >= from, "a chunk below the loaded keys");
             assert!(
