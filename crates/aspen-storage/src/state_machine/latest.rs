@@ -20,7 +20,7 @@
 //!   revision; a tombstone here reads as "no such key" either way, and the compactor drops it
 //!   (`forget_tombstone`) so a store whose keys come and go does not grow this map.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use aspen_core::keys::KeyRange;
 use redb::ReadableTable;
@@ -39,7 +39,7 @@ pub(crate) type LatestEntry = (u64, IndexRecord);
 
 #[derive(Debug)]
 pub(crate) struct Latest {
-    map: HashMap<Vec<u8>, LatestEntry, foldhash::fast::RandomState>,
+    map: Slots,
     /// Keys below this are all in the map (those that exist); None: every key is.
     loaded_to: Option<Vec<u8>>,
 }
@@ -54,7 +54,7 @@ impl Latest {
     /// An empty map that knows nothing yet: the first batch starts loading it.
     pub fn loading() -> Latest {
         Latest {
-            map: HashMap::default(),
+            map: Slots::default(),
             loaded_to: Some(Vec::new()),
         }
     }
@@ -63,7 +63,7 @@ impl Latest {
     #[cfg(test)]
     pub fn complete() -> Latest {
         Latest {
-            map: HashMap::default(),
+            map: Slots::default(),
             loaded_to: None,
         }
     }
@@ -82,7 +82,7 @@ impl Latest {
     /// None if the map does not know yet.
     pub fn get(&self, key: &[u8]) -> Option<Option<LatestEntry>> {
         if let Some(entry) = self.map.get(key) {
-            return Some(Some(*entry));
+            return Some(Some(entry));
         }
         match &self.loaded_to {
             None => Some(None),
@@ -93,15 +93,11 @@ impl Latest {
 
     /// The writer wrote `key`'s entry at `main` (newer than any it had).
     pub fn record(&mut self, key: &[u8], main: u64, record: IndexRecord) {
-        match self.map.get_mut(key) {
-            Some(entry) => {
-                assert!(entry.0 <= main, "the newest entry moved back");
-                *entry = (main, record);
-            }
-            None => {
-                self.map.insert(key.to_vec(), (main, record));
-            }
-        }
+        let older = self.map.set(key, (main, record));
+        assert!(
+            older.is_none_or(|(older, _)| older <= main),
+            "the newest entry moved back"
+        );
     }
 
     /// One loaded chunk: each key's newest entry as the writer's index has it (`entries`, in
@@ -119,7 +115,7 @@ impl Latest {
                 "a chunk past its end"
             );
             // The writer's index is the truth: an entry recorded earlier for this key is in it.
-            self.map.insert(key, entry);
+            self.map.set(&key, entry);
         }
         assert!(
             next.as_ref().is_none_or(|next| *next > from),
@@ -137,12 +133,149 @@ impl Latest {
     /// Compaction removed `key`, whose newest entry was the tombstone at `main`.
     pub fn forget_tombstone(&mut self, key: &[u8], main: u64) {
         if let Some((newest, record)) = self.map.get(key)
-            && *newest == main
+            && newest == main
         {
             assert!(record.is_tombstone(), "compaction removed a live key");
             self.map.remove(key);
         }
     }
+}
+
+/// The map itself, kept small: one allocation per key holding its entry (five varints) and
+/// then the key, and a hash table of pointers to them. At 1M keys, a `HashMap<Vec<u8>,
+/// LatestEntry>` took ~170 MB and raised the node's peak RSS above etcd's (`bench/vs-etcd`'s
+/// scale step); this takes ~100 MB.
+#[derive(Default)]
+struct Slots {
+    table: hashbrown::HashTable<Box<[u8]>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots")
+            .field("len", &self.table.len())
+            .finish()
+    }
+}
+
+/// A slot's entry: five LEB128 varints of at most 10 bytes, after one byte with their length.
+const SLOT_ENTRY_BYTES_MAX: usize = 1 + 5 * 10;
+
+impl Slots {
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn get(&self, key: &[u8]) -> Option<LatestEntry> {
+        let hash = self.hasher.hash_one(key);
+        self.table
+            .find(hash, |slot| slot_key(slot) == key)
+            .map(|slot| slot_entry(slot))
+    }
+
+    /// Sets `key`'s entry; returns the one it replaced.
+    fn set(&mut self, key: &[u8], entry: LatestEntry) -> Option<LatestEntry> {
+        let mut encoded = [0u8; SLOT_ENTRY_BYTES_MAX];
+        let encoded = encode_entry(entry, &mut encoded);
+        let hash = self.hasher.hash_one(key);
+        if let Some(slot) = self.table.find_mut(hash, |slot| slot_key(slot) == key) {
+            let older = slot_entry(slot);
+            if usize::from(slot[0]) + 1 == encoded.len() {
+                slot[..encoded.len()].copy_from_slice(encoded);
+            } else {
+                *slot = new_slot(encoded, key);
+            }
+            return Some(older);
+        }
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, new_slot(encoded, key), |slot| {
+                hasher.hash_one(slot_key(slot))
+            });
+        None
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        let hash = self.hasher.hash_one(key);
+        if let Ok(found) = self.table.find_entry(hash, |slot| slot_key(slot) == key) {
+            found.remove();
+        }
+    }
+}
+
+fn new_slot(encoded: &[u8], key: &[u8]) -> Box<[u8]> {
+    let mut slot = Vec::with_capacity(encoded.len() + key.len());
+    slot.extend_from_slice(encoded);
+    slot.extend_from_slice(key);
+    slot.into_boxed_slice()
+}
+
+fn slot_key(slot: &[u8]) -> &[u8] {
+    &slot[1 + usize::from(slot[0])..]
+}
+
+fn slot_entry(slot: &[u8]) -> LatestEntry {
+    let mut at = 1;
+    let mut next = || {
+        let (value, used) = read_varint(&slot[at..]);
+        at += used;
+        value
+    };
+    let main = next();
+    let sub_revision = next();
+    let create_revision = next();
+    let version = next();
+    let lease = next();
+    assert_eq!(at, 1 + usize::from(slot[0]), "a slot's entry length");
+    let record = IndexRecord {
+        sub_revision: u32::try_from(sub_revision).unwrap_or(u32::MAX),
+        create_revision,
+        version,
+        lease,
+    };
+    (main, record)
+}
+
+fn encode_entry((main, record): LatestEntry, out: &mut [u8; SLOT_ENTRY_BYTES_MAX]) -> &[u8] {
+    let mut at = 1;
+    for value in [
+        main,
+        u64::from(record.sub_revision),
+        record.create_revision,
+        record.version,
+        record.lease,
+    ] {
+        at += write_varint(value, &mut out[at..]);
+    }
+    out[0] = u8::try_from(at - 1).unwrap_or(u8::MAX);
+    &out[..at]
+}
+
+fn write_varint(mut value: u64, out: &mut [u8]) -> usize {
+    let mut used = 0;
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out[used] = byte;
+            return used + 1;
+        }
+        out[used] = byte | 0x80;
+        used += 1;
+    }
+}
+
+fn read_varint(bytes: &[u8]) -> (u64, usize) {
+    let mut value: u64 = 0;
+    for (used, byte) in bytes.iter().enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * used);
+        if byte & 0x80 == 0 {
+            return (value, used + 1);
+        }
+    }
+    panic!("a slot's varint runs past its end");
 }
 
 /// Loads the next chunk of newest entries, if the map is still loading, from the writer's
@@ -363,6 +496,43 @@ mod tests {
             Some((1, deleted_at + 2)),
             "after z; Compact takes no revision"
         );
+    }
+
+    #[test]
+    fn slots_keep_each_entry_whatever_its_encoded_length() {
+        let mut slots = Slots::default();
+        let big = IndexRecord {
+            sub_revision: u32::MAX,
+            create_revision: u64::MAX,
+            version: u64::MAX - 1,
+            lease: 1 << 63,
+        };
+        for n in 0..2_000u64 {
+            assert_eq!(
+                slots.set(format!("key-{n}").as_bytes(), (n, record(n))),
+                None
+            );
+        }
+        assert_eq!(slots.set(b"key-7", (u64::MAX, big)), Some((7, record(7))));
+        assert_eq!(slots.get(b"key-7"), Some((u64::MAX, big)));
+        assert_eq!(slots.set(b"key-7", (8, record(1))), Some((u64::MAX, big)));
+        assert_eq!(slots.get(b"key-7"), Some((8, record(1))), "shorter again");
+        slots.remove(b"key-9");
+        slots.remove(b"no-such-key");
+        assert_eq!(slots.get(b"key-9"), None);
+        assert_eq!(slots.get(b""), None);
+        assert_eq!(
+            slots.set(b"", (1, record(1))),
+            None,
+            "the empty key is a key"
+        );
+        assert_eq!(slots.len(), 2_000);
+        for n in (0..2_000u64).filter(|n| *n != 7 && *n != 9) {
+            assert_eq!(
+                slots.get(format!("key-{n}").as_bytes()),
+                Some((n, record(n)))
+            );
+        }
     }
 
     #[test]
