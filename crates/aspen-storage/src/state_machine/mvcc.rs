@@ -58,6 +58,19 @@ impl IndexRecord {
     }
 }
 
+#[cfg(test)]
+impl IndexRecord {
+    /// A key's entry at `version` (0: a tombstone), created at revision 1: for tests.
+    pub(crate) fn of_version(version: u64) -> IndexRecord {
+        IndexRecord {
+            sub_revision: 0,
+            create_revision: 1,
+            version,
+            lease: 0,
+        }
+    }
+}
+
 /// One version in `kv_revs`: everything about it, so a revision window reads as events
 /// without the index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

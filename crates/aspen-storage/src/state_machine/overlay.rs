@@ -477,12 +477,7 @@ mod tests {
     use super::*;
 
     fn record(version: u64) -> IndexRecord {
-        IndexRecord {
-            sub_revision: 0,
-            create_revision: 1,
-            version,
-            lease: 0,
-        }
+        IndexRecord::of_version(version)
     }
 
     #[test]
