@@ -215,8 +215,8 @@ impl<'a, 't> Applier<'a, 't> {
     }
 
     /// `key`'s current version; its value is read only if `with_value` (it lives apart from
-    /// the index).
-    /// The newest entry comes from memory once it is loaded (`latest.rs`), else from the index.
+    /// the index). The newest entry comes from memory once it is loaded (`latest.rs`), else
+    /// from the index.
     pub(crate) fn latest(&self, key: &[u8], with_value: bool) -> Result<Option<StoredVersion>> {
         let Some(known) = self.overlay.latest_entry(key) else {
             return mvcc::version_at(&self.index(), &self.tables.revs, key, u64::MAX, with_value);
