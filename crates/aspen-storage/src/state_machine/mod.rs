@@ -176,11 +176,10 @@ impl StateMachine {
         let committed_revision = parked_revision.unwrap_or(revision_before);
         let compact_revision_before = state.compact_revision;
         let applied = self.apply_in(&txn, entries, &mut state);
-        // The overlay is flushed once full, on its own schedule: a durable commit need not
-        // carry it, since a restart rebuilds the entries above the flushed revision from
-        // `kv_revs` (at most `OVERLAY_FLUSH_ENTRIES`). A durable batch is never parked: the
+        // A durable commit flushes the overlay, so a restart after it rebuilds nothing; a full
+        // overlay is flushed whatever the cadence says. A durable batch is never parked: the
         // durability it was given must be the one it commits with.
-        let flush = overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
+        let flush = durable || overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
         let open_entries = parked_entries + batch_entries;
         let park = !flush
             && !durable

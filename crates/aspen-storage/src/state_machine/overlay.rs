@@ -4,10 +4,10 @@
 //! yet in `kv_index`).
 //!
 //! Why: a put's index entry lands at a random place in `kv_index`, so every apply batch copied
-//! (copy-on-write) one leaf page per put, and committed them. Gathered here and flushed once
-//! `OVERLAY_FLUSH_ENTRIES` are waiting (and at snapshot points, before compaction and at a
-//! clean close), each leaf is copied once per flush however many puts hit it, and an apply
-//! batch's own commit dirties only the right edge of `kv_revs` and the meta.
+//! (copy-on-write) one leaf page per put, and committed them. Gathered here and flushed with
+//! each durable commit (and once `OVERLAY_FLUSH_ENTRIES` are waiting, at snapshot points and
+//! before compaction), each leaf is copied once per flush however many puts hit it, and an
+//! apply batch's own commit dirties only the right edge of `kv_revs` and the meta.
 //!
 //! The contract between the overlay and the database (`sm_meta`'s `index_flushed`, "f"):
 //!
@@ -35,15 +35,14 @@ use super::mvcc::{IndexRecord, RevKey, RevRecord};
 use crate::error::{Result, decode};
 use crate::schema;
 
-/// Entries the overlay holds before a batch flushes them (~100 bytes each; the writer's lookups
-/// do not read them, `latest.rs`). A flush writes each entry into `kv_index` at a random place,
-/// so the fewer flushes, the fewer leaf pages copied per entry: at 1M keys, `storage_bench`'s
-/// apply went from 60-80k puts/s flushing every 8,192 entries and on each durable commit, to
-/// 110k at 65,536 and no flush on durable commits (with the in-memory newest entries). It also
-/// bounds what a restart after a crash rebuilds from `kv_revs` (at most this many entries), and
-/// the pause of one flush. Snapshot points, compaction and `make_state_durable` (a clean close)
-/// flush whatever is waiting. One batch's own entries are never split: a batch that grows past
-/// it flushes at its end.
+/// Entries the overlay holds before a batch flushes them whatever the durability cadence says
+/// (~100 bytes each; the writer's lookups do not read them, `latest.rs`). Every durable commit
+/// flushes too (500 ms, 25,000 entries or 64 MiB), so this bound is met only when the cadence
+/// is slower than the puts. Session 17 tried flushing on this bound alone: at 1M keys the
+/// node's RSS was 630 MiB against 520 (peak 683 against 535), SIGTERM to exit took up to
+/// 277 ms, and `storage_bench`'s apply was no faster in a run side by side (81k against 85k
+/// puts/s). One batch's own entries are never split: a batch that grows past it flushes at
+/// its end.
 pub(crate) const OVERLAY_FLUSH_ENTRIES: usize = 65_536;
 
 /// A key's entries in one map, oldest first (revisions only grow while a map is active).
@@ -426,9 +425,9 @@ pub(crate) fn flush_into<'o>(
 }
 
 /// The overlay for a state database just opened: its f, and the entries above f rebuilt from
-/// `kv_revs` (every record carries what its index entry holds). After a clean close f is the
-/// revision and nothing is rebuilt; after a crash, what was applied since the last flush (at
-/// most about `OVERLAY_FLUSH_ENTRIES`). Records f if the database had none.
+/// `kv_revs` (every record carries what its index entry holds). After a clean close or a
+/// durable commit f is the revision and nothing is rebuilt; after a crash, at most what was
+/// applied since the last flush. Records f if the database had none.
 pub(crate) fn load(db: &redb::Database) -> Result<IndexOverlay> {
     use redb::ReadableDatabase;
     let (flushed, revision, recorded) = {
