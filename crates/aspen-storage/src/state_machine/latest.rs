@@ -159,8 +159,9 @@ impl std::fmt::Debug for Slots {
     }
 }
 
-/// A slot's entry: five LEB128 varints of at most 10 bytes, after one byte with their length.
-const SLOT_ENTRY_BYTES_MAX: usize = 1 + 5 * 10;
+/// A slot's entry encoded: postcard's varints for the main revision and the record's four
+/// fields (at most 10 bytes each, 5 for the `u32`), after one byte with their length.
+const SLOT_ENTRY_BYTES_MAX: usize = 1 + 4 * 10 + 5;
 
 impl Slots {
     #[cfg(test)]
@@ -217,65 +218,20 @@ fn slot_key(slot: &[u8]) -> &[u8] {
 }
 
 fn slot_entry(slot: &[u8]) -> LatestEntry {
-    let mut at = 1;
-    let mut next = || {
-        let (value, used) = read_varint(&slot[at..]);
-        at += used;
-        value
+    let encoded = &slot[1..1 + usize::from(slot[0])];
+    match postcard::from_bytes::<LatestEntry>(encoded) {
+        Ok(entry) => entry,
+        Err(error) => panic!("a slot's entry does not decode: {error}"),
+    }
+}
+
+fn encode_entry(entry: LatestEntry, out: &mut [u8; SLOT_ENTRY_BYTES_MAX]) -> &[u8] {
+    let used = match postcard::to_slice(&entry, &mut out[1..]) {
+        Ok(written) => written.len(),
+        Err(error) => panic!("a slot's entry does not fit its buffer: {error}"),
     };
-    let main = next();
-    let sub_revision = next();
-    let create_revision = next();
-    let version = next();
-    let lease = next();
-    assert_eq!(at, 1 + usize::from(slot[0]), "a slot's entry length");
-    let record = IndexRecord {
-        sub_revision: u32::try_from(sub_revision).unwrap_or(u32::MAX),
-        create_revision,
-        version,
-        lease,
-    };
-    (main, record)
-}
-
-fn encode_entry((main, record): LatestEntry, out: &mut [u8; SLOT_ENTRY_BYTES_MAX]) -> &[u8] {
-    let mut at = 1;
-    for value in [
-        main,
-        u64::from(record.sub_revision),
-        record.create_revision,
-        record.version,
-        record.lease,
-    ] {
-        at += write_varint(value, &mut out[at..]);
-    }
-    out[0] = u8::try_from(at - 1).unwrap_or(u8::MAX);
-    &out[..at]
-}
-
-fn write_varint(mut value: u64, out: &mut [u8]) -> usize {
-    let mut used = 0;
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out[used] = byte;
-            return used + 1;
-        }
-        out[used] = byte | 0x80;
-        used += 1;
-    }
-}
-
-fn read_varint(bytes: &[u8]) -> (u64, usize) {
-    let mut value: u64 = 0;
-    for (used, byte) in bytes.iter().enumerate() {
-        value |= u64::from(byte & 0x7f) << (7 * used);
-        if byte & 0x80 == 0 {
-            return (value, used + 1);
-        }
-    }
-    panic!("a slot's varint runs past its end");
+    out[0] = u8::try_from(used).unwrap_or(u8::MAX);
+    &out[..1 + used]
 }
 
 /// Loads the next chunk of newest entries, if the map is still loading, from the writer's
