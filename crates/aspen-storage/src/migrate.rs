@@ -24,7 +24,7 @@ use redb::{Database, ReadableTable};
 use crate::backend::{LOG_FILE_NAME, SNAPSHOT_DIR_NAME, STATE_FILE_NAME};
 use crate::error::{Result, StorageError, decode};
 use crate::schema;
-use crate::state_machine::mvcc::write_version;
+use crate::state_machine::mvcc::{IndexSink, write_version};
 use crate::state_machine::records::StoredVersion;
 
 /// Format 1's single database file and its snapshot directory.
@@ -168,7 +168,13 @@ fn turn_into_state_file(old: &Database) -> Result<()> {
             let (table_key, bytes) = item?;
             let (key, _) = table_key.value();
             let version: StoredVersion = decode("kv_history", bytes.value())?;
-            write_version(&mut index, None, &mut revs, key, &version, &mut buffer)?;
+            write_version(
+                IndexSink::Table(&mut index),
+                &mut revs,
+                key,
+                &version,
+                &mut buffer,
+            )?;
             converted += 1;
         }
         let latest = txn.open_table(V1_KV_LATEST)?;
@@ -176,8 +182,7 @@ fn turn_into_state_file(old: &Database) -> Result<()> {
             let (key, bytes) = item?;
             let version: StoredVersion = decode("kv_latest", bytes.value())?;
             write_version(
-                &mut index,
-                None,
+                IndexSink::Table(&mut index),
                 &mut revs,
                 key.value(),
                 &version,

@@ -41,7 +41,7 @@ pub(crate) type Outcome = std::result::Result<CommandResult, ApplyError>;
 
 pub(crate) struct Applier<'a, 't> {
     pub tables: &'a mut WriteTables<'t>,
-    /// Where this batch's index entries go (`overlay.rs`); with `tables.index`, the key index.
+    /// Where this batch's index entries go (`overlay.rs`); with `kv_index`, the key index.
     pub overlay: &'a IndexOverlay,
     pub state: &'a mut AppliedState,
     pub buffer: Vec<u8>,
@@ -130,7 +130,7 @@ impl<'a, 't> Applier<'a, 't> {
             Command::Compact { revision, .. } => self.compact(*revision),
             Command::LeaseGrant { id, ttl_seconds } => self.lease_grant(*id, *ttl_seconds),
             Command::LeaseRevoke { id } => self.with_revision(|applier, rev| {
-                if applier.tables.leases.get(*id)?.is_none() {
+                if applier.tables.leases()?.get(*id)?.is_none() {
                     return Ok(Err(ApplyError::LeaseNotFound));
                 }
                 applier.revoke(*id, rev)?;
@@ -210,8 +210,13 @@ impl<'a, 't> Applier<'a, 't> {
     }
 
     /// The key index as this batch has it: `kv_index` and the overlay.
-    pub(crate) fn index(&self) -> Index<'_, redb::Table<'t, mvcc::IndexKey, &'static [u8]>> {
-        Index::new(&self.tables.index, OverlayView::Live(self.overlay))
+    pub(crate) fn index(
+        &self,
+    ) -> Result<Index<'_, redb::Table<'t, mvcc::IndexKey, &'static [u8]>>> {
+        Ok(Index::new(
+            self.tables.index()?,
+            OverlayView::Live(self.overlay),
+        ))
     }
 
     /// `key`'s current version; its value is read only if `with_value` (it lives apart from
@@ -219,12 +224,18 @@ impl<'a, 't> Applier<'a, 't> {
     /// from the index.
     pub(crate) fn latest(&self, key: &[u8], with_value: bool) -> Result<Option<StoredVersion>> {
         let Some(known) = self.overlay.latest_entry(key) else {
-            return mvcc::version_at(&self.index(), &self.tables.revs, key, u64::MAX, with_value);
+            return mvcc::version_at(
+                &self.index()?,
+                self.tables.revs()?,
+                key,
+                u64::MAX,
+                with_value,
+            );
         };
         let found = match known {
             Some((main, record)) if !record.is_tombstone() => {
                 let value = if with_value {
-                    mvcc::load_record(&self.tables.revs, main, record.sub_revision)?.value
+                    mvcc::load_record(self.tables.revs()?, main, record.sub_revision)?.value
                 } else {
                     Vec::new()
                 };
@@ -234,7 +245,13 @@ impl<'a, 't> Applier<'a, 't> {
         };
         debug_assert_eq!(
             found,
-            mvcc::version_at(&self.index(), &self.tables.revs, key, u64::MAX, with_value)?,
+            mvcc::version_at(
+                &self.index()?,
+                self.tables.revs()?,
+                key,
+                u64::MAX,
+                with_value
+            )?,
             "the in-memory newest entry and the index disagree"
         );
         Ok(found)
@@ -252,7 +269,7 @@ impl<'a, 't> Applier<'a, 't> {
         if (put.ignore_value || put.ignore_lease) && self.latest(&put.key, false)?.is_none() {
             return Ok(Err(ApplyError::KeyNotFound));
         }
-        if !put.ignore_lease && put.lease != 0 && self.tables.leases.get(put.lease)?.is_none() {
+        if !put.ignore_lease && put.lease != 0 && self.tables.leases()?.get(put.lease)?.is_none() {
             return Ok(Err(ApplyError::LeaseNotFound));
         }
         Ok(Ok(()))
@@ -286,19 +303,18 @@ impl<'a, 't> Applier<'a, 't> {
             assert!(prev.mod_revision <= rev.main, "revision order");
             if prev.lease != 0 && prev.lease != new.lease {
                 self.tables
-                    .lease_keys
+                    .lease_keys_mut()?
                     .remove((prev.lease, put.key.as_slice()))?;
             }
         }
         if new.lease != 0 {
             self.tables
-                .lease_keys
+                .lease_keys_mut()?
                 .insert((new.lease, put.key.as_slice()), ())?;
         }
         mvcc::write_version(
-            &mut self.tables.index,
-            Some(self.overlay),
-            &mut self.tables.revs,
+            mvcc::IndexSink::Overlay(self.overlay),
+            self.tables.revs_mut()?,
             &put.key,
             &new,
             &mut self.buffer,
@@ -332,8 +348,8 @@ impl<'a, 't> Applier<'a, 't> {
         loop {
             let mut victims: Vec<(Vec<u8>, StoredVersion)> = Vec::new();
             mvcc::for_each_visible(
-                &self.index(),
-                &self.tables.revs,
+                &self.index()?,
+                self.tables.revs()?,
                 &chunk_range,
                 u64::MAX,
                 with_value,
@@ -376,15 +392,14 @@ impl<'a, 't> Applier<'a, 't> {
         let sub_revision = rev.take_sub();
         self.record_delete(key, current, rev.main, sub_revision);
         mvcc::write_version(
-            &mut self.tables.index,
-            Some(self.overlay),
-            &mut self.tables.revs,
+            mvcc::IndexSink::Overlay(self.overlay),
+            self.tables.revs_mut()?,
             key,
             &StoredVersion::tombstone(rev.main, sub_revision),
             &mut self.buffer,
         )?;
         if current.lease != 0 {
-            self.tables.lease_keys.remove((current.lease, key))?;
+            self.tables.lease_keys_mut()?.remove((current.lease, key))?;
         }
         Ok(())
     }
@@ -412,8 +427,8 @@ impl<'a, 't> Applier<'a, 't> {
             at
         };
         Ok(Ok(range::range(
-            &self.index(),
-            &self.tables.revs,
+            &self.index()?,
+            self.tables.revs()?,
             request,
             at,
         )?))
@@ -438,11 +453,11 @@ impl<'a, 't> Applier<'a, 't> {
         if id == 0 {
             return Ok(Err(ApplyError::LeaseNotFound));
         }
-        if self.tables.leases.get(id)?.is_some() {
+        if self.tables.leases()?.get(id)?.is_some() {
             return Ok(Err(ApplyError::LeaseExists));
         }
         let record = aspen_core::codec::encode(&LeaseRecord { ttl_seconds });
-        self.tables.leases.insert(id, record.as_slice())?;
+        self.tables.leases_mut()?.insert(id, record.as_slice())?;
         Ok(Ok(CommandResult::LeaseGrant { id, ttl_seconds }))
     }
 
@@ -458,11 +473,11 @@ impl<'a, 't> Applier<'a, 't> {
             let lease_keys = match id.checked_add(1) {
                 Some(next) => self
                     .tables
-                    .lease_keys
+                    .lease_keys()?
                     .range::<(u64, &[u8])>((id, &[][..])..(next, &[][..]))?,
                 None => self
                     .tables
-                    .lease_keys
+                    .lease_keys()?
                     .range::<(u64, &[u8])>((id, &[][..])..)?,
             };
             for item in lease_keys.take(chunk_keys_max) {
@@ -475,7 +490,7 @@ impl<'a, 't> Applier<'a, 't> {
             }
             self.revoke_keys(id, &keys, rev)?;
         }
-        self.tables.leases.remove(id)?;
+        self.tables.leases_mut()?.remove(id)?;
         Ok(())
     }
 
@@ -497,7 +512,7 @@ impl<'a, 't> Applier<'a, 't> {
     fn lease_expire(&mut self, ids: &[u64]) -> Result<Outcome> {
         let mut expired: u32 = 0;
         for id in ids {
-            if self.tables.leases.get(*id)?.is_none() {
+            if self.tables.leases()?.get(*id)?.is_none() {
                 continue;
             }
             let outcome = self.with_revision(|applier, rev| {

@@ -95,13 +95,14 @@ pub(crate) fn plan_step(
 
 /// Removes what `plan` found from `kv_revs` and `kv_index`.
 pub(crate) fn remove_planned(tables: &mut WriteTables<'_>, plan: &CompactPlan) -> Result<()> {
+    let (index, revs) = tables.index_and_revs_mut()?;
     for ((main, sub), key) in &plan.removals {
-        let index_entry = tables.index.remove((key.as_slice(), *main))?;
+        let index_entry = index.remove((key.as_slice(), *main))?;
         if let Some(entry) = index_entry {
             let entry: IndexRecord = decode("kv_index", entry.value())?;
             assert_eq!(entry.sub_revision, *sub, "kv_index and kv_revs disagree");
         }
-        let version = tables.revs.remove((*main, *sub))?;
+        let version = revs.remove((*main, *sub))?;
         assert!(version.is_some(), "a planned removal is not in kv_revs");
     }
     Ok(())

@@ -207,7 +207,7 @@ pub(crate) fn import(
     let db = store.state_db();
     let txn = store.begin_state_write(&db)?;
     {
-        let mut tables = super::tables::WriteTables::open(&txn)?;
+        let mut tables = super::tables::WriteTables::open(&txn);
         let mut encoded = Vec::with_capacity(4096);
         let mut index_run = IndexRun::default();
         snapshot.for_each_version(|version| -> Result<()> {
@@ -226,7 +226,7 @@ pub(crate) fn import(
             };
             encoded.clear();
             aspen_core::codec::encode_into(&record, &mut encoded);
-            tables.leases.insert(lease.id, encoded.as_slice())?;
+            tables.leases_mut()?.insert(lease.id, encoded.as_slice())?;
             Ok(())
         })?;
         attach_leases(&mut tables)?;
@@ -259,9 +259,7 @@ pub(crate) fn import(
 /// Fills `lease_keys` from the index: a key is attached to the lease of its newest version,
 /// if that version is live. One ordered scan; memory holds one key's entry.
 fn attach_leases(tables: &mut super::tables::WriteTables<'_>) -> Result<()> {
-    let super::tables::WriteTables {
-        index, lease_keys, ..
-    } = tables;
+    let (index, lease_keys) = tables.index_and_lease_keys_mut()?;
     let mut attach = |entry: Option<(Vec<u8>, IndexRecord)>| -> Result<()> {
         if let Some((key, record)) = entry
             && !record.is_tombstone()

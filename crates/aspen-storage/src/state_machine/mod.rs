@@ -312,8 +312,10 @@ impl StateMachine {
         state: &mut AppliedState,
     ) -> Result<AppliedBatch> {
         let mut responses = Vec::with_capacity(entries.len());
-        let mut tables = tables::WriteTables::open(txn)?;
-        latest::load_next_chunk(&tables.index, &self.store.shared.index_overlay)?;
+        let mut tables = tables::WriteTables::open(txn);
+        if self.store.shared.index_overlay.latest_loading() {
+            latest::load_next_chunk(tables.index()?, &self.store.shared.index_overlay)?;
+        }
         let mut applier = apply::Applier {
             tables: &mut tables,
             overlay: &self.store.shared.index_overlay,
@@ -509,7 +511,7 @@ impl StateMachine {
             return Ok(true);
         }
         {
-            let mut tables = tables::WriteTables::open(&txn)?;
+            let mut tables = tables::WriteTables::open(&txn);
             compact::remove_planned(&mut tables, &plan)?;
         }
         for ((main, _), key) in &plan.removals {

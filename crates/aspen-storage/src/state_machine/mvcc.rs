@@ -111,20 +111,27 @@ impl RevRecord {
     }
 }
 
-/// Writes `version` of `key`: its index entry (into `overlay` when given, else into `kv_index`)
+/// Where [`write_version`] puts a version's index entry.
+pub(crate) enum IndexSink<'a, 't> {
+    /// The overlay: the apply path (a flush writes it into `kv_index` later, `overlay.rs`).
+    Overlay(&'a IndexOverlay),
+    /// `kv_index` itself: a migration, which has no overlay.
+    Table(&'a mut redb::Table<'t, IndexKey, &'static [u8]>),
+}
+
+/// Writes `version` of `key`: its index entry (into the overlay or `kv_index`, as `index` says)
 /// and its record.
 pub(crate) fn write_version(
-    index: &mut redb::Table<'_, IndexKey, &'static [u8]>,
-    overlay: Option<&IndexOverlay>,
+    index: IndexSink<'_, '_>,
     revs: &mut redb::Table<'_, RevKey, &'static [u8]>,
     key: &[u8],
     version: &StoredVersion,
     buffer: &mut Vec<u8>,
 ) -> Result<()> {
     let record = IndexRecord::of(version);
-    let replaced = match overlay {
-        Some(overlay) => overlay.insert(key, version.mod_revision, record),
-        None => {
+    let replaced = match index {
+        IndexSink::Overlay(overlay) => overlay.insert(key, version.mod_revision, record),
+        IndexSink::Table(index) => {
             buffer.clear();
             aspen_core::codec::encode_into(&record, buffer);
             match index.insert((key, version.mod_revision), buffer.as_slice())? {

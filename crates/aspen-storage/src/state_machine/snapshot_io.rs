@@ -314,7 +314,7 @@ impl IndexRun {
         version: &StoredVersion,
         encoded: &mut Vec<u8>,
     ) -> Result<()> {
-        if !write_record(&mut tables.revs, &key, version, encoded)? {
+        if !write_record(tables.revs_mut()?, &key, version, encoded)? {
             return Err(StorageError::Snapshot(format!(
                 "snapshot holds two versions at revision {}.{}",
                 version.mod_revision, version.sub_revision
@@ -335,11 +335,11 @@ impl IndexRun {
     ) -> Result<()> {
         self.entries
             .sort_unstable_by(|a, b| (a.0.as_slice(), a.1).cmp(&(b.0.as_slice(), b.1)));
+        let index = tables.index_mut()?;
         for (key, main, record) in self.entries.drain(..) {
             encoded.clear();
             aspen_core::codec::encode_into(&record, encoded);
-            if tables
-                .index
+            if index
                 .insert((key.as_slice(), main), encoded.as_slice())?
                 .is_some()
             {
@@ -417,7 +417,7 @@ pub(crate) fn install(
         ));
     };
     {
-        let mut tables = super::tables::WriteTables::open(&txn)?;
+        let mut tables = super::tables::WriteTables::open(&txn);
         let mut encoded = Vec::with_capacity(4096);
         let mut index_run = IndexRun::default();
         while let Some(frame) = reader.next_frame(&mut buffer)? {
@@ -441,7 +441,7 @@ pub(crate) fn install(
                     index_run.write(&mut tables, key.clone(), &version, &mut encoded)?;
                     if version.lease != 0 {
                         tables
-                            .lease_keys
+                            .lease_keys_mut()?
                             .insert((version.lease, key.as_slice()), ())?;
                     }
                 }
@@ -461,7 +461,7 @@ pub(crate) fn install(
                 }
                 Frame::Lease { id, record } => {
                     aspen_core::codec::encode_into(&record, &mut encoded);
-                    tables.leases.insert(id, encoded.as_slice())?;
+                    tables.leases_mut()?.insert(id, encoded.as_slice())?;
                 }
                 Frame::AuthMeta(meta) => auth_meta = Some(meta),
                 Frame::AuthUser { name, record } => {

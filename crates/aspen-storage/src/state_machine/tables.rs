@@ -1,25 +1,138 @@
-//! The state machine's tables, opened together in one write transaction.
+//! The state machine's tables in one write transaction, each opened the first time it is used.
+//!
+//! Why lazily: a redb `open_table` looks the table up in the table tree and checks its
+//! definition. Opening all four for every apply batch took a quarter of a lone put's apply
+//! (`docs/performance.md`, session 18), and a put of a key without a lease, whose newest entry
+//! is in memory (`latest.rs`), needs `kv_revs` only.
+//!
+//! A table stays open from its first use until the `WriteTables` is dropped, so nothing else
+//! may open one of these four in the same transaction meanwhile (redb refuses a table opened
+//! twice).
 
-use redb::{Table, WriteTransaction};
+use std::cell::OnceCell;
+
+use redb::{Key, Table, TableDefinition, TableHandle, Value, WriteTransaction};
 
 use super::mvcc::{IndexKey, RevKey};
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::schema;
 
+type IndexTable<'t> = Table<'t, IndexKey, &'static [u8]>;
+type RevsTable<'t> = Table<'t, RevKey, &'static [u8]>;
+type LeasesTable<'t> = Table<'t, u64, &'static [u8]>;
+type LeaseKeysTable<'t> = Table<'t, (u64, &'static [u8]), ()>;
+
 pub(crate) struct WriteTables<'t> {
-    pub index: Table<'t, IndexKey, &'static [u8]>,
-    pub revs: Table<'t, RevKey, &'static [u8]>,
-    pub leases: Table<'t, u64, &'static [u8]>,
-    pub lease_keys: Table<'t, (u64, &'static [u8]), ()>,
+    txn: &'t WriteTransaction,
+    index: OnceCell<IndexTable<'t>>,
+    revs: OnceCell<RevsTable<'t>>,
+    leases: OnceCell<LeasesTable<'t>>,
+    lease_keys: OnceCell<LeaseKeysTable<'t>>,
 }
 
 impl<'t> WriteTables<'t> {
-    pub fn open(txn: &'t WriteTransaction) -> Result<WriteTables<'t>> {
-        Ok(WriteTables {
-            index: txn.open_table(schema::KV_INDEX)?,
-            revs: txn.open_table(schema::KV_REVS)?,
-            leases: txn.open_table(schema::LEASES)?,
-            lease_keys: txn.open_table(schema::LEASE_KEYS)?,
-        })
+    /// Opens nothing yet: each table opens on first use.
+    pub fn open(txn: &'t WriteTransaction) -> WriteTables<'t> {
+        WriteTables {
+            txn,
+            index: OnceCell::new(),
+            revs: OnceCell::new(),
+            leases: OnceCell::new(),
+            lease_keys: OnceCell::new(),
+        }
+    }
+
+    /// `kv_index`, to read.
+    pub fn index(&self) -> Result<&IndexTable<'t>> {
+        opened(&self.index, self.txn, schema::KV_INDEX)
+    }
+
+    pub fn index_mut(&mut self) -> Result<&mut IndexTable<'t>> {
+        opened_mut(&mut self.index, self.txn, schema::KV_INDEX)
+    }
+
+    /// `kv_revs`, to read.
+    pub fn revs(&self) -> Result<&RevsTable<'t>> {
+        opened(&self.revs, self.txn, schema::KV_REVS)
+    }
+
+    pub fn revs_mut(&mut self) -> Result<&mut RevsTable<'t>> {
+        opened_mut(&mut self.revs, self.txn, schema::KV_REVS)
+    }
+
+    /// `leases`, to read.
+    pub fn leases(&self) -> Result<&LeasesTable<'t>> {
+        opened(&self.leases, self.txn, schema::LEASES)
+    }
+
+    pub fn leases_mut(&mut self) -> Result<&mut LeasesTable<'t>> {
+        opened_mut(&mut self.leases, self.txn, schema::LEASES)
+    }
+
+    /// `lease_keys`, to read.
+    pub fn lease_keys(&self) -> Result<&LeaseKeysTable<'t>> {
+        opened(&self.lease_keys, self.txn, schema::LEASE_KEYS)
+    }
+
+    pub fn lease_keys_mut(&mut self) -> Result<&mut LeaseKeysTable<'t>> {
+        opened_mut(&mut self.lease_keys, self.txn, schema::LEASE_KEYS)
+    }
+
+    /// `kv_index` and `kv_revs`, both to write (compaction removes from both).
+    pub fn index_and_revs_mut(&mut self) -> Result<(&mut IndexTable<'t>, &mut RevsTable<'t>)> {
+        let txn = self.txn;
+        let WriteTables { index, revs, .. } = self;
+        Ok((
+            opened_mut(index, txn, schema::KV_INDEX)?,
+            opened_mut(revs, txn, schema::KV_REVS)?,
+        ))
+    }
+
+    /// `kv_index` to read and `lease_keys` to write (an import attaches keys to leases).
+    pub fn index_and_lease_keys_mut(
+        &mut self,
+    ) -> Result<(&IndexTable<'t>, &mut LeaseKeysTable<'t>)> {
+        let txn = self.txn;
+        let WriteTables {
+            index, lease_keys, ..
+        } = self;
+        Ok((
+            opened(index, txn, schema::KV_INDEX)?,
+            opened_mut(lease_keys, txn, schema::LEASE_KEYS)?,
+        ))
+    }
+}
+
+fn opened<'c, 't, K: Key + 'static, V: Value + 'static>(
+    cell: &'c OnceCell<Table<'t, K, V>>,
+    txn: &'t WriteTransaction,
+    definition: TableDefinition<K, V>,
+) -> Result<&'c Table<'t, K, V>> {
+    if let Some(table) = cell.get() {
+        return Ok(table);
+    }
+    let table = txn.open_table(definition)?;
+    Ok(cell.get_or_init(|| table))
+}
+
+fn opened_mut<'c, 't, K: Key + 'static, V: Value + 'static>(
+    cell: &'c mut OnceCell<Table<'t, K, V>>,
+    txn: &'t WriteTransaction,
+    definition: TableDefinition<K, V>,
+) -> Result<&'c mut Table<'t, K, V>> {
+    if cell.get().is_none() {
+        let table = txn.open_table(definition)?;
+        if cell.set(table).is_err() {
+            return Err(StorageError::Invariant(
+                "a table cell filled while it was being opened".into(),
+            ));
+        }
+    }
+    match cell.get_mut() {
+        Some(table) => Ok(table),
+        None => Err(StorageError::Invariant(format!(
+            "table {} not open after opening it",
+            definition.name()
+        ))),
     }
 }

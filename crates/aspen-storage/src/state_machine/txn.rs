@@ -162,8 +162,8 @@ impl<'a, 't> Applier<'a, 't> {
         let mut holds = true;
         let with_value = matches!(compare.target, CompareTarget::Value(_));
         super::mvcc::for_each_visible(
-            &self.index(),
-            &self.tables.revs,
+            &self.index()?,
+            self.tables.revs()?,
             &range,
             u64::MAX,
             with_value,
