@@ -802,16 +802,9 @@ fn check_format(db: &Database, path: &Path, role: Role) -> Result<()> {
             txn.open_table(schema::RAFT_LOG)?;
             txn.open_table(schema::RAFT_META)?;
         }
-        Role::State => {
-            txn.open_table(schema::SM_META)?;
-            txn.open_table(schema::KV_INDEX)?;
-            txn.open_table(schema::KV_REVS)?;
-            txn.open_table(schema::LEASES)?;
-            txn.open_table(schema::LEASE_KEYS)?;
-            // Absent from state databases written before auth existed: created here, empty.
-            txn.open_table(schema::AUTH_USERS)?;
-            txn.open_table(schema::AUTH_ROLES)?;
-        }
+        // The auth tables are absent from state databases written before auth existed:
+        // created here, empty.
+        Role::State => crate::state_machine::tables::create_all(&txn)?,
     }
     txn.commit()?;
     Ok(())

@@ -25,8 +25,9 @@ use std::hash::BuildHasher;
 use aspen_core::keys::KeyRange;
 use redb::ReadableTable;
 
-use super::mvcc::{Index, IndexKey, IndexRecord, IndexSource, OverlayView};
+use super::mvcc::{Index, IndexRecord, IndexSource, OverlayView};
 use super::overlay::IndexOverlay;
+use super::tables::WriteTables;
 use crate::error::Result;
 
 /// Keys an apply batch loads into the map while it is loading: at 1M keys, about 60 batches
@@ -235,15 +236,13 @@ fn encode_entry(entry: LatestEntry, out: &mut [u8; SLOT_ENTRY_BYTES_MAX]) -> &[u
 }
 
 /// Loads the next chunk of newest entries, if the map is still loading, from the writer's
-/// index (`table`, its write transaction's `kv_index`, and the live overlay): up to
+/// index (`tables`' `kv_index`, opened only while loading, and the live overlay): up to
 /// `LATEST_LOAD_CHUNK_KEYS` keys of `kv_index` and the overlay's keys among them.
-pub(crate) fn load_next_chunk<I>(table: &I, overlay: &IndexOverlay) -> Result<()>
-where
-    I: ReadableTable<IndexKey, &'static [u8]>,
-{
+pub(crate) fn load_next_chunk(tables: &WriteTables<'_>, overlay: &IndexOverlay) -> Result<()> {
     let Some(from) = overlay.latest_load_from() else {
         return Ok(());
     };
+    let table = tables.index()?;
     // The chunk ends before `kv_index`'s (LATEST_LOAD_CHUNK_KEYS + 1)th key from `from`.
     let mut end: Option<Vec<u8>> = None;
     let mut keys: usize = 0;

@@ -21,7 +21,7 @@ pub(crate) mod overlay;
 pub(crate) mod range;
 pub mod records;
 mod snapshot_io;
-mod tables;
+pub(crate) mod tables;
 mod txn;
 
 use std::io;
@@ -313,9 +313,7 @@ impl StateMachine {
     ) -> Result<AppliedBatch> {
         let mut responses = Vec::with_capacity(entries.len());
         let mut tables = tables::WriteTables::open(txn);
-        if self.store.shared.index_overlay.latest_loading() {
-            latest::load_next_chunk(tables.index()?, &self.store.shared.index_overlay)?;
-        }
+        latest::load_next_chunk(&tables, &self.store.shared.index_overlay)?;
         let mut applier = apply::Applier {
             tables: &mut tables,
             overlay: &self.store.shared.index_overlay,

@@ -252,11 +252,6 @@ impl IndexOverlay {
 
     /// Where the in-memory newest entries still need loading from (writer only; None once
     /// complete).
-    /// Whether the newest-entry map is still loading (`latest.rs`).
-    pub fn latest_loading(&self) -> bool {
-        self.read().latest.load_from().is_some()
-    }
-
     pub fn latest_load_from(&self) -> Option<Vec<u8>> {
         self.read().latest.load_from().map(<[u8]>::to_vec)
     }

@@ -402,14 +402,8 @@ pub(crate) fn install(
     txn.delete_table(schema::LEASE_KEYS)?;
     txn.delete_table(schema::AUTH_USERS)?;
     txn.delete_table(schema::AUTH_ROLES)?;
-    // Recreated at once: readers never meet a missing table, even if no frame follows for it
-    // (the apply path's `WriteTables` opens, and so creates, a table only when it uses one).
-    txn.open_table(schema::KV_INDEX)?;
-    txn.open_table(schema::KV_REVS)?;
-    txn.open_table(schema::LEASES)?;
-    txn.open_table(schema::LEASE_KEYS)?;
-    txn.open_table(schema::AUTH_USERS)?;
-    txn.open_table(schema::AUTH_ROLES)?;
+    // Recreated at once: readers never meet a missing table, even if no frame follows for it.
+    super::tables::create_all(&txn)?;
     let mut auth_meta: Option<aspen_core::auth::AuthMeta> = None;
     let Some(Frame::Header {
         revision,

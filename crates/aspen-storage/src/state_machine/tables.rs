@@ -22,6 +22,20 @@ type RevsTable<'t> = Table<'t, RevKey, &'static [u8]>;
 type LeasesTable<'t> = Table<'t, u64, &'static [u8]>;
 type LeaseKeysTable<'t> = Table<'t, (u64, &'static [u8]), ()>;
 
+/// Creates every state machine table `txn` lacks (opening one that exists changes nothing):
+/// at each open of the state database and after an install deletes them, so that readers never
+/// meet a missing table, whatever the apply path has opened.
+pub(crate) fn create_all(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(schema::SM_META)?;
+    txn.open_table(schema::KV_INDEX)?;
+    txn.open_table(schema::KV_REVS)?;
+    txn.open_table(schema::LEASES)?;
+    txn.open_table(schema::LEASE_KEYS)?;
+    txn.open_table(schema::AUTH_USERS)?;
+    txn.open_table(schema::AUTH_ROLES)?;
+    Ok(())
+}
+
 pub(crate) struct WriteTables<'t> {
     txn: &'t WriteTransaction,
     index: OnceCell<IndexTable<'t>>,
