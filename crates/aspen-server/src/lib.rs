@@ -4,6 +4,7 @@
 pub mod auth_token;
 pub mod auto_compaction;
 pub mod bootstrap;
+mod coalesce;
 pub mod config;
 pub mod gateway;
 pub mod http;

@@ -37,6 +37,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::coalesce::{CoalescingIo, InFlight, InFlightGuard};
+
 /// What a listener serves: a router (peer and metrics ports), or the client port's service,
 /// which sends KV requests past the router (`services::ClientService`).
 #[derive(Clone)]
@@ -74,6 +76,55 @@ impl tower_service::Service<Request<Incoming>> for App {
             App::Router(router) => Box::pin(router.call(request)),
             App::Client(client) => client.call(request),
         }
+    }
+}
+
+/// A connection's app, counting the requests whose response is not ready yet, so that the
+/// connection's writes can wait for their responses' turn (`coalesce.rs`).
+#[derive(Clone)]
+struct Counted {
+    app: App,
+    in_flight: InFlight,
+}
+
+impl tower_service::Service<Request<Incoming>> for Counted {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = CountedFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.app.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> CountedFuture {
+        CountedFuture {
+            guard: Some(self.in_flight.enter()),
+            inner: self.app.call(request),
+        }
+    }
+}
+
+/// A request's response future, counted in flight until it is ready.
+struct CountedFuture {
+    guard: Option<InFlightGuard>,
+    inner: BoxFuture<'static, Result<Response<Body>, Infallible>>,
+}
+
+impl std::future::Future for CountedFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let ready = self.inner.as_mut().poll(cx);
+        if ready.is_ready() {
+            self.guard = None;
+        }
+        ready
     }
 }
 
@@ -251,10 +302,14 @@ impl Connection {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.app);
+        let in_flight = InFlight::default();
+        let service = TowerToHyperService::new(Counted {
+            app: self.app,
+            in_flight: in_flight.clone(),
+        });
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(Unvectored(stream)), service);
+            .serve_connection(TokioIo::new(CoalescingIo::new(stream, in_flight)), service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
@@ -266,53 +321,6 @@ impl Connection {
         if let Err(error) = result {
             tracing::debug!(%error, "connection ended with an error");
         }
-    }
-}
-
-/// A connection's stream that tells h2 it takes no vectored writes, so that h2 copies DATA
-/// payloads of up to 1 KiB into its write buffer instead of chaining any over 256 bytes as a
-/// separate buffer. While a chained payload is pending, h2's encoder takes no further frame:
-/// a unary gRPC response with a 256-byte value went out as two `writev` calls (HEADERS and
-/// DATA, then the trailers), and responses queued together could not share a write
-/// (docs/performance.md, session 15). Larger payloads are still chained, written by
-/// `poll_write` one buffer at a time.
-struct Unvectored<S>(S);
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Unvectored<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Unvectored<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -458,7 +466,8 @@ mod tests {
     /// h2 chains a DATA payload over 256 bytes as its own buffer when the stream takes
     /// vectored writes, and takes no further frame until that buffer is written: the trailers
     /// then need a second write. Served by `Connection::serve`, a response of 300 bytes and
-    /// trailers is one write (without `Unvectored` this test sees two).
+    /// trailers is one write (h2 told the stream takes no vectored writes, by `CoalescingIo`;
+    /// without that this test sees two).
     #[tokio::test]
     async fn a_unary_response_and_its_trailers_leave_in_one_write() {
         let router = Router::new().route("/unary", axum::routing::post(unary_response));
@@ -503,5 +512,82 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Responses that become ready together leave in fewer writes than responses
+    /// (`coalesce.rs`). Requests on one connection wait for one signal; once it is given their
+    /// handlers finish together. On a one-worker multi-threaded runtime (tokio's LIFO slot runs
+    /// the woken connection task right after each handler) the connection wrote each response
+    /// as it came: one write each (16 and 48, checked with the deferral off). Now 16 take 1-2
+    /// writes (a self-wake) and 48 take 13-14 (tokio's deferred wake, ended early by the next
+    /// response): at most half as many writes as responses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn responses_ready_together_share_writes() {
+        // Below and above the count from which a write waits for an idle worker.
+        responses_ready_together(16).await;
+        responses_ready_together(2 * crate::coalesce::DEFER_TO_IDLE_IN_FLIGHT_MIN).await;
+    }
+
+    async fn responses_ready_together(requests: usize) {
+        let (go, ready) = watch::channel(false);
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let arrived = arrived.clone();
+            move || {
+                let mut ready = ready.clone();
+                let arrived = arrived.clone();
+                async move {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    let _ = ready.wait_for(|go| *go).await;
+                    unary_response().await
+                }
+            }
+        };
+        let router = Router::new().route("/unary", axum::routing::post(handler));
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let (_stop, draining) = watch::channel(false);
+        let connection = Connection {
+            app: App::Router(router),
+            builder: connection_builder(Protocols::Http2Only, Http2Settings::CLIENT),
+            draining,
+            what: "test",
+        };
+        tokio::spawn(connection.serve(CountingIo {
+            inner: server_io,
+            writes: writes.clone(),
+        }));
+        let (sender, client_connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(client_connection);
+        let mut calls = Vec::new();
+        for _ in 0..requests {
+            let mut sender = sender.clone();
+            calls.push(tokio::spawn(async move {
+                let request = Request::post("http://test/unary")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .expect("request");
+                let response = sender.send_request(request).await.expect("response");
+                let collected = response.into_body().collect().await.expect("body");
+                collected.to_bytes().len()
+            }));
+        }
+        while arrived.load(Ordering::SeqCst) < requests {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Every handler waits; what the connection wrote so far (SETTINGS, acks) is done.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = writes.load(Ordering::SeqCst);
+        go.send(true).expect("handlers listen");
+        for call in calls {
+            assert_eq!(call.await.expect("call"), PAYLOAD_BYTES);
+        }
+        let response_writes = writes.load(Ordering::SeqCst) - before;
+        assert!(
+            response_writes <= requests / 2,
+            "{requests} responses ready together took {response_writes} writes"
+        );
     }
 }
