@@ -44,6 +44,12 @@ impl LogStore {
         self.writer.set_rounds_inline(inline);
     }
 
+    /// Rounds the log writer has run, on its thread or inline: each one takes what is queued
+    /// and makes it durable with at most one journal write and sync. A diagnostic, for tests.
+    pub fn log_writer_rounds(&self) -> u64 {
+        self.writer.rounds()
+    }
+
     /// Waits until everything appended or queued so far is durable.
     pub(crate) async fn flush(&self) -> Result<()> {
         self.writer.flush().await

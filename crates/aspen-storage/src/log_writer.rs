@@ -166,6 +166,16 @@ pub(crate) struct WriterShared {
     /// The committed index openraft saved last in this process, carried by a record or not
     /// (`WriterState` holds it until a round has something else to write).
     committed_saved: Mutex<Option<Option<LogId>>>,
+    /// A committed index saved while the writer could not take it inline, with the `seq` it
+    /// was given: not queued, so that saving it never wakes the writer (on a leader of other
+    /// voters every append goes through the writer's thread, and a queued committed index
+    /// cost each lone put a second wake-up of that thread). The next round whose ops reach
+    /// past its `seq` takes it as if it had been queued there (`take_unqueued_committed`).
+    committed_unqueued: Mutex<Option<(u64, Option<LogId>)>>,
+    /// The last `seq` of the newest round that was durable: every op up to it is on disk.
+    durable_seq: AtomicU64,
+    /// Rounds run, on the writer's thread or inline (`LogStore::log_writer_rounds`).
+    rounds: AtomicU64,
     /// The newest committed index whose entries are all durable, encoded: what a checkpoint
     /// writes into `log.redb`. openraft saves a committed index only after appending what it
     /// covers, and rounds take the queue in order, so once a round that took it is durable, so
@@ -193,6 +203,14 @@ impl Drop for WriterShared {
     fn drop(&mut self) {
         if self.failed.load(Ordering::Acquire) {
             return;
+        }
+        // An unqueued committed index right behind a durable round covers durable entries
+        // only: every op submitted before it was in that round or an earlier one.
+        let durable_seq = self.durable_seq.load(Ordering::Acquire);
+        if let Some((seq, committed)) = *lock(&self.committed_unqueued)
+            && seq <= durable_seq + 1
+        {
+            *lock(&self.committed_durable) = Some(codec::encode(&committed));
         }
         let committed = lock(&self.committed_durable).clone();
         let checkpointed = self
@@ -299,6 +317,9 @@ impl LogWriter {
                 )))),
                 room_bytes: Arc::new(Semaphore::new(usize_from(LOG_WRITER_QUEUE_BYTES_MAX))),
                 committed_saved: Mutex::new(None),
+                committed_unqueued: Mutex::new(None),
+                durable_seq: AtomicU64::new(0),
+                rounds: AtomicU64::new(0),
                 committed_durable: Mutex::new(None),
                 receiver: Mutex::new(Some(receiver)),
                 round: Mutex::new(WriterState::default()),
@@ -345,6 +366,10 @@ impl LogWriter {
 
     /// The committed index saved last in this process, if any (the database may hold an older
     /// one).
+    pub fn rounds(&self) -> u64 {
+        self.shared.rounds.load(Ordering::Relaxed)
+    }
+
     pub fn committed_saved(&self) -> Option<Option<LogId>> {
         *lock(&self.shared.committed_saved)
     }
@@ -414,6 +439,15 @@ impl LogWriter {
         match self.try_inline(Queued { seq, op, room }) {
             Inline::Done { apply_due: false } => Ok(()),
             Inline::Done { apply_due: true } => self.enqueue(WriteOp::Flush, None),
+            Inline::Declined(Queued {
+                seq,
+                op: WriteOp::Committed(committed),
+                ..
+            }) => {
+                // Only ever newer: openraft's committed index does not go back.
+                *lock(&self.shared.committed_unqueued) = Some((seq, committed));
+                Ok(())
+            }
             Inline::Declined(queued) => self.send(queued),
         }
     }
@@ -591,6 +625,36 @@ fn take_batch(first: Queued, receiver: &mut mpsc::UnboundedReceiver<Queued>) -> 
     batch
 }
 
+/// Puts the unqueued committed index (`WriterShared::committed_unqueued`) into `batch` at its
+/// place by `seq` when the batch reaches up to it (its last op was submitted right before it,
+/// or later): everything submitted before it is then in this round or an earlier one
+/// (openraft's core is the only submitter, so ops reach the queue in `seq` order), exactly as
+/// if it had been queued.
+fn take_unqueued_committed(shared: &WriterShared, batch: &mut Vec<Queued>, last_seq: u64) {
+    let mut unqueued = lock(&shared.committed_unqueued);
+    let Some((seq, committed)) = *unqueued else {
+        return;
+    };
+    if seq > last_seq + 1 {
+        return;
+    }
+    *unqueued = None;
+    drop(unqueued);
+    let at = batch.partition_point(|queued| queued.seq < seq);
+    assert!(
+        batch.get(at).is_none_or(|queued| queued.seq != seq),
+        "an unqueued committed index shares its seq with a queued op"
+    );
+    batch.insert(
+        at,
+        Queued {
+            seq,
+            op: WriteOp::Committed(committed),
+            room: None,
+        },
+    );
+}
+
 /// One round: `batch` as one journal record (`journal.rs`), then the reports in this order:
 /// queue room freed and the appends' callbacks fired once the record is durable; then, if the
 /// round has a flush, vote, truncate or purge, or the records `log.redb` lacks have reached
@@ -608,7 +672,10 @@ fn run_round(
     round: Round,
 ) -> bool {
     assert!(!batch.is_empty());
+    let mut batch = batch;
     let last_seq = batch.last().map_or(0, |q| q.seq);
+    take_unqueued_committed(shared, &mut batch, last_seq);
+    shared.rounds.fetch_add(1, Ordering::Relaxed);
     let mut record = Record::default();
     let mut entries = Vec::new();
     let mut callbacks = Vec::new();
@@ -682,6 +749,7 @@ fn run_round(
         if newest.is_some() {
             *lock(&shared.committed_durable) = newest;
         }
+        shared.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
     }
     if let (Ok(()), Some(first), Some(last)) = (&durable, entries.first(), entries.last()) {
         store

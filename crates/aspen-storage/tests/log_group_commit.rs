@@ -355,3 +355,77 @@ async fn an_append_to_an_idle_writer_is_durable_when_it_returns() {
         Some(Vote::new(2, LEADER))
     );
 }
+
+/// On a leader of other voters every append goes through the writer's queue; a committed
+/// index saved there is not queued (it would wake the writer's thread for a round that writes
+/// nothing) but rides with the next round that reaches past it. Saving one runs no round; the
+/// next append's round carries it; a close keeps the newest one behind a durable round, and
+/// never one past the durable log.
+#[tokio::test(flavor = "current_thread")]
+async fn a_committed_index_saved_behind_the_queue_runs_no_round_of_its_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = backend_in(&dir);
+    {
+        let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("open");
+        log.set_appends_inline(false);
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append((1..=3).map(entry), IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback").expect("durable");
+        let rounds = log.log_writer_rounds();
+        for index in 1..=3 {
+            log.save_committed(Some(log_id(index))).await.expect("save");
+        }
+        // The writer (a task on this thread) gets every chance to run.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            log.log_writer_rounds(),
+            rounds,
+            "a committed index ran a round"
+        );
+        assert_eq!(
+            log.read_committed().await.expect("committed"),
+            Some(log_id(3))
+        );
+        // The next append's round takes it.
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(vec![entry(4)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback").expect("durable");
+        assert_eq!(log.log_writer_rounds(), rounds + 1);
+        // Saved right after a durable round: the close writes it.
+        log.save_committed(Some(log_id(4))).await.expect("save");
+    }
+    let (mut log, sm) = open_storage(&backend, Limits::default()).expect("reopen");
+    assert_eq!(
+        log.get_log_state().await.expect("log state").last_log_id,
+        Some(log_id(4))
+    );
+    assert_eq!(
+        log.read_committed().await.expect("committed"),
+        Some(log_id(4))
+    );
+    {
+        log.set_appends_inline(false);
+        // Queued and never written (the close comes first): the committed index saved behind
+        // it covers entries that are not durable, and the close does not write it.
+        let (tx, _rx) = TypeConfig::oneshot();
+        log.append((5..=6).map(entry), IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        log.save_committed(Some(log_id(6))).await.expect("save");
+        drop(log);
+        drop(sm);
+    }
+    let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("reopen");
+    assert_eq!(
+        log.get_log_state().await.expect("log state").last_log_id,
+        Some(log_id(4))
+    );
+    assert_eq!(
+        log.read_committed().await.expect("committed"),
+        Some(log_id(4))
+    );
+}
