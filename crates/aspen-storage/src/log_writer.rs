@@ -169,8 +169,8 @@ pub(crate) struct WriterShared {
     /// A committed index saved while the writer could not take it inline, with the `seq` it
     /// was given: not queued, so that saving it never wakes the writer (on a leader of other
     /// voters every append goes through the writer's thread, and a queued committed index
-    /// cost each lone put a second wake-up of that thread). The next round whose ops reach
-    /// past its `seq` takes it as if it had been queued there (`take_unqueued_committed`).
+    /// cost each lone put a second wake-up of that thread). The next round whose ops reach up
+    /// to its `seq` takes it as if it had been queued there (`take_unqueued_committed`).
     committed_unqueued: Mutex<Option<(u64, Option<LogId>)>>,
     /// The last `seq` of the newest round that was durable: every op up to it is on disk.
     durable_seq: AtomicU64,
@@ -364,12 +364,13 @@ impl LogWriter {
         self.shared.failed_error()
     }
 
-    /// The committed index saved last in this process, if any (the database may hold an older
-    /// one).
+    /// Rounds run so far, on the writer's thread or inline.
     pub fn rounds(&self) -> u64 {
         self.shared.rounds.load(Ordering::Relaxed)
     }
 
+    /// The committed index saved last in this process, if any (the database may hold an older
+    /// one).
     pub fn committed_saved(&self) -> Option<Option<LogId>> {
         *lock(&self.shared.committed_saved)
     }
@@ -673,8 +674,10 @@ fn run_round(
 ) -> bool {
     assert!(!batch.is_empty());
     let mut batch = batch;
+    let taken_last_seq = batch.last().map_or(0, |q| q.seq);
+    take_unqueued_committed(shared, &mut batch, taken_last_seq);
     let last_seq = batch.last().map_or(0, |q| q.seq);
-    take_unqueued_committed(shared, &mut batch, last_seq);
+    assert!(last_seq >= taken_last_seq);
     shared.rounds.fetch_add(1, Ordering::Relaxed);
     let mut record = Record::default();
     let mut entries = Vec::new();
