@@ -252,6 +252,22 @@ mod tests {
         }
     }
 
+    /// A socket, its in-flight count and stream, and a waker counting its wake-ups.
+    fn counted_io() -> (
+        SharedSocket,
+        InFlight,
+        CoalescingIo<SharedSocket>,
+        Arc<CountingWaker>,
+        Waker,
+    ) {
+        let socket = SharedSocket::default();
+        let in_flight = InFlight::default();
+        let io = CoalescingIo::new(socket.clone(), in_flight.clone());
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        (socket, in_flight, io, wakes, waker)
+    }
+
     fn write(
         io: &mut CoalescingIo<SharedSocket>,
         cx: &mut Context<'_>,
@@ -266,10 +282,7 @@ mod tests {
 
     #[test]
     fn with_nothing_else_in_flight_a_flush_writes_at_once() {
-        let socket = SharedSocket::default();
-        let mut io = CoalescingIo::new(socket.clone(), InFlight::default());
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
+        let (socket, _in_flight, mut io, wakes, waker) = counted_io();
         let mut cx = Context::from_waker(&waker);
         assert!(matches!(
             write(&mut io, &mut cx, b"one"),
@@ -286,11 +299,7 @@ mod tests {
 
     #[test]
     fn with_other_requests_in_flight_a_flush_waits_one_turn_and_then_writes_everything_once() {
-        let socket = SharedSocket::default();
-        let in_flight = InFlight::default();
-        let mut io = CoalescingIo::new(socket.clone(), in_flight.clone());
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
+        let (socket, in_flight, mut io, wakes, waker) = counted_io();
         let mut cx = Context::from_waker(&waker);
         let other = in_flight.enter();
         assert!(matches!(
@@ -323,11 +332,7 @@ mod tests {
 
     #[test]
     fn with_many_requests_in_flight_a_flush_waits_for_the_worker_to_be_idle_once() {
-        let socket = SharedSocket::default();
-        let in_flight = InFlight::default();
-        let mut io = CoalescingIo::new(socket.clone(), in_flight.clone());
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
+        let (socket, in_flight, mut io, wakes, waker) = counted_io();
         let mut cx = Context::from_waker(&waker);
         let others: Vec<_> = (0..DEFER_TO_IDLE_IN_FLIGHT_MIN)
             .map(|_| in_flight.enter())

@@ -463,17 +463,19 @@ mod tests {
         }))
     }
 
-    /// h2 chains a DATA payload over 256 bytes as its own buffer when the stream takes
-    /// vectored writes, and takes no further frame until that buffer is written: the trailers
-    /// then need a second write. Served by `Connection::serve`, a response of 300 bytes and
-    /// trailers is one write (h2 told the stream takes no vectored writes, by `CoalescingIo`;
-    /// without that this test sees two).
-    #[tokio::test]
-    async fn a_unary_response_and_its_trailers_leave_in_one_write() {
-        let router = Router::new().route("/unary", axum::routing::post(unary_response));
+    /// Serves `router` on one in-memory HTTP/2 connection through `Connection::serve`, whose
+    /// writes carrying bytes are counted; returns the client's sender, the count, and the stop
+    /// signal's sender (dropping it drains the connection).
+    async fn serve_counting_writes(
+        router: Router,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+        Arc<AtomicUsize>,
+        watch::Sender<bool>,
+    ) {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let writes = Arc::new(AtomicUsize::new(0));
-        let (_stop, draining) = watch::channel(false);
+        let (stop, draining) = watch::channel(false);
         let connection = Connection {
             app: App::Router(router),
             builder: connection_builder(Protocols::Http2Only, Http2Settings::CLIENT),
@@ -484,11 +486,23 @@ mod tests {
             inner: server_io,
             writes: writes.clone(),
         }));
-        let (mut sender, client_connection) =
+        let (sender, client_connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
                 .await
                 .expect("HTTP/2 handshake");
         tokio::spawn(client_connection);
+        (sender, writes, stop)
+    }
+
+    /// h2 chains a DATA payload over 256 bytes as its own buffer when the stream takes
+    /// vectored writes, and takes no further frame until that buffer is written: the trailers
+    /// then need a second write. Served by `Connection::serve`, a response of 300 bytes and
+    /// trailers is one write (h2 told the stream takes no vectored writes, by `CoalescingIo`;
+    /// without that this test sees two).
+    #[tokio::test]
+    async fn a_unary_response_and_its_trailers_leave_in_one_write() {
+        let router = Router::new().route("/unary", axum::routing::post(unary_response));
+        let (mut sender, writes, _stop) = serve_counting_writes(router).await;
         let rounds = 4;
         for round in 0..rounds {
             let before = writes.load(Ordering::SeqCst);
@@ -544,24 +558,7 @@ mod tests {
             }
         };
         let router = Router::new().route("/unary", axum::routing::post(handler));
-        let (client_io, server_io) = tokio::io::duplex(1 << 20);
-        let writes = Arc::new(AtomicUsize::new(0));
-        let (_stop, draining) = watch::channel(false);
-        let connection = Connection {
-            app: App::Router(router),
-            builder: connection_builder(Protocols::Http2Only, Http2Settings::CLIENT),
-            draining,
-            what: "test",
-        };
-        tokio::spawn(connection.serve(CountingIo {
-            inner: server_io,
-            writes: writes.clone(),
-        }));
-        let (sender, client_connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
-                .await
-                .expect("HTTP/2 handshake");
-        tokio::spawn(client_connection);
+        let (sender, writes, _stop) = serve_counting_writes(router).await;
         let mut calls = Vec::new();
         for _ in 0..requests {
             let mut sender = sender.clone();

@@ -399,14 +399,7 @@ async fn a_committed_index_saved_behind_the_queue_runs_no_round_of_its_own() {
         log.save_committed(Some(log_id(4))).await.expect("save");
     }
     let (mut log, sm) = open_storage(&backend, Limits::default()).expect("reopen");
-    assert_eq!(
-        log.get_log_state().await.expect("log state").last_log_id,
-        Some(log_id(4))
-    );
-    assert_eq!(
-        log.read_committed().await.expect("committed"),
-        Some(log_id(4))
-    );
+    assert_last_and_committed(&mut log, 4).await;
     {
         log.set_appends_inline(false);
         // Queued and never written (the close comes first): the committed index saved behind
@@ -420,12 +413,17 @@ async fn a_committed_index_saved_behind_the_queue_runs_no_round_of_its_own() {
         drop(sm);
     }
     let (mut log, _sm) = open_storage(&backend, Limits::default()).expect("reopen");
+    assert_last_and_committed(&mut log, 4).await;
+}
+
+/// The log's last entry and its committed index are both at `index`.
+async fn assert_last_and_committed(log: &mut aspen_storage::LogStore, index: u64) {
     assert_eq!(
         log.get_log_state().await.expect("log state").last_log_id,
-        Some(log_id(4))
+        Some(log_id(index))
     );
     assert_eq!(
         log.read_committed().await.expect("committed"),
-        Some(log_id(4))
+        Some(log_id(index))
     );
 }
