@@ -65,10 +65,6 @@ impl InFlight {
     fn count(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
-
-    fn any(&self) -> bool {
-        self.count() > 0
-    }
 }
 
 #[derive(Debug)]
@@ -163,9 +159,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.pending_bytes() > 0 {
-            if !self.deferred && self.in_flight.any() {
+            let in_flight = self.in_flight.count();
+            if !self.deferred && in_flight > 0 {
                 self.deferred = true;
-                if self.in_flight.count() >= DEFER_TO_IDLE_IN_FLIGHT_MIN {
+                if in_flight >= DEFER_TO_IDLE_IN_FLIGHT_MIN {
                     // tokio wakes a deferred task once its worker has run out of runnable
                     // tasks (or at its next I/O poll, every 61 tasks at most), unless a
                     // response queued meanwhile wakes it first.

@@ -668,12 +668,11 @@ fn take_unqueued_committed(shared: &WriterShared, batch: &mut Vec<Queued>, last_
 /// and returns true: the caller queues a flush for the writer to do it.
 fn run_round(
     shared: &WriterShared,
-    batch: Vec<Queued>,
+    mut batch: Vec<Queued>,
     state: &mut WriterState,
     round: Round,
 ) -> bool {
     assert!(!batch.is_empty());
-    let mut batch = batch;
     let taken_last_seq = batch.last().map_or(0, |q| q.seq);
     take_unqueued_committed(shared, &mut batch, taken_last_seq);
     let last_seq = batch.last().map_or(0, |q| q.seq);
