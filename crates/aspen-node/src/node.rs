@@ -557,8 +557,9 @@ impl Node {
         }
     }
 
-    /// Below the disk reserve (`--disk-reserve-bytes`), writes that grow the store fail with
-    /// etcd's NOSPACE error. Unlike the quota's alarm this is this leader's own, not replicated,
+    /// Below the disk reserve (`--disk-reserve-bytes`) plus what the store's files still owe
+    /// the disk (log entries taken and not yet written into them), writes that grow the store
+    /// fail with etcd's NOSPACE error. Unlike the quota's alarm this is this leader's own, not replicated,
     /// and it clears by itself once there is room again: nothing to disarm. Deletes,
     /// compaction and defragmentation still run, to make that room.
     fn refuse_if_disk_low(&self) -> Result<(), NodeError> {
@@ -571,6 +572,7 @@ impl Node {
             tracing::warn!(
                 free_bytes = low.free_bytes,
                 reserve_bytes = low.reserve_bytes,
+                owed_bytes = low.owed_bytes,
                 refused_so_far = refused + 1,
                 "the data dir's disk is nearly full: refusing writes that grow the store \
                  (etcdserver: mvcc: database space exceeded) until there is room again"

@@ -295,10 +295,16 @@ async fn metrics(State(node): State<Node>) -> String {
         "The highest revision this member auto-compacted at (0: none yet).",
         m.auto_compaction_revision.load(Ordering::Relaxed),
     );
+    gauge(
+        &mut out,
+        "aspen_disk_owed_bytes",
+        "Bytes the log and state databases will still write for entries already taken (at twice their payload, for page rounding); the disk reserve check adds them to --disk-reserve-bytes.",
+        node.store().owed_disk_bytes(),
+    );
     counter(
         &mut out,
         "aspen_disk_low_refusals_total",
-        "Writes this member refused as the leader (NOSPACE) because its data dir's disk had less free than --disk-reserve-bytes.",
+        "Writes this member refused as the leader (NOSPACE) because its data dir's disk had less free than --disk-reserve-bytes plus aspen_disk_owed_bytes.",
         m.disk_low_refusals.load(Ordering::Relaxed),
     );
     render_read_index(m, &mut out);

@@ -147,6 +147,25 @@ struct InUseGauge {
 }
 
 impl Shared {
+    /// The log's running total of payload bytes made durable (`JournalGauge`), read before a
+    /// durable state commit so the commit can say which of them it holds.
+    pub(crate) fn log_durable_bytes(&self) -> u64 {
+        self.log_journal_gauge.durable_bytes_total()
+    }
+
+    /// Bytes the store's files will take on the disk without any new write: log entries the
+    /// log database and the state database have not written to their files yet (held in the
+    /// journal, redb's write buffers, a parked transaction), each counted at
+    /// `OWED_ALLOCATION_FACTOR` times its payload for redb's page rounding.
+    pub(crate) fn owed_disk_bytes(&self) -> u64 {
+        let log_total = self.log_durable_bytes();
+        let log_owed = self.log_journal_gauge.owed_bytes();
+        let state_owed = self.durability.owed_bytes(log_total);
+        log_owed
+            .saturating_add(state_owed)
+            .saturating_mul(crate::disk::OWED_ALLOCATION_FACTOR)
+    }
+
     /// A read transaction of the state database that sees every batch applied before the call:
     /// answered batches the apply path left uncommitted (`parked.rs`) are committed first.
     pub(crate) fn begin_state_read(&self, db: &Database) -> Result<redb::ReadTransaction> {
@@ -608,10 +627,18 @@ impl Store {
     }
 
     /// `Some` while the data dir's filesystem has less free space than the reserve
-    /// (`--disk-reserve-bytes`); writes that grow the store are refused then. Measured at most
-    /// every `DISK_FREE_CHECK_INTERVAL_MS`.
+    /// (`--disk-reserve-bytes`) plus what the store's files already owe the disk (entries
+    /// durable in the log's journal but not yet written into `log.redb` or `state.redb`);
+    /// writes that grow the store are refused then. Free space is measured at most every
+    /// `DISK_FREE_CHECK_INTERVAL_MS`.
     pub fn disk_low(&self) -> Option<DiskLow> {
-        self.shared.disk.low()
+        self.shared.disk.low(self.shared.owed_disk_bytes())
+    }
+
+    /// What the store's files will still write to the disk for entries already taken, at
+    /// `OWED_ALLOCATION_FACTOR` times their payload (see `disk_low`): for `/metrics`.
+    pub fn owed_disk_bytes(&self) -> u64 {
+        self.shared.owed_disk_bytes()
     }
 
     /// True when the state database has grown past the configured quota. The node raises etcd's
@@ -624,8 +651,11 @@ impl Store {
     /// database); returns the applied index that is now durable.
     pub fn make_state_durable(&self) -> Result<u64> {
         let db = self.state_db();
+        let log_bytes_before = self.shared.log_durable_bytes();
         let index = crate::durability::commit_durable(&self.shared, &db)?;
-        self.shared.durability.record_durable(index);
+        self.shared
+            .durability
+            .record_durable(index, log_bytes_before);
         Ok(index)
     }
 
@@ -647,6 +677,7 @@ impl Store {
                 .state_db
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let log_bytes_before = self.shared.log_durable_bytes();
             // No claim is held while the lock is ours (claims are taken under `state_db()`), so
             // this commits any parked batches without waiting: compact() needs no write open.
             self.shared
@@ -662,7 +693,9 @@ impl Store {
             }
             // compact() commits durably: everything applied is durable now.
             let index = crate::durability::read_applied_index(&db)?;
-            self.shared.durability.record_durable(index);
+            self.shared
+                .durability
+                .record_durable(index, log_bytes_before);
         }
         Ok(self.db_size_bytes())
     }

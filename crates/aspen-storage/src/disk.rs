@@ -73,11 +73,19 @@ pub fn effective_reserve_bytes(reserve_bytes: u64, total_bytes: u64) -> u64 {
     reserve_bytes.min(total_bytes / DISK_RESERVE_FS_DIVISOR)
 }
 
+/// Bytes of a page-aligned redb allocation per payload byte, at most: redb rounds an
+/// allocation up to a power of two of pages, so a value just past one takes nearly twice its
+/// size. Applied to the bytes the store owes the disk (`Shared::owed_disk_bytes`).
+pub(crate) const OWED_ALLOCATION_FACTOR: u64 = 2;
+
 /// The disk is below the reserve: what a refused write reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskLow {
     pub free_bytes: u64,
     pub reserve_bytes: u64,
+    /// What the store's files will still write without any new request (see
+    /// `Store::disk_low`).
+    pub owed_bytes: u64,
 }
 
 /// The write path's view of the data dir's free space: measured at most every
@@ -90,8 +98,6 @@ pub(crate) struct DiskSpace {
     started: Instant,
     /// Milliseconds after `started` of the last measurement, plus one (0: never measured).
     checked_ms: AtomicU64,
-    /// Free bytes below the reserve at the last measurement (0: at or above it).
-    shortfall: AtomicU64,
     free_bytes: AtomicU64,
     effective_reserve_bytes: AtomicU64,
 }
@@ -103,41 +109,43 @@ impl DiskSpace {
             reserve_bytes,
             started: Instant::now(),
             checked_ms: AtomicU64::new(0),
-            shortfall: AtomicU64::new(0),
             free_bytes: AtomicU64::new(u64::MAX),
             effective_reserve_bytes: AtomicU64::new(0),
         }
     }
 
-    /// `Some` while the filesystem has less free than the reserve. A failed measurement
-    /// counts as room: the check is a guard, and a real failure shows up in the write itself.
-    pub fn low(&self) -> Option<DiskLow> {
+    /// `Some` while the filesystem has less free than the reserve plus `owed_bytes`, what the
+    /// store will write anyway (the bytes it already took and has not put in its files yet:
+    /// refusing new writes must leave room for them). A failed measurement counts as room:
+    /// the check is a guard, and a real failure shows up in the write itself.
+    pub fn low(&self, owed_bytes: u64) -> Option<DiskLow> {
         let dir = self.dir.as_ref()?;
         let now_ms = aspen_core::convert::millis(self.started.elapsed()) + 1;
         let checked_ms = self.checked_ms.load(Ordering::Acquire);
         if checked_ms == 0 || now_ms.saturating_sub(checked_ms) >= DISK_FREE_CHECK_INTERVAL_MS {
             self.measure(dir, now_ms);
         }
-        if self.shortfall.load(Ordering::Acquire) == 0 {
+        let free_bytes = self.free_bytes.load(Ordering::Acquire);
+        let reserve_bytes = self.effective_reserve_bytes.load(Ordering::Acquire);
+        if free_bytes >= reserve_bytes.saturating_add(owed_bytes) {
             return None;
         }
         Some(DiskLow {
-            free_bytes: self.free_bytes.load(Ordering::Acquire),
-            reserve_bytes: self.effective_reserve_bytes.load(Ordering::Acquire),
+            free_bytes,
+            reserve_bytes,
+            owed_bytes,
         })
     }
 
     fn measure(&self, dir: &Path, now_ms: u64) {
         self.checked_ms.store(now_ms, Ordering::Release);
         let Ok((free_bytes, total_bytes)) = filesystem_space(dir) else {
-            self.shortfall.store(0, Ordering::Release);
+            self.free_bytes.store(u64::MAX, Ordering::Release);
             return;
         };
         let reserve_bytes = effective_reserve_bytes(self.reserve_bytes, total_bytes);
         self.free_bytes.store(free_bytes, Ordering::Release);
         self.effective_reserve_bytes
             .store(reserve_bytes, Ordering::Release);
-        self.shortfall
-            .store(reserve_bytes.saturating_sub(free_bytes), Ordering::Release);
     }
 }

@@ -31,6 +31,10 @@ use crate::error::Result;
 pub(crate) struct StateDurability {
     /// Last applied log index known to be durable in the state file (0: none).
     durable_applied_index: AtomicU64,
+    /// The log journal's `durable_bytes_total` read before the last durable commit began:
+    /// entries made durable in the log after it may not be in the state file yet, and will
+    /// take space there (in redb's write buffer, or not applied yet). See [`Self::owed_bytes`].
+    log_bytes_at_durable: AtomicU64,
     dirty: Mutex<Dirty>,
 }
 
@@ -46,6 +50,7 @@ impl StateDurability {
     pub fn new(durable_applied_index: u64) -> StateDurability {
         StateDurability {
             durable_applied_index: AtomicU64::new(durable_applied_index),
+            log_bytes_at_durable: AtomicU64::new(0),
             dirty: Mutex::new(Dirty {
                 entries: 0,
                 durable_at: tokio::time::Instant::now(),
@@ -73,8 +78,19 @@ impl StateDurability {
         dirty.entries += entries;
     }
 
-    /// A durable commit made everything applied up to `applied_index` durable.
-    pub fn record_durable(&self, applied_index: u64) {
+    /// Payload bytes of log entries the state file may still have to take, given the log's
+    /// running total now (`JournalGauge::durable_bytes_total`): those made durable in the log
+    /// since the last durable state commit began. Their pages stay in redb's write buffer (or
+    /// a parked transaction) until the next durable commit writes them.
+    pub fn owed_bytes(&self, log_bytes_total: u64) -> u64 {
+        log_bytes_total.saturating_sub(self.log_bytes_at_durable.load(Ordering::Acquire))
+    }
+
+    /// A durable commit made everything applied up to `applied_index` durable;
+    /// `log_bytes_before` is the log's running total read before that commit began.
+    pub fn record_durable(&self, applied_index: u64, log_bytes_before: u64) {
+        self.log_bytes_at_durable
+            .fetch_max(log_bytes_before, Ordering::AcqRel);
         let mut dirty = self.lock();
         dirty.entries = 0;
         dirty.durable_at = tokio::time::Instant::now();

@@ -134,9 +134,28 @@ pub struct JournalGauge {
     replayed_records: AtomicU64,
     records: AtomicU64,
     checkpoints: AtomicU64,
+    /// Payload bytes made durable since the journal was opened: journaled records, and
+    /// records too large for one that went straight into `log.redb`.
+    durable_bytes_total: AtomicU64,
+    /// `durable_bytes_total` at the last checkpoint: everything up to it is written into
+    /// `log.redb`; what is past it is still owed to that file (see [`Self::owed_bytes`]).
+    checkpointed_bytes_total: AtomicU64,
 }
 
 impl JournalGauge {
+    /// Payload bytes made durable since the journal was opened (a running total).
+    pub fn durable_bytes_total(&self) -> u64 {
+        self.durable_bytes_total.load(Ordering::Acquire)
+    }
+
+    /// Payload bytes of records `log.redb` has not written to its file yet: they are in the
+    /// journal, or in the database's write buffer (applied by non-durable commits), until the
+    /// next checkpoint writes them. Space on the disk they will take.
+    pub fn owed_bytes(&self) -> u64 {
+        let checkpointed = self.checkpointed_bytes_total.load(Ordering::Acquire);
+        self.durable_bytes_total().saturating_sub(checkpointed)
+    }
+
     pub fn stats(&self) -> JournalStats {
         JournalStats {
             replayed_records: self.replayed_records.load(Ordering::Acquire),
@@ -476,7 +495,11 @@ impl Journal {
                 "an earlier log.journal write, sync or checkpoint failed".to_string(),
             ));
         }
+        let payload_bytes = u64::try_from(record.payload.len()).unwrap_or(u64::MAX);
         if record.payload.len() > self.payload_bytes_max {
+            self.gauge
+                .durable_bytes_total
+                .fetch_add(payload_bytes, Ordering::AcqRel);
             let committed = record.committed_bytes().or(committed_durable);
             let committed = committed.map(<[u8]>::to_vec);
             self.checkpoint_with(db, Some(&record), committed.as_deref())?;
@@ -506,6 +529,9 @@ impl Journal {
         self.write_offset_bytes += record_bytes;
         self.next_sequence += 1;
         self.gauge.records.fetch_add(1, Ordering::AcqRel);
+        self.gauge
+            .durable_bytes_total
+            .fetch_add(payload_bytes, Ordering::AcqRel);
         self.unapplied_bytes += record.payload.len();
         self.unapplied.push(record);
         Ok(Durable::Journaled)
@@ -627,6 +653,10 @@ impl Journal {
         self.next_sequence = 1;
         self.write_offset_bytes = 0;
         self.gauge.checkpoints.fetch_add(1, Ordering::AcqRel);
+        let durable = self.gauge.durable_bytes_total();
+        self.gauge
+            .checkpointed_bytes_total
+            .store(durable, Ordering::Release);
     }
 }
 

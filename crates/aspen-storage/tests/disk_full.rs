@@ -161,3 +161,53 @@ fn the_reserve_is_off_at_zero_capped_by_the_filesystem_and_never_checked_in_memo
         4096
     );
 }
+
+/// The disk check counts what the store's files will still write for entries already taken
+/// (`Store::owed_disk_bytes`): an appended entry is owed to `log.redb` (it sits in the
+/// journal) and to `state.redb` (not applied, or applied without a durable commit); a durable
+/// state commit settles the second, and reopening (which checkpoints the journal) the first.
+#[tokio::test(flavor = "current_thread")]
+async fn owed_disk_bytes_count_taken_entries_until_their_files_have_them() {
+    const ENTRIES: u64 = 20;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = StorageBackend::Redb {
+        dir: dir.path().join("node"),
+    };
+    let (mut log, sm) = open_storage(&backend, Limits::default()).expect("open");
+    assert_eq!(sm.store().owed_disk_bytes(), 0);
+
+    for index in 1..=ENTRIES {
+        append(&mut log, index).await.expect("append");
+    }
+    let payload_min = ENTRIES * VALUE_BYTES as u64;
+    let factor = 2;
+    let appended = sm.store().owed_disk_bytes();
+    // Owed to both files, each at twice the payload (which holds at least the values).
+    assert!(
+        appended >= 2 * factor * payload_min,
+        "owed {appended} after {ENTRIES} appends"
+    );
+
+    let entries = log
+        .try_get_log_entries(1..=ENTRIES)
+        .await
+        .expect("read the log");
+    sm.apply_entries(&entries).expect("apply");
+    // Applied without a durable commit (unless the batch came due for one, on a slow run):
+    // still in redb's write buffer, still owed.
+    if sm.store().state_durable_applied_index() < ENTRIES {
+        assert_eq!(sm.store().owed_disk_bytes(), appended);
+    }
+    sm.store().make_state_durable().expect("durable");
+    let log_owed = sm.store().owed_disk_bytes();
+    assert_eq!(log_owed, appended / 2, "only log.redb's part is left");
+    assert!(log_owed >= factor * payload_min);
+
+    drop((log, sm));
+    let (_log, sm) = open_storage(&backend, Limits::default()).expect("reopen");
+    assert_eq!(
+        sm.store().owed_disk_bytes(),
+        0,
+        "the journal was checkpointed"
+    );
+}

@@ -248,10 +248,14 @@ pub(crate) fn import(
     }
     // The index written above is the whole index: nothing of it is in the overlay.
     super::overlay::write_flushed(&txn, summary.revision)?;
+    let log_bytes_before = store.shared.log_durable_bytes();
     txn.commit()?;
     store.shared.index_overlay.reset(summary.revision);
     let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
-    store.shared.durability.record_durable(applied_index);
+    store
+        .shared
+        .durability
+        .record_durable(applied_index, log_bytes_before);
     store.record_applied(applied_index);
     Ok(())
 }

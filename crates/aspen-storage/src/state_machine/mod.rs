@@ -131,6 +131,8 @@ impl StateMachine {
         let shared = &self.store.shared;
         let overlay = &shared.index_overlay;
         let batch_entries = entries.len() as u64;
+        // Read before the batch: what the log made durable after this may not be in it.
+        let log_bytes_before = shared.log_durable_bytes();
         let durable = shared
             .durability
             .batch_is_due(batch_entries, self.store.state_unsynced_bytes());
@@ -234,7 +236,9 @@ impl StateMachine {
         self.auth.announce(&auth_effects);
         if durable {
             let applied_index = state.last_applied.as_ref().map_or(0, |id| id.index);
-            shared.durability.record_durable(applied_index);
+            shared
+                .durability
+                .record_durable(applied_index, log_bytes_before);
         } else {
             shared.durability.record_not_durable(batch_entries);
         }

@@ -53,11 +53,15 @@ pub(crate) fn record_point(store: &Store) -> Result<SnapshotMeta> {
             _ => None,
         }
     };
+    let log_bytes_before = store.shared.log_durable_bytes();
     txn.commit()?;
     drop(db);
     flushing.finish(state.revision);
     let applied_index = state.last_applied.as_ref().map_or(0, |id| id.index);
-    store.shared.durability.record_durable(applied_index);
+    store
+        .shared
+        .durability
+        .record_durable(applied_index, log_bytes_before);
     if let Some(file_name) = replaced {
         store.shared.snapshots.clear_memory_current();
         store
@@ -380,8 +384,12 @@ fn set_current_if_newer(store: &Store, record: &SnapshotRecord) -> Result<Curren
         .last_applied
         .as_ref()
         .map_or(0, |id| id.index);
+    let log_bytes_before = store.shared.log_durable_bytes();
     txn.commit()?;
-    store.shared.durability.record_durable(applied_index);
+    store
+        .shared
+        .durability
+        .record_durable(applied_index, log_bytes_before);
     Ok(CurrentUpdate::Replaced { replaced })
 }
 
@@ -509,9 +517,13 @@ pub(crate) fn install(
     // The index written above is the whole index: nothing of it is in the overlay.
     super::overlay::write_flushed(&txn, revision)?;
     // Immediate: the log is purged behind this snapshot, so it must survive a crash.
+    let log_bytes_before = store.shared.log_durable_bytes();
     txn.commit()?;
     store.shared.index_overlay.reset(revision);
     let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
-    store.shared.durability.record_durable(applied_index);
+    store
+        .shared
+        .durability
+        .record_durable(applied_index, log_bytes_before);
     Ok(())
 }
