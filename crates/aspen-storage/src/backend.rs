@@ -650,9 +650,20 @@ impl Store {
     /// Makes everything the state machine has applied durable now (one fsync of the state
     /// database); returns the applied index that is now durable.
     pub fn make_state_durable(&self) -> Result<u64> {
+        self.commit_state_durable(self.shared.log_durable_bytes(), true)
+    }
+
+    /// A durable commit of the state database, flushing the key index's overlay if
+    /// `flush_index`; `log_bytes_before` is the log's running total
+    /// (`JournalGauge::durable_bytes_total`) read before the last batch it makes durable was
+    /// applied: entries the log took after that are still owed to the state file.
+    pub(crate) fn commit_state_durable(
+        &self,
+        log_bytes_before: u64,
+        flush_index: bool,
+    ) -> Result<u64> {
         let db = self.state_db();
-        let log_bytes_before = self.shared.log_durable_bytes();
-        let index = crate::durability::commit_durable(&self.shared, &db)?;
+        let index = crate::durability::commit_state(&self.shared, &db, true, flush_index)?;
         self.shared
             .durability
             .record_durable(index, log_bytes_before);

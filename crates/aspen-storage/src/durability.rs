@@ -3,12 +3,17 @@
 //! Apply batches commit with `Durability::None` (or stay uncommitted for a while in the apply
 //! path's parked transaction, `parked.rs`): the Raft log is the durable record, and after a
 //! crash openraft re-applies the committed log from the state machine's last durable applied
-//! index (`get_initial_state` in openraft's `storage/helper.rs`). A batch is committed durably
-//! instead when one of these bounds is reached, checked at each apply (nothing runs on a timer):
+//! index (`get_initial_state` in openraft's `storage/helper.rs`). A durable commit of its own
+//! follows a batch, once the batch is answered (`AfterAnswer` in `state_machine/mod.rs`), when
+//! one of these bounds is reached, checked at each apply (nothing runs on a timer):
 //!
 //! - `STATE_DURABLE_INTERVAL_MS` since the last durable commit;
 //! - `STATE_DIRTY_ENTRIES_MAX` entries applied since then;
 //! - `STATE_DIRTY_BYTES_MAX` bytes written to the state file and not yet synced.
+//!
+//! That commit writes and syncs the pages the batches since the last one dirtied, and does not
+//! flush the key index's overlay (its own bound does that, `overlay.rs`): after a crash the
+//! overlay's entries are rebuilt from `kv_revs`.
 //!
 //! Besides, the state database is made durable before a snapshot is recorded (that commit is
 //! durable), before any log purge (`LogStore::purge` asks for it), by defragment, and at close.
@@ -119,13 +124,41 @@ impl StateDurability {
 /// (`state_machine/overlay.rs`): every earlier non-durable commit becomes durable with it, and
 /// a restart rebuilds nothing. Returns the applied index it made durable.
 pub(crate) fn commit_durable(shared: &crate::backend::Shared, db: &Database) -> Result<u64> {
+    commit_state(shared, db, true, true)
+}
+
+/// Commits a transaction of its own on the state database: `durable` or not, flushing the key
+/// index's overlay into `kv_index` if `flush_index`. A durable commit makes every earlier
+/// non-durable one durable; one without the flush leaves the overlay's entries to be rebuilt
+/// from `kv_revs` after a crash (`overlay::load`). Returns the applied index it holds.
+pub(crate) fn commit_state(
+    shared: &crate::backend::Shared,
+    db: &Database,
+    durable: bool,
+    flush_index: bool,
+) -> Result<u64> {
     let overlay = &shared.index_overlay;
     let mut txn = shared.begin_state_write(db)?;
-    txn.set_durability(redb::Durability::Immediate)?;
+    let durability = if durable {
+        redb::Durability::Immediate
+    } else {
+        redb::Durability::None
+    };
+    txn.set_durability(durability)?;
     let state = crate::state_machine::read_applied_write(&txn)?;
-    let flushing = crate::state_machine::overlay::flush_into(&txn, overlay, state.revision)?;
+    let flushing = if flush_index {
+        Some(crate::state_machine::overlay::flush_into(
+            &txn,
+            overlay,
+            state.revision,
+        )?)
+    } else {
+        None
+    };
     txn.commit()?;
-    flushing.finish(state.revision);
+    if let Some(flushing) = flushing {
+        flushing.finish(state.revision);
+    }
     Ok(applied_index_in(&state))
 }
 

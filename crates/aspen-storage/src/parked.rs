@@ -12,7 +12,8 @@
 //! - by any other writer first ([`crate::Store::begin_state_write`]: the compactor, a snapshot
 //!   point, an install, a durable commit, an import), which then begins its own transaction;
 //!   so an error that aborts such a writer never takes answered batches with it;
-//! - by the apply path, with any batch that commits durably or flushes the overlay, once
+//! - by the apply path, with any batch after which a commit of its own is due (durable, or
+//!   flushing the overlay: `AfterAnswer` in `state_machine/mod.rs`), once
 //!   `STATE_PARKED_ENTRIES_MAX` entries are in it or `STATE_PARKED_MS_MAX` has passed since its
 //!   first batch, and before its next batch when a reader is waiting for it.
 //!

@@ -128,12 +128,21 @@ impl StateMachine {
     /// for the next (`parked.rs`): readers commit it first, so they see this batch once it
     /// returns.
     pub fn apply_entries(&self, entries: &[Entry]) -> Result<Vec<ApplyResponse>> {
+        let (responses, after) = self.apply_batch(entries)?;
+        self.after_answer(after)?;
+        Ok(responses)
+    }
+
+    /// Applies a batch as [`Self::apply_entries`] does, except for the work that
+    /// [`AfterAnswer`] holds, which the caller does with [`Self::after_answer`] once it has
+    /// answered the batch.
+    fn apply_batch(&self, entries: &[Entry]) -> Result<(Vec<ApplyResponse>, AfterAnswer)> {
         let shared = &self.store.shared;
         let overlay = &shared.index_overlay;
         let batch_entries = entries.len() as u64;
         // Read before the batch: what the log made durable after this may not be in it.
         let log_bytes_before = shared.log_durable_bytes();
-        let durable = shared
+        let durable_due = shared
             .durability
             .batch_is_due(batch_entries, self.store.state_unsynced_bytes());
         let db = self.store.state_db();
@@ -152,12 +161,7 @@ impl StateMachine {
             ),
             None => (db.begin_write()?, 0, tokio::time::Instant::now(), None),
         };
-        let durability = if durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        txn.set_durability(durability)?;
+        txn.set_durability(redb::Durability::None)?;
         let cached = self.take_applied_state();
         assert!(
             parked_revision.is_none() || cached.is_some(),
@@ -178,19 +182,17 @@ impl StateMachine {
         let committed_revision = parked_revision.unwrap_or(revision_before);
         let compact_revision_before = state.compact_revision;
         let applied = self.apply_in(&txn, entries, &mut state);
-        // A durable commit flushes the overlay, so a restart after it rebuilds nothing; a full
-        // overlay is flushed whatever the cadence says. A durable batch is never parked: the
-        // durability it was given must be the one it commits with.
-        let flush = durable || overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
+        // A batch after which a commit of its own is due is never parked: that commit needs
+        // the writer to itself.
+        let flush_index = overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
         let open_entries = parked_entries + batch_entries;
-        let park = !flush
-            && !durable
+        let park = !flush_index
+            && !durable_due
             && open_entries < STATE_PARKED_ENTRIES_MAX
             && begun_at.elapsed() < std::time::Duration::from_millis(STATE_PARKED_MS_MAX);
-        let (batch, flushing, to_park) = match applied {
+        let (batch, to_park) = match applied {
             Ok(batch) if park => (
                 batch,
-                None,
                 Some(crate::parked::Parked {
                     txn,
                     entries: open_entries,
@@ -198,8 +200,8 @@ impl StateMachine {
                     revision_before: committed_revision,
                 }),
             ),
-            Ok(batch) => match commit_batch(txn, overlay, &state, flush) {
-                Ok(flushing) => (batch, flushing, None),
+            Ok(batch) => match commit_batch(txn, &state) {
+                Ok(()) => (batch, None),
                 Err(error) => {
                     return Err(self.batch_failed(
                         error,
@@ -215,9 +217,6 @@ impl StateMachine {
             }
         };
         let (responses, events, auth_state, auth_effects) = batch;
-        if let Some(flushing) = flushing {
-            flushing.finish(state.revision);
-        }
         // Before the claim goes: a reader that commits a parked transaction writes this state.
         *self.applied_state_slot() = Some(state.clone());
         match to_park {
@@ -234,14 +233,7 @@ impl StateMachine {
             self.auth.replace(auth_state);
         }
         self.auth.announce(&auth_effects);
-        if durable {
-            let applied_index = state.last_applied.as_ref().map_or(0, |id| id.index);
-            shared
-                .durability
-                .record_durable(applied_index, log_bytes_before);
-        } else {
-            shared.durability.record_not_durable(batch_entries);
-        }
+        shared.durability.record_not_durable(batch_entries);
         if state.compact_revision != compact_revision_before {
             self.compaction.notify_one();
         }
@@ -254,7 +246,29 @@ impl StateMachine {
             let clock = self.store.stage_clock();
             clock.reached(Stage::Applied, first.log_id.index, last.log_id.index);
         }
-        Ok(responses)
+        let after = AfterAnswer {
+            durable_from: durable_due.then_some(log_bytes_before),
+            flush_index,
+        };
+        Ok((responses, after))
+    }
+
+    /// The commit an applied batch left to do after its answers, if any: a durable commit
+    /// the cadence made due (`durability.rs`), a flush of a full key-index overlay, or both
+    /// in one transaction (`durability::commit_state`).
+    fn after_answer(&self, after: AfterAnswer) -> Result<()> {
+        match after.durable_from {
+            Some(log_bytes_before) => {
+                self.store
+                    .commit_state_durable(log_bytes_before, after.flush_index)?;
+            }
+            None if after.flush_index => {
+                let db = self.store.state_db();
+                crate::durability::commit_state(&self.store.shared, &db, false, true)?;
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// A batch failed before its commit, or in it: redb dropped the transaction, so its index
@@ -595,22 +609,27 @@ impl StateMachine {
 /// Where the next compaction step starts in `kv_revs`, or None when none is pending. A new
 /// compaction revision walks from the start: versions that survived the last one may be
 /// superseded now.
-/// Commits an apply batch's transaction: the overlay flushed into it if `flush`, then the
-/// applied state. Returns the flush to finish.
-fn commit_batch<'o>(
-    txn: redb::WriteTransaction,
-    overlay: &'o overlay::IndexOverlay,
-    state: &AppliedState,
-    flush: bool,
-) -> Result<Option<overlay::Flush<'o>>> {
-    let flushing = if flush {
-        Some(overlay::flush_into(&txn, overlay, state.revision)?)
-    } else {
-        None
-    };
+/// Commits an apply batch's transaction (without an fsync) with the applied state.
+fn commit_batch(txn: redb::WriteTransaction, state: &AppliedState) -> Result<()> {
     write_applied(&txn, state)?;
     txn.commit()?;
-    Ok(flushing)
+    Ok(())
+}
+
+/// What an applied batch leaves to do once it is answered (`StateMachine::apply_batch`): a
+/// commit of the state database of its own, which takes tens of milliseconds at 30k puts/s
+/// (a durable one writes and syncs every page dirtied since the last; a flush inserts every
+/// entry of the key index's overlay into `kv_index`) and holds the next batch meanwhile. Done
+/// after the answers, the batch's clients send their next requests and the log takes them
+/// while the state database commits.
+#[derive(Debug, Clone, Copy, Default)]
+#[must_use]
+struct AfterAnswer {
+    /// A durable commit is due (`durability.rs`); the log's running total read before the
+    /// batch (`Store::commit_state_durable`).
+    durable_from: Option<u64>,
+    /// The overlay holds `OVERLAY_FLUSH_ENTRIES` or more: flush it into `kv_index`.
+    flush_index: bool,
 }
 
 fn compact_from(state: &AppliedState, progress: Option<CompactProgress>) -> Option<mvcc::RevKey> {
@@ -768,7 +787,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 responders.push(responder);
             }
             if !batch.is_empty() && (done || batch.len() >= APPLY_BATCH_ENTRIES_MAX) {
-                let responses = self.apply_entries(&batch)?;
+                let (responses, after) = self.apply_batch(&batch)?;
                 assert_eq!(responses.len(), responders.len());
                 for (responder, response) in responders.drain(..).zip(responses) {
                     if let Some(responder) = responder {
@@ -776,6 +795,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
                 batch.clear();
+                // After the answers: see `AfterAnswer`.
+                self.after_answer(after)?;
             }
             if done {
                 return Ok(());

@@ -4,9 +4,10 @@
 //! yet in `kv_index`).
 //!
 //! Why: a put's index entry lands at a random place in `kv_index`, so every apply batch copied
-//! (copy-on-write) one leaf page per put, and committed them. Gathered here and flushed with
-//! each durable commit (and once `OVERLAY_FLUSH_ENTRIES` are waiting, at snapshot points and
-//! before compaction), each leaf is copied once per flush however many puts hit it, and an
+//! (copy-on-write) one leaf page per put, and committed them. Gathered here and flushed once
+//! `OVERLAY_FLUSH_ENTRIES` are waiting (and at snapshot points, before compaction, and by the
+//! durable commits of shutdown and log purges), each leaf is copied once per flush however
+//! many puts hit it, and an
 //! apply batch's own commit dirties only the right edge of `kv_revs` and the meta.
 //!
 //! The contract between the overlay and the database (`sm_meta`'s `index_flushed`, "f"):
@@ -35,15 +36,19 @@ use super::mvcc::{IndexRecord, RevKey, RevRecord};
 use crate::error::{Result, decode};
 use crate::schema;
 
-/// Entries the overlay holds before a batch flushes them whatever the durability cadence says
-/// (~100 bytes each; the writer's lookups do not read them, `latest.rs`). Every durable commit
-/// flushes too (500 ms, 25,000 entries or 64 MiB), so this bound is met only when the cadence
-/// is slower than the puts. Session 17 tried flushing on this bound alone: at 1M keys the
-/// node's RSS was 630 MiB against 520 (peak 683 against 535), SIGTERM to exit took up to
-/// 277 ms, and `storage_bench`'s apply was no faster in a run side by side (81k against 85k
-/// puts/s). One batch's own entries are never split: a batch that grows past it flushes at
-/// its end.
-pub(crate) const OVERLAY_FLUSH_ENTRIES: usize = 65_536;
+/// Entries the overlay holds before they are flushed into `kv_index` (~100 bytes each; the
+/// writer's lookups do not read them, `latest.rs`), in a commit of its own after the batch
+/// that reached it is answered (`AfterAnswer` in `state_machine/mod.rs`). Durable commits do
+/// not flush (session 20): a crash leaves at most this many entries to rebuild from
+/// `kv_revs` (`load`). Until session 19 every durable commit flushed too, and at 256 clients
+/// that commit held applies for about 40 ms every 500 ms (a 19 ms flush of ~16,500 entries,
+/// 8.5 ms writing 9.5 MB, 8.5 ms syncing): with the flush apart and both after the answers,
+/// the put p99 fell from 42-46 ms to 25-28 (`bench/node-ab`, three alternating runs). The
+/// bound is about what one durable commit's flush held at 30k puts/s, so the pages a flush
+/// dirties stay what they were at 1M keys; session 17's flush on a bound of 65,536 alone
+/// raised RSS at 1M keys (630 MiB against 520). One batch's own entries are never split: a
+/// batch that grows past it flushes after it.
+pub(crate) const OVERLAY_FLUSH_ENTRIES: usize = 16_384;
 
 /// A key's entries in one map, oldest first (revisions only grow while a map is active).
 type Versions = Vec<(u64, IndexRecord)>;
