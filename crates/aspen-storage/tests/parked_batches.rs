@@ -148,9 +148,10 @@ fn a_durable_commit_covers_parked_batches() {
     assert_eq!(read_revision(&sm), Ok(4));
 }
 
-/// A batch that the durability cadence makes durable commits at once with an fsync: it is
-/// never left open (parked), where the next batch would commit it without one
-/// after the node had recorded it durable (and so let the log be purged past it).
+/// A batch after which the durability cadence is due is committed, never left open (parked),
+/// and a durable commit follows it (`apply_entries` does it once the batch is answered): a
+/// parked batch would be committed without an fsync by the next one after the node had
+/// recorded it durable (and so let the log be purged past it).
 #[test]
 fn a_batch_due_for_durability_is_never_parked() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -174,6 +175,7 @@ fn a_batch_due_for_durability_is_never_parked() {
         "the durable batch committed"
     );
     assert!(sm.store().state_syncs() > syncs_before, "with an fsync");
+    assert_eq!(sm.store().state_durable_applied_index(), 3);
 }
 
 /// A batch that fails in a transaction holding parked batches (the disk is full when it

@@ -606,9 +606,6 @@ impl StateMachine {
     }
 }
 
-/// Where the next compaction step starts in `kv_revs`, or None when none is pending. A new
-/// compaction revision walks from the start: versions that survived the last one may be
-/// superseded now.
 /// Commits an apply batch's transaction (without an fsync) with the applied state.
 fn commit_batch(txn: redb::WriteTransaction, state: &AppliedState) -> Result<()> {
     write_applied(&txn, state)?;
@@ -632,6 +629,9 @@ struct AfterAnswer {
     flush_index: bool,
 }
 
+/// Where the next compaction step starts in `kv_revs`, or None when none is pending. A new
+/// compaction revision walks from the start: versions that survived the last one may be
+/// superseded now.
 fn compact_from(state: &AppliedState, progress: Option<CompactProgress>) -> Option<mvcc::RevKey> {
     match progress {
         _ if state.compact_revision == 0 => None,
@@ -858,5 +858,80 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: SnapshotData::unavailable(applied_index),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aspen_core::limits::{Limits, STATE_DURABLE_INTERVAL_MS};
+    use aspen_core::type_config::alias::Entry;
+    use aspen_core::{Command, PutRequest, TypeConfig};
+    use openraft::EntryPayload;
+
+    use super::overlay::OVERLAY_FLUSH_ENTRIES;
+    use crate::{StateMachine, StorageBackend, open_storage};
+
+    fn puts(first_index: u64, count: u64) -> Vec<Entry> {
+        (first_index..first_index + count)
+            .map(|index| openraft::Entry {
+                log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+                payload: EntryPayload::Normal(Command::Put(PutRequest {
+                    key: format!("k{index}").into_bytes(),
+                    value: vec![b'v'; 8],
+                    ..Default::default()
+                })),
+            })
+            .collect()
+    }
+
+    fn overlay_len(sm: &StateMachine) -> usize {
+        sm.store.shared.index_overlay.active_len()
+    }
+
+    /// A batch the durable cadence made due is answered before its durable commit: the batch
+    /// comes back with the commit still to do (`AfterAnswer`), committed without an fsync and
+    /// not parked; the commit after it makes everything durable and leaves the key index's
+    /// overlay unflushed.
+    #[test]
+    fn a_due_durable_commit_waits_for_the_answers_and_leaves_the_overlay() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = StorageBackend::Redb {
+            dir: dir.path().to_path_buf(),
+        };
+        let (_log, sm) = open_storage(&backend, Limits::default()).expect("open");
+        sm.apply_entries(&puts(1, 3)).expect("apply");
+        std::thread::sleep(std::time::Duration::from_millis(
+            STATE_DURABLE_INTERVAL_MS + 50,
+        ));
+        let syncs_before = sm.store().state_syncs();
+        let (responses, after) = sm.apply_batch(&puts(4, 2)).expect("apply");
+        assert_eq!(responses.len(), 2);
+        assert!(after.durable_from.is_some(), "the cadence is due");
+        assert!(!after.flush_index);
+        assert!(!sm.store().state_batches_uncommitted(), "not parked");
+        assert_eq!(sm.store().state_syncs(), syncs_before, "no fsync yet");
+        assert!(sm.store().state_durable_applied_index() < 5);
+
+        sm.after_answer(after).expect("durable commit");
+        assert!(sm.store().state_syncs() > syncs_before);
+        assert_eq!(sm.store().state_durable_applied_index(), 5);
+        assert_eq!(overlay_len(&sm), 5, "the durable commit did not flush");
+    }
+
+    /// The overlay is flushed once it holds `OVERLAY_FLUSH_ENTRIES`, after the batch that
+    /// filled it, in a commit without an fsync.
+    #[test]
+    fn a_full_overlay_is_flushed_after_the_batch_without_an_fsync() {
+        let (_log, sm) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
+        let entries = OVERLAY_FLUSH_ENTRIES as u64;
+        let (_, after) = sm.apply_batch(&puts(1, entries)).expect("apply");
+        assert!(after.flush_index);
+        assert_eq!(overlay_len(&sm), OVERLAY_FLUSH_ENTRIES);
+        let durable_before = sm.store().state_durable_applied_index();
+        sm.after_answer(after).expect("flush");
+        assert_eq!(overlay_len(&sm), 0, "flushed");
+        if after.durable_from.is_none() {
+            assert_eq!(sm.store().state_durable_applied_index(), durable_before);
+        }
     }
 }
