@@ -21,7 +21,7 @@ use aspen_core::limits::{DB_IN_USE_REUSE_MS_MAX, DB_IN_USE_REUSE_PER_WALK, Limit
 use redb::{Database, ReadableTable};
 
 use crate::disk::{DiskLow, DiskSpace, IoFailure, IoFailures};
-use crate::durability::StateDurability;
+use crate::durability::{IndexFlush, StateDurability};
 use crate::error::{Result, StorageError};
 use crate::journal::{Journal, JournalGauge, LogJournal};
 use crate::log_store::LogStore;
@@ -650,20 +650,21 @@ impl Store {
     /// Makes everything the state machine has applied durable now (one fsync of the state
     /// database); returns the applied index that is now durable.
     pub fn make_state_durable(&self) -> Result<u64> {
-        self.commit_state_durable(self.shared.log_durable_bytes(), true)
+        self.commit_state_durable(self.shared.log_durable_bytes(), IndexFlush::Flush)
     }
 
-    /// A durable commit of the state database, flushing the key index's overlay if
-    /// `flush_index`; `log_bytes_before` is the log's running total
+    /// A durable commit of the state database, flushing the key index's overlay if `index`
+    /// says so; `log_bytes_before` is the log's running total
     /// (`JournalGauge::durable_bytes_total`) read before the last batch it makes durable was
     /// applied: entries the log took after that are still owed to the state file.
     pub(crate) fn commit_state_durable(
         &self,
         log_bytes_before: u64,
-        flush_index: bool,
+        index: IndexFlush,
     ) -> Result<u64> {
         let db = self.state_db();
-        let index = crate::durability::commit_state(&self.shared, &db, true, flush_index)?;
+        let durability = redb::Durability::Immediate;
+        let index = crate::durability::commit_state(&self.shared, &db, durability, index)?;
         self.shared
             .durability
             .record_durable(index, log_bytes_before);

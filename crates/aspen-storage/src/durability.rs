@@ -124,36 +124,38 @@ impl StateDurability {
 /// (`state_machine/overlay.rs`): every earlier non-durable commit becomes durable with it, and
 /// a restart rebuilds nothing. Returns the applied index it made durable.
 pub(crate) fn commit_durable(shared: &crate::backend::Shared, db: &Database) -> Result<u64> {
-    commit_state(shared, db, true, true)
+    commit_state(shared, db, redb::Durability::Immediate, IndexFlush::Flush)
 }
 
-/// Commits a transaction of its own on the state database: `durable` or not, flushing the key
-/// index's overlay into `kv_index` if `flush_index`. A durable commit makes every earlier
+/// Whether a commit of its own ([`commit_state`]) flushes the key index's overlay into
+/// `kv_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IndexFlush {
+    Flush,
+    Keep,
+}
+
+/// Commits a transaction of its own on the state database with `durability`, flushing the key
+/// index's overlay into `kv_index` if `index` says so. A durable commit makes every earlier
 /// non-durable one durable; one without the flush leaves the overlay's entries to be rebuilt
 /// from `kv_revs` after a crash (`overlay::load`). Returns the applied index it holds.
 pub(crate) fn commit_state(
     shared: &crate::backend::Shared,
     db: &Database,
-    durable: bool,
-    flush_index: bool,
+    durability: redb::Durability,
+    index: IndexFlush,
 ) -> Result<u64> {
     let overlay = &shared.index_overlay;
     let mut txn = shared.begin_state_write(db)?;
-    let durability = if durable {
-        redb::Durability::Immediate
-    } else {
-        redb::Durability::None
-    };
     txn.set_durability(durability)?;
     let state = crate::state_machine::read_applied_write(&txn)?;
-    let flushing = if flush_index {
-        Some(crate::state_machine::overlay::flush_into(
+    let flushing = match index {
+        IndexFlush::Flush => Some(crate::state_machine::overlay::flush_into(
             &txn,
             overlay,
             state.revision,
-        )?)
-    } else {
-        None
+        )?),
+        IndexFlush::Keep => None,
     };
     txn.commit()?;
     if let Some(flushing) = flushing {

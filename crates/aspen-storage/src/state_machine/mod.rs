@@ -45,6 +45,7 @@ pub use records::AppliedState;
 pub use snapshot_io::export_snapshot;
 
 use crate::backend::Store;
+use crate::durability::IndexFlush;
 use crate::error::{Result, StorageError, decode};
 use crate::schema::{self, SM_APPLIED, SM_META};
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotRecord};
@@ -257,14 +258,19 @@ impl StateMachine {
     /// the cadence made due (`durability.rs`), a flush of a full key-index overlay, or both
     /// in one transaction (`durability::commit_state`).
     fn after_answer(&self, after: AfterAnswer) -> Result<()> {
+        let index = if after.flush_index {
+            IndexFlush::Flush
+        } else {
+            IndexFlush::Keep
+        };
         match after.durable_from {
             Some(log_bytes_before) => {
-                self.store
-                    .commit_state_durable(log_bytes_before, after.flush_index)?;
+                self.store.commit_state_durable(log_bytes_before, index)?;
             }
-            None if after.flush_index => {
+            None if index == IndexFlush::Flush => {
                 let db = self.store.state_db();
-                crate::durability::commit_state(&self.store.shared, &db, false, true)?;
+                let durability = redb::Durability::None;
+                crate::durability::commit_state(&self.store.shared, &db, durability, index)?;
             }
             None => {}
         }
