@@ -559,9 +559,9 @@ impl Node {
 
     /// Below the disk reserve (`--disk-reserve-bytes`) plus what the store's files still owe
     /// the disk (log entries taken and not yet written into them), writes that grow the store
-    /// fail with etcd's NOSPACE error. Unlike the quota's alarm this is this leader's own, not replicated,
-    /// and it clears by itself once there is room again: nothing to disarm. Deletes,
-    /// compaction and defragmentation still run, to make that room.
+    /// fail with etcd's NOSPACE error. Unlike the quota's alarm this is this leader's own, not
+    /// replicated, and it clears by itself once there is room again: nothing to disarm.
+    /// Deletes, compaction and defragmentation still run, to make that room.
     fn refuse_if_disk_low(&self) -> Result<(), NodeError> {
         let Some(low) = self.inner.store.disk_low() else {
             return Ok(());
