@@ -88,10 +88,10 @@ pub const STAGE_CLOCK_INDICES_MAX: u64 = 16_384;
 /// record; a crash re-applies from it) and makes them durable on this cadence, whichever
 /// bound is reached first, checked at each apply (nothing runs on a timer): the first batch
 /// applied this long after the last durable commit is followed (once answered) by a durable
-/// commit of its own. etcd's backend commits every
-/// 100 ms; here a durable commit blocks applies while it writes and syncs every page dirtied
-/// since the last, and at 100 ms those fsyncs took a fifth of apply time at 1M keys
-/// (storage_bench: 63k puts/s at 100 ms, 86k at 1 s), so the interval is longer...
+/// commit of its own. etcd's backend commits every 100 ms; here a durable commit blocks
+/// applies while it writes and syncs every page dirtied since the last, and at 100 ms those
+/// fsyncs took a fifth of apply time at 1M keys (storage_bench: 63k puts/s at 100 ms, 86k at
+/// 1 s), so the interval is longer...
 pub const STATE_DURABLE_INTERVAL_MS: u64 = 500;
 /// ...or the batch that brings the entries applied since the last durable commit to this
 /// many, which bounds what a restart after a crash re-applies (25,000 entries: about 0.3 s)...

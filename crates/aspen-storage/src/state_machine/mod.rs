@@ -185,9 +185,13 @@ impl StateMachine {
         let applied = self.apply_in(&txn, entries, &mut state);
         // A batch after which a commit of its own is due is never parked: that commit needs
         // the writer to itself.
-        let flush_index = overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES;
+        let index = if overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES {
+            IndexFlush::Flush
+        } else {
+            IndexFlush::Keep
+        };
         let open_entries = parked_entries + batch_entries;
-        let park = !flush_index
+        let park = index == IndexFlush::Keep
             && !durable_due
             && open_entries < STATE_PARKED_ENTRIES_MAX
             && begun_at.elapsed() < std::time::Duration::from_millis(STATE_PARKED_MS_MAX);
@@ -249,7 +253,7 @@ impl StateMachine {
         }
         let after = AfterAnswer {
             durable_from: durable_due.then_some(log_bytes_before),
-            flush_index,
+            index,
         };
         Ok((responses, after))
     }
@@ -258,19 +262,15 @@ impl StateMachine {
     /// the cadence made due (`durability.rs`), a flush of a full key-index overlay, or both
     /// in one transaction (`durability::commit_state`).
     fn after_answer(&self, after: AfterAnswer) -> Result<()> {
-        let index = if after.flush_index {
-            IndexFlush::Flush
-        } else {
-            IndexFlush::Keep
-        };
         match after.durable_from {
             Some(log_bytes_before) => {
-                self.store.commit_state_durable(log_bytes_before, index)?;
+                self.store
+                    .commit_state_durable(log_bytes_before, after.index)?;
             }
-            None if index == IndexFlush::Flush => {
+            None if after.index == IndexFlush::Flush => {
                 let db = self.store.state_db();
                 let durability = redb::Durability::None;
-                crate::durability::commit_state(&self.store.shared, &db, durability, index)?;
+                crate::durability::commit_state(&self.store.shared, &db, durability, after.index)?;
             }
             None => {}
         }
@@ -625,14 +625,14 @@ fn commit_batch(txn: redb::WriteTransaction, state: &AppliedState) -> Result<()>
 /// entry of the key index's overlay into `kv_index`) and holds the next batch meanwhile. Done
 /// after the answers, the batch's clients send their next requests and the log takes them
 /// while the state database commits.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 #[must_use]
 struct AfterAnswer {
     /// A durable commit is due (`durability.rs`); the log's running total read before the
     /// batch (`Store::commit_state_durable`).
     durable_from: Option<u64>,
-    /// The overlay holds `OVERLAY_FLUSH_ENTRIES` or more: flush it into `kv_index`.
-    flush_index: bool,
+    /// `Flush` when the overlay holds `OVERLAY_FLUSH_ENTRIES` or more: into `kv_index`.
+    index: IndexFlush,
 }
 
 /// Where the next compaction step starts in `kv_revs`, or None when none is pending. A new
@@ -875,6 +875,7 @@ mod tests {
     use openraft::EntryPayload;
 
     use super::overlay::OVERLAY_FLUSH_ENTRIES;
+    use crate::durability::IndexFlush;
     use crate::{StateMachine, StorageBackend, open_storage};
 
     fn puts(first_index: u64, count: u64) -> Vec<Entry> {
@@ -913,7 +914,7 @@ mod tests {
         let (responses, after) = sm.apply_batch(&puts(4, 2)).expect("apply");
         assert_eq!(responses.len(), 2);
         assert!(after.durable_from.is_some(), "the cadence is due");
-        assert!(!after.flush_index);
+        assert_eq!(after.index, IndexFlush::Keep);
         assert!(!sm.store().state_batches_uncommitted(), "not parked");
         assert_eq!(sm.store().state_syncs(), syncs_before, "no fsync yet");
         assert!(sm.store().state_durable_applied_index() < 5);
@@ -931,7 +932,7 @@ mod tests {
         let (_log, sm) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
         let entries = OVERLAY_FLUSH_ENTRIES as u64;
         let (_, after) = sm.apply_batch(&puts(1, entries)).expect("apply");
-        assert!(after.flush_index);
+        assert_eq!(after.index, IndexFlush::Flush);
         assert_eq!(overlay_len(&sm), OVERLAY_FLUSH_ENTRIES);
         let durable_before = sm.store().state_durable_applied_index();
         sm.after_answer(after).expect("flush");

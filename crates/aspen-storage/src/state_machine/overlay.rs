@@ -7,8 +7,8 @@
 //! (copy-on-write) one leaf page per put, and committed them. Gathered here and flushed once
 //! `OVERLAY_FLUSH_ENTRIES` are waiting (and at snapshot points, before compaction, and by the
 //! durable commits of shutdown and log purges), each leaf is copied once per flush however
-//! many puts hit it, and an
-//! apply batch's own commit dirties only the right edge of `kv_revs` and the meta.
+//! many puts hit it, and an apply batch's own commit dirties only the right edge of `kv_revs`
+//! and the meta.
 //!
 //! The contract between the overlay and the database (`sm_meta`'s `index_flushed`, "f"):
 //!
