@@ -8,6 +8,7 @@ mod coalesce;
 pub mod config;
 pub mod gateway;
 pub mod http;
+mod kv_unary;
 pub mod require_leader;
 pub mod restore;
 pub mod serve;

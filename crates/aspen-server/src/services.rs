@@ -106,6 +106,8 @@ pub async fn client_service(
         .with_state(());
     ClientService {
         kv: kv_server(node, access),
+        kv_direct: std::sync::Arc::new(KvService::new(node.clone(), access.clone())),
+        kv_bytes_max: client_message_bytes_max(node),
         router,
         certificate_user: None,
     }
@@ -123,7 +125,13 @@ const KV_RANGE_PATH: &str = "/etcdserverpb.KV/Range";
 /// router's middleware.
 #[derive(Clone)]
 pub struct ClientService {
+    /// tonic's KV server: a KV call `kv_unary.rs` does not frame itself (a compressed
+    /// request, an unknown method).
     kv: KvServer<KvService>,
+    /// The same service, for the calls `kv_unary.rs` frames.
+    kv_direct: std::sync::Arc<KvService>,
+    /// The request message limit tonic's KV server is built with.
+    kv_bytes_max: usize,
     router: axum::Router,
     /// The verified client certificate's Common Name on a TLS connection (`serve.rs`).
     certificate_user: Option<CertificateUser>,
@@ -166,7 +174,17 @@ where
             // task left to read it cost more CPU than the read saved.
             let path = request.uri().path();
             let write = path != KV_RANGE_PATH;
+            let method = crate::kv_unary::Method::from_path(path);
             let request = request.map(|body| crate::unary_body::UnaryBody::new(body, write));
+            if let Some(method) = method
+                && crate::kv_unary::reads_encoding(&request)
+            {
+                let kv = self.kv_direct.clone();
+                let bytes_max = self.kv_bytes_max;
+                return Box::pin(async move {
+                    Ok(crate::kv_unary::call(&kv, method, request, bytes_max).await)
+                });
+            }
             Box::pin(async move {
                 match kv.call(request).await {
                     Ok(response) => Ok(response.map(axum::body::Body::new)),
