@@ -299,9 +299,10 @@ impl Body for OneMessage {
         self.message.is_none() && self.trailers.is_none()
     }
 
+    /// Unknown, as tonic's encoder reports: an exact size would make hyper add a
+    /// `content-length` header, which tonic's answers never carry.
     fn size_hint(&self) -> SizeHint {
-        let bytes = self.message.as_ref().map_or(0, Bytes::len);
-        SizeHint::with_exact(u64::try_from(bytes).unwrap_or(u64::MAX))
+        SizeHint::default()
     }
 }
 

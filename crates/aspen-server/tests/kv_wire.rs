@@ -28,6 +28,9 @@ fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
 /// trailers-only answer), `grpc-message`, and the body's bytes.
 #[derive(Debug)]
 struct Answer {
+    content_type: String,
+    /// Whether the headers carry a `content-length` (tonic's answers never do).
+    content_length: bool,
     grpc_status: String,
     grpc_message: String,
     data: Bytes,
@@ -60,6 +63,11 @@ async fn call(
             .unwrap_or_default()
     };
     Answer {
+        content_type: head
+            .get("content-type")
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .unwrap_or_default(),
+        content_length: head.contains_key("content-length"),
         grpc_status: field("grpc-status"),
         grpc_message: field("grpc-message"),
         data: collected.to_bytes(),
@@ -96,6 +104,8 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
     )
     .await;
     assert_eq!(answer.grpc_status, "0", "{answer:?}");
+    assert_eq!(answer.content_type, "application/grpc");
+    assert!(!answer.content_length, "{answer:?}");
     let put_response = PutResponse::decode(&answer.data[5..]).expect("a PutResponse");
     let revision = put_response.header.expect("header").revision;
     assert!(revision >= 2);
