@@ -11,18 +11,10 @@ mod common;
 
 use aspen_proto::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
 use bytes::Bytes;
-use common::{Backend, Cluster};
+use common::{Backend, Cluster, grpc_frame};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
-
-fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
-    let mut framed = vec![flag];
-    framed.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    framed.extend_from_slice(message);
-    framed
-}
 
 /// What came back: HTTP status, `grpc-status` (from trailers, or from the headers of a
 /// trailers-only answer), `grpc-message`, and the body's bytes.
@@ -80,14 +72,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
     cluster.start_all();
     cluster.wait_leader(&[0]).await;
     let port = cluster.members[0].client_port;
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("HTTP/2 handshake");
-    tokio::spawn(connection);
+    let mut sender = common::http2_sender(port).await;
 
     // A put, then a range that reads it back.
     let put = PutRequest {
@@ -100,7 +85,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
         port,
         "/etcdserverpb.KV/Put",
         &[],
-        framed(0, &put.encode_to_vec()),
+        grpc_frame(0, &put.encode_to_vec()),
     )
     .await;
     assert_eq!(answer.grpc_status, "0", "{answer:?}");
@@ -118,7 +103,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
         port,
         "/etcdserverpb.KV/Range",
         &[("grpc-encoding", "identity")],
-        framed(0, &range.encode_to_vec()),
+        grpc_frame(0, &range.encode_to_vec()),
     )
     .await;
     assert_eq!(answer.grpc_status, "0", "{answer:?}");
@@ -146,7 +131,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
     assert_eq!(answer.grpc_status, "13", "INTERNAL: {answer:?}");
     assert_eq!(answer.grpc_message, "Missing%20request%20message.");
 
-    let mut truncated = framed(0, &put.encode_to_vec());
+    let mut truncated = grpc_frame(0, &put.encode_to_vec());
     truncated.truncate(truncated.len() - 2);
     let answer = call(&mut sender, port, "/etcdserverpb.KV/Put", &[], truncated).await;
     assert_eq!(answer.grpc_status, "13", "{answer:?}");
@@ -158,7 +143,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
         port,
         "/etcdserverpb.KV/Put",
         &[],
-        framed(0, &[0x08, 0x01]),
+        grpc_frame(0, &[0x08, 0x01]),
     )
     .await;
     assert_eq!(answer.grpc_status, "13", "{answer:?}");
@@ -174,7 +159,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
         port,
         "/etcdserverpb.KV/Put",
         &[],
-        framed(1, &put.encode_to_vec()),
+        grpc_frame(1, &put.encode_to_vec()),
     )
     .await;
     assert_eq!(answer.grpc_status, "13", "{answer:?}");
@@ -189,7 +174,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
         port,
         "/etcdserverpb.KV/Put",
         &[("grpc-encoding", "gzip")],
-        framed(1, b"not really gzip"),
+        grpc_frame(1, b"not really gzip"),
     )
     .await;
     assert_eq!(answer.grpc_status, "12", "UNIMPLEMENTED: {answer:?}");
@@ -198,7 +183,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
         port,
         "/etcdserverpb.KV/Nope",
         &[],
-        framed(0, &[]),
+        grpc_frame(0, &[]),
     )
     .await;
     assert_eq!(answer.grpc_status, "12", "UNIMPLEMENTED: {answer:?}");
@@ -210,7 +195,7 @@ async fn kv_calls_are_framed_as_tonic_frames_them() {
         port,
         "/etcdserverpb.KV/Put",
         &[],
-        framed(0, &empty_key.encode_to_vec()),
+        grpc_frame(0, &empty_key.encode_to_vec()),
     )
     .await;
     assert_eq!(answer.grpc_status, "3", "INVALID_ARGUMENT: {answer:?}");

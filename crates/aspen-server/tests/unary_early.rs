@@ -17,18 +17,13 @@ use bytes::Bytes;
 use common::{Backend, Cluster};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 
 /// How long the response may take; the request stream stays open all that time.
 const ANSWER_TIMEOUT_MS: u64 = 10_000;
 
 fn grpc_message(message: &impl Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes());
-    framed.extend_from_slice(&body);
-    Bytes::from(framed)
+    Bytes::from(common::grpc_frame(0, &message.encode_to_vec()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,14 +32,7 @@ async fn a_put_is_answered_before_the_client_ends_its_request_stream() {
     cluster.start_all();
     cluster.wait_leader(&[0]).await;
     let port = cluster.members[0].client_port;
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("HTTP/2 handshake");
-    tokio::spawn(connection);
+    let mut sender = common::http2_sender(port).await;
 
     // The body sends the put's message and then nothing: END_STREAM only when `frames` is
     // dropped, after the answer.

@@ -721,3 +721,32 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .ok()
         .flatten()
 }
+
+/// A raw HTTP/2 connection to a client port, for tests that send gRPC frames by hand; its
+/// connection task runs on the test's runtime.
+pub async fn http2_sender<B>(port: u16) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// One gRPC message on the wire: `flag` (0: as is, 1: compressed), its length, its bytes.
+pub fn grpc_frame(flag: u8, message: &[u8]) -> Vec<u8> {
+    let mut framed = vec![flag];
+    framed.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    framed.extend_from_slice(message);
+    framed
+}
