@@ -12,6 +12,9 @@
 //! same code and text (a message over the size limit, a compressed-flag without an encoding, a
 //! truncated or undecodable message, no message at all); a request with a `grpc-encoding`
 //! other than `identity`, or a KV path this module does not know, goes to tonic's `KvServer`.
+//! One difference, for clients that break the unary contract only: bytes after the first
+//! message are read and dropped, where tonic decodes further messages and fails the call if
+//! one of them is malformed or too large.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -126,39 +129,79 @@ where
 }
 
 /// Reads the body to its end and returns its first message (without its prefix). The length
-/// is checked against `bytes_max` as soon as the prefix is in, before the message is gathered.
+/// is checked against `bytes_max` as soon as the prefix is in, before the message is gathered;
+/// what follows the message is read and dropped, so memory stays bounded by one message and
+/// one frame whatever the client sends.
 async fn read_message<B>(body: &mut B, bytes_max: usize) -> Result<Bytes, Status>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<axum::BoxError>,
 {
-    let mut gathered = Gathered::default();
-    // Bounded: the body ends (our `UnaryBody` ends a write's body at its message), and the
-    // length check below refuses a message over `bytes_max` once its prefix is in.
+    let mut reader = MessageReader::new(bytes_max);
+    // Bounded in memory by `MessageReader`; in time by the body's end (our `UnaryBody` ends a
+    // write's body at its message) or the connection's own timeouts.
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| Status::from_error(error.into()))?;
         let Ok(data) = frame.into_data() else {
             continue; // Trailers: a unary request has none worth reading.
         };
-        gathered.push(data);
-        if let Some(prefix) = gathered.prefix() {
-            check_prefix(prefix, bytes_max)?;
+        reader.take(data)?;
+    }
+    reader.finish()
+}
+
+/// The first message of a request body, gathered from its frames.
+struct MessageReader {
+    gathered: Gathered,
+    bytes_max: usize,
+    /// The prefix's and the message's bytes, once the prefix is in.
+    message_end: Option<usize>,
+}
+
+impl MessageReader {
+    fn new(bytes_max: usize) -> MessageReader {
+        MessageReader {
+            gathered: Gathered::default(),
+            bytes_max,
+            message_end: None,
         }
     }
-    let Some(prefix) = gathered.prefix() else {
-        return Err(if gathered.is_empty() {
-            Status::internal("Missing request message.")
-        } else {
-            Status::internal("Unexpected EOF decoding stream.")
-        });
-    };
-    let message_bytes = check_prefix(prefix, bytes_max)?;
-    let mut bytes = gathered.into_bytes();
-    if bytes.len() < MESSAGE_PREFIX_BYTES + message_bytes {
-        return Err(Status::internal("Unexpected EOF decoding stream."));
+
+    /// Takes one frame's bytes: kept until the message is whole, dropped after.
+    fn take(&mut self, data: Bytes) -> Result<(), Status> {
+        if self
+            .message_end
+            .is_some_and(|end| self.gathered.len() >= end)
+        {
+            return Ok(());
+        }
+        self.gathered.push(data);
+        if self.message_end.is_none()
+            && let Some(prefix) = self.gathered.prefix()
+        {
+            let message_bytes = check_prefix(prefix, self.bytes_max)?;
+            self.message_end = Some(MESSAGE_PREFIX_BYTES + message_bytes);
+        }
+        Ok(())
     }
-    bytes.advance(MESSAGE_PREFIX_BYTES);
-    Ok(bytes.split_to(message_bytes))
+
+    /// The message, or tonic's error for a body that ended without a whole one.
+    fn finish(self) -> Result<Bytes, Status> {
+        let Some(end) = self.message_end else {
+            return Err(if self.gathered.is_empty() {
+                Status::internal("Missing request message.")
+            } else {
+                Status::internal("Unexpected EOF decoding stream.")
+            });
+        };
+        let mut bytes = self.gathered.into_bytes();
+        if bytes.len() < end {
+            return Err(Status::internal("Unexpected EOF decoding stream."));
+        }
+        bytes.truncate(end);
+        bytes.advance(MESSAGE_PREFIX_BYTES);
+        Ok(bytes)
+    }
 }
 
 /// The message length in `prefix`, or tonic's error for its flag or its length.
@@ -218,6 +261,14 @@ impl Gathered {
 
     fn is_empty(&self) -> bool {
         matches!(self, Gathered::Empty)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Gathered::Empty => 0,
+            Gathered::One(bytes) => bytes.len(),
+            Gathered::Joined(bytes) => bytes.len(),
+        }
     }
 
     fn prefix(&self) -> Option<[u8; MESSAGE_PREFIX_BYTES]> {
@@ -351,6 +402,33 @@ mod tests {
         assert_eq!(
             read(vec![framed(0, b"")], 64).await.expect("empty"),
             Bytes::new()
+        );
+    }
+
+    #[test]
+    fn bytes_after_the_message_are_dropped_not_kept() {
+        let message = framed(0, b"first");
+        let mut reader = MessageReader::new(64);
+        reader.take(Bytes::from(message.clone())).expect("message");
+        let extra = Bytes::from(vec![7u8; 1024 * 1024]);
+        for _ in 0..1_000 {
+            reader
+                .take(extra.clone())
+                .expect("extra bytes are not an error");
+        }
+        assert_eq!(reader.gathered.len(), message.len());
+        assert_eq!(
+            reader.finish().expect("message"),
+            Bytes::from_static(b"first")
+        );
+        // A message whose last frame carries more: the rest of that frame is cut off.
+        let mut reader = MessageReader::new(64);
+        let mut joined = framed(0, b"second");
+        joined.extend_from_slice(&framed(0, b"third"));
+        reader.take(Bytes::from(joined)).expect("two messages");
+        assert_eq!(
+            reader.finish().expect("first"),
+            Bytes::from_static(b"second")
         );
     }
 
