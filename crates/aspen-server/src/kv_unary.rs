@@ -294,12 +294,15 @@ impl Gathered {
 fn respond<Resp: prost::Message>(response: tonic::Response<Resp>) -> Response<axum::body::Body> {
     let (metadata, message, extensions) = response.into_parts();
     let message_bytes = message.encoded_len();
-    let Ok(length) = u32::try_from(message_bytes) else {
-        return Status::out_of_range(format!(
-            "Error, encoded message length too large: found {message_bytes} bytes, the limit is: {} bytes",
-            u32::MAX
-        ))
-        .into_http();
+    let encode_bytes_max = crate::services::CLIENT_SEND_BYTES_MAX;
+    let length = match u32::try_from(message_bytes) {
+        Ok(length) if message_bytes <= encode_bytes_max => length,
+        _ => {
+            return Status::out_of_range(format!(
+                "Error, encoded message length too large: found {message_bytes} bytes, the limit is: {encode_bytes_max} bytes"
+            ))
+            .into_http();
+        }
     };
     let mut frame = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + message_bytes);
     frame.put_u8(FLAG_UNCOMPRESSED);

@@ -36,7 +36,7 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
 
 /// Responses may be larger than requests (a big range): etcd's send limit is effectively
 /// unbounded (math.MaxInt32); we keep the same.
-const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
+pub(crate) const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
 /// The KV gRPC service with the client port's message limits.
 fn kv_server(node: &Node, access: &Access) -> KvServer<KvService> {
