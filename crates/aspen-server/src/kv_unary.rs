@@ -29,8 +29,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tonic::Status;
 
-/// A gRPC message's prefix: a compression flag and a big-endian u32 length.
-const MESSAGE_PREFIX_BYTES: usize = 5;
+use crate::unary_body::MESSAGE_PREFIX_BYTES;
+
 /// The compression flag of a message sent as is.
 const FLAG_UNCOMPRESSED: u8 = 0;
 /// The compression flag of a message compressed with the call's `grpc-encoding`.

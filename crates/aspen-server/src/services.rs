@@ -38,9 +38,9 @@ pub fn client_message_bytes_max(node: &Node) -> usize {
 /// unbounded (math.MaxInt32); we keep the same.
 pub(crate) const CLIENT_SEND_BYTES_MAX: usize = i32::MAX as usize;
 
-/// The KV gRPC service with the client port's message limits.
-fn kv_server(node: &Node, access: &Access) -> KvServer<KvService> {
-    KvServer::new(KvService::new(node.clone(), access.clone()))
+/// The KV gRPC service `kv` with the client port's message limits.
+fn kv_server(node: &Node, kv: std::sync::Arc<KvService>) -> KvServer<KvService> {
+    KvServer::from_arc(kv)
         .max_decoding_message_size(client_message_bytes_max(node))
         .max_encoding_message_size(CLIENT_SEND_BYTES_MAX)
 }
@@ -49,7 +49,10 @@ fn kv_server(node: &Node, access: &Access) -> KvServer<KvService> {
 /// health service's overall status follows `http::check_health` until `stop`.
 pub async fn client_routes(node: &Node, access: &Access, stop: watch::Receiver<bool>) -> Routes {
     let bytes_max = client_message_bytes_max(node);
-    let kv = kv_server(node, access);
+    let kv = kv_server(
+        node,
+        std::sync::Arc::new(KvService::new(node.clone(), access.clone())),
+    );
     let cluster = ClusterServer::new(ClusterService::new(node.clone(), access.clone()))
         .max_decoding_message_size(bytes_max);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone(), access.clone()))
@@ -104,9 +107,10 @@ pub async fn client_service(
         .merge(gateway)
         .fallback(crate::serve::not_found)
         .with_state(());
+    let kv_direct = std::sync::Arc::new(KvService::new(node.clone(), access.clone()));
     ClientService {
-        kv: kv_server(node, access),
-        kv_direct: std::sync::Arc::new(KvService::new(node.clone(), access.clone())),
+        kv: kv_server(node, kv_direct.clone()),
+        kv_direct,
         kv_bytes_max: client_message_bytes_max(node),
         router,
         certificate_user: None,
@@ -128,7 +132,7 @@ pub struct ClientService {
     /// tonic's KV server: a KV call `kv_unary.rs` does not frame itself (a compressed
     /// request, an unknown method).
     kv: KvServer<KvService>,
-    /// The same service, for the calls `kv_unary.rs` frames.
+    /// The same service (one instance), for the calls `kv_unary.rs` frames.
     kv_direct: std::sync::Arc<KvService>,
     /// The request message limit tonic's KV server is built with.
     kv_bytes_max: usize,

@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
 /// A gRPC message's prefix: a compression flag and a big-endian u32 length.
-const MESSAGE_PREFIX_BYTES: usize = 5;
+pub(crate) const MESSAGE_PREFIX_BYTES: usize = 5;
 
 pub struct UnaryBody<B>
 where
