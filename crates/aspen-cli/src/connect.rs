@@ -242,6 +242,30 @@ impl Dial {
         Ok(InterceptedService::new(channel, token))
     }
 
+    /// With `--user`: connects to `url`, authenticates there, and returns the token, for a
+    /// client that sends its requests by other means (`bench --wire h2`); `None` without.
+    pub async fn token_for(&self, url: &str) -> Result<Option<http::HeaderValue>, CliError> {
+        if self.credentials.is_none() {
+            return Ok(None);
+        }
+        let channel = self.connect(url).await?;
+        let Token(token) = self.authenticate(&channel).await?;
+        token
+            .map(|value| {
+                http::HeaderValue::from_bytes(value.as_encoded_bytes())
+                    .map_err(|_| CliError::request("authenticate: the token is not a header value"))
+            })
+            .transpose()
+    }
+
+    /// The TLS connector for an https:// `url`, `None` for http://.
+    pub fn tls_connector(&self, url: &str) -> Result<Option<aspen_tls::TlsConnector>, CliError> {
+        if url.starts_with("https://") {
+            return Ok(Some(self.tls.client()?.connector()));
+        }
+        Ok(None)
+    }
+
     async fn authenticate(&self, channel: &Channel) -> Result<Token, CliError> {
         let Some(credentials) = &self.credentials else {
             return Ok(Token::default());

@@ -623,6 +623,27 @@ fn users_roles_and_auth_through_aspenctl() {
         "aspenctl-bench/",
         "--prefix",
     ];
+    // Before the grant, through either client: the server's status, word for word.
+    for wire in ["h2", "tonic"] {
+        let denied = fails(
+            &server,
+            &[
+                "--user",
+                "alice:newpw",
+                "bench",
+                "--wire",
+                wire,
+                "--total",
+                "5",
+                "put",
+            ],
+            1,
+        );
+        assert!(
+            denied.contains("etcdserver: permission denied"),
+            "{wire}: {denied}"
+        );
+    }
     ok(&server, &as_strs(&with(&root, &grant)));
     let bench = ok(
         &server,
@@ -738,4 +759,81 @@ fn a_client_certificate_names_the_user_once_auth_is_enabled() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every unary workload over both clients (`--wire h2`, the bench's own, and `--wire tonic`):
+/// the requests land (the keys are there afterwards, the CAS keys advance) and nothing fails.
+/// A server's error status through either client: `users_roles_and_auth_through_aspenctl`.
+#[test]
+fn bench_workloads_over_both_wires() {
+    let server = start_server();
+    for wire in ["h2", "tonic"] {
+        let prefix_count = |prefix: &str| {
+            let out = ok(
+                &server,
+                &["get", prefix, "--prefix", "--count-only", "-w", "json"],
+            );
+            json(&out)["count"].as_i64().unwrap_or(0)
+        };
+        ok(&server, &["del", "aspenctl-bench/", "--prefix"]);
+        let put = ok(
+            &server,
+            &[
+                "bench",
+                "--wire",
+                wire,
+                "--clients",
+                "8",
+                "--conns",
+                "2",
+                "--json",
+                "put",
+                "--sequential-keys",
+                "--key-space",
+                "300",
+            ],
+        );
+        assert_eq!(json(&put)["ops"], 300, "{wire}: {put}");
+        assert_eq!(json(&put)["errors"], 0, "{wire}: {put}");
+        assert_eq!(prefix_count("aspenctl-bench/kv/"), 300, "{wire}");
+        for workload in [
+            vec!["get", "--key-space", "300", "--no-populate"],
+            vec![
+                "get",
+                "--consistency",
+                "s",
+                "--key-space",
+                "300",
+                "--no-populate",
+            ],
+            vec![
+                "range",
+                "--limit",
+                "10",
+                "--key-space",
+                "300",
+                "--no-populate",
+            ],
+            vec!["txn-cas", "--key-space", "2"],
+        ] {
+            let mut args = vec!["bench", "--wire", wire, "--clients", "4", "--total", "200"];
+            args.push("--json");
+            args.extend(workload.iter().copied());
+            let out = ok(&server, &args);
+            assert_eq!(json(&out)["ops"], 200, "{wire} {workload:?}: {out}");
+            assert_eq!(json(&out)["errors"], 0, "{wire} {workload:?}: {out}");
+        }
+        // 200 CAS attempts over two keys: the ones that succeeded advanced the keys'
+        // versions; a conflict reads the key back, so every attempt either wrote or saw
+        // another's write.
+        let cas = ok(
+            &server,
+            &["get", "aspenctl-bench/cas/", "--prefix", "-w", "json"],
+        );
+        let versions: i64 = json(&cas)["kvs"]
+            .as_array()
+            .map(|kvs| kvs.iter().filter_map(|kv| kv["version"].as_i64()).sum())
+            .unwrap_or(0);
+        assert!(versions > 0, "{wire}: {cas}");
+    }
 }

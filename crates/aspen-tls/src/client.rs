@@ -128,32 +128,37 @@ impl tower_service::Service<http::Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connector = self.connector.clone();
-        Box::pin(async move {
-            let invalid = |what: &str| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"))
-            };
-            let host = uri.host().ok_or_else(|| invalid("no host"))?;
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let name = ServerName::try_from(host.clone())
-                .map_err(|_| invalid("host is not a valid TLS server name"))?;
-            // Worded as hyper's own connector words them ("tcp connect error"), so callers that
-            // tell "never sent" from "maybe sent" by the message see the same text with TLS.
-            let tcp = TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
-            tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await.map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("error trying to connect: TLS handshake: {e}"),
-                )
-            })?;
-            Ok(TokioIo::new(tls))
+        let connector = self.clone();
+        Box::pin(async move { Ok(TokioIo::new(connector.connect_tls(&uri).await?)) })
+    }
+}
+
+impl TlsConnector {
+    /// A TLS connection to the URI's host and port, for clients that speak HTTP/2 themselves
+    /// (aspenctl bench's unary client) rather than through tonic's channel.
+    pub async fn connect_tls(&self, uri: &http::Uri) -> std::io::Result<TlsStream<TcpStream>> {
+        let invalid = |what: &str| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"))
+        };
+        let host = uri.host().ok_or_else(|| invalid("no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let name = ServerName::try_from(host.clone())
+            .map_err(|_| invalid("host is not a valid TLS server name"))?;
+        // Worded as hyper's own connector words them ("tcp connect error"), so callers that
+        // tell "never sent" from "maybe sent" by the message see the same text with TLS.
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
+        tcp.set_nodelay(true)?;
+        self.connector.connect(name, tcp).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("error trying to connect: TLS handshake: {e}"),
+            )
         })
     }
 }

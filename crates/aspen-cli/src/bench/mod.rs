@@ -4,12 +4,12 @@
 //! over the endpoints (as etcd's own `benchmark` tool spreads them).
 
 mod driver;
+mod wire;
 mod workloads;
 
 use std::time::Duration;
 
-use crate::connect::AuthedChannel;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::cli::Consistency;
 use crate::cmd::Ctx;
@@ -20,6 +20,7 @@ use crate::limits::{
 };
 
 pub use driver::Report;
+use workloads::KvConn;
 
 /// Seconds a run lasts when neither `--total` nor `--duration-s` is given.
 const DURATION_S_DEFAULT: u64 = 10;
@@ -44,6 +45,11 @@ pub struct BenchArgs {
     /// Seed for the keys each client picks
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How KV calls are sent: h2 (the bench's own unary gRPC client, a request's frames in one
+    /// write as grpc-go sends them) or tonic (tonic's generated client); watch-fanout's
+    /// watchers are streams and always use tonic
+    #[arg(long, value_enum, default_value = "h2")]
+    pub wire: Wire,
     #[command(subcommand)]
     pub workload: Workload,
 }
@@ -179,6 +185,13 @@ fn consistency_name(consistency: Consistency) -> &'static str {
     }
 }
 
+/// The client that sends the bench's unary KV calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Wire {
+    H2,
+    Tonic,
+}
+
 /// When a run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -208,16 +221,27 @@ fn limit(args: &BenchArgs) -> Result<Limit, CliError> {
     }
 }
 
-/// Opens `--conns` channels now, spread round-robin over the endpoints, so an unreachable
+/// Opens `--conns` connections now, spread round-robin over the endpoints, so an unreachable
 /// server is a connection error before the run starts.
-/// With --user, each authenticates on its connection and its requests carry the token.
-async fn channels(ctx: &Ctx, conns: u32) -> Result<Vec<AuthedChannel>, CliError> {
-    let mut channels = Vec::with_capacity(conns as usize);
+/// With --user, each authenticates on its endpoint and its requests carry the token.
+async fn connections(ctx: &Ctx, conns: u32, wire: Wire) -> Result<Vec<KvConn>, CliError> {
+    let mut connections = Vec::with_capacity(conns as usize);
     for index in 0..conns as usize {
         let url = &ctx.endpoints[index % ctx.endpoints.len()];
-        channels.push(ctx.dial.connect_authed(url).await?);
+        let conn = match wire {
+            Wire::Tonic => KvConn::Tonic(ctx.dial.connect_authed(url).await?),
+            Wire::H2 => {
+                let token = ctx.dial.token_for(url).await?;
+                let tls = ctx.dial.tls_connector(url)?;
+                let channel =
+                    wire::WireChannel::connect(url, ctx.dial.dial_timeout, tls, token).await?;
+                let uris = std::sync::Arc::new(channel.kv_uris()?);
+                KvConn::Wire(channel, uris)
+            }
+        };
+        connections.push(conn);
     }
-    Ok(channels)
+    Ok(connections)
 }
 
 pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<(), CliError> {
@@ -233,7 +257,11 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<(), CliError> {
     }
     args.workload.check()?;
     let limit = limit(&args)?;
-    let channels = channels(ctx, args.conns).await?;
+    let wire = match args.workload {
+        Workload::WatchFanout { .. } => Wire::Tonic,
+        _ => args.wire,
+    };
+    let connections = connections(ctx, args.conns, wire).await?;
     let settings = driver::Settings {
         clients: args.clients,
         limit,
@@ -241,7 +269,7 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<(), CliError> {
         show_progress: true,
         command_timeout: ctx.dial.command_timeout,
     };
-    let mut report = workloads::run(&args.workload, &channels, &settings).await?;
+    let mut report = workloads::run(&args.workload, &connections, &settings).await?;
     report.conns = args.conns;
     // At most ENDPOINTS_MAX (64), checked when the list is parsed.
     report.endpoints = u32::try_from(ctx.endpoints.len()).unwrap_or(u32::MAX);

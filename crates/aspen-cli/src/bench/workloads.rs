@@ -18,6 +18,7 @@ use tonic::Status;
 
 use super::Workload;
 use super::driver::{Report, Rng, Settings, Stats, Worker, drive, histogram, record_us};
+use super::wire::{KvUris, WireChannel};
 use crate::cli::Consistency;
 use crate::error::CliError;
 use crate::limits::{
@@ -44,14 +45,67 @@ fn value(bytes: u32, rng: &mut Rng) -> Vec<u8> {
         .collect()
 }
 
-fn kv_client(channels: &[AuthedChannel], index: usize) -> KvClient<AuthedChannel> {
-    KvClient::new(channels[index % channels.len()].clone())
-        .max_decoding_message_size(RESPONSE_BYTES_MAX)
+/// One connection the bench's KV calls go over: tonic's channel, or the bench's own unary
+/// client (`wire.rs`) with the URIs it calls.
+#[derive(Clone)]
+pub enum KvConn {
+    Tonic(AuthedChannel),
+    Wire(WireChannel, Arc<KvUris>),
+}
+
+/// One worker's KV client.
+enum KvCaller {
+    Tonic(KvClient<AuthedChannel>),
+    Wire(WireChannel, Arc<KvUris>),
+}
+
+impl KvCaller {
+    async fn put(&mut self, request: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+        match self {
+            KvCaller::Tonic(kv) => kv.put(request).await.map(tonic::Response::into_inner),
+            KvCaller::Wire(wire, uris) => wire.unary(&uris.put, &request).await,
+        }
+    }
+
+    async fn range(&mut self, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        match self {
+            KvCaller::Tonic(kv) => kv.range(request).await.map(tonic::Response::into_inner),
+            KvCaller::Wire(wire, uris) => wire.unary(&uris.range, &request).await,
+        }
+    }
+
+    async fn txn(&mut self, request: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        match self {
+            KvCaller::Tonic(kv) => kv.txn(request).await.map(tonic::Response::into_inner),
+            KvCaller::Wire(wire, uris) => wire.unary(&uris.txn, &request).await,
+        }
+    }
+}
+
+fn kv_client(conns: &[KvConn], index: usize) -> KvCaller {
+    match &conns[index % conns.len()] {
+        KvConn::Tonic(channel) => KvCaller::Tonic(
+            KvClient::new(channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX),
+        ),
+        KvConn::Wire(wire, uris) => KvCaller::Wire(wire.clone(), uris.clone()),
+    }
+}
+
+/// The tonic channels among `conns` (watch-fanout's watchers are streams, which only tonic's
+/// client sends).
+fn tonic_channels(conns: &[KvConn]) -> Vec<AuthedChannel> {
+    conns
+        .iter()
+        .filter_map(|conn| match conn {
+            KvConn::Tonic(channel) => Some(channel.clone()),
+            KvConn::Wire(..) => None,
+        })
+        .collect()
 }
 
 pub async fn run(
     workload: &Workload,
-    channels: &[AuthedChannel],
+    channels: &[KvConn],
     settings: &Settings,
 ) -> Result<Report, CliError> {
     let stats = Arc::new(Stats::default());
@@ -122,7 +176,7 @@ pub async fn run(
 }
 
 fn put_workers(
-    channels: &[AuthedChannel],
+    channels: &[KvConn],
     settings: &Settings,
     key_space: u64,
     val_size: u32,
@@ -143,7 +197,7 @@ fn put_workers(
 }
 
 fn get_workers(
-    channels: &[AuthedChannel],
+    channels: &[KvConn],
     settings: &Settings,
     key_space: u64,
     consistency: Consistency,
@@ -162,7 +216,7 @@ fn get_workers(
 
 /// Client i works on key `i % key_space`; a key space of 0 gives each client its own key.
 fn cas_workers(
-    channels: &[AuthedChannel],
+    channels: &[KvConn],
     settings: &Settings,
     key_space: u64,
     val_size: u32,
@@ -190,7 +244,7 @@ fn cas_workers(
 
 /// Puts a random key, or with `next_key` (shared by the clients) the next key in order.
 struct PutWorker {
-    kv: KvClient<AuthedChannel>,
+    kv: KvCaller,
     value: Vec<u8>,
     key_space: u64,
     rng: Rng,
@@ -213,14 +267,13 @@ impl Worker for PutWorker {
             value: self.value.clone(),
             ..Default::default()
         };
-        let mut kv = self.kv.clone();
-        async move { kv.put(request).await.map(|_| ()) }
+        async move { self.kv.put(request).await.map(|_| ()) }
     }
 }
 
 /// get (limit 0: one key) and range (limit > 0: up to `limit` keys from a random start).
 struct GetWorker {
-    kv: KvClient<AuthedChannel>,
+    kv: KvCaller,
     key_space: u64,
     serializable: bool,
     limit: i64,
@@ -242,15 +295,14 @@ impl Worker for GetWorker {
             serializable: self.serializable,
             ..Default::default()
         };
-        let mut kv = self.kv.clone();
-        async move { kv.range(request).await.map(|_| ()) }
+        async move { self.kv.range(request).await.map(|_| ()) }
     }
 }
 
 /// Compare-and-swap on one key: put if mod_revision is still the last one seen; on a
 /// conflict the failure branch reads the key, so the next attempt knows the new revision.
 struct CasWorker {
-    kv: KvClient<AuthedChannel>,
+    kv: KvCaller,
     key: Vec<u8>,
     value: Vec<u8>,
     mod_revision: i64,
@@ -283,9 +335,8 @@ impl Worker for CasWorker {
                 })),
             }],
         };
-        let mut kv = self.kv.clone();
         async move {
-            let response = kv.txn(request).await?.into_inner();
+            let response = self.kv.txn(request).await?;
             if response.succeeded {
                 self.mod_revision = response.header.map_or(0, |h| h.revision);
             } else {
@@ -306,7 +357,7 @@ impl Worker for CasWorker {
 
 /// Writes keys 0..key_space once, `BENCH_PREPOPULATE_CONCURRENCY_MAX` at a time at most.
 async fn populate(
-    channels: &[AuthedChannel],
+    channels: &[KvConn],
     settings: &Settings,
     key_space: u64,
     val_size: u32,
@@ -366,7 +417,7 @@ fn populate_progress(settings: &Settings, key_space: u64) -> ProgressBar {
 /// Puts carry their send time (nanoseconds since `base`) in the first 8 bytes of the value;
 /// watchers in this process read it back. One clock, so no skew.
 struct StampedPutWorker {
-    kv: KvClient<AuthedChannel>,
+    kv: KvCaller,
     key: Vec<u8>,
     value: Vec<u8>,
     base: Instant,
@@ -382,11 +433,9 @@ impl Worker for StampedPutWorker {
             value: self.value.clone(),
             ..Default::default()
         };
-        let mut kv = self.kv.clone();
-        let puts_ok = self.puts_ok.clone();
         async move {
-            kv.put(request).await?;
-            puts_ok.fetch_add(1, Ordering::Relaxed);
+            self.kv.put(request).await?;
+            self.puts_ok.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
     }
@@ -406,7 +455,7 @@ struct Drain {
 }
 
 async fn watch_fanout(
-    channels: &[AuthedChannel],
+    channels: &[KvConn],
     settings: &Settings,
     watchers: u32,
     val_size: u32,
@@ -417,9 +466,15 @@ async fn watch_fanout(
         expected: AtomicU64::new(u64::MAX),
         deadline_ms: AtomicU64::new(u64::MAX),
     });
+    let watch_channels = tonic_channels(channels);
+    if watch_channels.is_empty() {
+        return Err(CliError::usage(
+            "bench watch-fanout: its watchers need tonic's client (--wire tonic)",
+        ));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..watchers as usize {
-        let client = WatchClient::new(channels[index % channels.len()].clone())
+        let client = WatchClient::new(watch_channels[index % watch_channels.len()].clone())
             .max_decoding_message_size(RESPONSE_BYTES_MAX);
         let stream = open_watch(client, &prefix, settings.command_timeout).await?;
         tasks.spawn(watcher(stream, base, drain.clone()));
@@ -471,7 +526,7 @@ async fn watch_fanout(
 }
 
 fn stamped_put_workers(
-    channels: &[AuthedChannel],
+    channels: &[KvConn],
     settings: &Settings,
     val_size: u32,
     base: Instant,
