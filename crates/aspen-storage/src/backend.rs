@@ -363,7 +363,10 @@ impl Store {
                     (
                         &log_path,
                         file_backend(&log_path)?,
-                        LogJournal::new(file_backend(&journal_path)?),
+                        LogJournal::new(crate::direct_writes::DirectWrites::new(
+                            file_backend(&journal_path)?,
+                            &journal_path,
+                        )),
                     ),
                     (&state_path, file_backend(&state_path)?),
                 )?;

@@ -6,6 +6,7 @@
 //! same tests by construction. This crate knows nothing of networks or the client API.
 
 pub mod backend;
+mod direct_writes;
 pub mod disk;
 mod durability;
 pub mod error;
