@@ -4,10 +4,11 @@
 //! synced at once. Through the page cache that write copies the record into cached pages, and
 //! the `fdatasync` after it walks the file's dirty pages, writes them back through ext4's
 //! writeback path and waits; with `O_DIRECT` the write goes to the device from the caller's
-//! buffer and the `fdatasync` only flushes the device's cache. Everything else (the zero fill
-//! when the file is created, the replay's reads, resizing, syncs) goes through the file as
-//! before: the kernel writes back and drops cached pages of a range before a direct write to it,
-//! so a later buffered read sees what was written directly.
+//! buffer and the `fdatasync` only flushes the device's cache. The zero fill when the file is
+//! created is whole blocks too and goes the same way. Everything else (a write that is not
+//! whole aligned blocks, the replay's reads, resizing, syncs) goes through the file as before:
+//! the kernel writes back and drops cached pages of a range before a direct write to it, so a
+//! later buffered read sees what was written directly.
 //!
 //! A filesystem that refuses `O_DIRECT` (tmpfs, some network filesystems) refuses it when the
 //! file is opened or at the first direct write (`EINVAL`): the journal then writes through the
@@ -29,9 +30,8 @@ type BackendIoError = std::io::Error;
 /// Aspen runs on (the logical block size is at most this); a record is whole blocks of it.
 pub(crate) const DIRECT_WRITE_ALIGN_BYTES: usize = 4096;
 
-/// The largest write that goes through the direct path's buffer; a larger one (a checkpoint
-/// round never writes here, but a record can be up to the journal's quarter) is copied into a
-/// buffer of its own.
+/// The aligned buffer is kept between writes up to this size; a larger write (a record may be
+/// up to a quarter of the journal, 2 MiB) grows it for that write, and it is freed afterwards.
 const DIRECT_BUFFER_BYTES_KEPT: usize = 1024 * 1024;
 
 /// `inner` for everything, with block-aligned writes through a second descriptor opened with
