@@ -133,27 +133,44 @@ impl tower_service::Service<http::Uri> for TlsConnector {
     }
 }
 
+/// The port of an `https://` URI that names none.
+const HTTPS_PORT_DEFAULT: u16 = 443;
+
+/// The URI's host, without an IPv6 literal's brackets.
+fn uri_host(uri: &http::Uri) -> std::io::Result<&str> {
+    let host = uri.host().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: no host"))
+    })?;
+    Ok(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+/// A TCP connection (`TCP_NODELAY` on) to the URI's host and port (`default_port` if it names
+/// none): what `TlsConnector` runs TLS over, and what a client speaking plain HTTP/2 itself
+/// (aspenctl bench's unary client) dials. Errors are worded as hyper's own connector words
+/// them ("tcp connect error"), so callers that tell "never sent" from "maybe sent" by the
+/// message see the same text either way.
+pub async fn connect_tcp(uri: &http::Uri, default_port: u16) -> std::io::Result<TcpStream> {
+    let host = uri_host(uri)?;
+    let port = uri.port_u16().unwrap_or(default_port);
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
 impl TlsConnector {
     /// A TLS connection to the URI's host and port, for clients that speak HTTP/2 themselves
     /// (aspenctl bench's unary client) rather than through tonic's channel.
     pub async fn connect_tls(&self, uri: &http::Uri) -> std::io::Result<TlsStream<TcpStream>> {
-        let invalid = |what: &str| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"))
-        };
-        let host = uri.host().ok_or_else(|| invalid("no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let name = ServerName::try_from(host.clone())
-            .map_err(|_| invalid("host is not a valid TLS server name"))?;
-        // Worded as hyper's own connector words them ("tcp connect error"), so callers that
-        // tell "never sent" from "maybe sent" by the message see the same text with TLS.
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
-        tcp.set_nodelay(true)?;
+        let host = uri_host(uri)?;
+        let name = ServerName::try_from(host.to_string()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{uri}: host is not a valid TLS server name"),
+            )
+        })?;
+        let tcp = connect_tcp(uri, HTTPS_PORT_DEFAULT).await?;
         self.connector.connect(name, tcp).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),

@@ -19,7 +19,7 @@ mod server;
 // The rustls types callers see (configs, certificates), so they need not pin their own.
 pub use {rustls, tokio_rustls};
 
-pub use client::{ClientTls, ClientTlsOptions, TlsConnector};
+pub use client::{ClientTls, ClientTlsOptions, TlsConnector, connect_tcp};
 pub use common_name::{COMMON_NAME_BYTES_MAX, subject_common_name};
 pub use files::{read_ca_roots, read_certificates, read_private_key};
 pub use keypair::ReloadingKeyPair;

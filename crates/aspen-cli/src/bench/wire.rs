@@ -24,12 +24,13 @@ use http::header::{CONTENT_TYPE, HeaderValue, TE};
 use http::{Method, Request, Uri};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tonic::{Code, Status};
 
 use crate::error::CliError;
 use crate::limits::RESPONSE_BYTES_MAX;
 
+/// The port of an `http://` endpoint that names none.
+const HTTP_PORT_DEFAULT: u16 = 80;
 /// gRPC's message prefix: a compression flag and a big-endian u32 length.
 const MESSAGE_PREFIX_BYTES: usize = 5;
 /// hyper's client defaults, which tonic's channel uses: what one stream and one connection may
@@ -86,13 +87,8 @@ impl WireChannel {
                     handshake(stream, url).await
                 }
                 None => {
-                    let host = uri.host().unwrap_or("localhost");
-                    let host = host.trim_start_matches('[').trim_end_matches(']');
-                    let port = uri.port_u16().unwrap_or(80);
-                    let tcp = TcpStream::connect((host, port))
+                    let tcp = aspen_tls::connect_tcp(&uri, HTTP_PORT_DEFAULT)
                         .await
-                        .map_err(|e| connection_error(url, &format!("tcp connect error: {e}")))?;
-                    tcp.set_nodelay(true)
                         .map_err(|e| connection_error(url, &e.to_string()))?;
                     handshake(tcp, url).await
                 }
@@ -259,15 +255,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<T> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.pending.len() >= COALESCE_BYTES_MAX {
-            ready!(self.poll_drain(cx))?;
-        }
-        self.pending.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -353,7 +345,8 @@ fn encode<Q: Message>(request: &Q) -> Result<Bytes, Status> {
 /// The answer's DATA, gathered (no copy when it came in one frame); capacity is released as
 /// it is read, so the connection's window never closes on unread answers.
 async fn read_message(body: &mut h2::RecvStream) -> Result<Bytes, Status> {
-    let mut first: Option<Bytes> = None;
+    // The first chunk as it came; a copy only once a second one arrives.
+    let mut first = Bytes::new();
     let mut gathered: Option<BytesMut> = None;
     let mut total_bytes: usize = 0;
     // Bounded: each chunk adds to total_bytes, which is checked against the limit.
@@ -366,23 +359,18 @@ async fn read_message(body: &mut h2::RecvStream) -> Result<Bytes, Status> {
                 "an answer of more than {RESPONSE_BYTES_MAX} bytes"
             )));
         }
-        match (&mut first, &mut gathered) {
-            (None, None) => first = Some(chunk),
-            (Some(head), None) => {
-                let mut all = BytesMut::with_capacity(head.len() + chunk.len());
-                all.put_slice(head);
+        match &mut gathered {
+            Some(all) => all.put_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut all = BytesMut::with_capacity(total_bytes);
+                all.put_slice(&first);
                 all.put_slice(&chunk);
-                first = None;
                 gathered = Some(all);
             }
-            (_, Some(all)) => all.put_slice(&chunk),
         }
     }
-    Ok(match (first, gathered) {
-        (_, Some(all)) => all.freeze(),
-        (Some(one), None) => one,
-        (None, None) => Bytes::new(),
-    })
+    Ok(gathered.map_or(first, BytesMut::freeze))
 }
 
 /// One message out of `[flag][length][message]`, exactly.
