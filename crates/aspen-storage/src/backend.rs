@@ -21,7 +21,7 @@ use aspen_core::limits::{DB_IN_USE_REUSE_MS_MAX, DB_IN_USE_REUSE_PER_WALK, Limit
 use redb::{Database, ReadableTable};
 
 use crate::disk::{DiskLow, DiskSpace, IoFailure, IoFailures};
-use crate::durability::{IndexFlush, StateDurability};
+use crate::durability::StateDurability;
 use crate::error::{Result, StorageError};
 use crate::journal::{Journal, JournalGauge, LogJournal};
 use crate::log_store::LogStore;
@@ -107,8 +107,10 @@ pub(crate) struct Shared {
     /// batch's writes), so a read can check the state machine holds its read index without a
     /// transaction of its own.
     applied_index: AtomicU64,
-    /// The key index's entries not yet in `kv_index` (`state_machine/overlay.rs`).
-    pub(crate) index_overlay: crate::state_machine::overlay::IndexOverlay,
+    /// The key index, all of it in memory (`state_machine/key_index.rs`).
+    pub(crate) key_index: Arc<crate::state_machine::key_index::KeyIndex>,
+    /// Its checkpoints (`state_machine/index_checkpoint.rs`).
+    pub(crate) index_checkpoints: Arc<crate::state_machine::index_checkpoint::Checkpoints>,
     /// The applied state after the last apply batch (committed, or parked: `parked.rs`), so the
     /// next batch need not read and decode it again, and a commit of parked batches can write
     /// it. Taken by a batch, put back after its commit or park; emptied by an install or an
@@ -230,8 +232,16 @@ impl Drop for Shared {
             .state_db
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(error) = crate::durability::commit_durable(self, &db) {
-            tracing::debug!(%error, "state database not made durable at close");
+        match crate::durability::commit_durable(self, &db) {
+            // A clean restart loads the index from this checkpoint and replays nothing.
+            Ok((_, revision)) => {
+                if let Err(error) = self.index_checkpoints.write_now(&self.key_index, revision) {
+                    tracing::warn!(%error, "key index checkpoint not written at close");
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "state database not made durable at close");
+            }
         }
     }
 }
@@ -264,7 +274,9 @@ pub fn open_storage_with_backends(
     let backend = StorageBackend::Redb {
         dir: dir.to_path_buf(),
     };
-    let store = Store::from_databases(databases, snapshots, backend, limits)?;
+    // Caller-built backends (the simulator's disk) keep no checkpoint file beside them: the
+    // index is rebuilt from `kv_revs` at each open.
+    let store = Store::from_databases(databases, snapshots, backend, limits, None)?;
     Ok((LogStore::new(store.clone()), StateMachine::new(store)?))
 }
 
@@ -387,7 +399,19 @@ impl Store {
                 (databases, SnapshotStore::memory())
             }
         };
-        Store::from_databases(databases, snapshots, backend.clone(), limits)
+        let checkpoint_path = match backend {
+            StorageBackend::Redb { dir } => {
+                Some(crate::state_machine::index_checkpoint::path_in(dir))
+            }
+            StorageBackend::InMemory => None,
+        };
+        Store::from_databases(
+            databases,
+            snapshots,
+            backend.clone(),
+            limits,
+            checkpoint_path,
+        )
     }
 
     fn from_databases(
@@ -395,6 +419,7 @@ impl Store {
         snapshots: SnapshotStore,
         backend: StorageBackend,
         limits: Limits,
+        checkpoint_path: Option<PathBuf>,
     ) -> Result<Store> {
         let state_path = match &backend {
             StorageBackend::Redb { dir } => dir.join(STATE_FILE_NAME),
@@ -402,7 +427,14 @@ impl Store {
         };
         check_format(&databases.state_db, &state_path, Role::State)?;
         let durable_applied = crate::durability::read_applied_index(&databases.state_db)?;
-        let index_overlay = crate::state_machine::overlay::load(&databases.state_db)?;
+        let (key_index, checkpoint_revision) = crate::state_machine::index_checkpoint::load_index(
+            &databases.state_db,
+            checkpoint_path.as_deref(),
+        )?;
+        let index_checkpoints = crate::state_machine::index_checkpoint::Checkpoints::new(
+            checkpoint_path,
+            checkpoint_revision,
+        );
         let disk_dir = match &backend {
             StorageBackend::Redb { dir } => Some(dir.clone()),
             StorageBackend::InMemory => None,
@@ -418,7 +450,8 @@ impl Store {
                 state_file: databases.state_file,
                 durability: StateDurability::new(durable_applied),
                 applied_index: AtomicU64::new(durable_applied),
-                index_overlay,
+                key_index: Arc::new(key_index),
+                index_checkpoints: Arc::new(index_checkpoints),
                 applied_state: Mutex::new(None),
                 writer: crate::parked::WriterSlot::default(),
                 backend,
@@ -606,7 +639,6 @@ impl Store {
         }
         add_table!(
             schema::SM_META,
-            schema::KV_INDEX,
             schema::KV_REVS,
             schema::LEASES,
             schema::LEASE_KEYS,
@@ -653,25 +685,47 @@ impl Store {
     /// Makes everything the state machine has applied durable now (one fsync of the state
     /// database); returns the applied index that is now durable.
     pub fn make_state_durable(&self) -> Result<u64> {
-        self.commit_state_durable(self.shared.log_durable_bytes(), IndexFlush::Flush)
+        self.commit_state_durable(self.shared.log_durable_bytes())
     }
 
-    /// A durable commit of the state database, flushing the key index's overlay if `index`
-    /// says so; `log_bytes_before` is the log's running total
+    /// A durable commit of the state database; `log_bytes_before` is the log's running total
     /// (`JournalGauge::durable_bytes_total`) read before the last batch it makes durable was
-    /// applied: entries the log took after that are still owed to the state file.
-    pub(crate) fn commit_state_durable(
-        &self,
-        log_bytes_before: u64,
-        index: IndexFlush,
-    ) -> Result<u64> {
-        let db = self.state_db();
-        let durability = redb::Durability::Immediate;
-        let index = crate::durability::commit_state(&self.shared, &db, durability, index)?;
+    /// applied: entries the log took after that are still owed to the state file. Starts a
+    /// checkpoint of the key index in the background when one is due.
+    pub(crate) fn commit_state_durable(&self, log_bytes_before: u64) -> Result<u64> {
+        let (index, revision) = {
+            let db = self.state_db();
+            crate::durability::commit_state(&self.shared, &db, redb::Durability::Immediate)?
+        };
         self.shared
             .durability
             .record_durable(index, log_bytes_before);
+        let checkpoints = &self.shared.index_checkpoints;
+        if checkpoints.due(revision, self.shared.key_index.len()) {
+            checkpoints.write_in_background(&self.shared.key_index, revision);
+        }
         Ok(index)
+    }
+
+    /// The revision of the key index's newest checkpoint (`u64::MAX` for a store without
+    /// checkpoints): compaction removes no `kv_revs` record above it.
+    pub(crate) fn index_checkpoint_revision(&self) -> u64 {
+        self.shared.index_checkpoints.revision()
+    }
+
+    /// Makes the state durable and writes a checkpoint of the key index at its revision (the
+    /// compactor, before it removes records above the last checkpoint).
+    pub(crate) fn checkpoint_key_index_now(&self) -> Result<()> {
+        let (index, revision) = {
+            let db = self.state_db();
+            crate::durability::commit_durable(&self.shared, &db)?
+        };
+        self.shared
+            .durability
+            .record_durable(index, self.shared.log_durable_bytes());
+        self.shared
+            .index_checkpoints
+            .write_now(&self.shared.key_index, revision)
     }
 
     /// The compaction gate (see `Shared::compaction_gate`); nothing inside it panics while
@@ -813,6 +867,12 @@ fn check_format(db: &Database, path: &Path, role: Role) -> Result<()> {
         let found = format.get(schema::FORMAT_KEY)?.map(|v| v.value());
         match found {
             Some(schema::FORMAT_VERSION) => {}
+            Some(schema::FORMAT_VERSION_INDEX_TABLE) => {
+                // Format 2 to 3: the key index leaves the state database for memory (and a
+                // checkpoint file); the log database is unchanged. One durable commit.
+                tracing::info!(path = %path.display(), "upgrading storage format 2 to 3");
+                format.insert(schema::FORMAT_KEY, schema::FORMAT_VERSION)?;
+            }
             Some(other) => {
                 return Err(StorageError::Foreign {
                     path: path.to_path_buf(),
@@ -852,7 +912,16 @@ fn check_format(db: &Database, path: &Path, role: Role) -> Result<()> {
         }
         // The auth tables are absent from state databases written before auth existed:
         // created here, empty.
-        Role::State => crate::state_machine::tables::create_all(&txn)?,
+        Role::State => {
+            crate::state_machine::tables::create_all(&txn)?;
+            use redb::TableHandle;
+            let old_index = schema::KV_INDEX.name().to_string();
+            if txn.list_tables()?.any(|table| table.name() == old_index) {
+                txn.delete_table(schema::KV_INDEX)?;
+                txn.open_table(schema::SM_META)?
+                    .remove(schema::SM_INDEX_FLUSHED)?;
+            }
+        }
     }
     txn.commit()?;
     Ok(())

@@ -11,9 +11,9 @@
 //! - `STATE_DIRTY_ENTRIES_MAX` entries applied since then;
 //! - `STATE_DIRTY_BYTES_MAX` bytes written to the state file and not yet synced.
 //!
-//! That commit writes and syncs the pages the batches since the last one dirtied, and does not
-//! flush the key index's overlay (its own bound does that, `overlay.rs`): after a crash the
-//! overlay's entries are rebuilt from `kv_revs`.
+//! That commit writes and syncs the pages the batches since the last one dirtied. The key index
+//! lives in memory (`state_machine/key_index.rs`); a durable commit may start a checkpoint of
+//! it (`Store::maybe_checkpoint_key_index`), and an open replays what is above the checkpoint.
 //!
 //! Besides, the state database is made durable before a snapshot is recorded (that commit is
 //! durable), before any log purge (`LogStore::purge` asks for it), by defragment, and at close.
@@ -120,48 +120,25 @@ impl StateDurability {
     }
 }
 
-/// Commits a durable transaction on the state database that flushes the key index's overlay
-/// (`state_machine/overlay.rs`): every earlier non-durable commit becomes durable with it, and
-/// a restart rebuilds nothing. Returns the applied index it made durable.
-pub(crate) fn commit_durable(shared: &crate::backend::Shared, db: &Database) -> Result<u64> {
-    commit_state(shared, db, redb::Durability::Immediate, IndexFlush::Flush)
+/// Commits a durable transaction on the state database: every earlier non-durable commit
+/// becomes durable with it. Returns the applied index and store revision it made durable.
+pub(crate) fn commit_durable(shared: &crate::backend::Shared, db: &Database) -> Result<(u64, u64)> {
+    commit_state(shared, db, redb::Durability::Immediate)
 }
 
-/// Whether a commit of its own ([`commit_state`]) flushes the key index's overlay into
-/// `kv_index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IndexFlush {
-    Flush,
-    Keep,
-}
-
-/// Commits a transaction of its own on the state database with `durability`, flushing the key
-/// index's overlay into `kv_index` if `index` says so. A durable commit makes every earlier
-/// non-durable one durable; one without the flush leaves the overlay's entries to be rebuilt
-/// from `kv_revs` after a crash (`overlay::load`). Returns the applied index it holds.
+/// Commits a transaction of its own on the state database with `durability`: a durable one
+/// makes every earlier non-durable one durable. Returns the applied index and the store
+/// revision it holds.
 pub(crate) fn commit_state(
     shared: &crate::backend::Shared,
     db: &Database,
     durability: redb::Durability,
-    index: IndexFlush,
-) -> Result<u64> {
-    let overlay = &shared.index_overlay;
+) -> Result<(u64, u64)> {
     let mut txn = shared.begin_state_write(db)?;
     txn.set_durability(durability)?;
     let state = crate::state_machine::read_applied_write(&txn)?;
-    let flushing = match index {
-        IndexFlush::Flush => Some(crate::state_machine::overlay::flush_into(
-            &txn,
-            overlay,
-            state.revision,
-        )?),
-        IndexFlush::Keep => None,
-    };
     txn.commit()?;
-    if let Some(flushing) = flushing {
-        flushing.finish(state.revision);
-    }
-    Ok(applied_index_in(&state))
+    Ok((applied_index_in(&state), state.revision))
 }
 
 /// The applied index the state database holds (after a restart, all of it is durable).

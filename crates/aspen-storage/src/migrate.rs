@@ -24,7 +24,7 @@ use redb::{Database, ReadableTable};
 use crate::backend::{LOG_FILE_NAME, SNAPSHOT_DIR_NAME, STATE_FILE_NAME};
 use crate::error::{Result, StorageError, decode};
 use crate::schema;
-use crate::state_machine::mvcc::{IndexSink, write_version};
+use crate::state_machine::mvcc::write_record;
 use crate::state_machine::records::StoredVersion;
 
 /// Format 1's single database file and its snapshot directory.
@@ -48,7 +48,7 @@ pub(crate) fn migrate_v1_if_present(dir: &Path) -> Result<()> {
             ),
         });
     }
-    tracing::info!(dir = %dir.display(), "migrating storage from format 1 to format 2");
+    tracing::info!(dir = %dir.display(), "migrating storage from format 1");
     let old = open_plain(&v1_path)?;
     let (version, role) = read_format(&old)?;
     match (version, role) {
@@ -57,7 +57,10 @@ pub(crate) fn migrate_v1_if_present(dir: &Path) -> Result<()> {
             move_snapshot_dir(dir)?;
             turn_into_state_file(&old)?;
         }
-        (Some(schema::FORMAT_VERSION), Some(schema::ROLE_STATE)) => {
+        (
+            Some(schema::FORMAT_VERSION_INDEX_TABLE | schema::FORMAT_VERSION),
+            Some(schema::ROLE_STATE),
+        ) => {
             // Step 3 was done before a crash; the log file is complete.
             move_snapshot_dir(dir)?;
         }
@@ -70,7 +73,7 @@ pub(crate) fn migrate_v1_if_present(dir: &Path) -> Result<()> {
     }
     drop(old);
     rename_synced(dir, &v1_path, &dir.join(STATE_FILE_NAME))?;
-    tracing::info!(dir = %dir.display(), "storage migrated to format 2");
+    tracing::info!(dir = %dir.display(), "storage migrated from format 1");
     Ok(())
 }
 
@@ -160,7 +163,6 @@ fn turn_into_state_file(old: &Database) -> Result<()> {
     txn.delete_table(schema::RAFT_META)?;
     let mut converted: u64 = 0;
     {
-        let mut index = txn.open_table(schema::KV_INDEX)?;
         let mut revs = txn.open_table(schema::KV_REVS)?;
         let mut buffer = Vec::with_capacity(512);
         let history = txn.open_table(V1_KV_HISTORY)?;
@@ -168,26 +170,18 @@ fn turn_into_state_file(old: &Database) -> Result<()> {
             let (table_key, bytes) = item?;
             let (key, _) = table_key.value();
             let version: StoredVersion = decode("kv_history", bytes.value())?;
-            write_version(
-                IndexSink::Table(&mut index),
-                &mut revs,
-                key,
-                &version,
-                &mut buffer,
-            )?;
+            // The key index is rebuilt from `kv_revs` at the first open.
+            let inserted = write_record(&mut revs, key, &version, &mut buffer)?;
+            assert!(inserted, "two format-1 versions at one revision position");
             converted += 1;
         }
         let latest = txn.open_table(V1_KV_LATEST)?;
         for item in latest.iter()? {
             let (key, bytes) = item?;
             let version: StoredVersion = decode("kv_latest", bytes.value())?;
-            write_version(
-                IndexSink::Table(&mut index),
-                &mut revs,
-                key.value(),
-                &version,
-                &mut buffer,
-            )?;
+            // The key index is rebuilt from `kv_revs` at the first open.
+            let inserted = write_record(&mut revs, key.value(), &version, &mut buffer)?;
+            assert!(inserted, "two format-1 versions at one revision position");
             converted += 1;
         }
     }

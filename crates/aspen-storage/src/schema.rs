@@ -12,7 +12,10 @@ pub const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("aspen_forma
 pub const FORMAT_KEY: &str = "format";
 pub const FORMAT_ROLE_KEY: &str = "role";
 /// 1: one file (`aspen.redb`); 2: a log file and a state file (migrated from 1 on open).
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
+/// Format 2 kept the key index in `KV_INDEX`; an open upgrades it in place to 3 (drops that
+/// table: the index is rebuilt in memory from `KV_REVS`).
+pub const FORMAT_VERSION_INDEX_TABLE: u64 = 2;
 pub const ROLE_LOG: u64 = 1;
 pub const ROLE_STATE: u64 = 2;
 
@@ -40,9 +43,7 @@ pub const SM_APPLIED: &str = "applied";
 pub const SM_SNAPSHOT: &str = "snapshot";
 pub const SM_SNAPSHOT_POINT: &str = "snapshot_point";
 pub const SM_COMPACTED_TO: &str = "compacted_to";
-/// `index_flushed` -> u64: `KV_INDEX` holds every index entry at or below this revision; the
-/// newer ones are in memory (`state_machine/overlay.rs`) or rebuilt from `KV_REVS` on open.
-/// Absent in a database written before it existed: its index is complete.
+/// `index_flushed` (format 2 only, removed by the upgrade): how far `KV_INDEX` was complete.
 pub const SM_INDEX_FLUSHED: &str = "index_flushed";
 /// `auth` -> `AuthMeta` (auth enabled, auth revision); absent: disabled, revision 0.
 pub const SM_AUTH: &str = "auth";
@@ -52,9 +53,9 @@ pub const SM_AUTH: &str = "auth";
 /// version, lease). Writes append at the tree's right edge; watch catch-up and compaction read
 /// revision windows in order.
 pub const KV_REVS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("kv_revs");
-/// The key index: (key, main revision) -> `IndexRecord` (sub-revision, create revision,
-/// version, lease; `version == 0` is a tombstone). A key's newest entry at or below a revision
-/// is its version there; values live in `KV_REVS` only.
+/// Format 2's key index: (key, main revision) -> `IndexRecord`. Format 3 keeps the index in
+/// memory (`state_machine/key_index.rs`) with a checkpoint file beside the database; the
+/// upgrade from 2 deletes this table.
 pub const KV_INDEX: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("kv_index");
 /// Leases: id -> `LeaseRecord`.
 pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");

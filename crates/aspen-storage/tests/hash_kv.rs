@@ -373,7 +373,7 @@ fn physical_compaction_progress_does_not_change_the_hash() {
     assert!(!compacting.compaction_pending().expect("pending"));
     assert_eq!(hash(&compacting, 0).expect("hash"), expected);
     // The removal was real: the compacted store's state file holds fewer bytes in use (once
-    // both have written their key index's overlay into `kv_index`).
+    // both have committed durably).
     for sm in [&compacting, &lagging] {
         sm.store().make_state_durable().expect("durable");
     }

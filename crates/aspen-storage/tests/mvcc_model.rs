@@ -1068,12 +1068,12 @@ fn run_batches(
         let records = 1 + (next_index % 3) as u32;
         sm.compact_step_bounded(records)
             .map_err(|e| TestCaseError::fail(format!("storage error compacting: {e}")))?;
-        // Now and then the key index's in-memory overlay is flushed into `kv_index`, as the
-        // durability cadence does: reads must not tell flushed entries from unflushed ones.
+        // Now and then a durable commit, as the durability cadence makes: reads must not
+        // tell what is durable from what is not.
         if next_index.is_multiple_of(3) {
-            sm.store()
-                .make_state_durable()
-                .map_err(|e| TestCaseError::fail(format!("storage error flushing: {e}")))?;
+            sm.store().make_state_durable().map_err(|e| {
+                TestCaseError::fail(format!("storage error on a durable commit: {e}"))
+            })?;
         }
         for read in &batch.reads {
             compare_read(sm, model, &read.resolve(model.revision), coverage)?;

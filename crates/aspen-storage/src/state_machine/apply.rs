@@ -16,8 +16,8 @@ use redb::ReadableTable;
 use aspen_core::auth::{AuthChanges, AuthCommand, AuthState};
 
 use super::auth::{BatchAuthEffects, TokenEffect};
-use super::mvcc::{self, Index, OverlayView};
-use super::overlay::IndexOverlay;
+use super::key_index::{IndexAt, KeyIndex};
+use super::mvcc;
 use super::range::{self, read_revision};
 use super::records::{AppliedState, LeaseRecord, StoredVersion};
 use super::tables::WriteTables;
@@ -41,8 +41,8 @@ pub(crate) type Outcome = std::result::Result<CommandResult, ApplyError>;
 
 pub(crate) struct Applier<'a, 't> {
     pub tables: &'a mut WriteTables<'t>,
-    /// Where this batch's index entries go (`overlay.rs`); with `kv_index`, the key index.
-    pub overlay: &'a IndexOverlay,
+    /// The key index, in memory (`key_index.rs`): this batch's entries go into it.
+    pub index: &'a KeyIndex,
     pub state: &'a mut AppliedState,
     pub buffer: Vec<u8>,
     /// The batch's events, recorded only while someone watches (see `events.rs`).
@@ -209,52 +209,28 @@ impl<'a, 't> Applier<'a, 't> {
         Ok(outcome)
     }
 
-    /// The key index as this batch has it: `kv_index` and the overlay.
-    pub(crate) fn index(
-        &self,
-    ) -> Result<Index<'_, redb::Table<'t, mvcc::IndexKey, &'static [u8]>>> {
-        Ok(Index::new(
-            self.tables.index()?,
-            OverlayView::Live(self.overlay),
-        ))
+    /// The key index as this batch has it: every entry, its own included.
+    pub(crate) fn index(&self) -> Result<IndexAt<'_>> {
+        Ok(IndexAt {
+            index: self.index,
+            revision: u64::MAX,
+        })
     }
 
     /// `key`'s current version; its value is read only if `with_value` (it lives apart from
-    /// the index). The newest entry comes from memory once it is loaded (`latest.rs`), else
-    /// from the index.
+    /// the index, in `kv_revs`).
     pub(crate) fn latest(&self, key: &[u8], with_value: bool) -> Result<Option<StoredVersion>> {
-        let Some(known) = self.overlay.latest_entry(key) else {
-            return mvcc::version_at(
-                &self.index()?,
-                self.tables.revs()?,
-                key,
-                u64::MAX,
-                with_value,
-            );
-        };
-        let found = match known {
+        match self.index.entry_at(key, u64::MAX) {
             Some((main, record)) if !record.is_tombstone() => {
                 let value = if with_value {
                     mvcc::load_record(self.tables.revs()?, main, record.sub_revision)?.value
                 } else {
                     Vec::new()
                 };
-                Some(record.to_version(main, value))
+                Ok(Some(record.to_version(main, value)))
             }
-            _ => None,
-        };
-        debug_assert_eq!(
-            found,
-            mvcc::version_at(
-                &self.index()?,
-                self.tables.revs()?,
-                key,
-                u64::MAX,
-                with_value
-            )?,
-            "the in-memory newest entry and the index disagree"
-        );
-        Ok(found)
+            _ => Ok(None),
+        }
     }
 
     /// etcd's checks before a put: the lease exists, and a key exists to take its value or
@@ -313,7 +289,7 @@ impl<'a, 't> Applier<'a, 't> {
                 .insert((new.lease, put.key.as_slice()), ())?;
         }
         mvcc::write_version(
-            mvcc::IndexSink::Overlay(self.overlay),
+            self.index,
             self.tables.revs_mut()?,
             &put.key,
             &new,
@@ -392,7 +368,7 @@ impl<'a, 't> Applier<'a, 't> {
         let sub_revision = rev.take_sub();
         self.record_delete(key, current, rev.main, sub_revision);
         mvcc::write_version(
-            mvcc::IndexSink::Overlay(self.overlay),
+            self.index,
             self.tables.revs_mut()?,
             key,
             &StoredVersion::tombstone(rev.main, sub_revision),

@@ -20,9 +20,10 @@
 
 use redb::ReadableTable;
 
-use super::mvcc::{IndexKey, IndexRecord, RevKey, RevRecordView};
+use super::key_index::KeyIndex;
+use super::mvcc::{RevKey, RevRecordView};
 use super::tables::WriteTables;
-use crate::error::{Result, decode};
+use crate::error::Result;
 
 /// What one step will remove, found in a read transaction: the write transaction that removes
 /// it holds applies only for the removals (see `StateMachine::compact_step_bounded`).
@@ -38,12 +39,11 @@ pub(crate) struct CompactPlan {
 
 /// Looks at up to `records_max` versions of `revs` from `from`, at or below
 /// `compact_revision`, and lists the unreadable ones. Nothing but compaction changes a
-/// version at or below the compaction revision, nor `index`'s entries there (once the overlay
-/// has flushed them), so a plan made in a read transaction still holds when its write
+/// version at or below the compaction revision, nor `index`'s entries there, so a plan made in a read transaction still holds when its write
 /// transaction runs, as long as no other compaction step or snapshot install ran between.
 pub(crate) fn plan_step(
     revs: &impl ReadableTable<RevKey, &'static [u8]>,
-    index: &impl ReadableTable<IndexKey, &'static [u8]>,
+    index: &KeyIndex,
     compact_revision: u64,
     from: RevKey,
     records_max: u32,
@@ -93,14 +93,21 @@ pub(crate) fn plan_step(
     })
 }
 
-/// Removes what `plan` found from `kv_revs` and `kv_index`.
-pub(crate) fn remove_planned(tables: &mut WriteTables<'_>, plan: &CompactPlan) -> Result<()> {
-    let (index, revs) = tables.index_and_revs_mut()?;
+/// Removes what `plan` found from `kv_revs` and from the key index. The caller has waited for
+/// every reader that could read below the compaction revision (`wait_views_compacted_to`),
+/// so no reader needs the index entries, whether or not the transaction commits.
+pub(crate) fn remove_planned(
+    tables: &mut WriteTables<'_>,
+    index: &KeyIndex,
+    plan: &CompactPlan,
+) -> Result<()> {
+    let revs = tables.revs_mut()?;
     for ((main, sub), key) in &plan.removals {
-        let index_entry = index.remove((key.as_slice(), *main))?;
-        if let Some(entry) = index_entry {
-            let entry: IndexRecord = decode("kv_index", entry.value())?;
-            assert_eq!(entry.sub_revision, *sub, "kv_index and kv_revs disagree");
+        if let Some((found, entry)) = index.entry_at(key, *main)
+            && found == *main
+        {
+            assert_eq!(entry.sub_revision, *sub, "key index and kv_revs disagree");
+            index.remove(key, *main);
         }
         let version = revs.remove((*main, *sub))?;
         assert!(version.is_some(), "a planned removal is not in kv_revs");
@@ -113,7 +120,7 @@ pub(crate) fn remove_planned(tables: &mut WriteTables<'_>, plan: &CompactPlan) -
 /// version at the compaction revision itself always stays, a tombstone too (see the module
 /// doc).
 fn compaction_removes(
-    index: &impl ReadableTable<IndexKey, &'static [u8]>,
+    index: &KeyIndex,
     key: &[u8],
     main: u64,
     is_tombstone: bool,
@@ -126,11 +133,11 @@ fn compaction_removes(
     if is_tombstone {
         return Ok(true);
     }
-    let newer = index
-        .range::<(&[u8], u64)>((key, main + 1)..=(key, compact_revision))?
-        .next()
-        .transpose()?;
-    Ok(newer.is_some())
+    // The newest version at or below the compaction revision stays; with none there, the key's
+    // versions ended in a tombstone that compaction removed already.
+    Ok(index
+        .entry_at(key, compact_revision)
+        .is_none_or(|(newest, _)| newest > main))
 }
 
 #[cfg(test)]
@@ -139,7 +146,7 @@ mod tests {
     use aspen_core::type_config::alias::Entry;
     use aspen_core::{Command, DeleteRangeRequest, PutRequest, TypeConfig};
     use openraft::EntryPayload;
-    use redb::{ReadableTable, ReadableTableMetadata};
+    use redb::ReadableTable;
 
     use crate::schema;
     use crate::{StateMachine, StorageBackend, open_storage};
@@ -179,13 +186,12 @@ mod tests {
         let db = sm.store().state_db();
         let txn = sm.store().begin_state_read(&db).expect("read");
         let revs = txn.open_table(schema::KV_REVS).expect("kv_revs");
-        let index = txn.open_table(schema::KV_INDEX).expect("kv_index");
         let positions: Vec<(u64, u32)> = revs
             .iter()
             .expect("iter")
             .map(|item| item.expect("item").0.value())
             .collect();
-        assert_eq!(index.len().expect("len"), positions.len() as u64);
+        assert_eq!(sm.store().shared.key_index.len(), positions.len() as u64);
         positions
     }
 
@@ -250,14 +256,8 @@ mod tests {
             let txn = removed.store().begin_state_write(&db).expect("write");
             {
                 let mut revs = txn.open_table(schema::KV_REVS).expect("kv_revs");
-                let mut index = txn.open_table(schema::KV_INDEX).expect("kv_index");
                 assert!(revs.remove((5, 0)).expect("remove").is_some());
-                assert!(
-                    index
-                        .remove((b"b".as_slice(), 5))
-                        .expect("remove")
-                        .is_some()
-                );
+                removed.store().shared.key_index.remove(b"b", 5);
             }
             txn.commit().expect("commit");
         }

@@ -30,7 +30,6 @@ use aspen_etcd_snapshot::{EtcdSnapshot, KeyValue, Lease, Revision, Summary};
 use redb::ReadableTable;
 use redb::Table;
 
-use super::mvcc::IndexRecord;
 use super::records::{AppliedState, LeaseRecord, StoredVersion};
 use super::snapshot_io::{IndexRun, for_each_kept_version};
 use super::write_applied;
@@ -206,7 +205,7 @@ pub(crate) fn import(
     check_auth(snapshot, summary)?;
     let db = store.state_db();
     let txn = store.begin_state_write(&db)?;
-    {
+    let imported_index = {
         let mut tables = super::tables::WriteTables::open(&txn);
         let mut encoded = Vec::with_capacity(4096);
         let mut index_run = IndexRun::default();
@@ -219,7 +218,7 @@ pub(crate) fn import(
             let (key, stored) = stored_version(version)?;
             index_run.write(&mut tables, key, &stored, &mut encoded)
         })?;
-        index_run.flush(&mut tables, &mut encoded)?;
+        let keys = index_run.finish()?;
         snapshot.for_each_lease(|lease| -> Result<()> {
             let record = LeaseRecord {
                 ttl_seconds: lease.ttl_seconds,
@@ -229,8 +228,9 @@ pub(crate) fn import(
             tables.leases_mut()?.insert(lease.id, encoded.as_slice())?;
             Ok(())
         })?;
-        attach_leases(&mut tables)?;
-    }
+        attach_leases(&mut tables, &keys)?;
+        keys
+    };
     let state = AppliedState {
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
@@ -246,11 +246,13 @@ pub(crate) fn import(
         // its compaction revision that Aspen's compactor removes.
         table.remove(schema::SM_COMPACTED_TO)?;
     }
-    // The index written above is the whole index: nothing of it is in the overlay.
-    super::overlay::write_flushed(&txn, summary.revision)?;
+    // As an install (`snapshot_io::install`): the old checkpoint goes before the commit, and
+    // no reader pairs a transaction with the other index.
+    let _no_checkpoint = store.shared.index_checkpoints.remove()?;
+    let _exclusive = store.shared.key_index.exclusive();
     let log_bytes_before = store.shared.log_durable_bytes();
     txn.commit()?;
-    store.shared.index_overlay.reset(summary.revision);
+    store.shared.key_index.replace(imported_index);
     let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
     store
         .shared
@@ -261,29 +263,21 @@ pub(crate) fn import(
 }
 
 /// Fills `lease_keys` from the index: a key is attached to the lease of its newest version,
-/// if that version is live. One ordered scan; memory holds one key's entry.
-fn attach_leases(tables: &mut super::tables::WriteTables<'_>) -> Result<()> {
-    let (index, lease_keys) = tables.index_and_lease_keys_mut()?;
-    let mut attach = |entry: Option<(Vec<u8>, IndexRecord)>| -> Result<()> {
-        if let Some((key, record)) = entry
+/// if that version is live.
+fn attach_leases(
+    tables: &mut super::tables::WriteTables<'_>,
+    keys: &super::key_index::KeyMap,
+) -> Result<()> {
+    let lease_keys = tables.lease_keys_mut()?;
+    for (key, versions) in keys {
+        if let Some((_, record)) = versions.last()
             && !record.is_tombstone()
             && record.lease != 0
         {
             lease_keys.insert((record.lease, key.as_slice()), ())?;
         }
-        Ok(())
-    };
-    let mut newest: Option<(Vec<u8>, IndexRecord)> = None;
-    for item in index.iter()? {
-        let (table_key, bytes) = item?;
-        let (key, _) = table_key.value();
-        let record: IndexRecord = decode("kv_index", bytes.value())?;
-        if newest.as_ref().is_some_and(|(k, _)| k.as_slice() != key) {
-            attach(newest.take())?;
-        }
-        newest = Some((key.to_vec(), record));
     }
-    attach(newest)
+    Ok(())
 }
 
 /// A version as etcd's `key` bucket holds it: its revision key and its KeyValue.
@@ -318,7 +312,7 @@ pub fn export_etcd_snapshot(store: &Store) -> Result<SnapshotExport> {
     let bytes_max = store.limits().quota_backend_bytes.saturating_mul(2);
     let mut sink = store.shared.snapshots.new_export_sink(bytes_max)?;
     let db = store.state_db();
-    let view = super::read_view(store, &db, None)?;
+    let view = super::read_view(store, &db)?;
     let (txn, state) = (&view.txn, &view.state);
     let mut writer = BoltWriter::new(&mut sink)?;
     let mut buckets: Vec<(&[u8], BucketValue)> = Vec::with_capacity(BUCKETS.len());

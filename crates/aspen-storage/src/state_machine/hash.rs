@@ -60,15 +60,14 @@ impl MvccReader {
     /// own pace. Reads the whole index: run it off the async executor.
     pub fn hash_kv(&self, revision: u64) -> Result<HashOutcome> {
         let db = self.store.state_db();
-        let view = super::read_view(&self.store, &db, None)?;
+        let view = super::read_view(&self.store, &db)?;
         let state = &view.state;
         let at = match hash_revision(revision, state.revision, state.compact_revision) {
             Ok(at) => at,
             Err(e) => return Ok(Err(e)),
         };
-        let index = view.txn.open_table(schema::KV_INDEX)?;
         let revs = view.txn.open_table(schema::KV_REVS)?;
-        let hash = hash_versions(&view.index(&index), &revs, at, state.compact_revision)?;
+        let hash = hash_versions(&view.index(), &revs, at, state.compact_revision)?;
         Ok(Ok(KvHash {
             hash,
             compact_revision: state.compact_revision,

@@ -50,7 +50,7 @@ impl MvccReader {
         assert!(events_max > 0, "an event page must hold at least one event");
         let start = start_revision.max(1);
         let db = self.store.state_db();
-        let view = super::read_view(&self.store, &db, Some(range))?;
+        let view = super::read_view(&self.store, &db)?;
         let txn = &view.txn;
         let state = &view.state;
         if start < state.compact_revision {
@@ -65,8 +65,7 @@ impl MvccReader {
                 through_revision: end.max(start - 1),
             }));
         }
-        let index_table = txn.open_table(schema::KV_INDEX)?;
-        let index = view.index(&index_table);
+        let index = view.index();
         let revs = txn.open_table(schema::KV_REVS)?;
         let mut events: Vec<Event> = Vec::new();
         let mut through_revision = end;

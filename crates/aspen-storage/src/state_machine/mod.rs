@@ -14,10 +14,10 @@ mod etcd_io;
 mod events;
 mod hash;
 mod history;
-mod latest;
+pub(crate) mod index_checkpoint;
+pub(crate) mod key_index;
 mod lease_read;
 pub(crate) mod mvcc;
-pub(crate) mod overlay;
 pub(crate) mod range;
 pub mod records;
 mod snapshot_io;
@@ -45,7 +45,6 @@ pub use records::AppliedState;
 pub use snapshot_io::export_snapshot;
 
 use crate::backend::Store;
-use crate::durability::IndexFlush;
 use crate::error::{Result, StorageError, decode};
 use crate::schema::{self, SM_APPLIED, SM_META};
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotRecord};
@@ -139,7 +138,6 @@ impl StateMachine {
     /// answered the batch.
     fn apply_batch(&self, entries: &[Entry]) -> Result<(Vec<ApplyResponse>, AfterAnswer)> {
         let shared = &self.store.shared;
-        let overlay = &shared.index_overlay;
         let batch_entries = entries.len() as u64;
         // Read before the batch: what the log made durable after this may not be in it.
         let log_bytes_before = shared.log_durable_bytes();
@@ -179,20 +177,14 @@ impl StateMachine {
             None => read_applied_write(&txn)?,
         };
         let revision_before = state.revision;
-        // What the database's readers see now: the overlay goes back to it if this fails.
+        // What the database's readers see now: the key index goes back to it if this fails.
         let committed_revision = parked_revision.unwrap_or(revision_before);
         let compact_revision_before = state.compact_revision;
         let applied = self.apply_in(&txn, entries, &mut state);
         // A batch after which a commit of its own is due is never parked: that commit needs
         // the writer to itself.
-        let index = if overlay.active_len() >= overlay::OVERLAY_FLUSH_ENTRIES {
-            IndexFlush::Flush
-        } else {
-            IndexFlush::Keep
-        };
         let open_entries = parked_entries + batch_entries;
-        let park = index == IndexFlush::Keep
-            && !durable_due
+        let park = !durable_due
             && open_entries < STATE_PARKED_ENTRIES_MAX
             && begun_at.elapsed() < std::time::Duration::from_millis(STATE_PARKED_MS_MAX);
         let (batch, to_park) = match applied {
@@ -253,26 +245,15 @@ impl StateMachine {
         }
         let after = AfterAnswer {
             durable_from: durable_due.then_some(log_bytes_before),
-            index,
         };
         Ok((responses, after))
     }
 
     /// The commit an applied batch left to do after its answers, if any: a durable commit
-    /// the cadence made due (`durability.rs`), a flush of a full key-index overlay, or both
-    /// in one transaction (`durability::commit_state`).
+    /// the cadence made due (`durability.rs`).
     fn after_answer(&self, after: AfterAnswer) -> Result<()> {
-        match after.durable_from {
-            Some(log_bytes_before) => {
-                self.store
-                    .commit_state_durable(log_bytes_before, after.index)?;
-            }
-            None if after.index == IndexFlush::Flush => {
-                let db = self.store.state_db();
-                let durability = redb::Durability::None;
-                crate::durability::commit_state(&self.store.shared, &db, durability, after.index)?;
-            }
-            None => {}
+        if let Some(log_bytes_before) = after.durable_from {
+            self.store.commit_state_durable(log_bytes_before)?;
         }
         Ok(())
     }
@@ -288,7 +269,7 @@ impl StateMachine {
     ) -> StorageError {
         self.store
             .shared
-            .index_overlay
+            .key_index
             .discard_above(committed_revision);
         if parked_entries > 0 {
             claim.lost(format!(
@@ -327,7 +308,7 @@ impl StateMachine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies `entries` in `txn` (index entries into the overlay); returns the responses, the
+    /// Applies `entries` in `txn` (index entries into the key index); returns the responses, the
     /// events and the auth store's changes.
     fn apply_in(
         &self,
@@ -337,10 +318,9 @@ impl StateMachine {
     ) -> Result<AppliedBatch> {
         let mut responses = Vec::with_capacity(entries.len());
         let mut tables = tables::WriteTables::open(txn);
-        latest::load_next_chunk(&tables, &self.store.shared.index_overlay)?;
         let mut applier = apply::Applier {
             tables: &mut tables,
-            overlay: &self.store.shared.index_overlay,
+            index: &self.store.shared.key_index,
             state,
             buffer: Vec::with_capacity(256),
             events: self.events.wants_events().then(Vec::new),
@@ -503,24 +483,30 @@ impl StateMachine {
             let Some(from) = compact_from(&state, read_compact_progress(&meta)?) else {
                 return Ok(false);
             };
-            // The plan reads `kv_index` at or below the compaction revision: entries still in
-            // the overlay are flushed first.
-            if overlay::read_flushed(&meta, state.revision)? < state.compact_revision {
+            // No `kv_revs` record above the key index's checkpoint may go: an open replays
+            // them (`index_checkpoint.rs`). One at or above the compaction revision first.
+            if self.store.index_checkpoint_revision() < state.compact_revision {
                 drop(meta);
                 drop(txn);
                 drop(db);
-                self.flush_index_for_compaction()?;
+                self.store.checkpoint_key_index_now()?;
                 return Ok(true);
             }
             let plan = compact::plan_step(
                 &txn.open_table(schema::KV_REVS)?,
-                &txn.open_table(schema::KV_INDEX)?,
+                &self.store.shared.key_index,
                 state.compact_revision,
                 from,
                 records_max,
             )?;
             (state.compact_revision, from, plan)
         };
+        // Readers whose transactions predate the `Compact` may still read below it: the index
+        // entries go once none is left (`key_index.rs`).
+        self.store
+            .shared
+            .key_index
+            .wait_views_compacted_to(compact_revision);
         let mut txn = self.store.begin_state_write(&db)?;
         txn.set_durability(redb::Durability::None)?;
         let state = read_applied_write(&txn)?;
@@ -534,10 +520,7 @@ impl StateMachine {
         }
         {
             let mut tables = tables::WriteTables::open(&txn);
-            compact::remove_planned(&mut tables, &plan)?;
-        }
-        for ((main, _), key) in &plan.removals {
-            self.store.shared.index_overlay.latest_removed(key, *main);
+            compact::remove_planned(&mut tables, &self.store.shared.key_index, &plan)?;
         }
         let removed = plan.removals.len();
         let progress = CompactProgress {
@@ -564,26 +547,6 @@ impl StateMachine {
             );
         }
         Ok(!plan.done)
-    }
-
-    /// Writes the overlay's index entries into `kv_index` (a compaction is about to read
-    /// them there), if they are not there yet.
-    fn flush_index_for_compaction(&self) -> Result<()> {
-        let db = self.store.state_db();
-        let mut txn = self.store.begin_state_write(&db)?;
-        txn.set_durability(redb::Durability::None)?;
-        let state = read_applied_write(&txn)?;
-        let flushed = overlay::read_flushed(&txn.open_table(SM_META)?, state.revision)?;
-        if flushed >= state.compact_revision {
-            txn.abort()?;
-            return Ok(());
-        }
-        let flushing = overlay::flush_into(&txn, &self.store.shared.index_overlay, state.revision)?;
-        txn.commit()?;
-        drop(db);
-        flushing.finish(state.revision);
-        self.store.shared.durability.record_not_durable(0);
-        Ok(())
     }
 
     /// Runs compaction steps until none is pending (tests and tools; the node runs steps from
@@ -620,9 +583,9 @@ fn commit_batch(txn: redb::WriteTransaction, state: &AppliedState) -> Result<()>
 }
 
 /// What an applied batch leaves to do once it is answered (`StateMachine::apply_batch`): a
-/// commit of the state database of its own, which takes tens of milliseconds at 30k puts/s
-/// (a durable one writes and syncs every page dirtied since the last; a flush inserts every
-/// entry of the key index's overlay into `kv_index`) and holds the next batch meanwhile. Done
+/// durable commit of the state database of its own, which takes tens of milliseconds at 30k
+/// puts/s (it writes and syncs every page dirtied since the last) and holds the next batch
+/// meanwhile. Done
 /// after the answers, the batch's clients send their next requests and the log takes them
 /// while the state database commits.
 #[derive(Debug, Clone, Copy)]
@@ -631,8 +594,6 @@ struct AfterAnswer {
     /// A durable commit is due (`durability.rs`); the log's running total read before the
     /// batch (`Store::commit_state_durable`).
     durable_from: Option<u64>,
-    /// `Flush` when the overlay holds `OVERLAY_FLUSH_ENTRIES` or more: into `kv_index`.
-    index: IndexFlush,
 }
 
 /// Where the next compaction step starts in `kv_revs`, or None when none is pending. A new
@@ -677,54 +638,39 @@ pub(crate) fn read_applied(txn: &redb::ReadTransaction) -> Result<AppliedState> 
     applied_in(&txn.open_table(SM_META)?)
 }
 
-/// A read transaction, its applied state, and the overlay entries its `kv_index` lacks.
+/// A read transaction, its applied state, and its registration with the key index (which
+/// keeps compaction from removing index entries the transaction may still read, and installs
+/// from replacing the index under it: `key_index.rs`).
 pub(crate) struct ReadView {
     pub txn: redb::ReadTransaction,
     pub state: AppliedState,
-    pub overlay: Vec<overlay::CopiedEntry>,
+    index: std::sync::Arc<key_index::KeyIndex>,
+    _view: key_index::View,
 }
-
-/// Attempts at a consistent [`ReadView`]; each retry means two flushes finished between a
-/// transaction's start and its copy of the overlay, which are microseconds apart.
-const READ_VIEW_ATTEMPTS_MAX: u32 = 16;
 
 impl ReadView {
     /// The key index as of this view's transaction.
-    pub fn index<'a, I>(&'a self, table: &'a I) -> mvcc::Index<'a, I> {
-        mvcc::Index::new(table, mvcc::OverlayView::Copied(&self.overlay))
+    pub fn index(&self) -> key_index::IndexAt<'_> {
+        key_index::IndexAt {
+            index: &self.index,
+            revision: self.state.revision,
+        }
     }
 }
 
-/// Opens a [`ReadView`] of `db` (the store's state database) holding the overlay entries of
-/// `range` (every key if None) that its transaction needs (`overlay.rs`).
-pub(crate) fn read_view(
-    store: &Store,
-    db: &redb::Database,
-    range: Option<&aspen_core::keys::KeyRange>,
-) -> Result<ReadView> {
-    for _ in 0..READ_VIEW_ATTEMPTS_MAX {
-        let txn = store.begin_state_read(db)?;
-        let (state, flushed) = {
-            let meta = txn.open_table(SM_META)?;
-            let state = applied_in(&meta)?;
-            let flushed = overlay::read_flushed(&meta, state.revision)?;
-            (state, flushed)
-        };
-        if let Some(entries) = store
-            .shared
-            .index_overlay
-            .copy(range, flushed, state.revision)
-        {
-            return Ok(ReadView {
-                txn,
-                state,
-                overlay: entries,
-            });
-        }
-    }
-    Err(StorageError::Invariant(
-        "the key index kept moving under a read".to_string(),
-    ))
+/// Opens a [`ReadView`] of `db` (the store's state database).
+pub(crate) fn read_view(store: &Store, db: &redb::Database) -> Result<ReadView> {
+    let index = std::sync::Arc::clone(&store.shared.key_index);
+    let mut view = index.open_view();
+    let txn = store.begin_state_read(db)?;
+    let state = read_applied(&txn)?;
+    view.seen(state.compact_revision);
+    Ok(ReadView {
+        txn,
+        state,
+        index,
+        _view: view,
+    })
 }
 
 /// Reads from the state machine's committed state, concurrently with applies.
@@ -740,17 +686,15 @@ impl MvccReader {
     /// Serves a Range; on success also returns the store revision the read saw.
     pub fn range(&self, request: &RangeRequest) -> Result<ReadOutcome> {
         let db = self.store.state_db();
-        let key_range = aspen_core::keys::KeyRange::new(&request.key, &request.range_end);
-        let view = read_view(&self.store, &db, Some(&key_range))?;
+        let view = read_view(&self.store, &db)?;
         let state = &view.state;
         let at =
             match range::read_revision(request.revision, state.revision, state.compact_revision) {
                 Ok(at) => at,
                 Err(e) => return Ok(Err(e)),
             };
-        let index = view.txn.open_table(schema::KV_INDEX)?;
         let revs = view.txn.open_table(schema::KV_REVS)?;
-        let result = range::range(&view.index(&index), &revs, request, at)?;
+        let result = range::range(&view.index(), &revs, request, at)?;
         Ok(Ok((result, state.revision)))
     }
 
@@ -874,9 +818,7 @@ mod tests {
     use aspen_core::{Command, PutRequest, TypeConfig};
     use openraft::EntryPayload;
 
-    use super::overlay::OVERLAY_FLUSH_ENTRIES;
-    use crate::durability::IndexFlush;
-    use crate::{StateMachine, StorageBackend, open_storage};
+    use crate::{StorageBackend, open_storage};
 
     fn puts(first_index: u64, count: u64) -> Vec<Entry> {
         (first_index..first_index + count)
@@ -891,16 +833,11 @@ mod tests {
             .collect()
     }
 
-    fn overlay_len(sm: &StateMachine) -> usize {
-        sm.store.shared.index_overlay.active_len()
-    }
-
     /// A batch the durable cadence made due is answered before its durable commit: the batch
     /// comes back with the commit still to do (`AfterAnswer`), committed without an fsync and
-    /// not parked; the commit after it makes everything durable and leaves the key index's
-    /// overlay unflushed.
+    /// not parked; the commit after it makes everything durable.
     #[test]
-    fn a_due_durable_commit_waits_for_the_answers_and_leaves_the_overlay() {
+    fn a_due_durable_commit_waits_for_the_answers() {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = StorageBackend::Redb {
             dir: dir.path().to_path_buf(),
@@ -914,7 +851,6 @@ mod tests {
         let (responses, after) = sm.apply_batch(&puts(4, 2)).expect("apply");
         assert_eq!(responses.len(), 2);
         assert!(after.durable_from.is_some(), "the cadence is due");
-        assert_eq!(after.index, IndexFlush::Keep);
         assert!(!sm.store().state_batches_uncommitted(), "not parked");
         assert_eq!(sm.store().state_syncs(), syncs_before, "no fsync yet");
         assert!(sm.store().state_durable_applied_index() < 5);
@@ -922,23 +858,6 @@ mod tests {
         sm.after_answer(after).expect("durable commit");
         assert!(sm.store().state_syncs() > syncs_before);
         assert_eq!(sm.store().state_durable_applied_index(), 5);
-        assert_eq!(overlay_len(&sm), 5, "the durable commit did not flush");
-    }
-
-    /// The overlay is flushed once it holds `OVERLAY_FLUSH_ENTRIES`, after the batch that
-    /// filled it, in a commit without an fsync.
-    #[test]
-    fn a_full_overlay_is_flushed_after_the_batch_without_an_fsync() {
-        let (_log, sm) = open_storage(&StorageBackend::InMemory, Limits::default()).expect("open");
-        let entries = OVERLAY_FLUSH_ENTRIES as u64;
-        let (_, after) = sm.apply_batch(&puts(1, entries)).expect("apply");
-        assert_eq!(after.index, IndexFlush::Flush);
-        assert_eq!(overlay_len(&sm), OVERLAY_FLUSH_ENTRIES);
-        let durable_before = sm.store().state_durable_applied_index();
-        sm.after_answer(after).expect("flush");
-        assert_eq!(overlay_len(&sm), 0, "flushed");
-        if after.durable_from.is_none() {
-            assert_eq!(sm.store().state_durable_applied_index(), durable_before);
-        }
+        assert_eq!(sm.store().shared.key_index.len(), 5);
     }
 }

@@ -11,12 +11,10 @@ use aspen_core::keys::KeyRange;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::overlay::{CopiedEntry, IndexOverlay};
+use super::key_index::KeyIndex;
 use super::records::StoredVersion;
 use crate::error::{Result, StorageError, decode};
 
-/// `kv_index` key: (user key, main revision).
-pub(crate) type IndexKey = (&'static [u8], u64);
 /// `kv_revs` key: (main revision, sub-revision).
 pub(crate) type RevKey = (u64, u32);
 /// A `kv_index` entry read back: its main revision and record.
@@ -84,11 +82,10 @@ pub struct RevRecord {
     pub lease: u64,
 }
 
-/// The head of a `RevRecord`, read without copying its key or value: what compaction looks at.
-/// Fields are decoded in order, so those before `version` are decoded too; postcard leaves the
-/// rest (the lease) unread.
+/// A `RevRecord` read without copying its key or value: what compaction and the key index's
+/// replay at open look at.
 #[derive(Debug, Deserialize)]
-#[allow(dead_code)] // `value` and `create_revision` are decoded only to reach `version`.
+#[allow(dead_code)] // compaction decodes `value` only to reach `version`.
 pub(crate) struct RevRecordView<'a> {
     #[serde(borrow, with = "serde_bytes")]
     pub key: &'a [u8],
@@ -96,6 +93,7 @@ pub(crate) struct RevRecordView<'a> {
     pub value: &'a [u8],
     pub create_revision: u64,
     pub version: u64,
+    pub lease: u64,
 }
 
 impl RevRecord {
@@ -111,37 +109,17 @@ impl RevRecord {
     }
 }
 
-/// Where [`write_version`] puts a version's index entry.
-pub(crate) enum IndexSink<'a, 't> {
-    /// The overlay: the apply path (a flush writes it into `kv_index` later, `overlay.rs`).
-    Overlay(&'a IndexOverlay),
-    /// `kv_index` itself: a migration, which has no overlay.
-    Table(&'a mut redb::Table<'t, IndexKey, &'static [u8]>),
-}
-
-/// Writes `version` of `key`: its index entry (into the overlay or `kv_index`, as `index` says)
-/// and its record.
+/// Writes `version` of `key`: its entry into the key index and its record into `kv_revs`.
 pub(crate) fn write_version(
-    index: IndexSink<'_, '_>,
+    index: &KeyIndex,
     revs: &mut redb::Table<'_, RevKey, &'static [u8]>,
     key: &[u8],
     version: &StoredVersion,
     buffer: &mut Vec<u8>,
 ) -> Result<()> {
-    let record = IndexRecord::of(version);
-    let replaced = match index {
-        IndexSink::Overlay(overlay) => overlay.insert(key, version.mod_revision, record),
-        IndexSink::Table(index) => {
-            buffer.clear();
-            aspen_core::codec::encode_into(&record, buffer);
-            match index.insert((key, version.mod_revision), buffer.as_slice())? {
-                Some(previous) => Some(decode::<IndexRecord>("kv_index", previous.value())?),
-                None => None,
-            }
-        }
-    };
+    let replaced = index.insert(key, version.mod_revision, IndexRecord::of(version));
     // The API refuses a Txn that writes one key twice (etcd's "duplicate key"); should a
-    // command still do it, the last write at the revision wins, as it did in `kv_latest`.
+    // command still do it, the last write at the revision wins.
     if let Some(replaced) = replaced {
         revs.remove((version.mod_revision, replaced.sub_revision))?;
     }
@@ -186,151 +164,18 @@ struct RevRecordRef<'a> {
     lease: u64,
 }
 
-/// `kv_index` bounds covering every revision of every key in `range`.
-pub(crate) fn index_range<'i, I>(
-    index: &'i I,
-    range: &KeyRange,
-) -> Result<redb::Range<'i, IndexKey, &'static [u8]>>
-where
-    I: ReadableTable<IndexKey, &'static [u8]>,
-{
-    let iter = match range {
-        KeyRange::Single(key) => {
-            index.range::<(&[u8], u64)>((key.as_slice(), 0)..=(key.as_slice(), u64::MAX))?
-        }
-        KeyRange::Interval {
-            start,
-            end: Some(end),
-        } => index.range::<(&[u8], u64)>((start.as_slice(), 0)..(end.as_slice(), 0))?,
-        KeyRange::Interval { start, end: None } => {
-            index.range::<(&[u8], u64)>((start.as_slice(), 0)..)?
-        }
-    };
-    Ok(iter)
-}
-
-/// `key`'s newest `kv_index` entry at or below `at_revision` (tombstones included).
-pub(crate) fn table_entry_at<I>(
-    index: &I,
-    key: &[u8],
-    at_revision: u64,
-) -> Result<Option<(u64, IndexRecord)>>
-where
-    I: ReadableTable<IndexKey, &'static [u8]>,
-{
-    let mut iter = index.range::<(&[u8], u64)>((key, 0)..=(key, at_revision))?;
-    match iter.next_back() {
-        Some(item) => {
-            let (table_key, bytes) = item?;
-            let record: IndexRecord = decode("kv_index", bytes.value())?;
-            Ok(Some((table_key.value().1, record)))
-        }
-        None => Ok(None),
-    }
-}
-
 /// What [`IndexSource::for_each_entry`] calls with each entry: (key, main revision, record);
 /// false stops the walk.
 pub(crate) type EntryVisitor<'v> = dyn FnMut(&[u8], u64, IndexRecord) -> Result<bool> + 'v;
 
-/// Where index entries are read from: `kv_index`, with the entries the overlay holds that are
-/// not in it yet (`overlay.rs`).
+/// Where index entries are read from: the in-memory key index as of a revision
+/// (`key_index::IndexAt`).
 pub(crate) trait IndexSource {
     /// `key`'s newest entry at or below `at_revision` (tombstones included).
     fn entry_at(&self, key: &[u8], at_revision: u64) -> Result<Option<IndexEntry>>;
 
     /// Every entry of `range` in (key, revision) order; `visit` returns false to stop.
     fn for_each_entry(&self, range: &KeyRange, visit: &mut EntryVisitor<'_>) -> Result<()>;
-}
-
-/// Which overlay entries an [`Index`] adds to its table.
-pub(crate) enum OverlayView<'a> {
-    /// The writer's: the live overlay, every entry (only the writer changes it).
-    Live(&'a IndexOverlay),
-    /// A reader's copy (`IndexOverlay::copy`), sorted by (key, revision).
-    Copied(&'a [CopiedEntry]),
-}
-
-/// `kv_index` (a read or write transaction's table) with an overlay view.
-pub(crate) struct Index<'a, I> {
-    pub table: &'a I,
-    pub overlay: OverlayView<'a>,
-}
-
-impl<'a, I> Index<'a, I> {
-    pub fn new(table: &'a I, overlay: OverlayView<'a>) -> Index<'a, I> {
-        Index { table, overlay }
-    }
-}
-
-impl<I> IndexSource for Index<'_, I>
-where
-    I: ReadableTable<IndexKey, &'static [u8]>,
-{
-    fn entry_at(&self, key: &[u8], at_revision: u64) -> Result<Option<IndexEntry>> {
-        // The overlay holds the entries above the flushed revision and `kv_index` those at or
-        // below it (`overlay.rs`): one found in the overlay is the newest.
-        let from_overlay = match &self.overlay {
-            OverlayView::Live(overlay) => overlay.entry_at(key, at_revision),
-            OverlayView::Copied(entries) => copied_entry_at(entries, key, at_revision),
-        };
-        match from_overlay {
-            Some(entry) => Ok(Some(entry)),
-            None => table_entry_at(self.table, key, at_revision),
-        }
-    }
-
-    fn for_each_entry(&self, range: &KeyRange, visit: &mut EntryVisitor<'_>) -> Result<()> {
-        let live_copy;
-        let extra: Vec<&CopiedEntry> = match &self.overlay {
-            OverlayView::Live(overlay) => {
-                live_copy = overlay.copy_unchecked(Some(range), 0, u64::MAX);
-                live_copy.iter().collect()
-            }
-            OverlayView::Copied(entries) => entries
-                .iter()
-                .filter(|(key, _, _)| range.contains(key))
-                .collect(),
-        };
-        let mut extra = extra.into_iter().peekable();
-        for item in index_range(self.table, range)? {
-            let (table_key, bytes) = item?;
-            let (key, main) = table_key.value();
-            while let Some((extra_key, extra_main, extra_record)) = extra.peek() {
-                match (extra_key.as_slice(), *extra_main).cmp(&(key, main)) {
-                    std::cmp::Ordering::Less => {
-                        if !visit(extra_key, *extra_main, *extra_record)? {
-                            return Ok(());
-                        }
-                        extra.next();
-                    }
-                    // The same entry in both (flushed, not yet dropped): the table's is visited.
-                    std::cmp::Ordering::Equal => {
-                        extra.next();
-                        break;
-                    }
-                    std::cmp::Ordering::Greater => break,
-                }
-            }
-            if !visit(key, main, decode("kv_index", bytes.value())?)? {
-                return Ok(());
-            }
-        }
-        for (key, main, record) in extra {
-            if !visit(key, *main, *record)? {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `key`'s newest copied entry at or below `at_revision`.
-fn copied_entry_at(entries: &[CopiedEntry], key: &[u8], at_revision: u64) -> Option<IndexEntry> {
-    // The first position past (key, at_revision); the entry before it, if `key`'s, is the one.
-    let past = entries.partition_point(|(k, main, _)| (k.as_slice(), *main) <= (key, at_revision));
-    let (k, main, record) = entries.get(past.checked_sub(1)?)?;
-    (k.as_slice() == key).then_some((*main, *record))
 }
 
 /// The record at (main, sub); an index entry without one is corruption.

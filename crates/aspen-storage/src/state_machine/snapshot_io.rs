@@ -3,8 +3,6 @@
 
 use std::io::BufReader;
 
-use aspen_core::limits::SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES;
-
 use aspen_core::type_config::alias::SnapshotMeta;
 use redb::ReadableTable;
 
@@ -33,7 +31,6 @@ pub(crate) fn record_point(store: &Store) -> Result<SnapshotMeta> {
     // Durable (redb's default): it makes every earlier apply durable too.
     let txn = store.begin_state_write(&db)?;
     let state = read_applied_write(&txn)?;
-    let flushing = super::overlay::flush_into(&txn, &store.shared.index_overlay, state.revision)?;
     let meta = SnapshotMeta {
         last_log_id: state.last_applied,
         last_membership: state.membership.clone(),
@@ -56,7 +53,6 @@ pub(crate) fn record_point(store: &Store) -> Result<SnapshotMeta> {
     let log_bytes_before = store.shared.log_durable_bytes();
     txn.commit()?;
     drop(db);
-    flushing.finish(state.revision);
     let applied_index = state.last_applied.as_ref().map_or(0, |id| id.index);
     store
         .shared
@@ -100,7 +96,7 @@ pub(crate) fn current(store: &Store) -> Result<Option<(SnapshotMeta, SnapshotDat
     let Some(point) = point else {
         return Ok(None);
     };
-    let view = super::read_view(store, &db, None)?;
+    let view = super::read_view(store, &db)?;
     drop(db);
     let meta = SnapshotMeta {
         last_log_id: view.state.last_applied,
@@ -177,7 +173,7 @@ pub fn export_snapshot(store: &Store) -> Result<SnapshotExport> {
     let mut sink = store.shared.snapshots.new_export_sink(bytes_max)?;
     let view = {
         let db = store.state_db();
-        super::read_view(store, &db, None)?
+        super::read_view(store, &db)?
     };
     let meta = write_view(&view, &mut sink)?;
     let data = sink.finish_export()?;
@@ -251,8 +247,7 @@ pub(super) fn for_each_kept_version(
     mut visit: impl FnMut(Vec<u8>, StoredVersion, bool) -> Result<()>,
 ) -> Result<()> {
     let (txn, state) = (&view.txn, &view.state);
-    let index_table = txn.open_table(schema::KV_INDEX)?;
-    let index = view.index(&index_table);
+    let index = view.index();
     let revs = txn.open_table(schema::KV_REVS)?;
     for item in revs.iter()? {
         let (position, bytes) = item?;
@@ -303,11 +298,11 @@ fn write_auth(
     Ok(frames)
 }
 
-/// Index entries of an install waiting to be written in key order (see
-/// `SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES`); records go to `kv_revs` at once.
+/// The key index an install or an import builds while it writes the records into `kv_revs`;
+/// it replaces the store's once the transaction has committed.
 #[derive(Default)]
 pub(super) struct IndexRun {
-    entries: Vec<(Vec<u8>, u64, IndexRecord)>,
+    keys: super::key_index::KeyMap,
 }
 
 impl IndexRun {
@@ -324,35 +319,24 @@ impl IndexRun {
                 version.mod_revision, version.sub_revision
             )));
         }
-        self.entries
-            .push((key, version.mod_revision, IndexRecord::of(version)));
-        if self.entries.len() >= SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES {
-            self.flush(tables, encoded)?;
-        }
+        self.keys
+            .entry(key)
+            .or_default()
+            .push((version.mod_revision, IndexRecord::of(version)));
         Ok(())
     }
 
-    pub(super) fn flush(
-        &mut self,
-        tables: &mut super::tables::WriteTables<'_>,
-        encoded: &mut Vec<u8>,
-    ) -> Result<()> {
-        self.entries
-            .sort_unstable_by(|a, b| (a.0.as_slice(), a.1).cmp(&(b.0.as_slice(), b.1)));
-        let index = tables.index_mut()?;
-        for (key, main, record) in self.entries.drain(..) {
-            encoded.clear();
-            aspen_core::codec::encode_into(&record, encoded);
-            if index
-                .insert((key.as_slice(), main), encoded.as_slice())?
-                .is_some()
-            {
+    /// The index built: each key's versions in revision order.
+    pub(super) fn finish(mut self) -> Result<super::key_index::KeyMap> {
+        for versions in self.keys.values_mut() {
+            versions.sort_unstable_by_key(|(main, _)| *main);
+            if versions.windows(2).any(|w| w[0].0 == w[1].0) {
                 return Err(StorageError::Snapshot(
                     "snapshot holds two versions of one key at one revision".into(),
                 ));
             }
         }
-        Ok(())
+        Ok(self.keys)
     }
 }
 
@@ -404,7 +388,6 @@ pub(crate) fn install(
     let mut buffer = Vec::with_capacity(4096);
     let db = store.state_db();
     let txn = store.begin_state_write(&db)?;
-    txn.delete_table(schema::KV_INDEX)?;
     txn.delete_table(schema::KV_REVS)?;
     txn.delete_table(schema::LEASES)?;
     txn.delete_table(schema::LEASE_KEYS)?;
@@ -423,7 +406,7 @@ pub(crate) fn install(
             "snapshot does not start with a header".into(),
         ));
     };
-    {
+    let installed_index = {
         let mut tables = super::tables::WriteTables::open(&txn);
         let mut encoded = Vec::with_capacity(4096);
         let mut index_run = IndexRun::default();
@@ -487,8 +470,8 @@ pub(crate) fn install(
                 }
             }
         }
-        index_run.flush(&mut tables, &mut encoded)?;
-    }
+        index_run.finish()?
+    };
     let state = AppliedState {
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
@@ -514,12 +497,15 @@ pub(crate) fn install(
             }
         }
     }
-    // The index written above is the whole index: nothing of it is in the overlay.
-    super::overlay::write_flushed(&txn, revision)?;
+    // The checkpoint describes the replaced state: gone before the commit (a crash between
+    // leaves the old state without one, and its open replays all of `kv_revs`).
+    let _no_checkpoint = store.shared.index_checkpoints.remove()?;
+    // No reader pairs a transaction with the other index (`key_index.rs`).
+    let _exclusive = store.shared.key_index.exclusive();
     // Immediate: the log is purged behind this snapshot, so it must survive a crash.
     let log_bytes_before = store.shared.log_durable_bytes();
     txn.commit()?;
-    store.shared.index_overlay.reset(revision);
+    store.shared.key_index.replace(installed_index);
     let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
     store
         .shared

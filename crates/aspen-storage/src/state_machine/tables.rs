@@ -13,11 +13,10 @@ use std::cell::OnceCell;
 
 use redb::{Key, Table, TableDefinition, TableHandle, Value, WriteTransaction};
 
-use super::mvcc::{IndexKey, RevKey};
+use super::mvcc::RevKey;
 use crate::error::{Result, StorageError};
 use crate::schema;
 
-type IndexTable<'t> = Table<'t, IndexKey, &'static [u8]>;
 type RevsTable<'t> = Table<'t, RevKey, &'static [u8]>;
 type LeasesTable<'t> = Table<'t, u64, &'static [u8]>;
 type LeaseKeysTable<'t> = Table<'t, (u64, &'static [u8]), ()>;
@@ -27,7 +26,6 @@ type LeaseKeysTable<'t> = Table<'t, (u64, &'static [u8]), ()>;
 /// meet a missing table, whatever the apply path has opened.
 pub(crate) fn create_all(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(schema::SM_META)?;
-    txn.open_table(schema::KV_INDEX)?;
     txn.open_table(schema::KV_REVS)?;
     txn.open_table(schema::LEASES)?;
     txn.open_table(schema::LEASE_KEYS)?;
@@ -38,7 +36,6 @@ pub(crate) fn create_all(txn: &WriteTransaction) -> Result<()> {
 
 pub(crate) struct WriteTables<'t> {
     txn: &'t WriteTransaction,
-    index: OnceCell<IndexTable<'t>>,
     revs: OnceCell<RevsTable<'t>>,
     leases: OnceCell<LeasesTable<'t>>,
     lease_keys: OnceCell<LeaseKeysTable<'t>>,
@@ -49,20 +46,10 @@ impl<'t> WriteTables<'t> {
     pub fn open(txn: &'t WriteTransaction) -> WriteTables<'t> {
         WriteTables {
             txn,
-            index: OnceCell::new(),
             revs: OnceCell::new(),
             leases: OnceCell::new(),
             lease_keys: OnceCell::new(),
         }
-    }
-
-    /// `kv_index`, to read.
-    pub fn index(&self) -> Result<&IndexTable<'t>> {
-        opened(&self.index, self.txn, schema::KV_INDEX)
-    }
-
-    pub fn index_mut(&mut self) -> Result<&mut IndexTable<'t>> {
-        opened_mut(&mut self.index, self.txn, schema::KV_INDEX)
     }
 
     /// `kv_revs`, to read.
@@ -90,30 +77,6 @@ impl<'t> WriteTables<'t> {
 
     pub fn lease_keys_mut(&mut self) -> Result<&mut LeaseKeysTable<'t>> {
         opened_mut(&mut self.lease_keys, self.txn, schema::LEASE_KEYS)
-    }
-
-    /// `kv_index` and `kv_revs`, both to write (compaction removes from both).
-    pub fn index_and_revs_mut(&mut self) -> Result<(&mut IndexTable<'t>, &mut RevsTable<'t>)> {
-        let txn = self.txn;
-        let WriteTables { index, revs, .. } = self;
-        Ok((
-            opened_mut(index, txn, schema::KV_INDEX)?,
-            opened_mut(revs, txn, schema::KV_REVS)?,
-        ))
-    }
-
-    /// `kv_index` to read and `lease_keys` to write (an import attaches keys to leases).
-    pub fn index_and_lease_keys_mut(
-        &mut self,
-    ) -> Result<(&IndexTable<'t>, &mut LeaseKeysTable<'t>)> {
-        let txn = self.txn;
-        let WriteTables {
-            index, lease_keys, ..
-        } = self;
-        Ok((
-            opened(index, txn, schema::KV_INDEX)?,
-            opened_mut(lease_keys, txn, schema::LEASE_KEYS)?,
-        ))
     }
 }
 
