@@ -157,7 +157,7 @@ impl Checkpoints {
         tracing::debug!(
             revision = durable_revision,
             bytes,
-            ms = started.elapsed().as_millis() as u64,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "key index checkpoint written"
         );
         Ok(())
@@ -252,7 +252,7 @@ pub(crate) fn load_index(db: &redb::Database, path: Option<&Path>) -> Result<(Ke
         replayed,
         compacted,
         keys = index.keys_len(),
-        ms = started.elapsed().as_millis() as u64,
+        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "key index loaded"
     );
     Ok((index, from))
@@ -307,14 +307,14 @@ pub(crate) fn read(path: &Path) -> Result<Option<Loaded>> {
         return Err(damaged("not a key index checkpoint"));
     }
     let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
-    let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(crc.try_into().map_err(|_| damaged("short"))?);
     if crc32fast::hash(body) != crc {
         return Err(damaged("checksum mismatch"));
     }
-    let revision = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+    let revision = u64::from_le_bytes(body[8..16].try_into().map_err(|_| damaged("short"))?);
     let (entries, keys_len) =
         body[HEADER_BYTES..].split_at(body.len() - HEADER_BYTES - COUNT_BYTES);
-    let keys_len = u64::from_le_bytes(keys_len.try_into().expect("8 bytes"));
+    let keys_len = u64::from_le_bytes(keys_len.try_into().map_err(|_| damaged("short"))?);
     let mut rest = entries;
     let mut pairs: Vec<(Vec<u8>, Versions)> = Vec::new();
     while !rest.is_empty() {

@@ -35,6 +35,8 @@ use crate::error::Result;
 pub(crate) type Versions = Vec<(u64, IndexRecord)>;
 /// Every key's versions, by key.
 pub(crate) type KeyMap = BTreeMap<Vec<u8>, Versions>;
+/// Keys copied out of the index with their versions, in key order.
+pub(crate) type Chunk = Vec<(Vec<u8>, Versions)>;
 
 /// Keys a reader's walk copies per hold of the read lock: the writer waits at most one chunk.
 const VISIT_CHUNK_KEYS: usize = 1024;
@@ -220,16 +222,14 @@ impl KeyIndex {
         &self,
         bounds: (Bound<&[u8]>, Bound<&[u8]>),
         at_most: u64,
-    ) -> (Vec<(Vec<u8>, Versions)>, Option<Vec<u8>>) {
+    ) -> (Chunk, Option<Vec<u8>>) {
         let map = self.read();
         let mut chunk = Vec::new();
-        let mut walked: usize = 0;
         let mut last: Option<&Vec<u8>> = None;
-        for (key, versions) in map.keys.range::<[u8], _>(bounds) {
+        for (walked, (key, versions)) in map.keys.range::<[u8], _>(bounds).enumerate() {
             if walked == VISIT_CHUNK_KEYS {
                 return (chunk, last.cloned());
             }
-            walked += 1;
             last = Some(key);
             let visible = versions.partition_point(|(main, _)| *main <= at_most);
             if visible > 0 {
@@ -258,10 +258,8 @@ impl KeyIndex {
 
     fn move_view(&self, from: u64, to: Option<u64>) {
         let mut views = self.views();
-        let count = views
-            .by_compact_revision
-            .get_mut(&from)
-            .expect("a registered view");
+        let count = views.by_compact_revision.entry(from).or_default();
+        assert!(*count > 0, "a view moved that was not registered");
         *count -= 1;
         if *count == 0 {
             views.by_compact_revision.remove(&from);
@@ -320,7 +318,7 @@ impl KeyIndex {
     pub fn for_each_chunk(
         &self,
         at_most: u64,
-        mut visit: impl FnMut(Vec<(Vec<u8>, Versions)>) -> Result<()>,
+        mut visit: impl FnMut(Chunk) -> Result<()>,
     ) -> Result<()> {
         let mut from: Bound<Vec<u8>> = Bound::Unbounded;
         loop {
