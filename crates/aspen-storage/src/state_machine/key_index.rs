@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use aspen_core::keys::KeyRange;
@@ -49,6 +50,19 @@ pub(crate) struct KeyIndex {
     map: RwLock<Entries>,
     views: Mutex<Views>,
     views_changed: Condvar,
+    /// Bumped by each [`KeyIndex::replace`]: an unregistered view checks it (see [`Stamp`]).
+    generation: AtomicU64,
+    /// The highest compaction revision whose index removals have started.
+    removing_for: AtomicU64,
+}
+
+/// What an unregistered view (a deferred snapshot's, which may live for long and so must not
+/// hold compaction or installs back) records before its transaction begins, and checks before
+/// and after it reads: if an install replaced the index, or a compaction above the view's
+/// started removing entries, what it read may be wrong and it is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -212,8 +226,33 @@ impl KeyIndex {
     /// Replaces the whole index (an install or an import, holding [`KeyIndex::exclusive`]).
     pub fn replace(&self, keys: KeyMap) {
         let len = keys.values().map(|v| v.len() as u64).sum();
-        let old = std::mem::replace(&mut *self.write(), Entries { keys, len });
+        let old = {
+            let mut map = self.write();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            std::mem::replace(&mut *map, Entries { keys, len })
+        };
         drop(old);
+    }
+
+    /// The compactor is about to remove entries that compaction at `compact_revision` made
+    /// unreadable (after [`KeyIndex::wait_views_compacted_to`]).
+    pub fn note_removing(&self, compact_revision: u64) {
+        self.removing_for
+            .fetch_max(compact_revision, Ordering::AcqRel);
+    }
+
+    /// An unregistered view's stamp: take it before the view's transaction begins.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            generation: self.generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether an unregistered view stamped `stamp`, whose transaction holds
+    /// `compact_revision`, still reads this index as its transaction's.
+    pub fn still_matches(&self, stamp: Stamp, compact_revision: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == stamp.generation
+            && self.removing_for.load(Ordering::Acquire) <= compact_revision
     }
 
     /// Copies up to `VISIT_CHUNK_KEYS` keys of `bounds` with their entries at or below
@@ -553,6 +592,26 @@ mod tests {
         waiter.join().expect("waiter");
         assert!(done.load(Ordering::SeqCst));
         drop(new);
+    }
+
+    #[test]
+    fn an_unregistered_view_is_refused_after_an_install_or_a_newer_compaction() {
+        let index = KeyIndex::default();
+        let stamp = index.stamp();
+        assert!(index.still_matches(stamp, 3));
+        index.note_removing(3);
+        assert!(index.still_matches(stamp, 3), "a compaction it has seen");
+        index.note_removing(4);
+        assert!(
+            !index.still_matches(stamp, 3),
+            "a newer compaction removes entries"
+        );
+        let stamp = index.stamp();
+        index.replace(KeyMap::new());
+        assert!(
+            !index.still_matches(stamp, 4),
+            "an install replaced the index"
+        );
     }
 
     #[test]

@@ -520,6 +520,7 @@ impl StateMachine {
         }
         {
             let mut tables = tables::WriteTables::open(&txn);
+            self.store.shared.key_index.note_removing(compact_revision);
             compact::remove_planned(&mut tables, &self.store.shared.key_index, &plan)?;
         }
         let removed = plan.removals.len();
@@ -645,7 +646,14 @@ pub(crate) struct ReadView {
     pub txn: redb::ReadTransaction,
     pub state: AppliedState,
     index: std::sync::Arc<key_index::KeyIndex>,
-    _view: key_index::View,
+    /// A registered view (`read_view`), or the stamp of an unregistered one
+    /// (`read_view_unregistered`).
+    registration: Registration,
+}
+
+enum Registration {
+    View(#[allow(dead_code)] key_index::View),
+    Stamp(key_index::Stamp),
 }
 
 impl ReadView {
@@ -654,6 +662,17 @@ impl ReadView {
         key_index::IndexAt {
             index: &self.index,
             revision: self.state.revision,
+        }
+    }
+
+    /// False if this view is unregistered and an install or a newer compaction has changed
+    /// the index since it began: what it read from the index may not be its transaction's.
+    pub fn index_still_matches(&self) -> bool {
+        match &self.registration {
+            Registration::View(_) => true,
+            Registration::Stamp(stamp) => self
+                .index
+                .still_matches(*stamp, self.state.compact_revision),
         }
     }
 }
@@ -669,7 +688,23 @@ pub(crate) fn read_view(store: &Store, db: &redb::Database) -> Result<ReadView> 
         txn,
         state,
         index,
-        _view: view,
+        registration: Registration::View(view),
+    })
+}
+
+/// A [`ReadView`] that does not register: for a view that may be kept long (a deferred
+/// snapshot's), which must not hold compaction or installs back. Check
+/// [`ReadView::index_still_matches`] after reading.
+pub(crate) fn read_view_unregistered(store: &Store, db: &redb::Database) -> Result<ReadView> {
+    let index = std::sync::Arc::clone(&store.shared.key_index);
+    let stamp = index.stamp();
+    let txn = store.begin_state_read(db)?;
+    let state = read_applied(&txn)?;
+    Ok(ReadView {
+        txn,
+        state,
+        index,
+        registration: Registration::Stamp(stamp),
     })
 }
 

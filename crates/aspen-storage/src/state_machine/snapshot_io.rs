@@ -96,7 +96,10 @@ pub(crate) fn current(store: &Store) -> Result<Option<(SnapshotMeta, SnapshotDat
     let Some(point) = point else {
         return Ok(None);
     };
-    let view = super::read_view(store, &db)?;
+    // Unregistered: the snapshot may be kept for long before a leader writes it, and must not
+    // hold compaction or installs back meanwhile; it is refused when written if either
+    // changed the key index under it (`Materialize for Deferred`).
+    let view = super::read_view_unregistered(store, &db)?;
     drop(db);
     let meta = SnapshotMeta {
         last_log_id: view.state.last_applied,
@@ -136,10 +139,23 @@ impl Materialize for Deferred {
             Slot::Written(data) => return Ok(data.clone()),
             Slot::View(view) => view,
         };
+        let overtaken = || {
+            StorageError::Snapshot(
+                "the snapshot's view was overtaken by a compaction or an install; the next \
+                 snapshot request takes a new one"
+                    .into(),
+            )
+        };
+        if !view.index_still_matches() {
+            return Err(overtaken());
+        }
         let bytes_max = self.store.limits().quota_backend_bytes.saturating_mul(2);
         let mut sink = self.store.shared.snapshots.new_sink(bytes_max)?;
         let meta = write_view(view, &mut sink)?;
         assert_eq!(meta, self.meta, "a deferred snapshot's view moved");
+        if !view.index_still_matches() {
+            return Err(overtaken());
+        }
         let data = record_written(&self.store, meta, sink)?;
         *slot = Slot::Written(data.clone());
         Ok(data)
