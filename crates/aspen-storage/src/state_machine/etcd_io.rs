@@ -274,7 +274,7 @@ fn attach_leases(
             && !record.is_tombstone()
             && record.lease != 0
         {
-            lease_keys.insert((record.lease, key.as_slice()), ())?;
+            lease_keys.insert((record.lease, key.as_bytes()), ())?;
         }
     }
     Ok(())

@@ -337,7 +337,10 @@ pub(crate) fn read(path: &Path) -> Result<Option<Loaded>> {
     }
     Ok(Some(Loaded {
         revision,
-        keys: pairs.into_iter().collect(),
+        keys: pairs
+            .into_iter()
+            .map(|(key, versions)| (super::key_bytes::KeyBytes::from(key), versions))
+            .collect(),
     }))
 }
 

@@ -29,13 +29,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 
 use aspen_core::keys::KeyRange;
 
+use super::key_bytes::KeyBytes;
 use super::mvcc::{EntryVisitor, IndexRecord, IndexSource};
 use crate::error::Result;
 
 /// A key's versions, oldest first.
 pub(crate) type Versions = Vec<(u64, IndexRecord)>;
 /// Every key's versions, by key.
-pub(crate) type KeyMap = BTreeMap<Vec<u8>, Versions>;
+pub(crate) type KeyMap = BTreeMap<KeyBytes, Versions>;
 /// Keys copied out of the index with their versions, in key order.
 pub(crate) type Chunk = Vec<(Vec<u8>, Versions)>;
 
@@ -151,9 +152,10 @@ impl KeyIndex {
     pub fn insert(&self, key: &[u8], main: u64, record: IndexRecord) -> Option<IndexRecord> {
         let mut map = self.write();
         let map = &mut *map;
-        let versions = match map.keys.get_mut(key) {
-            Some(versions) => versions,
-            None => map.keys.entry(key.to_vec()).or_default(),
+        let Some(versions) = map.keys.get_mut(key) else {
+            map.keys.insert(KeyBytes::from(key), vec![(main, record)]);
+            map.len += 1;
+            return None;
         };
         match versions.last_mut() {
             Some((last, replaced)) if *last == main => Some(std::mem::replace(replaced, record)),
@@ -264,15 +266,15 @@ impl KeyIndex {
     ) -> (Chunk, Option<Vec<u8>>) {
         let map = self.read();
         let mut chunk = Vec::new();
-        let mut last: Option<&Vec<u8>> = None;
+        let mut last: Option<&KeyBytes> = None;
         for (walked, (key, versions)) in map.keys.range::<[u8], _>(bounds).enumerate() {
             if walked == VISIT_CHUNK_KEYS {
-                return (chunk, last.cloned());
+                return (chunk, last.map(|key| key.to_vec()));
             }
             last = Some(key);
             let visible = versions.partition_point(|(main, _)| *main <= at_most);
             if visible > 0 {
-                chunk.push((key.clone(), versions[..visible].to_vec()));
+                chunk.push((key.to_vec(), versions[..visible].to_vec()));
             }
         }
         (chunk, None)
@@ -624,7 +626,10 @@ mod tests {
             let (index, installed) = (Arc::clone(&index), Arc::clone(&installed));
             std::thread::spawn(move || {
                 let exclusive = index.exclusive();
-                index.replace(KeyMap::from([(b"x".to_vec(), vec![(9, record(1))])]));
+                index.replace(KeyMap::from([(
+                    KeyBytes::from(b"x".as_slice()),
+                    vec![(9, record(1))],
+                )]));
                 installed.store(true, Ordering::SeqCst);
                 drop(exclusive);
             })

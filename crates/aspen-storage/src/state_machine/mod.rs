@@ -15,6 +15,7 @@ mod events;
 mod hash;
 mod history;
 pub(crate) mod index_checkpoint;
+mod key_bytes;
 pub(crate) mod key_index;
 mod lease_read;
 pub(crate) mod mvcc;

@@ -315,10 +315,12 @@ fn write_auth(
 }
 
 /// The key index an install or an import builds while it writes the records into `kv_revs`;
-/// it replaces the store's once the transaction has committed.
+/// it replaces the store's once the transaction has committed. Entries are gathered in a
+/// vector and sorted once: inserting them into the map one by one, at random keys, took half
+/// of an install's time at 1M keys.
 #[derive(Default)]
 pub(super) struct IndexRun {
-    keys: super::key_index::KeyMap,
+    entries: Vec<(Vec<u8>, u64, IndexRecord)>,
 }
 
 impl IndexRun {
@@ -335,24 +337,34 @@ impl IndexRun {
                 version.mod_revision, version.sub_revision
             )));
         }
-        self.keys
-            .entry(key)
-            .or_default()
-            .push((version.mod_revision, IndexRecord::of(version)));
+        self.entries
+            .push((key, version.mod_revision, IndexRecord::of(version)));
         Ok(())
     }
 
     /// The index built: each key's versions in revision order.
     pub(super) fn finish(mut self) -> Result<super::key_index::KeyMap> {
-        for versions in self.keys.values_mut() {
-            versions.sort_unstable_by_key(|(main, _)| *main);
-            if versions.windows(2).any(|w| w[0].0 == w[1].0) {
-                return Err(StorageError::Snapshot(
-                    "snapshot holds two versions of one key at one revision".into(),
-                ));
+        self.entries
+            .sort_unstable_by(|a, b| (a.0.as_slice(), a.1).cmp(&(b.0.as_slice(), b.1)));
+        let mut grouped: Vec<(Vec<u8>, super::key_index::Versions)> = Vec::new();
+        for (key, main, record) in self.entries {
+            match grouped.last_mut() {
+                Some((last_key, versions)) if *last_key == key => {
+                    if versions.last().is_some_and(|(last, _)| *last == main) {
+                        return Err(StorageError::Snapshot(
+                            "snapshot holds two versions of one key at one revision".into(),
+                        ));
+                    }
+                    versions.push((main, record));
+                }
+                _ => grouped.push((key, vec![(main, record)])),
             }
         }
-        Ok(self.keys)
+        // Sorted input: the map is built in bulk.
+        Ok(grouped
+            .into_iter()
+            .map(|(key, versions)| (super::key_bytes::KeyBytes::from(key), versions))
+            .collect())
     }
 }
 
