@@ -141,12 +141,14 @@ struct Report {
     /// (batch size, entries/s, fsyncs per batch)
     appends: Vec<(u64, f64, Option<f64>)>,
     apply_puts_per_s: f64,
-    /// The same keys and batches straight into redb in Aspen's layout, no Aspen code.
+    /// The same keys and batches straight into redb in format 2's layout, no Aspen code.
     raw_layout_puts_per_s: Option<f64>,
-    /// The same with etcd's split: versions into redb by revision, the key index in memory.
+    /// The same in Aspen's layout (format 3): versions into redb by revision, the key index in
+    /// memory.
     raw_memory_index_puts_per_s: Option<f64>,
-    /// That design's index written out whole and read back.
-    index_checkpoint: Option<IndexCheckpoint>,
+    /// The applied store closed (last durable commit and the key index's checkpoint), and
+    /// opened again (checkpoint loaded): ms, ms, checkpoint bytes.
+    close_reopen: Option<(f64, f64, u64)>,
     apply_with_flush_puts_per_s: f64,
     apply_fsyncs: Option<u64>,
     snapshot_bytes: u64,
@@ -228,18 +230,34 @@ async fn bench_backend(target: &Target, keys: u64) -> BenchResult<Report> {
             "[{}] raw redb inserts by revision, key index in memory, {keys} keys",
             target.name()
         );
-        let (puts_per_s, checkpoint) =
-            bench_raw_memory_index(&dir.join("raw-memory-index.redb"), keys)?;
-        report.raw_memory_index_puts_per_s = Some(puts_per_s);
-        report.index_checkpoint = Some(checkpoint);
+        report.raw_memory_index_puts_per_s = Some(bench_raw_memory_index(
+            &dir.join("raw-memory-index.redb"),
+            keys,
+        )?);
     }
 
     eprintln!("[{}] apply {keys} puts", target.name());
-    let (_source_log, mut source) = target.open("source")?;
+    let (source_log, source) = target.open("source")?;
     bench_apply(target, &source, keys, &mut report).await?;
     report.file_bytes = target.file_bytes("source");
     report.db_size_bytes = source.store().db_size_bytes();
     report.db_size_in_use_bytes = source.store().measure_db_size_in_use_bytes()?;
+    let (_source_log, mut source) = match target {
+        Target::Redb { dir } => {
+            eprintln!("[{}] close and reopen", target.name());
+            let started = Instant::now();
+            drop((source_log, source));
+            let close_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let checkpoint_bytes =
+                std::fs::metadata(dir.join("source").join("key_index.ckpt")).map_or(0, |m| m.len());
+            let started = Instant::now();
+            let reopened = target.open("source")?;
+            let open_ms = started.elapsed().as_secs_f64() * 1000.0;
+            report.close_reopen = Some((close_ms, open_ms, checkpoint_bytes));
+            reopened
+        }
+        Target::Memory => (source_log, source),
+    };
 
     eprintln!("[{}] snapshot build and install", target.name());
     bench_snapshot(target, &mut source, keys, &mut report).await?;
@@ -349,9 +367,9 @@ fn raw_record(revision: u64, record: &mut Vec<u8>) -> [u8; usize_from(KEY_BYTES)
 
 const RAW_REVS: redb::TableDefinition<(u64, u32), &[u8]> = redb::TableDefinition::new("revs");
 
-/// The floor under apply: the same keys, values and batches inserted straight into a redb
-/// file in the state database's layout (per put: the key's newest `kv_index` entry looked up,
-/// one index entry and one `kv_revs` record inserted). Returns puts/s.
+/// Format 2's floor, for comparison: the same keys, values and batches inserted straight into a
+/// redb file in that layout (per put: the key's newest `kv_index` entry looked up, one index
+/// entry and one `kv_revs` record inserted). Returns puts/s.
 fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
     use redb::ReadableTable;
     const INDEX: redb::TableDefinition<(&[u8], u64), &[u8]> = redb::TableDefinition::new("index");
@@ -375,14 +393,11 @@ fn bench_raw_layout(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
     })
 }
 
-/// What an in-memory key index (etcd's `treeIndex`) would allow: the same keys, values and
-/// batches as [`bench_raw_layout`], each version inserted into redb by revision only, and the
-/// key's revisions looked up and extended in a `BTreeMap` (nothing persists the index here: a
-/// real one would need checkpoints, whose cost is not in this figure). Returns puts/s.
-fn bench_raw_memory_index(
-    path: &std::path::Path,
-    keys: u64,
-) -> BenchResult<(f64, IndexCheckpoint)> {
+/// The floor under apply in Aspen's layout (format 3): the same keys, values and batches as
+/// [`bench_raw_layout`], each version inserted into redb by revision only, and the key's
+/// revisions looked up and extended in a `BTreeMap` (the key index in memory, as etcd's
+/// `treeIndex`; its checkpoints are not in this figure). Returns puts/s.
+fn bench_raw_memory_index(path: &std::path::Path, keys: u64) -> BenchResult<f64> {
     let mut index: std::collections::BTreeMap<[u8; usize_from(KEY_BYTES)], Vec<u64>> =
         std::collections::BTreeMap::new();
     let mut record = Vec::with_capacity(usize_from(VALUE_BYTES) + 64);
@@ -398,112 +413,7 @@ fn bench_raw_memory_index(
         Ok(())
     })?;
     assert_eq!(index.len(), usize_from(keys), "one index entry per key");
-    let checkpoint = bench_index_checkpoint(&path.with_extension("checkpoint"), &index)?;
-    Ok((puts_per_s, checkpoint))
-}
-
-/// What persisting an in-memory key index costs: the whole index written as one sequential
-/// file and synced (a checkpoint), and read back into a map (the restart floor of that design,
-/// before replaying the versions written since the checkpoint).
-#[derive(Default, Clone, Copy)]
-struct IndexCheckpoint {
-    bytes: u64,
-    write_ms: f64,
-    load_ms: f64,
-}
-
-/// One index entry as a checkpoint would hold it: what `kv_index` holds per version.
-#[derive(Clone, Copy)]
-struct CheckpointEntry {
-    revision: u64,
-    sub_revision: u32,
-    create_revision: u64,
-    version: u64,
-    lease: u64,
-}
-
-/// Per key: `[key bytes u16][key][versions u32]`, then per version `revision u64,
-/// sub_revision u32, create_revision u64, version u64, lease u64`, little-endian.
-fn bench_index_checkpoint(
-    path: &std::path::Path,
-    index: &std::collections::BTreeMap<[u8; usize_from(KEY_BYTES)], Vec<u64>>,
-) -> BenchResult<IndexCheckpoint> {
-    use std::io::{Read, Write};
-    const CHECKPOINT_BUFFER_BYTES: usize = 1024 * 1024;
-    let started = Instant::now();
-    let file = std::fs::File::create(path)?;
-    let mut out = std::io::BufWriter::with_capacity(CHECKPOINT_BUFFER_BYTES, file);
-    for (key, revisions) in index {
-        out.write_all(&u16::try_from(key.len())?.to_le_bytes())?;
-        out.write_all(key)?;
-        out.write_all(&u32::try_from(revisions.len())?.to_le_bytes())?;
-        for &revision in revisions {
-            out.write_all(&revision.to_le_bytes())?;
-            out.write_all(&0u32.to_le_bytes())?;
-            out.write_all(&revision.to_le_bytes())?;
-            out.write_all(&1u64.to_le_bytes())?;
-            out.write_all(&0u64.to_le_bytes())?;
-        }
-    }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_data()?;
-    let write_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let bytes = file.metadata()?.len();
-    drop(file);
-
-    let started = Instant::now();
-    let mut raw = Vec::with_capacity(usize::try_from(bytes)?);
-    std::fs::File::open(path)?.read_to_end(&mut raw)?;
-    let mut loaded: std::collections::BTreeMap<Vec<u8>, Vec<CheckpointEntry>> =
-        std::collections::BTreeMap::new();
-    let mut rest: &[u8] = &raw;
-    let mut take = |n: usize| -> BenchResult<&[u8]> {
-        if rest.len() < n {
-            return Err("checkpoint ends early".into());
-        }
-        let (bytes, after) = rest.split_at(n);
-        rest = after;
-        Ok(bytes)
-    };
-    let u64_of = |b: &[u8]| -> BenchResult<u64> { Ok(u64::from_le_bytes(b.try_into()?)) };
-    let mut keys_left = index.len();
-    while keys_left > 0 {
-        keys_left -= 1;
-        let key_bytes = usize::from(u16::from_le_bytes(take(2)?.try_into()?));
-        let key = take(key_bytes)?.to_vec();
-        let count = usize::try_from(u32::from_le_bytes(take(4)?.try_into()?))?;
-        let mut versions = Vec::with_capacity(count);
-        for _ in 0..count {
-            versions.push(CheckpointEntry {
-                revision: u64_of(take(8)?)?,
-                sub_revision: u32::from_le_bytes(take(4)?.try_into()?),
-                create_revision: u64_of(take(8)?)?,
-                version: u64_of(take(8)?)?,
-                lease: u64_of(take(8)?)?,
-            });
-        }
-        loaded.insert(key, versions);
-    }
-    assert!(take(1).is_err(), "bytes after the last key");
-    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(loaded.len(), index.len(), "the checkpoint holds every key");
-    let last = loaded.values().last().and_then(|v| v.last()).copied();
-    std::hint::black_box(last.map(|e| {
-        (
-            e.revision,
-            e.sub_revision,
-            e.create_revision,
-            e.version,
-            e.lease,
-        )
-    }));
-    drop(loaded);
-    std::fs::remove_file(path)?;
-    Ok(IndexCheckpoint {
-        bytes,
-        write_ms,
-        load_ms,
-    })
+    Ok(puts_per_s)
 }
 
 /// Appends one entry at a time and waits for its flush callback (one durable commit each),
@@ -689,29 +599,36 @@ fn print_table(keys: u64, targets: &[Target], reports: &[Report]) {
     rows.push(row("apply (batches of 1024): puts/s", &|r| {
         format!("{:.0}", r.apply_puts_per_s)
     }));
-    rows.push(row("raw redb, same layout and batches: puts/s", &|r| {
-        r.raw_layout_puts_per_s
-            .map_or("-".into(), |v| format!("{v:.0}"))
-    }));
-    rows.push(row("raw redb by revision, index in memory: puts/s", &|r| {
+    rows.push(row(
+        "raw redb, this layout (index in memory): puts/s",
+        &|r| {
+            r.raw_memory_index_puts_per_s
+                .map_or("-".into(), |v| format!("{v:.0}"))
+        },
+    ));
+    rows.push(row("apply / raw redb, this layout", &|r| {
         r.raw_memory_index_puts_per_s
-            .map_or("-".into(), |v| format!("{v:.0}"))
-    }));
-    rows.push(row("  its index checkpointed whole: MiB", &|r| {
-        r.index_checkpoint
-            .map_or("-".into(), |c| format!("{:.1}", c.bytes as f64 / MIB))
-    }));
-    rows.push(row("  its checkpoint written and synced: ms", &|r| {
-        r.index_checkpoint
-            .map_or("-".into(), |c| format!("{:.0}", c.write_ms))
-    }));
-    rows.push(row("  its checkpoint loaded into a map: ms", &|r| {
-        r.index_checkpoint
-            .map_or("-".into(), |c| format!("{:.0}", c.load_ms))
-    }));
-    rows.push(row("apply / raw redb", &|r| {
-        r.raw_layout_puts_per_s
             .map_or("-".into(), |raw| format!("{:.2}", r.apply_puts_per_s / raw))
+    }));
+    rows.push(row(
+        "raw redb, format 2's layout (kv_index): puts/s",
+        &|r| {
+            r.raw_layout_puts_per_s
+                .map_or("-".into(), |v| format!("{v:.0}"))
+        },
+    ));
+    rows.push(row("close (durable commit, index checkpoint): ms", &|r| {
+        r.close_reopen
+            .map_or("-".into(), |(ms, _, _)| format!("{ms:.0}"))
+    }));
+    rows.push(row("  key index checkpoint: MiB", &|r| {
+        r.close_reopen.map_or("-".into(), |(_, _, bytes)| {
+            format!("{:.1}", bytes as f64 / MIB)
+        })
+    }));
+    rows.push(row("reopen (index loaded): ms", &|r| {
+        r.close_reopen
+            .map_or("-".into(), |(_, ms, _)| format!("{ms:.0}"))
     }));
     rows.push(row("apply incl. final durable commit: puts/s", &|r| {
         format!("{:.0}", r.apply_with_flush_puts_per_s)
