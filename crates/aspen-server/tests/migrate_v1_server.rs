@@ -155,7 +155,7 @@ async fn a_format_1_data_dir_is_migrated_and_served() {
     let mut client = KvClient::new(channel.clone());
     check_fixture(&mut client).await;
     assert!(
-        server.log().contains("storage migrated to format 2"),
+        server.log().contains("storage migrated from format 1"),
         "{}",
         server.log()
     );

@@ -177,11 +177,17 @@ fn a_stale_damaged_or_missing_checkpoint_is_completed_from_kv_revs_on_open() {
         assert_eq!(hash(&sm), hash_before);
     }
 
-    // None at all: the same.
+    // None at all, and a half-written one a crash left: the same, and the half is removed.
     std::fs::remove_file(dir.path().join(CHECKPOINT)).expect("remove");
+    let unfinished = dir.path().join(format!("{CHECKPOINT}.tmp"));
+    std::fs::write(&unfinished, &stale[..stale.len() / 2]).expect("a torn write");
     let (_log, sm) = reopen(&backend);
     assert_eq!(everything(&sm), before, "reads without a checkpoint");
     assert_eq!(hash(&sm), hash_before);
+    assert!(
+        !unfinished.exists(),
+        "the unfinished checkpoint is removed at open"
+    );
 }
 
 /// Compaction removes no record above the checkpoint an open would replay from: the compactor

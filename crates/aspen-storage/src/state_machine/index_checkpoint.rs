@@ -203,6 +203,15 @@ impl Checkpoints {
 pub(crate) fn load_index(db: &redb::Database, path: Option<&Path>) -> Result<(KeyIndex, u64)> {
     use redb::ReadableDatabase;
     let started = std::time::Instant::now();
+    if let Some(path) = path {
+        // What a crash in the middle of a write left: never read, and not kept.
+        let temp = temp_path(path);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => tracing::info!(path = %temp.display(), "removed an unfinished checkpoint"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&temp, "remove", e)),
+        }
+    }
     let txn = db.begin_read()?;
     let state = super::read_applied(&txn)?;
     let loaded = match path.map(read).transpose() {

@@ -1,0 +1,157 @@
+//! Storage format 2 (the key index in the state database's `kv_index` table) is upgraded to
+//! format 3 (the key index in memory, `state_machine/key_index.rs`) on first open, with nothing
+//! lost; the upgraded directory opens again, from the key index's checkpoint.
+//!
+//! The fixture `tests/fixtures/v2/member` is a real member's storage directory written by the
+//! format-2 server; `tests/fixtures/v2/README.md` says how it was made and what it holds.
+
+#![allow(
+    clippy::expect_used,
+    reason = "a test: a failed expect is a failed test"
+)]
+
+use std::path::{Path, PathBuf};
+
+use aspen_core::RangeRequest;
+use aspen_core::limits::Limits;
+use aspen_storage::{STATE_FILE_NAME, StateMachine, StorageBackend, open_storage, schema};
+use redb::{ReadableDatabase, TableHandle};
+
+const FIXTURE_REVISION: u64 = 21;
+const FIXTURE_COMPACT_REVISION: u64 = 5;
+const FIXTURE_LEASE_ID: u64 = 0x3d13_a252_340b_a301;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2/member")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read fixture dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+fn range(
+    sm: &StateMachine,
+    key: &str,
+    range_end: &str,
+    revision: u64,
+) -> Vec<(String, String, u64, u64, u64, u64)> {
+    let request = RangeRequest {
+        key: key.as_bytes().to_vec(),
+        range_end: range_end.as_bytes().to_vec(),
+        revision,
+        ..Default::default()
+    };
+    let (result, _) = sm
+        .reader()
+        .range(&request)
+        .expect("range")
+        .expect("range request");
+    result
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key).expect("utf-8 key"),
+                String::from_utf8(kv.value).expect("utf-8 value"),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.lease,
+            )
+        })
+        .collect()
+}
+
+fn check_contents(sm: &StateMachine) {
+    let applied = sm.reader().applied_state().expect("applied state");
+    assert_eq!(applied.revision, FIXTURE_REVISION);
+    assert_eq!(applied.compact_revision, FIXTURE_COMPACT_REVISION);
+    let mut expected = vec![("key1".to_string(), "x3".to_string(), 2, 21, 5, 0)];
+    for i in 2..=5u64 {
+        expected.push((format!("key{i}"), format!("w{i}"), i + 1, i + 11, 2, 0));
+    }
+    for i in 6..=9u64 {
+        expected.push((format!("key{i}"), format!("v{i}"), i + 1, i + 1, 1, 0));
+    }
+    assert_eq!(range(sm, "key", "kez", 0), expected);
+    assert_eq!(
+        range(sm, "key1", "", 6),
+        vec![("key1".to_string(), "v1".to_string(), 2, 2, 1, 0)],
+        "history kept above the compaction point"
+    );
+    assert_eq!(
+        range(sm, "key10", "", 16),
+        vec![("key10".to_string(), "v10".to_string(), 11, 11, 1, 0)],
+        "key10 before its delete at 17"
+    );
+    assert!(range(sm, "key10", "", 0).is_empty(), "key10 deleted");
+    assert_eq!(
+        range(sm, "leased", "", 0),
+        vec![(
+            "leased".to_string(),
+            "v".to_string(),
+            18,
+            18,
+            1,
+            FIXTURE_LEASE_ID
+        )]
+    );
+    assert_eq!(
+        sm.reader()
+            .lease_keys(FIXTURE_LEASE_ID)
+            .expect("lease keys"),
+        vec![b"leased".to_vec()]
+    );
+}
+
+/// The state file's format marker and whether it still has `kv_index` (store closed).
+fn format_of(dir: &Path) -> (u64, bool) {
+    let db = redb::Database::open(dir.join(STATE_FILE_NAME)).expect("open state file");
+    let txn = db.begin_read().expect("read");
+    let format = txn
+        .open_table(schema::FORMAT)
+        .expect("format table")
+        .get(schema::FORMAT_KEY)
+        .expect("get")
+        .expect("a format marker")
+        .value();
+    let has_index = txn
+        .list_tables()
+        .expect("tables")
+        .any(|table| table.name() == schema::KV_INDEX.name());
+    (format, has_index)
+}
+
+#[test]
+fn a_format_2_directory_is_upgraded_to_3_with_nothing_lost() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path().join("member");
+    copy_dir(&fixture_dir(), &dir);
+    assert_eq!(format_of(&dir), (2, true), "the fixture is format 2");
+    let backend = StorageBackend::Redb { dir: dir.clone() };
+    {
+        let (_log, sm) = open_storage(&backend, Limits::default()).expect("open and upgrade");
+        check_contents(&sm);
+    }
+    assert_eq!(
+        format_of(&dir),
+        (schema::FORMAT_VERSION, false),
+        "format 3, kv_index dropped"
+    );
+    assert!(
+        dir.join("key_index.ckpt").is_file(),
+        "a checkpoint written at close"
+    );
+    // Again, now from the checkpoint.
+    let (_log, sm) = open_storage(&backend, Limits::default()).expect("reopen");
+    check_contents(&sm);
+}
