@@ -11,9 +11,11 @@
     reason = "a test: a failed expect is a failed test"
 )]
 
+mod fixture_dirs;
+
+use fixture_dirs::{copy_dir, range};
 use std::path::{Path, PathBuf};
 
-use aspen_core::RangeRequest;
 use aspen_core::limits::Limits;
 use aspen_storage::{
     LOG_FILE_NAME, LogStore, SNAPSHOT_DIR_NAME, STATE_FILE_NAME, StateMachine, StorageBackend,
@@ -33,57 +35,11 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1/member")
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read fixture dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy file");
-        }
-    }
-}
-
 fn open(dir: &Path) -> (LogStore, StateMachine) {
     let backend = StorageBackend::Redb {
         dir: dir.to_path_buf(),
     };
     open_storage(&backend, Limits::default()).expect("open migrated storage")
-}
-
-fn range(
-    sm: &StateMachine,
-    key: &str,
-    range_end: &str,
-    revision: u64,
-) -> Vec<(String, String, u64, u64, u64, u64)> {
-    let request = RangeRequest {
-        key: key.as_bytes().to_vec(),
-        range_end: range_end.as_bytes().to_vec(),
-        revision,
-        ..Default::default()
-    };
-    let (result, _) = sm
-        .reader()
-        .range(&request)
-        .expect("range")
-        .expect("range request");
-    result
-        .kvs
-        .into_iter()
-        .map(|kv| {
-            (
-                String::from_utf8(kv.key).expect("utf-8 key"),
-                String::from_utf8(kv.value).expect("utf-8 value"),
-                kv.create_revision,
-                kv.mod_revision,
-                kv.version,
-                kv.lease,
-            )
-        })
-        .collect()
 }
 
 /// Everything the fixture holds, checked through the format-2 stores.
