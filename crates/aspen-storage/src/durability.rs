@@ -13,7 +13,7 @@
 //!
 //! That commit writes and syncs the pages the batches since the last one dirtied. The key index
 //! lives in memory (`state_machine/key_index.rs`); a durable commit may start a checkpoint of
-//! it (`Store::maybe_checkpoint_key_index`), and an open replays what is above the checkpoint.
+//! it (`Store::commit_state_durable`), and an open replays what is above the checkpoint.
 //!
 //! Besides, the state database is made durable before a snapshot is recorded (that commit is
 //! durable), before any log purge (`LogStore::purge` asks for it), by defragment, and at close.

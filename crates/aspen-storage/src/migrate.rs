@@ -1,9 +1,10 @@
-//! Storage format 1 to 2, on first open.
+//! Storage format 1 to 3, on first open (through format 2's layout of files).
 //!
 //! Format 1 kept everything in one redb file, `aspen.redb`, with snapshots in
 //! `aspen.redb.snapshots/`. Format 2 splits it: `log.redb` (Raft log, vote, committed, purge
 //! point), `state.redb` (the state machine, its versions re-laid out by revision: `kv_revs` and
-//! `kv_index` instead of `kv_latest` and `kv_history`) and `snapshots/`. The migration copies
+//! the key index apart, in format 3 in memory, instead of `kv_latest` and `kv_history`) and
+//! `snapshots/`. The migration copies
 //! the two log tables into a new log file and turns the old file into the state file:
 //!
 //! 1. if `aspen.redb` is still format 1: write `log.redb.tmp` with the log tables (durable
@@ -149,8 +150,8 @@ fn move_snapshot_dir(dir: &Path) -> Result<()> {
 }
 
 /// Format 1's key-value tables: the current version of each live key, and superseded versions
-/// and tombstones by (key, revision). Format 2 keeps every version once in `kv_revs`, by
-/// revision, with the `kv_index` beside it.
+/// and tombstones by (key, revision). Later formats keep every version once in `kv_revs`, by
+/// revision; format 3's key index is rebuilt from it in memory at the first open.
 const V1_KV_LATEST: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("kv_latest");
 const V1_KV_HISTORY: redb::TableDefinition<(&[u8], u64), &[u8]> =
     redb::TableDefinition::new("kv_history");

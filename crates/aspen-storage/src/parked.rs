@@ -4,7 +4,7 @@
 //! Why: in a running node a one-entry apply batch took ~78 µs, of which ~30 µs was its redb
 //! commit with `Durability::None` (table roots, system tables, a `pwrite` of every dirty page)
 //! and ~6 µs writing the applied state (docs/performance.md, session 14). Now a batch that does
-//! not commit durably and does not flush the key index's overlay may leave its transaction
+//! not commit durably may leave its transaction
 //! here, answered but not committed, and the next batch continues in it. It is committed:
 //!
 //! - by any reader of the state database first ([`crate::Store::begin_state_read`]), so a read
@@ -12,8 +12,8 @@
 //! - by any other writer first ([`crate::Store::begin_state_write`]: the compactor, a snapshot
 //!   point, an install, a durable commit, an import), which then begins its own transaction;
 //!   so an error that aborts such a writer never takes answered batches with it;
-//! - by the apply path, with any batch after which a commit of its own is due (durable, or
-//!   flushing the overlay: `AfterAnswer` in `state_machine/mod.rs`), once
+//! - by the apply path, with any batch after which a durable commit of its own is due
+//!   (`AfterAnswer` in `state_machine/mod.rs`), once
 //!   `STATE_PARKED_ENTRIES_MAX` entries are in it or `STATE_PARKED_MS_MAX` has passed since its
 //!   first batch, and before its next batch when a reader is waiting for it.
 //!
@@ -44,7 +44,7 @@ pub(crate) struct Parked {
     /// When its first batch began (the simulator's clock under madsim).
     pub begun_at: tokio::time::Instant,
     /// The store revision before its first batch: what the database's readers see until it
-    /// commits, and what the overlay goes back to if it is lost.
+    /// commits, and what the key index goes back to if it is lost.
     pub revision_before: u64,
 }
 

@@ -2,7 +2,7 @@
 //! machine: the user-facing backup. Raft snapshots between members keep Aspen's own format.
 //!
 //! - Import: every version of etcd's `key` bucket (history and tombstones as etcd kept them)
-//!   goes to `kv_revs`/`kv_index` at its revision, leases to `leases`, and each key's newest
+//!   goes to `kv_revs` (and the key index) at its revision, leases to `leases`, and each key's newest
 //!   live version's lease to `lease_keys`; the store and compaction revisions come from the
 //!   versions and etcd's `meta` bucket; the auth store (`auth`, `authUsers`, `authRoles`: the
 //!   flag, the auth revision, users with their bcrypt hashes and roles, roles with their

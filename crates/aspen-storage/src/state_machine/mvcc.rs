@@ -1,11 +1,12 @@
 //! The revision-keyed MVCC layout, as etcd's: every version is written once, in revision order,
-//! into `kv_revs`; `kv_index` maps (key, revision) to the small metadata of each version, so a
-//! key's version at a revision is its newest index entry at or below it.
+//! into `kv_revs`; the key index (in memory, `key_index.rs`) maps (key, revision) to the small
+//! metadata of each version, so a key's version at a revision is its newest index entry at or
+//! below it.
 //!
-//! A put writes one small index entry (at a random place, by key) and one record with the value
-//! appended at the right edge of `kv_revs`; the previous version stays where it is. Reads are
-//! generic over redb's readable tables, so the same code serves read transactions (client
-//! reads) and the apply's write transaction (reads inside a Txn).
+//! A put adds one small index entry in memory and appends one record with the value at the
+//! right edge of `kv_revs`; the previous version stays where it is. Reads are generic over
+//! redb's readable tables, so the same code serves read transactions (client reads) and the
+//! apply's write transaction (reads inside a Txn).
 
 use aspen_core::keys::KeyRange;
 use redb::ReadableTable;
@@ -17,10 +18,10 @@ use crate::error::{Result, StorageError, decode};
 
 /// `kv_revs` key: (main revision, sub-revision).
 pub(crate) type RevKey = (u64, u32);
-/// A `kv_index` entry read back: its main revision and record.
+/// A key index entry: its main revision and record.
 type IndexEntry = (u64, IndexRecord);
 
-/// One version's metadata in `kv_index`. `version == 0` is a deletion tombstone.
+/// One version's metadata in the key index. `version == 0` is a deletion tombstone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRecord {
     pub sub_revision: u32,
@@ -186,7 +187,7 @@ where
     match revs.get((main, sub))? {
         Some(bytes) => decode("kv_revs", bytes.value()),
         None => Err(StorageError::Invariant(format!(
-            "kv_index names revision {main}.{sub}, which kv_revs does not hold"
+            "the key index names revision {main}.{sub}, which kv_revs does not hold"
         ))),
     }
 }

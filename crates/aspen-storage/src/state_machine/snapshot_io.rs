@@ -19,7 +19,7 @@ use crate::snapshot::{
 };
 
 /// Records a **snapshot point** at the applied state: one durable commit of the state database
-/// (the key index's overlay flushed with it) that writes the point's meta, and drops the
+/// that writes the point's meta, and drops the
 /// record (and file) of an older written snapshot. Nothing of the state is copied: the state
 /// database itself is the snapshot, as etcd's bbolt file is. Its data is written only when
 /// someone reads it ([`current`]: a leader sending it to a follower).
@@ -272,7 +272,7 @@ pub(super) fn for_each_kept_version(
         let version = record.to_version(main, sub);
         let Some((newest, _)) = index.entry_at(&record.key, u64::MAX)? else {
             return Err(StorageError::Invariant(format!(
-                "kv_revs holds {main}.{sub}, which kv_index does not name"
+                "kv_revs holds {main}.{sub}, which the key index does not name"
             )));
         };
         if main <= state.compact_revision {

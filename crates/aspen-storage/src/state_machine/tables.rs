@@ -3,7 +3,7 @@
 //! Why lazily: a redb `open_table` looks the table up in the table tree and checks its
 //! definition. Opening all four for every apply batch took a quarter of a lone put's apply
 //! (`docs/performance.md`, session 18), and a put of a key without a lease, whose newest entry
-//! is in memory (`latest.rs`), needs `kv_revs` only.
+//! is in memory (`key_index.rs`), needs `kv_revs` only.
 //!
 //! A table stays open from its first use until the `WriteTables` is dropped, so nothing else
 //! may open one of these four in the same transaction meanwhile (redb refuses a table opened
