@@ -80,6 +80,9 @@ struct Views {
     by_compact_revision: BTreeMap<u64, u64>,
     /// While an install or import replaces the index, no view opens.
     exclusive: bool,
+    /// Threads in `wait_views` (the compactor, an install): a view that moves wakes them only
+    /// if there are any, so a read costs no `futex` wake.
+    waiters: u32,
 }
 
 /// A view whose transaction has not begun or not been read yet: it holds back every compaction.
@@ -308,8 +311,11 @@ impl KeyIndex {
         if let Some(to) = to {
             *views.by_compact_revision.entry(to).or_default() += 1;
         }
+        let waiters = views.waiters > 0;
         drop(views);
-        self.views_changed.notify_all();
+        if waiters {
+            self.views_changed.notify_all();
+        }
     }
 
     /// Waits until every registered view's transaction holds a compaction at or above
@@ -330,10 +336,12 @@ impl KeyIndex {
         let mut logged = false;
         let mut views = self.views();
         while !done(&views) {
-            let (guard, _) = self
+            views.waiters += 1;
+            let (mut guard, _) = self
                 .views_changed
                 .wait_timeout(views, std::time::Duration::from_millis(VIEW_WAIT_LOG_MS))
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            guard.waiters -= 1;
             views = guard;
             if !logged && started.elapsed().as_millis() >= u128::from(VIEW_WAIT_LOG_MS) {
                 tracing::info!("key index: waiting for long reads to end");
