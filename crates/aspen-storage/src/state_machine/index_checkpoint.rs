@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::key_index::{KeyIndex, KeyMap, Versions};
+use super::key_index::{KeyIndex, KeyMap, Stamp, Versions};
 use super::mvcc::IndexRecord;
 use crate::error::{Result, StorageError};
 
@@ -144,11 +144,25 @@ impl Checkpoints {
     /// Writes a checkpoint of `index` at `durable_revision` (a revision the state database has
     /// made durable) now, unless one at or above it exists.
     pub fn write_now(&self, index: &KeyIndex, durable_revision: u64) -> Result<()> {
+        self.write_if(index, durable_revision, None)
+    }
+
+    /// As [`Checkpoints::write_now`], and only if no install or import replaced the index since
+    /// `stamp` was taken (`durable_revision` is the replaced state's then).
+    fn write_if(
+        &self,
+        index: &KeyIndex,
+        durable_revision: u64,
+        stamp: Option<Stamp>,
+    ) -> Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
         let _writing = self.lock();
         if self.revision.load(Ordering::Acquire) >= durable_revision {
+            return Ok(());
+        }
+        if stamp.is_some_and(|stamp| !index.still_matches(stamp, u64::MAX)) {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -165,16 +179,18 @@ impl Checkpoints {
 
     /// Writes a checkpoint at `durable_revision` on a thread of its own (the apply path goes
     /// on); one at a time. A failure is logged: the previous checkpoint stays, and the next
-    /// durable commit tries again.
+    /// durable commit tries again. An install or import that replaces the index before the
+    /// thread writes makes it write nothing (what `durable_revision` described is gone).
     pub fn write_in_background(self: &Arc<Self>, index: &Arc<KeyIndex>, durable_revision: u64) {
         if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
+        let stamp = index.stamp();
         let (checkpoints, index) = (Arc::clone(self), Arc::clone(index));
         let spawned = std::thread::Builder::new()
             .name("aspen-index-ckpt".into())
             .spawn(move || {
-                if let Err(error) = checkpoints.write_now(&index, durable_revision) {
+                if let Err(error) = checkpoints.write_if(&index, durable_revision, Some(stamp)) {
                     tracing::warn!(%error, "key index checkpoint not written");
                 }
                 checkpoints.running.store(false, Ordering::Release);
@@ -409,5 +425,28 @@ mod tests {
         assert!(read(&path).is_err(), "a flipped bit is found");
         remove(&path).expect("remove");
         assert!(read(&path).expect("none").is_none());
+    }
+
+    #[test]
+    fn a_background_checkpoint_of_a_replaced_index_writes_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = path_in(dir.path());
+        let checkpoints = Checkpoints::new(Some(path.clone()), 0);
+        let index = KeyIndex::default();
+        index.insert(b"a", 5, IndexRecord::of_version(1));
+        let stamp = index.stamp();
+        index.replace(KeyMap::new());
+        checkpoints
+            .write_if(&index, 5, Some(stamp))
+            .expect("nothing to write");
+        assert!(
+            read(&path).expect("read").is_none(),
+            "an install came between"
+        );
+        checkpoints
+            .write_if(&index, 5, Some(index.stamp()))
+            .expect("write");
+        assert_eq!(read(&path).expect("read").expect("some").revision, 5);
+        assert_eq!(checkpoints.revision(), 5);
     }
 }
