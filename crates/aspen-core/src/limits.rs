@@ -37,12 +37,6 @@ pub const SNAPSHOT_FRAME_BYTES_MAX: u64 = 2 * REQUEST_BYTES_MAX_DEFAULT + 64 * 1
 /// this bounds how many records are decoded before they are inserted.
 pub const SNAPSHOT_INSTALL_BATCH_RECORDS_MAX: u32 = 4096;
 
-/// Index entries a snapshot install holds in memory before writing them in key order: the
-/// stream comes in revision order (its values append to `kv_revs` in order), and sorting runs
-/// of index entries turns random inserts into mostly ordered ones, in bounded memory
-/// (about 64 bytes an entry).
-pub const SNAPSHOT_INSTALL_INDEX_RUN_ENTRIES: usize = 65_536;
-
 /// Log entries appended but not yet durable that the log writer holds at most; an append
 /// beyond it waits (backpressure to openraft) until a commit makes room. Two full proposal
 /// batches (openraft appends at most 4096 entries at a time), so one batch is queued while the

@@ -13,7 +13,7 @@
 
 mod fixture_dirs;
 
-use fixture_dirs::{copy_dir, range};
+use fixture_dirs::{check_fixture_keys, copy_dir};
 use std::path::{Path, PathBuf};
 
 use aspen_core::limits::Limits;
@@ -77,36 +77,7 @@ async fn check_contents(dir: &Path) {
     assert_eq!(applied.compact_revision, FIXTURE_COMPACT_REVISION);
     assert_eq!(applied.membership.membership().voter_ids().count(), 1);
 
-    let mut expected = vec![("key1".to_string(), "x3".to_string(), 2, 21, 5, 0)];
-    for i in 2..=5u64 {
-        expected.push((format!("key{i}"), format!("w{i}"), i + 1, i + 11, 2, 0));
-    }
-    for i in 6..=9u64 {
-        expected.push((format!("key{i}"), format!("v{i}"), i + 1, i + 1, 1, 0));
-    }
-    assert_eq!(range(&sm, "key", "kez", 0), expected);
-    assert_eq!(
-        range(&sm, "key1", "", 6),
-        vec![("key1".to_string(), "v1".to_string(), 2, 2, 1, 0)],
-        "history kept above the compaction point"
-    );
-    assert_eq!(
-        range(&sm, "key10", "", 16),
-        vec![("key10".to_string(), "v10".to_string(), 11, 11, 1, 0)],
-        "key10 before its delete at 17"
-    );
-    assert!(range(&sm, "key10", "", 0).is_empty(), "key10 deleted");
-    assert_eq!(
-        range(&sm, "leased", "", 0),
-        vec![(
-            "leased".to_string(),
-            "v".to_string(),
-            18,
-            18,
-            1,
-            FIXTURE_LEASE_ID
-        )]
-    );
+    check_fixture_keys(&sm, FIXTURE_LEASE_ID);
     let leases: Vec<u64> = sm
         .reader()
         .leases()

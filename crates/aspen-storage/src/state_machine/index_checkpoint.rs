@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::key_bytes::KeyBytes;
 use super::key_index::{KeyIndex, KeyMap, Stamp, Versions};
 use super::mvcc::IndexRecord;
 use crate::error::{Result, StorageError};
@@ -341,7 +342,7 @@ pub(crate) fn read(path: &Path) -> Result<Option<Loaded>> {
         body[HEADER_BYTES..].split_at(body.len() - HEADER_BYTES - COUNT_BYTES);
     let keys_len = u64::from_le_bytes(keys_len.try_into().map_err(|_| damaged("short"))?);
     let mut rest = entries;
-    let mut pairs: Vec<(Vec<u8>, Versions)> = Vec::new();
+    let mut pairs: Vec<(KeyBytes, Versions)> = Vec::new();
     while !rest.is_empty() {
         let (entry, tail): (OwnedEntry, _) =
             postcard::take_from_bytes(rest).map_err(|_| damaged("entry does not decode"))?;
@@ -350,11 +351,13 @@ pub(crate) fn read(path: &Path) -> Result<Option<Loaded>> {
                 .versions
                 .last()
                 .is_some_and(|(main, _)| *main <= revision);
-        let keys_in_order = pairs.last().is_none_or(|(last, _)| *last < entry.key);
+        let keys_in_order = pairs
+            .last()
+            .is_none_or(|(last, _)| last.as_bytes() < entry.key.as_slice());
         if !in_order || !keys_in_order {
             return Err(damaged("entries out of order"));
         }
-        pairs.push((entry.key, entry.versions));
+        pairs.push((KeyBytes::from(entry.key), entry.versions));
         rest = tail;
     }
     if pairs.len() as u64 != keys_len {
@@ -362,10 +365,7 @@ pub(crate) fn read(path: &Path) -> Result<Option<Loaded>> {
     }
     Ok(Some(Loaded {
         revision,
-        keys: pairs
-            .into_iter()
-            .map(|(key, versions)| (super::key_bytes::KeyBytes::from(key), versions))
-            .collect(),
+        keys: pairs.into_iter().collect(),
     }))
 }
 

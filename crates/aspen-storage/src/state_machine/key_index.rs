@@ -369,11 +369,26 @@ impl KeyIndex {
         at_most: u64,
         mut visit: impl FnMut(Chunk) -> Result<()>,
     ) -> Result<()> {
-        let mut from: Bound<Vec<u8>> = Bound::Unbounded;
+        self.walk_chunks((Bound::Unbounded, Bound::Unbounded), at_most, |chunk| {
+            visit(chunk).map(|()| true)
+        })
+    }
+
+    /// Copies the keys in `bounds` with their entries at or below `at_most` a chunk at a time
+    /// (`copy_chunk`), handing each to `visit` with no lock held; `visit` returns false to
+    /// stop.
+    fn walk_chunks(
+        &self,
+        (start, end): (Bound<&[u8]>, Bound<&[u8]>),
+        at_most: u64,
+        mut visit: impl FnMut(Chunk) -> Result<bool>,
+    ) -> Result<()> {
+        let mut from: Bound<Vec<u8>> = start.map(<[u8]>::to_vec);
         loop {
-            let bounds = (bound_ref(&from), Bound::Unbounded);
-            let (chunk, next) = self.copy_chunk(bounds, at_most);
-            visit(chunk)?;
+            let (chunk, next) = self.copy_chunk((bound_ref(&from), end), at_most);
+            if !visit(chunk)? {
+                return Ok(());
+            }
             match next {
                 Some(last) => from = Bound::Excluded(last),
                 None => return Ok(()),
@@ -440,40 +455,17 @@ impl IndexSource for IndexAt<'_> {
         if range.is_empty() {
             return Ok(());
         }
-        if let KeyRange::Single(key) = range {
-            let versions: Versions = match self.index.read().keys.get(key.as_slice()) {
-                Some(versions) => versions
-                    .iter()
-                    .copied()
-                    .filter(|(main, _)| *main <= self.revision)
-                    .collect(),
-                None => return Ok(()),
-            };
-            for (main, record) in versions {
-                if !visit(key, main, record)? {
-                    return Ok(());
-                }
-            }
-            return Ok(());
-        }
-        let (start, end) = range.bounds();
-        let mut from: Bound<Vec<u8>> = start.map(<[u8]>::to_vec);
-        loop {
-            let (chunk, next) = self
-                .index
-                .copy_chunk((bound_ref(&from), end), self.revision);
-            for (key, versions) in chunk {
-                for (main, record) in versions {
-                    if !visit(&key, main, record)? {
-                        return Ok(());
+        self.index
+            .walk_chunks(range.bounds(), self.revision, |chunk| {
+                for (key, versions) in chunk {
+                    for (main, record) in versions {
+                        if !visit(&key, main, record)? {
+                            return Ok(false);
+                        }
                     }
                 }
-            }
-            match next {
-                Some(last) => from = Bound::Excluded(last),
-                None => return Ok(()),
-            }
-        }
+                Ok(true)
+            })
     }
 }
 

@@ -6,6 +6,7 @@ use std::io::BufReader;
 use aspen_core::type_config::alias::SnapshotMeta;
 use redb::ReadableTable;
 
+use super::key_bytes::KeyBytes;
 use super::mvcc::{IndexRecord, IndexSource, RevRecord, write_record};
 use super::records::AppliedState;
 use super::records::StoredVersion;
@@ -346,10 +347,10 @@ impl IndexRun {
     pub(super) fn finish(mut self) -> Result<super::key_index::KeyMap> {
         self.entries
             .sort_unstable_by(|a, b| (a.0.as_slice(), a.1).cmp(&(b.0.as_slice(), b.1)));
-        let mut grouped: Vec<(Vec<u8>, super::key_index::Versions)> = Vec::new();
+        let mut grouped: Vec<(KeyBytes, super::key_index::Versions)> = Vec::new();
         for (key, main, record) in self.entries {
             match grouped.last_mut() {
-                Some((last_key, versions)) if *last_key == key => {
+                Some((last_key, versions)) if last_key.as_bytes() == key.as_slice() => {
                     if versions.last().is_some_and(|(last, _)| *last == main) {
                         return Err(StorageError::Snapshot(
                             "snapshot holds two versions of one key at one revision".into(),
@@ -357,14 +358,11 @@ impl IndexRun {
                     }
                     versions.push((main, record));
                 }
-                _ => grouped.push((key, vec![(main, record)])),
+                _ => grouped.push((KeyBytes::from(key), vec![(main, record)])),
             }
         }
         // Sorted input: the map is built in bulk.
-        Ok(grouped
-            .into_iter()
-            .map(|(key, versions)| (super::key_bytes::KeyBytes::from(key), versions))
-            .collect())
+        Ok(grouped.into_iter().collect())
     }
 }
 

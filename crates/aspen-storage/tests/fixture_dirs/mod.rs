@@ -1,5 +1,6 @@
 //! Shared by the tests that open a committed storage directory (`fixtures/`): a copy of it to
-//! work on, and what a range over it returns.
+//! work on, what a range over it returns, and the keys both fixtures hold (each was written by
+//! the same commands: `fixtures/v1/README.md`).
 
 use std::path::Path;
 
@@ -52,4 +53,32 @@ pub fn range(
             )
         })
         .collect()
+}
+
+/// Checks the keys the fixtures' commands wrote: their versions, the history kept above the
+/// compaction at 5, key10's delete at 17, and `leased` on `lease_id`.
+pub fn check_fixture_keys(sm: &StateMachine, lease_id: u64) {
+    let mut expected = vec![("key1".to_string(), "x3".to_string(), 2, 21, 5, 0)];
+    for i in 2..=5u64 {
+        expected.push((format!("key{i}"), format!("w{i}"), i + 1, i + 11, 2, 0));
+    }
+    for i in 6..=9u64 {
+        expected.push((format!("key{i}"), format!("v{i}"), i + 1, i + 1, 1, 0));
+    }
+    assert_eq!(range(sm, "key", "kez", 0), expected);
+    assert_eq!(
+        range(sm, "key1", "", 6),
+        vec![("key1".to_string(), "v1".to_string(), 2, 2, 1, 0)],
+        "history kept above the compaction point"
+    );
+    assert_eq!(
+        range(sm, "key10", "", 16),
+        vec![("key10".to_string(), "v10".to_string(), 11, 11, 1, 0)],
+        "key10 before its delete at 17"
+    );
+    assert!(range(sm, "key10", "", 0).is_empty(), "key10 deleted");
+    assert_eq!(
+        range(sm, "leased", "", 0),
+        vec![("leased".to_string(), "v".to_string(), 18, 18, 1, lease_id)]
+    );
 }
