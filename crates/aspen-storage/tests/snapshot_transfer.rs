@@ -740,3 +740,37 @@ async fn a_snapshot_without_leases_or_keys_installs_with_every_table() {
         }
     }
 }
+
+/// An install of more versions than one chunk of the key index's build (65,536: 90,000 puts
+/// and a range deletion's tombstones here) sorts them on a second thread while it writes them,
+/// and builds the index while its transaction commits (`state_machine/index_build.rs`). It
+/// reads as the source, on redb and in memory, and on redb after a restart too.
+#[test]
+fn a_snapshot_of_more_versions_than_an_index_build_chunk_installs_alike() {
+    const KEYS: u64 = 60_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_source_log, source) =
+        open_storage(&redb_backend(dir.path(), "source.redb"), Limits::default())
+            .expect("open source");
+    let built = small_history(&source, KEYS);
+    let expected = expected_reads(&source, &built);
+    let (meta, bytes) = build_snapshot_blocking(&source);
+    let versions_at_least = KEYS + KEYS / 2;
+    assert!(built.current_revision > versions_at_least);
+
+    let target_backend = redb_backend(dir.path(), "target.redb");
+    {
+        let (_log, target) = open_storage(&target_backend, Limits::default()).expect("open");
+        let received = receive(&target, &bytes).expect("receive");
+        target.install(&meta, &received).expect("install on redb");
+        assert_same_reads(&expected, &target, "redb target");
+    }
+    let (_log, reopened) = open_storage(&target_backend, Limits::default()).expect("reopen");
+    assert_same_reads(&expected, &reopened, "redb target after restart");
+
+    let (_log, memory) =
+        open_storage(&StorageBackend::InMemory, Limits::default()).expect("open memory");
+    let received = receive(&memory, &bytes).expect("receive");
+    memory.install(&meta, &received).expect("install in memory");
+    assert_same_reads(&expected, &memory, "memory target");
+}

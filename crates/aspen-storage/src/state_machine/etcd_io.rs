@@ -30,8 +30,9 @@ use aspen_etcd_snapshot::{EtcdSnapshot, KeyValue, Lease, Revision, Summary};
 use redb::ReadableTable;
 use redb::Table;
 
+use super::index_build::IndexRun;
 use super::records::{AppliedState, LeaseRecord, StoredVersion};
-use super::snapshot_io::{IndexRun, for_each_kept_version};
+use super::snapshot_io::for_each_kept_version;
 use super::write_applied;
 use crate::backend::Store;
 use crate::error::{Result, StorageError, decode};
@@ -216,7 +217,7 @@ pub(crate) fn import(
                 ));
             }
             let (key, stored) = stored_version(version)?;
-            index_run.write(&mut tables, key, &stored, &mut encoded)
+            index_run.write(&mut tables, &key, &stored, &mut encoded)
         })?;
         let keys = index_run.finish()?;
         snapshot.for_each_lease(|lease| -> Result<()> {

@@ -14,6 +14,7 @@ mod etcd_io;
 mod events;
 mod hash;
 mod history;
+mod index_build;
 pub(crate) mod index_checkpoint;
 mod key_bytes;
 pub(crate) mod key_index;

@@ -6,8 +6,8 @@ use std::io::BufReader;
 use aspen_core::type_config::alias::SnapshotMeta;
 use redb::ReadableTable;
 
-use super::key_bytes::KeyBytes;
-use super::mvcc::{IndexRecord, IndexSource, RevRecord, write_record};
+use super::index_build::IndexRun;
+use super::mvcc::{IndexSource, RevRecord};
 use super::records::AppliedState;
 use super::records::StoredVersion;
 use super::{read_applied_write, write_applied};
@@ -315,57 +315,6 @@ fn write_auth(
     Ok(frames)
 }
 
-/// The key index an install or an import builds while it writes the records into `kv_revs`;
-/// it replaces the store's once the transaction has committed. Entries are gathered in a
-/// vector and sorted once: inserting them into the map one by one, at random keys, took half
-/// of an install's time at 1M keys.
-#[derive(Default)]
-pub(super) struct IndexRun {
-    entries: Vec<(Vec<u8>, u64, IndexRecord)>,
-}
-
-impl IndexRun {
-    pub(super) fn write(
-        &mut self,
-        tables: &mut super::tables::WriteTables<'_>,
-        key: Vec<u8>,
-        version: &StoredVersion,
-        encoded: &mut Vec<u8>,
-    ) -> Result<()> {
-        if !write_record(tables.revs_mut()?, &key, version, encoded)? {
-            return Err(StorageError::Snapshot(format!(
-                "snapshot holds two versions at revision {}.{}",
-                version.mod_revision, version.sub_revision
-            )));
-        }
-        self.entries
-            .push((key, version.mod_revision, IndexRecord::of(version)));
-        Ok(())
-    }
-
-    /// The index built: each key's versions in revision order.
-    pub(super) fn finish(mut self) -> Result<super::key_index::KeyMap> {
-        self.entries
-            .sort_unstable_by(|a, b| (a.0.as_slice(), a.1).cmp(&(b.0.as_slice(), b.1)));
-        let mut grouped: Vec<(KeyBytes, super::key_index::Versions)> = Vec::new();
-        for (key, main, record) in self.entries {
-            match grouped.last_mut() {
-                Some((last_key, versions)) if last_key.as_bytes() == key.as_slice() => {
-                    if versions.last().is_some_and(|(last, _)| *last == main) {
-                        return Err(StorageError::Snapshot(
-                            "snapshot holds two versions of one key at one revision".into(),
-                        ));
-                    }
-                    versions.push((main, record));
-                }
-                _ => grouped.push((KeyBytes::from(key), vec![(main, record)])),
-            }
-        }
-        // Sorted input: the map is built in bulk.
-        Ok(grouped.into_iter().collect())
-    }
-}
-
 /// What [`set_current_if_newer`] did.
 enum CurrentUpdate {
     /// A newer snapshot is current; the new one was not recorded.
@@ -432,7 +381,7 @@ pub(crate) fn install(
             "snapshot does not start with a header".into(),
         ));
     };
-    let installed_index = {
+    let index_run = {
         let mut tables = super::tables::WriteTables::open(&txn);
         let mut encoded = Vec::with_capacity(4096);
         let mut index_run = IndexRun::default();
@@ -454,7 +403,7 @@ pub(crate) fn install(
                             version.mod_revision
                         )));
                     }
-                    index_run.write(&mut tables, key.clone(), &version, &mut encoded)?;
+                    index_run.write(&mut tables, &key, &version, &mut encoded)?;
                     if version.lease != 0 {
                         tables
                             .lease_keys_mut()?
@@ -473,7 +422,7 @@ pub(crate) fn install(
                             version.mod_revision
                         )));
                     }
-                    index_run.write(&mut tables, key, &version, &mut encoded)?;
+                    index_run.write(&mut tables, &key, &version, &mut encoded)?;
                 }
                 Frame::Lease { id, record } => {
                     aspen_core::codec::encode_into(&record, &mut encoded);
@@ -496,7 +445,7 @@ pub(crate) fn install(
                 }
             }
         }
-        index_run.finish()?
+        index_run
     };
     let state = AppliedState {
         last_applied: meta.last_log_id,
@@ -526,11 +475,14 @@ pub(crate) fn install(
     // The checkpoint describes the replaced state: gone before the commit (a crash between
     // leaves the old state without one, and its open replays all of `kv_revs`).
     let _no_checkpoint = store.shared.index_checkpoints.remove()?;
-    // No reader pairs a transaction with the other index (`key_index.rs`).
-    let _exclusive = store.shared.key_index.exclusive();
-    // Immediate: the log is purged behind this snapshot, so it must survive a crash.
-    let log_bytes_before = store.shared.log_durable_bytes();
-    txn.commit()?;
+    let (installed_index, (_exclusive, log_bytes_before)) = index_run.finish_beside(|| {
+        // No reader pairs a transaction with the other index (`key_index.rs`).
+        let exclusive = store.shared.key_index.exclusive();
+        // Immediate: the log is purged behind this snapshot, so it must survive a crash.
+        let log_bytes_before = store.shared.log_durable_bytes();
+        txn.commit()?;
+        Ok((exclusive, log_bytes_before))
+    })?;
     store.shared.key_index.replace(installed_index);
     let applied_index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
     store
