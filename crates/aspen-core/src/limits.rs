@@ -255,6 +255,11 @@ pub struct Limits {
     /// Free bytes kept on the data dir's filesystem (capped at 1/`DISK_RESERVE_FS_DIVISOR` of
     /// it); 0 turns the check off.
     pub disk_reserve_bytes: u64,
+    /// Revisions between two background checkpoints of the in-memory key index. None (the
+    /// default, and what the server uses): the storage crate's rule, at least 262,144 and at
+    /// least the index's entries (`aspen-storage` `index_checkpoint.rs`). Tests set it low so
+    /// that a kill lands during a checkpoint; there is no flag for it.
+    pub index_checkpoint_revisions: Option<u64>,
 }
 
 impl Default for Limits {
@@ -264,6 +269,7 @@ impl Default for Limits {
             txn_ops_max: TXN_OPS_MAX_DEFAULT,
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
             disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
+            index_checkpoint_revisions: None,
         }
     }
 }
@@ -283,6 +289,9 @@ impl Limits {
         }
         if self.quota_backend_bytes < 1024 * 1024 {
             problems.push("quota-backend-bytes must be at least 1 MiB".to_string());
+        }
+        if self.index_checkpoint_revisions == Some(0) {
+            problems.push("index checkpoint revisions must be greater than 0".to_string());
         }
         if self.quota_backend_bytes > QUOTA_BACKEND_BYTES_MAX {
             problems.push(format!(

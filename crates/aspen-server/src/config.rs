@@ -991,6 +991,7 @@ fn resolve_limits(raw: &RawConfig, problems: &mut Vec<String>) -> Limits {
             .quota_backend_bytes
             .unwrap_or(QUOTA_BACKEND_BYTES_DEFAULT),
         disk_reserve_bytes: raw.disk_reserve_bytes.unwrap_or(DISK_RESERVE_BYTES_DEFAULT),
+        index_checkpoint_revisions: None,
     };
     // Limits' messages begin with the flag's name, without the dashes.
     problems.extend(limits.validate().into_iter().map(|p| format!("--{p}")));

@@ -434,6 +434,7 @@ impl Store {
         let index_checkpoints = crate::state_machine::index_checkpoint::Checkpoints::new(
             checkpoint_path,
             checkpoint_revision,
+            limits.index_checkpoint_revisions,
         );
         let disk_dir = match &backend {
             StorageBackend::Redb { dir } => Some(dir.clone()),

@@ -70,6 +70,14 @@ const NODE_ID: u64 = 1;
 const FOLLOWER_LOG_LAG_MS: u64 = 5;
 /// The signal `Child::kill` sends on unix.
 const SIGKILL: i32 = 9;
+/// Revisions between the child's background checkpoints of the key index (the default is at
+/// least 262,144, beyond what a child writes): kills land before, during and after them.
+const INDEX_CHECKPOINT_REVISIONS: u64 = 256;
+/// The checkpoint's file in the storage dir, its unfinished copy, and where its revision is
+/// (after the 8-byte magic, little-endian): `aspen-storage` `index_checkpoint.rs`.
+const INDEX_CHECKPOINT_FILE: &str = "key_index.ckpt";
+const INDEX_CHECKPOINT_TEMP_FILE: &str = "key_index.ckpt.tmp";
+const INDEX_CHECKPOINT_REVISION_AT: usize = 8;
 
 /// The seeded batch layout: batch `b` owns log indices `start(b)..=end(b)`; index 1 is the first.
 struct Plan {
@@ -243,7 +251,11 @@ async fn child_main(path: PathBuf, seed: u64, follower: bool) {
     let started = Instant::now();
     let mut plan = Plan::new(seed);
     let backend = StorageBackend::Redb { dir: path };
-    let (mut log, mut sm) = open_storage(&backend, Limits::default()).expect("child: open");
+    let limits = Limits {
+        index_checkpoint_revisions: Some(INDEX_CHECKPOINT_REVISIONS),
+        ..Limits::default()
+    };
+    let (mut log, mut sm) = open_storage(&backend, limits).expect("child: open");
     // A follower's append must wait in the writer's queue (below), not commit inline.
     log.set_appends_inline(!follower);
     let next_batch = child_recover(&mut plan, &mut log, &mut sm).await;
@@ -355,6 +367,12 @@ struct History {
     kills_before_ready: u32,
     /// Kills after which the state machine was durably ahead of the durable log.
     state_ahead_of_log: u32,
+    /// The revision of the key index checkpoint the last reopen left (its close writes one).
+    checkpoint_revision: u64,
+    /// Kills after which the child's own background checkpoint was there to reopen from.
+    reopened_from_child_checkpoint: u32,
+    /// Kills that left an unfinished checkpoint file (a kill during its write).
+    torn_checkpoints: u32,
 }
 
 /// Kills the child if the parent panics, so no writer outlives the test.
@@ -412,12 +430,19 @@ fn crash_recovery_redb() {
     println!(
         "crash_recovery_redb: {cycles} cycles in {:.1} s, {} batches durable ({} entries), \
          {} kills before READY, {} kills with the state machine durably ahead of the log, \
-         seed {seed}",
+         {} reopens from a child's own key index checkpoint, {} kills during a checkpoint's \
+         write, seed {seed}",
         elapsed.as_secs_f64(),
         plan.batches_through(history.last_log_index),
         history.last_log_index,
         history.kills_before_ready,
         history.state_ahead_of_log,
+        history.reopened_from_child_checkpoint,
+        history.torn_checkpoints,
+    );
+    assert!(
+        history.reopened_from_child_checkpoint > 0,
+        "no reopen found a checkpoint the child wrote in the background: not exercised"
     );
     assert!(
         history.state_ahead_of_log > 0,
@@ -556,6 +581,12 @@ fn check_reported_lines(plan: &mut Plan, lines: &[String], history: &mut History
 /// Reopens the killed child's storage and checks every invariant a crash must keep.
 async fn verify_store(dir: &Path, plan: &mut Plan, history: &mut History, follower: bool) {
     let path = dir.join(STORAGE_DIR_NAME);
+    if path.join(INDEX_CHECKPOINT_TEMP_FILE).exists() {
+        history.torn_checkpoints += 1;
+    }
+    if checkpoint_revision(&path) > history.checkpoint_revision {
+        history.reopened_from_child_checkpoint += 1;
+    }
     let backend = StorageBackend::Redb { dir: path.clone() };
     let (mut log, mut sm) = open_storage(&backend, Limits::default())
         .unwrap_or_else(|e| panic!("{} does not reopen after a kill: {e}", path.display()));
@@ -608,6 +639,19 @@ async fn verify_store(dir: &Path, plan: &mut Plan, history: &mut History, follow
     history.last_log_index = last;
     history.applied_index = applied;
     drop((log, sm)); // closes the database before the next child opens it
+    // The close wrote a checkpoint at the store's revision (one per applied put, plus one).
+    history.checkpoint_revision = checkpoint_revision(&path);
+    assert_eq!(history.checkpoint_revision, 1 + applied);
+}
+
+/// The revision of the key index checkpoint in the storage dir; 0 without one.
+fn checkpoint_revision(storage_dir: &Path) -> u64 {
+    let Ok(bytes) = std::fs::read(storage_dir.join(INDEX_CHECKPOINT_FILE)) else {
+        return 0;
+    };
+    let at = INDEX_CHECKPOINT_REVISION_AT;
+    let revision: [u8; 8] = bytes[at..at + 8].try_into().expect("a checkpoint's header");
+    u64::from_le_bytes(revision)
 }
 
 /// Every index from the purge point to the end is there, once, holding the plan's key.

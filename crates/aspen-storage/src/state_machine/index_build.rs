@@ -152,8 +152,14 @@ impl IndexRun {
             }
         }
         let committed = commit();
-        let keys = join(sorter.built)
-            .expect("checked before the commit: one version per key and revision");
+        // Checked before the commit, so this cannot fail; if it did, the error stops the
+        // state machine, and the next open rebuilds the index from `kv_revs` (the install
+        // removed the checkpoint before its commit).
+        let keys = join(sorter.built).map_err(|refused| {
+            StorageError::Invariant(format!(
+                "the key index build failed after its check: {refused}"
+            ))
+        })?;
         Ok((keys, committed?))
     }
 }

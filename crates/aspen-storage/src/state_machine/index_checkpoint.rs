@@ -102,6 +102,8 @@ pub(crate) const CHECKPOINT_REVISIONS_MIN: u64 = 262_144;
 #[derive(Debug)]
 pub(crate) struct Checkpoints {
     path: Option<PathBuf>,
+    /// `Limits::index_checkpoint_revisions`: None for the rule above.
+    every_revisions: Option<u64>,
     revision: AtomicU64,
     /// Held by whoever writes or removes the file: one at a time.
     writing: Mutex<()>,
@@ -110,9 +112,11 @@ pub(crate) struct Checkpoints {
 }
 
 impl Checkpoints {
-    pub fn new(path: Option<PathBuf>, revision: u64) -> Checkpoints {
+    pub fn new(path: Option<PathBuf>, revision: u64, every_revisions: Option<u64>) -> Checkpoints {
+        assert_ne!(every_revisions, Some(0), "Limits::validate refuses 0");
         Checkpoints {
             path,
+            every_revisions,
             revision: AtomicU64::new(revision),
             writing: Mutex::new(()),
             running: AtomicBool::new(false),
@@ -136,10 +140,12 @@ impl Checkpoints {
 
     /// Whether a checkpoint at `durable_revision` is due (see `CHECKPOINT_REVISIONS_MIN`).
     pub fn due(&self, durable_revision: u64, index_entries: u64) -> bool {
+        let every = self
+            .every_revisions
+            .unwrap_or(CHECKPOINT_REVISIONS_MIN.max(index_entries));
         self.path.is_some()
             && !self.running.load(Ordering::Acquire)
-            && durable_revision.saturating_sub(self.revision.load(Ordering::Acquire))
-                >= CHECKPOINT_REVISIONS_MIN.max(index_entries)
+            && durable_revision.saturating_sub(self.revision.load(Ordering::Acquire)) >= every
     }
 
     /// Writes a checkpoint of `index` at `durable_revision` (a revision the state database has
@@ -431,7 +437,7 @@ mod tests {
     fn a_background_checkpoint_of_a_replaced_index_writes_nothing() {
         let dir = tempfile::tempdir().expect("dir");
         let path = path_in(dir.path());
-        let checkpoints = Checkpoints::new(Some(path.clone()), 0);
+        let checkpoints = Checkpoints::new(Some(path.clone()), 0, None);
         let index = KeyIndex::default();
         index.insert(b"a", 5, IndexRecord::of_version(1));
         let stamp = index.stamp();
