@@ -34,6 +34,8 @@ pub(super) struct IndexRun {
     chunk: Vec<BuildEntry>,
     /// `BUILD_CHUNK_ENTRIES`; smaller in tests.
     chunk_entries: usize,
+    /// The previous entry's main revision (None before the first), across hand-offs.
+    last_main: Option<u64>,
     /// Whether an entry came below the previous one's main revision.
     out_of_revision_order: bool,
     sorter: Option<Sorter>,
@@ -59,6 +61,7 @@ impl IndexRun {
         IndexRun {
             chunk: Vec::new(),
             chunk_entries,
+            last_main: None,
             out_of_revision_order: false,
             sorter: None,
         }
@@ -87,15 +90,16 @@ impl IndexRun {
     }
 
     fn push(&mut self, key: KeyBytes, main: u64, record: IndexRecord) {
-        if let Some((_, last_main, _)) = self.chunk.last() {
-            if main < *last_main {
+        if let Some(last_main) = self.last_main {
+            if main < last_main {
                 self.out_of_revision_order = true;
             }
             // A chunk ends between revisions, never inside one (the per-chunk check).
-            if main != *last_main && self.chunk.len() >= self.chunk_entries {
+            if main != last_main && self.chunk.len() >= self.chunk_entries {
                 self.hand_off_chunk();
             }
         }
+        self.last_main = Some(main);
         self.chunk.push((key, main, record));
     }
 
@@ -329,6 +333,20 @@ mod tests {
         let mut entries = in_order(400);
         entries.push(("k007".into(), 1, 5));
         let run = run_of(4, &as_refs(&entries));
+        assert!(run.out_of_revision_order);
+        let outcome = run.finish_beside(|| -> Result<()> {
+            panic!("a refused snapshot committed");
+        });
+        assert!(matches!(outcome, Err(StorageError::Snapshot(_))));
+    }
+
+    /// An entry below the previous one's revision right after a chunk was handed off is out
+    /// of order too: here its pair sits in the first chunk, out of reach of the per-chunk check.
+    #[test]
+    fn a_step_back_right_after_a_hand_off_is_out_of_order() {
+        let entries = [("a", 1, 0), ("b", 2, 0), ("c", 3, 0), ("a", 1, 1)];
+        let run = run_of(3, &entries);
+        assert!(run.sorter.is_some(), "the first three went to the sorter");
         assert!(run.out_of_revision_order);
         let outcome = run.finish_beside(|| -> Result<()> {
             panic!("a refused snapshot committed");
