@@ -650,7 +650,10 @@ fn checkpoint_revision(storage_dir: &Path) -> u64 {
         return 0;
     };
     let at = INDEX_CHECKPOINT_REVISION_AT;
-    let revision: [u8; 8] = bytes[at..at + 8].try_into().expect("a checkpoint's header");
+    let revision = bytes
+        .get(at..at + 8)
+        .and_then(|field| <[u8; 8]>::try_from(field).ok())
+        .expect("a checkpoint is renamed into place whole: its header is there");
     u64::from_le_bytes(revision)
 }
 
