@@ -286,6 +286,18 @@ mod tests {
             .collect()
     }
 
+    /// `run` is refused as a snapshot error, and its commit never runs.
+    fn assert_refused_before_the_commit(run: IndexRun) {
+        let outcome = run.finish_beside(|| -> Result<()> {
+            panic!("a refused snapshot committed");
+        });
+        assert!(
+            matches!(outcome, Err(StorageError::Snapshot(_))),
+            "{:?}",
+            outcome.err()
+        );
+    }
+
     #[test]
     fn chunked_build_matches_the_whole_one() {
         let entries = in_order(400);
@@ -319,11 +331,7 @@ mod tests {
             let duplicate = (entries[position].0.clone(), at, 9);
             entries.insert(position + 1, duplicate);
             for chunk_entries in [1, 4, usize::MAX] {
-                let run = run_of(chunk_entries, &as_refs(&entries));
-                let outcome = run.finish_beside(|| -> Result<()> {
-                    panic!("a refused snapshot committed");
-                });
-                assert!(matches!(outcome, Err(StorageError::Snapshot(_))), "at {at}");
+                assert_refused_before_the_commit(run_of(chunk_entries, &as_refs(&entries)));
                 // An import builds before its commit, through `finish`.
                 let outcome = run_of(chunk_entries, &as_refs(&entries)).finish();
                 assert!(matches!(outcome, Err(StorageError::Snapshot(_))), "at {at}");
@@ -334,10 +342,7 @@ mod tests {
         entries.push(("k007".into(), 1, 5));
         let run = run_of(4, &as_refs(&entries));
         assert!(run.out_of_revision_order);
-        let outcome = run.finish_beside(|| -> Result<()> {
-            panic!("a refused snapshot committed");
-        });
-        assert!(matches!(outcome, Err(StorageError::Snapshot(_))));
+        assert_refused_before_the_commit(run);
     }
 
     /// An entry below the previous one's revision right after a chunk was handed off is out
@@ -348,10 +353,7 @@ mod tests {
         let run = run_of(3, &entries);
         assert!(run.sorter.is_some(), "the first three went to the sorter");
         assert!(run.out_of_revision_order);
-        let outcome = run.finish_beside(|| -> Result<()> {
-            panic!("a refused snapshot committed");
-        });
-        assert!(matches!(outcome, Err(StorageError::Snapshot(_))));
+        assert_refused_before_the_commit(run);
     }
 
     #[test]
