@@ -46,7 +46,7 @@ pub(super) struct IndexRun {
 struct Sorter {
     chunks: mpsc::Sender<Vec<BuildEntry>>,
     checked: mpsc::Receiver<Result<()>>,
-    built: std::thread::JoinHandle<Result<KeyMap>>,
+    built: Built,
 }
 
 impl Default for IndexRun {
@@ -118,14 +118,7 @@ impl IndexRun {
 
     /// The index built: each key's versions in revision order.
     pub(super) fn finish(self) -> Result<KeyMap> {
-        let Some(sorter) = self.sorter else {
-            let mut entries = self.chunk;
-            sort_by_key_and_revision(&mut entries);
-            return group_sorted(entries);
-        };
-        let _ = sorter.chunks.send(self.chunk);
-        drop(sorter.chunks);
-        join(sorter.built)
+        build_whole(self.chunk, self.sorter)
     }
 
     /// Runs `commit` on this thread while the sorter finishes the index; returns both. The
@@ -134,24 +127,23 @@ impl IndexRun {
         self,
         commit: impl FnOnce() -> Result<T>,
     ) -> Result<(KeyMap, T)> {
-        if self.out_of_revision_order || self.sorter.is_none() {
-            let keys = self.finish()?;
-            return Ok((keys, commit()?));
-        }
-        let Some(sorter) = self.sorter else {
-            unreachable!("checked above");
+        let sorter = match self.sorter {
+            Some(sorter) if !self.out_of_revision_order => sorter,
+            sorter => {
+                let keys = build_whole(self.chunk, sorter)?;
+                return Ok((keys, commit()?));
+            }
         };
-        let _ = sorter.chunks.send(self.chunk);
-        drop(sorter.chunks);
-        match sorter.checked.recv() {
+        let (checked, built) = sorter.last_chunk(self.chunk);
+        match checked.recv() {
             Ok(Ok(())) => {}
             Ok(Err(refused)) => {
-                drop(join(sorter.built));
+                drop(join(built));
                 return Err(refused);
             }
             // The sorter panicked before its verdict.
             Err(mpsc::RecvError) => {
-                join(sorter.built)?;
+                join(built)?;
                 unreachable!("the sorter sends its verdict unless it panics");
             }
         }
@@ -159,7 +151,7 @@ impl IndexRun {
         // Checked before the commit, so this cannot fail; if it did, the error stops the
         // state machine, and the next open rebuilds the index from `kv_revs` (the install
         // removed the checkpoint before its commit).
-        let keys = join(sorter.built).map_err(|refused| {
+        let keys = join(built).map_err(|refused| {
             StorageError::Invariant(format!(
                 "the key index build failed after its check: {refused}"
             ))
@@ -182,9 +174,31 @@ impl Sorter {
             built,
         })
     }
+
+    /// Hands over the last chunk and closes the channel: the sorter reports its check, then
+    /// builds the map.
+    fn last_chunk(self, chunk: Vec<BuildEntry>) -> (mpsc::Receiver<Result<()>>, Built) {
+        // The sorter only stops receiving by panicking, which `built` reports.
+        let _ = self.chunks.send(chunk);
+        (self.checked, self.built)
+    }
 }
 
-fn join(built: std::thread::JoinHandle<Result<KeyMap>>) -> Result<KeyMap> {
+/// The index built from `chunk` and whatever the sorter (if any) holds, checked whole.
+fn build_whole(chunk: Vec<BuildEntry>, sorter: Option<Sorter>) -> Result<KeyMap> {
+    match sorter {
+        Some(sorter) => join(sorter.last_chunk(chunk).1),
+        None => {
+            let mut entries = chunk;
+            sort_by_key_and_revision(&mut entries);
+            group_sorted(entries)
+        }
+    }
+}
+
+type Built = std::thread::JoinHandle<Result<KeyMap>>;
+
+fn join(built: Built) -> Result<KeyMap> {
     match built.join() {
         Ok(keys) => keys,
         Err(panic) => std::panic::resume_unwind(panic),
