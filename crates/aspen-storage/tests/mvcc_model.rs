@@ -953,7 +953,10 @@ fn command_pick() -> impl Strategy<Value = CommandPick> {
             .prop_map(CommandPick::Compact),
         3 => (0..=LEASE_ID_MAX, prop_oneof![Just(5i64), Just(60i64)])
             .prop_map(|(id, ttl)| CommandPick::LeaseGrant(id, ttl)),
-        1 => (1..=LEASE_ID_MAX + 1).prop_map(CommandPick::LeaseRevoke),
+        // Weight 2, not 1: a revoke that deletes keys (a lease granted, then put with, then
+        // revoked) came 3-13 times per 96 cases at weight 1, and now and then never, which
+        // failed the coverage check.
+        2 => (1..=LEASE_ID_MAX + 1).prop_map(CommandPick::LeaseRevoke),
         1 => prop::collection::vec(1..=LEASE_ID_MAX + 1, 0..3).prop_map(CommandPick::LeaseExpire),
         1 => (proptest::bool::weighted(0.3), 1u64..=2).prop_map(|(a, m)| CommandPick::Alarm(a, m)),
     ]
