@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     /// The journal file's syncs.
     log_journal_file: Arc<FileGauge>,
     state_file: Arc<FileGauge>,
+    /// What redb repaired when this store opened.
+    repaired_on_open: RepairedOnOpen,
     /// What of the state database is durable, and when to make more of it so.
     pub(crate) durability: StateDurability,
     /// The last applied log index, set after each apply batch has committed or been parked
@@ -184,7 +186,12 @@ impl Shared {
         if let Some(parked) = claim.take_parked() {
             self.commit_claimed(&claim, parked)?;
         }
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        // A durable commit also records redb's allocator state (and commits in two phases),
+        // so an open after a crash loads it instead of walking every page of the file to
+        // rebuild it: 550 ms at 1M keys (`docs/performance.md`, session 26). A non-durable
+        // commit (an apply batch's) ignores the setting.
+        txn.set_quick_repair(true);
         Ok(crate::parked::StateWrite::new(txn, claim))
     }
 
@@ -288,6 +295,18 @@ struct Databases {
     log_journal_file: Arc<FileGauge>,
     state_file: Arc<FileGauge>,
     io_failures: Arc<IoFailures>,
+    repaired: RepairedOnOpen,
+}
+
+/// Which of a store's databases redb had to repair when it opened them: walk every page to
+/// rebuild its allocator state, because the last durable commit before a crash recorded none.
+/// Every durable commit Aspen makes records it (`Shared::begin_state_write`, the journal's
+/// checkpoints), so only a crash right after a defragment, or a file written by an older
+/// build, leads here; each repair is logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepairedOnOpen {
+    pub log: bool,
+    pub state: bool,
 }
 
 impl Databases {
@@ -319,7 +338,7 @@ impl Databases {
         let (journal_backend, journal_bytes) = journal.into_parts();
         crate::page_journal::replay_if_present(&log_backend, &journal_backend)
             .map_err(journal_error)?;
-        let (log_db, log_file) = open_database(
+        let (log_db, log_file, log_repaired) = open_database(
             log_path,
             log_backend,
             REDB_LOG_CACHE_BYTES_DEFAULT,
@@ -343,7 +362,7 @@ impl Databases {
                     None => error,
                 }
             })?;
-        let (state_db, state_file) = open_database(
+        let (state_db, state_file, state_repaired) = open_database(
             state_path,
             state_backend,
             REDB_CACHE_BYTES_DEFAULT,
@@ -357,6 +376,10 @@ impl Databases {
             log_journal_file,
             state_file,
             io_failures,
+            repaired: RepairedOnOpen {
+                log: log_repaired,
+                state: state_repaired,
+            },
         })
     }
 }
@@ -427,15 +450,17 @@ impl Store {
         };
         check_format(&databases.state_db, &state_path, Role::State)?;
         let durable_applied = crate::durability::read_applied_index(&databases.state_db)?;
-        let (key_index, checkpoint_revision) = crate::state_machine::index_checkpoint::load_index(
+        let opened = crate::state_machine::index_checkpoint::load_index(
             &databases.state_db,
             checkpoint_path.as_deref(),
         )?;
         let index_checkpoints = crate::state_machine::index_checkpoint::Checkpoints::new(
             checkpoint_path,
-            checkpoint_revision,
+            opened.checkpoint_revision,
+            opened.checkpoint_entries,
             limits.index_checkpoint_revisions,
         );
+        let key_index = opened.index;
         let disk_dir = match &backend {
             StorageBackend::Redb { dir } => Some(dir.clone()),
             StorageBackend::InMemory => None,
@@ -463,6 +488,7 @@ impl Store {
                 in_use: InUseGauge::default(),
                 compaction_gate: std::sync::Mutex::new(()),
                 io_failures: databases.io_failures,
+                repaired_on_open: databases.repaired,
                 disk: DiskSpace::new(disk_dir, limits.disk_reserve_bytes),
             }),
         };
@@ -519,6 +545,11 @@ impl Store {
 
     pub fn backend(&self) -> &StorageBackend {
         &self.shared.backend
+    }
+
+    /// Which databases redb had to repair when this store opened ([`RepairedOnOpen`]).
+    pub fn repaired_on_open(&self) -> RepairedOnOpen {
+        self.shared.repaired_on_open
     }
 
     /// Latency of durable log commits: one fsync each.
@@ -814,8 +845,11 @@ fn open_database(
     backend: impl redb::StorageBackend,
     cache_bytes: usize,
     io_failures: &Arc<IoFailures>,
-) -> Result<(Database, Arc<FileGauge>)> {
+) -> Result<(Database, Arc<FileGauge>, bool)> {
     let file = path.display().to_string();
+    let repairing = Arc::new(AtomicBool::new(false));
+    let repair_seen = Arc::clone(&repairing);
+    let repair_file = file.clone();
     let (tracked, gauge) =
         TrackedBackend::new(backend, Arc::clone(io_failures), file).map_err(|e| {
             StorageError::Open {
@@ -825,9 +859,20 @@ fn open_database(
         })?;
     let db = redb::Builder::new()
         .set_cache_size(cache_bytes)
+        .set_repair_callback(move |session| {
+            if !repair_seen.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    file = %repair_file,
+                    "not closed cleanly, and its last durable commit recorded no allocator \
+                     state: redb is reading the whole file to rebuild it"
+                );
+            }
+            tracing::debug!(file = %repair_file, progress = session.progress(), "repairing");
+        })
         .create_with_backend(tracked)
         .map_err(|e| open_error(path, e))?;
-    Ok((db, gauge))
+    let repaired = repairing.load(Ordering::Relaxed);
+    Ok((db, gauge, repaired))
 }
 
 pub(crate) fn open_error(path: &Path, error: redb::DatabaseError) -> StorageError {
@@ -861,7 +906,11 @@ fn check_limits(limits: &Limits) -> Result<()> {
 /// A new database gets Aspen's format marker and its role; an existing one must carry both,
 /// so a log file is never opened as a state file or the other way round.
 fn check_format(db: &Database, path: &Path, role: Role) -> Result<()> {
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    // A durable commit at every open: it records the allocator state too, as the state
+    // database's others do (`Shared::begin_state_write`), so a crash right after an open
+    // still reopens without a repair walk.
+    txn.set_quick_repair(true);
     let table_count = txn.list_tables()?.count();
     {
         let mut format = txn.open_table(schema::FORMAT)?;

@@ -449,6 +449,9 @@ impl Journal {
         if stored.is_none() || !replay.is_empty() {
             let mut txn = db.begin_write()?;
             txn.set_durability(redb::Durability::Immediate)?;
+            // Records redb's allocator state: an open after a crash need not rebuild it
+            // (`backend::RepairedOnOpen`).
+            txn.set_quick_repair(true);
             let mut committed = None;
             for (payload, ops) in &replay {
                 let decoded = decode_ops(payload, *ops).ok_or_else(|| {
@@ -608,6 +611,9 @@ impl Journal {
         let result = (|| {
             let mut txn = db.begin_write()?;
             txn.set_durability(redb::Durability::Immediate)?;
+            // Records redb's allocator state: an open after a crash need not rebuild it
+            // (`backend::RepairedOnOpen`).
+            txn.set_quick_repair(true);
             for unapplied in &self.unapplied {
                 apply_ops(&txn, &unapplied.decode())?;
             }

@@ -25,8 +25,8 @@ pub mod state_machine;
 mod tracked;
 
 pub use backend::{
-    LOG_FILE_NAME, LOG_JOURNAL_FILE_NAME, SNAPSHOT_DIR_NAME, STATE_FILE_NAME, StorageBackend,
-    Store, open_storage, open_storage_with_backends,
+    LOG_FILE_NAME, LOG_JOURNAL_FILE_NAME, RepairedOnOpen, SNAPSHOT_DIR_NAME, STATE_FILE_NAME,
+    StorageBackend, Store, open_storage, open_storage_with_backends,
 };
 pub use error::StorageError;
 pub use journal::LogJournal;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use aspen_core::limits::{LOG_READ_ENTRIES_MAX, Limits};
 use aspen_core::type_config::alias::{Entry, LogId};
 use aspen_core::{Command, PutRequest, RangeRequest, TypeConfig};
-use aspen_storage::{LogStore, StateMachine, StorageBackend, open_storage};
+use aspen_storage::{LogStore, RepairedOnOpen, StateMachine, StorageBackend, open_storage};
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
@@ -590,6 +590,13 @@ async fn verify_store(dir: &Path, plan: &mut Plan, history: &mut History, follow
     let backend = StorageBackend::Redb { dir: path.clone() };
     let (mut log, mut sm) = open_storage(&backend, Limits::default())
         .unwrap_or_else(|e| panic!("{} does not reopen after a kill: {e}", path.display()));
+    // Every durable commit records redb's allocator state, so no kill leaves a file that redb
+    // must walk whole to rebuild it.
+    assert_eq!(
+        sm.store().repaired_on_open(),
+        RepairedOnOpen::default(),
+        "redb repaired a database after a kill"
+    );
 
     let state = log.get_log_state().await.expect("log state");
     let purged = index_of(&state.last_purged_log_id);

@@ -47,9 +47,17 @@ pub(crate) fn path_in(dir: &Path) -> PathBuf {
     dir.join(CHECKPOINT_FILE_NAME)
 }
 
-/// Writes `index`'s entries at or below `revision` to `path`; returns the bytes written. The
-/// writer goes on meanwhile (the index is copied a chunk at a time).
-pub(crate) fn write(path: &Path, index: &KeyIndex, revision: u64) -> Result<u64> {
+/// What [`write`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Written {
+    pub bytes: u64,
+    /// Index entries (versions, over all keys) in the checkpoint.
+    pub entries: u64,
+}
+
+/// Writes `index`'s entries at or below `revision` to `path`. The writer goes on meanwhile
+/// (the index is copied a chunk at a time).
+pub(crate) fn write(path: &Path, index: &KeyIndex, revision: u64) -> Result<Written> {
     let temp = temp_path(path);
     let file = File::create(&temp).map_err(|e| io_error(&temp, "create", e))?;
     let mut out = CrcWriter {
@@ -60,6 +68,7 @@ pub(crate) fn write(path: &Path, index: &KeyIndex, revision: u64) -> Result<u64>
     out.put(MAGIC)?;
     out.put(&revision.to_le_bytes())?;
     let mut keys: u64 = 0;
+    let mut entries: u64 = 0;
     let mut encoded = Vec::with_capacity(256);
     index.for_each_chunk(revision, |chunk| {
         for (key, versions) in chunk {
@@ -72,6 +81,7 @@ pub(crate) fn write(path: &Path, index: &KeyIndex, revision: u64) -> Result<u64>
                 .map_err(|e| StorageError::Invariant(format!("key index checkpoint: {e}")))?;
             out.put(&encoded)?;
             keys += 1;
+            entries += versions.len() as u64;
         }
         Ok(())
     })?;
@@ -87,13 +97,17 @@ pub(crate) fn write(path: &Path, index: &KeyIndex, revision: u64) -> Result<u64>
     drop(file);
     std::fs::rename(&temp, path).map_err(|e| io_error(path, "rename", e))?;
     sync_dir(path)?;
-    Ok(bytes)
+    Ok(Written { bytes, entries })
 }
 
 /// A checkpoint is written once the store revision has moved this far past the last one, or
-/// as far as the index has entries if that is more: writing one costs about as much as
-/// replaying that many records, so the writes cost at most one entry's encoding per put, and a
-/// restart after a crash replays at most that many records (`docs/storage-format.md`).
+/// as far as the last checkpoint had index entries if that is more (or the index has now, if
+/// it has fewer). Writing one costs about as much as replaying that many records, so the
+/// writes cost at most about one entry's encoding per put, and a restart after a crash
+/// replays at most that many records (`docs/storage-format.md`). Spacing by the last
+/// checkpoint's size, not the index's now, keeps a store that only grows checkpointing: its
+/// index gains an entry per revision, so it never falls that far behind its own size, and
+/// its checkpoints come at revisions that double (262,144, 524,288, about 1M, ...).
 pub(crate) const CHECKPOINT_REVISIONS_MIN: u64 = 262_144;
 
 /// The key index's checkpoints of a store: where they go (None: an in-memory store, or one on
@@ -105,6 +119,8 @@ pub(crate) struct Checkpoints {
     /// `Limits::index_checkpoint_revisions`: None for the rule above.
     every_revisions: Option<u64>,
     revision: AtomicU64,
+    /// The index entries the newest checkpoint holds; `u64::MAX` while there is none.
+    entries: AtomicU64,
     /// Held by whoever writes or removes the file: one at a time.
     writing: Mutex<()>,
     /// A background write is under way (at most one).
@@ -112,12 +128,19 @@ pub(crate) struct Checkpoints {
 }
 
 impl Checkpoints {
-    pub fn new(path: Option<PathBuf>, revision: u64, every_revisions: Option<u64>) -> Checkpoints {
+    /// `revision` and `entries`: the newest checkpoint's (`Opened`); revision 0 for none.
+    pub fn new(
+        path: Option<PathBuf>,
+        revision: u64,
+        entries: u64,
+        every_revisions: Option<u64>,
+    ) -> Checkpoints {
         assert_ne!(every_revisions, Some(0), "Limits::validate refuses 0");
         Checkpoints {
             path,
             every_revisions,
             revision: AtomicU64::new(revision),
+            entries: AtomicU64::new(if revision == 0 { u64::MAX } else { entries }),
             writing: Mutex::new(()),
             running: AtomicBool::new(false),
         }
@@ -138,11 +161,13 @@ impl Checkpoints {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether a checkpoint at `durable_revision` is due (see `CHECKPOINT_REVISIONS_MIN`).
+    /// Whether a checkpoint at `durable_revision` is due, with `index_entries` in the index now
+    /// (see `CHECKPOINT_REVISIONS_MIN`).
     pub fn due(&self, durable_revision: u64, index_entries: u64) -> bool {
+        let last_entries = self.entries.load(Ordering::Acquire);
         let every = self
             .every_revisions
-            .unwrap_or(CHECKPOINT_REVISIONS_MIN.max(index_entries));
+            .unwrap_or(CHECKPOINT_REVISIONS_MIN.max(index_entries.min(last_entries)));
         self.path.is_some()
             && !self.running.load(Ordering::Acquire)
             && durable_revision.saturating_sub(self.revision.load(Ordering::Acquire)) >= every
@@ -173,11 +198,13 @@ impl Checkpoints {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let bytes = write(path, index, durable_revision)?;
+        let written = write(path, index, durable_revision)?;
+        self.entries.store(written.entries, Ordering::Release);
         self.revision.store(durable_revision, Ordering::Release);
         tracing::debug!(
             revision = durable_revision,
-            bytes,
+            bytes = written.bytes,
+            entries = written.entries,
             ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "key index checkpoint written"
         );
@@ -216,14 +243,24 @@ impl Checkpoints {
             remove(path)?;
         }
         self.revision.store(0, Ordering::Release);
+        self.entries.store(u64::MAX, Ordering::Release);
         Ok(writing)
     }
 }
 
-/// The key index of a state database just opened, and the revision of the checkpoint it was
-/// loaded from (0 if none): the checkpoint at `path` if there is a sound one, then every
-/// `kv_revs` record above it, then compaction at the store's compaction revision.
-pub(crate) fn load_index(db: &redb::Database, path: Option<&Path>) -> Result<(KeyIndex, u64)> {
+/// A state database's key index as [`load_index`] built it.
+pub(crate) struct Opened {
+    pub index: KeyIndex,
+    /// The revision of the checkpoint it was loaded from; 0 if none.
+    pub checkpoint_revision: u64,
+    /// The entries that checkpoint held.
+    pub checkpoint_entries: u64,
+}
+
+/// The key index of a state database just opened: the checkpoint at `path` if there is a
+/// sound one, then every `kv_revs` record above it, then compaction at the store's compaction
+/// revision.
+pub(crate) fn load_index(db: &redb::Database, path: Option<&Path>) -> Result<Opened> {
     use redb::ReadableDatabase;
     let started = std::time::Instant::now();
     if let Some(path) = path {
@@ -257,6 +294,7 @@ pub(crate) fn load_index(db: &redb::Database, path: Option<&Path>) -> Result<(Ke
         None => (KeyMap::new(), 0),
     };
     let index = KeyIndex::from_map(keys);
+    let checkpoint_entries = index.len();
     let revs = txn.open_table(crate::schema::KV_REVS)?;
     let mut replayed: u64 = 0;
     for item in revs.range::<super::mvcc::RevKey>((from + 1, 0)..)? {
@@ -287,7 +325,11 @@ pub(crate) fn load_index(db: &redb::Database, path: Option<&Path>) -> Result<(Ke
         ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "key index loaded"
     );
-    Ok((index, from))
+    Ok(Opened {
+        index,
+        checkpoint_revision: from,
+        checkpoint_entries,
+    })
 }
 
 #[derive(serde::Serialize)]
@@ -414,8 +456,12 @@ mod tests {
             );
         }
         index.insert(b"k1", 3001, IndexRecord::of_version(2));
-        let bytes = write(&path, &index, 3000).expect("write");
-        assert_eq!(bytes, std::fs::metadata(&path).expect("meta").len());
+        let written = write(&path, &index, 3000).expect("write");
+        assert_eq!(written.bytes, std::fs::metadata(&path).expect("meta").len());
+        assert_eq!(
+            written.entries, 3000,
+            "k1's version at 3001 is above the revision"
+        );
         let loaded = read(&path).expect("read").expect("some");
         assert_eq!(loaded.revision, 3000);
         assert_eq!(loaded.keys.len(), 3000);
@@ -437,7 +483,7 @@ mod tests {
     fn a_background_checkpoint_of_a_replaced_index_writes_nothing() {
         let dir = tempfile::tempdir().expect("dir");
         let path = path_in(dir.path());
-        let checkpoints = Checkpoints::new(Some(path.clone()), 0, None);
+        let checkpoints = Checkpoints::new(Some(path.clone()), 0, 0, None);
         let index = KeyIndex::default();
         index.insert(b"a", 5, IndexRecord::of_version(1));
         let stamp = index.stamp();
@@ -454,5 +500,68 @@ mod tests {
             .expect("write");
         assert_eq!(read(&path).expect("read").expect("some").revision, 5);
         assert_eq!(checkpoints.revision(), 5);
+        assert_eq!(
+            checkpoints.entries.load(Ordering::Acquire),
+            0,
+            "the install left the index empty"
+        );
+        let _writing = checkpoints.remove().expect("remove");
+        assert_eq!(checkpoints.entries.load(Ordering::Acquire), u64::MAX);
+    }
+
+    /// Walks revisions in steps of 4,096 from `from` to `to`, with the index holding
+    /// `entries_at(revision)` entries; each due checkpoint is taken as written (what
+    /// `write_if` records). Returns the revisions written at.
+    fn due_revisions(
+        checkpoints: &Checkpoints,
+        from: u64,
+        to: u64,
+        entries_at: impl Fn(u64) -> u64,
+    ) -> Vec<u64> {
+        let mut written = Vec::new();
+        for revision in (from..=to).step_by(4096) {
+            if checkpoints.due(revision, entries_at(revision)) {
+                checkpoints
+                    .entries
+                    .store(entries_at(revision), Ordering::Release);
+                checkpoints.revision.store(revision, Ordering::Release);
+                written.push(revision);
+            }
+        }
+        written
+    }
+
+    #[test]
+    fn a_store_that_only_grows_checkpoints_at_doubling_revisions() {
+        let dir = tempfile::tempdir().expect("dir");
+        let checkpoints = Checkpoints::new(Some(path_in(dir.path())), 0, 0, None);
+        // One entry per revision: every put a new key, nothing compacted. Spaced by the
+        // index's size now, only the first would ever be due.
+        let written = due_revisions(&checkpoints, 4096, 4_300_000, |revision| revision);
+        assert_eq!(written, [262_144, 524_288, 1_048_576, 2_097_152, 4_194_304]);
+        for pair in written.windows(2) {
+            let replay_max = pair[1] - pair[0];
+            assert!(replay_max <= pair[0].max(CHECKPOINT_REVISIONS_MIN));
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_loaded_at_open_spaces_the_next_one_and_a_shrunken_index_brings_it_closer() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Opened from a checkpoint of 1M entries at revision 1M.
+        let checkpoints = Checkpoints::new(Some(path_in(dir.path())), 1 << 20, 1 << 20, None);
+        assert!(!checkpoints.due((1 << 20) + (1 << 19), 3 << 19));
+        assert!(checkpoints.due(2 << 20, 2 << 20));
+        // Compaction left 10,000 entries: the minimum spacing, not the last checkpoint's size.
+        let checkpoints = Checkpoints::new(Some(path_in(dir.path())), 1 << 20, 1 << 20, None);
+        assert!(!checkpoints.due((1 << 20) + CHECKPOINT_REVISIONS_MIN - 1, 10_000));
+        assert!(checkpoints.due((1 << 20) + CHECKPOINT_REVISIONS_MIN, 10_000));
+        // Opened without one: due as soon as the revision reaches the index's size.
+        let checkpoints = Checkpoints::new(Some(path_in(dir.path())), 0, 0, None);
+        assert!(!checkpoints.due(CHECKPOINT_REVISIONS_MIN - 1, 100));
+        assert!(checkpoints.due(600_000, 600_000));
+        // Without a path (in memory) never.
+        let checkpoints = Checkpoints::new(None, 0, 0, None);
+        assert!(!checkpoints.due(u64::MAX / 2, 1));
     }
 }
