@@ -32,7 +32,12 @@ use crate::state_machine::StateMachine;
 use crate::tracked::{FileGauge, TrackedBackend};
 
 /// redb's page cache for the state database, set explicitly rather than left to the default.
-pub const REDB_CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+/// Since the key index moved to memory (format 3) the hot pages are few: the right edge of
+/// `kv_revs`, where every version is appended, and the tables' roots. 64 MiB left puts, gets and
+/// a compaction at 1M keys as fast as 256 MiB did, and one node's peak RSS after `bench/vs-etcd`'s
+/// one-node step 230 MiB instead of 308-355 (`docs/performance.md`, session 26). A read of
+/// history that misses it reads from the OS page cache.
+pub const REDB_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 /// redb's page cache for the log database: the log is read back mostly while it is still
 /// pending in memory, so a small cache suffices.
 pub const REDB_LOG_CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
