@@ -447,11 +447,7 @@ impl Journal {
             None => Vec::new(),
         };
         if stored.is_none() || !replay.is_empty() {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(redb::Durability::Immediate)?;
-            // Records redb's allocator state: an open after a crash need not rebuild it
-            // (`backend::RepairedOnOpen`).
-            txn.set_quick_repair(true);
+            let txn = begin_durable(db)?;
             let mut committed = None;
             for (payload, ops) in &replay {
                 let decoded = decode_ops(payload, *ops).ok_or_else(|| {
@@ -609,11 +605,7 @@ impl Journal {
         committed: Option<&[u8]>,
     ) -> Result<()> {
         let result = (|| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(redb::Durability::Immediate)?;
-            // Records redb's allocator state: an open after a crash need not rebuild it
-            // (`backend::RepairedOnOpen`).
-            txn.set_quick_repair(true);
+            let txn = begin_durable(db)?;
             for unapplied in &self.unapplied {
                 apply_ops(&txn, &unapplied.decode())?;
             }
@@ -664,6 +656,15 @@ impl Journal {
             .checkpointed_bytes_total
             .store(durable, Ordering::Release);
     }
+}
+
+/// A durable transaction of `log.redb` (a replay's or a checkpoint's). It records redb's
+/// allocator state too, so an open after a crash need not rebuild it (`backend::RepairedOnOpen`).
+fn begin_durable(db: &Database) -> Result<redb::WriteTransaction> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate)?;
+    txn.set_quick_repair(true);
+    Ok(txn)
 }
 
 fn read_generation(db: &Database) -> Result<Option<u64>> {
